@@ -1,0 +1,3 @@
+from linkd.cli import main
+
+main()

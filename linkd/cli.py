@@ -1,0 +1,352 @@
+"""The `linkd` command line: parse arguments, read files, call the runtime, print.
+
+Commands follow `docker compose`: `up`, `down`, `ps`, `logs`, `exec`, `inspect`,
+`config`. A stack is named by `-p NAME`, else by its stack file (`-f FILE`, else the
+first of linkd.yaml, compose.yaml, compose.yml, docker-compose.yaml, docker-compose.yml
+in the current directory), else it is the only stack that is up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from linkd import names, spec
+from linkd.errors import LinkdError, NotFoundError, SpecError
+from linkd.model import Stack
+from linkd.runtime import logs as log_files
+from linkd.runtime import process, store, supervisor
+from linkd.runtime.netlink import Kernel
+from linkd.runtime.progress import Progress
+from linkd.state import StackState, to_plain
+
+DEFAULT_FILES = (
+    "linkd.yaml",
+    "compose.yaml",
+    "compose.yml",
+    "docker-compose.yaml",
+    "docker-compose.yml",
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        code = args.handler(args)
+    except SpecError as exc:
+        print(f"linkd: invalid stack file:\n{exc}", file=sys.stderr)
+        code = exc.exit_code
+    except LinkdError as exc:
+        print(f"linkd: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="linkd", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(
+        name: str, handler: Any, help: str, *, short_file: bool = True
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        flags = ("-f", "--file") if short_file else ("--file",)
+        p.add_argument(*flags, help="stack file (default: linkd.yaml, compose.yaml, ...)")
+        p.add_argument("-p", "--project-name", dest="project", help="stack name")
+        p.set_defaults(handler=handler)
+        return p
+
+    up = command("up", cmd_up, "create and start the stack, and supervise it")
+    up.add_argument("-d", "--detach", action="store_true", help="run in the background")
+    up.add_argument("--abort-on-container-exit", action="store_true",
+                    help="take the stack down when any container exits")
+    up.add_argument("--exit-code-from", metavar="SERVICE",
+                    help="take the stack down when SERVICE exits and exit with its code")
+    up.add_argument("--no-attach", action="store_true", help="do not print container output")
+    up.add_argument("--supervisor", action="store_true", help=argparse.SUPPRESS)
+
+    command("down", cmd_down, "stop and remove the stack's containers and networks")
+    ps = command("ps", cmd_ps, "list containers")
+    ps.add_argument("-a", "--all", action="store_true", help="every stack that is up")
+    # `-f` means follow for `logs`, as in docker compose.
+    logs = command("logs", cmd_logs, "show a service's or container's output", short_file=False)
+    logs.add_argument("-f", "--follow", action="store_true")
+    logs.add_argument("service", help="service (all replicas) or container (web-2)")
+    ex = command("exec", cmd_exec, "run a command inside a running container")
+    ex.add_argument("--index", type=int, default=1, help="replica (default 1)")
+    ex.add_argument("service", help="service or container (web-2)")
+    ex.add_argument("argv", nargs=argparse.REMAINDER, help="-- command and arguments")
+    inspect = command("inspect", cmd_inspect, "show a container's plan and state as JSON")
+    inspect.add_argument("target", nargs="?", help="service or container; omit for the stack")
+    command("config", cmd_config, "validate the stack file and print it normalized")
+    return parser
+
+
+# -- loading stacks -------------------------------------------------------------------
+
+
+def _stack_file(path: str | None) -> Path | None:
+    if path is not None:
+        return Path(path)
+    for name in DEFAULT_FILES:
+        if Path(name).exists():
+            return Path(name)
+    return None
+
+
+def load_stack(path: str | None, project: str | None) -> tuple[Stack, Path]:
+    file = _stack_file(path)
+    if file is None:
+        raise NotFoundError(
+            f"no stack file: pass -f FILE or create one of {', '.join(DEFAULT_FILES)}"
+        )
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise NotFoundError(f"cannot read stack file {file}: {exc.strerror}") from exc
+    base = file.resolve().parent
+
+    def read_text(name: str) -> str:
+        return (base / name).read_text()
+
+    stack = spec.parse_stack(
+        text,
+        source=str(file),
+        project_name=project,
+        default_project=base.name,
+        host_env=dict(os.environ),
+        read_text=read_text,
+    )
+    for warning in stack.warnings:
+        print(f"linkd: warning: {file}: {warning}", file=sys.stderr)
+    return stack, file
+
+
+def stack_name(args: argparse.Namespace) -> str:
+    if args.project:
+        return str(args.project).lower()
+    if args.file or _stack_file(None) is not None:
+        return load_stack(args.file, None)[0].name
+    up = store.stacks()
+    if len(up) == 1:
+        return up[0]
+    if not up:
+        raise NotFoundError("no stack is up")
+    raise NotFoundError(f"several stacks are up ({', '.join(up)}); name one with -p")
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    stack, _ = load_stack(args.file, args.project)
+    print(yaml.safe_dump(spec.stack_to_dict(stack), sort_keys=False), end="")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    stack, file = load_stack(args.file, args.project)
+    if args.detach and not args.supervisor:
+        return _up_detached(args, stack)
+    abort = frozenset(s.name for s in stack.services) if args.abort_on_container_exit else None
+    if args.exit_code_from:
+        if args.exit_code_from not in {s.name for s in stack.services}:
+            raise NotFoundError(f"--exit-code-from: no service {args.exit_code_from} in {file}")
+        abort = frozenset({args.exit_code_from}) if abort is None else abort
+    options = supervisor.UpOptions(abort or frozenset(), args.exit_code_from)
+    progress = Progress(sys.stdout, live=sys.stdout.isatty() and not args.supervisor)
+    return asyncio.run(_up(stack, str(file.resolve()), options, progress, not args.no_attach))
+
+
+async def _up(
+    stack: Stack, source: str, options: supervisor.UpOptions, progress: Progress, attach: bool
+) -> int:
+    stop_logs = asyncio.Event()
+    followers: list[asyncio.Task[None]] = []
+
+    def on_up(sup: supervisor.Supervisor) -> None:
+        progress.finish()
+        assert sup.plan is not None
+        print(_table(store.load(stack.name)), flush=True)
+        if attach:
+            sources = [(c.name, store.log_path(stack.name, c.name)) for c in sup.plan.containers]
+            width = max(len(name) for name, _ in sources)
+
+            def emit(name: str, line: str) -> None:
+                print(f"{name:<{width}} | {line}", flush=True)
+
+            followers.append(asyncio.create_task(log_files.follow(sources, emit, stop_logs)))
+
+    async def before_down() -> None:
+        # One more poll of the log files, so the last words of a container that ended
+        # the stack (--exit-code-from) come before the lines about stopping the others.
+        await asyncio.sleep(log_files.POLL * 2)
+
+    try:
+        return await supervisor.run(
+            stack, source, options, progress.event, on_up=on_up, before_down=before_down
+        )
+    finally:
+        stop_logs.set()
+        for task in followers:
+            await task
+        progress.finish()
+
+
+def _up_detached(args: argparse.Namespace, stack: Stack) -> int:
+    """Start a supervisor in its own session and return once the stack is up.
+
+    Its output goes to an anonymous file: if `up` fails, the supervisor has already
+    removed the stack's directory, and the parent still has the file to show why.
+    """
+    argv = [sys.executable, "-m", "linkd", "up", "--supervisor", "--no-attach",
+            "-p", stack.name]
+    if args.file:
+        argv += ["-f", args.file]
+    store.root().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=store.root()) as out:
+        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                 start_new_session=True, close_fds=True)
+        while child.poll() is None:
+            try:
+                state = store.load(stack.name)
+            except LinkdError:
+                state = None
+            if state is not None and state.status == "up" and state.supervisor_pid == child.pid:
+                print(_table(state))
+                return 0
+            time.sleep(0.02)
+        out.seek(0)
+        sys.stderr.write(out.read().decode(errors="replace")[-4000:])
+    return child.returncode or 1
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    name = stack_name(args)
+    if not store.supervised(name):
+        leftovers = Kernel.netns_names(names.netns_prefix(name))
+        if not store.stack_dir(name).exists() and not leftovers:
+            print(f"stack {name} is not up")
+            return 0
+        asyncio.run(supervisor.down_unsupervised(name, Progress(sys.stdout, live=False).event))
+        return 0
+    state = store.load(name)
+    if state.supervisor_pid is not None:
+        os.kill(state.supervisor_pid, 15)
+    grace = sum(c.stop_grace_period for c in state.plan.containers) + 30
+    deadline = time.monotonic() + grace
+    while store.supervised(name):
+        if time.monotonic() > deadline:
+            raise LinkdError(f"stack {name}: supervisor {state.supervisor_pid} did not stop")
+        time.sleep(0.05)
+    print(f"stack {name} removed")
+    return 0
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    for name in store.stacks() if args.all else [stack_name(args)]:
+        print(_table(store.load(name)))
+    return 0
+
+
+def _table(state: StackState) -> str:
+    rows = [("STACK", "SERVICE", "CONTAINER", "ADDRESSES", "STATE")]
+    for container in state.plan.containers:
+        current = state.container(container.name)
+        addresses = ", ".join(
+            f"{i.network}={i.address}" + (f",{i.address6}" if i.address6 else "")
+            for i in container.interfaces
+        )
+        status = current.status
+        if current.exit_code is not None and status != "running":
+            status += f" ({current.exit_code})"
+        if current.restarts:
+            status += f" restarts={current.restarts}"
+        rows.append((state.plan.stack, container.service, container.name, addresses, status))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _containers(state: StackState, target: str) -> list[str]:
+    plan = state.plan
+    if any(c.name == target for c in plan.containers):
+        return [target]
+    found = [c.name for c in plan.of_service(target)]
+    if not found:
+        raise NotFoundError(
+            f"stack {plan.stack} has no service or container {target}; "
+            f"it has {', '.join(c.name for c in plan.containers)}"
+        )
+    return found
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    name = stack_name(args)
+    state = store.load(name)
+    sources = [(c, store.log_path(name, c)) for c in _containers(state, args.service)]
+    width = max(len(c) for c, _ in sources)
+
+    def emit(container: str, line: str) -> None:
+        prefix = f"{container:<{width}} | " if len(sources) > 1 else ""
+        print(f"{prefix}{line}", flush=True)
+
+    stop = asyncio.Event()
+    if not args.follow:
+        stop.set()
+    try:
+        asyncio.run(log_files.follow(sources, emit, stop))
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise SpecError([("exec", None, "give the command after --, e.g. linkd exec web -- sh")])
+    name = stack_name(args)
+    state = store.load(name)
+    targets = _containers(state, args.service)
+    target = targets[0] if len(targets) == 1 else f"{args.service}-{args.index}"
+    if target not in targets:
+        raise NotFoundError(f"service {args.service} has no replica {args.index}")
+    current = state.container(target)
+    if current.status != "running" or current.init_pid is None:
+        raise LinkdError(f"container {target} is not running ({current.status})")
+    container = state.plan.container(target)
+    spec_path = store.container_dir(name, target) / f"exec-{os.getpid()}.json"
+    process.write_exec_spec(
+        str(spec_path), tuple(argv), container.env, container.working_dir, container.user
+    )
+    try:
+        return subprocess.call(process.exec_argv(current.init_pid, str(spec_path)))
+    finally:
+        spec_path.unlink(missing_ok=True)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    state = store.load(stack_name(args))
+    if args.target is None:
+        print(json.dumps(to_plain(state), indent=2))
+        return 0
+    result = [
+        {"plan": to_plain(state.plan.container(c)), "state": to_plain(state.container(c))}
+        for c in _containers(state, args.target)
+    ]
+    print(json.dumps(result, indent=2))
+    return 0

@@ -1,0 +1,72 @@
+"""One error hierarchy for linkd, with messages a user can act on.
+
+Every error names the object it is about and, where there is one, the fix. `status` is
+the HTTP status the control API answers with (as h11's `error_status_hint`), and
+`exit_code` what the CLI exits with.
+"""
+
+from __future__ import annotations
+
+
+class LinkdError(Exception):
+    """Base of every error linkd raises on purpose."""
+
+    status = 500
+    exit_code = 1
+
+
+class SpecError(LinkdError):
+    """The stack file (or a request built like one) is invalid.
+
+    `problems` lists every problem found, each as `(path, line, message)`; the parser
+    reports all of them at once so a user fixes the file in one pass.
+    """
+
+    status = 400
+    exit_code = 2
+
+    def __init__(self, problems: list[tuple[str, int | None, str]], source: str = "") -> None:
+        self.problems = problems
+        self.source = source
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = f"{self.source}: " if self.source else ""
+        lines = []
+        for path, line, message in self.problems:
+            at = f" (line {line})" if line is not None else ""
+            lines.append(f"{where}{path}{at}: {message}")
+        return "\n".join(lines)
+
+
+class NotFoundError(LinkdError):
+    """A stack, service or container that does not exist."""
+
+    status = 404
+
+
+class ConflictError(LinkdError):
+    """The request clashes with what exists (a stack already up, a subnet in use)."""
+
+    status = 409
+
+
+class KernelError(LinkdError):
+    """A kernel operation failed; carries the errno when there is one."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        self.errno = errno
+        super().__init__(message)
+
+
+class ContainerError(LinkdError):
+    """A container process could not be started, stopped or entered."""
+
+
+class TeardownError(LinkdError):
+    """Teardown finished but some steps failed; `errors` lists each one."""
+
+    def __init__(self, what: str, errors: list[BaseException]) -> None:
+        self.errors = errors
+        detail = "; ".join(str(e) for e in errors)
+        super().__init__(f"{what}: {len(errors)} step(s) failed: {detail}")

@@ -1,0 +1,128 @@
+"""Address management: subnets for networks, addresses for containers.
+
+Pure functions over what is already taken. The caller (the runtime) gathers `taken` from
+the host's routing table and from the other stacks linkd runs, so two stacks never get
+the same subnet and no stack shadows a route the host already has.
+
+Pool: networks without a declared subnet get the first free /24 of 10.87.0.0/16
+(Docker takes 172.17.0.0/16 upwards, Podman 10.88/10.89; 10.87 clashes with neither).
+IPv6 networks without a declared subnet get a /64 from a unique local /48 derived from
+the stack and network names (RFC 4193 asks for a random global ID; a hash of the names
+is as unlikely to collide and stays stable across runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Iterable, Sequence
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+
+from linkd.errors import ConflictError
+from linkd.model import Network
+
+DEFAULT_POOL = IPv4Network("10.87.0.0/16")
+DEFAULT_PREFIX = 24
+
+IPNetwork = IPv4Network | IPv6Network
+
+
+def pick_subnets(
+    networks: Sequence[Network],
+    taken: Iterable[tuple[IPNetwork, str]],
+    *,
+    pool: IPv4Network = DEFAULT_POOL,
+    prefix: int = DEFAULT_PREFIX,
+) -> dict[str, IPv4Network]:
+    """Give every network an IPv4 subnet that overlaps nothing in `taken`.
+
+    `taken` pairs each used subnet with what uses it ("host route via eth0", "stack
+    shop network front"), so a clash can be explained. Declared subnets are checked,
+    the others are picked first-fit from `pool`.
+
+    Raises:
+        ConflictError: a declared subnet overlaps something taken, or the pool is full.
+    """
+    used: list[tuple[IPNetwork, str]] = [
+        (net, who) for net, who in taken if net.prefixlen > 0  # a default route is no clash
+    ]
+    chosen: dict[str, IPv4Network] = {}
+    for network in networks:
+        if network.subnet is None:
+            continue
+        for net, who in used:
+            if net.version == 4 and network.subnet.overlaps(net):
+                raise ConflictError(
+                    f"networks.{network.name}: subnet {network.subnet} overlaps {net} "
+                    f"({who}); choose another subnet in networks.{network.name}.ipam.config"
+                )
+        chosen[network.name] = network.subnet
+        used.append((network.subnet, f"network {network.name}"))
+    for network in networks:
+        if network.subnet is not None:
+            continue
+        for candidate in pool.subnets(new_prefix=prefix):
+            if not any(net.version == 4 and candidate.overlaps(net) for net, _ in used):
+                chosen[network.name] = candidate
+                used.append((candidate, f"network {network.name}"))
+                break
+        else:
+            raise ConflictError(
+                f"networks.{network.name}: no free /{prefix} left in linkd's pool {pool}; "
+                "bring other stacks down or declare a subnet under ipam.config"
+            )
+    return chosen
+
+
+def ula_subnet(stack: str, network: str) -> IPv6Network:
+    """A stable /64 inside fd00::/8 for a network that enabled IPv6 without a subnet."""
+    digest = hashlib.sha256(f"ula\0{stack}\0{network}".encode()).digest()
+    global_id = int.from_bytes(digest[:5], "big")  # 40 bits, RFC 4193 section 3.2
+    value = (0xFD << 120) | (global_id << 80)
+    return IPv6Network((value, 64))
+
+
+def gateway_of(subnet: IPv4Network | IPv6Network) -> IPv4Address | IPv6Address:
+    """The conventional gateway: the first usable address of the subnet."""
+    return subnet.network_address + 1
+
+
+def assign(
+    subnet: IPv4Network | IPv6Network,
+    reserved: Iterable[IPv4Address | IPv6Address],
+    wanted: Sequence[tuple[str, IPv4Address | IPv6Address | None]],
+) -> dict[str, IPv4Address | IPv6Address]:
+    """Addresses for each `(owner, static_address_or_None)` in order.
+
+    Static addresses are honoured first, then the others take the lowest free address,
+    so the same stack file always gives the same addresses.
+
+    Raises:
+        ConflictError: two owners want the same static address, or the subnet is full.
+    """
+    taken = set(reserved)
+    result: dict[str, IPv4Address | IPv6Address] = {}
+    for owner, static in wanted:
+        if static is None:
+            continue
+        if static in taken:
+            clash = next((o for o, a in result.items() if a == static), "the gateway")
+            raise ConflictError(f"{owner}: address {static} is already used by {clash}")
+        taken.add(static)
+        result[owner] = static
+    hosts = subnet.hosts()
+    for owner, static in wanted:
+        if static is not None:
+            continue
+        for address in hosts:
+            if address not in taken:
+                taken.add(address)
+                result[owner] = address
+                break
+        else:
+            raise ConflictError(f"{owner}: subnet {subnet} has no free address left")
+    return result
+
+
+def parse_route(dst: str) -> IPNetwork:
+    return ipaddress.ip_network(dst, strict=False)

@@ -1,0 +1,143 @@
+"""The validated stack: what a stack file means once `linkd.spec` has checked it.
+
+Everything here is a frozen dataclass over plain values, so a `Stack` can be compared,
+hashed, encoded and handed to the planner without defensive copies. `linkd.spec` is the
+only producer; nothing here validates again.
+
+Times are float seconds. Ports are `PortSpec` ranges (a single port has start == end).
+Order is kept wherever the user's order means something: services and networks in file
+order, environment in the order it was written (env_file first, then `environment`), a
+service's networks in the order that gives it `eth0`, `eth1`, ...
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Literal
+
+Protocol = Literal["tcp", "udp", "sctp"]
+RestartMode = Literal["no", "always", "on-failure", "unless-stopped"]
+DependsCondition = Literal[
+    "service_started", "service_healthy", "service_completed_successfully"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class PortSpec:
+    """One entry of `ports:` or `expose:`; a range when `end > start`."""
+
+    start: int
+    end: int
+    protocol: Protocol = "tcp"
+    host_ip: str | None = None
+    host_start: int | None = None  # None: not published (expose) or a random host port
+    host_end: int | None = None
+    published: bool = False  # True for `ports:`, False for `expose:`
+    name: str | None = None
+
+    def numbers(self) -> range:
+        return range(self.start, self.end + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Healthcheck:
+    """Compose `healthcheck`; `test` is the argv to run, () when disabled (NONE)."""
+
+    test: tuple[str, ...]
+    interval: float = 30.0
+    timeout: float = 30.0
+    retries: int = 3
+    start_period: float = 0.0
+    start_interval: float = 5.0
+    disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Dependency:
+    service: str
+    condition: DependsCondition = "service_started"
+    required: bool = True
+    restart: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    mode: RestartMode = "no"
+    max_retries: int | None = None  # only for on-failure[:N]
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """`links: [svc]` or `[svc:alias]`; alias == service when none was given."""
+
+    service: str
+    alias: str
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A service's membership of one network (`services.X.networks`)."""
+
+    network: str
+    aliases: tuple[str, ...] = ()
+    ipv4_address: ipaddress.IPv4Address | None = None
+    ipv6_address: ipaddress.IPv6Address | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    name: str
+    command: tuple[str, ...] | None = None
+    entrypoint: tuple[str, ...] | None = None
+    image: str | None = None
+    environment: tuple[tuple[str, str], ...] = ()
+    working_dir: str | None = None
+    user: str | None = None
+    hostname: str | None = None
+    expose: tuple[PortSpec, ...] = ()
+    ports: tuple[PortSpec, ...] = ()
+    links: tuple[Link, ...] = ()
+    networks: tuple[Attachment, ...] = ()
+    depends_on: tuple[Dependency, ...] = ()
+    healthcheck: Healthcheck | None = None
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    replicas: int = 1
+    stop_signal: str = "SIGTERM"
+    stop_grace_period: float = 10.0
+
+    def argv(self) -> tuple[str, ...]:
+        """The process to run: entrypoint followed by command, as Compose joins them."""
+        return (self.entrypoint or ()) + (self.command or ())
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    name: str
+    driver: Literal["bridge"] = "bridge"
+    internal: bool = False
+    subnet: ipaddress.IPv4Network | None = None  # None: linkd picks one from its pool
+    gateway: ipaddress.IPv4Address | None = None  # None: the subnet's first address
+    enable_ipv6: bool = False
+    subnet6: ipaddress.IPv6Network | None = None
+    gateway6: ipaddress.IPv6Address | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stack:
+    name: str
+    services: tuple[Service, ...]
+    networks: tuple[Network, ...]
+    warnings: tuple[str, ...] = ()
+
+    def service(self, name: str) -> Service:
+        for service in self.services:
+            if service.name == name:
+                return service
+        raise KeyError(name)
+
+    def network(self, name: str) -> Network:
+        for network in self.networks:
+            if network.name == name:
+                return network
+        raise KeyError(name)

@@ -1,0 +1,343 @@
+"""From a validated stack to concrete containers, networks and the order to start them.
+
+`realize(stack, subnets)` is the desired state: every container with its namespace,
+interfaces, addresses, environment and hosts file, every network with its bridge. It is
+a pure function of the stack and the subnets the runtime picked, so the same stack file
+always gives the same names and addresses.
+
+Hosts files (until linkd's DNS server lands) list, for each container, exactly the names
+it may reach: on every network it shares with a peer, the peer's container name, its
+service name, its aliases on that network and `NAME.NETWORK`; plus the aliases of the
+links it declared. Names on networks it is not on never appear, as with Docker's DNS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+
+from linkd import ipam, names
+from linkd.errors import SpecError
+from linkd.model import Dependency, Healthcheck, RestartPolicy, Service, Stack
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkPlan:
+    key: str  # the name in the stack file
+    name: str  # <stack>_<key>, as Compose names networks
+    bridge: str
+    bridge_mac: str
+    subnet: IPv4Network
+    gateway: IPv4Address
+    internal: bool
+    subnet6: IPv6Network | None = None
+    gateway6: IPv6Address | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InterfacePlan:
+    network: str  # NetworkPlan.key
+    ifname: str  # inside the container: eth0, eth1, ...
+    host_ifname: str  # host end of the veth, enslaved to the bridge
+    bridge: str
+    address: IPv4Address
+    prefixlen: int
+    gateway: IPv4Address
+    address6: IPv6Address | None = None
+    prefixlen6: int = 64
+    gateway6: IPv6Address | None = None
+    default_route: bool = False  # the first non-internal network carries it
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerPlan:
+    name: str  # <service>-<replica>
+    service: str
+    replica: int
+    netns: str
+    hostname: str
+    interfaces: tuple[InterfacePlan, ...]
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    working_dir: str
+    user: str | None
+    hosts: str  # the whole /etc/hosts
+    restart: RestartPolicy
+    stop_signal: str
+    stop_grace_period: float
+    healthcheck: Healthcheck | None
+    image: str | None
+    depends_on: tuple[Dependency, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StackPlan:
+    stack: str
+    networks: tuple[NetworkPlan, ...]
+    containers: tuple[ContainerPlan, ...]
+    start_waves: tuple[tuple[str, ...], ...]  # services; each wave needs only earlier ones
+
+    def container(self, name: str) -> ContainerPlan:
+        for container in self.containers:
+            if container.name == name:
+                return container
+        raise KeyError(name)
+
+    def of_service(self, service: str) -> tuple[ContainerPlan, ...]:
+        return tuple(c for c in self.containers if c.service == service)
+
+
+def realize(
+    stack: Stack, subnets: Mapping[str, IPv4Network], *, workdir: str = "/"
+) -> StackPlan:
+    """The desired state of `stack`, given the IPv4 subnet of each of its networks.
+
+    `workdir` is where a container runs when its service names no `working_dir`: for
+    commands from the host's filesystem, the stack file's directory, so that a command
+    like `python3 api.py` finds its script as it would in a shell there.
+    """
+    networks = tuple(_network_plan(stack, n.name, subnets[n.name]) for n in stack.networks)
+    by_key = {n.key: n for n in networks}
+    addresses = _addresses(stack, by_key)
+    _check_links(stack)
+    _check_workdir(stack, workdir)
+    containers: list[ContainerPlan] = []
+    for service in stack.services:
+        for replica in range(1, service.replicas + 1):
+            name = names.container_name(service.name, replica)
+            interfaces = _interfaces(stack, service, name, by_key, addresses)
+            containers.append(
+                _container_plan(stack, service, replica, name, interfaces, workdir)
+            )
+    hosts = _hosts_files(stack, containers, by_key)
+    finished = tuple(_with_hosts(c, hosts[c.name]) for c in containers)
+    return StackPlan(stack.name, networks, finished, start_waves(stack))
+
+
+def _network_plan(stack: Stack, key: str, subnet: IPv4Network) -> NetworkPlan:
+    network = stack.network(key)
+    gateway = network.gateway or IPv4Address(ipam.gateway_of(subnet))
+    subnet6 = gateway6 = None
+    if network.enable_ipv6:
+        subnet6 = network.subnet6 or ipam.ula_subnet(stack.name, key)
+        gateway6 = network.gateway6 or IPv6Address(ipam.gateway_of(subnet6))
+    return NetworkPlan(
+        key=key,
+        name=f"{stack.name}_{key}",
+        bridge=names.bridge_name(stack.name, key),
+        bridge_mac=names.bridge_mac(stack.name, key),
+        subnet=subnet,
+        gateway=gateway,
+        internal=network.internal,
+        subnet6=subnet6,
+        gateway6=gateway6,
+    )
+
+
+Addresses = dict[tuple[str, str], tuple[IPv4Address, IPv6Address | None]]
+
+
+def _addresses(stack: Stack, networks: Mapping[str, NetworkPlan]) -> Addresses:
+    """(container, network) -> addresses, static ones first, then in file order."""
+    result: Addresses = {}
+    for key, net in networks.items():
+        wanted4: list[tuple[str, IPv4Address | IPv6Address | None]] = []
+        wanted6: list[tuple[str, IPv4Address | IPv6Address | None]] = []
+        for service in stack.services:
+            for attachment in service.networks:
+                if attachment.network != key:
+                    continue
+                for replica in range(1, service.replicas + 1):
+                    owner = names.container_name(service.name, replica)
+                    # A static address can only belong to one replica.
+                    static4 = attachment.ipv4_address if replica == 1 else None
+                    static6 = attachment.ipv6_address if replica == 1 else None
+                    wanted4.append((owner, static4))
+                    wanted6.append((owner, static6))
+        got4 = ipam.assign(net.subnet, {net.gateway}, wanted4)
+        got6 = (
+            ipam.assign(net.subnet6, {net.gateway6}, wanted6)
+            if net.subnet6 is not None and net.gateway6 is not None
+            else {}
+        )
+        for owner, address in got4.items():
+            six = got6.get(owner)
+            result[(owner, key)] = (
+                IPv4Address(address),
+                IPv6Address(six) if six is not None else None,
+            )
+    return result
+
+
+def _interfaces(
+    stack: Stack,
+    service: Service,
+    name: str,
+    networks: Mapping[str, NetworkPlan],
+    addresses: Addresses,
+) -> tuple[InterfacePlan, ...]:
+    interfaces: list[InterfacePlan] = []
+    routed = False
+    for index, attachment in enumerate(service.networks):
+        net = networks[attachment.network]
+        address, address6 = addresses[(name, net.key)]
+        default_route = not net.internal and not routed
+        routed = routed or default_route
+        interfaces.append(
+            InterfacePlan(
+                network=net.key,
+                ifname=f"eth{index}",
+                host_ifname=names.host_veth_name(stack.name, name, net.key),
+                bridge=net.bridge,
+                address=address,
+                prefixlen=net.subnet.prefixlen,
+                gateway=net.gateway,
+                address6=address6,
+                prefixlen6=net.subnet6.prefixlen if net.subnet6 else 64,
+                gateway6=net.gateway6,
+                default_route=default_route,
+            )
+        )
+    return tuple(interfaces)
+
+
+def _container_plan(
+    stack: Stack,
+    service: Service,
+    replica: int,
+    name: str,
+    interfaces: tuple[InterfacePlan, ...],
+    workdir: str,
+) -> ContainerPlan:
+    hostname = service.hostname or name
+    base = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname, "HOME": "/root"}
+    env = dict(base)
+    env.update(dict(service.environment))
+    return ContainerPlan(
+        name=name,
+        service=service.name,
+        replica=replica,
+        netns=names.netns_name(stack.name, name),
+        hostname=hostname,
+        interfaces=interfaces,
+        argv=service.argv(),
+        env=tuple(env.items()),
+        working_dir=service.working_dir or workdir,
+        user=service.user,
+        hosts="",
+        restart=service.restart,
+        stop_signal=service.stop_signal,
+        stop_grace_period=service.stop_grace_period,
+        healthcheck=service.healthcheck,
+        image=service.image,
+        depends_on=service.depends_on,
+    )
+
+
+def _check_links(stack: Stack) -> None:
+    problems: list[tuple[str, int | None, str]] = []
+    for service in stack.services:
+        mine = {a.network for a in service.networks}
+        for index, link in enumerate(service.links):
+            theirs = {a.network for a in stack.service(link.service).networks}
+            if not mine & theirs:
+                problems.append(
+                    (
+                        f"services.{service.name}.links[{index}]",
+                        None,
+                        f"{service.name} and {link.service} share no network; "
+                        f"put both on one network so the link can reach {link.service}",
+                    )
+                )
+    if problems:
+        raise SpecError(problems)
+
+
+def _check_workdir(stack: Stack, workdir: str) -> None:
+    # Every container has a private /tmp, so a stack file's directory under /tmp does
+    # not exist inside; say so now rather than fail at exec with ENOENT.
+    if workdir != "/tmp" and not workdir.startswith("/tmp/"):
+        return
+    problems: list[tuple[str, int | None, str]] = [
+        (
+            f"services.{s.name}",
+            None,
+            f"the stack file is in {workdir}, under /tmp, which every container has "
+            "to itself; move the stack file out of /tmp or set "
+            f"services.{s.name}.working_dir",
+        )
+        for s in stack.services
+        if s.working_dir is None
+    ]
+    if problems:
+        raise SpecError(problems)
+
+
+def _hosts_files(
+    stack: Stack, containers: list[ContainerPlan], networks: Mapping[str, NetworkPlan]
+) -> dict[str, str]:
+    attachments = {
+        (s.name, a.network): a.aliases for s in stack.services for a in s.networks
+    }
+    links = {s.name: s.links for s in stack.services}
+    result: dict[str, str] = {}
+    for me in containers:
+        lines = [
+            "127.0.0.1\tlocalhost",
+            "::1\tlocalhost ip6-localhost ip6-loopback",
+        ]
+        for iface in me.interfaces:
+            lines.append(f"{iface.address}\t{me.hostname} {me.name}.{iface.network}")
+            if iface.address6 is not None:
+                lines.append(f"{iface.address6}\t{me.hostname} {me.name}.{iface.network}")
+        for iface in me.interfaces:
+            for peer in containers:
+                if peer.name == me.name:
+                    continue
+                theirs = next((i for i in peer.interfaces if i.network == iface.network), None)
+                if theirs is None:
+                    continue
+                hostnames = [peer.name, peer.service, f"{peer.name}.{iface.network}",
+                             f"{peer.service}.{iface.network}"]
+                hostnames += attachments[(peer.service, iface.network)]
+                hostnames += [
+                    link.alias
+                    for link in links[me.service]
+                    if link.service == peer.service and link.alias not in hostnames
+                ]
+                if peer.hostname not in hostnames:
+                    hostnames.append(peer.hostname)
+                lines.append(f"{theirs.address}\t{' '.join(hostnames)}")
+                if theirs.address6 is not None:
+                    lines.append(f"{theirs.address6}\t{' '.join(hostnames)}")
+        result[me.name] = "\n".join(lines) + "\n"
+    return result
+
+
+def _with_hosts(container: ContainerPlan, hosts: str) -> ContainerPlan:
+    return replace(container, hosts=hosts)
+
+
+def start_waves(stack: Stack) -> tuple[tuple[str, ...], ...]:
+    """Services grouped so that each group depends only on earlier groups.
+
+    `depends_on` and `links` both order start-up, as in Compose. The spec parser has
+    already rejected cycles.
+    """
+    needs = {
+        s.name: {d.service for d in s.depends_on} | {link.service for link in s.links}
+        for s in stack.services
+    }
+    done: set[str] = set()
+    waves: list[tuple[str, ...]] = []
+    order = [s.name for s in stack.services]
+    while len(done) < len(order):
+        wave = tuple(n for n in order if n not in done and needs[n] <= done)
+        if not wave:  # unreachable after spec validation; fail loudly rather than spin
+            raise SpecError([("services", None, "dependency cycle")])
+        waves.append(wave)
+        done.update(wave)
+    return tuple(waves)

@@ -1,0 +1,261 @@
+"""The kernel's network objects, through pyroute2's asyncio API. The only pyroute2 user.
+
+One `AsyncIPRoute` for the host namespace and one per container namespace, opened on
+first use and cached for the namespace's life: pyroute2 forks a short-lived child to
+create a socket inside another namespace (~10-20 ms), after which each request costs
+about a millisecond. The runtime process itself never switches namespace.
+
+Every operation is an idempotent `ensure_*`/`remove_*` step: EEXIST on add means "check
+that what exists is the right kind", ENODEV/ENOENT on delete means "already gone".
+Errors come out as `KernelError` naming the object and the namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import os
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+from pyroute2 import AsyncIPRoute, NetlinkError
+from pyroute2 import netns as pyroute2_netns
+
+from linkd import names
+from linkd.errors import KernelError
+from linkd.plan import ContainerPlan, InterfacePlan, NetworkPlan
+from linkd.reconcile import ObservedLink
+
+NETNS_DIR = "/run/netns"
+IFA_F_NODAD = 0x02  # linux/if_addr.h: our addresses are unique by construction
+GONE = {errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL}
+
+T = TypeVar("T")
+
+
+class Kernel:
+    """Cached netlink sockets and the idempotent steps the reconciler's actions map to."""
+
+    def __init__(self) -> None:
+        self._host: AsyncIPRoute | None = None
+        self._netns: dict[str, AsyncIPRoute] = {}
+
+    async def host(self) -> AsyncIPRoute:
+        if self._host is None:
+            self._host = AsyncIPRoute()
+        return self._host
+
+    async def inside(self, netns: str) -> AsyncIPRoute:
+        ipr = self._netns.get(netns)
+        if ipr is None:
+            # flags=0: a namespace that vanished must be an error, not silently recreated.
+            # The socket opens lazily: a missing namespace fails the first request.
+            ipr = AsyncIPRoute(netns=netns, flags=0)
+            self._netns[netns] = ipr
+        return ipr
+
+    def forget(self, netns: str) -> None:
+        ipr = self._netns.pop(netns, None)
+        if ipr is not None:
+            ipr.close()
+
+    def close(self) -> None:
+        for netns in list(self._netns):
+            self.forget(netns)
+        if self._host is not None:
+            self._host.close()
+            self._host = None
+
+    # -- observation ---------------------------------------------------------------
+
+    async def links(self) -> dict[str, ObservedLink]:
+        """Host-namespace links whose names carry linkd's prefix."""
+        ipr = await self.host()
+        raw: list[tuple[str, str, int | None]] = []
+        index_to_name: dict[int, str] = {}
+        async for msg in _dump(ipr.link("dump")):
+            name = msg.get("ifname")
+            index_to_name[msg["index"]] = name
+            if name.startswith(names.LINK_PREFIX):
+                kind = msg.get(("linkinfo", "kind")) or ""
+                raw.append((name, kind, msg.get("master")))
+        return {
+            name: ObservedLink(name, kind, index_to_name.get(master) if master else None)
+            for name, kind, master in raw
+        }
+
+    async def routes(self) -> list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]]:
+        """Every route of the host, as (destination, "route via DEV") pairs."""
+        ipr = await self.host()
+        index_to_name = {
+            msg["index"]: msg.get("ifname") async for msg in _dump(ipr.link("dump"))
+        }
+        result: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
+        for family in (2, 10):
+            async for msg in _dump(ipr.route("dump", family=family)):
+                dst = msg.get("dst")
+                if not dst:
+                    continue
+                net = ipaddress.ip_network(f"{dst}/{msg['dst_len']}", strict=False)
+                dev = index_to_name.get(msg.get("oif") or -1, "?")
+                result.append((net, f"host route via {dev}"))
+        return result
+
+    @staticmethod
+    def netns_names(prefix: str) -> frozenset[str]:
+        try:
+            return frozenset(n for n in os.listdir(NETNS_DIR) if n.startswith(prefix))
+        except FileNotFoundError:
+            return frozenset()
+
+    # -- namespaces ----------------------------------------------------------------
+
+    async def ensure_netns(self, netns: str) -> None:
+        if os.path.exists(os.path.join(NETNS_DIR, netns)):
+            return
+        await _call(f"create netns {netns}", asyncio.to_thread(pyroute2_netns.create, netns))
+
+    def remove_netns(self, netns: str) -> None:
+        """Unmount and unlink; the kernel then removes the veths inside in bulk."""
+        self.forget(netns)
+        try:
+            pyroute2_netns.remove(netns)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno not in GONE | {errno.EINVAL}:
+                raise KernelError(f"remove netns {netns}: {exc.strerror}", exc.errno) from exc
+
+    # -- links ---------------------------------------------------------------------
+
+    async def ensure_bridge(self, network: NetworkPlan) -> None:
+        ipr = await self.host()
+        what = f"bridge {network.bridge} for network {network.name}"
+        await _add_link(ipr, what, ifname=network.bridge, kind="bridge",
+                        address=network.bridge_mac)
+        index = await _index(ipr, network.bridge, what)
+        await _call(f"set address of {what}",
+                    ipr.link("set", index=index, address=network.bridge_mac))
+        await _call(f"address {network.gateway} on {what}", ipr.addr(
+            "replace", index=index, address=str(network.gateway),
+            prefixlen=network.subnet.prefixlen))
+        if network.gateway6 is not None and network.subnet6 is not None:
+            await _call(f"address {network.gateway6} on {what}", ipr.addr(
+                "replace", index=index, address=str(network.gateway6),
+                prefixlen=network.subnet6.prefixlen, flags=IFA_F_NODAD))
+        await _call(f"bring up {what}", ipr.link("set", index=index, state="up"))
+
+    async def ensure_veth(self, netns: str, interface: InterfacePlan) -> None:
+        ipr = await self.host()
+        what = f"veth {interface.host_ifname} ({interface.ifname} in netns {netns})"
+        await _add_link(ipr, what, ifname=interface.host_ifname, kind="veth",
+                        peer={"ifname": interface.ifname, "net_ns_fd": netns})
+        index = await _index(ipr, interface.host_ifname, what)
+        bridge = await _index(ipr, interface.bridge, f"bridge {interface.bridge}")
+        await _call(f"attach {what} to bridge {interface.bridge}",
+                    ipr.link("set", index=index, master=bridge, state="up"))
+
+    async def configure_netns(self, container: ContainerPlan) -> None:
+        ipr = await self.inside(container.netns)
+        where = f"netns {container.netns}"
+        await _call(f"bring up lo in {where}", ipr.link("set", index=1, state="up"))
+        for iface in container.interfaces:
+            what = f"{iface.ifname} in {where}"
+            index = await _index(ipr, iface.ifname, what)
+            await _call(f"address {iface.address} on {what}", ipr.addr(
+                "replace", index=index, address=str(iface.address), prefixlen=iface.prefixlen))
+            if iface.address6 is not None:
+                await _call(f"address {iface.address6} on {what}", ipr.addr(
+                    "replace", index=index, address=str(iface.address6),
+                    prefixlen=iface.prefixlen6, flags=IFA_F_NODAD))
+            await _call(f"bring up {what}", ipr.link("set", index=index, state="up"))
+            if iface.default_route:
+                await _call(f"default route via {iface.gateway} in {where}", ipr.route(
+                    "replace", dst="0.0.0.0/0", gateway=str(iface.gateway)))
+                if iface.gateway6 is not None:
+                    await _call(f"default route via {iface.gateway6} in {where}", ipr.route(
+                        "replace", dst="::/0", gateway=str(iface.gateway6), family=10))
+
+    async def remove_link(self, name: str) -> None:
+        ipr = await self.host()
+        try:
+            await ipr.link("del", ifname=name)
+        except NetlinkError as exc:
+            if exc.code not in GONE:
+                raise KernelError(f"delete link {name}: {exc}", exc.code) from exc
+
+    async def remove_bridge(self, name: str, *, settle: float = 3.0) -> None:
+        """Delete a bridge of ours once only linkd's veths (on their way out) remain.
+
+        Deleting a namespace hands its veths to the kernel's cleanup work queue, so the
+        host ends can linger on the bridge for a moment; a foreign port is never ours to
+        detach, and then the bridge stays.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settle
+        while True:
+            ports = await self.ports(name)
+            if ports is None:
+                return
+            foreign = [p for p in ports if not p.startswith(names.VETH_PREFIX)]
+            if foreign:
+                raise KernelError(
+                    f"bridge {name} still has ports linkd did not create ({', '.join(foreign)});"
+                    " detach them, then run `linkd down` again")
+            if not ports or loop.time() > deadline:
+                break
+            await asyncio.sleep(0.02)
+        await self.remove_link(name)
+
+    async def ports(self, bridge: str) -> list[str] | None:
+        """Names of the links enslaved to `bridge`, or None when it does not exist."""
+        ipr = await self.host()
+        found = await ipr.link_lookup(ifname=bridge)
+        if not found:
+            return None
+        return [
+            msg.get("ifname")
+            async for msg in _dump(ipr.link("dump"))
+            if msg.get("master") == found[0]
+        ]
+
+
+async def _dump(request: Awaitable[Any]) -> AsyncIterator[Any]:
+    result = await request
+    async for msg in result:
+        yield msg
+
+
+async def _call(what: str, request: Awaitable[T]) -> T:
+    try:
+        return await request
+    except NetlinkError as exc:
+        raise KernelError(f"{what}: {os.strerror(exc.code)}", exc.code) from exc
+    except FileNotFoundError as exc:
+        raise KernelError(f"{what}: the namespace does not exist", errno.ENOENT) from exc
+
+
+async def _index(ipr: AsyncIPRoute, ifname: str, what: str) -> int:
+    found = await ipr.link_lookup(ifname=ifname)
+    if not found:
+        raise KernelError(f"{what}: link {ifname} does not exist", errno.ENODEV)
+    return int(found[0])
+
+
+async def _add_link(ipr: AsyncIPRoute, what: str, **spec: Any) -> None:
+    ifname, kind = spec["ifname"], spec["kind"]
+    try:
+        await ipr.link("add", **spec)
+        return
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise KernelError(f"create {what}: {os.strerror(exc.code)}", exc.code) from exc
+    # It exists: fine if it is the right kind (a leftover of ours), an error otherwise.
+    async for msg in _dump(ipr.link("dump", ifname=ifname)):
+        found = msg.get(("linkinfo", "kind"))
+        if found != kind:
+            raise KernelError(
+                f"create {what}: a {found or 'non-' + kind} link named {ifname} already "
+                "exists; it is not linkd's, remove or rename it", errno.EEXIST)
+

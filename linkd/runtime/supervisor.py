@@ -1,0 +1,504 @@
+"""Bring a stack up, keep it running, take it down: the runtime of `linkd up`.
+
+How it works:
+1. Under the global lock, the supervisor gathers what is taken (host routes, other
+   stacks' subnets), picks subnets, realizes the plan (`linkd.plan.realize`) and records
+   it in the stack's state file before touching the kernel, so a crash at any later
+   point leaves a record of what to remove.
+2. It observes the kernel (links, namespaces) and its processes, asks
+   `linkd.reconcile.plan_up` for actions and applies them in order: bridges, namespaces,
+   veths, addresses, then container processes wave by wave (`depends_on`).
+3. While up, one monitor task per container waits for its process and applies the
+   restart policy. SIGINT/SIGTERM (Ctrl-C, or `linkd down` from elsewhere) set the stop
+   event.
+4. Teardown observes again and applies `plan_down`, best effort: every step runs, the
+   failures are collected and reported together. It runs for a failed `up` too, so a
+   failure part-way leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from linkd import ipam, names, restart
+from linkd.errors import ConflictError, ContainerError, LinkdError, TeardownError
+from linkd.model import Stack
+from linkd.plan import ContainerPlan, StackPlan, realize
+from linkd.reconcile import (
+    Action,
+    ConfigureNetns,
+    EnsureBridge,
+    EnsureNetns,
+    EnsureVeth,
+    Observed,
+    RemoveBridge,
+    RemoveLink,
+    RemoveNetns,
+    StartContainer,
+    StopContainer,
+    plan_down,
+    plan_up,
+)
+from linkd.runtime import process, store
+from linkd.runtime.netlink import Kernel
+from linkd.state import ContainerState, StackState, StackStatus
+
+log = logging.getLogger("linkd")
+
+Report = Callable[[str, str], None]  # (object, what happened), for progress displays
+
+RESOLV_CONF = (
+    "# linkd: the names of this stack are in /etc/hosts.\n"
+    "# No nameserver: a lookup of any other name fails at once rather than hang.\n"
+    "options ndots:0\n"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class UpOptions:
+    abort_on_exit: frozenset[str] = frozenset()  # services whose exit stops the stack
+    exit_code_from: str | None = None
+
+
+class Supervisor:
+    def __init__(self, stack_name: str, source: str, report: Report) -> None:
+        self.stack = stack_name
+        self.source = source
+        self.report = report
+        self.kernel = Kernel()
+        self.plan: StackPlan | None = None
+        self.status: StackStatus = "starting"
+        self.processes: dict[str, process.ContainerProcess] = {}
+        self.states: dict[str, ContainerState] = {}
+        self.user_stopped: set[str] = set()
+        self.exits: asyncio.Queue[tuple[str, int, bool]] = asyncio.Queue()
+        self._monitors: dict[str, asyncio.Task[None]] = {}
+
+    # -- state ---------------------------------------------------------------------
+
+    def save(self) -> None:
+        if self.plan is None:
+            return
+        containers = tuple(
+            self.states.get(c.name, ContainerState(c.name)) for c in self.plan.containers
+        )
+        store.save(StackState(self.plan, self.source, self.status, os.getpid(), containers))
+
+    def set_state(self, name: str, **changes: object) -> None:
+        current = self.states.get(name, ContainerState(name))
+        self.states[name] = replace(current, **changes)  # type: ignore[arg-type]
+        self.save()
+
+    # -- up ------------------------------------------------------------------------
+
+    async def prepare(self, stack: Stack) -> StackPlan:
+        """Pick subnets and record the plan, holding the global lock meanwhile."""
+        with store.locked(store.root() / "lock"):
+            taken = await self._taken_subnets()
+            subnets = ipam.pick_subnets(stack.networks, taken)
+            plan = realize(stack, subnets, workdir=str(Path(self.source).parent))
+            self.plan = plan
+            self.save()
+        return plan
+
+    async def _taken_subnets(self) -> list[tuple[ipam.IPNetwork, str]]:
+        taken = list(await self.kernel.routes())
+        for other in store.stacks():
+            if other == self.stack:
+                continue
+            try:
+                other_state = store.load(other)
+            except LinkdError:
+                continue
+            for net in other_state.plan.networks:
+                taken.append((net.subnet, f"stack {other} network {net.key}"))
+        return taken
+
+    async def observe(self) -> Observed:
+        running = frozenset(n for n, p in self.processes.items() if p.returncode is None)
+        return Observed(
+            links=await self.kernel.links(),
+            netns=self.kernel.netns_names(names.netns_prefix(self.stack)),
+            running=running,
+        )
+
+    async def up(self, stack: Stack) -> None:
+        if any(s.image for s in stack.services):
+            image_user = next(s.name for s in stack.services if s.image)
+            raise ContainerError(
+                f"services.{image_user}.image: running images comes with a later linkd; "
+                "give the service a `command` from the host's filesystem instead"
+            )
+        plan = await self.prepare(stack)
+        actions = plan_up(plan, await self.observe())
+        for action in actions:
+            await self.apply(action)
+        self.status = "up"
+        self.save()
+
+    async def apply(self, action: Action) -> None:
+        match action:
+            case EnsureBridge(network):
+                await self.kernel.ensure_bridge(network)
+                self.report(f"network {network.name}", f"bridge {network.bridge} {network.subnet}")
+            case EnsureNetns(netns):
+                await self.kernel.ensure_netns(netns)
+            case EnsureVeth(netns, interface):
+                await self.kernel.ensure_veth(netns, interface)
+            case ConfigureNetns(container):
+                await self.kernel.configure_netns(container)
+                self.write_files(container)
+                self.report(f"container {container.name}", "network ready")
+            case StartContainer(container):
+                await self.wait_for_dependencies(container)
+                await self.start(container)
+            case StopContainer(name):
+                await self.stop(name)
+            case RemoveNetns(netns):
+                self.kernel.remove_netns(netns)
+            case RemoveLink(name):
+                await self.kernel.remove_link(name)
+            case RemoveBridge(name):
+                await self.kernel.remove_bridge(name)
+
+    def write_files(self, container: ContainerPlan) -> None:
+        directory = store.container_dir(self.stack, container.name)
+        directory.mkdir(parents=True, exist_ok=True)
+        store.write_atomic(directory / "hosts", container.hosts.encode())
+        store.write_atomic(directory / "hostname", f"{container.hostname}\n".encode())
+        store.write_atomic(directory / "resolv.conf", RESOLV_CONF.encode())
+
+    def process_spec(self, container: ContainerPlan) -> process.ProcessSpec:
+        directory = store.container_dir(self.stack, container.name)
+        return process.ProcessSpec(
+            name=container.name,
+            netns=container.netns,
+            hostname=container.hostname,
+            argv=container.argv,
+            env=container.env,
+            working_dir=container.working_dir,
+            user=container.user,
+            bind_files=(
+                (str(directory / "hosts"), "/etc/hosts"),
+                (str(directory / "hostname"), "/etc/hostname"),
+                (str(directory / "resolv.conf"), "/etc/resolv.conf"),
+            ),
+            log_path=str(directory / "log"),
+            run_dir=str(directory),
+        )
+
+    async def start(self, container: ContainerPlan) -> None:
+        try:
+            proc = await process.start(self.process_spec(container))
+        except ContainerError as exc:
+            self.set_state(container.name, status="failed", error=str(exc))
+            raise
+        self.processes[container.name] = proc
+        self.set_state(
+            container.name,
+            status="running",
+            pid=proc.pid,
+            init_pid=proc.init_pid,
+            started_at=time.time(),
+            exit_code=None,
+            error=None,
+        )
+        self.report(f"container {container.name}", "started")
+        self._monitors[container.name] = asyncio.create_task(
+            self._monitor(container, proc), name=f"monitor {container.name}"
+        )
+
+    async def wait_for_dependencies(self, container: ContainerPlan) -> None:
+        assert self.plan is not None
+        service = container.service
+        for dependency in container.depends_on:
+            peers = self.plan.of_service(dependency.service)
+            if dependency.condition == "service_completed_successfully":
+                for peer in peers:
+                    proc = self.processes.get(peer.name)
+                    code = await proc.wait() if proc is not None else None
+                    if code != 0 and dependency.required:
+                        raise ContainerError(
+                            f"service {service} depends on {dependency.service} completing "
+                            f"successfully, but {peer.name} exited with code {code}"
+                        )
+
+    async def _monitor(self, container: ContainerPlan, proc: process.ContainerProcess) -> None:
+        restarts = backoff = 0
+        while True:
+            code = await proc.wait()
+            started = self.states[container.name].started_at or time.time()
+            ran_for = time.time() - started
+            backoff = restart.backoff_after_run(backoff, ran_for)
+            delay = restart.next_delay(
+                container.restart,
+                code,
+                restarts=restarts,
+                backoff=backoff,
+                stopped_by_user=container.name in self.user_stopped,
+            )
+            final = delay is None
+            self.set_state(
+                container.name,
+                status="exited" if final else "restarting",
+                exit_code=code,
+            )
+            self.report(f"container {container.name}", f"exited with code {code}")
+            self.exits.put_nowait((container.name, code, final))
+            if final:
+                return
+            assert delay is not None
+            await asyncio.sleep(delay)
+            restarts += 1
+            backoff += 1
+            try:
+                proc = await process.start(self.process_spec(container))
+            except ContainerError as exc:
+                self.set_state(container.name, status="failed", error=str(exc))
+                self.exits.put_nowait((container.name, 127, True))
+                return
+            self.processes[container.name] = proc
+            self.set_state(
+                container.name,
+                status="running",
+                pid=proc.pid,
+                init_pid=proc.init_pid,
+                started_at=time.time(),
+                restarts=restarts,
+            )
+            self.report(f"container {container.name}", f"restarted ({restarts})")
+
+    async def stop(self, name: str) -> None:
+        self.user_stopped.add(name)
+        monitor = self._monitors.pop(name, None)
+        if monitor is not None:
+            monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await monitor
+        proc = self.processes.get(name)
+        if proc is None or proc.returncode is not None:
+            return
+        container = self.plan.container(name) if self.plan else None
+        sig = signal.Signals[container.stop_signal] if container else signal.SIGTERM
+        grace = container.stop_grace_period if container else 10.0
+        code = await proc.stop(sig, grace)
+        self.set_state(name, status="exited", exit_code=code)
+        self.report(f"container {name}", f"stopped (exit code {code})")
+
+    # -- supervise -----------------------------------------------------------------
+
+    async def supervise(self, stop: asyncio.Event, options: UpOptions) -> int:
+        """Run until `stop` is set, or a service in `abort_on_exit` exits for good."""
+        exit_code = 0
+        stop_task = asyncio.create_task(stop.wait())
+        try:
+            while True:
+                exit_task = asyncio.create_task(self.exits.get())
+                done, _ = await asyncio.wait(
+                    {stop_task, exit_task}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if exit_task not in done:
+                    exit_task.cancel()
+                    return exit_code
+                name, code, final = exit_task.result()
+                service = self.plan.container(name).service if self.plan else name
+                if final and service in options.abort_on_exit:
+                    if options.exit_code_from in (None, service):
+                        exit_code = code
+                    return exit_code
+        finally:
+            stop_task.cancel()
+
+    # -- down ----------------------------------------------------------------------
+
+    async def teardown(self) -> None:
+        """Remove everything of the stack, collecting failures rather than stopping."""
+        self.status = "stopping"
+        self.save()
+        observed = await self.observe()
+        actions = plan_down(self.stack, self.plan, observed)
+        errors: list[BaseException] = []
+        for group in _stop_groups(actions):
+            results = await asyncio.gather(
+                *(self._apply_logged(a) for a in group), return_exceptions=True
+            )
+            errors += [r for r in results if isinstance(r, BaseException)]
+        for monitor in self._monitors.values():
+            monitor.cancel()
+        self.kernel.close()
+        if errors:
+            self.status = "failed"
+            self.save()
+            raise TeardownError(f"linkd down {self.stack}", errors)
+        store.remove_stack_dir(self.stack)
+        self.report(f"stack {self.stack}", "removed")
+
+    async def _apply_logged(self, action: Action) -> None:
+        try:
+            await self.apply(action)
+        except Exception as exc:  # a teardown step failing must not stop the others
+            log.warning("teardown step %s failed: %s", type(action).__name__, exc)
+            raise
+
+
+def _stop_groups(actions: list[Action]) -> list[list[Action]]:
+    """Consecutive stops of the same wave run together; everything else runs alone."""
+    groups: list[list[Action]] = []
+    for action in actions:
+        previous = groups[-1][-1] if groups else None
+        if (
+            isinstance(action, StopContainer)
+            and isinstance(previous, StopContainer)
+            and previous.wave == action.wave
+        ):
+            groups[-1].append(action)
+        else:
+            groups.append([action])
+    return groups
+
+
+async def run(
+    stack: Stack,
+    source: str,
+    options: UpOptions,
+    report: Report,
+    *,
+    on_up: Callable[[Supervisor], None] | None = None,
+    before_down: Callable[[], Awaitable[None]] | None = None,
+) -> int:
+    """`linkd up` in the foreground: up, supervise until stopped, then always down.
+
+    `on_up` runs once everything is started; `before_down` before teardown begins (the
+    CLI uses it to show the last output of the containers before they are stopped).
+    """
+    try:
+        lock = store.locked(store.supervisor_lock(stack.name), wait=False)
+        lock.__enter__()
+    except BlockingIOError:
+        raise ConflictError(
+            f"stack {stack.name} is already up; `linkd down -p {stack.name}` first, "
+            "or pick another name with -p"
+        ) from None
+    try:
+        return await _supervised(stack, source, options, report, on_up, before_down)
+    finally:
+        lock.__exit__(None, None, None)
+
+
+async def _supervised(
+    stack: Stack,
+    source: str,
+    options: UpOptions,
+    report: Report,
+    on_up: Callable[[Supervisor], None] | None,
+    before_down: Callable[[], Awaitable[None]] | None,
+) -> int:
+    supervisor = Supervisor(stack.name, source, report)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await _cleanup_leftovers(stack.name, supervisor)
+        up = asyncio.create_task(supervisor.up(stack))
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({up, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if up not in done:
+            up.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await up
+            report(f"stack {stack.name}", "interrupted while coming up")
+            return 130
+        stopper.cancel()
+        up.result()
+        if on_up is not None:
+            on_up(supervisor)
+        return await supervisor.supervise(stop, options)
+    finally:
+        # A second Ctrl-C must not cut teardown in half (netavark ignores it too).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: None)
+        try:
+            if before_down is not None:
+                await before_down()
+            await supervisor.teardown()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+
+async def _cleanup_leftovers(stack: str, supervisor: Supervisor) -> None:
+    """Remove what an earlier supervisor of this stack left when it died."""
+    try:
+        previous = store.load(stack)
+    except LinkdError:
+        previous = None
+    netns = Kernel.netns_names(names.netns_prefix(stack))
+    if previous is None and not netns:
+        return
+    await down_unsupervised(stack, supervisor.report)
+
+
+async def down_unsupervised(stack: str, report: Report) -> None:
+    """Tear down a stack whose supervisor is gone, from its state file and the kernel.
+
+    Its container processes are not our children: each is ended by PID, and only after
+    checking that the PID still runs linkd's shim for that very container.
+    """
+    try:
+        previous: StackState | None = store.load(stack)
+    except LinkdError:
+        previous = None
+    kernel = Kernel()
+    errors: list[BaseException] = []
+    try:
+        observed = Observed(
+            links=await kernel.links(),
+            netns=kernel.netns_names(names.netns_prefix(stack)),
+            running=frozenset(),
+        )
+        if previous is not None:
+            for container in previous.containers:
+                try:
+                    _kill_leftover(stack, container)
+                except OSError as exc:
+                    errors.append(exc)
+        for action in plan_down(stack, previous.plan if previous else None, observed):
+            try:
+                match action:
+                    case RemoveNetns(netns):
+                        kernel.remove_netns(netns)
+                    case RemoveLink(name):
+                        await kernel.remove_link(name)
+                    case RemoveBridge(name):
+                        await kernel.remove_bridge(name)
+            except LinkdError as exc:
+                errors.append(exc)
+    finally:
+        kernel.close()
+    if errors:
+        raise TeardownError(f"linkd down {stack}", errors)
+    store.remove_stack_dir(stack)
+    report(f"stack {stack}", "removed")
+
+
+def _kill_leftover(stack: str, container: ContainerState) -> None:
+    spec = str(store.container_dir(stack, container.name) / "spec.json")
+    for pid in (container.pid, container.init_pid):
+        if pid is None:
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if spec.encode() in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,166 @@
+"""Root tier: real namespaces, veths, bridges and processes.
+
+Every test runs between two snapshots of the machine (network namespaces, links,
+mounts and processes that look like linkd's); anything of ours that appears during a
+test and is still there after it fails that test, and is then removed so the next test
+starts clean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if os.geteuid() != 0:
+        raise pytest.UsageError(
+            "the integration tests create namespaces and bridges: run them as root "
+            "(scripts/dev test does)"
+        )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    netns: frozenset[str]
+    links: frozenset[str]
+    mounts: frozenset[str]
+    processes: frozenset[int]
+
+    def __sub__(self, other: Snapshot) -> Snapshot:
+        return Snapshot(
+            self.netns - other.netns,
+            self.links - other.links,
+            self.mounts - other.mounts,
+            self.processes - other.processes,
+        )
+
+    def empty(self) -> bool:
+        return not (self.netns or self.links or self.mounts or self.processes)
+
+
+def snapshot() -> Snapshot:
+    try:
+        netns = frozenset(n for n in os.listdir("/run/netns") if n.startswith("linkd-"))
+    except FileNotFoundError:
+        netns = frozenset()
+    links = frozenset(n for n in os.listdir("/sys/class/net") if n.startswith("lk"))
+    mounts = frozenset(
+        line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
+        if "linkd" in line
+    )
+    shim = str(REPO / "linkd" / "runtime" / "shim.py").encode()
+    processes = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if shim in cmdline or b"linkd up --supervisor" in cmdline.replace(b"\0", b" "):
+            processes.add(int(entry))
+    return Snapshot(netns, links, mounts, frozenset(processes))
+
+
+def remove_leftovers(left: Snapshot) -> None:
+    for pid in left.processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)  # ours: it runs linkd's shim or supervisor
+    for netns in left.netns:
+        subprocess.run(["ip", "netns", "del", netns], check=False, capture_output=True)
+    for link in sorted(left.links):
+        subprocess.run(["ip", "link", "del", link], check=False, capture_output=True)
+
+
+@pytest.fixture(autouse=True)
+def leaves_nothing_behind() -> Iterator[None]:
+    before = snapshot()
+    yield
+    left = _settled(before)
+    if not left.empty():
+        remove_leftovers(left)
+        pytest.fail(f"the test left linkd objects behind: {left}")
+
+
+def _settled(before: Snapshot) -> Snapshot:
+    # The kernel removes a deleted namespace's veths from a work queue, a moment later.
+    import time
+
+    deadline = time.monotonic() + 5
+    while True:
+        left = snapshot() - before
+        if left.empty() or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+@dataclass
+class Linkd:
+    """Runs the real `linkd` command line against one stack file of a test."""
+
+    directory: Path
+    project: str
+
+    def write(self, stack_yaml: str, name: str = "linkd.yaml") -> Path:
+        path = self.directory / name
+        path.write_text(textwrap.dedent(stack_yaml))
+        return path
+
+    def run(self, *args: str, check: bool = True, timeout: float = 60,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "linkd", *args],
+            cwd=self.directory,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"linkd {' '.join(args)} exited {result.returncode}\n"
+                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+            )
+        return result
+
+    def up(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        return self.run("up", "-d", "-p", self.project, *extra)
+
+    def down(self) -> subprocess.CompletedProcess[str]:
+        return self.run("down", "-p", self.project)
+
+    def exec(self, service: str, *argv: str, check: bool = True
+             ) -> subprocess.CompletedProcess[str]:
+        return self.run("exec", "-p", self.project, service, "--", *argv, check=check)
+
+    def py(self, service: str, code: str, check: bool = True
+           ) -> subprocess.CompletedProcess[str]:
+        return self.exec(service, "/usr/bin/python3", "-c", textwrap.dedent(code), check=check)
+
+
+@pytest.fixture
+def linkd() -> Iterator[Linkd]:
+    # Not under /tmp: containers have a private /tmp, and run in the stack file's directory.
+    directory = Path(tempfile.mkdtemp(prefix="linkd-test-", dir="/var/tmp"))
+    runner = Linkd(directory, "t" + secrets.token_hex(4))
+    try:
+        yield runner
+    finally:
+        # Whatever the test did or failed to do, the stack goes.
+        runner.run("down", "-p", runner.project, check=False)
+        shutil.rmtree(directory, ignore_errors=True)

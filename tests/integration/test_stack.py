@@ -1,0 +1,320 @@
+"""A whole stack through the real CLI: namespaces, bridges, veths, processes, names."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from tests.integration.conftest import Linkd, snapshot
+
+SERVE = (
+    "/usr/bin/python3 -c \"import socket,os;"
+    "s=socket.create_server(('::',PORT),family=socket.AF_INET6,dualstack_ipv6=True);"
+    "[c.sendall(os.uname().nodename.encode()) or c.close() for c in iter(lambda:s.accept()[0],0)]\""
+)
+
+
+def serve(port: int) -> str:
+    return SERVE.replace("PORT", str(port))
+
+
+CONNECT = """
+import socket, sys
+for name in sys.argv[1:]:
+    with socket.create_connection((name, 9000), timeout=5) as c:
+        print(name, "->", c.recv(100).decode())
+"""
+
+
+def connect(linkd: Linkd, service: str, *names: str) -> dict[str, str]:
+    result = linkd.exec(service, "/usr/bin/python3", "-c", CONNECT, *names)
+    return dict(line.split(" -> ") for line in result.stdout.splitlines())
+
+
+def wait_listening(linkd: Linkd, service: str, port: int = 9000) -> None:
+    linkd.py(service, f"""
+        import socket, time
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", {port}), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline: raise
+                time.sleep(0.05)
+    """)
+
+
+def test_two_services_talk_over_tcp_by_name(linkd: Linkd) -> None:
+    linkd.write(f"""
+        services:
+          server:
+            command: {serve(9000)}
+          client:
+            command: sleep 300
+    """)
+    up = linkd.up()
+    assert "server-1" in up.stdout and "running" in up.stdout
+    wait_listening(linkd, "server")
+    assert connect(linkd, "client", "server", "server-1") == {
+        "server": "server-1",
+        "server-1": "server-1",
+    }
+    linkd.down()
+    assert not any(n.startswith(f"linkd-{linkd.project}.") for n in snapshot().netns)
+
+
+def test_a_service_on_two_networks_is_reachable_on_both(linkd: Linkd) -> None:
+    linkd.write(f"""
+        services:
+          hub:
+            command: {serve(9000)}
+            networks: [left, right]
+          l:
+            command: sleep 300
+            networks: [left]
+          r:
+            command: sleep 300
+            networks: [right]
+        networks:
+          left:
+          right:
+    """)
+    linkd.up()
+    wait_listening(linkd, "hub")
+    assert connect(linkd, "l", "hub") == {"hub": "hub-1"}
+    assert connect(linkd, "r", "hub", "hub.right") == {"hub": "hub-1", "hub.right": "hub-1"}
+    interfaces = linkd.exec("hub", "cat", "/proc/net/dev").stdout
+    assert "eth0" in interfaces and "eth1" in interfaces
+    # l and r share no network: neither name nor address reaches across.
+    hosts = linkd.exec("l", "cat", "/etc/hosts").stdout
+    assert " r-1" not in hosts and "\tr " not in hosts
+    lookup = linkd.py("l", "import socket; socket.getaddrinfo('r', 9000)", check=False)
+    assert lookup.returncode != 0 and "gaierror" in lookup.stderr
+
+
+def test_three_replicas_are_all_reachable_by_name_and_behind_the_service(linkd: Linkd) -> None:
+    linkd.write(f"""
+        services:
+          web:
+            command: {serve(9000)}
+            scale: 3
+          client:
+            command: sleep 300
+    """)
+    up = linkd.up()
+    for n in (1, 2, 3):
+        assert f"web-{n}" in up.stdout
+        wait_listening(linkd, f"web-{n}")
+    assert connect(linkd, "client", "web-1", "web-2", "web-3") == {
+        f"web-{n}": f"web-{n}" for n in (1, 2, 3)
+    }
+    # The system resolver gives every replica's address for the service name.
+    got = linkd.py("client", """
+        import socket
+        print(sorted({a[4][0] for a in socket.getaddrinfo('web', 9000, socket.AF_INET)}))
+    """).stdout
+    assert len(eval(got)) == 3
+
+
+def test_container_namespaces_hostname_and_files(linkd: Linkd) -> None:
+    linkd.write("""
+        services:
+          box:
+            command: sleep 300
+            hostname: boxy
+            environment:
+              GREETING: hello
+            working_dir: /tmp
+    """)
+    linkd.up()
+    assert linkd.exec("box", "hostname").stdout.strip() == "boxy"
+    assert linkd.exec("box", "cat", "/etc/hostname").stdout.strip() == "boxy"
+    assert linkd.exec("box", "sh", "-c", "echo $GREETING").stdout.strip() == "hello"
+    assert linkd.exec("box", "pwd").stdout.strip() == "/tmp"
+    # Own PID namespace: the command is PID 2 under linkd's init.
+    pids = linkd.exec("box", "sh", "-c", "ls /proc | grep -E '^[0-9]+$'").stdout.split()
+    assert "1" in pids and len(pids) < 10
+    linkd.exec("box", "touch", "/tmp/only-inside")
+    assert not os.path.exists("/tmp/only-inside")
+    assert os.uname().nodename != "boxy"
+    exit_code = linkd.exec("box", "sh", "-c", "exit 7", check=False).returncode
+    assert exit_code == 7
+
+
+def test_ps_logs_inspect_and_config(linkd: Linkd) -> None:
+    linkd.write("""
+        services:
+          talker:
+            command: sh -c 'echo line-one; echo line-two >&2; sleep 300'
+    """)
+    linkd.up()
+    deadline = time.monotonic() + 5
+    while "line-two" not in linkd.run("logs", "-p", linkd.project, "talker").stdout:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    ps = linkd.run("ps", "-p", linkd.project).stdout
+    assert "talker-1" in ps and "running" in ps
+    inspected = json.loads(linkd.run("inspect", "-p", linkd.project, "talker").stdout)
+    assert inspected[0]["plan"]["netns"] == f"linkd-{linkd.project}.talker-1"
+    assert inspected[0]["state"]["status"] == "running"
+    config = linkd.run("config", "-p", linkd.project).stdout
+    assert "talker:" in config and f"name: {linkd.project}" in config
+
+
+def test_on_failure_restarts_up_to_its_limit(linkd: Linkd) -> None:
+    linkd.write("""
+        services:
+          flaky:
+            command: sh -c 'echo try; exit 3'
+            restart: on-failure:2
+          steady:
+            command: sh -c 'exit 4'
+            restart: "no"
+    """)
+    linkd.up()
+    deadline = time.monotonic() + 10
+    while True:
+        state = {c["name"]: c for c in json.loads(
+            linkd.run("inspect", "-p", linkd.project).stdout)["containers"]}
+        if state["flaky-1"]["status"] == "exited" and state["steady-1"]["status"] == "exited":
+            break
+        assert time.monotonic() < deadline, state
+        time.sleep(0.1)
+    assert state["flaky-1"]["restarts"] == 2 and state["flaky-1"]["exit_code"] == 3
+    assert state["steady-1"]["restarts"] == 0 and state["steady-1"]["exit_code"] == 4
+    logs = linkd.run("logs", "-p", linkd.project, "flaky").stdout
+    assert logs.count("try") == 3
+
+
+def test_always_restarts_and_stop_uses_the_stop_signal(linkd: Linkd) -> None:
+    linkd.write("""
+        services:
+          again:
+            command: sh -c 'sleep 0.2; exit 0'
+            restart: always
+          stubborn:
+            command: sh -c 'trap "" TERM; trap "echo got-int; exit 0" INT; sleep 300 & wait'
+            stop_signal: SIGINT
+            stop_grace_period: 5s
+    """)
+    linkd.up()
+    deadline = time.monotonic() + 10
+    while True:
+        doc = json.loads(linkd.run("inspect", "-p", linkd.project, "again").stdout)
+        if doc[0]["state"]["restarts"] >= 2:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    started = time.monotonic()
+    linkd.down()
+    assert time.monotonic() - started < 4  # SIGINT ended it; no wait for the grace period
+
+
+def test_a_failure_part_way_through_up_leaves_nothing(linkd: Linkd) -> None:
+    before = snapshot()
+    linkd.write("""
+        services:
+          first:
+            command: sleep 300
+          second:
+            command: /nonexistent/program
+            depends_on: [first]
+    """)
+    result = linkd.run("up", "-d", "-p", linkd.project, check=False)
+    assert result.returncode != 0
+    assert "/nonexistent/program" in result.stderr
+    time.sleep(0.2)
+    left = snapshot() - before
+    assert left.empty() or not left.netns, left
+    down = linkd.run("down", "-p", linkd.project)
+    assert down.returncode == 0
+
+
+def test_two_stacks_with_the_same_file_run_side_by_side(linkd: Linkd) -> None:
+    linkd.write(f"""
+        services:
+          server:
+            command: {serve(9000)}
+          client:
+            command: sleep 300
+    """)
+    other = linkd.project + "b"
+    linkd.up()
+    try:
+        linkd.run("up", "-d", "-p", other)
+        wait_listening(linkd, "server")
+        addresses = []
+        for project in (linkd.project, other):
+            doc = json.loads(linkd.run("inspect", "-p", project, "server").stdout)
+            addresses.append(doc[0]["plan"]["interfaces"][0]["address"])
+        assert addresses[0] != addresses[1]
+        assert connect(linkd, "client", "server") == {"server": "server-1"}
+    finally:
+        linkd.run("down", "-p", other)
+
+
+def test_up_twice_is_refused_while_the_stack_is_up(linkd: Linkd) -> None:
+    linkd.write("""
+        services:
+          one:
+            command: sleep 300
+    """)
+    linkd.up()
+    again = linkd.run("up", "-d", "-p", linkd.project, check=False)
+    assert again.returncode != 0 and "already up" in again.stderr
+
+
+def test_ipv6_dual_stack(linkd: Linkd) -> None:
+    linkd.write(f"""
+        services:
+          server:
+            command: {serve(9000)}
+          client:
+            command: sleep 300
+        networks:
+          default:
+            enable_ipv6: true
+    """)
+    linkd.up()
+    wait_listening(linkd, "server")
+    got = linkd.py("client", """
+        import socket
+        addr = socket.getaddrinfo('server', 9000, socket.AF_INET6)[0][4]
+        with socket.create_connection(addr[:2], timeout=5) as c:
+            print(addr[0], c.recv(100).decode())
+    """).stdout.split()
+    assert got[0].startswith("fd") and got[1] == "server-1"
+
+
+def test_invalid_stack_file_creates_nothing(linkd: Linkd) -> None:
+    before = snapshot()
+    linkd.write("""
+        services:
+          web:
+            command: sleep 1
+            ports: ["80:x"]
+            links: [nothere]
+    """)
+    result = linkd.run("up", "-d", "-p", linkd.project, check=False)
+    assert result.returncode == 2
+    assert "services.web.ports[0]" in result.stderr and "line 5" in result.stderr
+    assert "services.web.links[0]" in result.stderr
+    assert (snapshot() - before).empty()
+
+
+def test_foreground_up_exits_with_the_code_of_exit_code_from(linkd: Linkd) -> None:
+    linkd.write(f"""
+        services:
+          server:
+            command: {serve(9000)}
+          checker:
+            command: >-
+              /usr/bin/python3 -c "import socket,time,sys; time.sleep(0.3);
+              socket.create_connection(('server', 9000), timeout=5); sys.exit(5)"
+            depends_on: [server]
+    """)
+    result = linkd.run("up", "-p", linkd.project, "--exit-code-from", "checker", check=False)
+    assert result.returncode == 5, result.stdout + result.stderr
+    assert "checker-1" in result.stdout
