@@ -269,7 +269,7 @@ def _table(state: StackState) -> str:
             f"{i.network}={i.address}" + (f",{i.address6}" if i.address6 else "")
             for i in container.interfaces
         )
-        status = current.status
+        status: str = current.status
         if current.exit_code is not None and status != "running":
             status += f" ({current.exit_code})"
         if current.restarts:
