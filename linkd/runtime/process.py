@@ -1,0 +1,361 @@
+"""Container processes, the asyncio side: start, watch, signal, stop and enter containers.
+
+A container here is "a Mininet host with its own hostname, PIDs and /proc": a command from
+the host filesystem, run in new UTS, IPC, PID and mount namespaces inside a network
+namespace that the network code created and wired beforehand (``/run/netns/<name>``).
+
+The daemon never changes its own namespaces (DESIGN principle 6), so the namespace work
+happens in a small standalone program, ``shim.py`` (its docstring has the details)::
+
+    runtime (this module) ── pidfd ──▶ A  shim        our direct child; mirrors B's exit
+                                        └─ B  init     PID 1: forwards signals, reaps zombies
+                                            └─ C  command
+
+How this side talks to it, and why:
+
+* **Status pipe.**  A gets the write end of a pipe as STATUS_FD.  A writes
+  ``pid <B's host pid>``; C marks its copy close-on-exec, so EOF on the read end means
+  "the command has been exec'd".  If a step failed first, one ``error: ...`` line arrives
+  before EOF and ``start`` raises it as a :class:`ContainerError`.  No polling, no sleeps,
+  and ``start`` only returns once the command really runs.  The pipe is read with
+  ``loop.add_reader``, so hundreds of containers start concurrently on one thread.
+* **pidfd instead of asyncio's child watchers.**  The default watcher in 3.11 parks a thread
+  in ``waitpid`` per child (500 containers = 500 threads), and the SIGCHLD-based ones reap
+  children they do not own.  ``os.pidfd_open(A)`` becomes readable when A exits; the
+  callback then reaps exactly A with ``Popen.poll()``.  Signals go through
+  ``pidfd_send_signal``, so a recycled PID can never be hit.
+* **B's pidfd.**  B is not our child, but we need it for SIGKILL when the grace period
+  expires, and its exit is what guarantees the container is empty: the kernel only lets a
+  PID-namespace init finish exiting once every other process in it is gone.  ``wait()``
+  therefore resolves when A has exited *and* B has.  PID reuse is excluded by checking,
+  after opening the pidfd, that the process's parent is A (A only ever forks B).
+* **Exit codes** follow Docker: the command's own code, or 128+N when a signal N killed it
+  (143 for SIGTERM, 137 for SIGKILL); if A itself is SIGKILLed, the same rule applies to A.
+
+Nothing here uses ``preexec_fn``: it is unsafe with threads and forces the slow fork path.
+The shim is run with ``-I -S``, which skips site-packages, so it starts in ~15 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from linkd.errors import ContainerError
+
+SHIM_PATH = str(Path(__file__).with_name("shim.py"))
+SPEC_FILE = "spec.json"
+# After init is SIGKILLed the shim normally reaps it and exits within a millisecond; this
+# only bounds a shim that does not (stopped, say).  Not shorter: init's exit legitimately
+# waits until every process of its namespace has been reaped, including an `exec` command
+# orphaned to the host's PID 1, and killing the shim then would orphan init there too.
+SHIM_KILL_DELAY = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    """Everything needed to run one container's command."""
+
+    name: str
+    netns: str  # an existing /run/netns/<netns>, already wired
+    hostname: str
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]  # exactly the command's environment, nothing added
+    working_dir: str | None
+    user: str | None  # "uid", "uid:gid", "name" or "name:group"; None = root
+    bind_files: tuple[tuple[str, str], ...]  # (host source, target), mounted read-only
+    log_path: str  # stdout+stderr of the container are appended here
+    run_dir: str  # per-container directory; the spec JSON is written here
+
+
+class ContainerProcess:
+    """A running (or finished) container, watched without threads.
+
+    Create with :func:`start`.  ``pid`` is the shim (A), our child; ``init_pid`` is the
+    container's PID 1 (B) as the host sees it.
+    """
+
+    def __init__(self, name: str, popen: subprocess.Popen[bytes]) -> None:
+        self.name = name
+        self.pid = popen.pid
+        self.init_pid = 0
+        self.started_at = 0.0
+        self._popen = popen
+        self._loop = asyncio.get_running_loop()
+        self._done: asyncio.Future[int] = self._loop.create_future()
+        self._shim_code: int | None = None
+        self._init_pidfd: int | None = None
+        self._kill_timer: asyncio.TimerHandle | None = None
+        # A is our child and not yet reaped, so its pid cannot have been reused.
+        self._pidfd: int | None = os.pidfd_open(popen.pid)
+        self._loop.add_reader(self._pidfd, self._on_shim_exit)
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once :meth:`wait` would return, else None."""
+        return self._done.result() if self._done.done() else None
+
+    async def wait(self) -> int:
+        """Wait until the container is gone and return its exit code.
+
+        Safe to call many times and concurrently; cancelling one waiter affects no other.
+        """
+        return await asyncio.shield(self._done)
+
+    def send_signal(self, sig: int) -> None:
+        """Send `sig` to the shim, which passes it on to init and init to the command."""
+        if self._pidfd is None:
+            return  # already exited and reaped
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self._pidfd, sig)
+
+    async def stop(self, sig: int = signal.SIGTERM, grace: float = 10.0) -> int:
+        """Send `sig`, wait up to `grace` seconds, then SIGKILL; return the exit code."""
+        if self._done.done():
+            return self._done.result()
+        self.send_signal(sig)
+        try:
+            async with asyncio.timeout(grace):
+                return await self.wait()
+        except TimeoutError:
+            pass
+        self.kill()
+        return await self.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the container: init, which takes its whole PID namespace with it.
+
+        The shim is SIGKILLed only if it has not exited SHIM_KILL_DELAY later (normally it
+        reaps init and exits with 137 at once).  Killing both at once
+        would orphan init to the host's PID 1 before the shim reaps it, leaving a zombie
+        whose reaping is up to whatever the host runs as PID 1.  Without an init pid (a
+        cancelled start), the shim is killed right away and PDEATHSIG takes init down.
+        """
+        if self._init_pidfd is None:
+            self.send_signal(signal.SIGKILL)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self._init_pidfd, signal.SIGKILL)
+        if self._kill_timer is None:
+            self._kill_timer = self._loop.call_later(
+                SHIM_KILL_DELAY, self.send_signal, signal.SIGKILL
+            )
+
+    def _attach_init(self, init_pid: int) -> None:
+        self.init_pid = init_pid
+        try:
+            fd = os.pidfd_open(init_pid)
+        except ProcessLookupError:
+            return  # B already gone; A's exit alone then marks the end
+        # The pid could in principle have been reaped and reused before pidfd_open; the
+        # only process whose parent is A is B, so check that after opening.
+        if _parent_pid(init_pid) != self.pid:
+            os.close(fd)
+            return
+        self._init_pidfd = fd
+        self._loop.add_reader(fd, self._on_init_exit)
+
+    def _on_shim_exit(self) -> None:
+        code = self._popen.poll()  # reaps exactly A: waitpid(A, WNOHANG)
+        if code is None or self._pidfd is None:
+            return
+        self._loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self._pidfd = None
+        self._shim_code = 128 - code if code < 0 else code
+        if self._kill_timer is not None:
+            self._kill_timer.cancel()
+        self._maybe_done()
+
+    def _on_init_exit(self) -> None:
+        if self._init_pidfd is None:
+            return
+        self._loop.remove_reader(self._init_pidfd)
+        os.close(self._init_pidfd)
+        self._init_pidfd = None
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        if self._shim_code is not None and self._init_pidfd is None and not self._done.done():
+            self._done.set_result(self._shim_code)
+
+    def __repr__(self) -> str:
+        state = "running" if self.returncode is None else f"exited {self.returncode}"
+        return f"<ContainerProcess {self.name} pid={self.pid} init={self.init_pid} {state}>"
+
+
+async def start(spec: ProcessSpec) -> ContainerProcess:
+    """Start the container's command; return once it has been exec'd.
+
+    Raises ContainerError with the shim's message (naming the container and what failed)
+    if the namespaces, mounts, user, working directory or command could not be set up; the
+    shim has been reaped by then.  Cancelling kills whatever was started.
+    """
+    loop = asyncio.get_running_loop()
+    os.makedirs(spec.run_dir, mode=0o700, exist_ok=True)
+    spec_path = os.path.join(spec.run_dir, SPEC_FILE)
+    _write_json(
+        spec_path,
+        {
+            "name": spec.name,
+            "netns": spec.netns,
+            "hostname": spec.hostname,
+            "argv": list(spec.argv),
+            "env": [list(kv) for kv in spec.env],
+            "working_dir": spec.working_dir,
+            "user": spec.user,
+            "bind_files": [list(b) for b in spec.bind_files],
+        },
+    )
+    status_r, status_w = os.pipe()  # both close-on-exec; pass_fds opens w to the shim only
+    try:
+        os.set_blocking(status_r, False)
+        log_fd = os.open(
+            spec.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640
+        )
+        try:
+            popen = subprocess.Popen(
+                [sys.executable, "-I", "-S", SHIM_PATH, "run", spec_path, str(status_w)],
+                pass_fds=(status_w,),
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # the daemon's terminal signals are not the container's
+                close_fds=True,
+            )
+        finally:
+            os.close(log_fd)
+            os.close(status_w)  # ours must go, or EOF would never come
+    except OSError as e:
+        os.close(status_r)
+        raise ContainerError(f"container {spec.name}: cannot start the shim: {e}") from e
+
+    proc = ContainerProcess(spec.name, popen)
+    chunks: list[bytes] = []
+    try:
+        await _read_until_eof(loop, status_r, chunks)
+    except BaseException:
+        # Cancelled (or the pipe failed): leave nothing behind.  Init's pid may already be
+        # in; killing it directly lets the shim reap it.  The pidfd watcher reaps the shim.
+        _parse_status(b"".join(chunks), proc)
+        proc.kill()
+        raise
+    finally:
+        os.close(status_r)
+
+    error = _parse_status(b"".join(chunks), proc)
+    if error is None and proc.init_pid == 0:
+        code = await proc.wait()
+        error = (
+            f"container {spec.name}: the shim exited with code {code} before starting "
+            f"{spec.argv[0] if spec.argv else 'the command'!r}; its output is in {spec.log_path}"
+        )
+    if error is not None:
+        code = await proc.wait()
+        exc = ContainerError(error)
+        exc.exit_code = code  # so `linkd run` can exit 127/126/125 like `docker run`
+        raise exc
+    proc.started_at = time.time()
+    return proc
+
+
+def exec_argv(init_pid: int, spec_path: str) -> list[str]:
+    """The command line that runs `spec_path`'s command inside the container of `init_pid`.
+
+    Meant to be run with inherited stdio (interactive shells work); it exits with the
+    command's exit code (127/126 if it could not be started, with a message on stderr).
+    """
+    return [sys.executable, "-I", "-S", SHIM_PATH, "exec", str(init_pid), spec_path]
+
+
+def write_exec_spec(
+    path: str,
+    argv: Sequence[str],
+    env: Iterable[tuple[str, str]],
+    working_dir: str | None,
+    user: str | None,
+    *,
+    name: str | None = None,
+) -> None:
+    """Write the spec that :func:`exec_argv`'s shim reads.
+
+    `env` is exactly the command's environment.  `name` (the container's) only improves
+    error messages.
+    """
+    _write_json(
+        path,
+        {
+            "name": name,
+            "argv": list(argv),
+            "env": [[k, v] for k, v in env],
+            "working_dir": working_dir,
+            "user": user,
+        },
+    )
+
+
+def _write_json(path: str, data: object) -> None:
+    # 0600: the environment often carries credentials.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with open(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+
+
+async def _read_until_eof(loop: asyncio.AbstractEventLoop, fd: int, chunks: list[bytes]) -> None:
+    """Append what is written to the non-blocking pipe `fd` to `chunks` until EOF.
+
+    `chunks` belongs to the caller so that a cancelled caller still sees what arrived.
+    """
+    eof: asyncio.Future[None] = loop.create_future()
+
+    def on_readable() -> None:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            if not eof.done():
+                eof.set_exception(e)
+            return
+        if data:
+            chunks.append(data)
+        elif not eof.done():
+            eof.set_result(None)
+
+    loop.add_reader(fd, on_readable)
+    try:
+        await eof
+    finally:
+        loop.remove_reader(fd)
+
+
+def _parse_status(status: bytes, proc: ContainerProcess) -> str | None:
+    """Attach init's pid to `proc`; return the shim's error message, if any."""
+    error = None
+    for line in status.decode(errors="replace").splitlines():
+        key, _, value = line.partition(" ")
+        if key == "pid" and value.isdigit() and not proc.init_pid:
+            proc._attach_init(int(value))
+        elif key == "error:":
+            error = value
+    return error
+
+
+def _parent_pid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("PPid:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None

@@ -1,0 +1,584 @@
+"""The container shim: turns a command from the host filesystem into a container.
+
+Standalone on purpose: standard library only, never ``import linkd``, so that
+``python -I -S shim.py ...`` starts in ~15 ms (no site-packages scan, no package imports).
+
+``run SPEC_JSON STATUS_FD`` (spawned by ``linkd.runtime.process.start``) builds this tree::
+
+    linkd runtime            never changes its own namespaces (DESIGN principle 6)
+     └─ A  shim              host PID ns; inside the container's net/uts/ipc/mount ns
+         └─ B  init          PID 1 of the new PID namespace: forwards signals, reaps zombies
+             └─ C  command   PID 2: setsid, user, cwd, default signals, then execvpe
+
+Why each piece exists:
+
+* **A** enters the named network namespace (``setns``) and ``unshare``s UTS, IPC, mount and
+  PID.  ``unshare(CLONE_NEWPID)`` never moves the caller, only its future children, so a fork
+  is unavoidable; A stays behind as the runtime's direct child, so the runtime can watch it
+  with a pidfd and learn the exit code, and as B's parent, the only process that can collect
+  B's exit status.  A forwards the runtime's signals to B.
+* **B** is needed because the kernel treats PID 1 specially: orphans are reparented to it
+  (a plain command would leave zombies), and signals whose disposition is the default are
+  dropped for it (a plain ``sleep`` as PID 1 would ignore SIGTERM).  B installs a handler for
+  every catchable signal and forwards it to C, reaps every child, and exits with C's exit
+  code (128+N for a signal death, Docker's convention).  When B exits the kernel SIGKILLs
+  everything left in the namespace, so no process can outlive its container.
+* **PR_SET_PDEATHSIG(SIGKILL)** in B: if A dies (SIGKILLed by a crashing daemon's cleanup,
+  the OOM killer), B is killed and with it the whole namespace.  The prctl only covers deaths
+  after the call, so B then checks A is still there.  ``getppid()`` cannot tell (A lives
+  outside B's PID namespace, so it always reads 0), hence a pipe whose write end only A
+  holds: EOF on it means A is gone.
+* **STATUS_FD** tells the runtime when the command is running without any polling: A writes
+  ``pid <B's host pid>``; C marks the fd close-on-exec, so a successful ``execve`` closes the
+  last copy and the runtime sees EOF.  If anything fails first, the failing process writes one
+  ``error: container NAME: ...`` line before exiting, and the runtime raises it.
+
+Exit codes of the shim when the command never ran: 127 command not found, 126 found but not
+executable (or the user/cwd could not be applied with EACCES/EPERM), 125 the namespace or
+mount setup failed (Docker uses the same three).
+
+``exec INIT_PID SPEC_JSON`` (``linkd exec``) joins a running container instead: setns into
+B's ipc, uts, net, pid and mount namespaces, fork (joining a PID namespace, like creating
+one, only applies to children), then the child does what C does.  stdio is inherited; the
+parent forwards signals and mirrors the exit code, and the child gets PDEATHSIG so that
+killing ``linkd exec`` cannot leave its command behind.  On a terminal the child gets its
+own process group and the terminal's foreground (so ^C, ^Z and job control inside an
+interactive shell work), and its ^Z stops are mirrored so the user's shell sees a stopped
+job.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import grp
+import json
+import os
+import pwd
+import signal
+import sys
+
+# Not `from typing import ...` at run time: importing typing costs start-up time and the
+# names are only needed by the type checker (mypy treats any TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
+# <linux/sched.h>
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+# <linux/mount.h>
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+MNT_DETACH = 0x2
+# <linux/prctl.h>
+PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+
+EXIT_SETUP_FAILED = 125
+EXIT_CANNOT_EXECUTE = 126
+EXIT_NOT_FOUND = 127
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = (
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_char_p,
+)
+_libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+_libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
+_libc.unshare.argtypes = (ctypes.c_int,)
+_libc.sethostname.argtypes = (ctypes.c_char_p, ctypes.c_size_t)
+_libc.prctl.argtypes = (
+    ctypes.c_int,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+)
+
+# Every signal a process may catch.  SIGCHLD is B's own business (reaping), and glibc keeps
+# two real-time signals for itself, which valid_signals() already leaves out.
+FORWARDED_SIGNALS = sorted(
+    int(s) for s in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD}
+)
+
+
+class SetupError(Exception):
+    """A step before exec failed; `code` is the exit status to report it with."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _check(result: int, what: str) -> None:
+    """Raise a SetupError (exit 125) for a failed libc call (`result` -1, errno set)."""
+    if result != 0:
+        raise SetupError(f"{what}: {os.strerror(ctypes.get_errno())}", EXIT_SETUP_FAILED)
+
+
+def _code_for_errno(err: int, default: int) -> int:
+    return EXIT_CANNOT_EXECUTE if err in (errno.EACCES, errno.EPERM) else default
+
+
+def _mount(
+    source: str | None, target: str, fstype: str | None, flags: int, data: str | None
+) -> None:
+    def enc(s: str | None) -> bytes | None:
+        return None if s is None else os.fsencode(s)
+
+    rc = int(_libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)))
+    what = f"mounting {fstype or source or 'flags'} on {target}"
+    _check(rc, what)
+
+
+def _set_comm(name: bytes) -> None:
+    # Only cosmetic (what `ps -o comm` and `top` show), so failures are ignored.
+    buf = ctypes.create_string_buffer(name)
+    _libc.prctl(PR_SET_NAME, ctypes.addressof(buf), 0, 0, 0)
+
+
+def _report(status_fd: int | None, name: str, message: str) -> None:
+    """Write the one `error:` line the runtime turns into a ContainerError."""
+    line = f"error: container {name}: {message}".replace("\n", " ") + "\n"
+    try:
+        if status_fd is None:
+            os.write(2, ("linkd " + line).encode(errors="replace"))
+        else:
+            os.write(status_fd, line.encode(errors="replace"))
+    except OSError:
+        pass
+
+
+def _exit_code(status: int) -> int:
+    """A wait status as a shell-style exit code: 128+N for death by signal N."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.waitstatus_to_exitcode(status)
+
+
+# --- user, working directory, exec (shared by C and the exec mode's child) ------------------
+
+
+def _lookup_user(spec: str) -> tuple[int, int, list[int]]:
+    """Resolve "uid", "uid:gid", "name" or "name:group" to (uid, gid, supplementary groups).
+
+    As Docker does: a uid without a passwd entry runs with gid 0 and no extra groups; a named
+    or known user gets its primary group and the groups /etc/group lists it in.
+    """
+    user_part, _, group_part = spec.partition(":")
+    entry: pwd.struct_passwd | None
+    try:
+        entry = pwd.getpwuid(int(user_part)) if user_part.isdigit() else pwd.getpwnam(user_part)
+    except KeyError:
+        if not user_part.isdigit():
+            raise SetupError(
+                f"user {user_part!r} not found in /etc/passwd", EXIT_NOT_FOUND
+            ) from None
+        entry = None
+    uid = entry.pw_uid if entry else int(user_part)
+    gid = entry.pw_gid if entry else 0
+    if group_part:
+        if group_part.isdigit():
+            gid = int(group_part)
+        else:
+            try:
+                gid = grp.getgrnam(group_part).gr_gid
+            except KeyError:
+                raise SetupError(
+                    f"group {group_part!r} not found in /etc/group", EXIT_NOT_FOUND
+                ) from None
+    groups = os.getgrouplist(entry.pw_name, gid) if entry else [gid]
+    return uid, gid, groups
+
+
+def _become(user: str | None, working_dir: str | None) -> None:
+    if user is not None:
+        uid, gid, groups = _lookup_user(user)
+        try:
+            # Groups first: once the uid is not 0 they can no longer be changed.
+            os.setgroups(groups)
+            os.setgid(gid)
+            os.setuid(uid)
+        except OSError as e:
+            raise SetupError(
+                f"switching to user {user!r}: {e.strerror}", EXIT_CANNOT_EXECUTE
+            ) from None
+    if working_dir is not None:
+        try:
+            os.chdir(working_dir)
+        except OSError as e:
+            code = _code_for_errno(e.errno or 0, EXIT_NOT_FOUND)
+            raise SetupError(f"working directory {working_dir!r}: {e.strerror}", code) from None
+
+
+def _default_signals() -> None:
+    """Give the command the signal state a fresh process expects.
+
+    Python ignores SIGPIPE and SIGXFSZ and the shim has handlers everywhere; ignored signals
+    survive execve, so without this `yes | head` inside the container would never end.
+    """
+    for sig in FORWARDED_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def _execvpe(argv: list[str], env: dict[str, str]) -> NoReturn:
+    """execve argv[0], searched in the *container's* PATH; errors name the command.
+
+    Written out instead of os.execvpe so that "not found" and "found but not executable"
+    can be told apart and reported with the PATH that was searched.
+    """
+    if not argv:
+        raise SetupError("empty command", EXIT_NOT_FOUND)
+    cmd = argv[0]
+    search = env.get("PATH", os.defpath)
+    if "/" in cmd:
+        candidates = [cmd]
+    else:
+        candidates = [os.path.join(d or ".", cmd) for d in search.split(os.pathsep)]
+    absent = (errno.ENOENT, errno.ENOTDIR)
+    saved: OSError | None = None
+    for candidate in candidates:
+        try:
+            os.execve(candidate, argv, env)
+        except OSError as e:
+            # As execvp does: keep searching, but a file that exists and cannot be run
+            # (EACCES) is a better explanation than "not here".
+            if saved is None or (saved.errno in absent and e.errno not in absent):
+                saved = e
+    assert saved is not None
+    if saved.errno in absent:
+        where = "" if "/" in cmd else f" in PATH ({search})"
+        raise SetupError(f"command {cmd!r} not found{where}", EXIT_NOT_FOUND)
+    code = _code_for_errno(saved.errno or 0, EXIT_CANNOT_EXECUTE)
+    raise SetupError(f"cannot execute {cmd!r}: {saved.strerror}", code)
+
+
+def _exec_command(spec: dict[str, Any], alive_fd: int | None = None) -> NoReturn:
+    """Apply user and working directory, then become the command (C, or exec's child)."""
+    _become(spec.get("user"), spec.get("working_dir"))
+    if alive_fd is not None:
+        # After _become: changing uid/gid clears PR_SET_PDEATHSIG.
+        _die_with_parent(alive_fd, wait_for_go=True)
+    env = {str(k): str(v) for k, v in spec.get("env", [])}
+    _default_signals()
+    _execvpe([str(a) for a in spec["argv"]], env)
+
+
+# --- parent-death safety -----------------------------------------------------------------
+
+
+def _die_with_parent(alive_fd: int, wait_for_go: bool = False) -> None:
+    """Arrange SIGKILL on parent death, then close the race with a parent already dead.
+
+    `alive_fd` is the read end of a pipe whose write end only the parent holds: EOF means
+    the parent is gone.  With `wait_for_go`, block until the parent writes a byte (its "go",
+    once it has handed over the terminal) instead of only peeking.
+    """
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    os.set_blocking(alive_fd, wait_for_go)
+    try:
+        parent_gone = os.read(alive_fd, 1) == b""
+    except BlockingIOError:
+        parent_gone = False
+    os.close(alive_fd)
+    if parent_gone:
+        os._exit(EXIT_SETUP_FAILED)
+
+
+# --- signal forwarding ---------------------------------------------------------------------
+
+_forward_to = 0  # pid the handlers forward to; 0 = nobody yet (signals are blocked then)
+
+
+def _forward(signum: int, _frame: object) -> None:
+    if _forward_to:
+        # Not contextlib.suppress: one import less at start-up.
+        try:  # noqa: SIM105
+            os.kill(_forward_to, signum)
+        except ProcessLookupError:
+            pass
+
+
+def _install_forwarding(signals: list[int]) -> None:
+    for sig in signals:
+        signal.signal(sig, _forward)
+
+
+def _wait_child(pid: int) -> int:
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:
+            return EXIT_SETUP_FAILED
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            return _exit_code(status)
+
+
+# --- run mode ------------------------------------------------------------------------------
+
+
+def _hide_namespace_mounts() -> None:
+    """Detach nsfs mounts (/run/netns/*) from the container's copy of the mount table.
+
+    The new mount namespace starts as a copy of the host's, including every `ip netns`
+    bind mount.  `ip netns` makes /run/netns shared so a later `ip netns del` propagates, but
+    making our copy private cuts that link: each copy would keep those network namespaces
+    (and their veths) alive until this container exits.  Nothing in a container needs them.
+    """
+    with open("/proc/self/mountinfo", "rb") as f:
+        lines = f.read().splitlines()
+    targets = []
+    for line in lines:
+        fields = line.split()
+        if fields[fields.index(b"-") + 1] == b"nsfs":
+            targets.append(_unescape_mountinfo(fields[4]))
+    for target in reversed(targets):  # later (possibly stacked) mounts first
+        _libc.umount2(target, MNT_DETACH)
+
+
+def _unescape_mountinfo(field: bytes) -> bytes:
+    # The kernel writes space, tab, newline and backslash as \ooo (octal), and only those.
+    head, *rest = field.split(b"\\")
+    return head + b"".join(bytes([int(p[:3], 8)]) + p[3:] for p in rest)
+
+
+def _check_bind(source: str, target: str) -> None:
+    # mount(2) says ENOENT for either path; say which one, and why the target must exist:
+    # the root filesystem is the host's, and creating a mount point there would leak a
+    # file onto the host.
+    if not os.path.isfile(source):
+        raise SetupError(f"bind file source {source} is not a file", EXIT_SETUP_FAILED)
+    if not os.path.isfile(target):
+        raise SetupError(
+            f"cannot bind {source} onto {target}: {target} is not an existing file on the "
+            "host (containers share the host's root filesystem, so only existing files can "
+            "be replaced)",
+            EXIT_SETUP_FAILED,
+        )
+
+
+def _init(spec: dict[str, Any], status_fd: int, alive_fd: int) -> NoReturn:
+    """B: PID 1 of the container."""
+    global _forward_to
+    name = spec["name"]
+    try:
+        _die_with_parent(alive_fd)
+        _set_comm(b"linkd-init")
+        # Private, recursively, before mounting anything: no mount of ours may propagate to
+        # the host (on systemd hosts / is shared).
+        _mount(None, "/", None, MS_REC | MS_PRIVATE, None)
+        _hide_namespace_mounts()
+        # Bind files first: their sources are host paths, possibly under /tmp or /proc,
+        # which the mounts below hide.
+        for source, target in spec.get("bind_files", []):
+            _check_bind(source, target)
+            _mount(source, target, None, MS_BIND, None)
+            # A bind mount ignores MS_RDONLY; read-only takes a remount of the bind.
+            _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID, None)
+        # A proc instance belongs to the PID namespace of the process that mounts it, which
+        # is why B (not A) mounts it.
+        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+        _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    except (SetupError, OSError) as e:
+        _report(status_fd, name, str(e))
+        os._exit(e.code if isinstance(e, SetupError) else EXIT_SETUP_FAILED)
+
+    _install_forwarding(FORWARDED_SIGNALS)
+    try:
+        child = os.fork()
+    except OSError as e:
+        _report(status_fd, name, f"fork of the command failed: {e.strerror}")
+        os._exit(EXIT_SETUP_FAILED)
+    if child == 0:
+        _command(spec, status_fd)
+    os.close(status_fd)  # C holds the last copy; its exec closes it -> runtime sees EOF
+    _forward_to = child
+    # Signals that arrived since A blocked them are delivered here, and now reach C.
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:  # cannot happen while C lives; be safe anyway
+            os._exit(EXIT_SETUP_FAILED)
+        if pid == child and (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
+            # Exiting as PID 1 makes the kernel SIGKILL whatever is left in the namespace.
+            os._exit(_exit_code(status))
+
+
+def _command(spec: dict[str, Any], status_fd: int) -> NoReturn:
+    """C: becomes the container's command."""
+    try:
+        os.setsid()
+        os.set_inheritable(status_fd, False)  # closes at exec: that EOF means "running"
+        _exec_command(spec)
+    except SetupError as e:
+        _report(status_fd, spec["name"], str(e))
+        os._exit(e.code)
+    except BaseException as e:  # anything else still must not return into B's code
+        _report(status_fd, spec["name"], f"starting the command failed: {e!r}")
+        os._exit(EXIT_SETUP_FAILED)
+
+
+def run(spec_path: str, status_fd: int) -> NoReturn:
+    """A: enter the netns, create the other namespaces, start init, mirror its exit."""
+    global _forward_to
+    with open(spec_path, encoding="utf-8") as f:
+        spec = json.load(f)
+    name = spec["name"]
+    # Blocked until each process has its handlers and someone to forward to; a signal sent
+    # earlier stays pending instead of being lost (an init with a default disposition drops
+    # it).
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
+    _set_comm(b"linkd-shim")
+    netns_path = os.path.join("/run/netns", spec["netns"])
+    try:
+        try:
+            ns_fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise SetupError(
+                f"network namespace {spec['netns']!r} ({netns_path}): {e.strerror}",
+                EXIT_SETUP_FAILED,
+            ) from None
+        try:
+            _check(_libc.setns(ns_fd, CLONE_NEWNET), f"entering network namespace {netns_path}")
+        finally:
+            os.close(ns_fd)
+        _check(
+            _libc.unshare(CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNS | CLONE_NEWPID),
+            "creating uts/ipc/mount/pid namespaces",
+        )
+        hostname = os.fsencode(spec["hostname"])
+        _check(_libc.sethostname(hostname, len(hostname)), f"setting hostname {spec['hostname']!r}")
+        alive_r, alive_w = os.pipe()  # both ends close-on-exec: C never holds them
+        child = os.fork()
+    except (SetupError, OSError) as e:
+        _report(status_fd, name, str(e))
+        os._exit(e.code if isinstance(e, SetupError) else EXIT_SETUP_FAILED)
+    if child == 0:
+        os.close(alive_w)
+        _init(spec, status_fd, alive_r)
+    os.close(alive_r)
+    os.write(status_fd, f"pid {child}\n".encode())
+    os.close(status_fd)
+    _forward_to = child
+    _install_forwarding(FORWARDED_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    # alive_w stays open until A exits: its closing is B's "parent gone" signal.
+    os._exit(_wait_child(child))
+
+
+# --- exec mode -----------------------------------------------------------------------------
+
+
+def exec_in(init_pid: int, spec_path: str) -> NoReturn:
+    """Run a command inside the running container whose PID 1 is `init_pid` (host pid)."""
+    global _forward_to
+    with open(spec_path, encoding="utf-8") as f:
+        spec = json.load(f)
+    name = spec.get("name") or f"with init pid {init_pid}"
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
+    try:
+        # Open all five first: after joining the mount namespace /proc is the container's,
+        # where init_pid means nothing.  Join the mount namespace last for the same reason.
+        fds = []
+        for ns in ("ipc", "uts", "net", "pid", "mnt"):
+            path = f"/proc/{init_pid}/ns/{ns}"
+            try:
+                fds.append((path, os.open(path, os.O_RDONLY | os.O_CLOEXEC)))
+            except OSError as e:
+                raise SetupError(f"opening {path}: {e.strerror}", EXIT_SETUP_FAILED) from None
+        try:
+            for path, fd in fds:
+                _check(_libc.setns(fd, 0), f"entering {path}")
+        finally:
+            for _, fd in fds:
+                os.close(fd)
+        alive_r, alive_w = os.pipe()
+        child = os.fork()
+    except (SetupError, OSError) as e:
+        _report(None, name, str(e))
+        os._exit(e.code if isinstance(e, SetupError) else EXIT_SETUP_FAILED)
+    if child == 0:
+        try:
+            os.close(alive_w)
+            # Killing `linkd exec` must not leave its command running in the container.
+            _exec_command(spec, alive_r)
+        except SetupError as e:
+            _report(None, name, str(e))
+            os._exit(e.code)
+        except BaseException as e:
+            _report(None, name, f"starting the command failed: {e!r}")
+            os._exit(EXIT_SETUP_FAILED)
+    os.close(alive_r)
+    _forward_to = child
+    tty = _in_terminal_foreground()
+    if tty:
+        # An interactive command needs the terminal's foreground to itself, in a process
+        # group it can see: our group id is a host pid, invisible in the container's PID
+        # namespace, so a shell there could neither check nor restore it ("Cannot set tty
+        # process group").  The terminal then sends ^C, ^Z and SIGWINCH to the command alone.
+        signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # to take the terminal back later
+        os.setpgid(child, child)
+        os.tcsetpgrp(0, child)
+    os.write(alive_w, b"g")  # go: the child waits for this before exec
+    # Job-control signals aimed at us are about us (the user's shell stopping this job);
+    # the command's own stops are mirrored in _wait_exec_child.
+    job_control = (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
+    _install_forwarding([s for s in FORWARDED_SIGNALS if s not in job_control])
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    os._exit(_wait_exec_child(child, tty))
+
+
+def _wait_exec_child(child: int, tty: bool) -> int:
+    """Wait for exec's command; with a terminal, mirror its ^Z stops as our own."""
+    while True:
+        _, status = os.waitpid(child, os.WUNTRACED if tty else 0)
+        if os.WIFSTOPPED(status):
+            # Stop too, so the user's shell sees a stopped job, and resume the command when
+            # that shell continues us (`fg` also gives the terminal back to our group).
+            os.tcsetpgrp(0, os.getpgrp())
+            os.kill(os.getpid(), signal.SIGSTOP)
+            if os.tcgetpgrp(0) == os.getpgrp():
+                os.tcsetpgrp(0, child)
+            os.killpg(child, signal.SIGCONT)
+        elif os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            if tty:
+                try:  # noqa: SIM105  (no contextlib: start-up time)
+                    os.tcsetpgrp(0, os.getpgrp())
+                except OSError:
+                    pass  # the terminal is gone
+            return _exit_code(status)
+
+
+def _in_terminal_foreground() -> bool:
+    try:
+        return os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:
+        return False
+
+
+def main(argv: list[str]) -> NoReturn:
+    if len(argv) == 4 and argv[1] == "run":
+        run(argv[2], int(argv[3]))
+    if len(argv) == 4 and argv[1] == "exec":
+        exec_in(int(argv[2]), argv[3])
+    sys.stderr.write("usage: shim.py run SPEC_JSON STATUS_FD | shim.py exec INIT_PID SPEC_JSON\n")
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    main(sys.argv)
