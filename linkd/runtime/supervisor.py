@@ -230,6 +230,12 @@ class Supervisor:
                             f"service {service} depends on {dependency.service} completing "
                             f"successfully, but {peer.name} exited with code {code}"
                         )
+            elif dependency.condition == "service_healthy" and container.replica == 1:
+                self.report(
+                    f"container {container.name}",
+                    f"waits only for {dependency.service} to start: this linkd parses "
+                    "healthchecks but does not run them yet",
+                )
 
     async def _monitor(self, container: ContainerPlan, proc: process.ContainerProcess) -> None:
         restarts = backoff = 0
