@@ -410,8 +410,14 @@ async def _supervised(
     supervisor = Supervisor(stack.name, source, report)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    received: list[str] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig.name)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     try:
         await _cleanup_leftovers(stack.name, supervisor)
         up = asyncio.create_task(supervisor.up(stack))
@@ -421,7 +427,7 @@ async def _supervised(
             up.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await up
-            report(f"stack {stack.name}", "interrupted while coming up")
+            report(f"stack {stack.name}", f"interrupted by {received[0]} while coming up")
             return 130
         stopper.cancel()
         up.result()
