@@ -196,6 +196,13 @@ class Supervisor:
         )
 
     async def start(self, container: ContainerPlan) -> None:
+        proc = await self._launch(container, restarts=0)
+        self.report(f"container {container.name}", "started")
+        self._monitors[container.name] = asyncio.create_task(
+            self._monitor(container, proc), name=f"monitor {container.name}"
+        )
+
+    async def _launch(self, container: ContainerPlan, *, restarts: int) -> process.ContainerProcess:
         try:
             proc = await process.start(self.process_spec(container))
         except ContainerError as exc:
@@ -210,11 +217,9 @@ class Supervisor:
             started_at=time.time(),
             exit_code=None,
             error=None,
+            restarts=restarts,
         )
-        self.report(f"container {container.name}", "started")
-        self._monitors[container.name] = asyncio.create_task(
-            self._monitor(container, proc), name=f"monitor {container.name}"
-        )
+        return proc
 
     async def wait_for_dependencies(self, container: ContainerPlan) -> None:
         assert self.plan is not None
@@ -266,20 +271,10 @@ class Supervisor:
             restarts += 1
             backoff += 1
             try:
-                proc = await process.start(self.process_spec(container))
+                proc = await self._launch(container, restarts=restarts)
             except ContainerError as exc:
-                self.set_state(container.name, status="failed", error=str(exc))
-                self.exits.put_nowait((container.name, 127, True))
+                self.exits.put_nowait((container.name, exc.exit_code, True))
                 return
-            self.processes[container.name] = proc
-            self.set_state(
-                container.name,
-                status="running",
-                pid=proc.pid,
-                init_pid=proc.init_pid,
-                started_at=time.time(),
-                restarts=restarts,
-            )
             self.report(f"container {container.name}", f"restarted ({restarts})")
 
     async def stop(self, name: str) -> None:
