@@ -252,10 +252,10 @@ async def _add_link(ipr: AsyncIPRoute, what: str, **spec: Any) -> None:
         if exc.code != errno.EEXIST:
             raise KernelError(f"create {what}: {os.strerror(exc.code)}", exc.code) from exc
     # It exists: fine if it is the right kind (a leftover of ours), an error otherwise.
-    async for msg in _dump(ipr.link("dump", ifname=ifname)):
-        found = msg.get(("linkinfo", "kind"))
-        if found != kind:
-            raise KernelError(
-                f"create {what}: a {found or 'non-' + kind} link named {ifname} already "
-                "exists; it is not linkd's, remove or rename it", errno.EEXIST)
+    (existing,) = await _call(f"look up {ifname}", ipr.link("get", ifname=ifname))
+    found = existing.get(("linkinfo", "kind"))
+    if found != kind:
+        raise KernelError(
+            f"create {what}: a {found or 'non-' + kind} link named {ifname} already "
+            "exists; it is not linkd's, remove or rename it", errno.EEXIST)
 

@@ -1,0 +1,94 @@
+"""linkd's kernel steps are idempotent, and refuse what is not theirs (real netlink)."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+from collections.abc import AsyncIterator
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from linkd import names
+from linkd.errors import KernelError
+from linkd.plan import InterfacePlan, NetworkPlan
+from linkd.runtime.netlink import Kernel
+
+
+@pytest.fixture
+async def kernel() -> AsyncIterator[Kernel]:
+    k = Kernel()
+    try:
+        yield k
+    finally:
+        k.close()
+
+
+def network(tag: str) -> NetworkPlan:
+    return NetworkPlan(
+        key="n",
+        name=f"t{tag}_n",
+        bridge=names.bridge_name(f"t{tag}", "n"),
+        bridge_mac=names.bridge_mac(f"t{tag}", "n"),
+        subnet=IPv4Network("10.87.250.0/24"),
+        gateway=IPv4Address("10.87.250.1"),
+        internal=False,
+    )
+
+
+async def test_ensure_bridge_twice_then_remove_twice(kernel: Kernel) -> None:
+    net = network(secrets.token_hex(3))
+    try:
+        await kernel.ensure_bridge(net)
+        await kernel.ensure_bridge(net)
+        links = await kernel.links()
+        assert links[net.bridge].kind == "bridge"
+        addresses = subprocess.run(
+            ["ip", "-o", "addr", "show", "dev", net.bridge], capture_output=True, text=True
+        ).stdout
+        assert addresses.count("10.87.250.1/24") == 1
+    finally:
+        await kernel.remove_bridge(net.bridge)
+    await kernel.remove_bridge(net.bridge)  # deleting what is gone succeeds
+    await kernel.remove_link("lkv-neverthere")
+    assert net.bridge not in await kernel.links()
+
+
+async def test_a_foreign_link_with_our_name_is_refused(kernel: Kernel) -> None:
+    net = network(secrets.token_hex(3))
+    peer = "lkt" + secrets.token_hex(3)
+    subprocess.run(["ip", "link", "add", net.bridge, "type", "veth", "peer", "name", peer],
+                   check=True)
+    try:
+        with pytest.raises(KernelError, match=f"a veth link named {net.bridge} already exists"):
+            await kernel.ensure_bridge(net)
+    finally:
+        subprocess.run(["ip", "link", "del", net.bridge], check=True)
+
+
+async def test_veth_into_a_namespace_is_idempotent(kernel: Kernel) -> None:
+    tag = secrets.token_hex(3)
+    net = network(tag)
+    netns = names.netns_name(f"t{tag}", "c-1")
+    iface = InterfacePlan(
+        network="n",
+        ifname="eth0",
+        host_ifname=names.host_veth_name(f"t{tag}", "c-1", "n"),
+        bridge=net.bridge,
+        address=IPv4Address("10.87.250.2"),
+        prefixlen=24,
+        gateway=net.gateway,
+        default_route=True,
+    )
+    try:
+        await kernel.ensure_bridge(net)
+        await kernel.ensure_netns(netns)
+        await kernel.ensure_netns(netns)
+        await kernel.ensure_veth(netns, iface)
+        await kernel.ensure_veth(netns, iface)
+        assert (await kernel.links())[iface.host_ifname].master == net.bridge
+        assert await kernel.ports(net.bridge) == [iface.host_ifname]
+    finally:
+        kernel.remove_netns(netns)
+        kernel.remove_netns(netns)
+        await kernel.remove_bridge(net.bridge)
