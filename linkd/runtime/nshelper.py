@@ -1,0 +1,108 @@
+"""Creates network namespaces and hands back netlink sockets that live inside them.
+
+Runs as its own small process (`python -I -S nshelper.py FD`), stdlib only, started by
+`linkd.runtime.netlink.NamespaceHelper`. Why a process of its own: a socket belongs to
+the network namespace of the thread that created it, so making one inside a container's
+namespace needs a thread that enters it. The runtime never switches namespace; pyroute2
+forks a child for every such socket (~6-8 ms each, most of a container's network setup).
+This helper is forked once and then serves each request in well under a millisecond:
+
+    request  "create NAME"  unshare a new netns, pin it at /run/netns/NAME (a bind mount,
+                            as `ip netns add` does), open a netlink socket in it
+    request  "open NAME"    enter the existing /run/netns/NAME, open a netlink socket
+    reply    "ok" + the socket's fd (SCM_RIGHTS), or "err ERRNO MESSAGE"
+
+After each request it returns to the namespace it started in, so a failure half-way can
+never leave the next request in the wrong place. It exits when the runtime closes its
+end of the socket pair, or dies (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import sys
+
+CLONE_NEWNET = 0x40000000
+MS_BIND = 0x1000
+PR_SET_PDEATHSIG = 1
+NETNS_DIR = "/run/netns"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _netlink_socket() -> socket.socket:
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE)
+
+
+def create(name: str, home: int) -> socket.socket:
+    path = os.path.join(NETNS_DIR, name)
+    os.makedirs(NETNS_DIR, exist_ok=True)
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444))
+    try:
+        _check(_libc.unshare(CLONE_NEWNET), f"unshare a network namespace for {name}")
+        _check(
+            _libc.mount(b"/proc/self/ns/net", path.encode(), None, MS_BIND, None),
+            f"pin namespace {name} at {path}",
+        )
+        return _netlink_socket()
+    except BaseException:
+        _libc.umount2(path.encode(), 2)  # MNT_DETACH; harmless if never mounted
+        os.unlink(path)
+        raise
+    finally:
+        _check(_libc.setns(home, CLONE_NEWNET), "return to the host namespace")
+
+
+def open_in(name: str, home: int) -> socket.socket:
+    fd = os.open(os.path.join(NETNS_DIR, name), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check(_libc.setns(fd, CLONE_NEWNET), f"enter namespace {name}")
+        return _netlink_socket()
+    finally:
+        os.close(fd)
+        _check(_libc.setns(home, CLONE_NEWNET), "return to the host namespace")
+
+
+def serve(channel: socket.socket) -> None:
+    home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    while True:
+        request = channel.recv(4096)
+        if not request:
+            return  # the runtime closed its end
+        verb, _, name = request.decode().partition(" ")
+        try:
+            if "/" in name or name in ("", ".", ".."):
+                raise OSError(22, f"bad namespace name {name!r}")
+            if verb == "create":
+                sock = create(name, home)
+            elif verb == "open":
+                sock = open_in(name, home)
+            else:
+                raise OSError(22, f"unknown request {verb!r}")
+        except OSError as exc:
+            channel.send(f"err {exc.errno or 0} {exc.strerror or exc}".encode())
+            continue
+        with sock:
+            socket.send_fds(channel, [b"ok"], [sock.fileno()])
+
+
+def main() -> None:
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the runtime's to handle
+    channel = socket.socket(fileno=int(sys.argv[1]))
+    if os.getppid() == 1:  # the runtime died before PDEATHSIG was armed
+        return
+    serve(channel)
+
+
+if __name__ == "__main__":
+    main()
