@@ -92,3 +92,24 @@ async def test_veth_into_a_namespace_is_idempotent(kernel: Kernel) -> None:
         kernel.remove_netns(netns)
         kernel.remove_netns(netns)
         await kernel.remove_bridge(net.bridge)
+
+
+async def test_namespace_helper_refuses_bad_and_duplicate_names() -> None:
+    from linkd.runtime.netlink import NamespaceHelper
+
+    helper = NamespaceHelper()
+    name = names.netns_name("t" + secrets.token_hex(3), "c-1")
+    try:
+        with pytest.raises(KernelError, match="bad namespace name"):
+            await helper.request("create", "../etc")
+        fd = await helper.request("create", name)
+        import os
+
+        os.close(fd)
+        with pytest.raises(KernelError, match="File exists"):
+            await helper.request("create", name)
+        with pytest.raises(KernelError, match="No such file"):
+            await helper.request("open", name + "-missing")
+    finally:
+        helper.close()
+        subprocess.run(["ip", "netns", "del", name], check=False)
