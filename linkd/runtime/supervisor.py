@@ -428,7 +428,10 @@ async def _supervised(
         up.result()
         if on_up is not None:
             on_up(supervisor)
-        return await supervisor.supervise(stop, options)
+        code = await supervisor.supervise(stop, options)
+        # Ctrl-C ends `up` as a shell would report it; `linkd down` elsewhere is a
+        # normal end.
+        return 130 if received and received[0] == "SIGINT" else code
     finally:
         # A second Ctrl-C must not cut teardown in half (netavark ignores it too).
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -90,13 +90,13 @@ def remove_leftovers(left: Snapshot) -> None:
 def leaves_nothing_behind() -> Iterator[None]:
     before = snapshot()
     yield
-    left = _settled(before)
+    left = settled(before)
     if not left.empty():
         remove_leftovers(left)
         pytest.fail(f"the test left linkd objects behind: {left}")
 
 
-def _settled(before: Snapshot) -> Snapshot:
+def settled(before: Snapshot) -> Snapshot:
     # The kernel removes a deleted namespace's veths from a work queue, a moment later.
     import time
 
