@@ -19,15 +19,18 @@ end of the socket pair, or dies (PR_SET_PDEATHSIG).
 
 from __future__ import annotations
 
+# The low-level modules, not `socket` and `signal`: those import `enum`, which would
+# double the helper's start-up time (paid once per `linkd up`).
+import _signal  # type: ignore[import-not-found]  # no stub; same functions as signal
+import _socket
 import ctypes
 import os
-import signal
-import socket
 import sys
 
 CLONE_NEWNET = 0x40000000
 MS_BIND = 0x1000
 PR_SET_PDEATHSIG = 1
+SIGINT, SIGKILL = 2, 9
 NETNS_DIR = "/run/netns"
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -39,11 +42,11 @@ def _check(result: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def _netlink_socket() -> socket.socket:
-    return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE)
+def _netlink_socket() -> _socket.socket:
+    return _socket.socket(_socket.AF_NETLINK, _socket.SOCK_DGRAM, _socket.NETLINK_ROUTE)
 
 
-def create(name: str, home: int) -> socket.socket:
+def create(name: str, home: int) -> _socket.socket:
     path = os.path.join(NETNS_DIR, name)
     os.makedirs(NETNS_DIR, exist_ok=True)
     os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444))
@@ -62,7 +65,7 @@ def create(name: str, home: int) -> socket.socket:
         _check(_libc.setns(home, CLONE_NEWNET), "return to the host namespace")
 
 
-def open_in(name: str, home: int) -> socket.socket:
+def open_in(name: str, home: int) -> _socket.socket:
     fd = os.open(os.path.join(NETNS_DIR, name), os.O_RDONLY | os.O_CLOEXEC)
     try:
         _check(_libc.setns(fd, CLONE_NEWNET), f"enter namespace {name}")
@@ -72,7 +75,7 @@ def open_in(name: str, home: int) -> socket.socket:
         _check(_libc.setns(home, CLONE_NEWNET), "return to the host namespace")
 
 
-def serve(channel: socket.socket) -> None:
+def serve(channel: _socket.socket) -> None:
     home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     while True:
         request = channel.recv(4096)
@@ -91,14 +94,17 @@ def serve(channel: socket.socket) -> None:
         except OSError as exc:
             channel.send(f"err {exc.errno or 0} {exc.strerror or exc}".encode())
             continue
-        with sock:
-            socket.send_fds(channel, [b"ok"], [sock.fileno()])
+        try:
+            rights = sock.fileno().to_bytes(4, sys.byteorder)
+            channel.sendmsg([b"ok"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
+        finally:
+            sock.close()
 
 
 def main() -> None:
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the runtime's to handle
-    channel = socket.socket(fileno=int(sys.argv[1]))
+    _libc.prctl(PR_SET_PDEATHSIG, SIGKILL)
+    _signal.signal(SIGINT, _signal.SIG_IGN)  # Ctrl-C is the runtime's to handle
+    channel = _socket.socket(fileno=int(sys.argv[1]))
     if os.getppid() == 1:  # the runtime died before PDEATHSIG was armed
         return
     serve(channel)
