@@ -1,11 +1,11 @@
 """Creates network namespaces and hands back netlink sockets that live inside them.
 
-Runs as its own small process (`python -I -S nshelper.py FD`), stdlib only, started by
-`linkd.runtime.netlink.NamespaceHelper`. Why a process of its own: a socket belongs to
-the network namespace of the thread that created it, so making one inside a container's
-namespace needs a thread that enters it. The runtime never switches namespace; pyroute2
-forks a child for every such socket (~6-8 ms each, most of a container's network setup).
-This helper is forked once and then serves each request in well under a millisecond:
+Runs in a child process forked once by `linkd.runtime.netlink.NamespaceHelper`. Why a
+process of its own: a socket belongs to the network namespace of the thread that created
+it, so making one inside a container's namespace needs a thread that enters it. The
+runtime never switches namespace; pyroute2 forks a child for every such socket (~6-8 ms
+each, most of a container's network setup). This helper is forked once (~1 ms: no exec,
+no imports) and then serves each request in well under a millisecond:
 
     request  "create NAME"  unshare a new netns, pin it at /run/netns/NAME (a bind mount,
                             as `ip netns add` does), open a netlink socket in it
@@ -15,6 +15,13 @@ This helper is forked once and then serves each request in well under a millisec
 After each request it returns to the namespace it started in, so a failure half-way can
 never leave the next request in the wrong place. It exits when the runtime closes its
 end of the socket pair, or dies (PR_SET_PDEATHSIG).
+
+The child of a fork inherits the whole runtime: its event loop, signal handlers and
+open files. `serve_forked` drops all of that first: it closes every inherited descriptor
+but its channel (an inherited socket inside a container's namespace would keep that
+namespace and its veths alive), turns off the cyclic garbage collector (a finalizer of
+an inherited object could close a descriptor number the helper has since reused), and
+never returns into the runtime's code (`os._exit`).
 """
 
 from __future__ import annotations
@@ -24,13 +31,15 @@ from __future__ import annotations
 import _signal  # type: ignore[import-not-found]  # no stub; same functions as signal
 import _socket
 import ctypes
+import gc
 import os
 import sys
+from typing import NoReturn
 
 CLONE_NEWNET = 0x40000000
 MS_BIND = 0x1000
 PR_SET_PDEATHSIG = 1
-SIGINT, SIGKILL = 2, 9
+SIGINT, SIGTERM, SIGKILL = 2, 15, 9
 NETNS_DIR = "/run/netns"
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -101,14 +110,21 @@ def serve(channel: _socket.socket) -> None:
             sock.close()
 
 
-def main() -> None:
-    _libc.prctl(PR_SET_PDEATHSIG, SIGKILL)
-    _signal.signal(SIGINT, _signal.SIG_IGN)  # Ctrl-C is the runtime's to handle
-    channel = _socket.socket(fileno=int(sys.argv[1]))
-    if os.getppid() == 1:  # the runtime died before PDEATHSIG was armed
-        return
-    serve(channel)
-
-
-if __name__ == "__main__":
-    main()
+def serve_forked(channel_fd: int, parent: int) -> NoReturn:
+    """The body of the forked helper; never returns."""
+    code = 0
+    try:
+        gc.disable()
+        _signal.set_wakeup_fd(-1)  # the runtime's event loop is not ours to wake
+        _signal.signal(SIGINT, _signal.SIG_IGN)  # Ctrl-C is the runtime's to handle
+        _signal.signal(SIGTERM, _signal.SIG_DFL)
+        _libc.prctl(PR_SET_PDEATHSIG, SIGKILL)
+        if os.getppid() != parent:  # the runtime died before PDEATHSIG was armed
+            os._exit(0)
+        os.closerange(3, channel_fd)
+        os.closerange(channel_fd + 1, 1 << 20)
+        serve(_socket.socket(fileno=channel_fd))
+    except BaseException:
+        code = 1
+    finally:
+        os._exit(code)
