@@ -202,20 +202,21 @@ class Kernel:
     async def ensure_bridge(self, network: NetworkPlan) -> None:
         ipr = await self.host()
         what = f"bridge {network.bridge} for network {network.name}"
-        await _add_link(ipr, what, ifname=network.bridge, kind="bridge",
-                        address=network.bridge_mac)
+        created = await _add_link(ipr, what, ifname=network.bridge, kind="bridge",
+                                  address=network.bridge_mac, state="up")
         index = await _index(ipr, network.bridge, what)
         self._bridges[network.bridge] = index
-        await _call(f"set address of {what}",
-                    ipr.link("set", index=index, address=network.bridge_mac))
-        await _call(f"address {network.gateway} on {what}", ipr.addr(
+        steps = [_call(f"address {network.gateway} on {what}", ipr.addr(
             "replace", index=index, address=str(network.gateway),
-            prefixlen=network.subnet.prefixlen))
+            prefixlen=network.subnet.prefixlen))]
         if network.gateway6 is not None and network.subnet6 is not None:
-            await _call(f"address {network.gateway6} on {what}", ipr.addr(
+            steps.append(_call(f"address {network.gateway6} on {what}", ipr.addr(
                 "replace", index=index, address=str(network.gateway6),
-                prefixlen=network.subnet6.prefixlen, flags=IFA_F_NODAD))
-        await _call(f"bring up {what}", ipr.link("set", index=index, state="up"))
+                prefixlen=network.subnet6.prefixlen, flags=IFA_F_NODAD)))
+        if not created:  # a leftover of ours: make it as a new one would be
+            steps.append(_call(f"set up {what}", ipr.link(
+                "set", index=index, address=network.bridge_mac, state="up")))
+        await asyncio.gather(*steps)
 
     async def ensure_veth(self, netns: str, interface: InterfacePlan) -> None:
         ipr = await self.host()
