@@ -156,6 +156,9 @@ class LinkdKernel:
         assert self.plan is not None and len(self.plan.containers) == n
         kernel = Kernel()
         try:
+            # As `linkd up` does (Supervisor.up): the namespace helper starts making the
+            # namespaces at once, and keeps ahead while bridges and veths are made here.
+            kernel.prefetch_netns(c.netns for c in self.plan.containers)
             for network in self.plan.networks:
                 await kernel.ensure_bridge(network)
             for container in self.plan.containers:

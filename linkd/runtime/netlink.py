@@ -20,7 +20,7 @@ import errno
 import ipaddress
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from typing import Any, TypeVar
 
 from pyroute2 import AsyncIPRoute, NetlinkError
@@ -67,11 +67,18 @@ class NamespaceHelper:
             loop = asyncio.get_running_loop()
             await loop.sock_sendall(channel, f"{verb} {netns}".encode())
             readable: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(channel.fileno(), readable.set_result, None)
+            fd = channel.fileno()
+            loop.add_reader(fd, readable.set_result, None)
             try:
                 await readable
-            finally:
-                loop.remove_reader(channel.fileno())
+            except asyncio.CancelledError:
+                # The reply is still coming and would answer the next request: start
+                # over with a fresh helper instead. A namespace it made meanwhile is
+                # on disk, where teardown finds it.
+                loop.remove_reader(fd)
+                self.close()
+                raise
+            loop.remove_reader(fd)
             reply, fds, _, _ = socket.recv_fds(channel, 4096, 1)
         if reply == b"ok" and fds:
             return fds[0]
@@ -103,6 +110,7 @@ class Kernel:
         self._helper = NamespaceHelper()
         self._helper.start()  # its interpreter starts while the caller plans and observes
         self._bridges: dict[str, int] = {}  # name -> ifindex, for enslaving veths
+        self._pending: dict[str, asyncio.Future[None]] = {}  # see prefetch_netns
 
     async def host(self) -> AsyncIPRoute:
         if self._host is None:
@@ -129,6 +137,9 @@ class Kernel:
             ipr.close()
 
     def close(self) -> None:
+        for task in self._pending.values():
+            task.cancel()
+        self._pending.clear()
         for netns in list(self._netns):
             self.forget(netns)
         if self._host is not None:
@@ -180,7 +191,25 @@ class Kernel:
 
     # -- namespaces ----------------------------------------------------------------
 
+    def prefetch_netns(self, netns: Iterable[str]) -> None:
+        """Start creating these namespaces now, in order, while the caller works on.
+
+        The helper is a process of its own, so it makes the next containers' namespaces
+        while this process creates bridges and veths and configures the previous ones;
+        `ensure_netns` then finds its namespace ready, or waits for it.
+        """
+        for name in netns:
+            if name not in self._pending and name not in self._netns:
+                self._pending[name] = asyncio.ensure_future(self._create_netns(name))
+
     async def ensure_netns(self, netns: str) -> None:
+        pending = self._pending.pop(netns, None)
+        if pending is not None:
+            await pending
+        else:
+            await self._create_netns(netns)
+
+    async def _create_netns(self, netns: str) -> None:
         if netns in self._netns or os.path.exists(os.path.join(NETNS_DIR, netns)):
             return
         # Created together with the socket the configuration steps will use.

@@ -139,6 +139,7 @@ class Supervisor:
             )
         plan = await self.prepare(stack)
         actions = plan_up(plan, await self.observe())
+        self.kernel.prefetch_netns(a.netns for a in actions if isinstance(a, EnsureNetns))
         for action in actions:
             await self.apply(action)
         self.status = "up"

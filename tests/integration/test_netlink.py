@@ -113,3 +113,30 @@ async def test_namespace_helper_refuses_bad_and_duplicate_names() -> None:
     finally:
         helper.close()
         subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+async def test_prefetched_namespaces_are_ready_and_an_abandoned_prefetch_is_cleanable() -> None:
+    stack = "t" + secrets.token_hex(3)
+    wanted = [names.netns_name(stack, f"c-{i}") for i in range(5)]
+    kernel = Kernel()
+    try:
+        kernel.prefetch_netns(wanted)
+        for netns in wanted:
+            await kernel.ensure_netns(netns)
+        assert Kernel.netns_names(names.netns_prefix(stack)) == frozenset(wanted)
+        # Abandon a second prefetch half-way, as a failed `up` would.
+        more = [names.netns_name(stack, f"d-{i}") for i in range(5)]
+        kernel.prefetch_netns(more)
+        await kernel.ensure_netns(more[0])
+    finally:
+        kernel.close()
+    import asyncio
+
+    await asyncio.sleep(0.05)  # let the cancelled prefetches finish cancelling
+    made = Kernel.netns_names(names.netns_prefix(stack))
+    assert frozenset(wanted) | {more[0]} <= made
+    cleaner = Kernel()
+    for netns in made:  # what teardown does: remove whatever the prefix finds
+        cleaner.remove_netns(netns)
+    cleaner.close()
+    assert Kernel.netns_names(names.netns_prefix(stack)) == frozenset()
