@@ -256,7 +256,10 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    for name in store.stacks() if args.all else [stack_name(args)]:
+    stacks = store.stacks() if args.all else [stack_name(args)]
+    if not stacks:
+        print("no stack is up")
+    for name in stacks:
         print(_table(store.load(name)))
     return 0
 

@@ -67,8 +67,10 @@ def pick_subnets(
                 used.append((candidate, f"network {network.name}"))
                 break
         else:
+            in_pool = sorted({who for net, who in used if net.version == 4 and net.overlaps(pool)})
             raise ConflictError(
-                f"networks.{network.name}: no free /{prefix} left in linkd's pool {pool}; "
+                f"networks.{network.name}: no free /{prefix} left in linkd's pool {pool} "
+                f"(in use: {', '.join(in_pool[:5])}{', ...' if len(in_pool) > 5 else ''}); "
                 "bring other stacks down or declare a subnet under ipam.config"
             )
     return chosen
