@@ -81,6 +81,9 @@ class Supervisor:
         self.user_stopped: set[str] = set()
         self.exits: asyncio.Queue[tuple[str, int, bool]] = asyncio.Queue()
         self._monitors: dict[str, asyncio.Task[None]] = {}
+        # Set by `run` for the supervisor's lifetime: every monitor task lives in it, so
+        # none outlives `up`, and a monitor that fails ends `up` instead of vanishing.
+        self.tasks: asyncio.TaskGroup | None = None
 
     # -- state ---------------------------------------------------------------------
 
@@ -199,7 +202,8 @@ class Supervisor:
     async def start(self, container: ContainerPlan) -> None:
         proc = await self._launch(container, restarts=0)
         self.report(f"container {container.name}", "started")
-        self._monitors[container.name] = asyncio.create_task(
+        assert self.tasks is not None, "Supervisor.start runs inside run()"
+        self._monitors[container.name] = self.tasks.create_task(
             self._monitor(container, proc), name=f"monitor {container.name}"
         )
 
@@ -414,6 +418,23 @@ async def _supervised(
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
+    async with asyncio.TaskGroup() as supervisor.tasks:
+        return await _up_and_supervise(
+            stack, supervisor, stop, received, options, on_up, before_down
+        )
+
+
+async def _up_and_supervise(
+    stack: Stack,
+    supervisor: Supervisor,
+    stop: asyncio.Event,
+    received: list[str],
+    options: UpOptions,
+    on_up: Callable[[Supervisor], None] | None,
+    before_down: Callable[[], Awaitable[None]] | None,
+) -> int:
+    report = supervisor.report
+    loop = asyncio.get_running_loop()
     try:
         await _cleanup_leftovers(stack.name, supervisor)
         up = asyncio.create_task(supervisor.up(stack))
