@@ -103,7 +103,6 @@ def realize(
     by_key = {n.key: n for n in networks}
     addresses = _addresses(stack, by_key)
     _check_links(stack)
-    _check_workdir(stack, workdir)
     containers: list[ContainerPlan] = []
     for service in stack.services:
         for replica in range(1, service.replicas + 1):
@@ -252,26 +251,6 @@ def _check_links(stack: Stack) -> None:
                         f"put both on one network so the link can reach {link.service}",
                     )
                 )
-    if problems:
-        raise SpecError(problems)
-
-
-def _check_workdir(stack: Stack, workdir: str) -> None:
-    # Every container has a private /tmp, so a stack file's directory under /tmp does
-    # not exist inside; say so now rather than fail at exec with ENOENT.
-    if workdir != "/tmp" and not workdir.startswith("/tmp/"):
-        return
-    problems: list[tuple[str, int | None, str]] = [
-        (
-            f"services.{s.name}",
-            None,
-            f"the stack file is in {workdir}, under /tmp, which every container has "
-            "to itself; move the stack file out of /tmp or set "
-            f"services.{s.name}.working_dir",
-        )
-        for s in stack.services
-        if s.working_dir is None
-    ]
     if problems:
         raise SpecError(problems)
 

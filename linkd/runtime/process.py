@@ -75,6 +75,7 @@ class ProcessSpec:
     bind_files: tuple[tuple[str, str], ...]  # (host source, target), mounted read-only
     log_path: str  # stdout+stderr of the container are appended here
     run_dir: str  # per-container directory; the spec JSON is written here
+    keep_dirs: tuple[str, ...] = ()  # host directories under /tmp that stay visible
 
 
 class ContainerProcess:
@@ -214,6 +215,7 @@ async def start(spec: ProcessSpec) -> ContainerProcess:
             "working_dir": spec.working_dir,
             "user": spec.user,
             "bind_files": [list(b) for b in spec.bind_files],
+            "keep_dirs": list(spec.keep_dirs),
         },
     )
     status_r, status_w = os.pipe()  # both close-on-exec; pass_fds opens w to the shim only

@@ -392,7 +392,16 @@ def _init(spec: dict[str, Any], status_fd: int, alive_fd: int) -> NoReturn:
         # A proc instance belongs to the PID namespace of the process that mounts it, which
         # is why B (not A) mounts it.
         _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+        # Host directories under /tmp the container must still see (a stack file's
+        # directory there): held open before the private /tmp hides them, then bound
+        # back at the same path inside it. The rest of /tmp stays private.
+        kept = [(path, os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+                for path in spec.get("keep_dirs", [])]
         _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+        for path, fd in kept:
+            os.makedirs(path, exist_ok=True)
+            _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC, None)
+            os.close(fd)
     except (SetupError, OSError) as e:
         _report(status_fd, name, str(e))
         os._exit(e.code if isinstance(e, SetupError) else EXIT_SETUP_FAILED)

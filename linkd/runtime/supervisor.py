@@ -197,6 +197,7 @@ class Supervisor:
             ),
             log_path=str(directory / "log"),
             run_dir=str(directory),
+            keep_dirs=_under_tmp(str(Path(self.source).parent)),
         )
 
     async def start(self, container: ContainerPlan) -> None:
@@ -353,6 +354,15 @@ class Supervisor:
         except Exception as exc:  # a teardown step failing must not stop the others
             log.warning("teardown step %s failed: %s", type(action).__name__, exc)
             raise
+
+
+def _under_tmp(directory: str) -> tuple[str, ...]:
+    """The stack's directory, if it lies under /tmp, which every container has privately.
+
+    Containers run commands from the host's filesystem in that directory by default, so
+    it stays visible inside; the rest of /tmp does not.
+    """
+    return (directory,) if directory.startswith("/tmp/") else ()
 
 
 def _stop_groups(actions: list[Action]) -> list[list[Action]]:

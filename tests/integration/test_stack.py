@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 from tests.integration.conftest import Linkd, settled, snapshot
 
@@ -362,3 +363,30 @@ def test_ctrl_c_on_a_foreground_up_takes_the_stack_down(linkd: Linkd) -> None:
     assert "container b-1: stopped" in rest and "container a-1: stopped" in rest
     assert rest.index("b-1: stopped") < rest.index("a-1: stopped")  # reverse dependency order
     assert settled(before).empty()
+
+
+def test_a_stack_under_tmp_sees_its_directory_but_not_the_rest_of_tmp(tmp_path: Path) -> None:
+    import secrets
+
+    import tests.integration.conftest as conftest
+
+    runner = conftest.Linkd(tmp_path, "t" + secrets.token_hex(4))
+    secret = tmp_path.parent / f"host-only-{runner.project}"
+    secret.write_text("host")
+    (tmp_path / "data.txt").write_text("from the stack directory\n")
+    runner.write("""
+        services:
+          reader:
+            command: sleep 300
+    """)
+    try:
+        runner.up()
+        assert runner.exec("reader", "cat", "data.txt").stdout == "from the stack directory\n"
+        assert runner.exec("reader", "pwd").stdout.strip() == str(tmp_path)
+        hidden = runner.exec("reader", "cat", str(secret), check=False)
+        assert hidden.returncode != 0
+        runner.exec("reader", "touch", "/tmp/made-inside")
+        assert not os.path.exists("/tmp/made-inside")
+    finally:
+        runner.run("down", "-p", runner.project, check=False)
+        secret.unlink()

@@ -348,11 +348,6 @@ def test_corrupt_or_foreign_state_is_refused_with_a_message() -> None:
         state.decode(msgpack.packb({"v": 99}))
 
 
-def test_a_stack_file_under_tmp_needs_a_working_dir() -> None:
-    with pytest.raises(SpecError, match=r"services.db: the stack file is in /tmp/x, under /tmp"):
-        realize(shop(), SUBNETS, workdir="/tmp/x")
-
-
 def test_a_full_pool_says_what_fills_it() -> None:
     with pytest.raises(ConflictError, match=r"no free /24 .*in use: host route via tun0"):
         ipam.pick_subnets([Network("a")], [(ip_network("10.0.0.0/8"), "host route via tun0")])
