@@ -61,7 +61,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from typing import Any
+from typing import Any, cast
 
 from dnslib import DNSRecord
 
@@ -154,7 +154,7 @@ class DnsServer:
         tasks: set[asyncio.Task[None]],
     ) -> None:
         self.stats.queries += 1
-        if transport.get_write_buffer_size() > UDP_WRITE_BUFFER:
+        if _buffered(transport) > UDP_WRITE_BUFFER:
             self.stats.dropped += 1
             return
         try:
@@ -316,8 +316,8 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        # asyncio's selector transport does not subclass DatagramTransport before 3.12.
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         if self.transport is not None:
@@ -370,6 +370,12 @@ async def _cancel_all(tasks: set[asyncio.Task[None]] | set[asyncio.Task[object]]
         task.cancel()
     if pending:
         await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _buffered(transport: asyncio.DatagramTransport) -> int:
+    """Bytes waiting in the transport (asyncio and uvloop have it; typeshed lacks it)."""
+    size = getattr(transport, "get_write_buffer_size", None)
+    return int(size()) if size is not None else 0
 
 
 def _source(host: str) -> IPAddress:
