@@ -56,7 +56,7 @@ def _plan(count: int, subnet: IPv4Network) -> Any:
 async def measure(count: int, subnet: IPv4Network) -> ContainerResult:
     import asyncio
 
-    from linkd.runtime import process, store
+    from linkd.runtime import process, supervisor
     from linkd.runtime.netlink import Kernel
 
     plan = _plan(count, subnet)
@@ -76,27 +76,9 @@ async def measure(count: int, subnet: IPv4Network) -> ContainerResult:
                 await kernel.ensure_veth(container.netns, interface)
             await kernel.configure_netns(container)
             wired = time.perf_counter()
-            directory.mkdir(parents=True)
-            store.write_atomic(directory / "hosts", container.hosts.encode())
-            store.write_atomic(directory / "hostname", f"{container.hostname}\n".encode())
-            store.write_atomic(directory / "resolv.conf", b"nameserver 127.0.0.1\n")
+            supervisor.write_container_files(directory, container)  # as `linkd up` does
             written = time.perf_counter()
-            spec = process.ProcessSpec(
-                name=container.name,
-                netns=container.netns,
-                hostname=container.hostname,
-                argv=container.argv,
-                env=container.env,
-                working_dir="/",
-                user=None,
-                bind_files=(
-                    (str(directory / "hosts"), "/etc/hosts"),
-                    (str(directory / "hostname"), "/etc/hostname"),
-                    (str(directory / "resolv.conf"), "/etc/resolv.conf"),
-                ),
-                log_path=str(directory / "log"),
-                run_dir=str(directory),
-            )
+            spec = supervisor.process_spec(directory, container)
             procs.append(await process.start(spec))
             done = time.perf_counter()
             result.total.append(done - started)

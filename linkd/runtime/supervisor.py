@@ -174,29 +174,12 @@ class Supervisor:
                 await self.kernel.remove_bridge(name)
 
     def write_files(self, container: ContainerPlan) -> None:
-        directory = store.container_dir(self.stack, container.name)
-        directory.mkdir(parents=True, exist_ok=True)
-        store.write_atomic(directory / "hosts", container.hosts.encode())
-        store.write_atomic(directory / "hostname", f"{container.hostname}\n".encode())
-        store.write_atomic(directory / "resolv.conf", RESOLV_CONF.encode())
+        write_container_files(store.container_dir(self.stack, container.name), container)
 
     def process_spec(self, container: ContainerPlan) -> process.ProcessSpec:
-        directory = store.container_dir(self.stack, container.name)
-        return process.ProcessSpec(
-            name=container.name,
-            netns=container.netns,
-            hostname=container.hostname,
-            argv=container.argv,
-            env=container.env,
-            working_dir=container.working_dir,
-            user=container.user,
-            bind_files=(
-                (str(directory / "hosts"), "/etc/hosts"),
-                (str(directory / "hostname"), "/etc/hostname"),
-                (str(directory / "resolv.conf"), "/etc/resolv.conf"),
-            ),
-            log_path=str(directory / "log"),
-            run_dir=str(directory),
+        return process_spec(
+            store.container_dir(self.stack, container.name),
+            container,
             keep_dirs=_under_tmp(str(Path(self.source).parent)),
         )
 
@@ -354,6 +337,37 @@ class Supervisor:
         except Exception as exc:  # a teardown step failing must not stop the others
             log.warning("teardown step %s failed: %s", type(action).__name__, exc)
             raise
+
+
+def write_container_files(directory: Path, container: ContainerPlan) -> None:
+    """The files bind-mounted over /etc/hosts, /etc/hostname and /etc/resolv.conf."""
+    directory.mkdir(parents=True, exist_ok=True)
+    store.write_atomic(directory / "hosts", container.hosts.encode())
+    store.write_atomic(directory / "hostname", f"{container.hostname}\n".encode())
+    store.write_atomic(directory / "resolv.conf", RESOLV_CONF.encode())
+
+
+def process_spec(
+    directory: Path, container: ContainerPlan, *, keep_dirs: tuple[str, ...] = ()
+) -> process.ProcessSpec:
+    """How the shim runs `container`, with its files in `directory`."""
+    return process.ProcessSpec(
+        name=container.name,
+        netns=container.netns,
+        hostname=container.hostname,
+        argv=container.argv,
+        env=container.env,
+        working_dir=container.working_dir,
+        user=container.user,
+        bind_files=(
+            (str(directory / "hosts"), "/etc/hosts"),
+            (str(directory / "hostname"), "/etc/hostname"),
+            (str(directory / "resolv.conf"), "/etc/resolv.conf"),
+        ),
+        log_path=str(directory / "log"),
+        run_dir=str(directory),
+        keep_dirs=keep_dirs,
+    )
 
 
 def _under_tmp(directory: str) -> tuple[str, ...]:
