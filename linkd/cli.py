@@ -334,7 +334,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
     container = state.plan.container(target)
     spec_path = store.container_dir(name, target) / f"exec-{os.getpid()}.json"
     process.write_exec_spec(
-        str(spec_path), tuple(argv), container.env, container.working_dir, container.user
+        str(spec_path), tuple(argv), container.env, container.working_dir, container.user,
+        name=target,
     )
     try:
         return subprocess.call(process.exec_argv(current.init_pid, str(spec_path)))
