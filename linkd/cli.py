@@ -332,7 +332,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if current.status != "running" or current.init_pid is None:
         raise LinkdError(f"container {target} is not running ({current.status})")
     container = state.plan.container(target)
-    spec_path = store.container_dir(name, target) / f"exec-{os.getpid()}.json"
+    spec_path = store.container_dir(name, target) / f"exec-{os.getpid()}.spec"
     process.write_exec_spec(
         str(spec_path), tuple(argv), container.env, container.working_dir, container.user,
         name=target,

@@ -52,7 +52,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import grp
-import json
+import marshal
 import os
 import pwd
 import signal
@@ -445,8 +445,8 @@ def _command(spec: dict[str, Any], status_fd: int) -> NoReturn:
 def run(spec_path: str, status_fd: int) -> NoReturn:
     """A: enter the netns, create the other namespaces, start init, mirror its exit."""
     global _forward_to
-    with open(spec_path, encoding="utf-8") as f:
-        spec = json.load(f)
+    with open(spec_path, "rb") as f:
+        spec = marshal.load(f)
     name = spec["name"]
     # Blocked until each process has its handlers and someone to forward to; a signal sent
     # earlier stays pending instead of being lost (an init with a default disposition drops
@@ -496,8 +496,8 @@ def run(spec_path: str, status_fd: int) -> NoReturn:
 def exec_in(init_pid: int, spec_path: str) -> NoReturn:
     """Run a command inside the running container whose PID 1 is `init_pid` (host pid)."""
     global _forward_to
-    with open(spec_path, encoding="utf-8") as f:
-        spec = json.load(f)
+    with open(spec_path, "rb") as f:
+        spec = marshal.load(f)
     name = spec.get("name") or f"with init pid {init_pid}"
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
     try:

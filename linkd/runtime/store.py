@@ -8,7 +8,7 @@ outlives a reboot, and neither do the namespaces and processes it describes):
     <root>/stacks/<stack>/supervisor.lock  flock held by the process supervising the stack
     <root>/stacks/<stack>/containers/<container>/
         hosts, hostname, resolv.conf    bind-mounted over /etc/... inside the container
-        spec.json                       what the shim runs (linkd.runtime.process)
+        spec.marshal                    what the shim runs (linkd.runtime.process)
         log                             the container's stdout and stderr
 
 Writes go to a temporary file in the same directory, are fsynced, then renamed over the

@@ -547,7 +547,7 @@ async def down_unsupervised(stack: str, report: Report) -> None:
 
 
 def _kill_leftover(stack: str, container: ContainerState) -> None:
-    spec = str(store.container_dir(stack, container.name) / "spec.json")
+    spec = str(store.container_dir(stack, container.name) / process.SPEC_FILE)
     for pid in (container.pid, container.init_pid):
         if pid is None:
             continue
