@@ -65,6 +65,7 @@ async def measure(count: int, subnet: IPv4Network) -> ContainerResult:
     tmp = Path(tempfile.mkdtemp(prefix="lkbench-ctr-", dir="/run"))
     kernel = Kernel()
     procs: list[Any] = []
+    sockets: list[Any] = []
     try:
         for network in plan.networks:
             await kernel.ensure_bridge(network)
@@ -75,6 +76,8 @@ async def measure(count: int, subnet: IPv4Network) -> ContainerResult:
             for interface in container.interfaces:
                 await kernel.ensure_veth(container.netns, interface)
             await kernel.configure_netns(container)
+            # linkd's resolver at 127.0.0.11:53 inside the container, as `linkd up` does.
+            sockets += await kernel.dns_sockets(container.netns)
             wired = time.perf_counter()
             supervisor.write_container_files(directory, container)  # as `linkd up` does
             written = time.perf_counter()
@@ -93,6 +96,8 @@ async def measure(count: int, subnet: IPv4Network) -> ContainerResult:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+        for sock in sockets:  # they would keep the namespaces alive
+            sock.close()
         for container in plan.containers:
             kernel.remove_netns(container.netns)
         for network in plan.networks:

@@ -150,7 +150,7 @@ def whole_table(whole: Whole | None, docker_ms: float | None) -> list[str]:
         "",
         "| what | median ms |",
         "|---|---|",
-        f"| linkd: network (`Kernel` steps) | {_fmt(whole.network_ms)} |",
+        f"| linkd: network and DNS placement (`Kernel` steps) | {_fmt(whole.network_ms)} |",
         "| linkd: hosts, hostname, resolv.conf (`store.write_atomic`, fsync each) "
         f"| {_fmt(whole.files_ms)} |",
         f"| linkd: `process.start` (shim, namespaces, exec) | {_fmt(whole.process_ms)} |",

@@ -62,6 +62,11 @@ class NamespaceHelper:
 
     async def request(self, verb: str, netns: str) -> int:
         """Send `verb netns`; return the fd of a netlink socket inside that namespace."""
+        (fd,) = await self.request_fds(verb, netns, 1)
+        return fd
+
+    async def request_fds(self, verb: str, netns: str, count: int) -> list[int]:
+        """Send `verb netns`; return the `count` descriptors the helper passes back."""
         async with self._lock:
             channel = self.start()
             loop = asyncio.get_running_loop()
@@ -79,9 +84,9 @@ class NamespaceHelper:
                 self.close()
                 raise
             loop.remove_reader(fd)
-            reply, fds, _, _ = socket.recv_fds(channel, 4096, 1)
-        if reply == b"ok" and fds:
-            return fds[0]
+            reply, fds, _, _ = socket.recv_fds(channel, 4096, count)
+        if reply == b"ok" and len(fds) == count:
+            return fds
         for fd in fds:
             os.close(fd)
         if not reply:
@@ -214,6 +219,11 @@ class Kernel:
             return
         # Created together with the socket the configuration steps will use.
         await self._adopt(await self._helper.request("create", netns), netns)
+
+    async def dns_sockets(self, netns: str) -> tuple[socket.socket, socket.socket]:
+        """A UDP and a listening TCP socket answering 127.0.0.11:53 inside `netns`."""
+        udp, tcp = await self._helper.request_fds("dns", netns, 2)
+        return socket.socket(fileno=udp), socket.socket(fileno=tcp)
 
     def remove_netns(self, netns: str) -> None:
         """Unmount and unlink; the kernel then removes the veths inside in bulk."""

@@ -10,7 +10,10 @@ no imports) and then serves each request in well under a millisecond:
     request  "create NAME"  unshare a new netns, pin it at /run/netns/NAME (a bind mount,
                             as `ip netns add` does), open a netlink socket in it
     request  "open NAME"    enter the existing /run/netns/NAME, open a netlink socket
-    reply    "ok" + the socket's fd (SCM_RIGHTS), or "err ERRNO MESSAGE"
+    request  "dns NAME"     inside NAME: a UDP and a listening TCP socket on
+                            127.0.0.11, ephemeral ports, and nftables rules that send
+                            127.0.0.11:53 there (see `dns_sockets`)
+    reply    "ok" + the sockets' fds (SCM_RIGHTS), or "err ERRNO MESSAGE"
 
 After each request it returns to the namespace it started in, so a failure half-way can
 never leave the next request in the wrong place. It exits when the runtime closes its
@@ -84,6 +87,73 @@ def open_in(name: str, home: int) -> _socket.socket:
         _check(_libc.setns(home, CLONE_NEWNET), "return to the host namespace")
 
 
+DNS_ADDRESS = "127.0.0.11"
+NFT_TABLE = "linkd_dns"
+
+
+def dns_sockets(name: str, home: int) -> list[_socket.socket]:
+    """linkd's resolver address inside a container, without taking port 53 from it.
+
+    As Docker does: the sockets listen on ephemeral ports and a DNAT rule in the
+    namespace's own nftables sends 127.0.0.11:53 to them, so a program in the container
+    can still bind port 53 itself (on 0.0.0.0 or its own address). The rules live and
+    die with the namespace; nothing touches the host's firewall.
+    """
+    fd = os.open(os.path.join(NETNS_DIR, name), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check(_libc.setns(fd, CLONE_NEWNET), f"enter namespace {name}")
+        udp = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+        tcp = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+        try:
+            udp.bind((DNS_ADDRESS, 0))
+            tcp.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+            tcp.bind((DNS_ADDRESS, 0))
+            tcp.listen(128)
+            _nft(_dns_rules(udp.getsockname()[1], tcp.getsockname()[1]), name)
+        except BaseException:
+            udp.close()
+            tcp.close()
+            raise
+        return [udp, tcp]
+    finally:
+        os.close(fd)
+        _check(_libc.setns(home, CLONE_NEWNET), "return to the host namespace")
+
+
+def _dns_rules(udp_port: int, tcp_port: int) -> str:
+    return (
+        f"table ip {NFT_TABLE} {{\n"
+        "  chain output {\n"
+        "    type nat hook output priority -100; policy accept;\n"
+        f"    ip daddr {DNS_ADDRESS} udp dport 53 dnat to {DNS_ADDRESS}:{udp_port}\n"
+        f"    ip daddr {DNS_ADDRESS} tcp dport 53 dnat to {DNS_ADDRESS}:{tcp_port}\n"
+        "  }\n"
+        "}\n"
+    )
+
+
+def _nft(rules: str, name: str) -> None:
+    # The nft tool runs in this process's current namespace: the container's.
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.dup2(read, 0)
+            os.close(read)
+            os.close(write)
+            os.execvp("nft", ["nft", "-f", "-"])
+        finally:
+            os._exit(127)
+    os.close(read)
+    os.write(write, rules.encode())
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        code = os.waitstatus_to_exitcode(status)
+        hint = " (is the nftables package installed?)" if code == 127 else ""
+        raise OSError(0, f"nft rules for DNS in namespace {name} failed (exit {code}){hint}")
+
+
 def serve(channel: _socket.socket) -> None:
     home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     while True:
@@ -95,19 +165,22 @@ def serve(channel: _socket.socket) -> None:
             if "/" in name or name in ("", ".", ".."):
                 raise OSError(22, f"bad namespace name {name!r}")
             if verb == "create":
-                sock = create(name, home)
+                socks = [create(name, home)]
             elif verb == "open":
-                sock = open_in(name, home)
+                socks = [open_in(name, home)]
+            elif verb == "dns":
+                socks = dns_sockets(name, home)
             else:
                 raise OSError(22, f"unknown request {verb!r}")
         except OSError as exc:
             channel.send(f"err {exc.errno or 0} {exc.strerror or exc}".encode())
             continue
         try:
-            rights = sock.fileno().to_bytes(4, sys.byteorder)
+            rights = b"".join(s.fileno().to_bytes(4, sys.byteorder) for s in socks)
             channel.sendmsg([b"ok"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
         finally:
-            sock.close()
+            for sock in socks:
+                sock.close()
 
 
 def serve_forked(channel_fd: int, parent: int) -> NoReturn:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from linkd import ipam, names, restart
+from linkd.dns_zone import build_zone, network_aliases
 from linkd.errors import ConflictError, ContainerError, LinkdError, TeardownError
 from linkd.model import Stack
 from linkd.plan import ContainerPlan, StackPlan, realize
@@ -48,6 +49,7 @@ from linkd.reconcile import (
     plan_up,
 )
 from linkd.runtime import process, store
+from linkd.runtime.dns_server import DnsServer, upstreams_from_resolv_conf
 from linkd.runtime.netlink import Kernel
 from linkd.state import ContainerState, StackState, StackStatus
 
@@ -56,8 +58,9 @@ log = logging.getLogger("linkd")
 Report = Callable[[str, str], None]  # (object, what happened), for progress displays
 
 RESOLV_CONF = (
-    "# linkd: the names of this stack are in /etc/hosts.\n"
-    "# No nameserver: a lookup of any other name fails at once rather than hang.\n"
+    "# linkd's DNS server: the stack's names (also in /etc/hosts), others forwarded\n"
+    "# to the host's resolvers.\n"
+    "nameserver 127.0.0.11\n"
     "options ndots:0\n"
 )
 
@@ -84,6 +87,8 @@ class Supervisor:
         # Set by `run` for the supervisor's lifetime: every monitor task lives in it, so
         # none outlives `up`, and a monitor that fails ends `up` instead of vanishing.
         self.tasks: asyncio.TaskGroup | None = None
+        self.dns: DnsServer | None = None
+        self._dns_tasks: list[asyncio.Task[None]] = []
 
     # -- state ---------------------------------------------------------------------
 
@@ -110,6 +115,8 @@ class Supervisor:
             plan = realize(stack, subnets, workdir=str(Path(self.source).parent))
             self.plan = plan
             self.save()
+        zone = build_zone([plan], aliases=network_aliases(stack))
+        self.dns = DnsServer(zone, _host_upstreams())
         return plan
 
     async def _taken_subnets(self) -> list[tuple[ipam.IPNetwork, str]]:
@@ -159,6 +166,7 @@ class Supervisor:
                 await self.kernel.ensure_veth(netns, interface)
             case ConfigureNetns(container):
                 await self.kernel.configure_netns(container)
+                await self.serve_dns(container)
                 self.write_files(container)
                 self.report(f"container {container.name}", "network ready")
             case StartContainer(container):
@@ -172,6 +180,18 @@ class Supervisor:
                 await self.kernel.remove_link(name)
             case RemoveBridge(name):
                 await self.kernel.remove_bridge(name)
+
+    async def serve_dns(self, container: ContainerPlan) -> None:
+        """linkd's resolver at 127.0.0.11:53 inside the container, before it starts."""
+        if self.dns is None or self.tasks is None or not container.interfaces:
+            return
+        udp, tcp = await self.kernel.dns_sockets(container.netns)
+        # Queries reach these sockets over the container's loopback: say who asks.
+        me = container.interfaces[0].address
+        self._dns_tasks += [
+            self.tasks.create_task(self.dns.serve_udp(udp, requester_override=me)),
+            self.tasks.create_task(self.dns.serve_tcp(tcp, requester_override=me)),
+        ]
 
     def write_files(self, container: ContainerPlan) -> None:
         write_container_files(store.container_dir(self.stack, container.name), container)
@@ -313,6 +333,12 @@ class Supervisor:
         """Remove everything of the stack, collecting failures rather than stopping."""
         self.status = "stopping"
         self.save()
+        # DNS first (as netavark does): its sockets live in the containers' namespaces
+        # and would keep them, and their veths, alive after they are removed.
+        for task in self._dns_tasks:
+            task.cancel()
+        await asyncio.gather(*self._dns_tasks, return_exceptions=True)
+        self._dns_tasks.clear()
         observed = await self.observe()
         actions = plan_down(self.stack, self.plan, observed)
         errors: list[BaseException] = []
@@ -368,6 +394,13 @@ def process_spec(
         run_dir=str(directory),
         keep_dirs=keep_dirs,
     )
+
+
+def _host_upstreams() -> list[tuple[str, int]]:
+    try:
+        return upstreams_from_resolv_conf(Path("/etc/resolv.conf").read_text())
+    except OSError:
+        return []
 
 
 def _under_tmp(directory: str) -> tuple[str, ...]:

@@ -1,0 +1,67 @@
+"""linkd's DNS server inside containers, through the system resolver (real namespaces)."""
+
+from __future__ import annotations
+
+import subprocess
+
+from tests.integration.conftest import Linkd
+
+
+def test_names_resolve_through_linkd_dns_not_only_the_hosts_file(linkd: Linkd) -> None:
+    linkd.write("""
+        services:
+          server:
+            command: sleep 300
+            scale: 2
+          client:
+            command: sleep 300
+    """)
+    linkd.up()
+    fqdn = f"server.default.{linkd.project}.linkd"  # in no hosts file: only DNS knows it
+    got = linkd.py("client", f"""
+        import socket
+        print(sorted({{a[4][0] for a in socket.getaddrinfo('{fqdn}', 80, socket.AF_INET)}}))
+        print(open('/etc/resolv.conf').read())
+    """).stdout
+    addresses = eval(got.splitlines()[0])
+    assert len(addresses) == 2
+    assert "nameserver 127.0.0.11" in got
+    # An in-zone name that does not exist is NXDOMAIN at once, never forwarded.
+    missing = linkd.py("client", f"""
+        import socket
+        socket.getaddrinfo('nothere.{linkd.project}.linkd', 80)
+    """, check=False)
+    assert missing.returncode != 0 and "Name or service not known" in missing.stderr
+
+
+def test_a_container_can_still_run_its_own_dns_server_on_port_53(linkd: Linkd) -> None:
+    linkd.write("""
+        services:
+          ownsdns:
+            command: >-
+              /usr/bin/python3 -c "import socket;
+              u=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('0.0.0.0', 53));
+              t=socket.create_server(('0.0.0.0', 53)); print('bound 53', flush=True);
+              import time; time.sleep(300)"
+    """)
+    linkd.up()
+    import time
+
+    deadline = time.monotonic() + 5
+    while "bound 53" not in linkd.run("logs", "-p", linkd.project, "ownsdns").stdout:
+        assert time.monotonic() < deadline, linkd.run("logs", "-p", linkd.project, "ownsdns")
+        time.sleep(0.05)
+    # linkd's resolver still answers inside that container.
+    got = linkd.py("ownsdns", f"""
+        import socket
+        print(socket.getaddrinfo('ownsdns.default.{linkd.project}.linkd', 80,
+                                 socket.AF_INET)[0][4][0])
+    """).stdout.strip()
+    assert got.startswith("10.")
+    rules = subprocess.run(
+        ["ip", "netns", "exec", f"linkd-{linkd.project}.ownsdns-1", "nft", "list", "ruleset"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert "dnat to 127.0.0.11:" in rules
+    host_rules = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True)
+    assert "linkd_dns" not in host_rules.stdout  # the host's firewall is untouched
