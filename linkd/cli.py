@@ -19,9 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import dnslib
 import yaml
 
-from linkd import names, spec
+from linkd import dns, names, spec
+from linkd.dns_zone import build_zone
 from linkd.errors import LinkdError, NotFoundError, SpecError
 from linkd.model import Stack
 from linkd.runtime import logs as log_files
@@ -91,6 +93,11 @@ def _parser() -> argparse.ArgumentParser:
     inspect = command("inspect", cmd_inspect, "show a container's plan and state as JSON")
     inspect.add_argument("target", nargs="?", help="service or container; omit for the stack")
     command("config", cmd_config, "validate the stack file and print it normalized")
+    dns = command("dns", cmd_dns, "what a container's DNS lookup of NAME gives, and why")
+    dns.add_argument("name")
+    dns.add_argument("--from", dest="asker", required=True, metavar="SERVICE",
+                     help="the service (its first replica) or container that asks")
+    dns.add_argument("--type", dest="qtype", default="A", help="record type (default A)")
     return parser
 
 
@@ -341,6 +348,30 @@ def cmd_exec(args: argparse.Namespace) -> int:
         return subprocess.call(process.exec_argv(current.init_pid, str(spec_path)))
     finally:
         spec_path.unlink(missing_ok=True)
+
+
+def cmd_dns(args: argparse.Namespace) -> int:
+    state = store.load(stack_name(args))
+    asker = state.plan.container(_containers(state, args.asker)[0])
+    if not asker.interfaces:
+        raise LinkdError(f"container {asker.name} is on no network: it asks nobody")
+    requester = asker.interfaces[0].address
+    zone = build_zone([state.plan])  # the same snapshot the running server holds
+    for line in dns.explain(zone, args.name, requester):
+        print(line)
+    try:
+        query = dnslib.DNSRecord.question(args.name, args.qtype.upper()).pack()
+    except Exception as exc:  # dnslib raises plain exceptions for unknown types
+        raise SpecError([("dns --type", None, f"unknown record type: {exc}")]) from None
+    reply = dns.answer(zone, query, requester, max_size=None)
+    if isinstance(reply, dns.Answered):
+        parsed = dnslib.DNSRecord.parse(reply.data)
+        print(f"answer: {dnslib.RCODE[parsed.header.rcode]}")
+        for record in parsed.rr:
+            print(f"  {record.rname} {record.ttl} {dnslib.QTYPE[record.rtype]} {record.rdata}")
+    else:
+        print("answer: forwarded to the host's resolvers (not a name of this stack)")
+    return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

@@ -442,7 +442,7 @@ def explain(zone: Zone, name: str, requester: IPv4Address | IPv6Address) -> list
         lines.append(f"{requester} is {view.who}, on networks {nets}")
     extra = zone.extra.get(requester, {}).get(key)
     if extra is not None:
-        lines.append(f"{name}: requester-scoped name -> {_addresses(extra)}")
+        lines.append(f"{name}: link alias of this container only -> {_addresses(extra)}")
     seen = set(view.networks) if view is not None else set()
     used_v4 = used_v6 = False
     for netid in view.networks if view is not None else ():

@@ -125,6 +125,43 @@ def network_aliases(stack: Stack) -> dict[AliasKey, tuple[str, ...]]:
     }
 
 
+def plan_aliases(plans: Sequence[StackPlan]) -> dict[AliasKey, tuple[str, ...]]:
+    """(stack, service, network) -> the service's aliases there, as the plans record them."""
+    return {
+        (plan.stack, c.service, i.network): i.aliases
+        for plan in plans
+        for c in plan.containers
+        for i in c.interfaces
+        if i.aliases
+    }
+
+
+def link_names(plans: Sequence[StackPlan]) -> dict[Address, dict[str, list[Address]]]:
+    """Names only a linking container sees: each of its link aliases, from each of its
+    addresses, resolving to the linked service's containers on the first network the two
+    share (the same address the hosts file gives)."""
+    extra: dict[Address, dict[str, list[Address]]] = {}
+    for plan in plans:
+        for c in plan.containers:
+            if not c.links:
+                continue
+            mine = [i.network for i in c.interfaces]
+            for alias, service in c.links:
+                targets: list[Address] = []
+                for peer in plan.of_service(service):
+                    shared = [i for i in peer.interfaces if i.network in mine]
+                    if shared:
+                        first = min(shared, key=lambda i: mine.index(i.network))
+                        targets.append(first.address)
+                        if first.address6 is not None:
+                            targets.append(first.address6)
+                for iface in c.interfaces:
+                    for requester in (iface.address, iface.address6):
+                        if requester is not None:
+                            extra.setdefault(requester, {})[alias] = targets
+    return extra
+
+
 def make_entry(records: Iterable[Record]) -> Entry:
     recs = tuple(records)
     v4 = sorted({r.v4 for r in recs if r.v4 is not None})
@@ -139,9 +176,13 @@ def build_zone(
     aliases: Mapping[AliasKey, Sequence[str]] | None = None,
     extra: Mapping[Address, Mapping[str, Sequence[Address]]] | None = None,
 ) -> Zone:
-    """The zone for these stacks; see the module docstring for the layout."""
+    """The zone for these stacks; see the module docstring for the layout.
+
+    Aliases and link names come from the plans unless given.
+    """
     apex = domain.lower().rstrip(".")
-    aliases = aliases or {}
+    aliases = plan_aliases(plans) if aliases is None else aliases
+    extra = link_names(plans) if extra is None else extra
     names: dict[NetId, dict[str, list[Record]]] = {}
     reverse: dict[str, Pointer] = {}
     memberships: dict[Address, list[tuple[str, tuple[NetId, ...]]]] = {}
@@ -187,7 +228,7 @@ def build_zone(
             n.lower().rstrip("."): make_entry(
                 Record(
                     n,
-                    "requester-scoped name",
+                    "link alias (seen by this container only)",
                     a if isinstance(a, IPv4Address) else None,
                     a if isinstance(a, IPv6Address) else None,
                 )

@@ -50,6 +50,7 @@ class InterfacePlan:
     prefixlen6: int = 64
     gateway6: IPv6Address | None = None
     default_route: bool = False  # the first non-internal network carries it
+    aliases: tuple[str, ...] = ()  # the service's network aliases on this network
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,7 @@ class ContainerPlan:
     healthcheck: Healthcheck | None
     image: str | None
     depends_on: tuple[Dependency, ...] = ()
+    links: tuple[tuple[str, str], ...] = ()  # (alias, service): names for this one only
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +200,7 @@ def _interfaces(
                 prefixlen6=net.subnet6.prefixlen if net.subnet6 else 64,
                 gateway6=net.gateway6,
                 default_route=default_route,
+                aliases=attachment.aliases,
             )
         )
     return tuple(interfaces)
@@ -233,6 +236,7 @@ def _container_plan(
         healthcheck=service.healthcheck,
         image=service.image,
         depends_on=service.depends_on,
+        links=tuple((link.alias, link.service) for link in service.links),
     )
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from linkd import ipam, names, restart
-from linkd.dns_zone import build_zone, network_aliases
+from linkd.dns_zone import build_zone
 from linkd.errors import ConflictError, ContainerError, LinkdError, TeardownError
 from linkd.model import Stack
 from linkd.plan import ContainerPlan, StackPlan, realize
@@ -115,7 +115,7 @@ class Supervisor:
             plan = realize(stack, subnets, workdir=str(Path(self.source).parent))
             self.plan = plan
             self.save()
-        zone = build_zone([plan], aliases=network_aliases(stack))
+        zone = build_zone([plan])
         self.dns = DnsServer(zone, _host_upstreams())
         return plan
 

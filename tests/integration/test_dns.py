@@ -65,3 +65,37 @@ def test_a_container_can_still_run_its_own_dns_server_on_port_53(linkd: Linkd) -
     assert "dnat to 127.0.0.11:" in rules
     host_rules = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True)
     assert "linkd_dns" not in host_rules.stdout  # the host's firewall is untouched
+
+
+def test_linkd_dns_explains_and_link_aliases_are_scoped(linkd: Linkd) -> None:
+    linkd.write("""
+        services:
+          db:
+            command: sleep 300
+            networks:
+              back:
+                aliases: [database]
+          api:
+            command: sleep 300
+            networks: [back]
+            links: ["db:store"]
+          other:
+            command: sleep 300
+            networks: [back]
+        networks:
+          back:
+    """)
+    linkd.up()
+    explained = linkd.run("dns", "-p", linkd.project, "database", "--from", "api").stdout
+    assert "alias" in explained and "answer: NOERROR" in explained
+    assert " A " in explained
+    scoped = linkd.run("dns", "-p", linkd.project, "store", "--from", "other").stdout
+    assert "answer: NXDOMAIN" in scoped
+    linked = linkd.run("dns", "-p", linkd.project, "store", "--from", "api").stdout
+    assert "link alias" in linked and "answer: NOERROR" in linked
+    outside = linkd.run("dns", "-p", linkd.project, "example.org", "--from", "api").stdout
+    assert "forwarded" in outside
+    # Through the system resolver inside the container, FQDN only DNS knows:
+    fqdn = f"database.back.{linkd.project}.linkd"
+    got = linkd.py("api", f"import socket; print(socket.gethostbyname('{fqdn}'))").stdout
+    assert got.strip() in explained

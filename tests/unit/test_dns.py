@@ -367,3 +367,36 @@ def test_explain(shop_zone: tuple[StackPlan, Zone]) -> None:
     assert any("A answered from shop/front" in line for line in lines)
     lines = explain(zone, "example.com", addr(plan, "client-1", "front"))
     assert lines[-1].endswith("forwarded upstream")
+
+
+def test_the_plan_alone_gives_the_aliases() -> None:
+    plan = realize(shop(), SUBNETS)
+    client = addr(plan, "client-1", "front")
+    assert {str(r.rdata) for r in ask(build_zone([plan]), "www", client).rr} == {
+        str(addr(plan, "web-1", "front")),
+        str(addr(plan, "web-2", "front")),
+    }
+
+
+def test_a_link_alias_resolves_for_the_linking_container_only() -> None:
+    from linkd.model import Link
+
+    base = shop()
+    linked = Stack(
+        base.name,
+        tuple(
+            Service("client", command=CMD, networks=(Attachment("front"),),
+                    links=(Link("web", "shopfront"),))
+            if s.name == "client" else s
+            for s in base.services
+        ),
+        base.networks,
+    )
+    plan = realize(linked, SUBNETS)
+    zone = build_zone([plan])
+    client = addr(plan, "client-1", "front")
+    got = {str(r.rdata) for r in ask(zone, "shopfront", client).rr}
+    assert got == {str(addr(plan, "web-1", "front")), str(addr(plan, "web-2", "front"))}
+    web = addr(plan, "web-1", "front")
+    assert ask(zone, "shopfront", web).header.rcode == 3  # NXDOMAIN for everyone else
+    assert any("link alias" in line for line in explain(zone, "shopfront", client))
