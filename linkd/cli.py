@@ -356,7 +356,9 @@ def cmd_dns(args: argparse.Namespace) -> int:
     if not asker.interfaces:
         raise LinkdError(f"container {asker.name} is on no network: it asks nobody")
     requester = asker.interfaces[0].address
-    zone = build_zone([state.plan])  # the same snapshot the running server holds
+    # The same snapshot the running server holds: without the containers that stopped.
+    gone = [c.name for c in state.containers if c.status in ("exited", "failed")]
+    zone = build_zone([state.plan.without(gone)])
     for line in dns.explain(zone, args.name, requester):
         print(line)
     try:

@@ -13,7 +13,7 @@ links it declared. Names on networks it is not on never appear, as with Docker's
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
@@ -90,6 +90,11 @@ class StackPlan:
 
     def of_service(self, service: str) -> tuple[ContainerPlan, ...]:
         return tuple(c for c in self.containers if c.service == service)
+
+    def without(self, gone: Iterable[str]) -> StackPlan:
+        """The plan less the named containers: what DNS serves once they have stopped."""
+        drop = set(gone)
+        return replace(self, containers=tuple(c for c in self.containers if c.name not in drop))
 
 
 def realize(

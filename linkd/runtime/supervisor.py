@@ -104,6 +104,8 @@ class Supervisor:
         current = self.states.get(name, ContainerState(name))
         self.states[name] = replace(current, **changes)  # type: ignore[arg-type]
         self.save()
+        if "status" in changes and self.states[name].status != current.status:
+            self.publish_zone()
 
     # -- up ------------------------------------------------------------------------
 
@@ -115,9 +117,19 @@ class Supervisor:
             plan = realize(stack, subnets, workdir=str(Path(self.source).parent))
             self.plan = plan
             self.save()
-        zone = build_zone([plan])
-        self.dns = DnsServer(zone, _host_upstreams())
+        self.dns = DnsServer(build_zone([plan]), _host_upstreams())
         return plan
+
+    def publish_zone(self) -> None:
+        """Swap in a zone without the containers that have stopped for good.
+
+        A restarting container keeps its records (it comes back at the same address);
+        one that exited is removed at once, and comes back when it starts again.
+        """
+        if self.dns is None or self.plan is None or self.status == "stopping":
+            return  # during teardown DNS is already off; rebuilding per stop is waste
+        gone = [n for n, st in self.states.items() if st.status in ("exited", "failed")]
+        self.dns.set_zone(build_zone([self.plan.without(gone)]))
 
     async def _taken_subnets(self) -> list[tuple[ipam.IPNetwork, str]]:
         taken = list(await self.kernel.routes())

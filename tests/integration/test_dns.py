@@ -99,3 +99,31 @@ def test_linkd_dns_explains_and_link_aliases_are_scoped(linkd: Linkd) -> None:
     fqdn = f"database.back.{linkd.project}.linkd"
     got = linkd.py("api", f"import socket; print(socket.gethostbyname('{fqdn}'))").stdout
     assert got.strip() in explained
+
+
+def test_a_stopped_container_leaves_dns_and_a_running_one_is_there(linkd: Linkd) -> None:
+    linkd.write("""
+        services:
+          oneshot:
+            command: sh -c 'sleep 1.5'
+          client:
+            command: sleep 300
+    """)
+    linkd.up()
+    fqdn = f"oneshot.default.{linkd.project}.linkd"
+    lookup = f"import socket; print(socket.gethostbyname('{fqdn}'))"
+    # While it runs (1.5 s), its name resolves.
+    assert linkd.py("client", lookup).stdout.strip().startswith("10.")
+    import json
+    import time
+
+    deadline = time.monotonic() + 10
+    while json.loads(linkd.run("inspect", "-p", linkd.project, "oneshot").stdout)[0][
+        "state"
+    ]["status"] != "exited":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    gone = linkd.py("client", lookup, check=False)
+    assert gone.returncode != 0 and "Name or service not known" in gone.stderr
+    explained = linkd.run("dns", "-p", linkd.project, "oneshot", "--from", "client").stdout
+    assert "answer: NXDOMAIN" in explained
