@@ -62,6 +62,7 @@ from dnslib import (
     QTYPE,
     RR,
     SOA,
+    SRV,
     A,
     DNSHeader,
     DNSLabel,
@@ -80,6 +81,7 @@ _TYPE_A = 1
 _TYPE_SOA = 6
 _TYPE_PTR = 12
 _TYPE_AAAA = 28
+_TYPE_SRV = 33
 _TYPE_OPT = 41
 _TYPE_ANY = 255
 _CLASS_IN = 1
@@ -128,6 +130,7 @@ class _Result:
     answers: tuple[RR, ...] = ()
     authority: tuple[RR, ...] = ()
     rotate: int = 0  # > 1: answers are that many addresses, served rotated
+    additional: tuple[RR, ...] = ()  # SRV targets' addresses
 
 
 # -- entry point ----------------------------------------------------------------------------
@@ -276,10 +279,21 @@ def _resolve(
     if qtype in (_TYPE_AAAA, _TYPE_ANY):
         v6 = next((e.v6 for e in entries if e.v6), ())
         records += [RR(qname, QTYPE.AAAA, ttl=TTL, rdata=AAAA(str(a))) for a in v6]
+    additional: list[RR] = []
+    if qtype in (_TYPE_SRV, _TYPE_ANY):
+        targets = next((e.srv for e in entries if e.srv), ())
+        for t in targets:
+            # Weights are all equal: clients spread load over targets themselves.
+            records.append(RR(qname, QTYPE.SRV, ttl=TTL,
+                              rdata=SRV(priority=0, weight=10, port=t.port, target=t.target)))
+            if t.v4 is not None:
+                additional.append(RR(t.target, QTYPE.A, ttl=TTL, rdata=A(str(t.v4))))
+            if t.v6 is not None:
+                additional.append(RR(t.target, QTYPE.AAAA, ttl=TTL, rdata=AAAA(str(t.v6))))
     if not records:
         return _Result(0, authority=(_soa(zone),))
     rotate = len(records) if qtype != _TYPE_ANY else 1
-    return _Result(0, answers=tuple(records), rotate=rotate)
+    return _Result(0, answers=tuple(records), rotate=rotate, additional=tuple(additional))
 
 
 def _lookup(zone: Zone, requester: Address, name: str) -> list[Entry]:
@@ -364,6 +378,8 @@ def _build(
         reply.add_answer(rr)
     for rr in result.authority:
         reply.add_auth(rr)
+    for rr in result.additional:
+        reply.add_ar(rr)
     opt = EDNS0(udp_len=max_size or UDP_MAX) if edns else None
     if opt is not None:
         reply.add_ar(opt)

@@ -43,7 +43,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
-from linkd.model import Stack
+from linkd.model import PortSpec, Stack
 from linkd.plan import StackPlan
 
 Address = IPv4Address | IPv6Address
@@ -62,6 +62,17 @@ class Record:
     via: str  # "service name", "container name", "alias", "link alias", ...
     v4: IPv4Address | None
     v6: IPv6Address | None
+    srv: SrvTarget | None = None  # set on SRV names, whose A/AAAA are the target's
+
+
+@dataclass(frozen=True, slots=True)
+class SrvTarget:
+    """An SRV target: a container's port, and the addresses for the additional section."""
+
+    port: int
+    target: str  # CONTAINER.NETWORK.STACK.linkd.
+    v4: IPv4Address | None
+    v6: IPv6Address | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +82,7 @@ class Entry:
     records: tuple[Record, ...]
     v4: tuple[IPv4Address, ...]
     v6: tuple[IPv6Address, ...]
+    srv: tuple[SrvTarget, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,11 +174,23 @@ def link_names(plans: Sequence[StackPlan]) -> dict[Address, dict[str, list[Addre
     return extra
 
 
+def _srv_labels(ports: Iterable[PortSpec]) -> list[tuple[str, int]]:
+    """`_PORT._PROTO` for every exposed port, and `_NAME._PROTO` where the port is named."""
+    labels: list[tuple[str, int]] = []
+    for spec in ports:
+        for port in spec.numbers():
+            labels.append((f"_{port}._{spec.protocol}", port))
+        if spec.name is not None:
+            labels.append((f"_{spec.name}._{spec.protocol}", spec.start))
+    return labels
+
+
 def make_entry(records: Iterable[Record]) -> Entry:
     recs = tuple(records)
     v4 = sorted({r.v4 for r in recs if r.v4 is not None})
     v6 = sorted({r.v6 for r in recs if r.v6 is not None})
-    return Entry(recs, tuple(v4), tuple(v6))
+    srv = sorted({r.srv for r in recs if r.srv is not None}, key=lambda t: (t.target, t.port))
+    return Entry(recs, tuple(v4), tuple(v6), tuple(srv))
 
 
 def build_zone(
@@ -216,6 +240,16 @@ def build_zone(
                     ):
                         table.setdefault(form.lower(), []).append(record)
                 target = f"{c.name}.{iface.network}.{plan.stack}.{apex}."
+                for label, port in _srv_labels(c.ports):
+                    srv = SrvTarget(port, target, iface.address, iface.address6)
+                    record = Record(c.name, f"port {port}", None, None, srv)
+                    for form in (
+                        f"{label}.{c.service}",
+                        f"{label}.{c.service}.{iface.network}",
+                        f"{label}.{c.service}.{iface.network}.{plan.stack}.{apex}",
+                        f"{label}.{c.service}.{plan.stack}.{apex}",
+                    ):
+                        table.setdefault(form.lower(), []).append(record)
                 for address in (iface.address, iface.address6):
                     if address is None:
                         continue

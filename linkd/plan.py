@@ -19,7 +19,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from linkd import ipam, names
 from linkd.errors import SpecError
-from linkd.model import Dependency, Healthcheck, RestartPolicy, Service, Stack
+from linkd.model import Dependency, Healthcheck, PortSpec, RestartPolicy, Service, Stack
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -73,6 +73,7 @@ class ContainerPlan:
     image: str | None
     depends_on: tuple[Dependency, ...] = ()
     links: tuple[tuple[str, str], ...] = ()  # (alias, service): names for this one only
+    ports: tuple[PortSpec, ...] = ()  # exposed and published, container side
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +243,7 @@ def _container_plan(
         image=service.image,
         depends_on=service.depends_on,
         links=tuple((link.alias, link.service) for link in service.links),
+        ports=service.expose + service.ports,
     )
 
 

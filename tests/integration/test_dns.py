@@ -127,3 +127,21 @@ def test_a_stopped_container_leaves_dns_and_a_running_one_is_there(linkd: Linkd)
     assert gone.returncode != 0 and "Name or service not known" in gone.stderr
     explained = linkd.run("dns", "-p", linkd.project, "oneshot", "--from", "client").stdout
     assert "answer: NXDOMAIN" in explained
+
+
+def test_srv_records_for_exposed_ports(linkd: Linkd) -> None:
+    linkd.write("""
+        services:
+          api:
+            command: sleep 300
+            scale: 2
+            expose: ["8080"]
+          client:
+            command: sleep 300
+    """)
+    linkd.up()
+    got = linkd.run("dns", "-p", linkd.project, "_8080._tcp.api", "--from", "client",
+                    "--type", "SRV").stdout
+    assert "answer: NOERROR" in got
+    assert got.count(" SRV ") == 2
+    assert f"api-1.default.{linkd.project}.linkd." in got

@@ -400,3 +400,45 @@ def test_a_link_alias_resolves_for_the_linking_container_only() -> None:
     web = addr(plan, "web-1", "front")
     assert ask(zone, "shopfront", web).header.rcode == 3  # NXDOMAIN for everyone else
     assert any("link alias" in line for line in explain(zone, "shopfront", client))
+
+
+def test_srv_for_every_exposed_and_named_port_with_targets_in_additional() -> None:
+    from linkd.model import PortSpec
+
+    base = shop()
+    with_ports = Stack(
+        base.name,
+        tuple(
+            Service("web", command=CMD, replicas=2,
+                    networks=(Attachment("front"), Attachment("back")),
+                    expose=(PortSpec(8080, 8080), PortSpec(53, 53, "udp", name="dns")))
+            if s.name == "web" else s
+            for s in base.services
+        ),
+        base.networks,
+    )
+    plan = realize(with_ports, SUBNETS)
+    zone = build_zone([plan])
+    client = addr(plan, "client-1", "front")
+    reply = ask(zone, "_8080._tcp.web", client, "SRV")
+    targets = sorted((r.rdata.port, str(r.rdata.target)) for r in reply.rr)
+    assert targets == [
+        (8080, "web-1.front.shop.linkd."),
+        (8080, "web-2.front.shop.linkd."),
+    ]
+    glue = {str(r.rname): str(r.rdata) for r in reply.ar if r.rtype == 1}
+    assert glue == {
+        "web-1.front.shop.linkd.": str(addr(plan, "web-1", "front")),
+        "web-2.front.shop.linkd.": str(addr(plan, "web-2", "front")),
+    }
+    named = ask(zone, "_dns._udp.web.shop.linkd", client, "SRV")
+    assert {r.rdata.port for r in named.rr} == {53}
+    # The SRV name exists without addresses: NODATA for A, not NXDOMAIN.
+    nodata = ask(zone, "_8080._tcp.web", client, "A")
+    assert nodata.header.rcode == 0 and not nodata.rr and nodata.auth
+    # Seen from the back network, the targets are the back addresses.
+    db = addr(plan, "db-1", "back")
+    back = ask(zone, "_8080._tcp.web", db, "SRV")
+    assert {str(r.rdata.target) for r in back.rr} == {
+        "web-1.back.shop.linkd.", "web-2.back.shop.linkd."}
+    assert ask(zone, "_9999._tcp.web.shop.linkd", client, "SRV").header.rcode == 3
