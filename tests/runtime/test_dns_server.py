@@ -476,3 +476,34 @@ def test_error_reply_keeps_id_and_question() -> None:
     assert str(reply.q.qname) == "x.example."
     bare = error_reply(b"\x00\x07" + b"\x01\x00" + b"\xff" * 8 + b"junk", 5)
     assert bare[:2] == b"\x00\x07" and bare[3] & 0x0F == 5 and len(bare) == 12
+
+
+async def test_a_live_server_survives_random_and_mutated_packets(running: Running) -> None:
+    """Property-style: a seeded stream of garbage over UDP and TCP, then a real query."""
+    import random
+
+    rng = random.Random(20261128)
+    valid = query("web")
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setblocking(False)
+        for _ in range(300):
+            if rng.random() < 0.5:
+                packet = rng.randbytes(rng.randrange(0, 600))
+            else:
+                mutated = bytearray(valid)
+                for _ in range(rng.randrange(1, 6)):
+                    mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+                packet = bytes(mutated[: rng.randrange(len(mutated) + 1)])
+            await loop.sock_sendto(s, packet, running.udp)
+    for _ in range(20):  # TCP: random length prefixes and bodies, each on its own connection
+        _, writer = await asyncio.open_connection(*running.tcp)
+        writer.write(rng.randbytes(rng.randrange(0, 80)))
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+    # Still answering, correctly, on both transports.
+    reply = await ask_udp(running.udp, valid)
+    assert {str(r.rdata) for r in reply.rr} == web_addresses(running.plan)
+    (over_tcp,) = await ask_tcp(running.tcp, valid)
+    assert {str(r.rdata) for r in over_tcp.rr} == web_addresses(running.plan)
