@@ -44,8 +44,11 @@ type, class, RD/CD bits, OPT size, max_size). A hit copies the query's ID and qu
 bytes over a pre-encoded reply: a few slices instead of ~117 us of parse + build + pack
 (reference/measurements.md). Cached are all deterministic answers (one address,
 NXDOMAIN, NODATA, PTR, SOA), forward decisions, and multi-address answers as the n
-pre-encoded rotations. The cache lives in the Zone, so a new Zone starts empty and never
-serves old data; it stops growing at CACHE_LIMIT entries (random names from one client).
+pre-encoded rotations. In front of it, per requester, `reply_table` maps the exact query
+bytes after the ID to the finished reply after the ID: a repeated query costs one dict
+lookup (the server's UDP loop does that lookup inline). Both live in the Zone, so a new
+Zone starts empty and never serves old data; each stops growing at CACHE_LIMIT entries
+(random names from one client).
 """
 
 from __future__ import annotations
@@ -148,6 +151,11 @@ def answer(
     query = bytes(query)  # a bytearray would make an unhashable cache key
     if len(query) < 12 or query[2] & 0x80:
         return Drop()
+    table = reply_table(zone, requester, max_size) if shuffle_seed is None else None
+    if table is not None:
+        tails = table.get(query[2:])
+        if tails is not None:
+            return Answered(query[:2] + pick_tail(zone, tails))
     question = _read_question(query)
     key: object = None
     if question is not None:
@@ -166,11 +174,45 @@ def answer(
             variants = zone.cache[key]
             if variants is None:
                 return Forward()
-            chosen = variants[_pick(zone, len(variants), shuffle_seed)]
-            return Answered(
-                query[:2] + chosen[2:12] + query[12 : question.end] + chosen[question.end :]
-            )
-    return _slow(zone, query, requester, question, key, shuffle_seed, max_size)
+            end = question.end
+            tails = tuple(v[2:12] + query[12:end] + v[end:] for v in variants)
+            if table is not None:
+                _remember_exact(table, query, tails)
+            return Answered(query[:2] + tails[_pick(zone, len(tails), shuffle_seed)])
+    return _slow(zone, query, requester, question, key, shuffle_seed, max_size, table)
+
+
+def reply_table(
+    zone: Zone, requester: Address, max_size: int | None
+) -> dict[bytes, tuple[bytes, ...]] | None:
+    """The exact-bytes reply table of one requester: query without its ID -> the reply
+    variants without their ID (one, or the rotations of a multi-address answer).
+
+    The fastest path: a server that sees the same query bytes again (a stub resolver
+    asks the same few questions over and over) answers with one dict lookup and a
+    concatenation, `query[:2] + pick_tail(zone, tails)`, without reading the question.
+    Only requesters the zone knows get a table (an unknown source cannot grow memory
+    without bound); None for the others. Like the rest of the cache it lives in the Zone.
+    """
+    key = (requester, max_size)
+    table = zone.replies.get(key)
+    if table is None:
+        if requester not in zone.views and requester not in zone.extra:
+            return None
+        table = zone.replies[key] = {}
+    return table
+
+
+def pick_tail(zone: Zone, tails: tuple[bytes, ...]) -> bytes:
+    """One variant from a reply table entry, rotating through multi-address answers."""
+    return tails[0] if len(tails) == 1 else tails[next(zone.counter) % len(tails)]
+
+
+def _remember_exact(
+    table: dict[bytes, tuple[bytes, ...]], query: bytes, tails: tuple[bytes, ...]
+) -> None:
+    if len(table) < CACHE_LIMIT:
+        table[query[2:]] = tails
 
 
 def _view_id(zone: Zone, requester: Address) -> int:
@@ -192,6 +234,7 @@ def _slow(
     key: object,
     seed: int | None,
     max_size: int | None,
+    table: dict[bytes, tuple[bytes, ...]] | None,
 ) -> Reply:
     flags = query[2] << 8 | query[3]
     opcode = (flags >> 11) & 0xF
@@ -232,6 +275,10 @@ def _slow(
         )
     ):
         _remember(zone, key, variants)
+        if table is not None:
+            end = question.end
+            tails = tuple(v[2:12] + query[12:end] + v[end:] for v in variants)
+            _remember_exact(table, query, tails)
     chosen = variants[_pick(zone, count, seed)]
     return Answered(chosen)
 

@@ -26,13 +26,10 @@ them (per record type) in interface order, as Docker's sandbox resolver does, so
 replica on two shared networks is not counted twice in the round robin. An unknown
 source sees no names at all.
 
-Not yet here: SRV for exposed ports (ContainerPlan carries no ports) and link aliases
-(ContainerPlan carries no links). Both are requester-independent or requester-scoped
-extras: `build_zone(extra=...)` already takes requester-scoped names, looked up before
-the view's networks, for the link aliases once the plan carries them.
-
-Network aliases are not in the StackPlan either; pass them with `aliases=`, built from
-the validated Stack by `network_aliases(stack)`.
+SRV names (`_PORT._PROTO.SERVICE`, and `_NAME._PROTO.SERVICE` for named ports) come
+from the ports each ContainerPlan carries. Link aliases are requester-scoped extras
+(`link_names`), looked up before the view's networks; network aliases come from the
+plans (`plan_aliases`). Both can be passed explicitly to `build_zone`.
 """
 
 from __future__ import annotations
@@ -118,6 +115,10 @@ class Zone:
     )
     counter: itertools.count[int] = field(
         default_factory=itertools.count, compare=False, repr=False
+    )
+    # Exact-bytes reply tables (see linkd.dns.reply_table), per (requester, max_size).
+    replies: dict[object, dict[bytes, tuple[bytes, ...]]] = field(
+        default_factory=dict, compare=False, repr=False
     )
 
     def view_of(self, requester: Address) -> View | None:
