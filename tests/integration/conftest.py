@@ -1,5 +1,9 @@
 """Root tier: real namespaces, veths, bridges and processes.
 
+A whole run holds KERNEL_LOCK: another test run or a benchmark on the same machine
+(bench/run takes the same lock) would create objects that look like leaks to the
+snapshots below, and the cleanup would remove them from under it.
+
 Every test runs between two snapshots of the machine (network namespaces, links,
 mounts and processes that look like linkd's); anything of ours that appears during a
 test and is still there after it fails that test, and is then removed so the next test
@@ -9,6 +13,7 @@ starts clean.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
 import shutil
@@ -23,6 +28,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+KERNEL_LOCK = "/run/lock/linkd-kernel.lock"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -84,6 +90,17 @@ def remove_leftovers(left: Snapshot) -> None:
         subprocess.run(["ip", "netns", "del", netns], check=False, capture_output=True)
     for link in sorted(left.links):
         subprocess.run(["ip", "link", "del", link], check=False, capture_output=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kernel_lock() -> Iterator[None]:
+    """One suite or benchmark at a time creates linkd-looking kernel objects."""
+    fd = os.open(KERNEL_LOCK, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # waits while another run holds it
+        yield
+    finally:
+        os.close(fd)
 
 
 @pytest.fixture(autouse=True)
