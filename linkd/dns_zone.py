@@ -36,12 +36,12 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from linkd.model import PortSpec, Stack
-from linkd.plan import StackPlan
+from linkd.plan import ContainerPlan, StackPlan
 
 Address = IPv4Address | IPv6Address
 NetId = tuple[str, str]  # (stack, network key)
@@ -207,58 +207,191 @@ def build_zone(
     """
     apex = domain.lower().rstrip(".")
     aliases = plan_aliases(plans) if aliases is None else aliases
-    extra = link_names(plans) if extra is None else extra
     names: dict[NetId, dict[str, list[Record]]] = {}
     reverse: dict[str, Pointer] = {}
     memberships: dict[Address, list[tuple[str, tuple[NetId, ...]]]] = {}
+    for plan in plans:
+        for netid in _network_ids(plan):
+            table = names.setdefault(netid, {})
+            for name in _empty_non_terminals(netid, apex):
+                table.setdefault(name, [])
+        for c in plan.containers:
+            for netid, name, record in _names_of(plan.stack, c, apex, aliases):
+                names.setdefault(netid, {}).setdefault(name, []).append(record)
+            reverse.update(_pointers_of(plan.stack, c, apex))
+            who, nets = _membership_of(plan.stack, c)
+            for address in _addresses_of(c):
+                memberships.setdefault(address, []).append((who, nets))
+    frozen = {netid: {n: make_entry(rs) for n, rs in t.items()} for netid, t in names.items()}
+    extras = _extra_entries(link_names(plans) if extra is None else extra)
+    return Zone(
+        domain=apex,
+        serial=_serial(apex, frozen, reverse, extras),
+        names=frozen,
+        reverse=reverse,
+        views=_views(memberships),
+        subnets=_subnets(plans),
+        extra=extras,
+    )
+
+
+def rezone(zone: Zone, before: Sequence[StackPlan], after: Sequence[StackPlan]) -> Zone:
+    """`zone` (built from `before`) changed to serve `after`, touching only the names of
+    containers that came or went: the cost of a container starting or stopping does not
+    grow with the size of the zone (a full `build_zone` of 500 containers takes ~20 ms,
+    and a peer would wait that long for a new name).
+
+    The result serves what `build_zone(after)` serves; its serial is the old one plus
+    one (RFC 1982: it increases on every change). Networks must be the same in both;
+    otherwise, or when most containers change, it is a full build.
+    """
+    apex = zone.domain
+    if _subnets(before) != _subnets(after) or _network_keys(before) != _network_keys(after):
+        return build_zone(after, domain=apex)
+    old = {(p.stack, c.name): (p.stack, c) for p in before for c in p.containers}
+    new = {(p.stack, c.name): (p.stack, c) for p in after for c in p.containers}
+    went = [v for k, v in old.items() if k not in new or new[k][1] is not v[1]]
+    came = [v for k, v in new.items() if k not in old or old[k][1] is not v[1]]
+    if not went and not came:
+        return zone
+    if len(went) + len(came) > max(8, len(new) // 2):
+        return build_zone(after, domain=apex)
+    copies: dict[NetId, dict[str, Entry]] = {}  # copy-on-write, per network touched
+
+    def table(netid: NetId) -> dict[str, Entry]:
+        t = copies.get(netid)
+        if t is None:
+            t = copies[netid] = dict(zone.names.get(netid, {}))
+        return t
+
+    reverse = dict(zone.reverse)
+    views = dict(zone.views)
+    for stack, c in went:
+        for netid, name, _ in _names_of(stack, c, apex, None):
+            t = table(netid)
+            entry = t.get(name)
+            if entry is None:
+                continue
+            rest = [r for r in entry.records if r.container != c.name]
+            if rest or name in _empty_non_terminals(netid, apex):
+                t[name] = make_entry(rest)
+            else:
+                del t[name]
+        for key, pointer in _pointers_of(stack, c, apex).items():
+            if reverse.get(key) == pointer:
+                del reverse[key]
+        for address in _addresses_of(c):
+            views.pop(address, None)
+    ids = {v.networks: v.id for v in views.values()}
+    for stack, c in came:
+        added: dict[tuple[NetId, str], list[Record]] = {}
+        for netid, name, record in _names_of(stack, c, apex, None):
+            added.setdefault((netid, name), []).append(record)
+        for (netid, name), records in added.items():
+            t = table(netid)
+            entry = t.get(name)
+            t[name] = make_entry((*entry.records, *records) if entry else records)
+        reverse.update(_pointers_of(stack, c, apex))
+        who, nets = _membership_of(stack, c)
+        view = View(ids.setdefault(nets, max(ids.values(), default=-1) + 1), who, nets)
+        for address in _addresses_of(c):
+            views[address] = view
+    return Zone(
+        domain=apex,
+        serial=(zone.serial + 1) & 0xFFFFFFFF or 1,
+        names={**zone.names, **copies},
+        reverse=reverse,
+        views=views,
+        subnets=zone.subnets,
+        extra=_extra_entries(link_names(after)),
+    )
+
+
+def _network_ids(plan: StackPlan) -> list[NetId]:
+    return [(plan.stack, net.key) for net in plan.networks]
+
+
+def _network_keys(plans: Sequence[StackPlan]) -> list[NetId]:
+    return [netid for plan in plans for netid in _network_ids(plan)]
+
+
+def _subnets(plans: Sequence[StackPlan]) -> tuple[IPv4Network | IPv6Network, ...]:
     subnets: list[IPv4Network | IPv6Network] = []
     for plan in plans:
         for net in plan.networks:
-            netid = (plan.stack, net.key)
-            table = names.setdefault(netid, {})
-            # Empty non-terminals: they exist, with no records.
-            table.setdefault(f"{plan.stack}.{apex}".lower(), [])
-            table.setdefault(f"{net.key}.{plan.stack}.{apex}".lower(), [])
             subnets.append(net.subnet)
             if net.subnet6 is not None:
                 subnets.append(net.subnet6)
-        for c in plan.containers:
-            nets = tuple((plan.stack, i.network) for i in c.interfaces)
-            for iface in c.interfaces:
-                netid = (plan.stack, iface.network)
-                table = names.setdefault(netid, {})
-                bases = [(c.service, "service name"), (c.name, "container name")]
-                bases += [
-                    (a, "alias") for a in aliases.get((plan.stack, c.service, iface.network), ())
-                ]
-                for base, via in bases:
-                    record = Record(c.name, via, iface.address, iface.address6)
-                    for form in (
-                        base,
-                        f"{base}.{iface.network}",
-                        f"{base}.{iface.network}.{plan.stack}.{apex}",
-                        f"{base}.{plan.stack}.{apex}",
-                    ):
-                        table.setdefault(form.lower(), []).append(record)
-                target = f"{c.name}.{iface.network}.{plan.stack}.{apex}."
-                for label, port in _srv_labels(c.ports):
-                    srv = SrvTarget(port, target, iface.address, iface.address6)
-                    record = Record(c.name, f"port {port}", None, None, srv)
-                    for form in (
-                        f"{label}.{c.service}",
-                        f"{label}.{c.service}.{iface.network}",
-                        f"{label}.{c.service}.{iface.network}.{plan.stack}.{apex}",
-                        f"{label}.{c.service}.{plan.stack}.{apex}",
-                    ):
-                        table.setdefault(form.lower(), []).append(record)
-                for address in (iface.address, iface.address6):
-                    if address is None:
-                        continue
-                    reverse[address.reverse_pointer.lower()] = Pointer(address, netid, target)
-                    memberships.setdefault(address, []).append((f"{plan.stack}/{c.name}", nets))
-    views = _views(memberships)
-    frozen = {netid: {n: make_entry(rs) for n, rs in t.items()} for netid, t in names.items()}
-    extras = {
+    return tuple(subnets)
+
+
+def _empty_non_terminals(netid: NetId, apex: str) -> tuple[str, str]:
+    """`STACK.linkd` and `NETWORK.STACK.linkd`: names that exist with no records."""
+    stack, network = netid
+    return f"{stack}.{apex}".lower(), f"{network}.{stack}.{apex}".lower()
+
+
+def _names_of(
+    stack: str,
+    c: ContainerPlan,
+    apex: str,
+    aliases: Mapping[AliasKey, Sequence[str]] | None,
+) -> Iterator[tuple[NetId, str, Record]]:
+    """Every (network, name, record) one container puts in the zone.
+
+    Aliases come from the container's interfaces unless `aliases` says otherwise."""
+    for iface in c.interfaces:
+        netid = (stack, iface.network)
+        key = (stack, c.service, iface.network)
+        mine = iface.aliases if aliases is None else aliases.get(key, ())
+        bases = [(c.service, "service name"), (c.name, "container name")]
+        bases += [(a, "alias") for a in mine]
+        for base, via in bases:
+            record = Record(c.name, via, iface.address, iface.address6)
+            for form in (
+                base,
+                f"{base}.{iface.network}",
+                f"{base}.{iface.network}.{stack}.{apex}",
+                f"{base}.{stack}.{apex}",
+            ):
+                yield netid, form.lower(), record
+        target = f"{c.name}.{iface.network}.{stack}.{apex}."
+        for label, port in _srv_labels(c.ports):
+            srv = SrvTarget(port, target, iface.address, iface.address6)
+            record = Record(c.name, f"port {port}", None, None, srv)
+            for form in (
+                f"{label}.{c.service}",
+                f"{label}.{c.service}.{iface.network}",
+                f"{label}.{c.service}.{iface.network}.{stack}.{apex}",
+                f"{label}.{c.service}.{stack}.{apex}",
+            ):
+                yield netid, form.lower(), record
+
+
+def _pointers_of(stack: str, c: ContainerPlan, apex: str) -> dict[str, Pointer]:
+    pointers: dict[str, Pointer] = {}
+    for iface in c.interfaces:
+        target = f"{c.name}.{iface.network}.{stack}.{apex}."
+        for address in (iface.address, iface.address6):
+            if address is not None:
+                pointers[address.reverse_pointer.lower()] = Pointer(
+                    address, (stack, iface.network), target
+                )
+    return pointers
+
+
+def _membership_of(stack: str, c: ContainerPlan) -> tuple[str, tuple[NetId, ...]]:
+    return f"{stack}/{c.name}", tuple((stack, i.network) for i in c.interfaces)
+
+
+def _addresses_of(c: ContainerPlan) -> list[Address]:
+    return [a for i in c.interfaces for a in (i.address, i.address6) if a is not None]
+
+
+def _extra_entries(
+    extra: Mapping[Address, Mapping[str, Sequence[Address]]],
+) -> dict[Address, dict[str, Entry]]:
+    return {
         requester: {
             n.lower().rstrip("."): make_entry(
                 Record(
@@ -271,17 +404,8 @@ def build_zone(
             )
             for n, addrs in table.items()
         }
-        for requester, table in (extra or {}).items()
+        for requester, table in extra.items()
     }
-    return Zone(
-        domain=apex,
-        serial=_serial(apex, frozen, reverse, extras),
-        names=frozen,
-        reverse=reverse,
-        views=views,
-        subnets=tuple(subnets),
-        extra=extras,
-    )
 
 
 def _views(

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from linkd import ipam, names, restart
-from linkd.dns_zone import build_zone
+from linkd.dns_zone import build_zone, rezone
 from linkd.errors import ConflictError, ContainerError, LinkdError, TeardownError
 from linkd.model import Stack
 from linkd.plan import ContainerPlan, StackPlan, realize
@@ -78,6 +78,7 @@ class Supervisor:
         self.report = report
         self.kernel = Kernel()
         self.plan: StackPlan | None = None
+        self._served: StackPlan | None = None  # what the DNS zone serves: plan less the gone
         self.status: StackStatus = "starting"
         self.processes: dict[str, process.ContainerProcess] = {}
         self.states: dict[str, ContainerState] = {}
@@ -118,6 +119,7 @@ class Supervisor:
             self.plan = plan
             self.save()
         self.dns = DnsServer(build_zone([plan]), _host_upstreams())
+        self._served = plan
         return plan
 
     def publish_zone(self) -> None:
@@ -129,7 +131,11 @@ class Supervisor:
         if self.dns is None or self.plan is None or self.status == "stopping":
             return  # during teardown DNS is already off; rebuilding per stop is waste
         gone = [n for n, st in self.states.items() if st.status in ("exited", "failed")]
-        self.dns.set_zone(build_zone([self.plan.without(gone)]))
+        served = self.plan.without(gone)
+        zone = rezone(self.dns.zone, [self._served or self.plan], [served])
+        self._served = served
+        if zone is not self.dns.zone:
+            self.dns.set_zone(zone)
 
     async def _taken_subnets(self) -> list[tuple[ipam.IPNetwork, str]]:
         taken = list(await self.kernel.routes())
