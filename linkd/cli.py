@@ -23,7 +23,7 @@ import dnslib
 import yaml
 
 from linkd import dns, names, spec
-from linkd.dns_zone import build_zone
+from linkd.dns_zone import build_zone, forwards_for, requester_of
 from linkd.errors import LinkdError, NotFoundError, SpecError
 from linkd.model import Stack
 from linkd.runtime import logs as log_files
@@ -353,12 +353,10 @@ def cmd_exec(args: argparse.Namespace) -> int:
 def cmd_dns(args: argparse.Namespace) -> int:
     state = store.load(stack_name(args))
     asker = state.plan.container(_containers(state, args.asker)[0])
-    if not asker.interfaces:
-        raise LinkdError(f"container {asker.name} is on no network: it asks nobody")
-    requester = asker.interfaces[0].address
+    requester = requester_of(state.plan.stack, asker)
     # The same snapshot the running server holds: without the containers that stopped.
     gone = [c.name for c in state.containers if c.status in ("exited", "failed")]
-    zone = build_zone([state.plan.without(gone)])
+    zone = build_zone([state.plan.without(gone)], domain=state.plan.dns.domain)
     for line in dns.explain(zone, args.name, requester):
         print(line)
     try:
@@ -371,8 +369,10 @@ def cmd_dns(args: argparse.Namespace) -> int:
         print(f"answer: {dnslib.RCODE[parsed.header.rcode]}")
         for record in parsed.rr:
             print(f"  {record.rname} {record.ttl} {dnslib.QTYPE[record.rtype]} {record.rdata}")
+    elif forwards_for(asker):
+        print("answer: forwarded to the upstream resolvers (not a name of this stack)")
     else:
-        print("answer: forwarded to the host's resolvers (not a name of this stack)")
+        print("answer: REFUSED (not a name of this stack, and the container has no route out)")
     return 0
 
 

@@ -498,7 +498,9 @@ def explain(zone: Zone, name: str, requester: IPv4Address | IPv6Address) -> list
     key = name.lower().rstrip(".")
     view = zone.view_of(requester)
     lines: list[str] = []
-    if view is None:
+    if view is None and requester in zone.extra:
+        lines.append(f"{requester} is a container with no network: it sees only its own names")
+    elif view is None:
         lines.append(f"{requester} is no container linkd knows: it sees no names")
     else:
         nets = ", ".join(f"{s}/{n}" for s, n in view.networks)

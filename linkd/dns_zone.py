@@ -175,6 +175,45 @@ def link_names(plans: Sequence[StackPlan]) -> dict[Address, dict[str, list[Addre
     return extra
 
 
+LOOPBACK: tuple[Address, ...] = (IPv4Address("127.0.0.1"), IPv6Address("::1"))
+
+
+def lo_requester(stack: str, container: str) -> IPv6Address:
+    """Who a container with no network but lo is, to the DNS server.
+
+    It has no address of its own, so its resolver socket is served with this one as the
+    requester: an fd00::/8 address derived from the names, configured nowhere, only a
+    key into the zone that cannot collide with a container's real address.
+    """
+    digest = hashlib.sha256(f"{stack}/{container}".encode()).digest()
+    return IPv6Address(b"\xfd" + digest[:15])
+
+
+def requester_of(stack: str, c: ContainerPlan) -> Address:
+    """The address the DNS server answers a container's queries as (its first one)."""
+    return c.interfaces[0].address if c.interfaces else lo_requester(stack, c.name)
+
+
+def forwards_for(c: ContainerPlan) -> bool:
+    """Whether names outside the zone are forwarded for this container: only with a
+    route out (a non-internal network), else they are REFUSED (Docker, too, does not
+    forward for internal networks)."""
+    return any(i.default_route for i in c.interfaces)
+
+
+def loopback_names(plans: Sequence[StackPlan]) -> dict[Address, dict[str, list[Address]]]:
+    """A container with only lo resolves its own names (container, service, hostname) to
+    loopback, and nothing else of linkd's: it can reach no one."""
+    return {
+        lo_requester(plan.stack, c.name): {
+            name: list(LOOPBACK) for name in dict.fromkeys((c.name, c.service, c.hostname))
+        }
+        for plan in plans
+        for c in plan.containers
+        if not c.interfaces
+    }
+
+
 def _srv_labels(ports: Iterable[PortSpec]) -> list[tuple[str, int]]:
     """`_PORT._PROTO` for every exposed port, and `_NAME._PROTO` where the port is named."""
     labels: list[tuple[str, int]] = []
@@ -223,7 +262,7 @@ def build_zone(
             for address in _addresses_of(c):
                 memberships.setdefault(address, []).append((who, nets))
     frozen = {netid: {n: make_entry(rs) for n, rs in t.items()} for netid, t in names.items()}
-    extras = _extra_entries(link_names(plans) if extra is None else extra)
+    extras = _extras(plans) if extra is None else _extra_entries(extra, _VIA_LINK)
     return Zone(
         domain=apex,
         serial=_serial(apex, frozen, reverse, extras),
@@ -303,7 +342,7 @@ def rezone(zone: Zone, before: Sequence[StackPlan], after: Sequence[StackPlan]) 
         reverse=reverse,
         views=views,
         subnets=zone.subnets,
-        extra=_extra_entries(link_names(after)),
+        extra=_extras(after),
     )
 
 
@@ -388,15 +427,27 @@ def _addresses_of(c: ContainerPlan) -> list[Address]:
     return [a for i in c.interfaces for a in (i.address, i.address6) if a is not None]
 
 
+_VIA_LINK = "link alias (seen by this container only)"
+_VIA_LOOPBACK = "own name of a container with no network (loopback)"
+
+
+def _extras(plans: Sequence[StackPlan]) -> dict[Address, dict[str, Entry]]:
+    """Requester-scoped names: link aliases, and lo-only containers' own names."""
+    extras = _extra_entries(link_names(plans), _VIA_LINK)
+    for requester, names in _extra_entries(loopback_names(plans), _VIA_LOOPBACK).items():
+        extras.setdefault(requester, {}).update(names)
+    return extras
+
+
 def _extra_entries(
-    extra: Mapping[Address, Mapping[str, Sequence[Address]]],
+    extra: Mapping[Address, Mapping[str, Sequence[Address]]], via: str
 ) -> dict[Address, dict[str, Entry]]:
     return {
         requester: {
             n.lower().rstrip("."): make_entry(
                 Record(
                     n,
-                    "link alias (seen by this container only)",
+                    via,
                     a if isinstance(a, IPv4Address) else None,
                     a if isinstance(a, IPv6Address) else None,
                 )

@@ -124,11 +124,31 @@ class Network:
 
 
 @dataclass(frozen=True, slots=True)
+class Upstream:
+    """A DNS server linkd forwards names outside its zone to, from the host namespace."""
+
+    host: str  # an IP address; IPv6 may carry a zone index (fe80::1%eth0)
+    port: int = 53
+
+
+DEFAULT_DNS_DOMAIN = "linkd"
+
+
+@dataclass(frozen=True, slots=True)
+class DnsSettings:
+    """`x-linkd: dns:` of a stack file."""
+
+    domain: str = DEFAULT_DNS_DOMAIN  # lower-case, no trailing dot
+    upstreams: tuple[Upstream, ...] | None = None  # None: the host's resolv.conf
+
+
+@dataclass(frozen=True, slots=True)
 class Stack:
     name: str
     services: tuple[Service, ...]
     networks: tuple[Network, ...]
     warnings: tuple[str, ...] = ()
+    dns: DnsSettings = field(default_factory=DnsSettings)
 
     def service(self, name: str) -> Service:
         for service in self.services:

@@ -14,12 +14,20 @@ links it declared. Names on networks it is not on never appear, as with Docker's
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from linkd import ipam, names
 from linkd.errors import SpecError
-from linkd.model import Dependency, Healthcheck, PortSpec, RestartPolicy, Service, Stack
+from linkd.model import (
+    Dependency,
+    DnsSettings,
+    Healthcheck,
+    PortSpec,
+    RestartPolicy,
+    Service,
+    Stack,
+)
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -82,6 +90,7 @@ class StackPlan:
     networks: tuple[NetworkPlan, ...]
     containers: tuple[ContainerPlan, ...]
     start_waves: tuple[tuple[str, ...], ...]  # services; each wave needs only earlier ones
+    dns: DnsSettings = field(default_factory=DnsSettings)
 
     def container(self, name: str) -> ContainerPlan:
         for container in self.containers:
@@ -121,7 +130,7 @@ def realize(
             )
     hosts = _hosts_files(stack, containers, by_key)
     finished = tuple(_with_hosts(c, hosts[c.name]) for c in containers)
-    return StackPlan(stack.name, networks, finished, start_waves(stack))
+    return StackPlan(stack.name, networks, finished, start_waves(stack), stack.dns)
 
 
 def _network_plan(stack: Stack, key: str, subnet: IPv4Network) -> NetworkPlan:

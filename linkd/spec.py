@@ -7,7 +7,8 @@ How it works, in three steps:
    value (`linkd.spec_values` parses the scalar syntaxes: ports, durations, signals,
    `${VAR}`). Every value carries its dotted path (`services.web.ports[1]`) and line, so a
    wrong value becomes a problem `(path, line, message)` and parsing goes on; unknown keys
-   become warnings (`x-*` keys are extensions and stay silent).
+   become warnings (`x-*` keys are extensions and stay silent; `x-linkd`, linkd's own,
+   is read by `linkd.spec_linkd`).
 3. The values build the frozen `linkd.model` dataclasses, then `linkd.spec_checks` looks
    across the stack (cycles, port clashes, overlapping subnets). If anything was wrong,
    one `SpecError` lists every problem, so a user fixes the file in one pass.
@@ -27,6 +28,7 @@ import yaml
 
 from linkd.errors import SpecError
 from linkd.model import (
+    Attachment,
     Dependency,
     DependsCondition,
     Link,
@@ -39,6 +41,7 @@ from linkd.model import (
 from linkd.spec_checks import Origins, check_stack, check_subnets
 from linkd.spec_dump import stack_to_dict
 from linkd.spec_health import read_healthcheck
+from linkd.spec_linkd import read_x_linkd
 from linkd.spec_networks import NetworkReader
 from linkd.spec_nodes import ROOT, At, Reader, given
 from linkd.spec_values import (
@@ -63,11 +66,11 @@ from linkd.spec_values import (
 
 __all__ = ["parse_stack", "stack_to_dict"]
 
-_TOP_KEYS = ("name", "services", "networks", "version")
+_TOP_KEYS = ("name", "services", "networks", "version", "x-linkd")
 _SERVICE_KEYS = (
     "command", "entrypoint", "environment", "env_file", "working_dir", "user", "hostname",
     "expose", "ports", "links", "networks", "depends_on", "healthcheck", "restart", "scale",
-    "deploy", "stop_signal", "stop_grace_period", "image", "container_name",
+    "deploy", "stop_signal", "stop_grace_period", "image", "container_name", "network_mode",
 )  # fmt: skip
 _DEPLOY_UNSUPPORTED = (
     "mode", "endpoint_mode", "labels", "placement", "resources", "restart_policy",
@@ -113,13 +116,14 @@ def parse_stack(
     parser = _StackParser(r, host_env, read_text)
     networks = parser.networks(given(top, "networks"))
     services = parser.services(top.get("services"))
+    dns = read_x_linkd(r, given(top, "x-linkd"))
     if r.problems:
         # In file order: checks across services run last but point anywhere.
         raise SpecError(sorted(r.problems, key=lambda p: p[1] or 0), source)
     uses_default = any(a.network == "default" for s in services for a in s.networks)
     if uses_default and not any(n.name == "default" for n in networks):
         networks += (Network("default"),)  # Compose's implicit default network, last
-    return Stack(name or "", services, networks, tuple(r.warnings))
+    return Stack(name or "", services, networks, tuple(r.warnings), dns)
 
 
 def _stack_name(
@@ -221,7 +225,7 @@ class _StackParser:
             expose=self._expose(f.get("expose")),
             ports=self._ports(f.get("ports"), origins),
             links=self._links(f.get("links"), origins),
-            networks=self.nets.attachments(f.get("networks"), name, replicas),
+            networks=self._networks(f, name, replicas),
             depends_on=self._depends(f.get("depends_on"), origins),
             healthcheck=healthcheck,
             restart=self._restart(f.get("restart")),
@@ -229,6 +233,28 @@ class _StackParser:
             stop_signal=self._value(f.get("stop_signal"), parse_signal) or "SIGTERM",
             stop_grace_period=self.r.duration(given(f, "stop_grace_period"), 10.0, 0.0),
         ), origins
+
+    def _networks(self, f: dict[str, At], name: str, replicas: int) -> tuple[Attachment, ...]:
+        """`networks:`, or none at all for `network_mode: none` (loopback only)."""
+        mode_at = given(f, "network_mode")
+        if mode_at is None:
+            return self.nets.attachments(f.get("networks"), name, replicas)
+        mode = self.r.text(mode_at)
+        if mode == "none":
+            if given(f, "networks") is not None:
+                self.r.fail(
+                    mode_at,
+                    '"network_mode: none" and "networks" cannot be combined (Compose refuses '
+                    "it too); keep one",
+                )
+            return ()
+        if mode is not None:
+            self.r.fail(
+                mode_at,
+                f"network_mode {quote(mode)} is not supported: linkd gives every container "
+                'its own namespace; use "none" for loopback only, or networks: to join networks',
+            )
+        return ()
 
     # --- simple values ---
 

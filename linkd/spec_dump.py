@@ -19,7 +19,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from linkd.model import Attachment, Healthcheck, Network, PortSpec, Service, Stack
+from linkd.model import (
+    Attachment,
+    DnsSettings,
+    Healthcheck,
+    Network,
+    PortSpec,
+    Service,
+    Stack,
+)
 from linkd.spec_values import format_duration
 
 
@@ -29,8 +37,20 @@ def stack_to_dict(stack: Stack) -> dict[str, Any]:
         "services": {s.name: _service(s) for s in stack.services},
         "networks": {n.name: _network(n) for n in stack.networks},
     }
+    if stack.dns != DnsSettings():
+        out["x-linkd"] = {"dns": _dns(stack.dns)}
     escaped: dict[str, Any] = _escape(out)
     return escaped
+
+
+def _dns(dns: DnsSettings) -> dict[str, Any]:
+    out: dict[str, Any] = {"domain": dns.domain}
+    if dns.upstreams is not None:
+        out["upstreams"] = [
+            f"[{u.host}]:{u.port}" if ":" in u.host else f"{u.host}:{u.port}"
+            for u in dns.upstreams
+        ]
+    return out
 
 
 def _escape(value: Any) -> Any:
@@ -110,7 +130,10 @@ def _service(s: Service) -> dict[str, Any]:
         out["ports"] = [_port(p) for p in s.ports]
     if s.links:
         out["links"] = [f"{x.service}:{x.alias}" for x in s.links]
-    out["networks"] = {a.network: _attachment(a) for a in s.networks}
+    if s.networks:
+        out["networks"] = {a.network: _attachment(a) for a in s.networks}
+    else:
+        out["network_mode"] = "none"
     if s.depends_on:
         out["depends_on"] = {
             d.service: {"condition": d.condition, "required": d.required, "restart": d.restart}

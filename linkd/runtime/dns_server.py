@@ -137,14 +137,22 @@ class DnsServer:
     # -- UDP ----------------------------------------------------------------------------------
 
     async def serve_udp(
-        self, sock: socket.socket, *, requester_override: IPAddress | None = None
+        self,
+        sock: socket.socket,
+        *,
+        requester_override: IPAddress | None = None,
+        forward: bool = True,
     ) -> None:
-        """Serve queries arriving on the bound UDP `sock` until cancelled."""
+        """Serve queries arriving on the bound UDP `sock` until cancelled.
+
+        `forward=False`: names outside the zone are REFUSED instead of forwarded (a
+        container with no route out must not reach outside through linkd's resolver)."""
         loop = asyncio.get_running_loop()
         tasks: set[asyncio.Task[None]] = set()
         sock.setblocking(False)
         fd = sock.fileno()
-        loop.add_reader(fd, self._drain_udp, sock, requester_override, tasks)
+        tasks_or_none = tasks if forward else None
+        loop.add_reader(fd, self._drain_udp, sock, requester_override, tasks_or_none)
         try:
             await loop.create_future()  # until cancelled
         finally:
@@ -156,7 +164,7 @@ class DnsServer:
         self,
         sock: socket.socket,
         override: IPAddress | None,
-        tasks: set[asyncio.Task[None]],
+        tasks: set[asyncio.Task[None]] | None,
     ) -> None:
         """Answer what is queued on `sock`, up to UDP_BATCH datagrams per wakeup.
 
@@ -197,9 +205,11 @@ class DnsServer:
         addr: tuple[Any, ...],
         override: IPAddress | None,
         sock: socket.socket,
-        tasks: set[asyncio.Task[None]],
+        tasks: set[asyncio.Task[None]] | None,
     ) -> bytes | None:
-        """The reply to send at once, or None (dropped, or a forward task will reply)."""
+        """The reply to send at once, or None (dropped, or a forward task will reply).
+
+        `tasks` is None where forwarding is off."""
         try:
             requester = override or _source(addr[0])
         except ValueError:
@@ -212,7 +222,7 @@ class DnsServer:
         if isinstance(reply, Drop):
             self.stats.dropped += 1
             return None
-        if self.inflight >= self.max_inflight:
+        if tasks is None or self.inflight >= self.max_inflight:
             self.stats.refused += 1
             return error_reply(data, RCODE_REFUSED)
         self.inflight += 1
@@ -237,9 +247,14 @@ class DnsServer:
     # -- TCP ----------------------------------------------------------------------------------
 
     async def serve_tcp(
-        self, sock: socket.socket, *, requester_override: IPAddress | None = None
+        self,
+        sock: socket.socket,
+        *,
+        requester_override: IPAddress | None = None,
+        forward: bool = True,
     ) -> None:
-        """Serve TCP connections accepted on the bound (not yet listening) `sock`."""
+        """Serve TCP connections accepted on the bound (not yet listening) `sock`;
+        `forward` as for `serve_udp`."""
         connections: set[asyncio.Task[object]] = set()
 
         async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -249,7 +264,7 @@ class DnsServer:
                 return
             connections.add(task)
             try:
-                await self._serve_connection(reader, writer, requester_override)
+                await self._serve_connection(reader, writer, requester_override, forward)
             except (OSError, ValueError, asyncio.IncompleteReadError, TimeoutError):
                 pass  # the client went away or went quiet: nothing to answer
             finally:
@@ -269,6 +284,7 @@ class DnsServer:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         override: IPAddress | None,
+        forward: bool,
     ) -> None:
         peer = writer.get_extra_info("peername")
         requester = override or _source(peer[0])
@@ -283,14 +299,16 @@ class DnsServer:
                 (size,) = struct.unpack("!H", prefix)
                 query = await reader.readexactly(size)
             self.stats.queries += 1
-            reply = await self._answer_tcp(query, requester)
+            reply = await self._answer_tcp(query, requester, forward)
             if reply is None:
                 continue
             writer.write(struct.pack("!H", len(reply)) + reply)
             async with asyncio.timeout(self.tcp_idle):
                 await writer.drain()
 
-    async def _answer_tcp(self, query: bytes, requester: IPAddress) -> bytes | None:
+    async def _answer_tcp(
+        self, query: bytes, requester: IPAddress, forward: bool
+    ) -> bytes | None:
         result = answer(self.zone, query, requester, max_size=None)
         if isinstance(result, Answered):
             self.stats.answered += 1
@@ -298,7 +316,7 @@ class DnsServer:
         elif isinstance(result, Drop):
             self.stats.dropped += 1
             return None
-        elif self.inflight >= self.max_inflight:
+        elif not forward or self.inflight >= self.max_inflight:
             self.stats.refused += 1
             return error_reply(query, RCODE_REFUSED)
         else:

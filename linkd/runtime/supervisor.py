@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from linkd import ipam, names, restart
-from linkd.dns_zone import build_zone, rezone
+from linkd.dns_zone import build_zone, forwards_for, requester_of, rezone
 from linkd.errors import ConflictError, ContainerError, LinkdError, TeardownError
 from linkd.model import Stack
 from linkd.plan import ContainerPlan, StackPlan, realize
@@ -118,7 +118,7 @@ class Supervisor:
             plan = realize(stack, subnets, workdir=str(Path(self.source).parent))
             self.plan = plan
             self.save()
-        self.dns = DnsServer(build_zone([plan]), _host_upstreams())
+        self.dns = DnsServer(build_zone([plan], domain=plan.dns.domain), _upstreams(plan))
         self._served = plan
         return plan
 
@@ -201,14 +201,15 @@ class Supervisor:
 
     async def serve_dns(self, container: ContainerPlan) -> None:
         """linkd's resolver at 127.0.0.11:53 inside the container, before it starts."""
-        if self.dns is None or self.tasks is None or not container.interfaces:
+        if self.dns is None or self.tasks is None:
             return
         udp, tcp = await self.kernel.dns_sockets(container.netns)
         # Queries reach these sockets over the container's loopback: say who asks.
-        me = container.interfaces[0].address
+        me = requester_of(self.stack, container)
+        out = forwards_for(container)
         self._dns_tasks += [
-            self.tasks.create_task(self.dns.serve_udp(udp, requester_override=me)),
-            self.tasks.create_task(self.dns.serve_tcp(tcp, requester_override=me)),
+            self.tasks.create_task(self.dns.serve_udp(udp, requester_override=me, forward=out)),
+            self.tasks.create_task(self.dns.serve_tcp(tcp, requester_override=me, forward=out)),
         ]
 
     def write_files(self, container: ContainerPlan) -> None:
@@ -414,7 +415,10 @@ def process_spec(
     )
 
 
-def _host_upstreams() -> list[tuple[str, int]]:
+def _upstreams(plan: StackPlan) -> list[tuple[str, int]]:
+    """The stack's `x-linkd: dns: upstreams`, else the host's resolv.conf servers."""
+    if plan.dns.upstreams is not None:
+        return [(u.host, u.port) for u in plan.dns.upstreams]
     try:
         return upstreams_from_resolv_conf(Path("/etc/resolv.conf").read_text())
     except OSError:
