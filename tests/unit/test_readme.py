@@ -16,4 +16,6 @@ def test_the_readme_stack_example_parses_without_warnings() -> None:
     stack = parse_stack(example, source="README.md", read_text=lambda path: "MODE=test\n")
     assert stack.name == "shop"
     assert not stack.warnings
-    assert [s.name for s in stack.services] == ["db", "web"]
+    assert [s.name for s in stack.services] == ["db", "web", "tool"]
+    assert stack.service("tool").networks == ()
+    assert stack.dns.domain == "shop.internal"
