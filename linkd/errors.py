@@ -39,6 +39,29 @@ class SpecError(LinkdError):
         return "\n".join(lines)
 
 
+class ConventionError(LinkdError):
+    """A convention file is invalid, or a link cannot be rendered with it.
+
+    Shaped like `SpecError` (every problem at once, as `(key, line, message)`), but its own
+    class: the CLI says "invalid stack file" for a `SpecError`, and a bad convention file is
+    a different file to fix.
+    """
+
+    status = 400
+    exit_code = 2
+
+    def __init__(self, problems: list[tuple[str, int | None, str]], source: str = "") -> None:
+        self.problems = problems
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(
+            "\n".join(
+                f"{where}{key}{f' (line {line})' if line is not None else ''}: {message}"
+                for key, line, message in problems
+            )
+        )
+
+
 class NotFoundError(LinkdError):
     """A stack, service or container that does not exist."""
 
