@@ -79,7 +79,7 @@ async def measure(count: int, subnet: IPv4Network) -> ContainerResult:
             # linkd's resolver at 127.0.0.11:53 inside the container, as `linkd up` does.
             sockets += await kernel.dns_sockets(container.netns)
             wired = time.perf_counter()
-            supervisor.write_container_files(directory, container)  # as `linkd up` does
+            supervisor.write_container_files(directory, plan, container)  # as `linkd up` does
             written = time.perf_counter()
             spec = supervisor.process_spec(directory, container)
             procs.append(await process.start(spec))

@@ -1,14 +1,10 @@
 """From a validated stack to concrete containers, networks and the order to start them.
 
 `realize(stack, subnets)` is the desired state: every container with its namespace,
-interfaces, addresses, environment and hosts file, every network with its bridge. It is
-a pure function of the stack and the subnets the runtime picked, so the same stack file
-always gives the same names and addresses.
-
-Hosts files (until linkd's DNS server lands) list, for each container, exactly the names
-it may reach: on every network it shares with a peer, the peer's container name, its
-service name, its aliases on that network and `NAME.NETWORK`; plus the aliases of the
-links it declared. Names on networks it is not on never appear, as with Docker's DNS.
+interfaces, addresses and environment, every network with its bridge. It is a pure
+function of the stack and the subnets the runtime picked, so the same stack file always
+gives the same names and addresses. A container's hosts file is derived from the plan
+when it is written (`linkd.hosts`), and its DNS view likewise (`linkd.dns_zone`).
 """
 
 from __future__ import annotations
@@ -73,7 +69,6 @@ class ContainerPlan:
     env: tuple[tuple[str, str], ...]
     working_dir: str
     user: str | None
-    hosts: str  # the whole /etc/hosts
     restart: RestartPolicy
     stop_signal: str
     stop_grace_period: float
@@ -128,9 +123,7 @@ def realize(
             containers.append(
                 _container_plan(stack, service, replica, name, interfaces, workdir)
             )
-    hosts = _hosts_files(stack, containers, by_key)
-    finished = tuple(_with_hosts(c, hosts[c.name]) for c in containers)
-    return StackPlan(stack.name, networks, finished, start_waves(stack), stack.dns)
+    return StackPlan(stack.name, networks, tuple(containers), start_waves(stack), stack.dns)
 
 
 def _network_plan(stack: Stack, key: str, subnet: IPv4Network) -> NetworkPlan:
@@ -244,7 +237,6 @@ def _container_plan(
         env=tuple(env.items()),
         working_dir=service.working_dir or workdir,
         user=service.user,
-        hosts="",
         restart=service.restart,
         stop_signal=service.stop_signal,
         stop_grace_period=service.stop_grace_period,
@@ -273,51 +265,6 @@ def _check_links(stack: Stack) -> None:
                 )
     if problems:
         raise SpecError(problems)
-
-
-def _hosts_files(
-    stack: Stack, containers: list[ContainerPlan], networks: Mapping[str, NetworkPlan]
-) -> dict[str, str]:
-    attachments = {
-        (s.name, a.network): a.aliases for s in stack.services for a in s.networks
-    }
-    links = {s.name: s.links for s in stack.services}
-    result: dict[str, str] = {}
-    for me in containers:
-        lines = [
-            "127.0.0.1\tlocalhost",
-            "::1\tlocalhost ip6-localhost ip6-loopback",
-        ]
-        for iface in me.interfaces:
-            lines.append(f"{iface.address}\t{me.hostname} {me.name}.{iface.network}")
-            if iface.address6 is not None:
-                lines.append(f"{iface.address6}\t{me.hostname} {me.name}.{iface.network}")
-        for iface in me.interfaces:
-            for peer in containers:
-                if peer.name == me.name:
-                    continue
-                theirs = next((i for i in peer.interfaces if i.network == iface.network), None)
-                if theirs is None:
-                    continue
-                hostnames = [peer.name, peer.service, f"{peer.name}.{iface.network}",
-                             f"{peer.service}.{iface.network}"]
-                hostnames += attachments[(peer.service, iface.network)]
-                hostnames += [
-                    link.alias
-                    for link in links[me.service]
-                    if link.service == peer.service and link.alias not in hostnames
-                ]
-                if peer.hostname not in hostnames:
-                    hostnames.append(peer.hostname)
-                lines.append(f"{theirs.address}\t{' '.join(hostnames)}")
-                if theirs.address6 is not None:
-                    lines.append(f"{theirs.address6}\t{' '.join(hostnames)}")
-        result[me.name] = "\n".join(lines) + "\n"
-    return result
-
-
-def _with_hosts(container: ContainerPlan, hosts: str) -> ContainerPlan:
-    return replace(container, hosts=hosts)
 
 
 def start_waves(stack: Stack) -> tuple[tuple[str, ...], ...]:

@@ -63,8 +63,30 @@ class StateError(LinkdError):
 
 
 def encode(state: StackState) -> bytes:
-    packed: bytes = msgpack.packb({"v": VERSION, "stack": to_plain(state)}, use_bin_type=True)
+    plain = {
+        "plan": _plain_plan(state.plan),
+        **{
+            f.name: to_plain(getattr(state, f.name))
+            for f in dataclasses.fields(state)
+            if f.name != "plan"
+        },
+    }
+    packed: bytes = msgpack.packb({"v": VERSION, "stack": plain}, use_bin_type=True)
     return packed
+
+
+# The supervisor saves the state on every container state change while the plan stays
+# the same object: its plain form is worth keeping (it is most of the encoding time).
+_last_plan: list[tuple[StackPlan, Any]] = []
+
+
+def _plain_plan(plan: StackPlan) -> Any:
+    for known, plain in _last_plan:
+        if known is plan:
+            return plain
+    plain = to_plain(plan)
+    _last_plan[:] = [(plan, plain), *_last_plan[:3]]
+    return plain
 
 
 def decode(data: bytes) -> StackState:

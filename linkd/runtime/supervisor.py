@@ -31,6 +31,7 @@ from pathlib import Path
 from linkd import ipam, names, restart
 from linkd.dns_zone import build_zone, forwards_for, requester_of, rezone
 from linkd.errors import ConflictError, ContainerError, LinkdError, TeardownError
+from linkd.hosts import hosts_file
 from linkd.model import Stack
 from linkd.plan import ContainerPlan, StackPlan, realize
 from linkd.reconcile import (
@@ -213,7 +214,8 @@ class Supervisor:
         ]
 
     def write_files(self, container: ContainerPlan) -> None:
-        write_container_files(store.container_dir(self.stack, container.name), container)
+        assert self.plan is not None, "files are written after prepare()"
+        write_container_files(store.container_dir(self.stack, container.name), self.plan, container)
 
     def process_spec(self, container: ContainerPlan) -> process.ProcessSpec:
         return process_spec(
@@ -384,10 +386,10 @@ class Supervisor:
             raise
 
 
-def write_container_files(directory: Path, container: ContainerPlan) -> None:
+def write_container_files(directory: Path, plan: StackPlan, container: ContainerPlan) -> None:
     """The files bind-mounted over /etc/hosts, /etc/hostname and /etc/resolv.conf."""
     directory.mkdir(parents=True, exist_ok=True)
-    store.write_atomic(directory / "hosts", container.hosts.encode())
+    store.write_atomic(directory / "hosts", hosts_file(plan, container).encode())
     store.write_atomic(directory / "hostname", f"{container.hostname}\n".encode())
     store.write_atomic(directory / "resolv.conf", RESOLV_CONF.encode())
 

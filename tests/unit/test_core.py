@@ -8,6 +8,7 @@ import pytest
 
 from linkd import ipam, names, restart, state
 from linkd.errors import ConflictError, SpecError
+from linkd.hosts import hosts_file
 from linkd.model import Attachment, Dependency, Link, Network, RestartPolicy, Service, Stack
 from linkd.plan import realize, start_waves
 from linkd.reconcile import (
@@ -155,19 +156,19 @@ def hosts_names(hosts: str) -> dict[str, set[str]]:
 
 def test_hosts_file_lists_only_names_on_shared_networks() -> None:
     plan = realize(shop(), SUBNETS)
-    client = hosts_names(plan.container("client-1").hosts)
+    client = hosts_names(hosts_file(plan, plan.container("client-1")))
     assert client["web"] == {"10.87.0.2", "10.87.0.3"}  # both replicas, front network
     assert client["web-2"] == {"10.87.0.3"}
     assert client["shopfront"] == {"10.87.0.2", "10.87.0.3"}  # its link alias
     assert "db" not in client and "database" not in client  # db is on back only
-    web = hosts_names(plan.container("web-1").hosts)
+    web = hosts_names(hosts_file(plan, plan.container("web-1")))
     assert web["database"] == {"10.87.1.2"} and web["db.back"] == {"10.87.1.2"}
     assert "shopfront" not in web  # a link alias is the linker's alone
 
 
 def test_a_container_knows_its_own_name() -> None:
     plan = realize(shop(), SUBNETS)
-    assert hosts_names(plan.container("db-1").hosts)["db-1"] == {"10.87.1.2"}
+    assert hosts_names(hosts_file(plan, plan.container("db-1")))["db-1"] == {"10.87.1.2"}
 
 
 def test_link_to_a_service_on_no_shared_network_is_an_error() -> None:
