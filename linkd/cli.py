@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -22,10 +23,12 @@ from typing import Any
 import dnslib
 import yaml
 
-from linkd import dns, names, spec
+from linkd import dns, ipam, names, spec
+from linkd.conventions import load_conventions
 from linkd.dns_zone import build_zone, forwards_for, requester_of
 from linkd.errors import LinkdError, NotFoundError, SpecError
 from linkd.model import Stack
+from linkd.plan import StackPlan, realize
 from linkd.runtime import logs as log_files
 from linkd.runtime import process, store, supervisor
 from linkd.runtime.netlink import Kernel
@@ -93,6 +96,10 @@ def _parser() -> argparse.ArgumentParser:
     inspect = command("inspect", cmd_inspect, "show a container's plan and state as JSON")
     inspect.add_argument("target", nargs="?", help="service or container; omit for the stack")
     command("config", cmd_config, "validate the stack file and print it normalized")
+    env = command("env", cmd_env, "the environment a service's containers get, and why")
+    env.add_argument("service", help="service (its first replica) or container (web-2)")
+    env.add_argument("--host", action="store_true",
+                     help="only the link variables, for a process on the host")
     dns = command("dns", cmd_dns, "what a container's DNS lookup of NAME gives, and why")
     dns.add_argument("name")
     dns.add_argument("--from", dest="asker", required=True, metavar="SERVICE",
@@ -141,6 +148,17 @@ def load_stack(path: str | None, project: str | None) -> tuple[Stack, Path]:
     return stack, file
 
 
+def dry_plan(stack: Stack, file: Path) -> StackPlan:
+    """The stack planned on subnets picked as if nothing else were up: it proves the
+    links and conventions render (so `up -d` fails here, not in the background), and
+    shows provisional addresses for a stack that is not up."""
+    base = file.resolve().parent
+    subnets = ipam.pick_subnets(stack.networks, [])
+    return realize(
+        stack, subnets, workdir=str(base), conventions=load_conventions(stack, base)
+    )
+
+
 def stack_name(args: argparse.Namespace) -> str:
     if args.project:
         return str(args.project).lower()
@@ -158,13 +176,38 @@ def stack_name(args: argparse.Namespace) -> str:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    stack, _ = load_stack(args.file, args.project)
+    stack, file = load_stack(args.file, args.project)
+    dry_plan(stack, file)
     print(yaml.safe_dump(spec.stack_to_dict(stack), sort_keys=False), end="")
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    """`NAME=VALUE  # where it comes from`, values quoted for a shell."""
+    plan: StackPlan | None = None
+    if args.file is None and (args.project or _stack_file(None) is None):
+        plan = store.load(stack_name(args)).plan
+    else:
+        stack, file = load_stack(args.file, args.project)
+        if stack.name in store.stacks():
+            plan = store.load(stack.name).plan
+        else:
+            plan = dry_plan(stack, file)
+            print(f"linkd: stack {stack.name} is not up: addresses are provisional",
+                  file=sys.stderr)
+    container = plan.container(_containers_of(plan, args.service)[0])
+    sources = {name: f"{conv}, link {alias}" for name, conv, alias in container.env_sources}
+    for name, value in container.env:
+        why = sources.get(name)
+        if args.host and why is None:
+            continue
+        print(f"{name}={shlex.quote(value)}  # {why or 'environment'}")
     return 0
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     stack, file = load_stack(args.file, args.project)
+    dry_plan(stack, file)
     if args.detach and not args.supervisor:
         return _up_detached(args, stack)
     abort = frozenset(s.name for s in stack.services) if args.abort_on_container_exit else None
@@ -291,7 +334,10 @@ def _table(state: StackState) -> str:
 
 
 def _containers(state: StackState, target: str) -> list[str]:
-    plan = state.plan
+    return _containers_of(state.plan, target)
+
+
+def _containers_of(plan: StackPlan, target: str) -> list[str]:
     if any(c.name == target for c in plan.containers):
         return [target]
     found = [c.name for c in plan.of_service(target)]

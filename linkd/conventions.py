@@ -35,7 +35,7 @@ from pathlib import Path
 
 from linkd.convention_schema import Convention, Field, Template, load_convention, parse_template
 from linkd.errors import ConventionError
-from linkd.model import PortSpec, Protocol
+from linkd.model import PortSpec, Protocol, Stack
 
 __all__ = [
     "BUILTIN_DIR",
@@ -50,6 +50,8 @@ __all__ = [
     "builtin_names",
     "combine",
     "load_convention",
+    "load_conventions",
+    "references",
     "render",
 ]
 
@@ -141,6 +143,41 @@ def builtin(name: str, directory: Path = BUILTIN_DIR) -> Convention:
             convention.source,
         )
     return convention
+
+
+def references(stack: Stack) -> tuple[str, ...]:
+    """Every convention the stack names, at any level, in order of first mention."""
+    refs: list[str] = [*stack.conventions]
+    for service in stack.services:
+        refs += service.conventions or ()
+        for settings in service.link_settings:
+            refs += settings.conventions or ()
+            if settings.urls:
+                refs.append("urls")
+    return tuple(dict.fromkeys(refs))
+
+
+def load_conventions(stack: Stack, base: Path) -> dict[str, Convention]:
+    """Every convention the stack names, loaded and checked: files relative to `base`
+    (the stack file's directory), built-ins by name. One error lists every problem."""
+    loaded: dict[str, Convention] = {}
+    problems: list[Problem] = []
+    for ref in references(stack):
+        try:
+            if ref.endswith((".yaml", ".yml")):
+                path = Path(ref) if Path(ref).is_absolute() else base / ref
+                if not path.is_file():
+                    message = f"no convention file {ref} (looked for {path})"
+                    problems.append(("x-linkd.conventions", None, message))
+                    continue
+                loaded[ref] = load_convention(path)
+            else:
+                loaded[ref] = builtin(ref)
+        except ConventionError as exc:
+            problems += [(f"{exc.source or ref}: {k}", line, m) for k, line, m in exc.problems]
+    if problems:
+        raise ConventionError(problems)
+    return loaded
 
 
 def _no_directory(directory: Path) -> ConventionError:

@@ -48,4 +48,5 @@ def hosts_file(plan: StackPlan, me: ContainerPlan) -> str:
             lines.append(f"{theirs.address}\t{' '.join(names)}")
             if theirs.address6 is not None:
                 lines.append(f"{theirs.address6}\t{' '.join(names)}")
+    lines += me.extra_hosts  # what its links' conventions add (docker-links' own lines)
     return "\n".join(lines) + "\n"

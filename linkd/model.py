@@ -86,6 +86,19 @@ class Attachment:
 
 
 @dataclass(frozen=True, slots=True)
+class LinkSettings:
+    """`x-linkd: links: ALIAS:` of a service: how one of its links is presented."""
+
+    alias: str
+    conventions: tuple[str, ...] | None = None  # None: the service's, else the stack's
+    env: tuple[str, ...] = ()  # names or patterns the peer may pass as <ALIAS>_ENV_*
+    urls: tuple[tuple[str, str], ...] = ()  # variable -> template (the urls convention)
+
+
+DEFAULT_CONVENTIONS = ("linkd",)
+
+
+@dataclass(frozen=True, slots=True)
 class Service:
     name: str
     command: tuple[str, ...] | None = None
@@ -105,6 +118,8 @@ class Service:
     replicas: int = 1
     stop_signal: str = "SIGTERM"
     stop_grace_period: float = 10.0
+    conventions: tuple[str, ...] | None = None  # x-linkd; None: the stack's
+    link_settings: tuple[LinkSettings, ...] = ()  # x-linkd: links:
 
     def argv(self) -> tuple[str, ...]:
         """The process to run: entrypoint followed by command, as Compose joins them."""
@@ -149,6 +164,7 @@ class Stack:
     networks: tuple[Network, ...]
     warnings: tuple[str, ...] = ()
     dns: DnsSettings = field(default_factory=DnsSettings)
+    conventions: tuple[str, ...] = DEFAULT_CONVENTIONS  # x-linkd: conventions:
 
     def service(self, name: str) -> Service:
         for service in self.services:

@@ -9,16 +9,18 @@ when it is written (`linkd.hosts`), and its DNS view likewise (`linkd.dns_zone`)
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from linkd import ipam, names
-from linkd.errors import SpecError
+from linkd.conventions import Convention, LinkTarget, builtin, combine, render
+from linkd.errors import ConventionError, SpecError
 from linkd.model import (
     Dependency,
     DnsSettings,
     Healthcheck,
+    LinkSettings,
     PortSpec,
     RestartPolicy,
     Service,
@@ -77,6 +79,9 @@ class ContainerPlan:
     depends_on: tuple[Dependency, ...] = ()
     links: tuple[tuple[str, str], ...] = ()  # (alias, service): names for this one only
     ports: tuple[PortSpec, ...] = ()  # exposed and published, container side
+    # (variable, convention, link alias) for every variable a convention gave, in order
+    env_sources: tuple[tuple[str, str, str], ...] = ()
+    extra_hosts: tuple[str, ...] = ()  # hosts-file lines the conventions asked for
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,13 +108,20 @@ class StackPlan:
 
 
 def realize(
-    stack: Stack, subnets: Mapping[str, IPv4Network], *, workdir: str = "/"
+    stack: Stack,
+    subnets: Mapping[str, IPv4Network],
+    *,
+    workdir: str = "/",
+    conventions: Mapping[str, Convention] | None = None,
 ) -> StackPlan:
     """The desired state of `stack`, given the IPv4 subnet of each of its networks.
 
     `workdir` is where a container runs when its service names no `working_dir`: for
     commands from the host's filesystem, the stack file's directory, so that a command
     like `python3 api.py` finds its script as it would in a shell there.
+
+    `conventions` are the convention files the stack names by path, loaded by the caller
+    (`linkd.conventions.load_conventions`); built-in names are looked up as needed.
     """
     networks = tuple(_network_plan(stack, n.name, subnets[n.name]) for n in stack.networks)
     by_key = {n.key: n for n in networks}
@@ -123,7 +135,9 @@ def realize(
             containers.append(
                 _container_plan(stack, service, replica, name, interfaces, workdir)
             )
-    return StackPlan(stack.name, networks, tuple(containers), start_waves(stack), stack.dns)
+    resolve = _resolver(conventions or {})
+    linked = tuple(_with_links(stack, containers, c, resolve) for c in containers)
+    return StackPlan(stack.name, networks, linked, start_waves(stack), stack.dns)
 
 
 def _network_plan(stack: Stack, key: str, subnet: IPv4Network) -> NetworkPlan:
@@ -265,6 +279,75 @@ def _check_links(stack: Stack) -> None:
                 )
     if problems:
         raise SpecError(problems)
+
+
+def _resolver(loaded: Mapping[str, Convention]) -> Callable[[str], Convention]:
+    def resolve(ref: str) -> Convention:
+        if ref in loaded:
+            return loaded[ref]
+        if ref.endswith((".yaml", ".yml")):
+            raise ConventionError(
+                [("x-linkd", None, f"convention file {ref} was not loaded before planning")]
+            )
+        return builtin(ref)
+
+    return resolve
+
+
+def _with_links(
+    stack: Stack,
+    containers: Sequence[ContainerPlan],
+    me: ContainerPlan,
+    resolve: Callable[[str], Convention],
+) -> ContainerPlan:
+    """`me` with the variables and hosts lines its links' conventions give it.
+
+    A link reaches the peer service's first replica (there is no virtual IP to stand for
+    all of them; DNS has every replica) at its address on the first network the two
+    share, in `me`'s interface order, the address the hosts file gives too.
+    """
+    service = stack.service(me.service)
+    if not service.links:
+        return me
+    settings = {x.alias: x for x in service.link_settings}
+    groups: dict[str, list[LinkTarget]] = {}
+    mine = [i.network for i in me.interfaces]
+    for link in service.links:
+        peer = next(c for c in containers if c.service == link.service)
+        shared = [i for i in peer.interfaces if i.network in mine]
+        if not shared:
+            continue  # refused by _check_links; a lo-only linker shares nothing
+        theirs = min(shared, key=lambda i: mine.index(i.network))
+        peer_service = stack.service(link.service)
+        chosen = settings.get(link.alias, LinkSettings(link.alias))
+        names = chosen.conventions or service.conventions or stack.conventions
+        if chosen.urls and "urls" not in names:
+            names = (*names, "urls")
+        target = LinkTarget(
+            alias=link.alias,
+            service=link.service,
+            peer=peer.name,
+            addr=theirs.address,
+            addr6=theirs.address6,
+            hostname=peer.hostname,
+            ports=peer_service.expose + peer_service.ports,
+            env=peer_service.environment,
+            env_allow=chosen.env,
+            templates=chosen.urls,
+        )
+        for name in names:
+            groups.setdefault(name, []).append(target)
+    rendered = combine(*(render(resolve(n), me.name, targets) for n, targets in groups.items()))
+    explicit = dict(me.env)
+    env = {**explicit, **{v.name: v.value for v in rendered.variables if v.name not in explicit}}
+    return replace(
+        me,
+        env=tuple(env.items()),
+        env_sources=tuple(
+            (v.name, v.convention, v.alias) for v in rendered.variables if v.name not in explicit
+        ),
+        extra_hosts=rendered.hosts,
+    )
 
 
 def start_waves(stack: Stack) -> tuple[tuple[str, ...], ...]:

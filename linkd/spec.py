@@ -41,7 +41,7 @@ from linkd.model import (
 from linkd.spec_checks import Origins, check_stack, check_subnets
 from linkd.spec_dump import stack_to_dict
 from linkd.spec_health import read_healthcheck
-from linkd.spec_linkd import read_x_linkd
+from linkd.spec_linkd import read_service_x_linkd, read_x_linkd
 from linkd.spec_networks import NetworkReader
 from linkd.spec_nodes import ROOT, At, Reader, given
 from linkd.spec_values import (
@@ -71,6 +71,7 @@ _SERVICE_KEYS = (
     "command", "entrypoint", "environment", "env_file", "working_dir", "user", "hostname",
     "expose", "ports", "links", "networks", "depends_on", "healthcheck", "restart", "scale",
     "deploy", "stop_signal", "stop_grace_period", "image", "container_name", "network_mode",
+    "x-linkd",
 )  # fmt: skip
 _DEPLOY_UNSUPPORTED = (
     "mode", "endpoint_mode", "labels", "placement", "resources", "restart_policy",
@@ -116,14 +117,21 @@ def parse_stack(
     parser = _StackParser(r, host_env, read_text)
     networks = parser.networks(given(top, "networks"))
     services = parser.services(top.get("services"))
-    dns = read_x_linkd(r, given(top, "x-linkd"))
+    extension = read_x_linkd(r, given(top, "x-linkd"))
     if r.problems:
         # In file order: checks across services run last but point anywhere.
         raise SpecError(sorted(r.problems, key=lambda p: p[1] or 0), source)
     uses_default = any(a.network == "default" for s in services for a in s.networks)
     if uses_default and not any(n.name == "default" for n in networks):
         networks += (Network("default"),)  # Compose's implicit default network, last
-    return Stack(name or "", services, networks, tuple(r.warnings), dns)
+    return Stack(
+        name or "",
+        services,
+        networks,
+        tuple(r.warnings),
+        extension.dns,
+        extension.conventions,
+    )
 
 
 def _stack_name(
@@ -213,6 +221,8 @@ class _StackParser:
         healthcheck = None
         if health := given(f, "healthcheck"):
             healthcheck = read_healthcheck(self.r, health)
+        links = self._links(f.get("links"), origins)
+        conventions, link_settings = read_service_x_linkd(r, given(f, "x-linkd"), links)
         return Service(
             name=name,
             command=command,
@@ -224,7 +234,7 @@ class _StackParser:
             hostname=self._text(f.get("hostname")),
             expose=self._expose(f.get("expose")),
             ports=self._ports(f.get("ports"), origins),
-            links=self._links(f.get("links"), origins),
+            links=links,
             networks=self._networks(f, name, replicas),
             depends_on=self._depends(f.get("depends_on"), origins),
             healthcheck=healthcheck,
@@ -232,6 +242,8 @@ class _StackParser:
             replicas=replicas,
             stop_signal=self._value(f.get("stop_signal"), parse_signal) or "SIGTERM",
             stop_grace_period=self.r.duration(given(f, "stop_grace_period"), 10.0, 0.0),
+            conventions=conventions,
+            link_settings=link_settings,
         ), origins
 
     def _networks(self, f: dict[str, At], name: str, replicas: int) -> tuple[Attachment, ...]:

@@ -20,9 +20,11 @@ from __future__ import annotations
 from typing import Any
 
 from linkd.model import (
+    DEFAULT_CONVENTIONS,
     Attachment,
     DnsSettings,
     Healthcheck,
+    LinkSettings,
     Network,
     PortSpec,
     Service,
@@ -37,8 +39,13 @@ def stack_to_dict(stack: Stack) -> dict[str, Any]:
         "services": {s.name: _service(s) for s in stack.services},
         "networks": {n.name: _network(n) for n in stack.networks},
     }
+    extension: dict[str, Any] = {}
+    if stack.conventions != DEFAULT_CONVENTIONS:
+        extension["conventions"] = list(stack.conventions)
     if stack.dns != DnsSettings():
-        out["x-linkd"] = {"dns": _dns(stack.dns)}
+        extension["dns"] = _dns(stack.dns)
+    if extension:
+        out["x-linkd"] = extension
     escaped: dict[str, Any] = _escape(out)
     return escaped
 
@@ -148,6 +155,24 @@ def _service(s: Service) -> dict[str, Any]:
     out["scale"] = s.replicas
     out["stop_signal"] = s.stop_signal
     out["stop_grace_period"] = format_duration(s.stop_grace_period)
+    extension: dict[str, Any] = {}
+    if s.conventions is not None:
+        extension["conventions"] = list(s.conventions)
+    if s.link_settings:
+        extension["links"] = {x.alias: _link_settings(x) for x in s.link_settings}
+    if extension:
+        out["x-linkd"] = extension
+    return out
+
+
+def _link_settings(settings: LinkSettings) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if settings.conventions is not None:
+        out["conventions"] = list(settings.conventions)
+    if settings.env:
+        out["env"] = list(settings.env)
+    if settings.urls:
+        out["urls"] = dict(settings.urls)
     return out
 
 

@@ -1,12 +1,29 @@
 """`x-linkd:`, the stack file's extension key for what is linkd's own.
 
 Compose ignores `x-*` keys, so a stack file with `x-linkd:` still works with Compose.
-Today it holds the DNS settings of the stack:
+At the top level it holds the stack's DNS settings and default conventions; in a
+service, the conventions of its links and per-link choices:
 
     x-linkd:
+      conventions: [linkd]           # default for every link; names or paths to files
       dns:
         domain: shop.internal        # the zone; default "linkd"
         upstreams: ["127.0.0.1:5353", "192.0.2.53"]   # default: the host's resolv.conf
+    services:
+      web:
+        links: [db]
+        x-linkd:
+          conventions: [docker-links, linkd]     # this service's links
+          links:
+            db:                                  # a link, by its alias
+              conventions: [kubernetes]          # this link only
+              env: [POSTGRES_DB, "PG*"]          # may pass as DB_ENV_* (docker-links)
+              urls:                              # implies the urls convention
+                DATABASE_URL: "postgres://{env[POSTGRES_USER]}@{addr}:{port}/{env[POSTGRES_DB]}"
+
+A convention is a built-in name (`linkd`, `docker-links`, `kubernetes`, `urls`) or the
+path of a convention file (ending in .yaml or .yml, relative to the stack file); the
+files are read and checked when the stack is brought up or shown (`linkd config`).
 
 `upstreams: []` means no forwarding: names outside the zone get SERVFAIL at once, for a
 stack that must not leak lookups. At most three upstreams (resolv.conf's MAXNS, the
@@ -16,9 +33,17 @@ number Docker and aardvark-dns use too).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from ipaddress import ip_address
 
-from linkd.model import DEFAULT_DNS_DOMAIN, DnsSettings, Upstream
+from linkd.model import (
+    DEFAULT_CONVENTIONS,
+    DEFAULT_DNS_DOMAIN,
+    DnsSettings,
+    Link,
+    LinkSettings,
+    Upstream,
+)
 from linkd.spec_nodes import At, Reader, given
 from linkd.spec_values import Bad, quote
 
@@ -27,13 +52,95 @@ MAX_UPSTREAMS = 3
 DOMAIN_MAX = 100
 _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _RESERVED = ("in-addr.arpa", "ip6.arpa", "localhost")
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def read_x_linkd(r: Reader, at: At | None) -> DnsSettings:
+@dataclass(frozen=True, slots=True)
+class StackExtension:
+    dns: DnsSettings = field(default_factory=DnsSettings)
+    conventions: tuple[str, ...] = DEFAULT_CONVENTIONS
+
+
+def read_x_linkd(r: Reader, at: At | None) -> StackExtension:
     if at is None:
-        return DnsSettings()
-    fields = r.fields(at, ("dns",))
-    dns = None if fields is None else given(fields, "dns")
+        return StackExtension()
+    fields = r.fields(at, ("dns", "conventions"))
+    if fields is None:
+        return StackExtension()
+    conventions = _conventions(r, given(fields, "conventions"))
+    if conventions is None:
+        conventions = DEFAULT_CONVENTIONS
+    return StackExtension(_dns(r, given(fields, "dns")), conventions)
+
+
+def read_service_x_linkd(
+    r: Reader, at: At | None, links: tuple[Link, ...]
+) -> tuple[tuple[str, ...] | None, tuple[LinkSettings, ...]]:
+    """A service's `x-linkd:`: its links' conventions, and settings per link alias."""
+    if at is None:
+        return None, ()
+    fields = r.fields(at, ("conventions", "links"))
+    if fields is None:
+        return None, ()
+    conventions = _conventions(r, given(fields, "conventions"))
+    settings: list[LinkSettings] = []
+    if (node := given(fields, "links")) is not None:
+        aliases = [link.alias for link in links]
+        for alias, child in r.pairs(node) or []:
+            if alias not in aliases:
+                known = ", ".join(aliases) if aliases else "none (add links: first)"
+                r.fail(child, f"no link with alias {quote(alias)}; this service's links: {known}")
+                continue
+            settings.append(_link_settings(r, alias, child))
+    return conventions, tuple(settings)
+
+
+def _link_settings(r: Reader, alias: str, at: At) -> LinkSettings:
+    fields = r.fields(at, ("conventions", "env", "urls"))
+    if fields is None:
+        return LinkSettings(alias)
+    env: tuple[str, ...] = ()
+    if (node := given(fields, "env")) is not None:
+        env = tuple(r.texts(node) or ())
+    urls: list[tuple[str, str]] = []
+    if (node := given(fields, "urls")) is not None:
+        for name, child in r.pairs(node) or []:
+            if not _VARIABLE.fullmatch(name):
+                r.fail(child, f"expected a variable name (letters, digits, _), got {quote(name)}")
+                continue
+            template = r.text(child)
+            if template is not None:
+                urls.append((name, template))
+    # A link with urls gets the urls convention on top of its others (the planner adds it).
+    return LinkSettings(alias, _conventions(r, given(fields, "conventions")), env, tuple(urls))
+
+
+def _conventions(r: Reader, at: At | None) -> tuple[str, ...] | None:
+    if at is None:
+        return None
+    items = r.items(at)
+    if items is None:
+        return None
+    found = [r.parsed(item, check_convention_ref) for item in items]
+    names = tuple(f for f in found if f is not None)
+    if len(set(names)) != len(names):
+        r.fail(at, "a convention is listed twice")
+    return names
+
+
+def check_convention_ref(text: str) -> str:
+    """A built-in convention's name, or the path of a convention file."""
+    ref = text.strip()
+    if ref.endswith((".yaml", ".yml")) or _NAME.fullmatch(ref):
+        return ref
+    raise Bad(
+        f"expected a convention name (linkd, docker-links, kubernetes, urls) or a file "
+        f"path ending in .yaml, got {quote(text)}"
+    )
+
+
+def _dns(r: Reader, dns: At | None) -> DnsSettings:
     if dns is None:
         return DnsSettings()
     settings = r.fields(dns, ("domain", "upstreams"))

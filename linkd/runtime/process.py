@@ -77,6 +77,9 @@ class ProcessSpec:
     log_path: str  # stdout+stderr of the container are appended here
     run_dir: str  # per-container directory; the spec JSON is written here
     keep_dirs: tuple[str, ...] = ()  # host directories under /tmp that stay visible
+    # (host directory, target directory), mounted read-only: unlike a bound file, a
+    # bound directory shows files replaced in it by rename (the live bindings)
+    bind_dirs: tuple[tuple[str, str], ...] = ()
 
 
 class ContainerProcess:
@@ -217,6 +220,7 @@ async def start(spec: ProcessSpec) -> ContainerProcess:
             "user": spec.user,
             "bind_files": [list(b) for b in spec.bind_files],
             "keep_dirs": list(spec.keep_dirs),
+            "bind_dirs": [list(b) for b in spec.bind_dirs],
         },
     )
     status_r, status_w = os.pipe()  # both close-on-exec; pass_fds opens w to the shim only

@@ -371,6 +371,17 @@ def _check_bind(source: str, target: str) -> None:
         )
 
 
+def _check_bind_dir(source: str, target: str) -> None:
+    if not os.path.isdir(source):
+        raise SetupError(f"bind directory source {source} is not a directory", EXIT_SETUP_FAILED)
+    if not os.path.isdir(target):
+        raise SetupError(
+            f"cannot bind {source} onto {target}: {target} is not an existing directory on "
+            "the host",
+            EXIT_SETUP_FAILED,
+        )
+
+
 def _init(spec: dict[str, Any], status_fd: int, alive_fd: int) -> NoReturn:
     """B: PID 1 of the container."""
     global _forward_to
@@ -388,6 +399,10 @@ def _init(spec: dict[str, Any], status_fd: int, alive_fd: int) -> NoReturn:
             _check_bind(source, target)
             _mount(source, target, None, MS_BIND, None)
             # A bind mount ignores MS_RDONLY; read-only takes a remount of the bind.
+            _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID, None)
+        for source, target in spec.get("bind_dirs", []):
+            _check_bind_dir(source, target)
+            _mount(source, target, None, MS_BIND, None)
             _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID, None)
         # A proc instance belongs to the PID namespace of the process that mounts it, which
         # is why B (not A) mounts it.

@@ -24,11 +24,12 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from linkd import ipam, names, restart
+from linkd import bindings, ipam, names, restart
+from linkd.conventions import load_conventions
 from linkd.dns_zone import build_zone, forwards_for, requester_of, rezone
 from linkd.errors import ConflictError, ContainerError, LinkdError, TeardownError
 from linkd.hosts import hosts_file
@@ -108,6 +109,7 @@ class Supervisor:
         self.save()
         if "status" in changes and self.states[name].status != current.status:
             self.publish_zone()
+            self.publish_bindings(changed=name)
 
     # -- up ------------------------------------------------------------------------
 
@@ -116,9 +118,14 @@ class Supervisor:
         with store.locked(store.root() / "lock"):
             taken = await self._taken_subnets()
             subnets = ipam.pick_subnets(stack.networks, taken)
-            plan = realize(stack, subnets, workdir=str(Path(self.source).parent))
+            base = Path(self.source).parent
+            plan = realize(
+                stack, subnets, workdir=str(base), conventions=load_conventions(stack, base)
+            )
             self.plan = plan
             self.save()
+        # The mount point of every container's live bindings (it hides the host's copy).
+        Path(bindings.DIRECTORY).mkdir(parents=True, exist_ok=True)
         self.dns = DnsServer(build_zone([plan], domain=plan.dns.domain), _upstreams(plan))
         self._served = plan
         return plan
@@ -137,6 +144,19 @@ class Supervisor:
         self._served = served
         if zone is not self.dns.zone:
             self.dns.set_zone(zone)
+
+    def publish_bindings(self, changed: str) -> None:
+        """Rewrite the live bindings of every container linking to `changed`'s service."""
+        if self.plan is None or self.status == "stopping":
+            return
+        service = self.plan.container(changed).service
+        for c in self.plan.containers:
+            if any(s == service for _, s in c.links):
+                directory = store.container_dir(self.stack, c.name)
+                write_bindings(directory, self.plan, c, self.running())
+
+    def running(self) -> set[str]:
+        return {n for n, st in self.states.items() if st.status == "running"}
 
     async def _taken_subnets(self) -> list[tuple[ipam.IPNetwork, str]]:
         taken = list(await self.kernel.routes())
@@ -215,7 +235,8 @@ class Supervisor:
 
     def write_files(self, container: ContainerPlan) -> None:
         assert self.plan is not None, "files are written after prepare()"
-        write_container_files(store.container_dir(self.stack, container.name), self.plan, container)
+        directory = store.container_dir(self.stack, container.name)
+        write_container_files(directory, self.plan, container, self.running())
 
     def process_spec(self, container: ContainerPlan) -> process.ProcessSpec:
         return process_spec(
@@ -386,12 +407,27 @@ class Supervisor:
             raise
 
 
-def write_container_files(directory: Path, plan: StackPlan, container: ContainerPlan) -> None:
-    """The files bind-mounted over /etc/hosts, /etc/hostname and /etc/resolv.conf."""
+def write_container_files(
+    directory: Path, plan: StackPlan, container: ContainerPlan, running: Collection[str] = ()
+) -> None:
+    """The files bind-mounted over /etc/hosts, /etc/hostname and /etc/resolv.conf, and
+    the live bindings (`running`: the containers running now)."""
     directory.mkdir(parents=True, exist_ok=True)
+    write_bindings(directory, plan, container, running)
     store.write_atomic(directory / "hosts", hosts_file(plan, container).encode())
     store.write_atomic(directory / "hostname", f"{container.hostname}\n".encode())
     store.write_atomic(directory / "resolv.conf", RESOLV_CONF.encode())
+
+
+def write_bindings(
+    directory: Path, plan: StackPlan, container: ContainerPlan, running: Collection[str]
+) -> None:
+    """/run/linkd/links.env and links.json inside the container, replaced atomically."""
+    target = directory / "bindings"
+    target.mkdir(parents=True, exist_ok=True)
+    store.write_atomic(target / bindings.ENV_FILE, bindings.links_env(container).encode())
+    document = bindings.links_json(plan, container, running)
+    store.write_atomic(target / bindings.JSON_FILE, document.encode())
 
 
 def process_spec(
@@ -414,6 +450,7 @@ def process_spec(
         log_path=str(directory / "log"),
         run_dir=str(directory),
         keep_dirs=keep_dirs,
+        bind_dirs=((str(directory / "bindings"), bindings.DIRECTORY),),
     )
 
 
