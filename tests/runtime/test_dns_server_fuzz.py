@@ -49,15 +49,24 @@ def live() -> Iterator[Live]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    tasks = [
-        asyncio.run_coroutine_threadsafe(server.serve_udp(udp, requester_override=me), loop),
-        asyncio.run_coroutine_threadsafe(server.serve_tcp(tcp, requester_override=me), loop),
-    ]
+    async def serve() -> None:
+        await asyncio.gather(
+            server.serve_udp(udp, requester_override=me),
+            server.serve_tcp(tcp, requester_override=me),
+        )
+
+    async def start() -> asyncio.Task[None]:
+        return asyncio.create_task(serve())
+
+    async def stop(task: asyncio.Task[None]) -> None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)  # both sockets closed
+
+    serving = asyncio.run_coroutine_threadsafe(start(), loop).result(5)
     try:
         yield Live(server, udp_addr, tcp_addr)
     finally:
-        for task in tasks:
-            task.cancel()
+        asyncio.run_coroutine_threadsafe(stop(serving), loop).result(5)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
