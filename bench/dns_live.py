@@ -168,7 +168,7 @@ def run_churn() -> dict[str, object]:
         found["up_s"] = up_s
         return found
     finally:
-        linkd("down", "-p", "lkchurn", check=False)
+        linkd("down", "--forget", "-p", "lkchurn", check=False)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

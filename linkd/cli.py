@@ -82,7 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--no-attach", action="store_true", help="do not print container output")
     up.add_argument("--supervisor", action="store_true", help=argparse.SUPPRESS)
 
-    command("down", cmd_down, "stop and remove the stack's containers and networks")
+    down = command("down", cmd_down, "stop and remove the stack's containers and networks")
+    down.add_argument("--forget", action="store_true",
+                      help="also forget the stack's subnets and addresses (its lease)")
     ps = command("ps", cmd_ps, "list containers")
     ps.add_argument("-a", "--all", action="store_true", help="every stack that is up")
     # `-f` means follow for `logs`, as in docker compose.
@@ -285,6 +287,14 @@ def _up_detached(args: argparse.Namespace, stack: Stack) -> int:
 
 def cmd_down(args: argparse.Namespace) -> int:
     name = stack_name(args)
+    try:
+        return _down(name)
+    finally:
+        if args.forget:
+            store.forget_lease(name)
+
+
+def _down(name: str) -> int:
     if not store.supervised(name):
         leftovers = Kernel.netns_names(names.netns_prefix(name))
         if not store.stack_dir(name).exists() and not leftovers:

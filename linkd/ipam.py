@@ -15,11 +15,38 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from linkd.errors import ConflictError
 from linkd.model import Network
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The subnets and addresses a stack had last time: what it gets again if it can.
+
+    Kept by the runtime when the stack goes down, so a re-created container comes back
+    at its old address and the link variables others had for it stay true.
+    """
+
+    stack: str
+    subnets: tuple[tuple[str, IPv4Network], ...] = ()  # (network key, subnet)
+    # (network key, container, IPv4 address, IPv6 address)
+    addresses: tuple[tuple[str, str, IPv4Address, IPv6Address | None], ...] = ()
+
+    def subnet_map(self) -> dict[str, IPv4Network]:
+        return dict(self.subnets)
+
+    def addresses_on(self, network: str, version: int) -> dict[str, IPv4Address | IPv6Address]:
+        found: dict[str, IPv4Address | IPv6Address] = {}
+        for key, owner, v4, v6 in self.addresses:
+            address = v4 if version == 4 else v6
+            if key == network and address is not None:
+                found[owner] = address
+        return found
+
 
 DEFAULT_POOL = IPv4Network("10.87.0.0/16")
 DEFAULT_PREFIX = 24
@@ -33,12 +60,18 @@ def pick_subnets(
     *,
     pool: IPv4Network = DEFAULT_POOL,
     prefix: int = DEFAULT_PREFIX,
+    previous: Mapping[str, IPv4Network] | None = None,
+    reserved: Iterable[IPv4Network] = (),
 ) -> dict[str, IPv4Network]:
     """Give every network an IPv4 subnet that overlaps nothing in `taken`.
 
     `taken` pairs each used subnet with what uses it ("host route via eth0", "stack
     shop network front"), so a clash can be explained. Declared subnets are checked,
     the others are picked first-fit from `pool`.
+
+    Sticky subnets: a network gets its `previous` subnet (from the stack's lease) when
+    it is still free; new picks avoid the `reserved` subnets (other stacks' leases, held
+    while those stacks are down) as long as the pool has others.
 
     Raises:
         ConflictError: a declared subnet overlaps something taken, or the pool is full.
@@ -58,14 +91,25 @@ def pick_subnets(
                 )
         chosen[network.name] = network.subnet
         used.append((network.subnet, f"network {network.name}"))
+    def free(candidate: IPv4Network) -> bool:
+        return not any(net.version == 4 and candidate.overlaps(net) for net, _ in used)
+
+    held = list(reserved)
     for network in networks:
         if network.subnet is not None:
             continue
-        for candidate in pool.subnets(new_prefix=prefix):
-            if not any(net.version == 4 and candidate.overlaps(net) for net, _ in used):
-                chosen[network.name] = candidate
-                used.append((candidate, f"network {network.name}"))
-                break
+        before = (previous or {}).get(network.name)
+        candidates = pool.subnets(new_prefix=prefix)
+        fresh = [c for c in candidates if free(c) and not any(c.overlaps(r) for r in held)]
+        if before is not None and before.subnet_of(pool) and free(before):
+            pick: IPv4Network | None = before
+        else:
+            pick = fresh[0] if fresh else next(
+                (c for c in pool.subnets(new_prefix=prefix) if free(c)), None
+            )
+        if pick is not None:
+            chosen[network.name] = pick
+            used.append((pick, f"network {network.name}"))
         else:
             in_pool = sorted({who for net, who in used if net.version == 4 and net.overlaps(pool)})
             raise ConflictError(
@@ -93,17 +137,21 @@ def assign(
     subnet: IPv4Network | IPv6Network,
     reserved: Iterable[IPv4Address | IPv6Address],
     wanted: Sequence[tuple[str, IPv4Address | IPv6Address | None]],
+    previous: Mapping[str, IPv4Address | IPv6Address] | None = None,
 ) -> dict[str, IPv4Address | IPv6Address]:
     """Addresses for each `(owner, static_address_or_None)` in order.
 
-    Static addresses are honoured first, then the others take the lowest free address,
-    so the same stack file always gives the same addresses.
+    Static addresses are honoured first, then each owner's `previous` address (its
+    lease) if it is still in the subnet and free, then the others take the lowest free
+    address, so the same stack file always gives the same addresses and a container
+    keeps its address when other services are added or removed.
 
     Raises:
         ConflictError: two owners want the same static address, or the subnet is full.
     """
     taken = set(reserved)
     result: dict[str, IPv4Address | IPv6Address] = {}
+    leased: set[str] = set()
     for owner, static in wanted:
         if static is None:
             continue
@@ -112,9 +160,15 @@ def assign(
             raise ConflictError(f"{owner}: address {static} is already used by {clash}")
         taken.add(static)
         result[owner] = static
+    for owner, static in wanted:
+        before = (previous or {}).get(owner)
+        if static is None and before is not None and _usable(before, subnet, taken):
+            taken.add(before)
+            result[owner] = before
+            leased.add(owner)
     hosts = subnet.hosts()
     for owner, static in wanted:
-        if static is not None:
+        if static is not None or owner in leased:
             continue
         for address in hosts:
             if address not in taken:
@@ -124,6 +178,15 @@ def assign(
         else:
             raise ConflictError(f"{owner}: subnet {subnet} has no free address left")
     return result
+
+
+def _usable(
+    address: IPv4Address | IPv6Address,
+    subnet: IPv4Network | IPv6Network,
+    taken: set[IPv4Address | IPv6Address],
+) -> bool:
+    edges = (subnet.network_address, subnet.broadcast_address)
+    return address in subnet and address not in taken and address not in edges
 
 
 def parse_route(dst: str) -> IPNetwork:

@@ -113,6 +113,7 @@ def realize(
     *,
     workdir: str = "/",
     conventions: Mapping[str, Convention] | None = None,
+    lease: ipam.Lease | None = None,
 ) -> StackPlan:
     """The desired state of `stack`, given the IPv4 subnet of each of its networks.
 
@@ -122,10 +123,11 @@ def realize(
 
     `conventions` are the convention files the stack names by path, loaded by the caller
     (`linkd.conventions.load_conventions`); built-in names are looked up as needed.
+    `lease` (the stack's last addresses) keeps containers at the addresses they had.
     """
     networks = tuple(_network_plan(stack, n.name, subnets[n.name]) for n in stack.networks)
     by_key = {n.key: n for n in networks}
-    addresses = _addresses(stack, by_key)
+    addresses = _addresses(stack, by_key, lease or ipam.Lease(stack.name))
     _check_links(stack)
     containers: list[ContainerPlan] = []
     for service in stack.services:
@@ -163,8 +165,11 @@ def _network_plan(stack: Stack, key: str, subnet: IPv4Network) -> NetworkPlan:
 Addresses = dict[tuple[str, str], tuple[IPv4Address, IPv6Address | None]]
 
 
-def _addresses(stack: Stack, networks: Mapping[str, NetworkPlan]) -> Addresses:
-    """(container, network) -> addresses, static ones first, then in file order."""
+def _addresses(
+    stack: Stack, networks: Mapping[str, NetworkPlan], lease: ipam.Lease
+) -> Addresses:
+    """(container, network) -> addresses: static ones first, then leased, then in file
+    order."""
     result: Addresses = {}
     for key, net in networks.items():
         wanted4: list[tuple[str, IPv4Address | IPv6Address | None]] = []
@@ -180,9 +185,9 @@ def _addresses(stack: Stack, networks: Mapping[str, NetworkPlan]) -> Addresses:
                     static6 = attachment.ipv6_address if replica == 1 else None
                     wanted4.append((owner, static4))
                     wanted6.append((owner, static6))
-        got4 = ipam.assign(net.subnet, {net.gateway}, wanted4)
+        got4 = ipam.assign(net.subnet, {net.gateway}, wanted4, lease.addresses_on(key, 4))
         got6 = (
-            ipam.assign(net.subnet6, {net.gateway6}, wanted6)
+            ipam.assign(net.subnet6, {net.gateway6}, wanted6, lease.addresses_on(key, 6))
             if net.subnet6 is not None and net.gateway6 is not None
             else {}
         )
@@ -279,6 +284,19 @@ def _check_links(stack: Stack) -> None:
                 )
     if problems:
         raise SpecError(problems)
+
+
+def lease_of(plan: StackPlan) -> ipam.Lease:
+    """What `plan` holds, to be given back next time."""
+    return ipam.Lease(
+        plan.stack,
+        tuple((n.key, n.subnet) for n in plan.networks),
+        tuple(
+            (i.network, c.name, i.address, i.address6)
+            for c in plan.containers
+            for i in c.interfaces
+        ),
+    )
 
 
 def _resolver(loaded: Mapping[str, Convention]) -> Callable[[str], Convention]:

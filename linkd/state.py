@@ -106,6 +106,25 @@ def decode(data: bytes) -> StackState:
         raise StateError(f"state file does not match its version: {exc}") from exc
 
 
+def pack(value: Any) -> bytes:
+    """Any frozen dataclass of this package (a lease, say), versioned like the state."""
+    packed: bytes = msgpack.packb({"v": VERSION, "value": to_plain(value)}, use_bin_type=True)
+    return packed
+
+
+def unpack(kind: type[T], data: bytes) -> T:
+    try:
+        doc = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        if not isinstance(doc, dict) or doc.get("v") != VERSION:
+            raise StateError(f"unreadable {kind.__name__}: not version {VERSION}")
+        return _from_plain(kind, doc["value"])  # type: ignore[no-any-return]
+    except StateError:
+        raise
+    except (ValueError, TypeError, KeyError, msgpack.ExtraData, msgpack.FormatError,
+            msgpack.StackError) as exc:
+        raise StateError(f"unreadable {kind.__name__}: {exc}") from exc
+
+
 _IP_TYPES = (
     ipaddress.IPv4Address,
     ipaddress.IPv6Address,

@@ -10,6 +10,10 @@ outlives a reboot, and neither do the namespaces and processes it describes):
         hosts, hostname, resolv.conf    bind-mounted over /etc/... inside the container
         spec.marshal                    what the shim runs (linkd.runtime.process)
         log                             the container's stdout and stderr
+        bindings/links.env, links.json  bound at /run/linkd inside the container
+    <root>/leases/<stack>.msgpack       the stack's last subnets and addresses
+                                        (linkd.ipam.Lease); kept after `down`, so a
+                                        re-created stack gets the same addresses
 
 Writes go to a temporary file in the same directory, are fsynced, then renamed over the
 old file, so a reader (or a crash) sees the old state or the new one, never half.
@@ -26,7 +30,8 @@ from pathlib import Path
 
 from linkd import state as state_codec
 from linkd.errors import NotFoundError
-from linkd.state import StackState
+from linkd.ipam import Lease
+from linkd.state import StackState, StateError
 
 
 def root() -> Path:
@@ -114,3 +119,33 @@ def supervised(stack: str) -> bool:
             return False
     except BlockingIOError:
         return True
+
+
+def lease_path(stack: str) -> Path:
+    return root() / "leases" / f"{stack}.msgpack"
+
+
+def save_lease(lease: Lease) -> None:
+    write_atomic(lease_path(lease.stack), state_codec.pack(lease), 0o600)
+
+
+def load_lease(stack: str) -> Lease | None:
+    """The stack's lease; None if it has none, or one this linkd cannot read (a lease
+    is only a preference, never worth refusing to start over)."""
+    try:
+        return state_codec.unpack(Lease, lease_path(stack).read_bytes())
+    except (OSError, StateError):
+        return None
+
+
+def leases() -> list[Lease]:
+    try:
+        files = sorted((root() / "leases").glob("*.msgpack"))
+    except OSError:
+        return []
+    found = [load_lease(f.stem) for f in files]
+    return [lease for lease in found if lease is not None]
+
+
+def forget_lease(stack: str) -> None:
+    lease_path(stack).unlink(missing_ok=True)

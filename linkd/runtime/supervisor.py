@@ -34,7 +34,7 @@ from linkd.dns_zone import build_zone, forwards_for, requester_of, rezone
 from linkd.errors import ConflictError, ContainerError, LinkdError, TeardownError
 from linkd.hosts import hosts_file
 from linkd.model import Stack
-from linkd.plan import ContainerPlan, StackPlan, realize
+from linkd.plan import ContainerPlan, StackPlan, lease_of, realize
 from linkd.reconcile import (
     Action,
     ConfigureNetns,
@@ -117,13 +117,31 @@ class Supervisor:
         """Pick subnets and record the plan, holding the global lock meanwhile."""
         with store.locked(store.root() / "lock"):
             taken = await self._taken_subnets()
-            subnets = ipam.pick_subnets(stack.networks, taken)
+            lease = store.load_lease(stack.name)
+            # Other stacks' leases are held for them while they are down.
+            held = [
+                subnet
+                for other in store.leases()
+                if other.stack != stack.name
+                for _, subnet in other.subnets
+            ]
+            subnets = ipam.pick_subnets(
+                stack.networks,
+                taken,
+                previous=lease.subnet_map() if lease else None,
+                reserved=held,
+            )
             base = Path(self.source).parent
             plan = realize(
-                stack, subnets, workdir=str(base), conventions=load_conventions(stack, base)
+                stack,
+                subnets,
+                workdir=str(base),
+                conventions=load_conventions(stack, base),
+                lease=lease,
             )
             self.plan = plan
             self.save()
+            store.save_lease(lease_of(plan))
         # The mount point of every container's live bindings (it hides the host's copy).
         Path(bindings.DIRECTORY).mkdir(parents=True, exist_ok=True)
         self.dns = DnsServer(build_zone([plan], domain=plan.dns.domain), _upstreams(plan))

@@ -45,6 +45,7 @@ class Snapshot:
     links: frozenset[str]
     mounts: frozenset[str]
     processes: frozenset[int]
+    leases: frozenset[str] = frozenset()  # /run/linkd/leases: a test forgets its own
 
     def __sub__(self, other: Snapshot) -> Snapshot:
         return Snapshot(
@@ -52,10 +53,11 @@ class Snapshot:
             self.links - other.links,
             self.mounts - other.mounts,
             self.processes - other.processes,
+            self.leases - other.leases,
         )
 
     def empty(self) -> bool:
-        return not (self.netns or self.links or self.mounts or self.processes)
+        return not (self.netns or self.links or self.mounts or self.processes or self.leases)
 
 
 def snapshot() -> Snapshot:
@@ -79,7 +81,9 @@ def snapshot() -> Snapshot:
             continue
         if shim in cmdline or b"linkd up --supervisor" in cmdline.replace(b"\0", b" "):
             processes.add(int(entry))
-    return Snapshot(netns, links, mounts, frozenset(processes))
+    leases_dir = Path(os.environ.get("LINKD_RUN_DIR", "/run/linkd")) / "leases"
+    leases = frozenset(p.name for p in leases_dir.glob("*.msgpack"))
+    return Snapshot(netns, links, mounts, frozenset(processes), leases)
 
 
 def remove_leftovers(left: Snapshot) -> None:
@@ -90,6 +94,9 @@ def remove_leftovers(left: Snapshot) -> None:
         subprocess.run(["ip", "netns", "del", netns], check=False, capture_output=True)
     for link in sorted(left.links):
         subprocess.run(["ip", "link", "del", link], check=False, capture_output=True)
+    leases_dir = Path(os.environ.get("LINKD_RUN_DIR", "/run/linkd")) / "leases"
+    for lease in left.leases:
+        (leases_dir / lease).unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -187,5 +194,5 @@ def linkd() -> Iterator[Linkd]:
         yield runner
     finally:
         # Whatever the test did or failed to do, the stack goes.
-        runner.run("down", "-p", runner.project, check=False)
+        runner.run("down", "--forget", "-p", runner.project, check=False)
         shutil.rmtree(directory, ignore_errors=True)

@@ -171,3 +171,40 @@ def test_a_bad_convention_file_is_refused_before_anything_exists(linkd: Linkd) -
     assert missing.returncode != 0 and "no convention file nosuch.yaml" in missing.stderr
     assert (snapshot() - before).empty()
     assert linkd.project not in linkd.run("ps", "-a", check=False).stdout
+
+
+def test_addresses_are_sticky_across_down_and_up_and_file_changes(linkd: Linkd) -> None:
+    linkd.write("""
+        services:
+          db: {command: sleep 300}
+          web: {command: sleep 300, scale: 2}
+    """)
+    linkd.up()
+    before = inspect_addresses(linkd)
+    linkd.down()
+    # Meanwhile another stack comes up: it does not take the subnet held for the first.
+    other = linkd.project + "x"
+    other_file = linkd.write("services:\n  solo: {command: sleep 300}\n", name="other.yaml")
+    try:
+        linkd.run("up", "-d", "-p", other, "-f", str(other_file))
+        linkd.write("""
+            services:
+              cache: {command: sleep 300}
+              db: {command: sleep 300}
+              web: {command: sleep 300, scale: 3}
+        """)
+        linkd.up()
+        after = inspect_addresses(linkd)
+        assert {k: after[k] for k in before} == before
+        assert len(set(after.values())) == len(after) == 5
+        others = linkd.run("ps", "-p", other).stdout
+        assert before["db-1"].rsplit(".", 1)[0] + "." not in others
+    finally:
+        linkd.run("down", "--forget", "-p", other, check=False)
+
+
+def inspect_addresses(linkd: Linkd) -> dict[str, str]:
+    document = json.loads(linkd.run("inspect", "-p", linkd.project).stdout)
+    return {
+        c["name"]: c["interfaces"][0]["address"] for c in document["plan"]["containers"]
+    }

@@ -128,7 +128,7 @@ def stack(kernel_lock: None) -> Iterator[Stack]:
             time.sleep(0.05)
         yield Stack(runner, addresses)
     finally:
-        runner.run("down", "-p", runner.project, check=False)
+        runner.run("down", "--forget", "-p", runner.project, check=False)
         shutil.rmtree(directory, ignore_errors=True)
         left = settled(before)
         if not left.empty():

@@ -251,7 +251,7 @@ def test_two_stacks_with_the_same_file_run_side_by_side(linkd: Linkd) -> None:
         assert addresses[0] != addresses[1]
         assert connect(linkd, "client", "server") == {"server": "server-1"}
     finally:
-        linkd.run("down", "-p", other)
+        linkd.run("down", "--forget", "-p", other)
 
 
 def test_up_twice_is_refused_while_the_stack_is_up(linkd: Linkd) -> None:
@@ -388,5 +388,5 @@ def test_a_stack_under_tmp_sees_its_directory_but_not_the_rest_of_tmp(tmp_path: 
         runner.exec("reader", "touch", "/tmp/made-inside")
         assert not os.path.exists("/tmp/made-inside")
     finally:
-        runner.run("down", "-p", runner.project, check=False)
+        runner.run("down", "--forget", "-p", runner.project, check=False)
         secret.unlink()
