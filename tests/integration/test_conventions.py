@@ -5,6 +5,7 @@ live bindings files follow the peer; bad convention files create nothing."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 from tests.integration.conftest import Linkd, snapshot
@@ -141,6 +142,21 @@ print(json.dumps(seen))
     # Seen running (or already down), then down, then running again, at the same address.
     assert [running for running, _ in states][-2:] == [False, True], states
     assert {addr for _, addr in states} == {address}
+    # A process on the host reaches the dependency with the --host variables.
+    host_env = dict(
+        line.split("  #", 1)[0].split("=", 1) for line in host_view.splitlines()
+    )
+    target = (host_env["DB_PORT_5432_TCP_ADDR"], int(host_env["DB_PORT_5432_TCP_PORT"]))
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(target, timeout=2) as c:
+                c.sendall(b"ping")
+                assert c.recv(16) == b"pong"
+                break
+        except OSError:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
 
 
 def test_a_bad_convention_file_is_refused_before_anything_exists(linkd: Linkd) -> None:
