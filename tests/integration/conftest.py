@@ -56,6 +56,11 @@ class Snapshot:
             self.leases - other.leases,
         )
 
+    def kernel(self) -> Snapshot:
+        """Only what lives in the kernel and process table (a stack's lease outlives
+        `down` on purpose; the fixture forgets it when the test is done)."""
+        return Snapshot(self.netns, self.links, self.mounts, self.processes)
+
     def empty(self) -> bool:
         return not (self.netns or self.links or self.mounts or self.processes or self.leases)
 

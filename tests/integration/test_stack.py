@@ -227,7 +227,7 @@ def test_a_failure_part_way_through_up_leaves_nothing(linkd: Linkd) -> None:
     assert result.returncode != 0
     assert "/nonexistent/program" in result.stderr
     assert "first-1: started" in result.stderr  # it did get part-way
-    assert settled(before).empty()
+    assert settled(before).kernel().empty()
     assert "is not up" in linkd.run("down", "-p", linkd.project).stdout
 
 
@@ -329,7 +329,7 @@ def test_an_image_is_refused_until_images_run_and_nothing_is_created(linkd: Link
     result = linkd.run("up", "-d", "-p", linkd.project, check=False)
     assert result.returncode != 0
     assert "services.db.image: running images comes with a later linkd" in result.stderr
-    assert settled(before).empty()
+    assert settled(before).kernel().empty()
 
 
 def test_ctrl_c_on_a_foreground_up_takes_the_stack_down(linkd: Linkd) -> None:
@@ -362,7 +362,7 @@ def test_ctrl_c_on_a_foreground_up_takes_the_stack_down(linkd: Linkd) -> None:
     assert up.wait(timeout=30) == 130
     assert "container b-1: stopped" in rest and "container a-1: stopped" in rest
     assert rest.index("b-1: stopped") < rest.index("a-1: stopped")  # reverse dependency order
-    assert settled(before).empty()
+    assert settled(before).kernel().empty()
 
 
 def test_a_stack_under_tmp_sees_its_directory_but_not_the_rest_of_tmp(tmp_path: Path) -> None:
