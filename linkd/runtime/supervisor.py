@@ -569,8 +569,50 @@ async def _up_and_supervise(
     on_up: Callable[[Supervisor], None] | None,
     before_down: Callable[[], Awaitable[None]] | None,
 ) -> int:
-    report = supervisor.report
     loop = asyncio.get_running_loop()
+
+    async def shielded_before_down() -> None:
+        # A second Ctrl-C must not cut teardown in half (netavark ignores it too).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: None)
+        if before_down is not None:
+            await before_down()
+
+    try:
+        code = await lifecycle(
+            stack,
+            supervisor,
+            stop,
+            options,
+            on_up=on_up,
+            before_down=shielded_before_down,
+            interrupted_by=lambda: received[0] if received else "a stop request",
+        )
+        # Ctrl-C ends `up` as a shell would report it; `linkd down` elsewhere is a
+        # normal end.
+        return 130 if received and received[0] == "SIGINT" else code
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def lifecycle(
+    stack: Stack,
+    supervisor: Supervisor,
+    stop: asyncio.Event,
+    options: UpOptions,
+    *,
+    on_up: Callable[[Supervisor], None] | None = None,
+    before_down: Callable[[], Awaitable[None]] | None = None,
+    interrupted_by: Callable[[], str] = lambda: "a stop request",
+) -> int:
+    """One stack's life inside a running event loop: clean what an earlier supervisor
+    left, come up (cut short if `stop` is set meanwhile), supervise until `stop` or an
+    abort, and always tear down. Runs inside `supervisor.tasks` (a TaskGroup).
+
+    Returns the exit code `up` reports (130 when interrupted while coming up).
+    """
+    report = supervisor.report
     try:
         await _cleanup_leftovers(stack.name, supervisor)
         up = asyncio.create_task(supervisor.up(stack))
@@ -580,27 +622,19 @@ async def _up_and_supervise(
             up.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await up
-            report(f"stack {stack.name}", f"interrupted by {received[0]} while coming up")
+            report(f"stack {stack.name}", f"interrupted by {interrupted_by()} while coming up")
             return 130
         stopper.cancel()
         up.result()
         if on_up is not None:
             on_up(supervisor)
-        code = await supervisor.supervise(stop, options)
-        # Ctrl-C ends `up` as a shell would report it; `linkd down` elsewhere is a
-        # normal end.
-        return 130 if received and received[0] == "SIGINT" else code
+        return await supervisor.supervise(stop, options)
     finally:
-        # A second Ctrl-C must not cut teardown in half (netavark ignores it too).
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, lambda: None)
         try:
             if before_down is not None:
                 await before_down()
-            await supervisor.teardown()
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
+            await supervisor.teardown()
 
 
 async def _cleanup_leftovers(stack: str, supervisor: Supervisor) -> None:
