@@ -7,6 +7,11 @@ no implementation always goes first) as prepare (untimed) → setup (timed) → 
 (timed) → cleanup (untimed). Then the whole-container measurement, the linkd per-call
 profile (`linkd_profile.py`), and the table.
 
+Parts: `bench/run` runs everything (the wiring benchmark above, then the DNS benchmark of
+`dns.py`: linkd, dnsmasq and aardvark-dns under dnsperf); `bench/run wiring [OPTIONS]` and
+`bench/run dns [--servers ...] [--no-save]` run one. A whole run saves both tables to
+bench/results/latest.md and the DNS one also to bench/results/dns.md.
+
 Everything the run creates is removed in `finally`, and the run fails if `ip netns` or
 `ip link` still show anything with a bench prefix afterwards.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import importlib.util
 import ipaddress
 import json
 import os
@@ -26,7 +32,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
+from types import FrameType, ModuleType
 
 import container
 import netsetup
@@ -34,10 +40,14 @@ import report
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "latest.md"
+PARTS = ("all", "wiring", "dns")
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench/run", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="bench/run [all|wiring|dns]", description=__doc__.splitlines()[0],
+        epilog="These options are the wiring part's; `bench/run dns --help` lists the DNS"
+               " part's. Without a part, bench/run runs both (all).")
     p.add_argument("--sizes", default="10,100,500", help="container counts (default 10,100,500)")
     p.add_argument("--reps", type=int, default=3, help="interleaved repetitions (default 3)")
     p.add_argument("--slow-reps-500", type=int, default=2,
@@ -308,14 +318,49 @@ async def run_all(args: argparse.Namespace, impls: dict[str, netsetup.NetSetup],
     return text
 
 
+def dns_bench() -> ModuleType:
+    """bench/dns.py, imported under a name no package can shadow (`dns` is dnspython's)."""
+    spec = importlib.util.spec_from_file_location("linkd_bench_dns", HERE / "dns.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_dns(argv: Sequence[str], command: str, also_to: Path | None) -> int:
+    """The DNS part: print its table, save it (and append it to `also_to`)."""
+    dns = dns_bench()
+    args = dns.parse_args(argv, prog="bench/run dns")
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    try:
+        text = dns.run(servers, save=not args.no_save, command=command)
+    except dns.BenchError as exc:
+        print(f"bench/run: dns: {exc}", file=sys.stderr)
+        return 1
+    print(text)
+    if also_to is not None and not args.no_save:
+        with also_to.open("a") as f:
+            f.write("\n" + text)
+    return 0
+
+
 def main(argv: Sequence[str]) -> int:
     if os.geteuid() != 0:
         print("bench/run: run as root (it creates network namespaces)", file=sys.stderr)
         return 2
-    args = parse_args(argv)
+    part, rest = (argv[0], list(argv[1:])) if argv and argv[0] in PARTS else ("all", list(argv))
+    command = "bench/run" + "".join(f" {a}" for a in argv)
     install_sigterm()
     try:
-        return asyncio.run(amain(args))
+        if part == "dns":
+            return run_dns(rest, command, None)
+        args = parse_args(rest)
+        code = asyncio.run(amain(args))
+        if part == "wiring" or args.profile_only or code != 0:
+            return code
+        dns_args = ["--no-save"] if args.no_save else []
+        return run_dns(dns_args, command, RESULTS)
     except KeyboardInterrupt as exc:
         left = check_clean()
         print(f"bench/run: interrupted ({exc or 'SIGINT'}); "
