@@ -5,18 +5,39 @@ how); every other command (`ps`, `down`, `exec`, `logs`) reads it. The file hold
 plan that was applied, so `down` removes exactly what `up` made even if the stack file
 has changed or disappeared since.
 
-Encoding: `{"v": VERSION, "stack": {...}}` with msgpack. Dataclasses become maps of
-their fields, IP addresses and networks become strings, tuples become arrays; decoding
-walks the type hints back. A file written by another version is refused with a message
-rather than misread.
+Encoding: a 20-byte header, then a msgpack payload. Dataclasses become maps of their
+fields, IP addresses and networks become strings, tuples become arrays; decoding walks
+the type hints back. The header (all integers big-endian):
+
+    offset size
+    0      4    magic b"\\x89LKD" (the high first byte marks the file as binary, and
+                no msgpack map, the old unframed format, starts with it)
+    4      1    kind: b"S" a StackState (`encode`), b"V" any other value (`pack`)
+    5      1    flags, 0
+    6      2    format VERSION
+    8      4    payload length in bytes
+    12     4    CRC-32 of the payload
+    16     4    CRC-32 of bytes 0..15 (the header so far)
+
+`decode` and `unpack` check the header and both checksums before msgpack sees a byte, so
+a torn or damaged file is a `StateError` that says what is wrong ("truncated: 812 of
+4096 bytes", "checksum mismatch"), never a misread state. CRC-32 catches every single
+bit flip and every burst of up to 32 bits; a file written by another format version (or
+the unframed format before it) is refused with a message rather than misread. The first
+eight bytes (magic, kind, flags, version) keep this layout in every version.
+
+Everything here is bytes in, bytes out: where the files live, how they are replaced and
+what happens when one is bad is `linkd.runtime.store`'s business.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import struct
 import types
 import typing
+import zlib
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
@@ -25,7 +46,16 @@ import msgpack
 from linkd.errors import LinkdError
 from linkd.plan import StackPlan
 
-VERSION = 1
+# 1 was bare msgpack, `{"v": 1, "stack": ...}`; 2 added the checksummed header.
+VERSION = 2
+
+MAGIC = b"\x89LKD"
+KIND_STATE = b"S"
+KIND_VALUE = b"V"
+_KIND_NAMES = {KIND_STATE: "stack state", KIND_VALUE: "value"}
+_PREFIX = struct.Struct(">4scBHII")  # magic, kind, flags, version, length, payload CRC
+_CRC = struct.Struct(">I")
+HEADER_SIZE = _PREFIX.size + _CRC.size
 
 ContainerStatus = Literal["created", "running", "restarting", "exited", "failed"]
 StackStatus = Literal["starting", "up", "stopping", "failed"]
@@ -71,8 +101,7 @@ def encode(state: StackState) -> bytes:
             if f.name != "plan"
         },
     }
-    packed: bytes = msgpack.packb({"v": VERSION, "stack": plain}, use_bin_type=True)
-    return packed
+    return frame(KIND_STATE, _packb(plain))
 
 
 # The supervisor saves the state on every container state change while the plan stays
@@ -90,39 +119,122 @@ def _plain_plan(plan: StackPlan) -> Any:
 
 
 def decode(data: bytes) -> StackState:
+    payload = unframe(KIND_STATE, data)
     try:
-        doc = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise StateError(f"state file is corrupt: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("v") != VERSION:
-        version = doc.get("v") if isinstance(doc, dict) else None
-        raise StateError(
-            f"state file has version {version!r}, this linkd reads version {VERSION}; "
-            "bring the stack down with the linkd that brought it up"
-        )
-    try:
-        return _from_plain(StackState, doc["stack"])  # type: ignore[no-any-return]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise StateError(f"state file does not match its version: {exc}") from exc
+        return _from_plain(StackState, _unpackb(payload))  # type: ignore[no-any-return]
+    except _DECODE_ERRORS as exc:
+        raise StateError(f"checksum is good but the contents do not decode: {exc}") from exc
+
+
+def verify(data: bytes) -> None:
+    """Raise StateError unless `data` is a whole, undamaged state file of this version.
+
+    Checks the header and checksums only (cheap: no msgpack, no dataclasses)."""
+    unframe(KIND_STATE, data)
 
 
 def pack(value: Any) -> bytes:
-    """Any frozen dataclass of this package (a lease, say), versioned like the state."""
-    packed: bytes = msgpack.packb({"v": VERSION, "value": to_plain(value)}, use_bin_type=True)
-    return packed
+    """Any frozen dataclass of this package (a lease, say), framed like the state."""
+    return frame(KIND_VALUE, _packb(to_plain(value)))
 
 
 def unpack(kind: type[T], data: bytes) -> T:
     try:
-        doc = msgpack.unpackb(data, raw=False, strict_map_key=True)
-        if not isinstance(doc, dict) or doc.get("v") != VERSION:
-            raise StateError(f"unreadable {kind.__name__}: not version {VERSION}")
-        return _from_plain(kind, doc["value"])  # type: ignore[no-any-return]
-    except StateError:
-        raise
-    except (ValueError, TypeError, KeyError, msgpack.ExtraData, msgpack.FormatError,
-            msgpack.StackError) as exc:
+        payload = unframe(KIND_VALUE, data)
+    except StateError as exc:
         raise StateError(f"unreadable {kind.__name__}: {exc}") from exc
+    try:
+        return _from_plain(kind, _unpackb(payload))  # type: ignore[no-any-return]
+    except _DECODE_ERRORS as exc:
+        raise StateError(
+            f"unreadable {kind.__name__}: checksum is good but the contents do not decode: {exc}"
+        ) from exc
+
+
+# msgpack's own errors all derive from ValueError; the rest come from `_from_plain`
+# meeting a shape it did not expect.
+_DECODE_ERRORS = (ValueError, TypeError, KeyError, AttributeError)
+
+
+def _packb(plain: Any) -> bytes:
+    packed: bytes = msgpack.packb(plain, use_bin_type=True)
+    return packed
+
+
+def _unpackb(payload: bytes) -> Any:
+    return msgpack.unpackb(payload, raw=False, strict_map_key=True)
+
+
+def frame(kind: bytes, payload: bytes) -> bytes:
+    """Header (see the module docstring) + payload."""
+    prefix = _PREFIX.pack(MAGIC, kind, 0, VERSION, len(payload), zlib.crc32(payload))
+    return prefix + _CRC.pack(zlib.crc32(prefix)) + payload
+
+
+def unframe(kind: bytes, data: bytes) -> bytes:
+    """The payload of a framed file of `kind`; StateError saying what is wrong if the
+    bytes are not a whole, undamaged file of this version."""
+    size = len(data)
+    if not data.startswith(MAGIC):
+        if size == 0:
+            raise StateError("empty (0 bytes)")
+        if size < len(MAGIC) and MAGIC.startswith(data):
+            raise StateError(f"truncated: {size} of at least {HEADER_SIZE} bytes")
+        legacy = _unframed_version(data)
+        if legacy is not None:
+            raise StateError(
+                f"in the unframed format of another linkd (version {legacy!r}); this linkd "
+                f"reads version {VERSION}, with a header"
+            )
+        raise StateError(f"corrupt, or not a linkd file (it starts with {bytes(data[:8])!r})")
+    if size < HEADER_SIZE:
+        raise StateError(f"truncated: {size} of at least {HEADER_SIZE} bytes")
+    prefix = data[: _PREFIX.size]
+    _, got_kind, flags, version, length, payload_crc = _PREFIX.unpack(prefix)
+    (header_crc,) = _CRC.unpack_from(data, _PREFIX.size)
+    if zlib.crc32(prefix) != header_crc:
+        if version != VERSION:
+            raise StateError(
+                f"header checksum mismatch; its version field says {version}, this linkd "
+                f"reads version {VERSION}: the file is damaged, or from another linkd"
+            )
+        raise StateError("header checksum mismatch")
+    if version != VERSION:
+        raise StateError(
+            f"format version {version}, this linkd reads version {VERSION}; bring the "
+            "stack down with the linkd that brought it up"
+        )
+    if got_kind != kind:
+        raise StateError(
+            f"holds a {_KIND_NAMES.get(got_kind, repr(got_kind))}, "
+            f"not a {_KIND_NAMES.get(kind, repr(kind))}"
+        )
+    if flags:
+        raise StateError(f"unknown flags {flags:#04x}")
+    expected = HEADER_SIZE + length
+    if size < expected:
+        raise StateError(f"truncated: {size} of {expected} bytes")
+    if size > expected:
+        raise StateError(f"{size - expected} stray bytes after the {expected} the header counts")
+    payload = bytes(data[HEADER_SIZE:])
+    actual = zlib.crc32(payload)
+    if actual != payload_crc:
+        raise StateError(
+            f"checksum mismatch: the payload's CRC-32 is {actual:08x}, "
+            f"the header says {payload_crc:08x}"
+        )
+    return payload
+
+
+def _unframed_version(data: bytes) -> object:
+    """The "v" of a file in the format before the header (a bare msgpack map), else None."""
+    if not (0x80 <= data[0] <= 0x8F or data[0] in (0xDE, 0xDF)):
+        return None
+    try:
+        doc = _unpackb(data)
+    except ValueError:
+        return None
+    return doc.get("v") if isinstance(doc, dict) and "v" in doc else None
 
 
 _IP_TYPES = (

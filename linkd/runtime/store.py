@@ -4,7 +4,11 @@ Layout (the root is /run/linkd, or $LINKD_RUN_DIR; /run is a tmpfs, so nothing h
 outlives a reboot, and neither do the namespaces and processes it describes):
 
     <root>/lock                         flock: held while a stack picks its subnets
-    <root>/stacks/<stack>/state.msgpack the StackState (linkd.state), replaced atomically
+    <root>/stacks/<stack>/state.msgpack the StackState (linkd.state: a checksummed
+                                        header, then msgpack), replaced atomically
+    <root>/stacks/<stack>/state.msgpack.prev
+                                        the state before the last save: the last good
+                                        copy, read when state.msgpack is missing or bad
     <root>/stacks/<stack>/supervisor.lock  flock held by the process supervising the stack
     <root>/stacks/<stack>/containers/<container>/
         hosts, hostname, resolv.conf    bind-mounted over /etc/... inside the container
@@ -12,17 +16,38 @@ outlives a reboot, and neither do the namespaces and processes it describes):
         log                             the container's stdout and stderr
         bindings/links.env, links.json  bound at /run/linkd inside the container
     <root>/leases/<stack>.msgpack       the stack's last subnets and addresses
-                                        (linkd.ipam.Lease); kept after `down`, so a
-                                        re-created stack gets the same addresses
+                                        (linkd.ipam.Lease, framed like the state); kept
+                                        after `down`, so a re-created stack gets the
+                                        same addresses
+    .<name>.<pid>.<n>.tmp               a write in progress (or cut short by a crash;
+                                        never read, removed with the stack directory)
 
-Writes go to a temporary file in the same directory, are fsynced, then renamed over the
-old file, so a reader (or a crash) sees the old state or the new one, never half.
+`write_atomic` writes a temporary file in the same directory, fsyncs it, renames it over
+the old file and fsyncs the directory, so a reader (or a crash, or a power cut) sees the
+old content or the new, never half, and a rename that returned is on disk.
+
+`save` (only ever called by the stack's supervisor, under its lock: one writer per
+stack) also keeps the previous state: 1. the new state goes to a temporary file,
+fsynced; 2. if the current state.msgpack is whole (its checksums hold), it is hard-linked
+to a temporary name that is renamed over state.msgpack.prev; 3. the temporary file is
+renamed over state.msgpack; 4. the directory is fsynced. At every instant state.msgpack
+is a whole state (the old or the new), and so is .prev once there has been a second save;
+whichever renames a power cut loses, what is left is two good copies.
+
+`load` reads state.msgpack; if it is missing, torn or corrupt it reads .prev instead and
+logs a warning on the "linkd" logger (the copy is one save behind: a container's status
+may be stale, the plan, which `down` needs, is the same). If both are bad it raises a
+StateError naming both files, both problems and the way out. It reads each file once and
+never retries.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import itertools
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -33,6 +58,10 @@ from linkd.errors import NotFoundError
 from linkd.ipam import Lease
 from linkd.state import StackState, StateError
 
+log = logging.getLogger("linkd")
+
+STATE_FILE = "state.msgpack"
+PREV_FILE = "state.msgpack.prev"
 
 def root() -> Path:
     return Path(os.environ.get("LINKD_RUN_DIR", "/run/linkd"))
@@ -40,6 +69,14 @@ def root() -> Path:
 
 def stack_dir(stack: str) -> Path:
     return root() / "stacks" / stack
+
+
+def state_path(stack: str) -> Path:
+    return stack_dir(stack) / STATE_FILE
+
+
+def prev_path(stack: str) -> Path:
+    return stack_dir(stack) / PREV_FILE
 
 
 def container_dir(stack: str, container: str) -> Path:
@@ -52,42 +89,174 @@ def log_path(stack: str, container: str) -> Path:
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _write_temp(path, data, mode)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+_temp_names = itertools.count()
+
+
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{next(_temp_names)}.tmp")
+
+
+def _write_temp(path: Path, data: bytes, mode: int) -> Path:
+    """A fsynced temporary file next to `path` holding `data`."""
+    tmp = _temp_name(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the renames and links done in `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):  # cannot sync a directory
+            raise
     finally:
         os.close(fd)
-    os.replace(tmp, path)
 
 
 def save(state: StackState) -> None:
-    write_atomic(stack_dir(state.plan.stack) / "state.msgpack", state_codec.encode(state),
-                 0o600)
+    """Replace the stack's state, keeping the one it replaces as the last good copy
+    (the steps, and why a crash between any two is safe, are in the module docstring)."""
+    directory = stack_dir(state.plan.stack)
+    path, prev = directory / STATE_FILE, directory / PREV_FILE
+    data = state_codec.encode(state)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = _write_temp(path, data, 0o600)
+    try:
+        _keep_previous(path, prev)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(directory)
+
+
+def _keep_previous(path: Path, prev: Path) -> None:
+    """Make `prev` a copy of `path`, if `path` is a whole state; never leaves `prev`
+    missing or half-written on the way."""
+    try:
+        current = path.read_bytes()
+    except FileNotFoundError:
+        return
+    try:
+        state_codec.verify(current)
+    except StateError as exc:
+        log.warning(
+            "%s: %s; overwriting it, and keeping %s as the last good copy", path, exc, prev.name
+        )
+        return
+    with contextlib.suppress(FileNotFoundError):
+        if os.path.samefile(path, prev):  # a save that crashed after step 2
+            return
+    link = _temp_name(prev)
+    try:
+        os.link(path, link)
+        os.replace(link, prev)
+    except OSError:  # a file system without hard links: copy instead
+        link.unlink(missing_ok=True)
+        copy = _write_temp(prev, current, 0o600)
+        try:
+            os.replace(copy, prev)
+        except BaseException:
+            copy.unlink(missing_ok=True)
+            raise
 
 
 def load(stack: str) -> StackState:
-    path = stack_dir(stack) / "state.msgpack"
+    """The stack's state: state.msgpack, or its last good copy if that is missing or bad
+    (with a warning on the "linkd" logger). NotFoundError if the stack has neither."""
+    path, prev = state_path(stack), prev_path(stack)
     try:
-        data = path.read_bytes()
+        return _read(path)
     except FileNotFoundError:
-        raise NotFoundError(
-            f"stack {stack} is not up (no {path}); `linkd ps --all` lists the stacks that are"
+        problem = "missing"
+    except (OSError, StateError) as exc:
+        problem = _problem(exc)
+    try:
+        state = _read(prev)
+    except FileNotFoundError:
+        if problem == "missing":
+            raise NotFoundError(
+                f"stack {stack} is not up (no {path}); `linkd ps --all` lists the stacks "
+                "that are"
+            ) from None
+        raise StateError(
+            f"stack {stack}: {path}: {problem}; there is no last good copy ({prev} does "
+            f"not exist). {_way_out(stack)}"
         ) from None
-    return state_codec.decode(data)
+    except (OSError, StateError) as exc:
+        raise StateError(
+            f"stack {stack}: both state files are unreadable: {path}: {problem}; "
+            f"{prev} (the last good copy): {_problem(exc)}. {_way_out(stack)}"
+        ) from None
+    log.warning(
+        "stack %s: %s: %s; using the last good copy, %s (one save older: container "
+        "statuses may be stale)",
+        stack,
+        path,
+        problem,
+        prev,
+    )
+    return state
+
+
+def _read(path: Path) -> StackState:
+    return state_codec.decode(path.read_bytes())
+
+
+def _problem(exc: OSError | StateError) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc)
+
+
+def _way_out(stack: str) -> str:
+    return (
+        f"`linkd down -p {stack}` removes what is left of the stack, finding its "
+        "namespaces and links by name; if its supervisor still runs (the process holding "
+        f"{supervisor_lock(stack)}), stopping it with SIGTERM removes the stack instead"
+    )
 
 
 def stacks() -> list[str]:
+    """The stacks with a state file (or only a last good copy of one)."""
     base = root() / "stacks"
     try:
-        return sorted(p.name for p in base.iterdir() if (p / "state.msgpack").exists())
+        return sorted(
+            p.name for p in base.iterdir() if (p / STATE_FILE).exists() or (p / PREV_FILE).exists()
+        )
     except FileNotFoundError:
         return []
 
 
 def remove_stack_dir(stack: str) -> None:
-    shutil.rmtree(stack_dir(stack), ignore_errors=True)
+    # The last good copy goes first, so that a reader racing this never falls back to it
+    # as if the current state had been damaged.
+    directory = stack_dir(stack)
+    for name in (PREV_FILE, STATE_FILE):
+        with contextlib.suppress(OSError):
+            (directory / name).unlink()
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -131,10 +300,15 @@ def save_lease(lease: Lease) -> None:
 
 def load_lease(stack: str) -> Lease | None:
     """The stack's lease; None if it has none, or one this linkd cannot read (a lease
-    is only a preference, never worth refusing to start over)."""
+    is only a preference, never worth refusing to start over; a bad one is logged)."""
+    path = lease_path(stack)
     try:
-        return state_codec.unpack(Lease, lease_path(stack).read_bytes())
-    except (OSError, StateError):
+        return state_codec.unpack(Lease, path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, StateError) as exc:
+        log.warning("%s: %s; ignoring it (stack %s may get new addresses)", path,
+                    _problem(exc), stack)
         return None
 
 
