@@ -32,6 +32,26 @@ How this side talks to it, and why:
 * **Exit codes** follow Docker: the command's own code, or 128+N when a signal N killed it
   (143 for SIGTERM, 137 for SIGKILL); if A itself is SIGKILLed, the same rule applies to A.
 
+Surviving the starter, and adoption (what a daemon restarted after ``kill -9`` builds on):
+
+* By default the container dies with the process that called :func:`start`: A arms
+  PR_SET_PDEATHSIG(SIGKILL), B follows A.  PDEATHSIG fires when the *thread* that forked A
+  exits, so call ``start`` from a thread that lives as long as the process (the event
+  loop's).  ``ProcessSpec.survive_parent`` turns that off for A (B still follows A: without
+  A nobody could learn the exit code).  A is started in a session of its own, with no
+  controlling terminal, in both cases: a terminal closing on the starter sends its SIGHUP
+  to the starter's process group and session, never to a container.
+* **The exit file**, ``<run_dir>/exit``: A writes it just before it exits, atomically
+  (temporary file + rename), as two lines: the exit code as above, then ``shim <A's pid>``.
+  :func:`start` removes a stale one first.  Only a SIGKILLed (or crashed) A leaves none;
+  an adopter then reports 137.
+* :func:`adopt` rebuilds a :class:`ContainerProcess` for a container started by another
+  (dead) process, from the pids it recorded.  A is not our child, so nothing can reap it or
+  read its status; the pidfds still say when A and B exit (pidfds work for any process) and
+  the exit file gives the code.  It checks first that the pid still runs linkd's shim for
+  *this* spec (its command line names the spec file) and that the init pid is that shim's
+  child, both after the pidfds are open, so a recycled pid is never taken for ours.
+
 Nothing here uses ``preexec_fn``: it is unsafe with threads and forces the slow fork path.
 The shim is run with ``-I -S``, which skips site-packages, so it starts in ~15 ms.
 """
@@ -42,6 +62,7 @@ import asyncio
 import contextlib
 import marshal
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -55,6 +76,10 @@ from linkd.errors import ContainerError
 
 SHIM_PATH = str(Path(__file__).with_name("shim.py"))
 SPEC_FILE = "spec.marshal"
+EXIT_FILE = "exit"  # in run_dir: "CODE\nshim PID\n", written by the shim as it exits
+# The exit code reported for an adopted container whose shim left no exit file: it was
+# SIGKILLed (or crashed), as 137 says for a shim that is our child.
+EXIT_KILLED = 128 + signal.SIGKILL
 # After init is SIGKILLed the shim normally reaps it and exits within a millisecond; this
 # only bounds a shim that does not (stopped, say).  Not shorter: init's exit legitimately
 # waits until every process of its namespace has been reaped, including an `exec` command
@@ -80,29 +105,36 @@ class ProcessSpec:
     # (host directory, target directory), mounted read-only: unlike a bound file, a
     # bound directory shows files replaced in it by rename (the live bindings)
     bind_dirs: tuple[tuple[str, str], ...] = ()
+    # Keep running when the process that called start() dies, even by SIGKILL; the
+    # container can then be taken over with adopt().  False: it dies with that process.
+    survive_parent: bool = False
 
 
 class ContainerProcess:
     """A running (or finished) container, watched without threads.
 
-    Create with :func:`start`.  ``pid`` is the shim (A), our child; ``init_pid`` is the
-    container's PID 1 (B) as the host sees it.
+    Create with :func:`start` (or :func:`adopt`).  ``pid`` is the shim (A), our child
+    unless adopted; ``init_pid`` is the container's PID 1 (B) as the host sees it.
     """
 
     def __init__(self, name: str, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+        # A is our child and not yet reaped, so its pid cannot have been reused.
+        self._watch(name, popen.pid, os.pidfd_open(popen.pid))
+
+    def _watch(self, name: str, pid: int, pidfd: int | None) -> None:
         self.name = name
-        self.pid = popen.pid
+        self.pid = pid
         self.init_pid = 0
         self.started_at = 0.0
-        self._popen = popen
         self._loop = asyncio.get_running_loop()
         self._done: asyncio.Future[int] = self._loop.create_future()
         self._shim_code: int | None = None
         self._init_pidfd: int | None = None
         self._kill_timer: asyncio.TimerHandle | None = None
-        # A is our child and not yet reaped, so its pid cannot have been reused.
-        self._pidfd: int | None = os.pidfd_open(popen.pid)
-        self._loop.add_reader(self._pidfd, self._on_shim_exit)
+        self._pidfd: int | None = pidfd
+        if pidfd is not None:
+            self._loop.add_reader(pidfd, self._on_shim_exit)
 
     @property
     def returncode(self) -> int | None:
@@ -166,17 +198,29 @@ class ContainerProcess:
         if _parent_pid(init_pid) != self.pid:
             os.close(fd)
             return
+        self._watch_init(fd)
+
+    def _watch_init(self, fd: int) -> None:
         self._init_pidfd = fd
         self._loop.add_reader(fd, self._on_init_exit)
 
-    def _on_shim_exit(self) -> None:
+    def _shim_exit_code(self) -> int | None:
+        """A's exit code once it has exited, else None."""
         code = self._popen.poll()  # reaps exactly A: waitpid(A, WNOHANG)
-        if code is None or self._pidfd is None:
+        if code is None:
+            return None
+        return 128 - code if code < 0 else code
+
+    def _on_shim_exit(self) -> None:
+        if self._pidfd is None:
+            return
+        code = self._shim_exit_code()
+        if code is None:
             return
         self._loop.remove_reader(self._pidfd)
         os.close(self._pidfd)
         self._pidfd = None
-        self._shim_code = 128 - code if code < 0 else code
+        self._shim_code = code
         if self._kill_timer is not None:
             self._kill_timer.cancel()
         self._maybe_done()
@@ -195,7 +239,30 @@ class ContainerProcess:
 
     def __repr__(self) -> str:
         state = "running" if self.returncode is None else f"exited {self.returncode}"
-        return f"<ContainerProcess {self.name} pid={self.pid} init={self.init_pid} {state}>"
+        kind = type(self).__name__
+        return f"<{kind} {self.name} pid={self.pid} init={self.init_pid} {state}>"
+
+
+class AdoptedProcess(ContainerProcess):
+    """A container that another process started, taken over by :func:`adopt`.
+
+    Same surface as ContainerProcess; A is not our child, so its exit code comes from
+    the exit file instead of waitpid.
+    """
+
+    def __init__(self, name: str, pid: int, pidfd: int | None, exit_path: str) -> None:
+        self._exit_path = exit_path
+        self._watch(name, pid, pidfd)
+
+    def _shim_exit_code(self) -> int:
+        # Only called once the pidfd is readable: A has exited (a non-child's pidfd turns
+        # readable when it exits), after renaming its exit file into place.
+        code = _read_exit_file(self._exit_path, self.pid)
+        return EXIT_KILLED if code is None else code
+
+    def _finished(self, code: int) -> None:
+        self._shim_code = code
+        self._maybe_done()
 
 
 async def start(spec: ProcessSpec) -> ContainerProcess:
@@ -208,10 +275,16 @@ async def start(spec: ProcessSpec) -> ContainerProcess:
     loop = asyncio.get_running_loop()
     os.makedirs(spec.run_dir, mode=0o700, exist_ok=True)
     spec_path = os.path.join(spec.run_dir, SPEC_FILE)
+    exit_path = os.path.join(spec.run_dir, EXIT_FILE)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(exit_path)  # an earlier run's: it must not be taken for this one's
     _write_spec(
         spec_path,
         {
             "name": spec.name,
+            "survive_parent": spec.survive_parent,
+            "parent": os.getpid(),
+            "exit_path": exit_path,
             "netns": spec.netns,
             "hostname": spec.hostname,
             "argv": list(spec.argv),
@@ -272,6 +345,75 @@ async def start(spec: ProcessSpec) -> ContainerProcess:
         exc.exit_code = code  # so `linkd run` can exit 127/126/125 like `docker run`
         raise exc
     proc.started_at = time.time()
+    return proc
+
+
+async def adopt(spec: ProcessSpec, shim_pid: int, init_pid: int) -> ContainerProcess:
+    """Take over the container of `spec` that another process started (and maybe died).
+
+    `shim_pid` and `init_pid` are the ``pid`` and ``init_pid`` that :func:`start` gave it.
+    The result behaves like start's: ``wait``, ``stop``, ``kill``, ``send_signal`` and
+    ``returncode``.  A container that has already exited (its exit file names `shim_pid`)
+    is returned finished, with the code from that file.
+
+    Raises ContainerError if `shim_pid` is gone without leaving an exit code, or is not
+    linkd's shim for this very spec, or if `init_pid` is not that shim's init.
+
+    Meant for containers whose starter is gone: the shim is then some other process's
+    child (the host's PID 1 or a subreaper), which reaps it.  A starter that is still alive
+    keeps the ContainerProcess that start() gave it, which is what reaps the shim.
+    """
+    spec_path = os.path.join(spec.run_dir, SPEC_FILE)
+    exit_path = os.path.join(spec.run_dir, EXIT_FILE)
+    what = f"container {spec.name}"
+    try:
+        shim_fd: int | None = os.pidfd_open(shim_pid)
+    except ProcessLookupError:
+        shim_fd = None
+    except OSError as e:
+        raise ContainerError(f"{what}: cannot watch shim {shim_pid}: {e.strerror}") from e
+    running = ours = False
+    if shim_fd is not None:
+        # Checked after the pidfd is open, and the process still running after the check:
+        # so the command line read is that of the process the pidfd watches.
+        ours = _is_shim_for(shim_pid, spec_path)
+        running = not _has_exited(shim_fd)
+        if not (ours and running):
+            os.close(shim_fd)
+            shim_fd = None
+    if shim_fd is None:
+        code = _read_exit_file(exit_path, shim_pid)
+        if code is not None:  # exited while nobody watched; the pid may be reused by now
+            proc = AdoptedProcess(spec.name, shim_pid, None, exit_path)
+            proc.init_pid = init_pid
+            proc._finished(code)
+            return proc
+        if running:
+            raise ContainerError(f"{what}: PID {shim_pid} is not linkd's shim for {spec.name}")
+        raise ContainerError(f"{what}: shim {shim_pid} is no longer running")
+
+    try:
+        init_fd: int | None = os.pidfd_open(init_pid)
+    except ProcessLookupError:
+        init_fd = None  # B is gone and reaped: A exits in a moment, and the pidfd says so
+    except OSError as e:
+        os.close(shim_fd)
+        raise ContainerError(f"{what}: cannot watch init {init_pid}: {e.strerror}") from e
+    # B (even as a zombie) has A as its parent; a live process that has not is not B.
+    if init_fd is not None and _parent_pid(init_pid) != shim_pid:
+        exited = _has_exited(init_fd)
+        os.close(init_fd)
+        init_fd = None
+        if not exited:
+            os.close(shim_fd)
+            raise ContainerError(
+                f"{what}: PID {init_pid} is not the init of shim {shim_pid} for {spec.name}"
+            )
+    proc = AdoptedProcess(spec.name, shim_pid, shim_fd, exit_path)
+    proc.init_pid = init_pid
+    proc.started_at = _start_time(shim_pid)
+    if init_fd is not None:
+        proc._watch_init(init_fd)
     return proc
 
 
@@ -357,6 +499,59 @@ def _parse_status(status: bytes, proc: ContainerProcess) -> str | None:
         elif key == "error:":
             error = value
     return error
+
+
+def _is_shim_for(pid: int, spec_path: str) -> bool:
+    """Whether `pid` runs linkd's shim in run mode for the spec file `spec_path`.
+
+    The shim's file may have moved with an upgraded linkd, so any ``shim.py`` counts; the
+    spec path is what ties it to one container (as supervisor._kill_leftover checks).
+    """
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    wanted = [b"run", os.fsencode(spec_path)]
+    return any(
+        argv[i + 1 : i + 3] == wanted and argv[i].endswith(b"/shim.py")
+        for i in range(len(argv) - 2)
+    )
+
+
+def _has_exited(pidfd: int) -> bool:
+    """Whether the process of `pidfd` has exited (readable pidfd), without blocking."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _read_exit_file(path: str, shim_pid: int) -> int | None:
+    """The exit code in the exit file at `path` if shim `shim_pid` wrote it, else None."""
+    try:
+        with open(path, encoding="ascii") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if len(lines) != 2 or lines[1] != f"shim {shim_pid}":
+        return None
+    try:
+        return int(lines[0])
+    except ValueError:
+        return None
+
+
+def _start_time(pid: int) -> float:
+    """When `pid` started, as a Unix time (0.0 if unknown)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            # Field 22, counted after the parenthesised command name, which may hold spaces.
+            ticks = int(f.read().rpartition(")")[2].split()[19])
+        with open("/proc/stat", encoding="utf-8") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return 0.0
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _parent_pid(pid: int) -> int | None:

@@ -32,6 +32,21 @@ Why each piece exists:
   ``pid <B's host pid>``; C marks the fd close-on-exec, so a successful ``execve`` closes the
   last copy and the runtime sees EOF.  If anything fails first, the failing process writes one
   ``error: container NAME: ...`` line before exiting, and the runtime raises it.
+* **Parent death.**  By default A dies with the process that started it: it arms
+  PR_SET_PDEATHSIG(SIGKILL) first thing and then checks that ``getppid()`` is still the
+  starter named in the spec (``parent``), which closes the race with a starter that died
+  before the prctl; B then follows A as above.  With ``survive_parent`` in the spec A skips
+  both, so the container outlives its starter, even a SIGKILLed one.  Either way A runs in
+  its own session without a controlling terminal (the runtime starts it with ``setsid``),
+  so a closing terminal's SIGHUP to the starter's process group never reaches it.
+* **Exit file.**  A records the container's exit code (the command's, or 128+N) in the
+  spec's ``exit_path`` just before it exits, so that a process that is not A's parent (a
+  restarted daemon that adopted the container) can learn it.  Written as a temporary file
+  renamed over ``exit``, so a reader sees all of it or nothing; the content is
+  ``CODE\nshim PID\n`` (PID is A's, so a file left by an earlier run cannot be taken for
+  this one's).  A opens the directory before creating the namespaces: in the container's
+  mount namespace, which A shares, /tmp and /run/linkd are other file systems.  There is no
+  file when A itself was killed (SIGKILL, the OOM killer).
 
 Exit codes of the shim when the command never ran: 127 command not found, 126 found but not
 executable (or the user/cwd could not be applied with EACCES/EPERM), 125 the namespace or
@@ -463,6 +478,12 @@ def run(spec_path: str, status_fd: int) -> NoReturn:
     with open(spec_path, "rb") as f:
         spec = marshal.load(f)
     name = spec["name"]
+    if not spec.get("survive_parent"):
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != spec.get("parent", os.getppid()):  # the starter died first
+            os._exit(EXIT_SETUP_FAILED)
+    # Opened while A still sees the host's mounts (see "Exit file" above).
+    exit_dir_fd = _open_exit_dir(spec.get("exit_path"))
     # Blocked until each process has its handlers and someone to forward to; a signal sent
     # earlier stays pending instead of being lost (an init with a default disposition drops
     # it).
@@ -494,15 +515,55 @@ def run(spec_path: str, status_fd: int) -> NoReturn:
         os._exit(e.code if isinstance(e, SetupError) else EXIT_SETUP_FAILED)
     if child == 0:
         os.close(alive_w)
+        if exit_dir_fd is not None:
+            os.close(exit_dir_fd)
         _init(spec, status_fd, alive_r)
     os.close(alive_r)
-    os.write(status_fd, f"pid {child}\n".encode())
+    try:
+        os.write(status_fd, f"pid {child}\n".encode())
+    except OSError:
+        # The starter is gone before it could learn about this container: nobody could
+        # ever adopt or stop it, so it must not run.  B follows A (PDEATHSIG).
+        os._exit(EXIT_SETUP_FAILED)
     os.close(status_fd)
     _forward_to = child
     _install_forwarding(FORWARDED_SIGNALS)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     # alive_w stays open until A exits: its closing is B's "parent gone" signal.
-    os._exit(_wait_child(child))
+    code = _wait_child(child)
+    if exit_dir_fd is not None:
+        _write_exit_file(exit_dir_fd, os.path.basename(spec["exit_path"]), code)
+    os._exit(code)
+
+
+def _open_exit_dir(exit_path: str | None) -> int | None:
+    if not exit_path:
+        return None
+    try:
+        return os.open(
+            os.path.dirname(exit_path) or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+        )
+    except OSError:
+        return None  # no exit file then; an adopter reports the exit as a kill
+
+
+def _write_exit_file(dir_fd: int, name: str, code: int) -> None:
+    """Write `code` to `name` in `dir_fd`, atomically: a temporary file renamed over it."""
+    tmp = f".{name}.{os.getpid()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644,
+                     dir_fd=dir_fd)
+        try:
+            os.write(fd, f"{code}\nshim {os.getpid()}\n".encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except OSError:
+        # Best effort: the directory may have been removed meanwhile (`linkd down`).
+        try:  # noqa: SIM105  (no contextlib: start-up time)
+            os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
 
 
 # --- exec mode -----------------------------------------------------------------------------
