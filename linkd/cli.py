@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,10 @@ from linkd.dns_zone import build_zone, forwards_for, requester_of
 from linkd.errors import LinkdError, NotFoundError, SpecError
 from linkd.model import Stack
 from linkd.plan import StackPlan, realize
+from linkd.runtime import api, process, store, supervisor
 from linkd.runtime import logs as log_files
-from linkd.runtime import process, store, supervisor
+from linkd.runtime.client import Client, DaemonError, ensure_daemon
+from linkd.runtime.daemon import socket_path as daemon_socket
 from linkd.runtime.netlink import Kernel
 from linkd.runtime.progress import Progress
 from linkd.state import StackState, to_plain
@@ -81,6 +83,15 @@ def _parser() -> argparse.ArgumentParser:
                     help="take the stack down when SERVICE exits and exit with its code")
     up.add_argument("--no-attach", action="store_true", help="do not print container output")
     up.add_argument("--supervisor", action="store_true", help=argparse.SUPPRESS)
+
+    daemon = sub.add_parser("daemon", help="run the linkd daemon (the HTTP API) in the foreground",
+                            description="run the linkd daemon (the HTTP API) in the foreground")
+    daemon.add_argument("--socket", help="unix socket (default: $LINKD_SOCKET or "
+                        "/run/linkd/linkd.sock)")
+    daemon.add_argument("--tcp", metavar="HOST:PORT",
+                        help="also listen on TCP, loopback only; needs --token-file")
+    daemon.add_argument("--token-file", help="file holding the bearer token for --tcp")
+    daemon.set_defaults(handler=cmd_daemon)
 
     down = command("down", cmd_down, "stop and remove the stack's containers and networks")
     down.add_argument("--forget", action="store_true",
@@ -211,7 +222,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     stack, file = load_stack(args.file, args.project)
     dry_plan(stack, file)
     if args.detach and not args.supervisor:
-        return _up_detached(args, stack)
+        return _up_detached(stack, file)
     abort = frozenset(s.name for s in stack.services) if args.abort_on_container_exit else None
     if args.exit_code_from:
         if args.exit_code_from not in {s.name for s in stack.services}:
@@ -257,32 +268,43 @@ async def _up(
         progress.finish()
 
 
-def _up_detached(args: argparse.Namespace, stack: Stack) -> int:
-    """Start a supervisor in its own session and return once the stack is up.
+def _up_detached(stack: Stack, file: Path) -> int:
+    """Hand the stack to the daemon (starting one if none runs); return once it is up.
 
-    Its output goes to an anonymous file: if `up` fails, the supervisor has already
-    removed the stack's directory, and the parent still has the file to show why.
+    The daemon gets the stack normalized (`linkd config`'s form: variables interpolated,
+    env files read), so it needs nothing of this shell's environment.
     """
-    argv = [sys.executable, "-m", "linkd", "up", "--supervisor", "--no-attach",
-            "-p", stack.name]
-    if args.file:
-        argv += ["-f", args.file]
-    store.root().mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=store.root()) as out:
-        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                 start_new_session=True, close_fds=True)
-        while child.poll() is None:
-            try:
-                state = store.load(stack.name)
-            except LinkdError:
-                state = None
-            if state is not None and state.status == "up" and state.supervisor_pid == child.pid:
-                print(_table(state))
-                return 0
-            time.sleep(0.02)
-        out.seek(0)
-        sys.stderr.write(out.read().decode(errors="replace")[-4000:])
-    return child.returncode or 1
+    client = ensure_daemon(Client())
+    body = {
+        "name": stack.name,
+        "spec": spec.stack_to_dict(stack),
+        "directory": str(file.resolve().parent),
+    }
+    try:
+        client.request("POST", "/v1/stacks", body)
+    except DaemonError as exc:
+        for line in exc.progress:
+            print(line, file=sys.stderr)
+        raise
+    print(_table(store.load(stack.name)))
+    return 0
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s linkd: %(message)s",
+                        stream=sys.stderr)
+    tcp = None
+    if args.tcp:
+        host, _, port = args.tcp.rpartition(":")
+        if not host or not port.isdigit():
+            raise SpecError([("--tcp", None, f"expected HOST:PORT, got {args.tcp}")])
+        tcp = (host.strip("[]"), int(port))
+    token = None
+    if args.token_file:
+        token = Path(args.token_file).read_text().strip()
+    path = Path(args.socket) if args.socket else daemon_socket()
+    asyncio.run(api.serve(path, tcp=tcp, token=token))
+    return 0
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -295,6 +317,13 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def _down(name: str) -> int:
+    client = Client()
+    if store.supervised(name) and client.available():
+        hosted = {s["name"] for s in client.request("GET", "/v1/stacks")}
+        if name in hosted:
+            client.request("DELETE", f"/v1/stacks/{name}")
+            print(f"stack {name} removed")
+            return 0
     if not store.supervised(name):
         leftovers = Kernel.netns_names(names.netns_prefix(name))
         if not store.stack_dir(name).exists() and not leftovers:

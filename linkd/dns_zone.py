@@ -168,6 +168,8 @@ def link_names(plans: Sequence[StackPlan]) -> dict[Address, dict[str, list[Addre
                         targets.append(first.address)
                         if first.address6 is not None:
                             targets.append(first.address6)
+                if not targets:
+                    continue  # the linked service has no container running: NXDOMAIN
                 for iface in c.interfaces:
                     for requester in (iface.address, iface.address6):
                         if requester is not None:

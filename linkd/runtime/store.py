@@ -43,6 +43,7 @@ never retries.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
@@ -50,7 +51,7 @@ import itertools
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from linkd import state as state_codec
@@ -272,6 +273,28 @@ def locked(path: Path, *, wait: bool = True) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
+
+
+_in_process: dict[Path, asyncio.Lock] = {}
+
+
+@contextlib.asynccontextmanager
+async def locked_async(path: Path) -> AsyncIterator[int]:
+    """`locked` for code on an event loop: waiting never blocks the loop.
+
+    Inside one process an asyncio.Lock queues the tasks (a daemon prepares many stacks
+    at once); the flock, taken in a thread, then excludes other processes. A blocking
+    flock on the loop thread would deadlock: the holder could never run to release it.
+    """
+    guard = _in_process.setdefault(path, asyncio.Lock())
+    async with guard:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+            yield fd
+        finally:
+            os.close(fd)
 
 
 def supervisor_lock(stack: str) -> Path:

@@ -92,6 +92,8 @@ class Supervisor:
         self.tasks: asyncio.TaskGroup | None = None
         self.dns: DnsServer | None = None
         self._dns_tasks: list[asyncio.Task[None]] = []
+        # Called with every lifecycle and DNS change (the daemon's event stream).
+        self.on_event: Callable[[dict[str, object]], None] | None = None
 
     # -- state ---------------------------------------------------------------------
 
@@ -110,12 +112,24 @@ class Supervisor:
         if "status" in changes and self.states[name].status != current.status:
             self.publish_zone()
             self.publish_bindings(changed=name)
+            now = self.states[name]
+            self.emit(
+                type="lifecycle",
+                container=name,
+                status=now.status,
+                exit_code=now.exit_code,
+                restarts=now.restarts,
+            )
+
+    def emit(self, **event: object) -> None:
+        if self.on_event is not None:
+            self.on_event({"stack": self.stack, "time": time.time(), **event})
 
     # -- up ------------------------------------------------------------------------
 
     async def prepare(self, stack: Stack) -> StackPlan:
         """Pick subnets and record the plan, holding the global lock meanwhile."""
-        with store.locked(store.root() / "lock"):
+        async with store.locked_async(store.root() / "lock"):
             taken = await self._taken_subnets()
             lease = store.load_lease(stack.name)
             # Other stacks' leases are held for them while they are down.
@@ -162,6 +176,7 @@ class Supervisor:
         self._served = served
         if zone is not self.dns.zone:
             self.dns.set_zone(zone)
+            self.emit(type="dns", serial=zone.serial, gone=sorted(gone))
 
     def publish_bindings(self, changed: str) -> None:
         """Rewrite the live bindings of every container linking to `changed`'s service."""

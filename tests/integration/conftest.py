@@ -123,6 +123,46 @@ def kernel_lock() -> Iterator[None]:
         os.close(fd)
 
 
+def daemon_pids() -> set[int]:
+    """`linkd daemon` processes (started by `up -d` through the CLI)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if cmdline[1:4] == [b"-m", b"linkd", b"daemon"]:
+                found.add(int(entry))
+    return found
+
+
+_PREEXISTING_DAEMONS: set[int] = set()
+
+
+def stop_session_daemons() -> None:
+    """End the daemons this run's `up -d` started (by PID, SIGTERM: each takes its
+    stacks down in order), and wait for them to exit."""
+    import time
+
+    for pid in daemon_pids() - _PREEXISTING_DAEMONS:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 15)
+    deadline = time.monotonic() + 30
+    while daemon_pids() - _PREEXISTING_DAEMONS and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_daemon(kernel_lock: None) -> Iterator[None]:
+    """The daemon `linkd up -d` starts lives for the whole run; it ends with the run."""
+    _PREEXISTING_DAEMONS.update(daemon_pids())
+    try:
+        yield
+    finally:
+        stop_session_daemons()
+
+
 @pytest.fixture(autouse=True)
 def leaves_nothing_behind() -> Iterator[None]:
     before = snapshot()

@@ -101,3 +101,15 @@ def test_a_changed_zone_starts_with_an_empty_answer_cache() -> None:
     reply = answer(changed, query_bytes("web"), client)
     assert isinstance(reply, Answered)
     assert reply.data != first.data  # one replica fewer, never the cached two
+
+
+def test_a_link_alias_to_a_service_with_nothing_running_is_nxdomain() -> None:
+    from dnslib import RCODE, DNSRecord
+
+    client = PLAN.container("client-1").interfaces[0].address
+    zone = build_zone([PLAN.without(["web-1", "web-2", "web-3"])])
+    reply = answer(zone, query_bytes("site"), client)
+    assert isinstance(reply, Answered)
+    assert DNSRecord.parse(reply.data).header.rcode == RCODE.NXDOMAIN
+    reply = answer(build_zone([PLAN]), query_bytes("site"), client)
+    assert isinstance(reply, Answered) and len(DNSRecord.parse(reply.data).rr) == 3

@@ -1,0 +1,353 @@
+"""The daemon's HTTP API (aiohttp) over the `Daemon`; shapes and errors: linkd.api_schema.
+
+Served on a unix socket readable only by root (mode 0600); optionally also on TCP bound
+to loopback, where every request needs `Authorization: Bearer <token>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import dnslib
+from aiohttp import web
+
+from linkd import dns, spec
+from linkd.api_schema import ROUTES, ApiError, openapi, parse_create, parse_flag
+from linkd.dns_zone import build_zone, requester_of
+from linkd.errors import ConflictError, ConventionError, LinkdError, SpecError
+from linkd.runtime import store
+from linkd.runtime.daemon import Daemon, daemon_lock
+from linkd.state import to_plain
+
+log = logging.getLogger("linkd")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+DAEMON: web.AppKey[Daemon] = web.AppKey("daemon", Daemon)
+LOG_POLL = 0.1  # seconds between looks at a followed log file
+
+
+def make_app(daemon: Daemon, *, token: str | None = None) -> web.Application:
+    app = web.Application(middlewares=[_errors, *([_bearer(token)] if token else [])])
+    app[DAEMON] = daemon
+    handlers: dict[str, Handler] = {
+        "openapi": get_openapi,
+        "listStacks": list_stacks,
+        "createStack": create_stack,
+        "getStack": get_stack,
+        "deleteStack": delete_stack,
+        "listContainers": list_containers,
+        "getContainer": get_container,
+        "getLogs": get_logs,
+        "stopContainer": container_action("stop"),
+        "startContainer": container_action("start"),
+        "restartContainer": container_action("restart"),
+        "listNetworks": list_networks,
+        "getDns": get_dns,
+        "events": events,
+    }
+    for method, path, operation, _, _ in ROUTES:
+        app.router.add_route(method, path, handlers[operation], name=operation)
+    return app
+
+
+# -- errors and auth -------------------------------------------------------------------------
+
+
+def error_body(status: int, message: str, problems: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"error": {"status": status, "message": message, "problems": problems}}
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        problems: list[dict[str, Any]] = [
+            {"path": p, "line": None, "message": m} for p, m in exc.problems
+        ]
+        return web.json_response(error_body(exc.status, str(exc), problems), status=exc.status)
+    except (SpecError, ConventionError) as exc:
+        problems = [
+            {"path": p, "line": line, "message": m} for p, line, m in exc.problems
+        ]
+        body = error_body(422, "invalid stack spec", problems)
+        return web.json_response(body, status=422)
+    except LinkdError as exc:
+        body = error_body(exc.status, str(exc), [])
+        progress = getattr(exc, "progress", None)
+        if progress:
+            body["error"]["progress"] = progress
+        return web.json_response(body, status=exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return web.json_response(error_body(exc.status, exc.reason, []), status=exc.status)
+
+
+def _bearer(token: str) -> Any:
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            body = error_body(401, "missing or wrong bearer token", [])
+            return web.json_response(body, status=401)
+        return await handler(request)
+
+    return check
+
+
+# -- stacks --------------------------------------------------------------------------------
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi())
+
+
+async def list_stacks(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    return web.json_response([_summary(daemon, name) for name in daemon.names()])
+
+
+async def create_stack(request: web.Request) -> web.Response:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "the body is not JSON", [("body", str(exc))]) from None
+    wanted = parse_create(body)
+    directory = Path(wanted.directory)
+
+    def read_text(name: str) -> str:
+        return (directory / name).read_text()
+
+    stack = spec.parse_stack(
+        wanted.text,
+        source="request body",
+        project_name=wanted.name,
+        default_project="",
+        read_text=read_text,
+    )
+    state = await request.app[DAEMON].create(stack, str(directory / "api.yaml"))
+    return web.json_response(to_plain(state), status=201)
+
+
+async def get_stack(request: web.Request) -> web.Response:
+    return web.json_response(to_plain(request.app[DAEMON].state(request.match_info["stack"])))
+
+
+async def delete_stack(request: web.Request) -> web.Response:
+    name = request.match_info["stack"]
+    await request.app[DAEMON].delete(name)
+    return web.json_response({"removed": name})
+
+
+def _summary(daemon: Daemon, name: str) -> dict[str, Any]:
+    hosted = daemon.hosted(name)
+    sup = hosted.supervisor
+    return {
+        "name": name,
+        "status": sup.status,
+        "source": sup.source,
+        "containers": {n: st.status for n, st in sorted(sup.states.items())},
+    }
+
+
+# -- containers ----------------------------------------------------------------------------
+
+
+async def list_containers(request: web.Request) -> web.Response:
+    state = request.app[DAEMON].state(request.match_info["stack"])
+    return web.json_response([to_plain(c) for c in state.containers])
+
+
+async def get_container(request: web.Request) -> web.Response:
+    stack, name = request.match_info["stack"], request.match_info["container"]
+    state = request.app[DAEMON].state(stack)
+    request.app[DAEMON]._container(request.app[DAEMON].hosted(stack), name)
+    return web.json_response(
+        {"plan": to_plain(state.plan.container(name)), "state": to_plain(state.container(name))}
+    )
+
+
+def container_action(action: str) -> Handler:
+    async def handle(request: web.Request) -> web.Response:
+        daemon = request.app[DAEMON]
+        stack, name = request.match_info["stack"], request.match_info["container"]
+        method = {
+            "stop": daemon.stop_container,
+            "start": daemon.start_container,
+            "restart": daemon.restart_container,
+        }[action]
+        await method(stack, name)
+        return web.json_response(to_plain(daemon.state(stack).container(name)))
+
+    return handle
+
+
+async def get_logs(request: web.Request) -> web.StreamResponse:
+    daemon = request.app[DAEMON]
+    stack, name = request.match_info["stack"], request.match_info["container"]
+    daemon._container(daemon.hosted(stack), name)
+    follow = parse_flag(request.query.get("follow"), "query.follow")
+    path = store.log_path(stack, name)
+    response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+    await response.prepare(request)
+    with path.open("rb") as f:
+        while True:
+            chunk = f.read(65536)
+            if chunk:
+                await response.write(chunk)
+                continue
+            if not follow or stack not in daemon.stacks:
+                break
+            await asyncio.sleep(LOG_POLL)
+    await response.write_eof()
+    return response
+
+
+async def list_networks(request: web.Request) -> web.Response:
+    state = request.app[DAEMON].state(request.match_info["stack"])
+    return web.json_response([to_plain(n) for n in state.plan.networks])
+
+
+async def get_dns(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    stack, name = request.match_info["stack"], request.match_info["container"]
+    container = daemon._container(daemon.hosted(stack), name)
+    lookup = request.query.get("name")
+    if not lookup:
+        raise ApiError(400, "invalid request", [("query.name", "the name to look up")])
+    qtype = request.query.get("type", "A").upper()
+    if qtype not in dnslib.QTYPE.reverse:
+        raise ApiError(400, "invalid request", [("query.type", f"unknown record type {qtype}")])
+    sup = daemon.hosted(stack).supervisor
+    zone = sup.dns.zone if sup.dns is not None else build_zone([])
+    requester = requester_of(stack, container)
+    reply = dns.answer(zone, dnslib.DNSRecord.question(lookup, qtype).pack(), requester,
+                       max_size=None)
+    records: list[dict[str, Any]] = []
+    rcode = None
+    if isinstance(reply, dns.Answered):
+        parsed = dnslib.DNSRecord.parse(reply.data)
+        rcode = dnslib.RCODE[parsed.header.rcode]
+        records = [
+            {"name": str(r.rname), "type": dnslib.QTYPE[r.rtype], "ttl": r.ttl,
+             "data": str(r.rdata)}
+            for r in parsed.rr
+        ]
+    return web.json_response({
+        "explain": dns.explain(zone, lookup, requester),
+        "rcode": rcode,
+        "forwarded": isinstance(reply, dns.Forward),
+        "records": records,
+    })
+
+
+# -- events --------------------------------------------------------------------------------
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    async with request.app[DAEMON].events.subscribe() as queue:
+        await response.write(b": linkd events\n\n")  # lets a client know it is subscribed
+        while True:
+            event = await queue.get()
+            data = json.dumps(event, default=str)
+            await response.write(f"event: {event['type']}\ndata: {data}\n\n".encode())
+
+
+# -- serving -------------------------------------------------------------------------------
+
+
+async def serve(
+    socket_path: Path,
+    *,
+    tcp: tuple[str, int] | None = None,
+    token: str | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    """Run a Daemon behind the API until SIGTERM or SIGINT, then take every stack down.
+
+    Raises ConflictError if another daemon holds this run directory.
+    """
+    try:
+        lock = store.locked(daemon_lock(), wait=False)
+        fd = lock.__enter__()
+    except BlockingIOError:
+        holder = _lock_holder()
+        raise ConflictError(
+            f"another linkd daemon{holder} already serves {store.root()}; stop it first, "
+            "or give this one its own directory with LINKD_RUN_DIR"
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        await _serve_locked(socket_path, tcp, token, on_ready)
+    finally:
+        lock.__exit__(None, None, None)
+
+
+async def _serve_locked(
+    socket_path: Path,
+    tcp: tuple[str, int] | None,
+    token: str | None,
+    on_ready: Callable[[], None] | None,
+) -> None:
+    daemon = Daemon()
+    runners = [web.AppRunner(make_app(daemon))]
+    if tcp is not None:
+        if not token:
+            raise ApiError(400, "a TCP listener needs a bearer token (--token-file)")
+        runners.append(web.AppRunner(make_app(daemon, token=token)))
+    for runner in runners:
+        await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        socket_path.parent.mkdir(parents=True, exist_ok=True)
+        socket_path.unlink(missing_ok=True)  # stale: the lock says no daemon runs
+        old_umask = os.umask(0o177)  # the socket is born 0600: root only, no window
+        try:
+            await web.UnixSite(runners[0], str(socket_path)).start()
+        finally:
+            os.umask(old_umask)
+        if tcp is not None:
+            host, port = tcp
+            if not ipaddress.ip_address(host).is_loopback:
+                raise ApiError(400, f"TCP listener {host}: only loopback addresses")
+            await web.TCPSite(runners[1], host, port).start()
+        log.info("linkd daemon %d serving %s", os.getpid(), socket_path)
+        if on_ready is not None:
+            on_ready()
+        await stop.wait()
+        log.info("linkd daemon stopping: taking every stack down")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: None)  # a second signal cannot cut teardown
+        await daemon.shutdown()
+        for runner in runners:
+            await runner.cleanup()
+        socket_path.unlink(missing_ok=True)
+
+
+def _lock_holder() -> str:
+    try:
+        pid = daemon_lock().read_text().strip()
+    except OSError:
+        return ""
+    return f" (pid {pid})" if pid.isdigit() else ""

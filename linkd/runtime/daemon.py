@@ -1,0 +1,229 @@
+"""`linkd daemon`: one process hosting every stack, driven through an HTTP API.
+
+Each stack runs the same lifecycle as a foreground `linkd up` (`supervisor.lifecycle`),
+as a task of this process's event loop, holding the stack's supervisor lock so the CLI
+and other linkd processes see it as up. The daemon itself holds `<root>/daemon.lock`:
+a second daemon on the same directory is refused with a message naming the first.
+
+What the daemon does on SIGTERM or SIGINT: takes every stack down in order, then exits.
+(Keeping containers running across a daemon restart, and adopting them, comes with the
+reconciler; until then, a daemon that stops leaves nothing behind.)
+
+Events (container lifecycle, DNS zone changes, stack status) are fanned out to every
+subscriber of the event stream through bounded queues: a subscriber that does not read
+loses its oldest events, never slows the runtime down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from linkd.errors import ConflictError, LinkdError, NotFoundError
+from linkd.model import Stack
+from linkd.plan import ContainerPlan
+from linkd.runtime import store, supervisor
+from linkd.state import StackState
+
+log = logging.getLogger("linkd")
+
+EVENT_BACKLOG = 1000  # events kept per subscriber that is not reading
+
+
+def socket_path() -> Path:
+    """The API's unix socket: `$LINKD_SOCKET`, else `<root>/linkd.sock`."""
+    return Path(os.environ.get("LINKD_SOCKET", str(store.root() / "linkd.sock")))
+
+
+def daemon_lock() -> Path:
+    return store.root() / "daemon.lock"
+
+
+class Events:
+    """Fan-out of event dicts to any number of subscribers."""
+
+    def __init__(self) -> None:
+        self._queues: set[asyncio.Queue[dict[str, object]]] = set()
+
+    def publish(self, event: dict[str, object]) -> None:
+        for queue in self._queues:
+            if queue.full():
+                queue.get_nowait()  # drop the oldest: a slow reader never blocks us
+            queue.put_nowait(event)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[asyncio.Queue[dict[str, object]]]:
+        queue: asyncio.Queue[dict[str, object]] = asyncio.Queue(EVENT_BACKLOG)
+        self._queues.add(queue)
+        try:
+            yield queue
+        finally:
+            self._queues.discard(queue)
+
+
+@dataclass
+class Hosted:
+    """One stack the daemon runs."""
+
+    stack: Stack
+    supervisor: supervisor.Supervisor
+    stop: asyncio.Event
+    task: asyncio.Task[int] | None = None
+    progress: list[str] = field(default_factory=list)  # what `up` reported, for errors
+
+
+class Daemon:
+    def __init__(self) -> None:
+        self.stacks: dict[str, Hosted] = {}
+        self.events = Events()
+        self.started_at = time.time()
+
+    # -- stacks ------------------------------------------------------------------------
+
+    async def create(self, stack: Stack, source: str) -> StackState:
+        """Bring `stack` up; returns once every container has started.
+
+        Raises ConflictError if a stack of that name is up (here or elsewhere), and the
+        error that stopped `up` otherwise (the stack is then already torn down).
+        """
+        if stack.name in self.stacks or store.supervised(stack.name):
+            raise ConflictError(
+                f"stack {stack.name} is already up; delete it first, or pick another name"
+            )
+        hosted = Hosted(stack, supervisor.Supervisor(stack.name, source, lambda s, m: None),
+                        asyncio.Event())
+        hosted.supervisor.report = self._reporter(hosted)
+        hosted.supervisor.on_event = self.events.publish
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.stacks[stack.name] = hosted
+        hosted.task = asyncio.create_task(self._run(hosted, ready), name=f"stack {stack.name}")
+        hosted.task.add_done_callback(_retrieve)
+        try:
+            await asyncio.shield(ready)
+        except LinkdError as exc:
+            exc.progress = list(hosted.progress)  # type: ignore[attr-defined]
+            raise
+        return self.state(stack.name)
+
+    async def delete(self, name: str) -> None:
+        hosted = self._hosted(name)
+        hosted.stop.set()
+        assert hosted.task is not None
+        with contextlib.suppress(Exception):
+            await asyncio.shield(hosted.task)
+
+    async def shutdown(self) -> None:
+        """Every stack down, newest first."""
+        for name in reversed(list(self.stacks)):
+            await self.delete(name)
+
+    async def _run(self, hosted: Hosted, ready: asyncio.Future[None]) -> int:
+        name = hosted.stack.name
+        self.events.publish({"type": "stack", "stack": name, "status": "starting",
+                             "time": time.time()})
+
+        def on_up(_: supervisor.Supervisor) -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        try:
+            with store.locked(store.supervisor_lock(name), wait=False):
+                async with asyncio.TaskGroup() as hosted.supervisor.tasks:
+                    return await supervisor.lifecycle(
+                        hosted.stack, hosted.supervisor, hosted.stop, supervisor.UpOptions(),
+                        on_up=on_up,
+                    )
+        except BaseException as exc:
+            failure = _first_error(exc)
+            if not ready.done():
+                ready.set_exception(failure)
+            else:
+                log.warning("stack %s failed: %s", name, failure)
+            raise
+        finally:
+            if not ready.done():
+                ready.set_exception(ConflictError(f"stack {name} ended before it was up"))
+            self.stacks.pop(name, None)
+            self.events.publish({"type": "stack", "stack": name, "status": "removed",
+                                 "time": time.time()})
+
+    def _reporter(self, hosted: Hosted) -> Callable[[str, str], None]:
+        def report(subject: str, message: str) -> None:
+            line = f"{subject}: {message}"
+            hosted.progress.append(line)
+            del hosted.progress[:-200]
+            log.info("%s", line)
+
+        return report
+
+    # -- containers ----------------------------------------------------------------------
+
+    async def stop_container(self, stack: str, container: str) -> None:
+        hosted = self._hosted(stack)
+        self._container(hosted, container)
+        await hosted.supervisor.stop(container)
+
+    async def start_container(self, stack: str, container: str) -> None:
+        hosted = self._hosted(stack)
+        plan = self._container(hosted, container)
+        proc = hosted.supervisor.processes.get(container)
+        if proc is not None and proc.returncode is None:
+            raise ConflictError(f"container {container} is already running")
+        hosted.supervisor.user_stopped.discard(container)
+        await hosted.supervisor.start(plan)
+
+    async def restart_container(self, stack: str, container: str) -> None:
+        await self.stop_container(stack, container)
+        await self.start_container(stack, container)
+
+    def _container(self, hosted: Hosted, name: str) -> ContainerPlan:
+        plan = hosted.supervisor.plan
+        if plan is None or not any(c.name == name for c in plan.containers):
+            known = ", ".join(c.name for c in plan.containers) if plan else "none yet"
+            raise NotFoundError(f"stack {hosted.stack.name} has no container {name} ({known})")
+        return plan.container(name)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        return sorted(self.stacks)
+
+    def state(self, name: str) -> StackState:
+        hosted = self._hosted(name)
+        plan = hosted.supervisor.plan
+        if plan is None:
+            raise NotFoundError(f"stack {name} is still being planned")
+        return store.load(name)
+
+    def hosted(self, name: str) -> Hosted:
+        return self._hosted(name)
+
+    def _hosted(self, name: str) -> Hosted:
+        hosted = self.stacks.get(name)
+        if hosted is None:
+            known = ", ".join(self.names()) or "none"
+            raise NotFoundError(f"no stack {name} (stacks up: {known})")
+        return hosted
+
+
+def _retrieve(task: asyncio.Task[int]) -> None:
+    """A stack task's failure was handed to whoever waited for it: do not warn again."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _first_error(exc: BaseException) -> BaseException:
+    """The error a user should see: the first LinkdError inside task-group wrappers."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first_error(inner)
+            if isinstance(found, LinkdError):
+                return found
+        return exc.exceptions[0]
+    return exc
