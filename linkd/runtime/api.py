@@ -319,6 +319,9 @@ async def _serve_locked(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
+        recovered = await daemon.recover()
+        if recovered:
+            log.info("recovered stacks: %s", ", ".join(recovered))
         socket_path.parent.mkdir(parents=True, exist_ok=True)
         socket_path.unlink(missing_ok=True)  # stale: the lock says no daemon runs
         old_umask = os.umask(0o177)  # the socket is born 0600: root only, no window

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from linkd.errors import ConflictError, LinkdError, NotFoundError
 from linkd.model import Stack
 from linkd.plan import ContainerPlan
 from linkd.runtime import store, supervisor
+from linkd.runtime.netlink import Kernel
 from linkd.state import StackState
 
 log = logging.getLogger("linkd")
@@ -71,7 +72,7 @@ class Events:
 class Hosted:
     """One stack the daemon runs."""
 
-    stack: Stack
+    name: str
     supervisor: supervisor.Supervisor
     stop: asyncio.Event
     task: asyncio.Task[int] | None = None
@@ -96,14 +97,19 @@ class Daemon:
             raise ConflictError(
                 f"stack {stack.name} is already up; delete it first, or pick another name"
             )
-        hosted = Hosted(stack, supervisor.Supervisor(stack.name, source, lambda s, m: None),
-                        asyncio.Event())
-        hosted.supervisor.report = self._reporter(hosted)
-        hosted.supervisor.on_event = self.events.publish
+        hosted = self._host(stack.name, source)
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.stacks[stack.name] = hosted
-        hosted.task = asyncio.create_task(self._run(hosted, ready), name=f"stack {stack.name}")
-        hosted.task.add_done_callback(_retrieve)
+
+        def on_up(_: supervisor.Supervisor) -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        def life() -> Awaitable[int]:
+            return supervisor.lifecycle(
+                stack, hosted.supervisor, hosted.stop, supervisor.UpOptions(), on_up=on_up
+            )
+
+        self._start(hosted, life, ready)
         try:
             await asyncio.shield(ready)
         except LinkdError as exc:
@@ -123,22 +129,79 @@ class Daemon:
         for name in reversed(list(self.stacks)):
             await self.delete(name)
 
-    async def _run(self, hosted: Hosted, ready: asyncio.Future[None]) -> int:
-        name = hosted.stack.name
+    async def recover(self) -> list[str]:
+        """Take over every stack whose supervisor is gone (a daemon killed with -9, a
+        crash): adopt what still runs, repair the rest; then remove orphans. Returns
+        the stacks recovered."""
+        recovered = []
+        for name in store.stacks():
+            if name in self.stacks or store.supervised(name):
+                continue  # alive elsewhere (a foreground `linkd up`)
+            try:
+                state = store.load(name)
+            except LinkdError as exc:
+                log.warning("stack %s: cannot recover: %s", name, exc)
+                continue
+            if state.status in ("stopping", "failed"):
+                await supervisor.down_unsupervised(name, lambda s, m: log.info("%s: %s", s, m))
+                continue
+            hosted = self._host(name, state.source)
+            ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def life(state: StackState = state, hosted: Hosted = hosted,
+                     ready: asyncio.Future[None] = ready) -> Awaitable[int]:
+                async def run() -> int:
+                    sup = hosted.supervisor
+                    try:
+                        await sup.recover(state)
+                    except BaseException:
+                        await sup.teardown()
+                        raise
+                    ready.set_result(None)
+                    try:
+                        return await sup.supervise(hosted.stop, supervisor.UpOptions())
+                    finally:
+                        await sup.teardown()
+
+                return run()
+
+            self._start(hosted, life, ready)
+            try:
+                await asyncio.shield(ready)
+                recovered.append(name)
+            except Exception as exc:
+                log.warning("stack %s: recovery failed: %s", name, exc)
+        kernel = Kernel()
+        try:
+            await supervisor.remove_orphans(kernel, lambda s, m: log.info("%s: %s", s, m))
+        finally:
+            kernel.close()
+        return recovered
+
+    def _host(self, name: str, source: str) -> Hosted:
+        sup = supervisor.Supervisor(name, source, lambda s, m: None, survive=True)
+        hosted = Hosted(name, sup, asyncio.Event())
+        sup.report = self._reporter(hosted)
+        sup.on_event = self.events.publish
+        self.stacks[name] = hosted
+        return hosted
+
+    def _start(
+        self, hosted: Hosted, life: Callable[[], Awaitable[int]], ready: asyncio.Future[None]
+    ) -> None:
+        hosted.task = asyncio.create_task(self._run(hosted, life, ready), name=hosted.name)
+        hosted.task.add_done_callback(_retrieve)
+
+    async def _run(
+        self, hosted: Hosted, life: Callable[[], Awaitable[int]], ready: asyncio.Future[None]
+    ) -> int:
+        name = hosted.name
         self.events.publish({"type": "stack", "stack": name, "status": "starting",
                              "time": time.time()})
-
-        def on_up(_: supervisor.Supervisor) -> None:
-            if not ready.done():
-                ready.set_result(None)
-
         try:
             with store.locked(store.supervisor_lock(name), wait=False):
                 async with asyncio.TaskGroup() as hosted.supervisor.tasks:
-                    return await supervisor.lifecycle(
-                        hosted.stack, hosted.supervisor, hosted.stop, supervisor.UpOptions(),
-                        on_up=on_up,
-                    )
+                    return await life()
         except BaseException as exc:
             failure = _first_error(exc)
             if not ready.done():
@@ -186,7 +249,7 @@ class Daemon:
         plan = hosted.supervisor.plan
         if plan is None or not any(c.name == name for c in plan.containers):
             known = ", ".join(c.name for c in plan.containers) if plan else "none yet"
-            raise NotFoundError(f"stack {hosted.stack.name} has no container {name} ({known})")
+            raise NotFoundError(f"stack {hosted.name} has no container {name} ({known})")
         return plan.container(name)
 
     # -- reading -------------------------------------------------------------------------

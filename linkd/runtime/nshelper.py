@@ -121,7 +121,12 @@ def dns_sockets(name: str, home: int) -> list[_socket.socket]:
 
 
 def _dns_rules(udp_port: int, tcp_port: int) -> str:
+    # Declare, delete, define: one transaction that replaces an older table (a daemon
+    # serving the namespace again after a restart) instead of appending rules after its
+    # rules, which would keep matching first and send queries to a closed port.
     return (
+        f"table ip {NFT_TABLE}\n"
+        f"delete table ip {NFT_TABLE}\n"
         f"table ip {NFT_TABLE} {{\n"
         "  chain output {\n"
         "    type nat hook output priority -100; policy accept;\n"

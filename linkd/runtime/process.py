@@ -417,6 +417,25 @@ async def adopt(spec: ProcessSpec, shim_pid: int, init_pid: int) -> ContainerPro
     return proc
 
 
+def find(spec: ProcessSpec) -> tuple[int, int] | None:
+    """(shim PID, init PID) of a running container of `spec` nobody recorded: its
+    starter died between starting it and saving its PIDs. Found by scanning /proc for
+    linkd's shim of exactly this spec file; its init is the shim's child."""
+    spec_path = os.path.join(spec.run_dir, SPEC_FILE)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or not _is_shim_for(int(entry), spec_path):
+            continue
+        shim = int(entry)
+        try:
+            with open(f"/proc/{shim}/task/{shim}/children") as f:
+                children = [int(c) for c in f.read().split()]
+        except OSError:
+            continue
+        if children:
+            return shim, children[0]
+    return None
+
+
 def exec_argv(init_pid: int, spec_path: str) -> list[str]:
     """The command line that runs `spec_path`'s command inside the container of `init_pid`.
 

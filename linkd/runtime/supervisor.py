@@ -74,10 +74,15 @@ class UpOptions:
 
 
 class Supervisor:
-    def __init__(self, stack_name: str, source: str, report: Report) -> None:
+    def __init__(
+        self, stack_name: str, source: str, report: Report, *, survive: bool = False
+    ) -> None:
         self.stack = stack_name
         self.source = source
         self.report = report
+        # Containers outlive this process (the daemon: a restarted one adopts them).
+        self.survive = survive
+        self._dns_for: set[str] = set()  # containers whose resolver this process serves
         self.kernel = Kernel()
         self.plan: StackPlan | None = None
         self._served: StackPlan | None = None  # what the DNS zone serves: plan less the gone
@@ -227,6 +232,81 @@ class Supervisor:
         self.status = "up"
         self.save()
 
+    async def recover(self, state: StackState) -> None:
+        """Take the stack over from a supervisor that died, from its state file and the
+        kernel: adopt the containers still running (none is restarted that did not need
+        it), hand those that died meanwhile to their restart policy, recreate what is
+        missing (a bridge or veth deleted by hand, steps a crash cut short), start what
+        never started, and serve DNS in every container again.
+        """
+        plan = state.plan
+        self.plan = self._served = plan
+        self.states = {c.name: c for c in state.containers}
+        self.dns = DnsServer(build_zone([plan], domain=plan.dns.domain), _upstreams(plan))
+        self.publish_zone()
+        observed = await self.observe()
+        handled: set[str] = set()
+        for container in plan.containers:
+            current = self.states.get(container.name) or ContainerState(container.name)
+            if current.status in ("exited", "failed"):
+                handled.add(container.name)  # stopped for good before: stays so
+                continue
+            if container.netns not in observed.netns:
+                continue  # its namespace is gone: a process left in it reaches no one
+            proc = await self._adopt(container, current)
+            if proc is not None:
+                handled.add(container.name)
+                self.processes[container.name] = proc
+                assert self.tasks is not None, "recover runs inside run()"
+                self._monitors[container.name] = self.tasks.create_task(
+                    self._monitor(container, proc, restarts=current.restarts),
+                    name=f"monitor {container.name}",
+                )
+        for leftover in {c.name for c in plan.containers} - handled:
+            await self._kill_lost(plan.container(leftover))
+        actions = plan_up(plan, replace(observed, running=frozenset(handled)))
+        self.kernel.prefetch_netns(a.netns for a in actions if isinstance(a, EnsureNetns))
+        for action in actions:
+            await self.apply(action)
+        present = (await self.observe()).netns
+        for container in plan.containers:
+            if container.name not in self._dns_for and container.netns in present:
+                await self.serve_dns(container)
+        self.status = "up"
+        self.save()
+        self.report(f"stack {self.stack}", f"recovered ({len(handled)} containers adopted)")
+
+    async def _adopt(
+        self, container: ContainerPlan, current: ContainerState
+    ) -> process.ContainerProcess | None:
+        spec = self.process_spec(container)
+        if current.pid is not None and current.init_pid is not None:
+            try:
+                return await process.adopt(spec, current.pid, current.init_pid)
+            except ContainerError as exc:
+                self.report(f"container {container.name}", f"not adopted: {exc}")
+        # Started, but its PIDs never reached the state file: find it by its spec.
+        found = process.find(spec)
+        if found is None:
+            return None
+        try:
+            proc = await process.adopt(spec, *found)
+        except ContainerError:
+            return None
+        self.set_state(container.name, status="running", pid=found[0], init_pid=found[1])
+        return proc
+
+    async def _kill_lost(self, container: ContainerPlan) -> None:
+        """A container that cannot be adopted and will be started afresh: end what may
+        be left of it, by PID, only if that PID is still its shim."""
+        current = self.states.get(container.name)
+        if current is not None:
+            _kill_leftover(self.stack, current)
+        found = process.find(self.process_spec(container))
+        if found is not None:  # verified by find: linkd's shim of exactly this container
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(found[0], signal.SIGKILL)
+
     async def apply(self, action: Action) -> None:
         match action:
             case EnsureBridge(network):
@@ -258,6 +338,7 @@ class Supervisor:
         if self.dns is None or self.tasks is None:
             return
         udp, tcp = await self.kernel.dns_sockets(container.netns)
+        self._dns_for.add(container.name)
         # Queries reach these sockets over the container's loopback: say who asks.
         me = requester_of(self.stack, container)
         out = forwards_for(container)
@@ -272,11 +353,12 @@ class Supervisor:
         write_container_files(directory, self.plan, container, self.running())
 
     def process_spec(self, container: ContainerPlan) -> process.ProcessSpec:
-        return process_spec(
+        spec = process_spec(
             store.container_dir(self.stack, container.name),
             container,
             keep_dirs=_under_tmp(str(Path(self.source).parent)),
         )
+        return replace(spec, survive_parent=self.survive)
 
     async def start(self, container: ContainerPlan) -> None:
         proc = await self._launch(container, restarts=0)
@@ -326,8 +408,10 @@ class Supervisor:
                     "healthchecks but does not run them yet",
                 )
 
-    async def _monitor(self, container: ContainerPlan, proc: process.ContainerProcess) -> None:
-        restarts = backoff = 0
+    async def _monitor(
+        self, container: ContainerPlan, proc: process.ContainerProcess, restarts: int = 0
+    ) -> None:
+        backoff = 0
         while True:
             code = await proc.wait()
             started = self.states[container.name].started_at or time.time()
@@ -650,6 +734,35 @@ async def lifecycle(
                 await before_down()
         finally:
             await supervisor.teardown()
+
+
+async def remove_orphans(kernel: Kernel, report: Report) -> None:
+    """Remove namespaces and links that carry linkd's names but belong to no stack
+    linkd knows (a crash between creating them and recording them). Only exact linkd
+    names are touched: `linkd-STACK.CONTAINER` namespaces of stacks with no state, and
+    `lkb-`/`lkv-` links that no known plan names."""
+    known_bridges: set[str] = set()
+    known_veths: set[str] = set()
+    stacks = set(store.stacks())
+    for stack in stacks:
+        try:
+            plan = store.load(stack).plan
+        except LinkdError:
+            return  # a stack we cannot read may own anything: remove nothing
+        known_bridges.update(n.bridge for n in plan.networks)
+        known_veths.update(i.host_ifname for c in plan.containers for i in c.interfaces)
+    for netns in kernel.netns_names(names.NETNS_PREFIX):
+        owner = names.stack_from_netns(netns)
+        if owner is not None and owner not in stacks:
+            kernel.remove_netns(netns)
+            report(f"namespace {netns}", "removed (orphan)")
+    for link in (await kernel.links()).values():
+        if names.is_linkd_link(link.name) and link.name not in known_bridges | known_veths:
+            if link.kind == "bridge":
+                await kernel.remove_bridge(link.name)
+            else:
+                await kernel.remove_link(link.name)
+            report(f"link {link.name}", "removed (orphan)")
 
 
 async def _cleanup_leftovers(stack: str, supervisor: Supervisor) -> None:
