@@ -334,10 +334,12 @@ async def _serve_locked(
             if not ipaddress.ip_address(host).is_loopback:
                 raise ApiError(400, f"TCP listener {host}: only loopback addresses")
             await web.TCPSite(runners[1], host, port).start()
+        repairing = asyncio.create_task(daemon.reconcile_forever())
         log.info("linkd daemon %d serving %s", os.getpid(), socket_path)
         if on_ready is not None:
             on_ready()
         await stop.wait()
+        repairing.cancel()
         log.info("linkd daemon stopping: taking every stack down")
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):

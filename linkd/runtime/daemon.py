@@ -35,6 +35,7 @@ from linkd.state import StackState
 log = logging.getLogger("linkd")
 
 EVENT_BACKLOG = 1000  # events kept per subscriber that is not reading
+RECONCILE_INTERVAL = 2.0  # seconds between checks of the kernel against every plan
 
 
 def socket_path() -> Path:
@@ -177,6 +178,16 @@ class Daemon:
         finally:
             kernel.close()
         return recovered
+
+    async def reconcile_forever(self, interval: float = RECONCILE_INTERVAL) -> None:
+        """Every `interval`, repair what went missing in the kernel for every stack."""
+        while True:
+            await asyncio.sleep(interval)
+            for hosted in list(self.stacks.values()):
+                try:
+                    await hosted.supervisor.repair()
+                except LinkdError as exc:
+                    log.warning("stack %s: repair failed: %s", hosted.name, exc)
 
     def _host(self, name: str, source: str) -> Hosted:
         sup = supervisor.Supervisor(name, source, lambda s, m: None, survive=True)

@@ -276,6 +276,30 @@ class Supervisor:
         self.save()
         self.report(f"stack {self.stack}", f"recovered ({len(handled)} containers adopted)")
 
+    async def repair(self) -> int:
+        """Recreate kernel objects of this stack that went missing while it runs (a veth
+        or bridge deleted by hand): the level-based check the daemon runs periodically.
+        Processes are left to their monitors; returns the number of repairs."""
+        if self.plan is None or self.status != "up":
+            return 0
+        observed = await self.observe()
+        everyone = frozenset(c.name for c in self.plan.containers)
+        actions = [
+            a
+            for a in plan_up(self.plan, replace(observed, running=everyone))
+            if isinstance(a, EnsureBridge | EnsureVeth | ConfigureNetns)
+        ]
+        for action in actions:
+            if isinstance(action, ConfigureNetns):
+                # Addresses and routes only: its resolver is still served (the
+                # namespace, and the sockets in it, never went away).
+                await self.kernel.configure_netns(action.container)
+            else:
+                await self.apply(action)
+        if actions:
+            self.report(f"stack {self.stack}", f"repaired {len(actions)} kernel objects")
+        return len(actions)
+
     async def _adopt(
         self, container: ContainerPlan, current: ContainerState
     ) -> process.ContainerProcess | None:

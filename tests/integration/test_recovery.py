@@ -172,3 +172,34 @@ def test_kill_9_at_a_random_point_of_down_then_restart_finishes_it(
         assert len(netns) == 10
     else:
         assert netns == []
+
+
+def test_the_daemon_repairs_a_veth_deleted_while_it_runs(linkd: Linkd) -> None:
+    linkd.write("""
+        services:
+          a: {command: sleep 300}
+          b: {command: /usr/bin/python3 -m http.server 8000 --bind 0.0.0.0}
+    """)
+    linkd.up()
+    plan = state_of(linkd)["plan"]
+    veth = next(c for c in plan["containers"] if c["name"] == "b-1")["interfaces"][0]  # type: ignore[index]
+    subprocess.run(["ip", "link", "del", veth["host_ifname"]], check=True)
+    deadline = time.monotonic() + 10
+    while True:
+        shown = subprocess.run(["ip", "-j", "link", "show", veth["host_ifname"]],
+                               capture_output=True, text=True)
+        if shown.returncode == 0 and json.loads(shown.stdout)[0].get("master") == veth["bridge"]:
+            break
+        assert time.monotonic() < deadline, "not repaired"
+        time.sleep(0.1)
+    # b, still the same process, is reachable from a again, by name.
+    code = """
+import time, urllib.request
+for attempt in range(50):
+    try:
+        print(urllib.request.urlopen("http://b:8000/", timeout=2).status)
+        break
+    except OSError:
+        time.sleep(0.1)
+"""
+    assert linkd.py("a", code).stdout.strip() == "200"
