@@ -62,18 +62,3 @@ def bridge_mac(stack: str, network: str) -> str:
     first = (raw[0] & 0xFC) | 0x02  # locally administered, unicast
     return ":".join(f"{b:02x}" for b in bytes([first]) + raw[1:])
 
-
-_HEX = frozenset("0123456789abcdef")
-
-
-def stack_from_netns(netns: str) -> str | None:
-    """The stack of a `linkd-<stack>.<container>` namespace name, else None."""
-    if not netns.startswith(NETNS_PREFIX) or "." not in netns:
-        return None
-    return netns[len(NETNS_PREFIX) :].split(".", 1)[0] or None
-
-
-def is_linkd_link(name: str) -> bool:
-    """Exactly a bridge or host veth name of linkd's (never a benchmark's `lkbench...`)."""
-    head, digits = name[:4], name[4:]
-    return head in (BRIDGE_PREFIX, VETH_PREFIX) and len(digits) == 10 and set(digits) <= _HEX

@@ -417,23 +417,35 @@ async def adopt(spec: ProcessSpec, shim_pid: int, init_pid: int) -> ContainerPro
     return proc
 
 
-def find(spec: ProcessSpec) -> tuple[int, int] | None:
-    """(shim PID, init PID) of a running container of `spec` nobody recorded: its
-    starter died between starting it and saving its PIDs. Found by scanning /proc for
-    linkd's shim of exactly this spec file; its init is the shim's child."""
-    spec_path = os.path.join(spec.run_dir, SPEC_FILE)
+def running_shims() -> dict[str, tuple[int, int]]:
+    """Every running linkd container on the host, by run directory: (shim PID, init
+    PID). For containers whose PIDs nobody recorded (their starter died between
+    starting them and saving the PIDs); one scan of /proc serves any number of them."""
+    found: dict[str, tuple[int, int]] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or not _is_shim_for(int(entry), spec_path):
+        if not entry.isdigit():
             continue
-        shim = int(entry)
         try:
-            with open(f"/proc/{shim}/task/{shim}/children") as f:
-                children = [int(c) for c in f.read().split()]
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
         except OSError:
             continue
-        if children:
-            return shim, children[0]
-    return None
+        for i in range(len(argv) - 2):
+            if argv[i].endswith(b"/shim.py") and argv[i + 1] == b"run":
+                spec_path = os.fsdecode(argv[i + 2])
+                children = _children(int(entry))
+                if children and spec_path.endswith(os.sep + SPEC_FILE):
+                    found[os.path.dirname(spec_path)] = (int(entry), children[0])
+                break
+    return found
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
 
 
 def exec_argv(init_pid: int, spec_path: str) -> list[str]:

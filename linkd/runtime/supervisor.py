@@ -83,6 +83,7 @@ class Supervisor:
         # Containers outlive this process (the daemon: a restarted one adopts them).
         self.survive = survive
         self._dns_for: set[str] = set()  # containers whose resolver this process serves
+        self._shim_index: dict[str, tuple[int, int]] | None = None
         self.kernel = Kernel()
         self.plan: StackPlan | None = None
         self._served: StackPlan | None = None  # what the DNS zone serves: plan less the gone
@@ -272,6 +273,7 @@ class Supervisor:
         for container in plan.containers:
             if container.name not in self._dns_for and container.netns in present:
                 await self.serve_dns(container)
+        self._shim_index = None
         self.status = "up"
         self.save()
         self.report(f"stack {self.stack}", f"recovered ({len(handled)} containers adopted)")
@@ -300,6 +302,12 @@ class Supervisor:
             self.report(f"stack {self.stack}", f"repaired {len(actions)} kernel objects")
         return len(actions)
 
+    def _shims(self) -> dict[str, tuple[int, int]]:
+        """Running containers by run directory, scanned once per recovery."""
+        if self._shim_index is None:
+            self._shim_index = process.running_shims()
+        return self._shim_index
+
     async def _adopt(
         self, container: ContainerPlan, current: ContainerState
     ) -> process.ContainerProcess | None:
@@ -310,7 +318,7 @@ class Supervisor:
             except ContainerError as exc:
                 self.report(f"container {container.name}", f"not adopted: {exc}")
         # Started, but its PIDs never reached the state file: find it by its spec.
-        found = process.find(spec)
+        found = self._shims().get(spec.run_dir)
         if found is None:
             return None
         try:
@@ -326,7 +334,7 @@ class Supervisor:
         current = self.states.get(container.name)
         if current is not None:
             _kill_leftover(self.stack, current)
-        found = process.find(self.process_spec(container))
+        found = self._shims().get(str(store.container_dir(self.stack, container.name)))
         if found is not None:  # verified by find: linkd's shim of exactly this container
             with contextlib.suppress(ProcessLookupError):
                 os.kill(found[0], signal.SIGKILL)
@@ -761,32 +769,38 @@ async def lifecycle(
 
 
 async def remove_orphans(kernel: Kernel, report: Report) -> None:
-    """Remove namespaces and links that carry linkd's names but belong to no stack
-    linkd knows (a crash between creating them and recording them). Only exact linkd
-    names are touched: `linkd-STACK.CONTAINER` namespaces of stacks with no state, and
-    `lkb-`/`lkv-` links that no known plan names."""
-    known_bridges: set[str] = set()
-    known_veths: set[str] = set()
-    stacks = set(store.stacks())
-    for stack in stacks:
-        try:
-            plan = store.load(stack).plan
-        except LinkdError:
-            return  # a stack we cannot read may own anything: remove nothing
-        known_bridges.update(n.bridge for n in plan.networks)
-        known_veths.update(i.host_ifname for c in plan.containers for i in c.interfaces)
-    for netns in kernel.netns_names(names.NETNS_PREFIX):
-        owner = names.stack_from_netns(netns)
-        if owner is not None and owner not in stacks:
+    """Remove namespaces and links of stacks this run directory knows (they have a
+    lease) but no longer runs (they have no state): what a crash between creating
+    objects and recording them, or a failed teardown, left behind.
+
+    Only names derived from those leases are touched, so the stacks of another run
+    directory ($LINKD_RUN_DIR), a benchmark's objects or anything else are never seen
+    as orphans."""
+    running = set(store.stacks())
+    links = await kernel.links()
+    shims = process.running_shims()
+    for lease in store.leases():
+        if lease.stack in running:
+            continue
+        for container in {c for _, c, _, _ in lease.addresses}:
+            found = shims.get(str(store.container_dir(lease.stack, container)))
+            if found is not None:  # linkd's shim of exactly that container
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(found[0], signal.SIGKILL)
+                report(f"container {lease.stack}/{container}", "killed (orphan)")
+        for netns in kernel.netns_names(names.netns_prefix(lease.stack)):
             kernel.remove_netns(netns)
             report(f"namespace {netns}", "removed (orphan)")
-    for link in (await kernel.links()).values():
-        if names.is_linkd_link(link.name) and link.name not in known_bridges | known_veths:
-            if link.kind == "bridge":
-                await kernel.remove_bridge(link.name)
-            else:
-                await kernel.remove_link(link.name)
-            report(f"link {link.name}", "removed (orphan)")
+        for network, container, _, _ in lease.addresses:
+            veth = names.host_veth_name(lease.stack, container, network)
+            if veth in links:
+                await kernel.remove_link(veth)
+                report(f"link {veth}", "removed (orphan)")
+        for network, _ in lease.subnets:
+            bridge = names.bridge_name(lease.stack, network)
+            if bridge in links:
+                await kernel.remove_bridge(bridge)
+                report(f"bridge {bridge}", "removed (orphan)")
 
 
 async def _cleanup_leftovers(stack: str, supervisor: Supervisor) -> None:

@@ -3,6 +3,7 @@ repairs what was half done, serves DNS again and leaves no orphan."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -26,11 +27,13 @@ print("resolved", len(sys.argv) - 1)
 
 
 def kill_daemon() -> None:
-    for pid in daemon_pids():
-        os.kill(pid, signal.SIGKILL)  # a linkd daemon: started by this run's `up -d`
+    """SIGKILL every linkd daemon of this run (one a CLI started meanwhile, too)."""
     deadline = time.monotonic() + 10
-    while daemon_pids():
-        assert time.monotonic() < deadline, "the daemon did not die"
+    while pids := daemon_pids():
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)  # a linkd daemon: started by this run
+        assert time.monotonic() < deadline, f"daemons {pids} did not die"
         time.sleep(0.02)
 
 
@@ -124,7 +127,9 @@ def test_kill_9_at_a_random_point_of_up_then_restart_ends_consistent(
     )
     time.sleep(random.Random(seed).uniform(0.2, 1.0))
     kill_daemon()
+    up.kill()  # the CLI waiting for the answer: nothing more of it is wanted
     up.wait(30)
+    kill_daemon()
     restart_daemon()
     listed = linkd.run("ps", "-p", linkd.project, check=False)
     if listed.returncode != 0:
@@ -203,3 +208,23 @@ for attempt in range(50):
         time.sleep(0.1)
 """
     assert linkd.py("a", code).stdout.strip() == "200"
+
+
+def test_objects_of_a_stack_with_no_state_are_removed_as_orphans(linkd: Linkd) -> None:
+    linkd.write("""
+        services:
+          a: {command: sleep 300}
+          b: {command: sleep 300}
+    """)
+    linkd.up()
+    pids = [c["pid"] for c in containers(state_of(linkd)).values()]
+    kill_daemon()
+    stack_dir = Path("/run/linkd/stacks") / linkd.project
+    for name in ("state.msgpack", "state.msgpack.prev"):
+        (stack_dir / name).unlink()  # as if the crash came before anything was recorded
+    restart_daemon()
+    assert [n for n in os.listdir("/run/netns") if n.startswith(f"linkd-{linkd.project}.")] == []
+    deadline = time.monotonic() + 5
+    while any(alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, "orphan containers still run"
+        time.sleep(0.05)
