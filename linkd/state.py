@@ -33,6 +33,7 @@ what happens when one is bad is `linkd.runtime.store`'s business.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import struct
 import types
@@ -71,6 +72,7 @@ class ContainerState:
     exit_code: int | None = None
     restarts: int = 0
     error: str | None = None
+    dns_ports: tuple[int, int] | None = None  # where 127.0.0.11:53 is sent in its netns
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +260,11 @@ def to_plain(value: Any) -> Any:
 T = TypeVar("T")
 
 
+@functools.cache
+def _hints(kind: type) -> dict[str, Any]:
+    return typing.get_type_hints(kind)  # resolving annotations is slow: once per class
+
+
 def _from_plain(kind: Any, value: Any) -> Any:
     origin = get_origin(kind)
     if origin in (Union, types.UnionType):
@@ -275,7 +282,7 @@ def _from_plain(kind: Any, value: Any) -> Any:
             raise ValueError(f"{value!r} is not one of {get_args(kind)}")
         return value
     if dataclasses.is_dataclass(kind) and isinstance(kind, type):
-        hints = typing.get_type_hints(kind)
+        hints = _hints(kind)
         fields = {f.name for f in dataclasses.fields(kind)}
         return kind(**{k: _from_plain(hints[k], v) for k, v in value.items() if k in fields})
     if kind in _IP_TYPES:

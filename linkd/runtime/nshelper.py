@@ -91,24 +91,33 @@ DNS_ADDRESS = "127.0.0.11"
 NFT_TABLE = "linkd_dns"
 
 
-def dns_sockets(name: str, home: int) -> list[_socket.socket]:
+def dns_sockets(
+    name: str, home: int, ports: tuple[int, int] | None = None
+) -> list[_socket.socket]:
     """linkd's resolver address inside a container, without taking port 53 from it.
 
     As Docker does: the sockets listen on ephemeral ports and a DNAT rule in the
     namespace's own nftables sends 127.0.0.11:53 to them, so a program in the container
     can still bind port 53 itself (on 0.0.0.0 or its own address). The rules live and
     die with the namespace; nothing touches the host's firewall.
+
+    `ports` are the ports an earlier linkd process served this namespace on (a daemon
+    that was killed): if both are free again, the sockets take them and the rules that
+    send port 53 there stay as they are, so no `nft` runs at all (what makes a restarted
+    daemon serve hundreds of containers in well under a second). Otherwise: new ports,
+    new rules.
     """
     fd = os.open(os.path.join(NETNS_DIR, name), os.O_RDONLY | os.O_CLOEXEC)
     try:
         _check(_libc.setns(fd, CLONE_NEWNET), f"enter namespace {name}")
-        udp = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
-        tcp = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+        if ports is not None:
+            reused = _bound(ports)
+            if reused is not None:
+                return reused
+        fresh = _bound((0, 0))
+        assert fresh is not None  # (0, 0) raises rather than returning None
+        udp, tcp = fresh
         try:
-            udp.bind((DNS_ADDRESS, 0))
-            tcp.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
-            tcp.bind((DNS_ADDRESS, 0))
-            tcp.listen(128)
             _nft(_dns_rules(udp.getsockname()[1], tcp.getsockname()[1]), name)
         except BaseException:
             udp.close()
@@ -118,6 +127,25 @@ def dns_sockets(name: str, home: int) -> list[_socket.socket]:
     finally:
         os.close(fd)
         _check(_libc.setns(home, CLONE_NEWNET), "return to the host namespace")
+
+
+def _bound(ports: tuple[int, int]) -> list[_socket.socket] | None:
+    """A UDP and a listening TCP socket on DNS_ADDRESS at `ports` (0: any), or None
+    if a wanted port is taken."""
+    udp = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    tcp = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+    try:
+        udp.bind((DNS_ADDRESS, ports[0]))
+        tcp.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+        tcp.bind((DNS_ADDRESS, ports[1]))
+        tcp.listen(128)
+    except OSError:
+        udp.close()
+        tcp.close()
+        if ports == (0, 0):
+            raise
+        return None
+    return [udp, tcp]
 
 
 def _dns_rules(udp_port: int, tcp_port: int) -> str:
@@ -175,6 +203,11 @@ def serve(channel: _socket.socket) -> None:
                 socks = [open_in(name, home)]
             elif verb == "dns":
                 socks = dns_sockets(name, home)
+            elif verb == "dns-at":  # "NETNS:UDP:TCP": the ports served before
+                name, udp_port, tcp_port = [*name.rsplit(":", 2), "", ""][:3]
+                if not (udp_port.isdigit() and tcp_port.isdigit()):
+                    raise OSError(22, f"bad dns-at request {request!r}")
+                socks = dns_sockets(name, home, (int(udp_port), int(tcp_port)))
             else:
                 raise OSError(22, f"unknown request {verb!r}")
         except OSError as exc:

@@ -269,7 +269,7 @@ class Supervisor:
         self.kernel.prefetch_netns(a.netns for a in actions if isinstance(a, EnsureNetns))
         for action in actions:
             await self.apply(action)
-        present = (await self.observe()).netns
+        present = observed.netns | {a.netns for a in actions if isinstance(a, EnsureNetns)}
         for container in plan.containers:
             if container.name not in self._dns_for and container.netns in present:
                 await self.serve_dns(container)
@@ -369,8 +369,18 @@ class Supervisor:
         """linkd's resolver at 127.0.0.11:53 inside the container, before it starts."""
         if self.dns is None or self.tasks is None:
             return
-        udp, tcp = await self.kernel.dns_sockets(container.netns)
+        before = self.states.get(container.name)
+        udp, tcp = await self.kernel.dns_sockets(
+            container.netns, before.dns_ports if before is not None else None
+        )
         self._dns_for.add(container.name)
+        ports = (udp.getsockname()[1], tcp.getsockname()[1])
+        if before is None or before.dns_ports != ports:
+            # Saved with the next state change (its start follows at once): one write
+            # of the state file per container, not two.
+            self.states[container.name] = replace(
+                before or ContainerState(container.name), dns_ports=ports
+            )
         # Queries reach these sockets over the container's loopback: say who asks.
         me = requester_of(self.stack, container)
         out = forwards_for(container)
