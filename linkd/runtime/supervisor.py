@@ -58,6 +58,7 @@ from linkd.state import ContainerState, StackState, StackStatus
 log = logging.getLogger("linkd")
 
 Report = Callable[[str, str], None]  # (object, what happened), for progress displays
+START_CONCURRENCY = 8  # containers of one wave starting at once
 
 RESOLV_CONF = (
     "# linkd's DNS server: the stack's names (also in /etc/hosts), others forwarded\n"
@@ -228,10 +229,44 @@ class Supervisor:
         plan = await self.prepare(stack)
         actions = plan_up(plan, await self.observe())
         self.kernel.prefetch_netns(a.netns for a in actions if isinstance(a, EnsureNetns))
-        for action in actions:
-            await self.apply(action)
+        await self.apply_all(actions)
         self.status = "up"
         self.save()
+
+    async def apply_all(self, actions: list[Action]) -> None:
+        """Apply in order, except that the containers of one start wave start together
+        (at most START_CONCURRENCY at once): each waits for its shim, a fresh Python,
+        to report, and those waits overlap. Every start of a wave is awaited before an
+        error is raised, so none is left half-started when the stack is torn down."""
+        assert self.plan is not None
+        waves = {svc: i for i, wave in enumerate(self.plan.start_waves) for svc in wave}
+        gate = asyncio.Semaphore(START_CONCURRENCY)
+
+        async def start(action: StartContainer) -> None:
+            async with gate:
+                await self.apply(action)
+
+        batch: list[StartContainer] = []
+
+        async def flush() -> None:
+            results = await asyncio.gather(*(start(a) for a in batch), return_exceptions=True)
+            batch.clear()
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+
+        for action in actions:
+            if isinstance(action, StartContainer):
+                wave = waves.get(action.container.service)
+                if batch and waves.get(batch[0].container.service) != wave:
+                    await flush()
+                batch.append(action)
+                continue
+            if batch:
+                await flush()
+            await self.apply(action)
+        if batch:
+            await flush()
 
     async def recover(self, state: StackState) -> None:
         """Take the stack over from a supervisor that died, from its state file and the
@@ -267,8 +302,7 @@ class Supervisor:
             await self._kill_lost(plan.container(leftover))
         actions = plan_up(plan, replace(observed, running=frozenset(handled)))
         self.kernel.prefetch_netns(a.netns for a in actions if isinstance(a, EnsureNetns))
-        for action in actions:
-            await self.apply(action)
+        await self.apply_all(actions)
         present = observed.netns | {a.netns for a in actions if isinstance(a, EnsureNetns)}
         for container in plan.containers:
             if container.name not in self._dns_for and container.netns in present:
