@@ -74,7 +74,9 @@ def start_daemon() -> tuple[subprocess.Popen[bytes], float]:
     """A daemon, and the seconds until it answers on its socket."""
     started = time.monotonic()
     log = (RUN_DIR / "daemon.log").open("ab")
-    profile = ["-m", "cProfile", "-o", os.environ["LKPROFILE"]] if os.environ.get("LKPROFILE") else []
+    # LKPROFILE=FILE profiles the daemon (written when it ends)
+    out = os.environ.get("LKPROFILE")
+    profile = ["-m", "cProfile", "-o", out] if out else []
     proc = subprocess.Popen([sys.executable, *profile, "-m", "linkd", "daemon"], env=env(),
                             stdout=log, stderr=log, start_new_session=True)
     while True:

@@ -93,6 +93,8 @@ ROUTES: tuple[tuple[str, str, str, str, int], ...] = (
     ("POST", "/v1/stacks", "createStack", "Bring a stack up from a spec; returns when "
      "every container has started", 201),
     ("GET", "/v1/stacks/{stack}", "getStack", "A stack's plan and container states", 200),
+    ("PUT", "/v1/stacks/{stack}", "putStack", "Create the stack, or change a running one to "
+     "the spec: only what changed is touched", 200),
     ("DELETE", "/v1/stacks/{stack}", "deleteStack", "Take a stack down, in order", 200),
     ("GET", "/v1/stacks/{stack}/containers", "listContainers", "A stack's containers", 200),
     ("GET", "/v1/stacks/{stack}/containers/{container}", "getContainer",
@@ -151,6 +153,7 @@ _CREATE = {
 
 _ERRORS_BY_ROUTE = {
     "createStack": (400, 409, 422),
+    "putStack": (400, 422),
     "getStack": (404,),
     "deleteStack": (404,),
     "listContainers": (404,),
@@ -191,7 +194,7 @@ def openapi() -> dict[str, Any]:
             ]
         if parameters:
             op["parameters"] = parameters
-        if operation == "createStack":
+        if operation in ("createStack", "putStack"):
             op["requestBody"] = {
                 "required": True,
                 "content": {"application/json": {"schema": _ref("CreateStack")}},

@@ -281,11 +281,15 @@ def _up_detached(stack: Stack, file: Path) -> int:
         "directory": str(file.resolve().parent),
     }
     try:
-        client.request("POST", "/v1/stacks", body)
+        # PUT: a stack the daemon already runs changes to the file, only where it differs.
+        answer = client.request("PUT", f"/v1/stacks/{stack.name}", body)
     except DaemonError as exc:
         for line in exc.progress:
             print(line, file=sys.stderr)
         raise
+    changes = answer.get("changes") if isinstance(answer, dict) else None
+    if changes:
+        print("updated: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in changes.items() if v))
     print(_table(store.load(stack.name)))
     return 0
 

@@ -24,6 +24,7 @@ from linkd import dns, spec
 from linkd.api_schema import ROUTES, ApiError, openapi, parse_create, parse_flag
 from linkd.dns_zone import build_zone, requester_of
 from linkd.errors import ConflictError, ConventionError, LinkdError, SpecError
+from linkd.model import Stack
 from linkd.runtime import store
 from linkd.runtime.daemon import Daemon, daemon_lock
 from linkd.state import to_plain
@@ -43,6 +44,7 @@ def make_app(daemon: Daemon, *, token: str | None = None) -> web.Application:
         "listStacks": list_stacks,
         "createStack": create_stack,
         "getStack": get_stack,
+        "putStack": put_stack,
         "deleteStack": delete_stack,
         "listContainers": list_containers,
         "getContainer": get_container,
@@ -119,16 +121,20 @@ async def list_stacks(request: web.Request) -> web.Response:
     return web.json_response([_summary(daemon, name) for name in daemon.names()])
 
 
-async def create_stack(request: web.Request) -> web.Response:
+async def _stack_from(request: web.Request, name: str | None) -> tuple[Stack, Path]:
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, "the body is not JSON", [("body", str(exc))]) from None
+    if name is not None and isinstance(body, dict):
+        if body.get("name", name) != name:
+            raise ApiError(400, "invalid request", [("body.name", f"must be {name}, as the path")])
+        body = {**body, "name": name}
     wanted = parse_create(body)
     directory = Path(wanted.directory)
 
-    def read_text(name: str) -> str:
-        return (directory / name).read_text()
+    def read_text(file: str) -> str:
+        return (directory / file).read_text()
 
     stack = spec.parse_stack(
         wanted.text,
@@ -137,8 +143,23 @@ async def create_stack(request: web.Request) -> web.Response:
         default_project="",
         read_text=read_text,
     )
+    return stack, directory
+
+
+async def create_stack(request: web.Request) -> web.Response:
+    stack, directory = await _stack_from(request, None)
     state = await request.app[DAEMON].create(stack, str(directory / "api.yaml"))
     return web.json_response(to_plain(state), status=201)
+
+
+async def put_stack(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    stack, directory = await _stack_from(request, request.match_info["stack"])
+    if stack.name not in daemon.stacks:
+        state = await daemon.create(stack, str(directory / "api.yaml"))
+        return web.json_response(to_plain(state), status=201)
+    summary = await daemon.update(stack)
+    return web.json_response({**to_plain(daemon.state(stack.name)), "changes": summary})
 
 
 async def get_stack(request: web.Request) -> web.Response:

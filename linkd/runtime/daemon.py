@@ -78,6 +78,7 @@ class Hosted:
     stop: asyncio.Event
     task: asyncio.Task[int] | None = None
     progress: list[str] = field(default_factory=list)  # what `up` reported, for errors
+    updating: asyncio.Lock = field(default_factory=asyncio.Lock)  # one change at a time
 
 
 class Daemon:
@@ -117,6 +118,12 @@ class Daemon:
             exc.progress = list(hosted.progress)  # type: ignore[attr-defined]
             raise
         return self.state(stack.name)
+
+    async def update(self, stack: Stack) -> dict[str, list[str]]:
+        """Change a running stack to `stack` (see Supervisor.update)."""
+        hosted = self._hosted(stack.name)
+        async with hosted.updating:
+            return await hosted.supervisor.update(stack)
 
     async def delete(self, name: str) -> None:
         hosted = self._hosted(name)

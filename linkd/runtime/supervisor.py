@@ -24,7 +24,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -98,7 +98,7 @@ class Supervisor:
         # none outlives `up`, and a monitor that fails ends `up` instead of vanishing.
         self.tasks: asyncio.TaskGroup | None = None
         self.dns: DnsServer | None = None
-        self._dns_tasks: list[asyncio.Task[None]] = []
+        self._dns_tasks: dict[str, list[asyncio.Task[None]]] = {}  # per container
         # Called with every lifecycle and DNS change (the daemon's event stream).
         self.on_event: Callable[[dict[str, object]], None] | None = None
 
@@ -137,29 +137,7 @@ class Supervisor:
     async def prepare(self, stack: Stack) -> StackPlan:
         """Pick subnets and record the plan, holding the global lock meanwhile."""
         async with store.locked_async(store.root() / "lock"):
-            taken = await self._taken_subnets()
-            lease = store.load_lease(stack.name)
-            # Other stacks' leases are held for them while they are down.
-            held = [
-                subnet
-                for other in store.leases()
-                if other.stack != stack.name
-                for _, subnet in other.subnets
-            ]
-            subnets = ipam.pick_subnets(
-                stack.networks,
-                taken,
-                previous=lease.subnet_map() if lease else None,
-                reserved=held,
-            )
-            base = Path(self.source).parent
-            plan = realize(
-                stack,
-                subnets,
-                workdir=str(base),
-                conventions=load_conventions(stack, base),
-                lease=lease,
-            )
+            plan = await self._plan(stack)
             self.plan = plan
             self.save()
             store.save_lease(lease_of(plan))
@@ -168,6 +146,38 @@ class Supervisor:
         self.dns = DnsServer(build_zone([plan], domain=plan.dns.domain), _upstreams(plan))
         self._served = plan
         return plan
+
+    async def _plan(self, stack: Stack) -> StackPlan:
+        """The plan of `stack`: its lease's subnets and addresses where still free
+        (its own bridges' routes do not count as taken), others' leases avoided."""
+        own = {n.bridge for n in self.plan.networks} if self.plan is not None else set()
+        taken = [
+            (net, who)
+            for net, who in await self._taken_subnets()
+            if not any(who == f"host route via {bridge}" for bridge in own)
+        ]
+        lease = store.load_lease(stack.name)
+        # Other stacks' leases are held for them while they are down.
+        held = [
+            subnet
+            for other in store.leases()
+            if other.stack != stack.name
+            for _, subnet in other.subnets
+        ]
+        subnets = ipam.pick_subnets(
+            stack.networks,
+            taken,
+            previous=lease.subnet_map() if lease else None,
+            reserved=held,
+        )
+        base = Path(self.source).parent
+        return realize(
+            stack,
+            subnets,
+            workdir=str(base),
+            conventions=load_conventions(stack, base),
+            lease=lease,
+        )
 
     def publish_zone(self) -> None:
         """Swap in a zone without the containers that have stopped for good.
@@ -232,6 +242,70 @@ class Supervisor:
         await self.apply_all(actions)
         self.status = "up"
         self.save()
+
+    async def update(self, stack: Stack) -> dict[str, list[str]]:
+        """Change the running stack to `stack`, touching only what changed: containers
+        whose plan is the same keep running (same process, same address); changed ones
+        are recreated (stopped, their namespace rebuilt, started); removed ones go; new
+        services and networks come. Returns the containers in each of those groups.
+        """
+        if any(s.image for s in stack.services):
+            raise ContainerError("running images comes with a later linkd")
+        assert self.plan is not None and self.dns is not None
+        old = self.plan
+        async with store.locked_async(store.root() / "lock"):
+            new = await self._plan(stack)
+        before = {c.name: c for c in old.containers}
+        after = {c.name: c for c in new.containers}
+        removed = [n for n in before if n not in after]
+        changed = [n for n in before if n in after and before[n] != after[n]]
+        added = [n for n in after if n not in before]
+        kept = [n for n in before if n in after and before[n] == after[n]]
+        # Stop what goes or changes, newest dependencies first, then free their names.
+        for name in reversed([c.name for c in old.containers if c.name in removed + changed]):
+            await self.stop(name)
+        await self.stop_dns(removed + changed)
+        for name in changed:
+            self.kernel.remove_netns(before[name].netns)  # rebuilt from the new plan
+            self.user_stopped.discard(name)
+            self.states.pop(name, None)
+        await self._veths_gone([i.host_ifname for n in changed for i in before[n].interfaces])
+        for name in removed:
+            self.states.pop(name, None)
+            self.processes.pop(name, None)
+        async with store.locked_async(store.root() / "lock"):
+            self.plan = new
+            self.save()
+            store.save_lease(lease_of(new))
+        self.dns.set_upstreams(_upstreams(new))
+        observed = await self.observe()
+        running = frozenset(n for n, p in self.processes.items() if p.returncode is None)
+        actions = plan_up(new, replace(observed, running=running), previous=old)
+        self.kernel.prefetch_netns(a.netns for a in actions if isinstance(a, EnsureNetns))
+        self._served = old
+        self.publish_zone()  # the zone follows the new plan from here
+        await self.apply_all(actions)
+        for name in kept:  # their peers may have changed: what they re-read must follow
+            write_bindings(store.container_dir(self.stack, name), new, after[name],
+                           self.running())
+        self.status = "up"
+        self.save()
+        summary = {"added": added, "changed": changed, "removed": removed, "kept": kept}
+        self.report(f"stack {self.stack}", "updated: " + ", ".join(
+            f"{k} {len(v)}" for k, v in summary.items()))
+        return summary
+
+    async def _veths_gone(self, veths: list[str], timeout: float = 5.0) -> None:
+        """Wait until these host veths are gone: the kernel deletes a removed
+        namespace's veths from a work queue, a moment after the namespace goes, and a
+        veth recreated under the same name before that would be taken for done."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while veths and set(veths) & set(await self.kernel.links()):
+            if asyncio.get_running_loop().time() > deadline:
+                for veth in veths:
+                    await self.kernel.remove_link(veth)
+                return
+            await asyncio.sleep(0.01)
 
     async def apply_all(self, actions: list[Action]) -> None:
         """Apply in order, except that the containers of one start wave start together
@@ -418,10 +492,20 @@ class Supervisor:
         # Queries reach these sockets over the container's loopback: say who asks.
         me = requester_of(self.stack, container)
         out = forwards_for(container)
-        self._dns_tasks += [
+        self._dns_tasks.setdefault(container.name, []).extend([
             self.tasks.create_task(self.dns.serve_udp(udp, requester_override=me, forward=out)),
             self.tasks.create_task(self.dns.serve_tcp(tcp, requester_override=me, forward=out)),
-        ]
+        ])
+
+    async def stop_dns(self, names: Iterable[str]) -> None:
+        """Close the resolver sockets of these containers: they live in the containers'
+        namespaces and would keep them, and their veths, alive after removal."""
+        names = list(names)
+        tasks = [t for n in names for t in self._dns_tasks.pop(n, [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._dns_for.difference_update(names)
 
     def write_files(self, container: ContainerPlan) -> None:
         assert self.plan is not None, "files are written after prepare()"
@@ -570,10 +654,7 @@ class Supervisor:
         self.save()
         # DNS first (as netavark does): its sockets live in the containers' namespaces
         # and would keep them, and their veths, alive after they are removed.
-        for task in self._dns_tasks:
-            task.cancel()
-        await asyncio.gather(*self._dns_tasks, return_exceptions=True)
-        self._dns_tasks.clear()
+        await self.stop_dns(list(self._dns_tasks))
         observed = await self.observe()
         actions = plan_down(self.stack, self.plan, observed)
         errors: list[BaseException] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import tempfile
 from pathlib import Path
@@ -159,3 +160,47 @@ def test_a_corrupt_state_file_falls_back_to_the_last_good_copy(linkd: Linkd) -> 
     table = linkd.run("ps", "-p", linkd.project)
     assert "db-1" in table.stdout and "web-1" in table.stdout
     assert "last good copy" in table.stderr
+
+
+def test_up_on_a_changed_file_changes_only_what_changed(linkd: Linkd) -> None:
+    linkd.write("""
+        services:
+          a: {command: sleep 300}
+          b: {command: sleep 300, environment: {MODE: one}}
+          gone: {command: sleep 300}
+    """)
+    linkd.up()
+    before = container_states(linkd)
+    addresses = inspect_addresses(linkd)
+    linkd.write("""
+        services:
+          a: {command: sleep 300}
+          b: {command: sleep 300, environment: {MODE: two}}
+          c: {command: sleep 300}
+    """)
+    result = linkd.up()
+    assert "added: c-1" in result.stdout and "changed: b-1" in result.stdout
+    assert "removed: gone-1" in result.stdout and "kept: a-1" in result.stdout
+    after = container_states(linkd)
+    assert set(after) == {"a-1", "b-1", "c-1"}
+    assert after["a-1"]["pid"] == before["a-1"]["pid"]  # untouched
+    assert after["b-1"]["pid"] != before["b-1"]["pid"]  # recreated with its new env
+    assert "MODE=two" in linkd.exec("b", "/usr/bin/env").stdout
+    new_addresses = inspect_addresses(linkd)
+    assert new_addresses["a-1"] == addresses["a-1"] and new_addresses["b-1"] == addresses["b-1"]
+    # gone's namespace went, c is resolvable from the untouched a.
+    netns = [n for n in os.listdir("/run/netns") if n.startswith(f"linkd-{linkd.project}.")]
+    assert sorted(netns) == sorted(f"linkd-{linkd.project}.{n}" for n in ("a-1", "b-1", "c-1"))
+    code = "import socket; print(socket.gethostbyname('c'), socket.gethostbyname('b'))"
+    got = linkd.py("a", code).stdout.split()
+    assert got == [new_addresses["c-1"], new_addresses["b-1"]]
+
+
+def inspect_addresses(linkd: Linkd) -> dict[str, str]:
+    document = json.loads(linkd.run("inspect", "-p", linkd.project).stdout)
+    return {c["name"]: c["interfaces"][0]["address"] for c in document["plan"]["containers"]}
+
+
+def container_states(linkd: Linkd) -> dict[str, dict[str, Any]]:
+    document = json.loads(linkd.run("inspect", "-p", linkd.project).stdout)
+    return {c["name"]: c for c in document["containers"]}
