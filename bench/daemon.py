@@ -135,7 +135,7 @@ def main() -> int:
         print("bench/daemon.py: run as root", file=sys.stderr)
         return 2
     lock = os.open(KERNEL_LOCK, os.O_CREAT | os.O_RDWR, 0o600)
-    if not os.environ.get("LINKD_KERNEL_LOCK_HELD"):
+    if not os.environ.get("LINKD_KERNEL_LOCK_FD"):  # bench/run holds it already
         fcntl.flock(lock, fcntl.LOCK_EX)
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     daemon, _ = start_daemon()

@@ -55,6 +55,7 @@ ZONE_SIZE = 500
 REGISTRATIONS = 40
 POLL_S = 0.0002
 KERNEL_LOCK = "/run/lock/linkd-kernel.lock"
+RUN_DIR = Path("/run/lkbench-live")
 RESULTS = REPO / "bench" / "results"
 
 # Runs inside the querier container with the host's python3: stdlib only.
@@ -138,8 +139,30 @@ def churn_stack(results: Path) -> str:
 def linkd(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "linkd", *args], cwd=REPO, capture_output=True, text=True,
-        check=check, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300,
+        check=check, env=private_env(), timeout=300,
     )
+
+
+def private_env() -> dict[str, str]:
+    """A run directory of the benchmark's own: its daemon, state and leases."""
+    return {**os.environ, "PYTHONPATH": str(REPO), "LINKD_RUN_DIR": str(RUN_DIR),
+            "LINKD_SOCKET": str(RUN_DIR / "linkd.sock")}
+
+
+def stop_private_daemon() -> None:
+    """SIGTERM the daemon `up -d` started in RUN_DIR (by the PID its lock file names,
+    checked to be a linkd daemon), and wait for it."""
+    try:
+        pid = int((RUN_DIR / "daemon.lock").read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError, IndexError):
+        return
+    if cmdline[1:4] != [b"-m", b"linkd", b"daemon"]:
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def restarts_so_far() -> int:
@@ -169,7 +192,9 @@ def run_churn() -> dict[str, object]:
         return found
     finally:
         linkd("down", "--forget", "-p", "lkchurn", check=False)
+        stop_private_daemon()
         shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(RUN_DIR, ignore_errors=True)
 
 
 # -- 2. registration ------------------------------------------------------------------------
@@ -333,8 +358,9 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench/dns_live.py: run as root (it creates namespaces)", file=sys.stderr)
         return 2
-    lock = os.open(KERNEL_LOCK, os.O_CREAT | os.O_RDWR, 0o600)
-    fcntl.flock(lock, fcntl.LOCK_EX)  # never beside an integration test run
+    if not os.environ.get("LINKD_KERNEL_LOCK_FD"):  # bench/run holds it already
+        lock = os.open(KERNEL_LOCK, os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # never beside an integration test run
     print(f"[churn] {CHURNERS} restarting containers, {CHURN_SECONDS}s ...", file=sys.stderr)
     churn = run_churn()
     print("[registration] linkd ...", file=sys.stderr)

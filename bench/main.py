@@ -9,7 +9,9 @@ profile (`linkd_profile.py`), and the table.
 
 Parts: `bench/run` runs everything (the wiring benchmark above, then the DNS benchmark of
 `dns.py`: linkd, dnsmasq and aardvark-dns under dnsperf); `bench/run wiring [OPTIONS]` and
-`bench/run dns [--servers ...] [--no-save]` run one. A whole run saves both tables to
+`bench/run dns [--servers ...] [--no-save]`, `bench/run live` (bench/dns_live.py: lookups
+during churn, registration latency) and `bench/run daemon [--containers N --memory N]`
+(bench/daemon.py: recovery after kill -9, memory) run one. A whole run saves both tables to
 bench/results/latest.md and the DNS one also to bench/results/dns.md.
 
 Everything the run creates is removed in `finally`, and the run fails if `ip netns` or
@@ -40,7 +42,8 @@ import report
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "latest.md"
-PARTS = ("all", "wiring", "dns")
+PARTS = ("all", "wiring", "dns", "live", "daemon")
+SCRIPTS = {"live": "dns_live.py", "daemon": "daemon.py"}  # run as they are, output appended
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -345,6 +348,18 @@ def run_dns(argv: Sequence[str], command: str, also_to: Path | None) -> int:
     return 0
 
 
+def run_script(script: str, argv: Sequence[str], also_to: Path | None) -> int:
+    """bench/dns_live.py or bench/daemon.py as they are; their table is appended to
+    `also_to` (latest.md) on a whole run."""
+    result = subprocess.run([sys.executable, str(HERE / script), *argv],
+                            stdout=subprocess.PIPE, text=True)
+    print(result.stdout, end="")
+    if also_to is not None and result.returncode == 0:
+        with also_to.open("a") as f:
+            f.write("\n" + result.stdout)
+    return result.returncode
+
+
 def main(argv: Sequence[str]) -> int:
     if os.geteuid() != 0:
         print("bench/run: run as root (it creates network namespaces)", file=sys.stderr)
@@ -355,12 +370,17 @@ def main(argv: Sequence[str]) -> int:
     try:
         if part == "dns":
             return run_dns(rest, command, None)
+        if part in SCRIPTS:
+            return run_script(SCRIPTS[part], rest, None)
         args = parse_args(rest)
         code = asyncio.run(amain(args))
         if part == "wiring" or args.profile_only or code != 0:
             return code
         dns_args = ["--no-save"] if args.no_save else []
-        return run_dns(dns_args, command, RESULTS)
+        code = run_dns(dns_args, command, RESULTS)
+        for script in SCRIPTS.values():
+            code = code or run_script(script, [], None if args.no_save else RESULTS)
+        return code
     except KeyboardInterrupt as exc:
         left = check_clean()
         print(f"bench/run: interrupted ({exc or 'SIGINT'}); "
