@@ -24,6 +24,7 @@ import dnslib
 import yaml
 
 from linkd import dns, ipam, names, spec
+from linkd import state as state_codec
 from linkd.conventions import load_conventions
 from linkd.dns_zone import build_zone, forwards_for, requester_of
 from linkd.errors import LinkdError, NotFoundError, SpecError
@@ -172,6 +173,20 @@ def dry_plan(stack: Stack, file: Path) -> StackPlan:
     )
 
 
+def load_state(name: str) -> StackState:
+    """The stack's state: from the daemon when it runs the stack, else from its file."""
+    client = Client()
+    if store.supervised(name) and client.available():
+        try:
+            plain = client.request("GET", f"/v1/stacks/{name}")
+        except DaemonError as exc:
+            if exc.status != 404:
+                raise
+        else:
+            return state_codec.from_plain(StackState, plain)
+    return store.load(name)
+
+
 def stack_name(args: argparse.Namespace) -> str:
     if args.project:
         return str(args.project).lower()
@@ -199,11 +214,11 @@ def cmd_env(args: argparse.Namespace) -> int:
     """`NAME=VALUE  # where it comes from`, values quoted for a shell."""
     plan: StackPlan | None = None
     if args.file is None and (args.project or _stack_file(None) is None):
-        plan = store.load(stack_name(args)).plan
+        plan = load_state(stack_name(args)).plan
     else:
         stack, file = load_stack(args.file, args.project)
         if stack.name in store.stacks():
-            plan = store.load(stack.name).plan
+            plan = load_state(stack.name).plan
         else:
             plan = dry_plan(stack, file)
             print(f"linkd: stack {stack.name} is not up: addresses are provisional",
@@ -288,9 +303,11 @@ def _up_detached(stack: Stack, file: Path) -> int:
             print(line, file=sys.stderr)
         raise
     changes = answer.get("changes") if isinstance(answer, dict) else None
-    if changes:
+    if changes and any(changes.get(k) for k in ("added", "changed", "removed")):
         print("updated: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in changes.items() if v))
-    print(_table(store.load(stack.name)))
+    elif changes is not None:
+        print("no change: the stack already runs as the file says")
+    print(_table(load_state(stack.name)))
     return 0
 
 
@@ -337,6 +354,12 @@ def _down(name: str) -> int:
         return 0
     state = store.load(name)
     if state.supervisor_pid is not None:
+        if _is_daemon(state.supervisor_pid):
+            raise LinkdError(
+                f"stack {name} is run by the linkd daemon (pid {state.supervisor_pid}), "
+                f"which does not answer on {daemon_socket()}; stopping it would take every "
+                "stack down: check its log, or stop it yourself if that is what you want"
+            )
         os.kill(state.supervisor_pid, 15)
     grace = sum(c.stop_grace_period for c in state.plan.containers) + 30
     deadline = time.monotonic() + grace
@@ -348,12 +371,20 @@ def _down(name: str) -> int:
     return 0
 
 
+def _is_daemon(pid: int) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return argv[1:4] == [b"-m", b"linkd", b"daemon"]
+
+
 def cmd_ps(args: argparse.Namespace) -> int:
     stacks = store.stacks() if args.all else [stack_name(args)]
     if not stacks:
         print("no stack is up")
     for name in stacks:
-        print(_table(store.load(name)))
+        print(_table(load_state(name)))
     return 0
 
 
@@ -394,7 +425,7 @@ def _containers_of(plan: StackPlan, target: str) -> list[str]:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     name = stack_name(args)
-    state = store.load(name)
+    state = load_state(name)
     sources = [(c, store.log_path(name, c)) for c in _containers(state, args.service)]
     width = max(len(c) for c, _ in sources)
 
@@ -419,7 +450,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if not argv:
         raise SpecError([("exec", None, "give the command after --, e.g. linkd exec web -- sh")])
     name = stack_name(args)
-    state = store.load(name)
+    state = load_state(name)
     targets = _containers(state, args.service)
     target = targets[0] if len(targets) == 1 else f"{args.service}-{args.index}"
     if target not in targets:
@@ -440,7 +471,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_dns(args: argparse.Namespace) -> int:
-    state = store.load(stack_name(args))
+    state = load_state(stack_name(args))
     asker = state.plan.container(_containers(state, args.asker)[0])
     requester = requester_of(state.plan.stack, asker)
     # The same snapshot the running server holds: without the containers that stopped.
@@ -466,7 +497,7 @@ def cmd_dns(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    state = store.load(stack_name(args))
+    state = load_state(stack_name(args))
     if args.target is None:
         print(json.dumps(to_plain(state), indent=2))
         return 0

@@ -135,6 +135,14 @@ def verify(data: bytes) -> None:
     unframe(KIND_STATE, data)
 
 
+def from_plain(kind: type[T], value: Any) -> T:
+    """The inverse of `to_plain` (what the daemon's API sends): a StackState, say."""
+    try:
+        return _from_plain(kind, value)  # type: ignore[no-any-return]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise StateError(f"not a {kind.__name__}: {exc}") from exc
+
+
 def pack(value: Any) -> bytes:
     """Any frozen dataclass of this package (a lease, say), framed like the state."""
     return frame(KIND_VALUE, _packb(to_plain(value)))

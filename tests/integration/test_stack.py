@@ -254,15 +254,21 @@ def test_two_stacks_with_the_same_file_run_side_by_side(linkd: Linkd) -> None:
         linkd.run("down", "--forget", "-p", other)
 
 
-def test_up_twice_is_refused_while_the_stack_is_up(linkd: Linkd) -> None:
+def test_up_again_changes_nothing_and_a_second_supervisor_is_refused(linkd: Linkd) -> None:
     linkd.write("""
         services:
           one:
             command: sleep 300
     """)
     linkd.up()
-    again = linkd.run("up", "-d", "-p", linkd.project, check=False)
-    assert again.returncode != 0 and "already up" in again.stderr
+    before = linkd.run("ps", "-p", linkd.project).stdout
+    again = linkd.up()  # the daemon compares the file with what runs: nothing changed
+    assert "updated" not in again.stdout
+    assert linkd.run("ps", "-p", linkd.project).stdout == before
+    pid = linkd.run("inspect", "-p", linkd.project, "one").stdout
+    assert pid == linkd.run("inspect", "-p", linkd.project, "one").stdout
+    foreground = linkd.run("up", "-p", linkd.project, check=False, timeout=30)
+    assert foreground.returncode != 0 and "already up" in foreground.stderr
 
 
 def test_ipv6_dual_stack(linkd: Linkd) -> None:
