@@ -1,0 +1,26 @@
+"""What the three services share: quiet exits on SIGTERM, and a small HTTP client."""
+
+import json
+import signal
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+# Container addresses are local: never go through a proxy of the host's environment.
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def exit_on_sigterm() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
+
+def call(method: str, url: str, body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    try:
+        with OPENER.open(request, timeout=5) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    return status, json.loads(raw) if raw else None
