@@ -33,6 +33,8 @@ What the plugin guarantees:
   PID (and start time) of the process that made it before its first stack is created.
   At the start of every session, stacks whose prefix belongs to a process that is gone
   (a run killed by SIGKILL, say) are taken down, their leases and the record removed.
+- Host names: the stack's names resolve in the test process as in its containers
+  (`Stack.names`, on unless `host_names=False`), so `http://api:8080/` works from a test.
 - Reports: a test that fails gets the output of every container of the stacks it used
   attached to its report (sections `linkd logs: STACK CONTAINER`); a stack whose wait
   timed out attaches the output of its containers as they were then.
@@ -164,8 +166,11 @@ def _resolve(source: Source, base: Path) -> Source:
 
 
 @contextlib.contextmanager
-def _stack(source: Source, wait: WaitFor | None, directory: str | None) -> Iterator[Stack]:
-    with Stack.up(source, name=RUN.next_name(), wait=wait, directory=directory) as stack:
+def _stack(
+    source: Source, wait: WaitFor | None, directory: str | None, host_names: bool = True
+) -> Iterator[Stack]:
+    up = Stack.up(source, name=RUN.next_name(), wait=wait, directory=directory)
+    with up as stack, stack.names() if host_names else contextlib.nullcontext():
         yield stack
 
 
@@ -176,16 +181,18 @@ def stack_fixture(
     wait: WaitFor | None = None,
     directory: str | None = None,
     name: str | None = None,
+    host_names: bool = True,
 ) -> Any:
     """A fixture bringing up `source` (a stack file, relative to the calling file, or a
     Compose-shaped dict) once per `scope`, after `wait`; assign it in a conftest.py or a
-    test module (the fixture is named as the variable, or `name`)."""
+    test module (the fixture is named as the variable, or `name`). With `host_names`,
+    the test process resolves the stack's names as its containers do (`Stack.names`)."""
     caller = sys._getframe(1).f_globals.get("__file__")
     base = Path(caller).resolve().parent if caller else Path.cwd()
     resolved = _resolve(source, base)
 
     def fixture() -> Iterator[Stack]:
-        with _stack(resolved, wait, directory) as stack:
+        with _stack(resolved, wait, directory, host_names) as stack:
             yield stack
 
     return pytest.fixture(scope=scope, name=name)(fixture)  # type: ignore[call-overload]
@@ -201,7 +208,9 @@ def linkd_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
             "the linkd_stack fixture needs a @pytest.mark.linkd_stack(\"stack.yaml\") marker"
         )
     source = _resolve(marker.args[0], request.path.parent)
-    with _stack(source, marker.kwargs.get("wait"), marker.kwargs.get("directory")) as stack:
+    kwargs = marker.kwargs
+    with _stack(source, kwargs.get("wait"), kwargs.get("directory"),
+                kwargs.get("host_names", True)) as stack:
         yield stack
 
 
@@ -211,8 +220,8 @@ def linkd_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "linkd_stack(source, wait=None, directory=None): bring a linkd stack up for this "
-        "test, as the linkd_stack fixture",
+        "linkd_stack(source, wait=None, directory=None, host_names=True): bring a linkd "
+        "stack up for this test, as the linkd_stack fixture",
     )
 
 

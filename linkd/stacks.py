@@ -50,9 +50,9 @@ from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from linkd import spec, waits
+from linkd import host_names, spec, waits
 from linkd.errors import LinkdError, NotFoundError
-from linkd.plan import ContainerPlan
+from linkd.plan import ContainerPlan, StackPlan
 from linkd.runtime import store
 from linkd.runtime.client import Client, DaemonError, ensure_daemon
 from linkd.state import StackState, from_plain
@@ -116,6 +116,7 @@ class Stack:
         self.directory = directory
         self.client = client
         self._down = False
+        self._cached_plan: StackPlan | None = None  # networks and replicas, for names()
 
     # -- up and down -------------------------------------------------------------------
 
@@ -252,6 +253,65 @@ class Stack:
             f"?name={quote(name)}&type={quote(qtype)}",
         )
         return [r["data"] for r in answer["records"] if r["type"] == qtype.upper()]
+
+    # -- names on the host ---------------------------------------------------------------
+
+    def names(self) -> contextlib.AbstractContextManager[None]:
+        """While the block runs, this process resolves the stack's names (`api`,
+        `db.backend`, `api.STACK.linkd`) through linkd's DNS, as the containers do: see
+        `linkd.host_names`. The pytest plugin's fixtures turn it on for their tests."""
+        return host_names.active(self)
+
+    @property
+    def dns_domain(self) -> str:
+        return f"{self.name}.{self._plan().dns.domain}"
+
+    def host_lookup(self, name: str, family: int = socket.AF_UNSPEC) -> list[str]:
+        """The addresses a container on the stack's networks gets for `name` (none for
+        a name the stack does not have)."""
+        qtypes: tuple[str, ...]
+        if family == socket.AF_INET:
+            qtypes = ("A",)
+        elif family == socket.AF_INET6:
+            qtypes = ("AAAA",)
+        else:
+            qtypes = ("A", "AAAA") if self._has_ipv6() else ("A",)
+        for viewer in self._viewers():
+            found: list[str] = []
+            for qtype in qtypes:
+                answer = self.client.request(
+                    "GET",
+                    f"/v1/stacks/{self.name}/containers/{viewer}/dns"
+                    f"?name={quote(name)}&type={qtype}",
+                )
+                found += [r["data"] for r in answer["records"] if r["type"] == qtype]
+            if found:
+                return found
+        return []
+
+    def _plan(self) -> StackPlan:
+        if self._cached_plan is None:
+            self._cached_plan = self.state().plan
+        return self._cached_plan
+
+    def _has_ipv6(self) -> bool:
+        return any(i.address6 is not None for c in self._plan().containers for i in c.interfaces)
+
+    def _viewers(self) -> list[str]:
+        """Few containers whose networks together are all the stack's (the first
+        replica of each service, greedily): what they see is what the host sees."""
+        uncovered = {n.key for n in self._plan().networks}
+        candidates = [c for c in self._plan().containers if c.replica == 1 and c.interfaces]
+        chosen: list[str] = []
+        while uncovered and candidates:
+            best = max(candidates, key=lambda c: len(uncovered & {i.network for i in c.interfaces}))
+            gain = uncovered & {i.network for i in best.interfaces}
+            if not gain:
+                break
+            chosen.append(best.name)
+            uncovered -= gain
+            candidates.remove(best)
+        return chosen
 
     # -- waiting -------------------------------------------------------------------------
 

@@ -48,3 +48,10 @@ def test_containers_find_the_store_by_name(shop: Stack) -> None:
     assert found.returncode == 0, found.stderr
     assert found.stdout.strip() == shop["store"].address
     assert shop.resolve("store", from_service="api") == [shop["store"].address]
+
+
+def test_the_host_uses_the_names_the_containers_use(shop: Stack) -> None:
+    # The plugin's fixture resolves the stack's names in this process, so a test (or the
+    # client library it drives) is configured exactly like the containers are.
+    assert call("GET", "http://store:7000/health")[0] == 200
+    assert call("GET", "http://api:8080/health") == (200, {"store": 200})

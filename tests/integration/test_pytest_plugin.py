@@ -58,7 +58,7 @@ def test_the_microservices_example_passes() -> None:
     records = set(RECORDS.glob("*.json"))
     done = run_pytest("-q", "examples/microservices")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "4 passed" in done.stdout
+    assert "5 passed" in done.stdout
     assert set(RECORDS.glob("*.json")) <= records  # the run removed its record
 
 
@@ -71,7 +71,19 @@ def test_two_runs_of_the_same_stack_file_at_once_never_collide() -> None:
     for run in runs:
         output, _ = run.communicate(timeout=300)
         assert run.returncode == 0, output
-        assert "4 passed" in output
+        assert "5 passed" in output
+
+
+def test_two_pytest_xdist_workers_with_the_same_stack_file() -> None:
+    records = set(RECORDS.glob("*.json"))
+    before = hosted()
+    # --dist load spreads the tests of the one module over both workers: each brings up
+    # the module's stack from the same file, at the same time.
+    done = run_pytest("-v", "-n", "2", "--dist", "load", "examples/microservices")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "5 passed" in done.stdout
+    assert "[gw0] " in done.stdout and "[gw1] " in done.stdout, done.stdout
+    assert hosted() == before and set(RECORDS.glob("*.json")) <= records
 
 
 FAILING = '''

@@ -130,6 +130,31 @@ async def test_async_form_with_a_stack_built_in_python(linkd: Linkd) -> None:
     assert stack.name not in hosted()
 
 
+def test_the_host_resolves_the_stacks_names_while_names_is_active(linkd: Linkd) -> None:
+    file = write_app(linkd)
+    with linkd_up(file, linkd, wait={"web": waits.http(8080, "/health")}) as stack:
+        web, db = stack["web"], stack["db"]
+        with pytest.raises(socket.gaierror):
+            socket.getaddrinfo("web", 8080)
+        with stack.names():
+            found = {a[4][0] for a in socket.getaddrinfo("web", 8080, type=socket.SOCK_STREAM)}
+            assert found == set(web.addresses)  # every replica, as a container sees them
+            assert socket.gethostbyname("db") == db.address
+            assert socket.gethostbyname_ex("web-2")[2] == [web.addresses[1]]
+            fqdn = f"db.{stack.name}.linkd"
+            assert socket.getaddrinfo(fqdn, None, socket.AF_INET)[0][4][0] == db.address
+            # Clients that know nothing of linkd use the same names as the containers.
+            assert get("http://web-1:8080/health")[1]["host"] == "web-1"
+            # Other names are the host resolver's: unchanged, and no invented answers.
+            assert socket.gethostbyname("localhost") == "127.0.0.1"
+            assert socket.getaddrinfo("127.0.0.1", 80)[0][4][0] == "127.0.0.1"
+            with pytest.raises(socket.gaierror):
+                socket.getaddrinfo("nosuchservice", 80)
+        with pytest.raises(socket.gaierror):
+            socket.gethostbyname("db")
+    assert socket.getaddrinfo is socket.__dict__["getaddrinfo"]
+
+
 def test_default_names_differ_per_up(linkd: Linkd) -> None:
     spec = {"services": {"a": {"command": "sleep 300"}}}
     with Stack.up(spec) as one, Stack.up(spec) as two:
