@@ -28,7 +28,7 @@ from pathlib import Path
 from linkd.errors import ConflictError, LinkdError, NotFoundError
 from linkd.model import Stack
 from linkd.plan import ContainerPlan
-from linkd.runtime import store, supervisor
+from linkd.runtime import link_events, store, supervisor
 from linkd.runtime.netlink import Kernel
 from linkd.state import StackState
 
@@ -36,6 +36,7 @@ log = logging.getLogger("linkd")
 
 EVENT_BACKLOG = 1000  # events kept per subscriber that is not reading
 RECONCILE_INTERVAL = 2.0  # seconds between checks of the kernel against every plan
+EVENT_SETTLE = 0.1  # seconds from a link removal to the check: a burst of them is one check
 
 
 def socket_path() -> Path:
@@ -187,14 +188,34 @@ class Daemon:
         return recovered
 
     async def reconcile_forever(self, interval: float = RECONCILE_INTERVAL) -> None:
-        """Every `interval`, repair what went missing in the kernel for every stack."""
-        while True:
-            await asyncio.sleep(interval)
-            for hosted in list(self.stacks.values()):
-                try:
-                    await hosted.supervisor.repair()
-                except LinkdError as exc:
-                    log.warning("stack %s: repair failed: %s", hosted.name, exc)
+        """Repair what went missing in the kernel for every stack: as soon as the kernel
+        says a link of linkd's was removed, and every `interval` (what events cannot
+        tell: a namespace's addresses flushed, say)."""
+        wake = asyncio.Event()
+        watch = link_events.LinkWatch(lambda name: wake.set())
+        try:
+            watch.start()
+        except OSError as exc:
+            log.warning("no link events (%s): the kernel is checked every %ss only",
+                        exc, interval)
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), interval)
+                    # A removal comes in bursts (a namespace goes with its veths, a
+                    # bridge with its ports): settle, then check once.
+                    await asyncio.sleep(EVENT_SETTLE)
+                wake.clear()
+                await self._repair_all()
+        finally:
+            watch.close()
+
+    async def _repair_all(self) -> None:
+        for hosted in list(self.stacks.values()):
+            try:
+                await hosted.supervisor.repair()
+            except LinkdError as exc:
+                log.warning("stack %s: repair failed: %s", hosted.name, exc)
 
     def _host(self, name: str, source: str) -> Hosted:
         sup = supervisor.Supervisor(name, source, lambda s, m: None, survive=True)

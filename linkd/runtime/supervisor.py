@@ -89,6 +89,7 @@ class Supervisor:
         self.plan: StackPlan | None = None
         self._served: StackPlan | None = None  # what the DNS zone serves: plan less the gone
         self.status: StackStatus = "starting"
+        self._changing = asyncio.Lock()  # held by update and repair: one at a time
         self.processes: dict[str, process.ContainerProcess] = {}
         self.states: dict[str, ContainerState] = {}
         self.user_stopped: set[str] = set()
@@ -249,6 +250,10 @@ class Supervisor:
         are recreated (stopped, their namespace rebuilt, started); removed ones go; new
         services and networks come. Returns the containers in each of those groups.
         """
+        async with self._changing:  # no repair meanwhile: it would restore the old plan
+            return await self._update(stack)
+
+    async def _update(self, stack: Stack) -> dict[str, list[str]]:
         if any(s.image for s in stack.services):
             raise ContainerError("running images comes with a later linkd")
         assert self.plan is not None and self.dns is not None
@@ -390,13 +395,17 @@ class Supervisor:
         """Recreate kernel objects of this stack that went missing while it runs (a veth
         or bridge deleted by hand): the level-based check the daemon runs periodically.
         Processes are left to their monitors; returns the number of repairs."""
-        if self.plan is None or self.status != "up":
+        if self.plan is None or self.status != "up" or self._changing.locked():
             return 0
+        async with self._changing:
+            return await self._repair(self.plan)
+
+    async def _repair(self, plan: StackPlan) -> int:
         observed = await self.observe()
-        everyone = frozenset(c.name for c in self.plan.containers)
+        everyone = frozenset(c.name for c in plan.containers)
         actions = [
             a
-            for a in plan_up(self.plan, replace(observed, running=everyone))
+            for a in plan_up(plan, replace(observed, running=everyone))
             if isinstance(a, EnsureBridge | EnsureVeth | ConfigureNetns)
         ]
         for action in actions:
