@@ -4,12 +4,11 @@ GET /health (200 once the store answers), PUT/GET /items/KEY, POST /jobs {"text"
 -> {"id": N}, GET /jobs/N -> the worker's result (202 while pending)."""
 
 import itertools
-import json
 import os
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
-from common import call, exit_on_sigterm
+from common import JsonHandler, call, exit_on_sigterm
 
 # `links: [store]` gives these (linkd's default convention); a process on the host gets
 # the same from `stack.env_for_host()`.
@@ -17,18 +16,7 @@ STORE = f"http://{os.environ['LINKD_STORE_HOST']}:{os.environ['LINKD_STORE_PORT'
 ids = itertools.count(1)
 
 
-class Handler(BaseHTTPRequestHandler):
-    def reply(self, status: int, body: Any) -> None:
-        raw = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
-
-    def body(self) -> Any:
-        length = int(self.headers.get("Content-Length") or 0)
-        return json.loads(self.rfile.read(length)) if length else None
+class Handler(JsonHandler):
 
     def do_GET(self) -> None:
         parts = self.path.strip("/").split("/")

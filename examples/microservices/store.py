@@ -1,30 +1,19 @@
 """A key-value store over HTTP: GET/PUT /kv/KEY, POST /queue/NAME (push), POST
 /queue/NAME/pop (204 when empty)."""
 
-import json
 import threading
 from collections import defaultdict, deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
-from common import exit_on_sigterm
+from common import JsonHandler, exit_on_sigterm
 
 values: dict[str, Any] = {}
 queues: defaultdict[str, deque[Any]] = defaultdict(deque)
 lock = threading.Lock()
 
 
-class Handler(BaseHTTPRequestHandler):
-    def reply(self, status: int, body: Any = None) -> None:
-        raw = b"" if body is None else json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
-
-    def body(self) -> Any:
-        length = int(self.headers.get("Content-Length") or 0)
-        return json.loads(self.rfile.read(length)) if length else None
+class Handler(JsonHandler):
 
     def do_GET(self) -> None:
         parts = self.path.strip("/").split("/")
