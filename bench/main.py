@@ -11,8 +11,12 @@ Parts: `bench/run` runs everything (the wiring benchmark above, then the DNS ben
 `dns.py`: linkd, dnsmasq and aardvark-dns under dnsperf); `bench/run wiring [OPTIONS]` and
 `bench/run dns [--servers ...] [--no-save]`, `bench/run live` (bench/dns_live.py: lookups
 during churn, registration latency) and `bench/run daemon [--containers N --memory N]`
-(bench/daemon.py: recovery after kill -9, memory) run one. A whole run saves both tables to
-bench/results/latest.md and the DNS one also to bench/results/dns.md.
+(bench/daemon.py: recovery after kill -9, memory) and `bench/run health [--no-docker]`
+(bench/health.py: three services up to all healthy, beside docker-compose) and
+`bench/run ports` (bench/ports.py: iperf3 across a linkd bridge and through a published
+port, beside a raw veth pair) and `bench/run images` (bench/images.py: image load, and
+container start from an image with linkd's launcher and with runc) run one. A whole run
+saves both tables to bench/results/latest.md and the DNS one also to bench/results/dns.md.
 
 Everything the run creates is removed in `finally`, and the run fails if `ip netns` or
 `ip link` still show anything with a bench prefix afterwards.
@@ -42,8 +46,10 @@ import report
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "latest.md"
-PARTS = ("all", "wiring", "dns", "live", "daemon")
-SCRIPTS = {"live": "dns_live.py", "daemon": "daemon.py"}  # run as they are, output appended
+PARTS = ("all", "wiring", "dns", "live", "daemon", "health", "ports", "images")
+# run as they are, output appended
+SCRIPTS = {"live": "dns_live.py", "daemon": "daemon.py", "health": "health.py",
+           "ports": "ports.py", "images": "images.py"}
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:

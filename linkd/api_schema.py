@@ -151,6 +151,56 @@ _CREATE = {
     },
 }
 
+_PROBE = {
+    "type": "object",
+    "required": ["start", "end", "exit_code", "output"],
+    "properties": {
+        "start": {"type": "number", "description": "Unix time"},
+        "end": {"type": "number"},
+        "exit_code": {"type": "integer", "description": "-1: killed at the timeout"},
+        "output": {"type": "string", "description": "stdout and stderr, first 4096 bytes"},
+    },
+}
+
+_HEALTH_STATUS = {"enum": ["starting", "healthy", "unhealthy", None],
+                  "description": "null: the container has no healthcheck"}
+
+# Docker's State.Health, lower-case; null when the container has no healthcheck.
+_HEALTH = {
+    "type": "object",
+    "required": ["status", "failing_streak", "log"],
+    "properties": {
+        "status": {"enum": ["starting", "healthy", "unhealthy"]},
+        "failing_streak": {"type": "integer"},
+        "log": {"type": "array", "items": {"$ref": "#/components/schemas/Probe"},
+                "description": "the last 5 probes, oldest first"},
+    },
+}
+
+_CONTAINER_STATE = {
+    "type": "object",
+    "required": ["name", "status"],
+    "properties": {"name": {"type": "string"}, "status": {"type": "string"},
+                   "health": _HEALTH_STATUS},
+}
+
+_CONTAINER = {
+    "type": "object",
+    "required": ["plan", "state", "health"],
+    "properties": {
+        "plan": {"type": "object"},
+        "state": {"$ref": "#/components/schemas/ContainerState"},
+        "health": {"oneOf": [{"$ref": "#/components/schemas/Health"}, {"type": "null"}]},
+    },
+}
+
+# operationId -> schema of the success response, where the document gives one
+_RESPONSES = {
+    "listContainers": {"type": "array",
+                       "items": {"$ref": "#/components/schemas/ContainerState"}},
+    "getContainer": {"$ref": "#/components/schemas/Container"},
+}
+
 _ERRORS_BY_ROUTE = {
     "createStack": (400, 409, 422),
     "putStack": (400, 422),
@@ -170,8 +220,9 @@ _ERRORS_BY_ROUTE = {
 def openapi() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for method, path, operation, summary, status in ROUTES:
+        body = {"schema": _RESPONSES[operation]} if operation in _RESPONSES else {}
         responses: dict[str, Any] = {
-            str(status): {"description": "OK", "content": {_content(operation): {}}}
+            str(status): {"description": "OK", "content": {_content(operation): body}}
         }
         for code in _ERRORS_BY_ROUTE.get(operation, ()):
             responses[str(code)] = {
@@ -204,7 +255,10 @@ def openapi() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "linkd", "version": API_VERSION},
         "paths": paths,
-        "components": {"schemas": {"Error": _ERROR, "CreateStack": _CREATE}},
+        "components": {"schemas": {
+            "Error": _ERROR, "CreateStack": _CREATE, "Probe": _PROBE, "Health": _HEALTH,
+            "ContainerState": _CONTAINER_STATE, "Container": _CONTAINER,
+        }},
     }
 
 

@@ -23,14 +23,15 @@ from typing import Any
 import dnslib
 import yaml
 
-from linkd import dns, ipam, names, spec
+from linkd import cli_images, dns, firewall, ipam, names, spec
 from linkd import state as state_codec
 from linkd.conventions import load_conventions
 from linkd.dns_zone import build_zone, forwards_for, requester_of
 from linkd.errors import LinkdError, NotFoundError, SpecError
+from linkd.health import summary_of as health_summary
 from linkd.model import Stack
 from linkd.plan import StackPlan, realize
-from linkd.runtime import api, process, store, supervisor
+from linkd.runtime import api, images, process, store, supervisor
 from linkd.runtime import logs as log_files
 from linkd.runtime.client import Client, DaemonError, ensure_daemon
 from linkd.runtime.daemon import socket_path as daemon_socket
@@ -119,6 +120,11 @@ def _parser() -> argparse.ArgumentParser:
     dns.add_argument("--from", dest="asker", required=True, metavar="SERVICE",
                      help="the service (its first replica) or container that asks")
     dns.add_argument("--type", dest="qtype", default="A", help="record type (default A)")
+    port = command("port", cmd_port, "the host address and port a container port is published on")
+    port.add_argument("--index", type=int, default=1, help="replica (default 1)")
+    port.add_argument("service")
+    port.add_argument("port", help="container port, PORT or PORT/PROTO (default tcp)")
+    cli_images.add_parser(sub)
     return parser
 
 
@@ -168,6 +174,7 @@ def dry_plan(stack: Stack, file: Path) -> StackPlan:
     shows provisional addresses for a stack that is not up."""
     base = file.resolve().parent
     subnets = ipam.pick_subnets(stack.networks, [])
+    stack = images.resolve_stack(stack, base, load=False)  # images already in the store
     return realize(
         stack, subnets, workdir=str(base), conventions=load_conventions(stack, base)
     )
@@ -399,6 +406,8 @@ def _table(state: StackState) -> str:
         status: str = current.status
         if current.exit_code is not None and status != "running":
             status += f" ({current.exit_code})"
+        if status == "running" and current.health is not None:
+            status += " " + health_summary(current.health)  # as docker ps: (healthy)
         if current.restarts:
             status += f" restarts={current.restarts}"
         rows.append((state.plan.stack, container.service, container.name, addresses, status))
@@ -468,6 +477,22 @@ def cmd_exec(args: argparse.Namespace) -> int:
         return subprocess.call(process.exec_argv(current.init_pid, str(spec_path)))
     finally:
         spec_path.unlink(missing_ok=True)
+
+
+def cmd_port(args: argparse.Namespace) -> int:
+    state = load_state(stack_name(args))
+    number, _, proto = str(args.port).partition("/")
+    if not number.isdigit():
+        raise SpecError([("port", None, f"expected PORT or PORT/PROTO, got {args.port!r}")])
+    try:
+        found = firewall.port_of(state.plan, args.service, int(number), proto or "tcp",
+                                 args.index)
+    except KeyError as exc:
+        raise NotFoundError(f"stack {state.plan.stack} has no container {exc.args[0]}") from None
+    if not found:
+        raise NotFoundError(f"no public port {args.port} published for {args.service}")
+    print("\n".join(found))
+    return 0
 
 
 def cmd_dns(args: argparse.Namespace) -> int:

@@ -15,6 +15,11 @@ Rules, in order:
   forwarded: unknown ones are NXDOMAIN, known ones without the asked type (AAAA on an
   IPv4-only network, MX, ...) are NODATA; both carry the SOA in authority for negative
   caching (RFC 2308).
+- A name whose records are all held back because their containers are not healthy
+  yet (`linkd.dns_zone`, health) answers SERVFAIL: stub resolvers report that as a
+  temporary failure (glibc's getaddrinfo: EAI_AGAIN, "Temporary failure in name
+  resolution") and clients retry, where NXDOMAIN ("Name or service not known") makes
+  them give up. No SOA: a SERVFAIL is not negatively cached (RFC 2308 section 7.1).
 - Reverse names of container addresses the requester can see answer PTR; other
   addresses inside a linkd subnet are NXDOMAIN; every other reverse name is forwarded,
   as is every other multi-label name that is not one of the requester's names.
@@ -90,6 +95,7 @@ _TYPE_ANY = 255
 _CLASS_IN = 1
 _CLASS_ANY = 255
 _RCODE_FORMERR = 1
+_RCODE_SERVFAIL = 2
 _RCODE_NXDOMAIN = 3
 _RCODE_NOTIMP = 4
 _RCODE_REFUSED = 5
@@ -315,6 +321,8 @@ def _resolve(
     if reverse:
         return _resolve_reverse(zone, requester, name, qname, qtype)
     entries = _lookup(zone, requester, name)
+    if any(e.held for e in entries) and not any(e.records for e in entries):
+        return _Result(_RCODE_SERVFAIL)  # no healthy instance yet: try again
     if not entries:
         if in_zone or single:
             return _Result(_RCODE_NXDOMAIN, authority=(_soa(zone),))
@@ -519,7 +527,14 @@ def explain(zone: Zone, name: str, requester: IPv4Address | IPv6Address) -> list
                 f"{name} on {netid[0]}/{netid[1]}: {record.container} "
                 f"({record.via}) {_record_addresses(record.v4, record.v6)}"
             )
-        if not entry.records:
+        for record in entry.held:
+            lines.append(
+                f"{name} on {netid[0]}/{netid[1]}: {record.container} ({record.via}) "
+                f"{_record_addresses(record.v4, record.v6)} held back: not healthy"
+            )
+        if entry.held and not entry.records:
+            lines.append(f"{name} on {netid[0]}/{netid[1]}: no healthy instance (SERVFAIL)")
+        elif not entry.records:
             lines.append(f"{name} on {netid[0]}/{netid[1]}: exists, no records")
         if entry.v4 and not used_v4:
             lines.append(f"  A answered from {netid[0]}/{netid[1]}")

@@ -27,7 +27,16 @@ replica on two shared networks is not counted twice in the round robin. An unkno
 source sees no names at all.
 
 SRV names (`_PORT._PROTO.SERVICE`, and `_NAME._PROTO.SERVICE` for named ports) come
-from the ports each ContainerPlan carries. Link aliases are requester-scoped extras
+from the ports each ContainerPlan carries.
+
+Health: `pending` (stack, container) pairs are containers of a service with a
+healthcheck that are not healthy (yet). Their records under the service name, its
+aliases, its SRV names and link aliases to it are *held*: kept in `Entry.held`, not
+answered. A name whose every record is held answers SERVFAIL (see `linkd.dns`), so a
+client retries instead of giving up. Container names (`web-2`) are never held, and
+`_all.NAME` (for the service name and each alias) lists every instance, healthy or
+not, for bootstrapping a cluster. Compose service names cannot start with `_`, nor
+can SRV names be two labels, so `_all.` never collides. Link aliases are requester-scoped extras
 (`link_names`), looked up before the view's networks; network aliases come from the
 plans (`plan_aliases`). Both can be passed explicitly to `build_zone`.
 """
@@ -37,7 +46,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from linkd.model import PortSpec, Stack
@@ -74,12 +83,15 @@ class SrvTarget:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """A name on one network: its records and their addresses, deduplicated, sorted."""
+    """A name on one network: its records and their addresses, deduplicated, sorted.
+
+    `held`: records of not-yet-healthy containers, not answered (module docstring)."""
 
     records: tuple[Record, ...]
     v4: tuple[IPv4Address, ...]
     v6: tuple[IPv6Address, ...]
     srv: tuple[SrvTarget, ...] = ()
+    held: tuple[Record, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +121,7 @@ class Zone:
     views: Mapping[Address, View]
     subnets: tuple[IPv4Network | IPv6Network, ...]
     extra: Mapping[Address, Mapping[str, Entry]]
+    pending: frozenset[tuple[str, str]] = frozenset()  # (stack, container) not healthy
     # The answer cache (see linkd.dns): a memo of this snapshot, never part of its value.
     cache: dict[object, tuple[bytes, ...] | None] = field(
         default_factory=dict, compare=False, repr=False
@@ -227,12 +240,12 @@ def _srv_labels(ports: Iterable[PortSpec]) -> list[tuple[str, int]]:
     return labels
 
 
-def make_entry(records: Iterable[Record]) -> Entry:
+def make_entry(records: Iterable[Record], held: Iterable[Record] = ()) -> Entry:
     recs = tuple(records)
     v4 = sorted({r.v4 for r in recs if r.v4 is not None})
     v6 = sorted({r.v6 for r in recs if r.v6 is not None})
     srv = sorted({r.srv for r in recs if r.srv is not None}, key=lambda t: (t.target, t.port))
-    return Entry(recs, tuple(v4), tuple(v6), tuple(srv))
+    return Entry(recs, tuple(v4), tuple(v6), tuple(srv), tuple(held))
 
 
 def build_zone(
@@ -241,14 +254,17 @@ def build_zone(
     domain: str = DEFAULT_DOMAIN,
     aliases: Mapping[AliasKey, Sequence[str]] | None = None,
     extra: Mapping[Address, Mapping[str, Sequence[Address]]] | None = None,
+    pending: frozenset[tuple[str, str]] = frozenset(),
 ) -> Zone:
     """The zone for these stacks; see the module docstring for the layout.
 
-    Aliases and link names come from the plans unless given.
+    Aliases and link names come from the plans unless given. `pending`: (stack,
+    container) pairs not healthy yet, held back from their service's names.
     """
     apex = domain.lower().rstrip(".")
     aliases = plan_aliases(plans) if aliases is None else aliases
     names: dict[NetId, dict[str, list[Record]]] = {}
+    held: dict[NetId, dict[str, list[Record]]] = {}
     reverse: dict[str, Pointer] = {}
     memberships: dict[Address, list[tuple[str, tuple[NetId, ...]]]] = {}
     for plan in plans:
@@ -257,14 +273,21 @@ def build_zone(
             for name in _empty_non_terminals(netid, apex):
                 table.setdefault(name, [])
         for c in plan.containers:
-            for netid, name, record in _names_of(plan.stack, c, apex, aliases):
-                names.setdefault(netid, {}).setdefault(name, []).append(record)
+            sick = (plan.stack, c.name) in pending
+            for netid, name, record, hold in _names_of(plan.stack, c, apex, aliases, sick):
+                names.setdefault(netid, {}).setdefault(name, [])
+                (held if hold else names).setdefault(netid, {}).setdefault(name, []).append(
+                    record
+                )
             reverse.update(_pointers_of(plan.stack, c, apex))
             who, nets = _membership_of(plan.stack, c)
             for address in _addresses_of(c):
                 memberships.setdefault(address, []).append((who, nets))
-    frozen = {netid: {n: make_entry(rs) for n, rs in t.items()} for netid, t in names.items()}
-    extras = _extras(plans) if extra is None else _extra_entries(extra, _VIA_LINK)
+    frozen = {
+        netid: {n: make_entry(rs, held.get(netid, {}).get(n, ())) for n, rs in t.items()}
+        for netid, t in names.items()
+    }
+    extras = _extras(plans, pending) if extra is None else _extra_entries(extra, _VIA_LINK)
     return Zone(
         domain=apex,
         serial=_serial(apex, frozen, reverse, extras),
@@ -273,14 +296,21 @@ def build_zone(
         views=_views(memberships),
         subnets=_subnets(plans),
         extra=extras,
+        pending=pending,
     )
 
 
-def rezone(zone: Zone, before: Sequence[StackPlan], after: Sequence[StackPlan]) -> Zone:
+def rezone(
+    zone: Zone,
+    before: Sequence[StackPlan],
+    after: Sequence[StackPlan],
+    pending: frozenset[tuple[str, str]] = frozenset(),
+) -> Zone:
     """`zone` (built from `before`) changed to serve `after`, touching only the names of
     containers that came or went: the cost of a container starting or stopping does not
     grow with the size of the zone (a full `build_zone` of 500 containers takes ~20 ms,
-    and a peer would wait that long for a new name).
+    and a peer would wait that long for a new name). A container whose health changed
+    (in `pending` now and not in `zone.pending`, or the other way) goes and comes back.
 
     The result serves what `build_zone(after)` serves; its serial is the old one plus
     one (RFC 1982: it increases on every change). Networks must be the same in both;
@@ -288,15 +318,20 @@ def rezone(zone: Zone, before: Sequence[StackPlan], after: Sequence[StackPlan]) 
     """
     apex = zone.domain
     if _subnets(before) != _subnets(after) or _network_keys(before) != _network_keys(after):
-        return build_zone(after, domain=apex)
+        return build_zone(after, domain=apex, pending=pending)
     old = {(p.stack, c.name): (p.stack, c) for p in before for c in p.containers}
     new = {(p.stack, c.name): (p.stack, c) for p in after for c in p.containers}
-    went = [v for k, v in old.items() if k not in new or new[k][1] is not v[1]]
-    came = [v for k, v in new.items() if k not in old or old[k][1] is not v[1]]
+    flipped = zone.pending ^ pending
+    went = [
+        v for k, v in old.items() if k not in new or new[k][1] is not v[1] or k in flipped
+    ]
+    came = [
+        v for k, v in new.items() if k not in old or old[k][1] is not v[1] or k in flipped
+    ]
     if not went and not came:
-        return zone
+        return zone if zone.pending == pending else replace(zone, pending=pending)
     if len(went) + len(came) > max(8, len(new) // 2):
-        return build_zone(after, domain=apex)
+        return build_zone(after, domain=apex, pending=pending)
     copies: dict[NetId, dict[str, Entry]] = {}  # copy-on-write, per network touched
 
     def table(netid: NetId) -> dict[str, Entry]:
@@ -308,14 +343,15 @@ def rezone(zone: Zone, before: Sequence[StackPlan], after: Sequence[StackPlan]) 
     reverse = dict(zone.reverse)
     views = dict(zone.views)
     for stack, c in went:
-        for netid, name, _ in _names_of(stack, c, apex, None):
+        for netid, name, _, _ in _names_of(stack, c, apex, None, False):
             t = table(netid)
             entry = t.get(name)
             if entry is None:
                 continue
             rest = [r for r in entry.records if r.container != c.name]
-            if rest or name in _empty_non_terminals(netid, apex):
-                t[name] = make_entry(rest)
+            held = [r for r in entry.held if r.container != c.name]
+            if rest or held or name in _empty_non_terminals(netid, apex):
+                t[name] = make_entry(rest, held)
             else:
                 del t[name]
         for key, pointer in _pointers_of(stack, c, apex).items():
@@ -325,13 +361,16 @@ def rezone(zone: Zone, before: Sequence[StackPlan], after: Sequence[StackPlan]) 
             views.pop(address, None)
     ids = {v.networks: v.id for v in views.values()}
     for stack, c in came:
-        added: dict[tuple[NetId, str], list[Record]] = {}
-        for netid, name, record in _names_of(stack, c, apex, None):
-            added.setdefault((netid, name), []).append(record)
-        for (netid, name), records in added.items():
+        added: dict[tuple[NetId, str], tuple[list[Record], list[Record]]] = {}
+        sick = (stack, c.name) in pending
+        for netid, name, record, hold in _names_of(stack, c, apex, None, sick):
+            added.setdefault((netid, name), ([], []))[hold].append(record)
+        for (netid, name), (records, held) in added.items():
             t = table(netid)
             entry = t.get(name)
-            t[name] = make_entry((*entry.records, *records) if entry else records)
+            if entry is not None:
+                records, held = [*entry.records, *records], [*entry.held, *held]
+            t[name] = make_entry(records, held)
         reverse.update(_pointers_of(stack, c, apex))
         who, nets = _membership_of(stack, c)
         view = View(ids.setdefault(nets, max(ids.values(), default=-1) + 1), who, nets)
@@ -344,7 +383,8 @@ def rezone(zone: Zone, before: Sequence[StackPlan], after: Sequence[StackPlan]) 
         reverse=reverse,
         views=views,
         subnets=zone.subnets,
-        extra=_extras(after),
+        extra=_extras(after, pending),
+        pending=pending,
     )
 
 
@@ -377,17 +417,21 @@ def _names_of(
     c: ContainerPlan,
     apex: str,
     aliases: Mapping[AliasKey, Sequence[str]] | None,
-) -> Iterator[tuple[NetId, str, Record]]:
-    """Every (network, name, record) one container puts in the zone.
+    sick: bool,
+) -> Iterator[tuple[NetId, str, Record, bool]]:
+    """Every (network, name, record, held) one container puts in the zone; `sick`: the
+    container is not healthy yet, so its records under shared names are held.
 
     Aliases come from the container's interfaces unless `aliases` says otherwise."""
     for iface in c.interfaces:
         netid = (stack, iface.network)
         key = (stack, c.service, iface.network)
         mine = iface.aliases if aliases is None else aliases.get(key, ())
-        bases = [(c.service, "service name"), (c.name, "container name")]
-        bases += [(a, "alias") for a in mine]
-        for base, via in bases:
+        bases = [(c.service, "service name", sick), (c.name, "container name", False)]
+        bases += [(a, "alias", sick) for a in mine]
+        bases += [(f"_all.{c.service}", "service name, all instances", False)]
+        bases += [(f"_all.{a}", "alias, all instances", False) for a in mine]
+        for base, via, hold in bases:
             record = Record(c.name, via, iface.address, iface.address6)
             for form in (
                 base,
@@ -395,7 +439,7 @@ def _names_of(
                 f"{base}.{iface.network}.{stack}.{apex}",
                 f"{base}.{stack}.{apex}",
             ):
-                yield netid, form.lower(), record
+                yield netid, form.lower(), record, hold
         target = f"{c.name}.{iface.network}.{stack}.{apex}."
         for label, port in _srv_labels(c.ports):
             srv = SrvTarget(port, target, iface.address, iface.address6)
@@ -406,7 +450,7 @@ def _names_of(
                 f"{label}.{c.service}.{iface.network}.{stack}.{apex}",
                 f"{label}.{c.service}.{stack}.{apex}",
             ):
-                yield netid, form.lower(), record
+                yield netid, form.lower(), record, sick
 
 
 def _pointers_of(stack: str, c: ContainerPlan, apex: str) -> dict[str, Pointer]:
@@ -433,9 +477,27 @@ _VIA_LINK = "link alias (seen by this container only)"
 _VIA_LOOPBACK = "own name of a container with no network (loopback)"
 
 
-def _extras(plans: Sequence[StackPlan]) -> dict[Address, dict[str, Entry]]:
-    """Requester-scoped names: link aliases, and lo-only containers' own names."""
+def _extras(
+    plans: Sequence[StackPlan], pending: frozenset[tuple[str, str]] = frozenset()
+) -> dict[Address, dict[str, Entry]]:
+    """Requester-scoped names: link aliases (their not-healthy targets held), and
+    lo-only containers' own names."""
     extras = _extra_entries(link_names(plans), _VIA_LINK)
+    if pending:
+        sick = {
+            a
+            for plan in plans
+            for c in plan.containers
+            if (plan.stack, c.name) in pending
+            for a in _addresses_of(c)
+        }
+        for table in extras.values():
+            for name, entry in table.items():
+                if any((r.v4 or r.v6) in sick for r in entry.records):
+                    table[name] = make_entry(
+                        [r for r in entry.records if (r.v4 or r.v6) not in sick],
+                        [r for r in entry.records if (r.v4 or r.v6) in sick],
+                    )
     for requester, names in _extra_entries(loopback_names(plans), _VIA_LOOPBACK).items():
         extras.setdefault(requester, {}).update(names)
     return extras

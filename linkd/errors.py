@@ -93,3 +93,21 @@ class TeardownError(LinkdError):
         self.errors = errors
         detail = "; ".join(str(e) for e in errors)
         super().__init__(f"{what}: {len(errors)} step(s) failed: {detail}")
+
+
+class ImageError(LinkdError):
+    """An image archive or layout breaks a rule.
+
+    Names the image, the entry (file, blob or layer member) and the rule broken, so
+    `linkd image load` says what to fix: `image busybox.tar: layer sha256:ab..: ../x:
+    layer entries may not climb out (rule: '..' in path)`.
+    """
+
+    status = 400
+    exit_code = 2
+
+    def __init__(self, image: str, entry: str, rule: str, detail: str) -> None:
+        self.image = image
+        self.entry = entry
+        self.rule = rule
+        super().__init__(f"image {image}: {entry}: {detail} (rule: {rule})")

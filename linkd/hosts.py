@@ -4,6 +4,11 @@ It lists the container itself on each of its networks, then every peer on a netw
 two share: container name, service name, `NAME.NETWORK` forms, the peer's network
 aliases, the container's own link aliases for it, and the peer's hostname.
 
+A peer whose service has a healthcheck is listed by its container name, `NAME.NETWORK`
+and hostname only: the file is fixed at the container's start and resolvers read it
+before DNS, so the service name and aliases, which should reach healthy instances only,
+are left to linkd's DNS (`linkd.dns_zone`, health).
+
 Kept out of the plan on purpose: every file lists the peers, so the files of N
 containers hold N² lines. Stored in each ContainerPlan they made `realize` O(N²) (~300 ms
 at 500 containers) and the state file, which is rewritten on every container state
@@ -13,6 +18,7 @@ that container's files are written.
 
 from __future__ import annotations
 
+from linkd.health import enabled
 from linkd.plan import ContainerPlan, StackPlan
 
 _LOCAL = ("127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback")
@@ -31,18 +37,15 @@ def hosts_file(plan: StackPlan, me: ContainerPlan) -> str:
             theirs = next((i for i in peer.interfaces if i.network == iface.network), None)
             if theirs is None:
                 continue
-            names = [
-                peer.name,
-                peer.service,
-                f"{peer.name}.{iface.network}",
-                f"{peer.service}.{iface.network}",
-                *theirs.aliases,
-            ]
-            names += [
-                alias
-                for alias, service in me.links
-                if service == peer.service and alias not in names
-            ]
+            names = [peer.name, f"{peer.name}.{iface.network}"]
+            if not enabled(peer.healthcheck):
+                names[1:1] = [peer.service]
+                names += [f"{peer.service}.{iface.network}", *theirs.aliases]
+                names += [
+                    alias
+                    for alias, service in me.links
+                    if service == peer.service and alias not in names
+                ]
             if peer.hostname not in names:
                 names.append(peer.hostname)
             lines.append(f"{theirs.address}\t{' '.join(names)}")

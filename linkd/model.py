@@ -95,6 +95,15 @@ class LinkSettings:
     urls: tuple[tuple[str, str], ...] = ()  # variable -> template (the urls convention)
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """`mem_limit`, `cpus`, `pids_limit` or `deploy.resources.limits`; None: no limit."""
+
+    memory: int | None = None  # bytes
+    cpus: float | None = None
+    pids: int | None = None
+
+
 DEFAULT_CONVENTIONS = ("linkd",)
 
 
@@ -120,6 +129,8 @@ class Service:
     stop_grace_period: float = 10.0
     conventions: tuple[str, ...] | None = None  # x-linkd; None: the stack's
     link_settings: tuple[LinkSettings, ...] = ()  # x-linkd: links:
+    limits: Limits = field(default_factory=Limits)  # cgroups (linkd.runtime.cgroups)
+    runtime: str | None = None  # x-linkd: runtime: runc | linkd; None: $LINKD_RUNTIME
 
     def argv(self) -> tuple[str, ...]:
         """The process to run: entrypoint followed by command, as Compose joins them."""
@@ -150,6 +161,21 @@ DEFAULT_DNS_DOMAIN = "linkd"
 
 
 @dataclass(frozen=True, slots=True)
+class HostAccess:
+    """One entry of `x-linkd: host:`: host ports the stack's containers may reach."""
+
+    start: int
+    end: int
+    protocol: Protocol = "tcp"
+    address: str | None = None  # None: any address of the host
+
+    def text(self) -> str:
+        ports = str(self.start) if self.start == self.end else f"{self.start}-{self.end}"
+        where = f"{self.address}:" if self.address else ""
+        return f"{where}{ports}/{self.protocol}"
+
+
+@dataclass(frozen=True, slots=True)
 class DnsSettings:
     """`x-linkd: dns:` of a stack file."""
 
@@ -165,6 +191,7 @@ class Stack:
     warnings: tuple[str, ...] = ()
     dns: DnsSettings = field(default_factory=DnsSettings)
     conventions: tuple[str, ...] = DEFAULT_CONVENTIONS  # x-linkd: conventions:
+    host_access: tuple[HostAccess, ...] = ()  # x-linkd: host:
 
     def service(self, name: str) -> Service:
         for service in self.services:

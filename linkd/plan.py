@@ -20,6 +20,8 @@ from linkd.model import (
     Dependency,
     DnsSettings,
     Healthcheck,
+    HostAccess,
+    Limits,
     LinkSettings,
     PortSpec,
     RestartPolicy,
@@ -82,6 +84,8 @@ class ContainerPlan:
     # (variable, convention, link alias) for every variable a convention gave, in order
     env_sources: tuple[tuple[str, str, str], ...] = ()
     extra_hosts: tuple[str, ...] = ()  # hosts-file lines the conventions asked for
+    limits: Limits = field(default_factory=Limits)  # memory, CPU and PID limits (cgroups)
+    runtime: str | None = None  # what runs an image: "runc", "linkd", None: the default
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +95,7 @@ class StackPlan:
     containers: tuple[ContainerPlan, ...]
     start_waves: tuple[tuple[str, ...], ...]  # services; each wave needs only earlier ones
     dns: DnsSettings = field(default_factory=DnsSettings)
+    host_access: tuple[HostAccess, ...] = ()  # host ports its containers may reach
 
     def container(self, name: str) -> ContainerPlan:
         for container in self.containers:
@@ -139,7 +144,9 @@ def realize(
             )
     resolve = _resolver(conventions or {})
     linked = tuple(_with_links(stack, containers, c, resolve) for c in containers)
-    return StackPlan(stack.name, networks, linked, start_waves(stack), stack.dns)
+    return StackPlan(
+        stack.name, networks, linked, start_waves(stack), stack.dns, stack.host_access
+    )
 
 
 def _network_plan(stack: Stack, key: str, subnet: IPv4Network) -> NetworkPlan:
@@ -264,6 +271,8 @@ def _container_plan(
         depends_on=service.depends_on,
         links=tuple((link.alias, link.service) for link in service.links),
         ports=service.expose + service.ports,
+        limits=service.limits,
+        runtime=service.runtime,
     )
 
 

@@ -41,6 +41,8 @@ from linkd.model import (
 from linkd.spec_checks import Origins, check_stack, check_subnets
 from linkd.spec_dump import stack_to_dict
 from linkd.spec_health import read_healthcheck
+from linkd.spec_limits import KEYS as LIMIT_KEYS
+from linkd.spec_limits import read_limits, read_runtime
 from linkd.spec_linkd import read_service_x_linkd, read_x_linkd
 from linkd.spec_networks import NetworkReader
 from linkd.spec_nodes import ROOT, At, Reader, given
@@ -71,10 +73,10 @@ _SERVICE_KEYS = (
     "command", "entrypoint", "environment", "env_file", "working_dir", "user", "hostname",
     "expose", "ports", "links", "networks", "depends_on", "healthcheck", "restart", "scale",
     "deploy", "stop_signal", "stop_grace_period", "image", "container_name", "network_mode",
-    "x-linkd",
+    "x-linkd", *LIMIT_KEYS,
 )  # fmt: skip
 _DEPLOY_UNSUPPORTED = (
-    "mode", "endpoint_mode", "labels", "placement", "resources", "restart_policy",
+    "mode", "endpoint_mode", "labels", "placement", "restart_policy",
     "rollback_config", "update_config",
 )  # fmt: skip
 _CONDITIONS: dict[str, DependsCondition] = {
@@ -131,6 +133,7 @@ def parse_stack(
         tuple(r.warnings),
         extension.dns,
         extension.conventions,
+        extension.host_access,
     )
 
 
@@ -244,6 +247,8 @@ class _StackParser:
             stop_grace_period=self.r.duration(given(f, "stop_grace_period"), 10.0, 0.0),
             conventions=conventions,
             link_settings=link_settings,
+            limits=read_limits(r, f),
+            runtime=read_runtime(r, given(f, "x-linkd")),
         ), origins
 
     def _networks(self, f: dict[str, At], name: str, replicas: int) -> tuple[Attachment, ...]:
@@ -301,7 +306,7 @@ class _StackParser:
         scale = self.r.integer(scale_at, 1, why) if scale_at else None
         replicas = None
         if deploy := given(f, "deploy"):
-            d = self.r.fields(deploy, ("replicas",), _DEPLOY_UNSUPPORTED) or {}
+            d = self.r.fields(deploy, ("replicas", "resources"), _DEPLOY_UNSUPPORTED) or {}
             if replicas_at := given(d, "replicas"):
                 replicas = self.r.integer(replicas_at, 1, why)
         if scale_at and scale is not None and replicas is not None and scale != replicas:

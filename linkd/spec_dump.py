@@ -30,6 +30,7 @@ from linkd.model import (
     Service,
     Stack,
 )
+from linkd.spec_limits import dump_limits
 from linkd.spec_values import format_duration
 
 
@@ -44,6 +45,8 @@ def stack_to_dict(stack: Stack) -> dict[str, Any]:
         extension["conventions"] = list(stack.conventions)
     if stack.dns != DnsSettings():
         extension["dns"] = _dns(stack.dns)
+    if stack.host_access:
+        extension["host"] = [h.text() for h in stack.host_access]
     if extension:
         out["x-linkd"] = extension
     escaped: dict[str, Any] = _escape(out)
@@ -129,6 +132,7 @@ def _service(s: Service) -> dict[str, Any]:
             out[key] = value
     if s.hostname is not None:
         out["hostname"] = s.hostname
+    out.update(dump_limits(s.limits))
     if s.environment:
         out["environment"] = dict(s.environment)
     if s.expose:
@@ -160,6 +164,8 @@ def _service(s: Service) -> dict[str, Any]:
         extension["conventions"] = list(s.conventions)
     if s.link_settings:
         extension["links"] = {x.alias: _link_settings(x) for x in s.link_settings}
+    if s.runtime is not None:
+        extension["runtime"] = s.runtime
     if extension:
         out["x-linkd"] = extension
     return out

@@ -6,6 +6,7 @@ service, the conventions of its links and per-link choices:
 
     x-linkd:
       conventions: [linkd]           # default for every link; names or paths to files
+      host: ["5432", "53/udp"]       # the host's services its containers may reach
       dns:
         domain: shop.internal        # the zone; default "linkd"
         upstreams: ["127.0.0.1:5353", "192.0.2.53"]   # default: the host's resolv.conf
@@ -40,6 +41,7 @@ from linkd.model import (
     DEFAULT_CONVENTIONS,
     DEFAULT_DNS_DOMAIN,
     DnsSettings,
+    HostAccess,
     Link,
     LinkSettings,
     Upstream,
@@ -60,18 +62,66 @@ _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 class StackExtension:
     dns: DnsSettings = field(default_factory=DnsSettings)
     conventions: tuple[str, ...] = DEFAULT_CONVENTIONS
+    host_access: tuple[HostAccess, ...] = ()
 
 
 def read_x_linkd(r: Reader, at: At | None) -> StackExtension:
     if at is None:
         return StackExtension()
-    fields = r.fields(at, ("dns", "conventions"))
+    fields = r.fields(at, ("dns", "conventions", "host"))
     if fields is None:
         return StackExtension()
     conventions = _conventions(r, given(fields, "conventions"))
     if conventions is None:
         conventions = DEFAULT_CONVENTIONS
-    return StackExtension(_dns(r, given(fields, "dns")), conventions)
+    return StackExtension(
+        _dns(r, given(fields, "dns")), conventions, _host_access(r, given(fields, "host"))
+    )
+
+
+_HOST_ACCESS = re.compile(
+    r"(?:(?P<address>[0-9.]+):)?(?P<start>[0-9]+)(?:-(?P<end>[0-9]+))?(?:/(?P<protocol>\w+))?"
+)
+
+
+def _host_access(r: Reader, at: At | None) -> tuple[HostAccess, ...]:
+    """`host: ["5432", "6379/tcp", "53/udp", "192.0.2.2:8000-8010"]`: the host's
+    services the stack's containers may reach (by default none)."""
+    if at is None:
+        return ()
+    found: list[HostAccess] = []
+    for child in r.items(at) or []:
+        text = r.text(child)
+        if text is None:
+            continue
+        match = _HOST_ACCESS.fullmatch(text.strip())
+        problem = None
+        if match is None:
+            problem = "expected [ADDRESS:]PORT[-PORT][/tcp|udp], e.g. 5432 or 192.0.2.2:53/udp"
+        else:
+            start = int(match["start"])
+            end = int(match["end"] or start)
+            protocol = match["protocol"] or "tcp"
+            address = match["address"]
+            if not 1 <= start <= end <= 65535:
+                problem = "ports are 1-65535, the first of a range not above the last"
+            elif protocol not in ("tcp", "udp"):
+                problem = f"protocol {quote(protocol)}: tcp or udp"
+            elif address is not None:
+                try:
+                    parsed = ip_address(address)
+                except ValueError:
+                    parsed = None
+                if parsed is None or parsed.version != 4:
+                    problem = f"{quote(address)} is no IPv4 address"
+                elif parsed.is_loopback or parsed.is_unspecified:
+                    problem = (f"{address}: containers never reach the host's loopback; "
+                               "leave the address out to allow every host address")
+        if problem is not None or match is None:
+            r.fail(child, f"host access {quote(text)}: {problem}")
+            continue
+        found.append(HostAccess(start, end, protocol, address))  # type: ignore[arg-type]
+    return tuple(found)
 
 
 def read_service_x_linkd(
@@ -80,7 +130,7 @@ def read_service_x_linkd(
     """A service's `x-linkd:`: its links' conventions, and settings per link alias."""
     if at is None:
         return None, ()
-    fields = r.fields(at, ("conventions", "links"))
+    fields = r.fields(at, ("conventions", "links", "runtime"))  # runtime: linkd.spec_limits
     if fields is None:
         return None, ()
     conventions = _conventions(r, given(fields, "conventions"))

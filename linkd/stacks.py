@@ -322,6 +322,13 @@ class Stack:
         for service, strategies in wait.items():
             self[service].wait(strategies, started=started)
 
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        """Wait until every container with a healthcheck is healthy."""
+        started = time.monotonic()
+        for container in self.state().plan.containers:
+            if container.healthcheck is not None and container.healthcheck.test:
+                Container(self, container).wait_for(waits.healthy(timeout=timeout), started)
+
     async def wait_async(self, wait: WaitFor) -> None:
         await asyncio.to_thread(self.wait, wait)
 
@@ -391,6 +398,11 @@ class Service:
             for strategy in listed:
                 strategy.until_ready(target, started=started)
 
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        """Wait until every replica's healthcheck passes (WaitTimeout naming the last
+        probe's result otherwise)."""
+        self.wait(waits.healthy(timeout=timeout))
+
     def __repr__(self) -> str:
         return f"<linkd.Service {self.stack.name}/{self.name}>"
 
@@ -417,8 +429,14 @@ class Container:
     def status(self) -> str:
         return str(self.stack.state().container(self.plan.name).status)
 
+    def health(self) -> str | None:
+        return self.stack.state().container(self.plan.name).health
+
     def logs(self) -> str:
         return self.stack.container_logs(self.plan.name)
+
+    def wait_for(self, strategy: waits.Wait, started: float | None = None) -> None:
+        strategy.until_ready(self, started=started)
 
     def exec(
         self, *argv: str, input: str | None = None, timeout: float | None = None,

@@ -45,6 +45,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 import msgpack
 
 from linkd.errors import LinkdError
+from linkd.health import HealthStatus
 from linkd.plan import StackPlan
 
 # 1 was bare msgpack, `{"v": 1, "stack": ...}`; 2 added the checksummed header.
@@ -73,6 +74,7 @@ class ContainerState:
     restarts: int = 0
     error: str | None = None
     dns_ports: tuple[int, int] | None = None  # where 127.0.0.11:53 is sent in its netns
+    health: HealthStatus | None = None  # None: no healthcheck (linkd.health)
 
 
 @dataclass(frozen=True, slots=True)

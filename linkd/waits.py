@@ -76,6 +76,8 @@ class Target(Protocol):
 
     def status(self) -> str: ...
 
+    def health(self) -> str | None: ...
+
     def logs(self) -> str: ...
 
     def exec(self, *argv: str, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
@@ -144,6 +146,26 @@ class Port(Wait):
                 return True, ""
         except OSError as exc:
             return False, f"connect {target.address}:{self.port}: {exc.strerror or exc}"
+
+
+@dataclass(frozen=True)
+class Healthy(Wait):
+    """The container's own healthcheck (the stack file's or the image's) says healthy."""
+
+    timeout: float = 60.0
+    interval: float = 0.05
+
+    def describe(self, target: Target) -> str:
+        return "its healthcheck to pass"
+
+    def probe(self, target: Target, remaining: float) -> tuple[bool, str]:
+        status = target.health()
+        if status is None:
+            raise LinkdError(
+                f"service {target.service} has no healthcheck: give it one, or wait with "
+                "waits.port, waits.http, waits.log or waits.command"
+            )
+        return status == "healthy", f"health: {status}"
 
 
 # Container addresses are local: never send a probe through the host's HTTP proxy.
@@ -234,6 +256,11 @@ def log(pattern: str, *, times: int = 1, timeout: float = 30.0, interval: float 
     """Wait until `times` lines of the container's output match the regex `pattern`."""
     re.compile(pattern)  # a bad pattern fails here, not after the timeout
     return Log(pattern, times, timeout, interval)
+
+
+def healthy(*, timeout: float = 60.0, interval: float = 0.05) -> Healthy:
+    """Wait until the container's healthcheck reports healthy."""
+    return Healthy(timeout, interval)
 
 
 def command(*argv: str, timeout: float = 30.0, interval: float = 0.2) -> Command:

@@ -20,7 +20,7 @@ from typing import Any
 import dnslib
 from aiohttp import web
 
-from linkd import dns, spec
+from linkd import dns, health, spec
 from linkd.api_schema import ROUTES, ApiError, openapi, parse_create, parse_flag
 from linkd.dns_zone import build_zone, requester_of
 from linkd.errors import ConflictError, ConventionError, LinkdError, SpecError
@@ -194,10 +194,14 @@ async def list_containers(request: web.Request) -> web.Response:
 async def get_container(request: web.Request) -> web.Response:
     stack, name = request.match_info["stack"], request.match_info["container"]
     state = request.app[DAEMON].state(stack)
-    request.app[DAEMON]._container(request.app[DAEMON].hosted(stack), name)
-    return web.json_response(
-        {"plan": to_plain(state.plan.container(name)), "state": to_plain(state.container(name))}
-    )
+    hosted = request.app[DAEMON].hosted(stack)
+    request.app[DAEMON]._container(hosted, name)
+    probes = hosted.supervisor.health.current.get(name)  # live: streak and last probes
+    return web.json_response({
+        "plan": to_plain(state.plan.container(name)),
+        "state": to_plain(state.container(name)),
+        "health": health.to_plain(probes) if probes is not None else None,
+    })
 
 
 def container_action(action: str) -> Handler:

@@ -108,6 +108,12 @@ class ProcessSpec:
     # Keep running when the process that called start() dies, even by SIGKILL; the
     # container can then be taken over with adopt().  False: it dies with that process.
     survive_parent: bool = False
+    # An image's root filesystem (linkd.runtime.rootfs): its layers, top first, and the
+    # container's directory for the overlay's upper/work/merged; None: the host's root.
+    rootfs_lower: tuple[str, ...] = ()
+    rootfs_dir: str | None = None
+    rootfs_pivot: bool = True  # False: mount the overlay only (runc pivots into it)
+    cgroups: tuple[str, ...] = ()  # cgroup directories init joins (limits), one per controller
 
 
 class ContainerProcess:
@@ -294,6 +300,10 @@ async def start(spec: ProcessSpec) -> ContainerProcess:
             "bind_files": [list(b) for b in spec.bind_files],
             "keep_dirs": list(spec.keep_dirs),
             "bind_dirs": [list(b) for b in spec.bind_dirs],
+            "rootfs_lower": list(spec.rootfs_lower),
+            "rootfs_dir": spec.rootfs_dir,
+            "rootfs_pivot": spec.rootfs_pivot,
+            "cgroups": list(spec.cgroups),
         },
     )
     status_r, status_w = os.pipe()  # both close-on-exec; pass_fds opens w to the shim only

@@ -52,6 +52,14 @@ Exit codes of the shim when the command never ran: 127 command not found, 126 fo
 executable (or the user/cwd could not be applied with EACCES/EPERM), 125 the namespace or
 mount setup failed (Docker uses the same three).
 
+**Images** (``rootfs_dir`` in the spec; linkd.runtime.rootfs has the layout).  B joins the
+container's cgroups (``cgroups``) first, then mounts the overlay root; for linkd's own
+launcher it binds the files, a minimal /dev, /sys and the cgroup directories into it,
+resolving every mount point inside the root (``_in_root``: the image's symlinks cannot
+point a mount outside it), and pivot_roots; for runc (``rootfs_pivot`` false) C is
+``runc run`` on a bundle, which does the rest in a mount namespace of its own, and
+``exec`` then joins the namespaces of runc's command instead of B's.
+
 ``exec INIT_PID SPEC_JSON`` (``linkd exec``) joins a running container instead: setns into
 B's ipc, uts, net, pid and mount namespaces, fork (joining a PID namespace, like creating
 one, only applies to children), then the child does what C does.  stdio is inherited; the
@@ -346,7 +354,7 @@ def _wait_child(pid: int) -> int:
 # --- run mode ------------------------------------------------------------------------------
 
 
-def _hide_namespace_mounts() -> None:
+def _hide_namespace_mounts(keep: bytes = b"") -> None:
     """Detach nsfs mounts (/run/netns/*) from the container's copy of the mount table.
 
     The new mount namespace starts as a copy of the host's, including every `ip netns`
@@ -362,7 +370,8 @@ def _hide_namespace_mounts() -> None:
         if fields[fields.index(b"-") + 1] == b"nsfs":
             targets.append(_unescape_mountinfo(fields[4]))
     for target in reversed(targets):  # later (possibly stacked) mounts first
-        _libc.umount2(target, MNT_DETACH)
+        if target != keep:
+            _libc.umount2(target, MNT_DETACH)
 
 
 def _unescape_mountinfo(field: bytes) -> bytes:
@@ -397,6 +406,178 @@ def _check_bind_dir(source: str, target: str) -> None:
         )
 
 
+# --- image roots (linkd.runtime.rootfs prepares the directories) ---------------------------
+
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
+_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+
+
+def _join_cgroup(directory: str) -> None:
+    """Move B (and so all it forks) into a cgroup linkd created with the limits set."""
+    try:
+        with open(os.path.join(directory, "cgroup.procs"), "w") as f:
+            f.write("0")  # 0: the writing process
+    except OSError as e:
+        raise SetupError(f"joining cgroup {directory}: {e.strerror}", EXIT_SETUP_FAILED) from None
+
+
+def _first_child(pid: int) -> int | None:
+    """A child of `pid`, whichever of its threads forked it (runc is a Go program)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                children = f.read().split()
+        except OSError:
+            continue
+        if children:
+            return int(children[0])
+    return None
+
+
+def _runc_command(init_pid: int) -> int | None:
+    """For a container run by runc (init -> runc run -> command), the command's pid: its
+    mount namespace is the image's root, which init's is not."""
+    runc = _first_child(init_pid)
+    if runc is None:
+        return None
+    try:
+        with open(f"/proc/{runc}/cmdline", "rb") as f:
+            argv0 = f.read().split(b"\0")[0]
+    except OSError:
+        return None
+    return _first_child(runc) if os.path.basename(argv0) == b"runc" else None
+
+
+def _join_cgroups_of(pid: int) -> None:
+    """Join the cgroups linkd made for the container of `pid` (lines of /proc/PID/cgroup
+    whose path has a /linkd/ component), as `docker exec` joins the container's."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "/linkd/" not in path:
+            continue
+        if controllers:
+            top = controllers.split(",")[0].removeprefix("name=")
+        else:  # the v2 hierarchy: all of /sys/fs/cgroup, or its `unified` part (hybrid)
+            top = "unified" if os.path.isdir("/sys/fs/cgroup/unified") else ""
+        directory = os.path.join("/sys/fs/cgroup", top, path.lstrip("/"))
+        if os.path.isdir(directory):
+            _join_cgroup(directory)
+
+
+def _in_root(root: str, path: str) -> str:
+    """`path` as the container will see it, as a host path under `root`: the image's
+    symlinks are followed the way the container would follow them (an absolute target
+    starts again at the root, `..` stops there), so no mount point leaves the root."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    done: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        here = root + "/" + "/".join([*done, part])
+        if os.path.islink(here):
+            hops += 1
+            if hops > 40:
+                raise SetupError(f"too many symlinks in the image at {path}", EXIT_SETUP_FAILED)
+            link = os.readlink(here)
+            if link.startswith("/"):
+                done = []
+            parts = [p for p in link.split("/") if p not in ("", ".")] + parts
+            continue
+        done.append(part)
+    return root + "".join("/" + p for p in done)
+
+
+def _mount_point(root: str, path: str, is_dir: bool) -> str:
+    """Create the mount point for `path` inside the image root (in the container's upper
+    layer) and return its host path."""
+    real = _in_root(root, path)
+    if is_dir:
+        os.makedirs(real, exist_ok=True)
+    elif not os.path.isfile(real):
+        os.makedirs(os.path.dirname(real), exist_ok=True)
+        fd = os.open(real, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        os.close(fd)
+    return real
+
+
+def _bind_ro(source: str, target: str) -> None:
+    _mount(source, target, None, MS_BIND, None)
+    _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID, None)
+
+
+def _image_root(spec: dict[str, Any]) -> None:
+    """B: make the image's overlay the root. Everything bound from the host (the hosts,
+    hostname and resolv.conf files, the bindings directory, device nodes, the cgroup
+    directories) is mounted into the new root before pivot_root hides the host's.
+
+    The overlay mount lives only in this mount namespace: it goes when the container's
+    last process does, and nothing of it shows in the host's mount table.
+    """
+    base = spec["rootfs_dir"]
+    upper, work, root = (os.path.join(base, d) for d in ("upper", "work", "merged"))
+    for d in (upper, work, root):
+        os.makedirs(d, exist_ok=True)
+    lower = ":".join(spec["rootfs_lower"])
+    _mount("overlay", root, "overlay", 0, f"lowerdir={lower},upperdir={upper},workdir={work}")
+    if not spec.get("rootfs_pivot", True):
+        # runc: the command (runc run) binds what its bundle lists and pivots itself.
+        spec["bind_files"], spec["bind_dirs"], spec["keep_dirs"] = [], [], []
+        return
+    for source, target in spec.get("bind_files", []):
+        if not os.path.isfile(source):
+            raise SetupError(f"bind file source {source} is not a file", EXIT_SETUP_FAILED)
+        _bind_ro(source, _mount_point(root, target, False))
+    for source, target in spec.get("bind_dirs", []):
+        _bind_ro(source, _mount_point(root, target, True))
+    dev = _mount_point(root, "/dev", True)
+    _mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=755,size=64k")
+    for name in _DEVICES:  # a fresh tmpfs: nothing of the image's here
+        os.close(os.open(f"{dev}/{name}", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+        _mount(f"/dev/{name}", f"{dev}/{name}", None, MS_BIND, None)
+    os.makedirs(dev + "/shm")
+    _mount("tmpfs", dev + "/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    for link, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, f"{dev}/{link}")
+    sys_dir = _mount_point(root, "/sys", True)
+    _mount("sysfs", sys_dir, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+    if spec.get("cgroups"):
+        # The container sees its own limits where cgroup v1 tools look for them.
+        cgroot = sys_dir + "/fs/cgroup"
+        _mount("tmpfs", cgroot, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=755")
+        for directory in spec["cgroups"]:
+            controller = directory.split("/")[4]  # /sys/fs/cgroup/<controller>/...
+            os.makedirs(f"{cgroot}/{controller}")
+            _bind_ro(directory, f"{cgroot}/{controller}")
+    for d in ("/proc", "/tmp"):
+        _mount_point(root, d, True)
+    # pivot_root(".", "."): the old root ends up stacked on the new one, and the lazy
+    # unmount takes it away (pivot_root(2), "NOTES"); no put_old directory needed.
+    os.chdir(root)
+    number = SYS_PIVOT_ROOT.get(os.uname().machine)
+    if number is None:
+        raise SetupError(f"pivot_root: unknown syscall on {os.uname().machine}",
+                         EXIT_SETUP_FAILED)
+    _check(int(_libc.syscall(number, b".", b".")), f"pivot_root into {root}")
+    _check(int(_libc.umount2(b".", MNT_DETACH)), "detaching the host's root")
+    os.chdir("/")
+    # Done here; what _init does next for host roots would reach for host paths.
+    spec["bind_files"], spec["bind_dirs"], spec["keep_dirs"] = [], [], []
+
+
 def _init(spec: dict[str, Any], status_fd: int, alive_fd: int) -> NoReturn:
     """B: PID 1 of the container."""
     global _forward_to
@@ -407,7 +588,14 @@ def _init(spec: dict[str, Any], status_fd: int, alive_fd: int) -> NoReturn:
         # Private, recursively, before mounting anything: no mount of ours may propagate to
         # the host (on systemd hosts / is shared).
         _mount(None, "/", None, MS_REC | MS_PRIVATE, None)
-        _hide_namespace_mounts()
+        # runc joins the container's network namespace by its /run/netns path: keep it.
+        runc = spec.get("rootfs_dir") and not spec.get("rootfs_pivot", True)
+        _hide_namespace_mounts(os.fsencode("/run/netns/" + spec["netns"]) if runc else b"")
+        for cgroup in spec.get("cgroups") or []:  # limits: before anything is allocated
+            _join_cgroup(cgroup)
+        if spec.get("rootfs_dir"):
+            # An image: overlay root, files bound in, pivot_root; /proc and /tmp below.
+            _image_root(spec)
         # Bind files first: their sources are host paths, possibly under /tmp or /proc,
         # which the mounts below hide.
         for source, target in spec.get("bind_files", []):
@@ -577,11 +765,13 @@ def exec_in(init_pid: int, spec_path: str) -> NoReturn:
     name = spec.get("name") or f"with init pid {init_pid}"
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
     try:
+        target = _runc_command(init_pid) or init_pid  # under runc: its command's mounts
+        _join_cgroups_of(target)  # the container's limits hold for what runs in it
         # Open all five first: after joining the mount namespace /proc is the container's,
         # where init_pid means nothing.  Join the mount namespace last for the same reason.
         fds = []
         for ns in ("ipc", "uts", "net", "pid", "mnt"):
-            path = f"/proc/{init_pid}/ns/{ns}"
+            path = f"/proc/{target}/ns/{ns}"
             try:
                 fds.append((path, os.open(path, os.O_RDONLY | os.O_CLOEXEC)))
             except OSError as e:

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from linkd import bindings, ipam, names, restart
+from linkd import bindings, firewall, health, ipam, names, restart
 from linkd.conventions import load_conventions
 from linkd.dns_zone import build_zone, forwards_for, requester_of, rezone
 from linkd.errors import ConflictError, ContainerError, LinkdError, TeardownError
@@ -50,8 +50,11 @@ from linkd.reconcile import (
     plan_down,
     plan_up,
 )
-from linkd.runtime import process, store
+from linkd.runtime import cgroups, images, process, rootfs, store
 from linkd.runtime.dns_server import DnsServer, upstreams_from_resolv_conf
+from linkd.runtime.firewall import StackFirewall, publish_ports, remove_table, set_localnet
+from linkd.runtime.firewall import tables as firewall_tables
+from linkd.runtime.health import HealthChecks
 from linkd.runtime.netlink import Kernel
 from linkd.state import ContainerState, StackState, StackStatus
 
@@ -86,6 +89,7 @@ class Supervisor:
         self._dns_for: set[str] = set()  # containers whose resolver this process serves
         self._shim_index: dict[str, tuple[int, int]] | None = None
         self.kernel = Kernel()
+        self.firewall = StackFirewall(stack_name)  # its nft table: isolation, ports
         self.plan: StackPlan | None = None
         self._served: StackPlan | None = None  # what the DNS zone serves: plan less the gone
         self.status: StackStatus = "starting"
@@ -102,6 +106,7 @@ class Supervisor:
         self._dns_tasks: dict[str, list[asyncio.Task[None]]] = {}  # per container
         # Called with every lifecycle and DNS change (the daemon's event stream).
         self.on_event: Callable[[dict[str, object]], None] | None = None
+        self.health = HealthChecks(self._on_probe)  # probe loops (linkd.runtime.health)
 
     # -- state ---------------------------------------------------------------------
 
@@ -118,6 +123,7 @@ class Supervisor:
         self.states[name] = replace(current, **changes)  # type: ignore[arg-type]
         self.save()
         if "status" in changes and self.states[name].status != current.status:
+            self.health.wake()  # dependency waits look again
             self.publish_zone()
             self.publish_bindings(changed=name)
             now = self.states[name]
@@ -144,7 +150,8 @@ class Supervisor:
             store.save_lease(lease_of(plan))
         # The mount point of every container's live bindings (it hides the host's copy).
         Path(bindings.DIRECTORY).mkdir(parents=True, exist_ok=True)
-        self.dns = DnsServer(build_zone([plan], domain=plan.dns.domain), _upstreams(plan))
+        zone = build_zone([plan], domain=plan.dns.domain, pending=self._pending(plan))
+        self.dns = DnsServer(zone, _upstreams(plan))
         self._served = plan
         return plan
 
@@ -172,13 +179,15 @@ class Supervisor:
             reserved=held,
         )
         base = Path(self.source).parent
-        return realize(
+        stack = await asyncio.to_thread(images.resolve_stack, stack, base)  # loads `image:`s
+        plan = realize(
             stack,
             subnets,
             workdir=str(base),
             conventions=load_conventions(stack, base),
             lease=lease,
         )
+        return publish_ports(plan, self.plan)  # host ports decided, or refused
 
     def publish_zone(self) -> None:
         """Swap in a zone without the containers that have stopped for good.
@@ -190,11 +199,33 @@ class Supervisor:
             return  # during teardown DNS is already off; rebuilding per stop is waste
         gone = [n for n, st in self.states.items() if st.status in ("exited", "failed")]
         served = self.plan.without(gone)
-        zone = rezone(self.dns.zone, [self._served or self.plan], [served])
+        zone = rezone(self.dns.zone, [self._served or self.plan], [served], self._pending(served))
         self._served = served
         if zone is not self.dns.zone:
             self.dns.set_zone(zone)
             self.emit(type="dns", serial=zone.serial, gone=sorted(gone))
+
+    def _pending(self, plan: StackPlan) -> frozenset[tuple[str, str]]:
+        """Containers with a healthcheck that are not running and healthy: DNS holds
+        them back from their service's names."""
+        statuses = {n: s.health if s.status == "running" else None for n, s in self.states.items()}
+        checks = ((c.name, c.healthcheck) for c in plan.containers)
+        return frozenset((self.stack, n) for n in health.pending(checks, statuses))
+
+    def _on_probe(self, name: str, before: health.Health | None, now: health.Health) -> None:
+        """After every probe: a change of health is saved, served and announced."""
+        if before is None or before.status != now.status:
+            self.set_state(name, health=now.status)
+            self.publish_zone()
+            last = now.last
+            self.emit(
+                type="health", container=name, health=now.status,
+                failing_streak=now.failing_streak,
+                exit_code=last.exit_code if last else None,
+                output=last.output if last else "",
+            )
+            self.report(f"container {name}", f"{now.status} ({health.failure_reason(now)})")
+        self.health.wake()
 
     def publish_bindings(self, changed: str) -> None:
         """Rewrite the live bindings of every container linking to `changed`'s service."""
@@ -231,16 +262,12 @@ class Supervisor:
         )
 
     async def up(self, stack: Stack) -> None:
-        if any(s.image for s in stack.services):
-            image_user = next(s.name for s in stack.services if s.image)
-            raise ContainerError(
-                f"services.{image_user}.image: running images comes with a later linkd; "
-                "give the service a `command` from the host's filesystem instead"
-            )
         plan = await self.prepare(stack)
         actions = plan_up(plan, await self.observe())
         self.kernel.prefetch_netns(a.netns for a in actions if isinstance(a, EnsureNetns))
+        await self.firewall.ensure(plan)  # isolation before any container runs
         await self.apply_all(actions)
+        set_localnet(plan)  # the bridges exist now
         self.status = "up"
         self.save()
 
@@ -254,8 +281,6 @@ class Supervisor:
             return await self._update(stack)
 
     async def _update(self, stack: Stack) -> dict[str, list[str]]:
-        if any(s.image for s in stack.services):
-            raise ContainerError("running images comes with a later linkd")
         assert self.plan is not None and self.dns is not None
         old = self.plan
         async with store.locked_async(store.root() / "lock"):
@@ -289,7 +314,9 @@ class Supervisor:
         self.kernel.prefetch_netns(a.netns for a in actions if isinstance(a, EnsureNetns))
         self._served = old
         self.publish_zone()  # the zone follows the new plan from here
+        await self.firewall.ensure(new)
         await self.apply_all(actions)
+        set_localnet(new)
         for name in kept:  # their peers may have changed: what they re-read must follow
             write_bindings(store.container_dir(self.stack, name), new, after[name],
                            self.running())
@@ -377,11 +404,19 @@ class Supervisor:
                     self._monitor(container, proc, restarts=current.restarts),
                     name=f"monitor {container.name}",
                 )
+                # Probed afresh: the health the dead supervisor saw is not known now.
+                first = self._start_health(
+                    container, proc.init_pid, current.started_at or time.time()
+                )
+                self.states[container.name] = replace(
+                    self.states[container.name], health=first.status if first else None
+                )
         for leftover in {c.name for c in plan.containers} - handled:
             await self._kill_lost(plan.container(leftover))
         actions = plan_up(plan, replace(observed, running=frozenset(handled)))
         self.kernel.prefetch_netns(a.netns for a in actions if isinstance(a, EnsureNetns))
         await self.apply_all(actions)
+        await self.firewall.ensure(plan)
         present = observed.netns | {a.netns for a in actions if isinstance(a, EnsureNetns)}
         for container in plan.containers:
             if container.name not in self._dns_for and container.netns in present:
@@ -415,9 +450,10 @@ class Supervisor:
                 await self.kernel.configure_netns(action.container)
             else:
                 await self.apply(action)
-        if actions:
-            self.report(f"stack {self.stack}", f"repaired {len(actions)} kernel objects")
-        return len(actions)
+        repairs = len(actions) + await self.firewall.repair(plan)
+        if repairs:
+            self.report(f"stack {self.stack}", f"repaired {repairs} kernel objects")
+        return repairs
 
     def _shims(self) -> dict[str, tuple[int, int]]:
         """Running containers by run directory, scanned once per recovery."""
@@ -527,7 +563,8 @@ class Supervisor:
             container,
             keep_dirs=_under_tmp(str(Path(self.source).parent)),
         )
-        return replace(spec, survive_parent=self.survive)
+        # Limits, and an image's root filesystem and runtime (linkd.runtime.rootfs).
+        return rootfs.prepare(replace(spec, survive_parent=self.survive), container, self.stack)
 
     async def start(self, container: ContainerPlan) -> None:
         proc = await self._launch(container, restarts=0)
@@ -544,38 +581,68 @@ class Supervisor:
             self.set_state(container.name, status="failed", error=str(exc))
             raise
         self.processes[container.name] = proc
+        started_at = time.time()
+        first = self._start_health(container, proc.init_pid, started_at)
         self.set_state(
             container.name,
             status="running",
             pid=proc.pid,
             init_pid=proc.init_pid,
-            started_at=time.time(),
+            started_at=started_at,
             exit_code=None,
             error=None,
             restarts=restarts,
+            health=first.status if first else None,
         )
         return proc
 
+    def _start_health(
+        self, container: ContainerPlan, init_pid: int, started_at: float
+    ) -> health.Health | None:
+        assert self.tasks is not None, "health checks run inside run()"
+        directory = store.container_dir(self.stack, container.name)
+        return self.health.start(self.tasks, container, directory, init_pid, started_at)
+
     async def wait_for_dependencies(self, container: ContainerPlan) -> None:
+        """Compose's `depends_on` conditions (`service_started` holds by the start
+        waves). A failed `required: false` dependency is a warning and start goes on."""
         assert self.plan is not None
         service = container.service
         for dependency in container.depends_on:
             peers = self.plan.of_service(dependency.service)
+            failure = ""
             if dependency.condition == "service_completed_successfully":
                 for peer in peers:
                     proc = self.processes.get(peer.name)
                     code = await proc.wait() if proc is not None else None
-                    if code != 0 and dependency.required:
-                        raise ContainerError(
+                    if code != 0:
+                        failure = (
                             f"service {service} depends on {dependency.service} completing "
                             f"successfully, but {peer.name} exited with code {code}"
                         )
-            elif dependency.condition == "service_healthy" and container.replica == 1:
-                self.report(
-                    f"container {container.name}",
-                    f"waits only for {dependency.service} to start: this linkd parses "
-                    "healthchecks but does not run them yet",
-                )
+                        break
+            elif dependency.condition == "service_healthy":
+                failure = await self._wait_healthy(service, dependency.service, peers)
+            if failure and dependency.required:
+                raise ContainerError(failure)
+            if failure and container.replica == 1:
+                self.report(f"container {container.name}",
+                            f"warning: {failure}; starting anyway (required: false)")
+
+    async def _wait_healthy(self, service: str, dependency: str,
+                            peers: tuple[ContainerPlan, ...]) -> str:
+        """Until every container of `dependency` is healthy: "" then, else why not."""
+        while True:
+            changed = self.health.changed()
+            states = [(p, self.states.get(p.name, ContainerState(p.name))) for p in peers]
+            verdict, why = health.healthy_verdict(service, dependency, (
+                health.Peer(p.name, st.status, st.exit_code, health.enabled(p.healthcheck),
+                            self.health.current.get(p.name))
+                for p, st in states
+            ))
+            if verdict != "wait":
+                return why
+            await changed.wait()
 
     async def _monitor(
         self, container: ContainerPlan, proc: process.ContainerProcess, restarts: int = 0
@@ -583,6 +650,7 @@ class Supervisor:
         backoff = 0
         while True:
             code = await proc.wait()
+            await self.health.stop(container.name)
             started = self.states[container.name].started_at or time.time()
             ran_for = time.time() - started
             backoff = restart.backoff_after_run(backoff, ran_for)
@@ -621,6 +689,7 @@ class Supervisor:
             monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await monitor
+        await self.health.stop(name)
         proc = self.processes.get(name)
         if proc is None or proc.returncode is not None:
             return
@@ -664,6 +733,7 @@ class Supervisor:
         # DNS first (as netavark does): its sockets live in the containers' namespaces
         # and would keep them, and their veths, alive after they are removed.
         await self.stop_dns(list(self._dns_tasks))
+        await self.health.stop_all()
         observed = await self.observe()
         actions = plan_down(self.stack, self.plan, observed)
         errors: list[BaseException] = []
@@ -674,7 +744,12 @@ class Supervisor:
             errors += [r for r in results if isinstance(r, BaseException)]
         for monitor in self._monitors.values():
             monitor.cancel()
+        try:
+            await self.firewall.remove()
+        except LinkdError as exc:
+            errors.append(exc)
         self.kernel.close()
+        errors += await asyncio.to_thread(cgroups.remove_stack, self.stack)
         if errors:
             self.status = "failed"
             self.save()
@@ -912,6 +987,7 @@ async def remove_orphans(kernel: Kernel, report: Report) -> None:
     as orphans."""
     running = set(store.stacks())
     links = await kernel.links()
+    tables = await firewall_tables()
     shims = process.running_shims()
     for lease in store.leases():
         if lease.stack in running:
@@ -935,6 +1011,9 @@ async def remove_orphans(kernel: Kernel, report: Report) -> None:
             if bridge in links:
                 await kernel.remove_bridge(bridge)
                 report(f"bridge {bridge}", "removed (orphan)")
+        if firewall.table_name(lease.stack) in tables:
+            await remove_table(lease.stack)
+            report(f"table {firewall.table_name(lease.stack)}", "removed (orphan)")
 
 
 async def _cleanup_leftovers(stack: str, supervisor: Supervisor) -> None:
@@ -984,8 +1063,13 @@ async def down_unsupervised(stack: str, report: Report) -> None:
                         await kernel.remove_bridge(name)
             except LinkdError as exc:
                 errors.append(exc)
+        try:
+            await remove_table(stack)
+        except LinkdError as exc:
+            errors.append(exc)
     finally:
         kernel.close()
+    errors += await asyncio.to_thread(cgroups.remove_stack, stack)
     if errors:
         raise TeardownError(f"linkd down {stack}", errors)
     store.remove_stack_dir(stack)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,7 @@ def test_fifty_concurrent_requests_creating_and_deleting_stacks_end_consistent()
     finally:
         for name in names:  # whatever happened, nothing of these stays
             Linkd(directory, name).run("down", "--forget", "-p", name, check=False)
+        shutil.rmtree(directory, ignore_errors=True)
     assert settled(before).empty()
 
 

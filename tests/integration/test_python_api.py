@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from linkd import Stack, waits
-from linkd.errors import NotFoundError, SpecError
+from linkd.errors import LinkdError, NotFoundError, SpecError
 from linkd.runtime.client import Client
 from linkd.runtime.store import lease_path
 from linkd.stacks import StackUp
@@ -275,3 +275,24 @@ def test_an_invalid_stack_says_what_and_creates_nothing(linkd: Linkd) -> None:
     ):
         pass
     assert linkd.project not in hosted()
+
+
+def test_wait_healthy_uses_the_containers_own_healthchecks(linkd: Linkd) -> None:
+    spec = {
+        "services": {
+            "ok": {"command": "sleep 300", "healthcheck": {
+                "test": ["CMD-SHELL", "test -e /tmp/ready || { touch /tmp/ready; exit 1; }"],
+                "interval": "100ms", "retries": 5}},
+            "bad": {"command": "sleep 300", "healthcheck": {
+                "test": ["CMD-SHELL", "echo not yet; exit 1"], "interval": "100ms"}},
+            "plain": {"command": "sleep 300"},
+        }
+    }
+    with Stack.up(spec, directory=linkd.directory) as stack:
+        stack["ok"].wait_healthy(timeout=10)
+        assert stack["ok"].replica(1).health() == "healthy"
+        unready = r"service bad: .*healthcheck.*health: (starting|unhealthy)"
+        with pytest.raises(waits.WaitTimeout, match=unready):
+            stack.wait_healthy(timeout=1)
+        with pytest.raises(LinkdError, match="service plain has no healthcheck"):
+            stack["plain"].wait_healthy(timeout=1)

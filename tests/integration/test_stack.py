@@ -325,7 +325,7 @@ def test_foreground_up_exits_with_the_code_of_exit_code_from(linkd: Linkd) -> No
     assert "checker-1" in result.stdout
 
 
-def test_an_image_is_refused_until_images_run_and_nothing_is_created(linkd: Linkd) -> None:
+def test_an_image_not_in_the_store_is_refused_and_nothing_is_created(linkd: Linkd) -> None:
     before = snapshot()
     linkd.write("""
         services:
@@ -334,7 +334,8 @@ def test_an_image_is_refused_until_images_run_and_nothing_is_created(linkd: Link
     """)
     result = linkd.run("up", "-d", "-p", linkd.project, check=False)
     assert result.returncode != 0
-    assert "services.db.image: running images comes with a later linkd" in result.stderr
+    assert "image postgres:16 is not in the store" in result.stderr, result.stderr
+    assert "linkd image load" in result.stderr
     assert settled(before).kernel().empty()
 
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from linkd.errors import SpecError
-from linkd.model import DnsSettings, Stack, Upstream
+from linkd.model import DnsSettings, HostAccess, Stack, Upstream
 from linkd.spec import parse_stack, stack_to_dict
 
 
@@ -115,3 +115,29 @@ def test_other_network_modes_are_refused(service: str, message: str) -> None:
     found = problems(f"services:\n  solo: {service}\n")
     assert any(p.startswith("services.solo.network_mode (line 2): ") for p in found), found
     assert any(message in p for p in found), found
+
+
+def test_host_access_entries_and_their_round_trip() -> None:
+    stack = parse(BASE + 'x-linkd: {host: ["5432", "53/udp", "192.0.2.2:8000-8010/tcp"]}\n')
+    assert stack.host_access == (
+        HostAccess(5432, 5432, "tcp"),
+        HostAccess(53, 53, "udp"),
+        HostAccess(8000, 8010, "tcp", "192.0.2.2"),
+    )
+    again = parse_stack(yaml.safe_dump(stack_to_dict(stack), sort_keys=False), source="x")
+    assert again.host_access == stack.host_access
+    assert parse(BASE).host_access == ()  # by default containers reach no host service
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ("web", "expected [ADDRESS:]PORT[-PORT][/tcp|udp]"),
+    ("0", "ports are 1-65535"),
+    ("90-80", "not above the last"),
+    ("53/icmp", 'protocol "icmp": tcp or udp'),
+    ("127.0.0.1:53", "never reach the host's loopback"),
+    ("300.1.1.1:53", "is no IPv4 address"),
+])
+def test_bad_host_access_entries_name_the_entry_and_the_form(entry: str, message: str) -> None:
+    found = problems(BASE + f'x-linkd:\n  host: ["{entry}"]\n')
+    assert len(found) == 1 and found[0].startswith("x-linkd.host[0] (line 4)"), found
+    assert message in found[0]

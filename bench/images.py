@@ -1,0 +1,172 @@
+"""Image benchmark: loading a busybox image, and starting a container from it.
+
+    sudo .venv/bin/python bench/images.py [--runs 20]
+
+- load: `ImageStore.load` of a busybox image (Debian's busybox-static and its applet
+  symlinks, two layers) into an empty private store, as an OCI archive (gzip layers) and
+  as a `docker save` archive (plain layers); and again into a store that has the layers
+  (every blob still hashed, nothing unpacked).
+- start: from `process.start` until the container's command has written its first line
+  to the log (so both runtimes are timed to the same point: runc's `start` returns when
+  runc is exec'd, before the command runs), for linkd's own launcher and for runc, with a
+  host command (no image) as the baseline. Each container runs in a network namespace of
+  its own (`lkbench-img`), is stopped and its writable layer removed between runs.
+
+Medians over --runs interleaved rounds (the order rotates each round). Prints a markdown
+table; takes the machine-wide kernel lock unless bench/run holds it. Targets (issue 7):
+start <= 100 ms with runc and <= 50 ms with linkd's launcher, against `podman run -d`
+360 ms and `docker run -d` 600 ms measured on this kind of machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from linkd.model import Limits  # noqa: E402
+from linkd.plan import ContainerPlan, RestartPolicy  # noqa: E402
+from linkd.runtime import process, rootfs  # noqa: E402
+from linkd.runtime.images import ImageStore  # noqa: E402
+from tests.images import busybox_image, write_tar  # noqa: E402
+
+KERNEL_LOCK = "/run/lock/linkd-kernel.lock"
+NETNS = "lkbench-img"
+
+
+def _ms(values: list[float]) -> str:
+    return f"{statistics.median(values) * 1000:.1f} ms"
+
+
+def _range(values: list[float]) -> str:
+    return f"{min(values) * 1000:.1f}-{max(values) * 1000:.1f}"
+
+
+def bench_load(work: Path, runs: int) -> list[tuple[str, list[float]]]:
+    image = busybox_image()
+    oci = write_tar(image.oci_files(), work / "busybox.oci.tar")
+    save = write_tar(image.save_files(), work / "busybox.tar")
+    cold_oci: list[float] = []
+    cold_save: list[float] = []
+    warm: list[float] = []
+    for n in range(runs):
+        for kind, source, into in (("oci", oci, cold_oci), ("save", save, cold_save)):
+            store = ImageStore(work / f"store-{kind}-{n}")
+            start = time.perf_counter()
+            store.load(source)
+            into.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            store.load(source)
+            warm.append(time.perf_counter() - start)
+            shutil.rmtree(store.root)
+    size = oci.stat().st_size / 1e6
+    return [
+        (f"load, OCI archive ({size:.1f} MB, gzip), empty store", cold_oci),
+        (f"load, docker save archive ({save.stat().st_size / 1e6:.1f} MB), empty store",
+         cold_save),
+        ("load again, layers in the store (hashing only)", warm),
+    ]
+
+
+def _container(image: str | None, runtime: str | None) -> ContainerPlan:
+    argv = ("sh", "-c", "echo ready; exec sleep 600") if image else (
+        "/bin/sh", "-c", "echo ready; exec sleep 600")
+    return ContainerPlan(
+        name="c-1", service="c", replica=1, netns=NETNS, hostname="c-1", interfaces=(),
+        argv=argv, env=(("PATH", "/bin:/usr/bin"),), working_dir="/", user=None,
+        restart=RestartPolicy(), stop_signal="SIGTERM", stop_grace_period=2.0,
+        healthcheck=None, image=image, limits=Limits(), runtime=runtime,
+    )
+
+
+async def _start_once(work: Path, container: ContainerPlan) -> float:
+    run_dir = work / "run" / "c-1"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    for name, text in (("hosts", "127.0.0.1 localhost\n"), ("hostname", "c-1\n"),
+                       ("resolv.conf", "nameserver 127.0.0.11\n")):
+        (run_dir / name).write_text(text)
+    (run_dir / "bindings").mkdir()
+    log = run_dir / "log"
+    spec = process.ProcessSpec(
+        name="c-1", netns=NETNS, hostname="c-1", argv=container.argv, env=container.env,
+        working_dir="/", user=None,
+        bind_files=((str(run_dir / "hosts"), "/etc/hosts"),
+                    (str(run_dir / "hostname"), "/etc/hostname"),
+                    (str(run_dir / "resolv.conf"), "/etc/resolv.conf")),
+        log_path=str(log), run_dir=str(run_dir),
+        bind_dirs=((str(run_dir / "bindings"), "/run/linkd"),),
+    )
+    start = time.perf_counter()
+    spec = rootfs.prepare(spec, container, "lkbench")  # part of a start: bundle, cgroups
+    proc = await process.start(spec)
+    while b"ready" not in (log.read_bytes() if log.exists() else b""):
+        await asyncio.sleep(0.0005)
+    took = time.perf_counter() - start
+    await proc.stop(signal.SIGTERM, 5.0)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return took
+
+
+async def bench_start(work: Path, runs: int) -> list[tuple[str, list[float]]]:
+    store = ImageStore()
+    image = store.load(write_tar(busybox_image().oci_files(), work / "start.oci.tar"),
+                       name="lkbench/busybox:1")
+    kinds = [("container start, linkd's launcher (image)", _container(image.id, "linkd"))]
+    if shutil.which("runc"):
+        kinds.append(("container start, runc (image)", _container(image.id, "runc")))
+    kinds.append(("container start, host command (no image)", _container(None, None)))
+    times: dict[str, list[float]] = {k: [] for k, _ in kinds}
+    for _, container in kinds:  # warm-up, untimed
+        await _start_once(work, container)
+    for n in range(runs):
+        for what, container in kinds[n % len(kinds):] + kinds[: n % len(kinds)]:
+            times[what].append(await _start_once(work, container))
+    store.remove("lkbench/busybox:1")
+    return [(k, times[k]) for k, _ in kinds]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench/images.py: run as root", file=sys.stderr)
+        return 2
+    lock = os.open(KERNEL_LOCK, os.O_CREAT | os.O_RDWR, 0o600)
+    if not os.environ.get("LINKD_KERNEL_LOCK_FD"):  # bench/run holds it already
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    work = Path(tempfile.mkdtemp(prefix="lkbench-images-", dir="/var/tmp"))
+    os.environ["LINKD_IMAGES"] = str(work / "store")
+    subprocess.run(["ip", "netns", "add", NETNS], check=True)
+    try:
+        rows = bench_load(work, args.runs) + asyncio.run(bench_start(work, args.runs))
+    finally:
+        subprocess.run(["ip", "netns", "del", NETNS], check=False)
+        from linkd.runtime import cgroups
+        cgroups.remove_stack("lkbench")
+        shutil.rmtree(work, ignore_errors=True)
+        os.close(lock)
+    print("### Images (`bench/run images`)\n")
+    print(f"busybox image, median of {args.runs} runs (min-max ms):\n")
+    print("| what | median | range |")
+    print("|---|---|---|")
+    for what, values in rows:
+        print(f"| {what} | {_ms(values)} | {_range(values)} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""`linkd image load|ls|rm`: the image store from the command line (linkd.runtime.images)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from linkd.errors import ConflictError, LinkdError
+from linkd.runtime import store
+from linkd.runtime.images import ImageStore
+
+
+def add_parser(sub: Any) -> None:
+    image = sub.add_parser("image", help="load, list and remove images",
+                           description="load, list and remove images (store: $LINKD_IMAGES "
+                           "or /var/lib/linkd/images)")
+    isub = image.add_subparsers(dest="image_command", required=True)
+    load = isub.add_parser("load", help="load an OCI layout, OCI archive or docker save archive")
+    load.add_argument("file")
+    load.add_argument("--name", help="store it under NAME[:TAG] (default: its own tag)")
+    load.set_defaults(handler=cmd_load)
+    ls = isub.add_parser("ls", help="list the images in the store")
+    ls.set_defaults(handler=cmd_ls)
+    rm = isub.add_parser("rm", help="remove an image name (and layers nothing else uses)")
+    rm.add_argument("name", nargs="+")
+    rm.set_defaults(handler=cmd_rm)
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    start = time.monotonic()
+    image = ImageStore().load(args.file, args.name)
+    took = time.monotonic() - start
+    print(f"loaded {', '.join(image.names)} ({image.id[:19]}, {len(image.layers)} layers, "
+          f"{_mb(image.size)}) in {took:.2f} s")
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    rows = [("NAME", "ID", "PLATFORM", "LAYERS", "SIZE")]
+    for image in ImageStore().list():
+        for name in image.names:
+            rows.append((name, image.id[7:19], str(image.config.platform),
+                         str(len(image.layers)), _mb(image.size)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    images = ImageStore()
+    for name in args.name:
+        image = images.get(name)
+        users = _containers_using(image.id)
+        if users and len(image.names) == 1:
+            raise ConflictError(f"image {name} is used by {', '.join(users)}: its layers are "
+                                "their root filesystems; take those stacks down first")
+        images.remove(name)
+        print(f"removed {name}")
+    return 0
+
+
+def _containers_using(image_id: str) -> list[str]:
+    """Containers of stacks that are up whose root filesystem is this image."""
+    users = []
+    for stack in store.stacks():
+        try:
+            plan = store.load(stack).plan
+        except LinkdError:
+            continue
+        users += [f"{stack}/{c.name}" for c in plan.containers if c.image == image_id]
+    return users

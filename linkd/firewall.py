@@ -1,0 +1,389 @@
+"""Isolation and published ports: from a stack's plan to the nftables table that does it.
+
+Pure: `ruleset(plan)` is the text of the stack's table in the host's namespace (what
+`nft -f` reads), `assign_host_ports` fills in random host ports through a callback, and
+`check_published` refuses a host port another stack holds. `linkd.runtime.firewall`
+applies the text and does the binding and probing.
+
+One table per stack, `inet linkd-<stack>`: created with the stack's first network,
+replaced whole in one transaction, deleted with the stack. Tables of different stacks
+never need each other: every rule a table holds names only its own bridges, and a drop
+in any base chain is final (an accept only ends that chain), so the tables compose.
+
+Rules (Docker's bridge driver and netavark's "isolate" mode are the models):
+
+- forward: an `internal` network forwards nothing in or out (its containers talk only to
+  each other on their bridge); a network's traffic may not be routed into another linkd
+  bridge, and nothing may be routed into it but replies and published ports (DNAT). So a
+  container reaches only containers it shares a network with, over TCP, UDP and ICMP,
+  in its stack or another; the outside reaches containers only through published ports.
+  Traffic between two containers on one bridge is bridged, not routed; with
+  br_netfilter loaded (bridge-nf-call-iptables=1) it crosses this hook with the bridge
+  as input and output device, which no rule here drops.
+- input: containers cannot reach the host's own services, except the ports the stack
+  allows (`x-linkd: host:`), and those only from non-internal networks (Docker lets
+  every container reach every host service). No container may send to 127.0.0.0/8
+  through its bridge (route_localnet is on for the bridges; CVE-2020-8558). Replies to
+  connections the host opened pass (established).
+- published ports: DNAT in prerouting (traffic to the host's addresses from outside and
+  from containers: hairpin) and in output (the host's own processes, 127.0.0.1
+  included), to the container's address on its first non-internal network. No
+  userland proxy: the kernel forwards at bridge speed.
+- raw (prerouting): traffic between containers of one network is not tracked (it is
+  bridged; with br_netfilter conntrack would cost ~8% of a TCP stream for nothing).
+- postrouting: masquerade what leaves a non-internal network (egress), the host's
+  127.0.0.1 sources reaching a published port (route_localnet lets them onto the
+  bridge, masquerade gives them an address the container can answer), and hairpin
+  within a network (else the container would answer its peer directly and the peer
+  would drop the answer).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+
+from linkd.errors import ConflictError, SpecError
+from linkd.model import HostAccess, PortSpec, Protocol
+from linkd.plan import ContainerPlan, StackPlan
+
+TABLE_PREFIX = "linkd-"
+FAMILY = "inet"
+ANY_BRIDGE = "lkb-*"
+
+
+def table_name(stack: str) -> str:
+    return f"{TABLE_PREFIX}{stack}"
+
+
+def stack_of_table(table: str) -> str | None:
+    return table[len(TABLE_PREFIX):] if table.startswith(TABLE_PREFIX) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """One published port or range of one container, with the host side decided."""
+
+    service: str
+    container: str
+    protocol: Protocol
+    host_ip: str | None  # None: every address of the host
+    host_start: int
+    host_end: int
+    start: int
+    end: int
+    address: ipaddress.IPv4Address  # the container's, on its first non-internal network
+    bridge: str
+
+    def host_text(self) -> str:
+        ip = self.host_ip or "0.0.0.0"
+        ports = (
+            str(self.host_start) if self.host_start == self.host_end
+            else f"{self.host_start}-{self.host_end}"
+        )
+        return f"{ip}:{ports}"
+
+
+def _target(plan: StackPlan, container: ContainerPlan) -> tuple[ipaddress.IPv4Address, str]:
+    internal = {n.key for n in plan.networks if n.internal}
+    for interface in container.interfaces:
+        if interface.network not in internal:
+            return interface.address, interface.bridge
+    raise SpecError([(
+        f"services.{container.service}.ports", None,
+        f"service {container.service} publishes ports but is only on internal networks, "
+        "which have no way in or out; add a non-internal network or use expose",
+    )])
+
+
+def published(plan: StackPlan) -> list[Published]:
+    """Every published port of the plan whose host port is decided, in plan order."""
+    found = []
+    for container in plan.containers:
+        ports = [p for p in container.ports if p.published and p.host_start is not None]
+        if not ports:
+            continue
+        address, bridge = _target(plan, container)
+        for p in ports:
+            assert p.host_start is not None and p.host_end is not None
+            found.append(Published(
+                container.service, container.name, p.protocol, p.host_ip,
+                p.host_start, p.host_end, p.start, p.end, address, bridge,
+            ))
+    return found
+
+
+# -- host ports ---------------------------------------------------------------------------
+
+# (protocol, host ip or None, port) -> who holds it ("stack shop service web")
+Holders = dict[tuple[str, str | None, int], str]
+Allocate = Callable[[Protocol, str | None], int]  # a free host port, from the kernel
+
+
+def _key(container: str, p: PortSpec) -> tuple[str, int, str, str | None]:
+    return (container, p.start, p.protocol, p.host_ip)
+
+
+def check_plan_ports(plan: StackPlan) -> None:
+    """What the kernel part cannot do: IPv6 host addresses, ports of internal-only
+    containers (raises SpecError naming the service)."""
+    problems: list[tuple[str, int | None, str]] = []
+    for container in plan.containers:
+        ports = [p for p in container.ports if p.published]
+        if not ports or container.replica != 1:
+            continue
+        for p in ports:
+            if p.host_ip is not None and ipaddress.ip_address(p.host_ip).version == 6:
+                problems.append((
+                    f"services.{container.service}.ports", None,
+                    f"host address {p.host_ip}: linkd publishes ports on IPv4 host "
+                    "addresses only; leave the address out or give an IPv4 one",
+                ))
+        try:
+            _target(plan, container)
+        except SpecError as exc:
+            problems += exc.problems
+    if problems:
+        raise SpecError(problems)
+
+
+def assign_host_ports(
+    plan: StackPlan, allocate: Allocate, taken: Holders, previous: StackPlan | None = None
+) -> StackPlan:
+    """`plan` with a host port for every published port that names none.
+
+    A range without host ports gets one random port per container port, as Docker does.
+    A container keeps the host port it had in `previous` (a changed stack, the same
+    container and container port), so `linkd port` stays true across `up -d`; new ones
+    come from `allocate`, retried while what it gives is in `taken` (other stacks' DNAT
+    rules hold no socket, so the kernel cannot know them).
+    """
+    before: dict[tuple[str, int, str, str | None], int] = {}
+    if previous is not None:
+        for c in previous.containers:
+            for p in c.ports:
+                if p.published and p.host_start is not None and p.start == p.end:
+                    before[_key(c.name, p)] = p.host_start
+    used = dict(taken)
+    for c in plan.containers:
+        for p in c.ports:
+            if p.published and p.host_start is not None and p.host_end is not None:
+                for port in range(p.host_start, p.host_end + 1):
+                    used[(p.protocol, p.host_ip, port)] = f"service {c.service}"
+    containers = []
+    for c in plan.containers:
+        ports: list[PortSpec] = []
+        for p in c.ports:
+            if not p.published or p.host_start is not None:
+                ports.append(p)
+                continue
+            for number in p.numbers():
+                single = replace(p, start=number, end=number)
+                host = before.get(_key(c.name, single))
+                if host is None or _clash(used, p.protocol, p.host_ip, host):
+                    host = _fresh(allocate, used, p.protocol, p.host_ip)
+                used[(p.protocol, p.host_ip, host)] = f"service {c.service}"
+                ports.append(replace(single, host_start=host, host_end=host))
+        containers.append(replace(c, ports=tuple(ports)))
+    return replace(plan, containers=tuple(containers))
+
+
+def _clash(used: Holders, protocol: str, host_ip: str | None, port: int) -> str | None:
+    for (proto, ip, number), holder in used.items():
+        if proto == protocol and number == port and _ips_overlap(ip, host_ip):
+            return holder
+    return None
+
+
+def _fresh(allocate: Allocate, used: Holders, protocol: Protocol, host_ip: str | None) -> int:
+    for _ in range(64):
+        port = allocate(protocol, host_ip)
+        if _clash(used, protocol, host_ip, port) is None:
+            return port
+    raise ConflictError(f"no free host port for {protocol} on {host_ip or 'all addresses'}")
+
+
+def _ips_overlap(a: str | None, b: str | None) -> bool:
+    return a is None or b is None or a == b or "0.0.0.0" in (a, b)
+
+
+def holders(plans: Iterable[StackPlan]) -> Holders:
+    """Host ports the given (other) stacks publish, each with who holds it."""
+    found: Holders = {}
+    for plan in plans:
+        for c in plan.containers:
+            for p in c.ports:
+                if p.published and p.host_start is not None and p.host_end is not None:
+                    for port in range(p.host_start, p.host_end + 1):
+                        found[(p.protocol, p.host_ip, port)] = (
+                            f"stack {plan.stack} service {c.service}"
+                        )
+    return found
+
+
+def check_published(plan: StackPlan, taken: Holders) -> None:
+    """Refuse a fixed host port another stack publishes (ConflictError naming both)."""
+    problems = []
+    for c in plan.containers:
+        for p in c.ports:
+            if not p.published or p.host_start is None or p.host_end is None:
+                continue
+            for port in range(p.host_start, p.host_end + 1):
+                holder = _clash(taken, p.protocol, p.host_ip, port)
+                if holder is not None:
+                    problems.append(
+                        f"service {c.service}: host port {port}/{p.protocol} on "
+                        f"{p.host_ip or 'all addresses'} is already published by {holder}"
+                    )
+                    break
+    if problems:
+        raise ConflictError("; ".join(problems))
+
+
+def port_of(
+    plan: StackPlan, service: str, port: int, protocol: str = "tcp", index: int = 1
+) -> list[str]:
+    """`linkd port SERVICE PORT[/PROTO]`: where the host reaches that container port,
+    as `docker port` prints it (`0.0.0.0:32768`). Empty if it is not published."""
+    chosen = [c for c in plan.of_service(service) if c.replica == index]
+    if not chosen:
+        raise KeyError(f"{service}-{index}")
+    found = []
+    for c in chosen:
+        for p in c.ports:
+            if (p.published and p.protocol == protocol and p.start <= port <= p.end
+                    and p.host_start is not None):
+                host = p.host_start + (port - p.start)
+                found.append(f"{p.host_ip or '0.0.0.0'}:{host}")
+    return found
+
+
+# -- the ruleset --------------------------------------------------------------------------
+
+
+def ruleset(plan: StackPlan) -> str:
+    """The stack's table, as `nft -f` reads it (deterministic: golden-tested)."""
+    nets = plan.networks
+    # First, in one set lookup: bridged traffic (br_netfilter), which no rule drops.
+    same = ", ".join(f'"{n.bridge}" . "{n.bridge}"' for n in nets)
+    forward: list[str] = [f"iifname . oifname {{ {same} }} accept"] if nets else []
+    for n in nets:
+        if n.internal:
+            forward += [
+                f'iifname "{n.bridge}" oifname != "{n.bridge}" drop',
+                f'oifname "{n.bridge}" iifname != "{n.bridge}" drop',
+            ]
+    forward += ["ct state established,related accept", "ct status dnat accept"]
+    for n in nets:
+        if not n.internal:
+            forward += [
+                f'iifname "{n.bridge}" oifname "{ANY_BRIDGE}" oifname != "{n.bridge}" drop',
+                f'oifname "{n.bridge}" iifname != "{n.bridge}" drop',
+            ]
+    # Neighbour discovery is not tracked: without it the host could not reach an
+    # internal network's containers over IPv6.
+    inputs = ["ct state established,related accept",
+              "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept"]
+    inputs += [
+        f'iifname "{n.bridge}" ip daddr 127.0.0.0/8 drop' for n in nets if not n.internal
+    ]
+    inputs += [
+        _host_access(n.bridge, h) for n in nets if not n.internal for h in plan.host_access
+    ]
+    inputs += [f'iifname "{n.bridge}" drop' for n in nets]
+
+    ports = [_dnat(p) for p in published(plan)]
+    targets = {p.bridge for p in published(plan)}
+    post: list[str] = []
+    for n in nets:
+        if n.internal:
+            continue
+        if n.bridge in targets:
+            post += [
+                f'oifname "{n.bridge}" ip saddr 127.0.0.0/8 masquerade',
+                f'oifname "{n.bridge}" ct status dnat ip saddr {n.subnet} masquerade',
+            ]
+        post.append(f'ip saddr {n.subnet} oifname != "{n.bridge}" masquerade')
+        if n.subnet6 is not None:
+            post.append(f'ip6 saddr {n.subnet6} oifname != "{n.bridge}" masquerade')
+
+    # Traffic between two containers of one network is bridged and needs no state: with
+    # br_netfilter it would still be tracked (conntrack costs ~8% of a TCP stream here,
+    # bench/ports.py). Only the gateway is a host address on the subnet: what goes to it
+    # (published ports: DNAT) is tracked.
+    raw = []
+    for n in nets:
+        raw.append(f'iifname "{n.bridge}" ip daddr {n.subnet} ip daddr != {n.gateway} notrack')
+        if n.subnet6 is not None and n.gateway6 is not None:
+            raw.append(
+                f'iifname "{n.bridge}" ip6 daddr {n.subnet6} ip6 daddr != {n.gateway6} notrack'
+            )
+
+    chains = [
+        _chain("raw", "type filter hook prerouting priority raw; policy accept;", raw),
+        _chain("forward", "type filter hook forward priority filter; policy accept;", forward),
+        _chain("input", "type filter hook input priority filter; policy accept;", inputs),
+        _chain("prerouting", "type nat hook prerouting priority dstnat; policy accept;",
+               [_JUMP] if ports else []),
+        _chain("output", "type nat hook output priority -100; policy accept;",
+               [_JUMP] if ports else []),
+        _chain("published", None, [rule for group in ports for rule in group]),
+        _chain("postrouting", "type nat hook postrouting priority srcnat; policy accept;", post),
+    ]
+    return f"table {FAMILY} {table_name(plan.stack)} {{\n" + "".join(chains) + "}\n"
+
+
+_JUMP = "meta nfproto ipv4 fib daddr type local jump published"
+
+
+def _host_access(bridge: str, h: HostAccess) -> str:
+    ports = str(h.start) if h.start == h.end else f"{h.start}-{h.end}"
+    where = f"ip daddr {h.address} " if h.address else ""
+    return f'iifname "{bridge}" {where}{h.protocol} dport {ports} accept'
+
+
+def _chain(name: str, hook: str | None, rules: list[str]) -> str:
+    lines = [f"\tchain {name} {{"]
+    if hook:
+        lines.append(f"\t\t{hook}")
+    lines += [f"\t\t{rule}" for rule in rules]
+    lines.append("\t}")
+    return "\n".join(lines) + "\n"
+
+
+def _dnat(p: Published) -> list[str]:
+    match = f"ip daddr {p.host_ip} " if p.host_ip and p.host_ip != "0.0.0.0" else ""
+    proto = p.protocol
+    if p.host_start == p.host_end:
+        return [f"{match}{proto} dport {p.host_start} dnat ip to {p.address}:{p.start}"]
+    if p.host_start == p.start:  # the same numbers: keep the port
+        return [f"{match}{proto} dport {p.host_start}-{p.host_end} dnat ip to {p.address}"]
+    return [  # a shifted range: one rule per port (nft maps no port offsets here)
+        f"{match}{proto} dport {p.host_start + i} dnat ip to {p.address}:{p.start + i}"
+        for i in range(p.end - p.start + 1)
+    ]
+
+
+def replace_script(plan: StackPlan) -> str:
+    """One transaction: declare the table (so the delete never fails), delete it, define
+    it anew. Any earlier content, a partial one included, is replaced whole."""
+    name = table_name(plan.stack)
+    return f"table {FAMILY} {name}\ndelete table {FAMILY} {name}\n" + ruleset(plan)
+
+
+def delete_script(stack: str) -> str:
+    """Delete the stack's table; succeeds when there is none."""
+    name = table_name(stack)
+    return f"table {FAMILY} {name}\ndelete table {FAMILY} {name}\n"
+
+
+def localnet_bridges(plan: StackPlan) -> list[str]:
+    """Bridges that need route_localnet=1: those a published port leads to (the host's
+    127.0.0.1 connections are routed out through them before masquerade)."""
+    return sorted({p.bridge for p in published(plan)})
+
+
+def wanted(plan: StackPlan) -> bool:
+    """A stack has a table while it has a network."""
+    return bool(plan.networks)

@@ -1,0 +1,217 @@
+"""Root filesystems and runtimes of image-based containers, and every container's limits.
+
+A container whose plan names an image (`ContainerPlan.image`, the image id after
+`linkd.runtime.images.resolve_stack`) gets an overlayfs root, mounted by the shim inside
+the container's own mount namespace (so the host's mount table never shows it):
+
+    lowerdir  the image's layers in the store, top first (read-only, shared)
+    upperdir  <container dir>/rootfs/upper   the container's writes
+    workdir   <container dir>/rootfs/work    overlayfs's scratch space
+    merged    <container dir>/rootfs/merged  the mount point
+
+The container directory (/run/linkd/stacks/<stack>/containers/<name>/) is removed by
+`down`, and the writable layer with it; a restarted container keeps its writes, as with
+Docker.
+
+Two runtimes run it, chosen per service by `x-linkd: runtime: runc | linkd`, else by
+$LINKD_RUNTIME (`runc`, `linkd` or `auto`), else `auto`: runc when it is installed.
+
+- linkd (its own launcher): the shim's init mounts the overlay, binds /etc/hosts,
+  /etc/hostname, /etc/resolv.conf, /run/linkd, a few devices, /sys and the container's
+  cgroups into it, and pivot_roots (shim.py `_image_root`).
+- runc: the shim's init mounts the overlay and becomes `runc run` on an OCI bundle
+  (<container dir>/bundle/config.json) that joins the network namespace linkd created
+  (/run/netns/<netns>) and inherits the shim's UTS, IPC and PID namespaces, so the
+  shim's init stays PID 1 and forwards signals to runc, which forwards them to the
+  command: both ways, the command is PID 2 and stops on SIGTERM. runc's state lives in
+  <container dir>/runc; its cgroups are `linkd/<stack>/<container>` under linkd's own
+  cgroup (a relative cgroupsPath), with the limits as OCI resources.
+
+Limits (`ContainerPlan.limits`) for the own launcher and host commands: cgroups made by
+`linkd.runtime.cgroups`, joined by the shim's init before it starts anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from dataclasses import replace
+from pathlib import Path
+
+from linkd.errors import ContainerError
+from linkd.plan import ContainerPlan
+from linkd.runtime import cgroups
+from linkd.runtime.images import ImageStore
+from linkd.runtime.process import ProcessSpec
+
+RUNTIME_ENV = "LINKD_RUNTIME"
+HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Docker's default capabilities for a container's processes (moby oci/caps/defaults.go).
+CAPABILITIES = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+]
+
+
+def runtime_of(container: ContainerPlan) -> str:
+    """"runc" or "linkd": what runs `container`'s image."""
+    choice = container.runtime or os.environ.get(RUNTIME_ENV) or "auto"
+    if choice == "auto":
+        return "runc" if shutil.which("runc") else "linkd"
+    if choice not in ("runc", "linkd"):
+        raise ContainerError(f"${RUNTIME_ENV}={choice!r}: expected runc, linkd or auto")
+    if choice == "runc" and not shutil.which("runc"):
+        raise ContainerError(
+            f"container {container.name}: runtime runc is not installed (apt-get install "
+            "runc), or choose linkd's own launcher: x-linkd: {runtime: linkd}"
+        )
+    return choice
+
+
+def prepare(spec: ProcessSpec, container: ContainerPlan, stack: str) -> ProcessSpec:
+    """`spec` with `container`'s limits and, if it runs an image, its root filesystem."""
+    if container.image is None:
+        return replace(spec, cgroups=cgroups.create(stack, container.name, container.limits))
+    store = ImageStore()
+    image = store.get(container.image)
+    lower = tuple(str(d) for d in image.layer_dirs(store.root))
+    run_dir = Path(spec.run_dir)
+    spec = replace(spec, rootfs_lower=lower, rootfs_dir=str(run_dir / "rootfs"), keep_dirs=())
+    if runtime_of(container) == "linkd":
+        return replace(spec, cgroups=cgroups.create(stack, container.name, container.limits))
+    return _runc(spec, container, stack, [Path(d) for d in lower])
+
+
+def _runc(spec: ProcessSpec, container: ContainerPlan, stack: str,
+          layers: list[Path]) -> ProcessSpec:
+    run_dir = Path(spec.run_dir)
+    bundle = run_dir / "bundle"
+    bundle.mkdir(parents=True, exist_ok=True)
+    state = run_dir / "runc"
+    container_id = f"linkd-{stack}-{container.name}"
+    shutil.rmtree(state / container_id, ignore_errors=True)  # a killed run's state
+    config = bundle_config(spec, container, stack, layers)
+    (bundle / "config.json").write_text(json.dumps(config, indent=1))
+    runc = shutil.which("runc") or "runc"
+    return replace(
+        spec,
+        argv=(runc, "--root", str(state), "run", "--bundle", str(bundle), container_id),
+        env=(("PATH", HOST_PATH),),
+        user=None,
+        working_dir=None,
+        bind_files=(),
+        bind_dirs=(),
+        rootfs_pivot=False,
+    )
+
+
+def bundle_config(spec: ProcessSpec, container: ContainerPlan, stack: str,
+                  layers: list[Path]) -> dict[str, object]:
+    """The OCI runtime config (runtime-spec config.md) of an image container."""
+    uid, gid, groups = resolve_user(layers, container.user)
+    mounts: list[dict[str, object]] = [
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+         "options": ["nosuid", "noexec", "nodev", "ro"]},
+        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+         "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+        {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "nodev", "mode=1777"]},
+    ]
+    for source, target in (*spec.bind_files, *spec.bind_dirs):
+        mounts.append({"destination": target, "type": "bind", "source": source,
+                       "options": ["rbind", "ro", "nosuid"]})
+    resources: dict[str, object] = {}
+    limits = container.limits
+    if limits.memory is not None:
+        resources["memory"] = {"limit": limits.memory}
+    if limits.cpus is not None:
+        resources["cpu"] = {"quota": round(limits.cpus * cgroups.PERIOD_US),
+                            "period": cgroups.PERIOD_US}
+    if limits.pids is not None:
+        resources["pids"] = {"limit": limits.pids}
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": uid, "gid": gid, "additionalGids": groups},
+            "args": list(container.argv),
+            "env": [f"{k}={v}" for k, v in container.env],
+            "cwd": container.working_dir or "/",
+            "capabilities": {k: CAPABILITIES for k in ("bounding", "effective", "permitted")},
+            "noNewPrivileges": False,
+        },
+        "root": {"path": str(Path(spec.rootfs_dir or "") / "merged"), "readonly": False},
+        "mounts": mounts,
+        "linux": {
+            # Relative: under the cgroup runc runs in (linkd's), in every hierarchy.
+            "cgroupsPath": f"{cgroups.PREFIX}/{stack}/{container.name}",
+            "resources": resources,
+            # Only these two are new; UTS, IPC and PID are the shim's (it made them).
+            "namespaces": [{"type": "mount"},
+                           {"type": "network", "path": f"/run/netns/{container.netns}"}],
+        },
+    }
+
+
+def _image_file(layers: list[Path], path: str) -> Path | None:
+    """`path` as the merged image shows it: the topmost layer that has it, unless a
+    whiteout or an opaque directory hides the layers below."""
+    for layer in layers:
+        candidate = layer / path
+        try:
+            st = os.lstat(candidate)
+        except FileNotFoundError:
+            parent = (layer / path).parent
+            try:
+                if os.getxattr(parent, "trusted.overlay.opaque") == b"y":
+                    return None
+            except OSError:
+                pass
+            continue
+        return candidate if stat.S_ISREG(st.st_mode) else None
+    return None
+
+
+def resolve_user(layers: list[Path], user: str | None) -> tuple[int, int, list[int]]:
+    """(uid, gid, extra gids) of "uid", "uid:gid", "name" or "name:group", from the
+    image's /etc/passwd and /etc/group (runc takes numbers only), as the shim does."""
+    if not user:
+        return 0, 0, []
+    name, _, group = user.partition(":")
+    passwd = _table(layers, "etc/passwd")
+    groups = _table(layers, "etc/group")
+    entry = next((e for e in passwd if e[0] == name or (name.isdigit() and e[2] == name)),
+                 None)
+    if entry is None and not name.isdigit():
+        raise ContainerError(f"user {name!r} not found in the image's /etc/passwd")
+    uid = int(entry[2]) if entry else int(name)
+    gid = int(entry[3]) if entry and entry[3].isdigit() else 0
+    if group:
+        found = next((g for g in groups if g[0] == group), None)
+        if group.isdigit():
+            gid = int(group)
+        elif found is not None and found[2].isdigit():
+            gid = int(found[2])
+        else:
+            raise ContainerError(f"group {group!r} not found in the image's /etc/group")
+    extra = [int(g[2]) for g in groups
+             if entry and len(g) > 3 and entry[0] in g[3].split(",") and g[2].isdigit()]
+    return uid, gid, sorted(set(extra) - {gid})
+
+
+def _table(layers: list[Path], path: str) -> list[list[str]]:
+    found = _image_file(layers, path)
+    if found is None:
+        return []
+    return [line.split(":") for line in found.read_text(errors="replace").splitlines()
+            if line and not line.startswith("#")]
