@@ -730,6 +730,7 @@ class Supervisor:
         """Remove everything of the stack, collecting failures rather than stopping."""
         self.status = "stopping"
         self.save()
+        await self._cancel_restarts()
         # DNS first (as netavark does): its sockets live in the containers' namespaces
         # and would keep them, and their veths, alive after they are removed.
         await self.stop_dns(list(self._dns_tasks))
@@ -756,6 +757,22 @@ class Supervisor:
             raise TeardownError(f"linkd down {self.stack}", errors)
         store.remove_stack_dir(self.stack)
         self.report(f"stack {self.stack}", "removed")
+
+    async def _cancel_restarts(self) -> None:
+        """Containers waiting to restart never start again once teardown began: their
+        monitors are cancelled in the backoff, or mid-launch (which kills what was
+        started). Else one could start after the kernel was observed for teardown, in a
+        namespace already unlinked, and keep it and its veth alive."""
+        waiting = [
+            (name, monitor) for name, monitor in self._monitors.items()
+            if self.states.get(name, ContainerState(name)).status == "restarting"
+        ]
+        for name, monitor in waiting:
+            self._monitors.pop(name, None)
+            monitor.cancel()
+        for _, monitor in waiting:
+            with contextlib.suppress(asyncio.CancelledError):
+                await monitor
 
     async def _apply_logged(self, action: Action) -> None:
         try:
