@@ -130,6 +130,8 @@ class StackFirewall:
 
 def publish_ports(plan: StackPlan, previous: StackPlan | None = None) -> StackPlan:
     """`plan` with every host port decided, or an error before anything is created."""
+    if not any(p.published for c in plan.containers for p in c.ports):
+        return plan  # nothing to decide: no other stack's state needs reading
     firewall.check_plan_ports(plan)
     taken = firewall.holders(_other_plans(plan.stack))
     firewall.check_published(plan, taken)
