@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
 import json
 import os
 import secrets
@@ -519,32 +518,7 @@ async def _finish_in_thread(
 
 def _get_text(client: Client, path: str) -> str:
     """A GET whose answer is text (the logs endpoint), with the daemon's errors."""
-    connection = _Unix(str(client.path))
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        raw = response.read()
-    finally:
-        connection.close()
-    if response.status >= 400:
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = {}
-        raise DaemonError(response.status, body if isinstance(body, dict) else {})
-    return raw.decode(errors="replace")
-
-
-class _Unix(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("linkd", timeout=60)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self.unix_path)
-        self.sock = sock
+    return client.request_raw("GET", path).decode(errors="replace")
 
 
 # Stacks this process brought up and has not taken down yet (the pytest plugin takes

@@ -66,6 +66,14 @@ class Client:
     def request(
         self, method: str, path: str, body: Any = None, *, timeout: float = REQUEST_TIMEOUT
     ) -> Any:
+        raw = self.request_raw(method, path, body, timeout=timeout)
+        return json.loads(raw) if raw else None
+
+    def request_raw(
+        self, method: str, path: str, body: Any = None, *, timeout: float = REQUEST_TIMEOUT
+    ) -> bytes:
+        """The answer's body as it came (the logs endpoint answers text); DaemonError for
+        an error status."""
         connection = _UnixConnection(self.path, timeout)
         try:
             data = None if body is None else json.dumps(body).encode()
@@ -75,10 +83,13 @@ class Client:
             raw = response.read()
         finally:
             connection.close()
-        payload = json.loads(raw) if raw else None
         if response.status >= 400:
+            try:
+                payload = json.loads(raw)
+            except ValueError:
+                payload = {}
             raise DaemonError(response.status, payload if isinstance(payload, dict) else {})
-        return payload
+        return raw
 
 
 def ensure_daemon(client: Client) -> Client:
