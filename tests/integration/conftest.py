@@ -229,15 +229,35 @@ class Linkd:
            ) -> subprocess.CompletedProcess[str]:
         return self.exec(service, "/usr/bin/python3", "-c", textwrap.dedent(code), check=check)
 
+    def wait_listening(self, service: str, port: int) -> None:
+        """Until something in `service` accepts TCP connections on `port` (10 s)."""
+        self.py(service, f"""
+            import socket, time
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", {port}), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline: raise
+                    time.sleep(0.05)
+        """)
 
-@pytest.fixture
-def linkd() -> Iterator[Linkd]:
+
+@contextlib.contextmanager
+def fresh_linkd() -> Iterator[Linkd]:
+    """A stack name and a directory of its own; both gone afterwards, whatever happened."""
     # Not under /tmp: containers have a private /tmp, and run in the stack file's directory.
     directory = Path(tempfile.mkdtemp(prefix="linkd-test-", dir="/var/tmp"))
     runner = Linkd(directory, "t" + secrets.token_hex(4))
     try:
         yield runner
     finally:
-        # Whatever the test did or failed to do, the stack goes.
         runner.run("down", "--forget", "-p", runner.project, check=False)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def linkd() -> Iterator[Linkd]:
+    with fresh_linkd() as runner:
+        yield runner

@@ -17,16 +17,14 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from linkd.runtime import store
-from tests.integration.conftest import Linkd
+from tests.integration.conftest import Linkd, fresh_linkd
 
 SERVER = r"""
 import os, socket, sys, threading
@@ -126,20 +124,6 @@ def table(project: str) -> str | None:
     return listed.stdout if listed.returncode == 0 else None
 
 
-def wait_ready(linkd: Linkd, service: str, port: int = 7000) -> None:
-    linkd.py(service, f"""
-        import socket, time
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", {port}), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline: raise
-                time.sleep(0.05)
-    """)
-
-
 def linkd_tables() -> set[str]:
     listed = subprocess.run(["nft", "list", "tables", "inet"], capture_output=True, text=True)
     return {line.split()[-1] for line in listed.stdout.splitlines()
@@ -201,13 +185,8 @@ def outside() -> Iterator[Outside]:
 @pytest.fixture
 def other() -> Iterator[Linkd]:
     """A second stack, in a directory of its own."""
-    directory = Path(tempfile.mkdtemp(prefix="linkd-test-", dir="/var/tmp"))
-    runner = Linkd(directory, "t" + secrets.token_hex(4))
-    try:
+    with fresh_linkd() as runner:
         yield runner
-    finally:
-        runner.run("down", "--forget", "-p", runner.project, check=False)
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def write_server(linkd: Linkd) -> None:
@@ -251,8 +230,8 @@ def test_containers_reach_only_what_they_share_and_internal_has_no_way_out(
     linkd.up()
     other.up()
     for service in ("a", "b", "c"):
-        wait_ready(linkd, service)
-    wait_ready(other, "d")
+        linkd.wait_listening(service, 7000)
+    other.wait_listening("d", 7000)
     at = addresses(linkd)
     d = addresses(other)[("d-1", "default")]
     a_front, b_front = at[("a-1", "front")], at[("b-1", "front")]
@@ -351,7 +330,7 @@ def test_published_ports_from_the_host_containers_and_outside(
           side:
     """)
     linkd.up()
-    wait_ready(linkd, "web", 80)
+    linkd.wait_listening("web", 80)
     at = addresses(linkd)
     gw, side_gw, web = at[("front", "gateway")], at[("side", "gateway")], at[("web-1", "front")]
     random_port = linkd.run("port", "-p", linkd.project, "web", "82").stdout.strip()

@@ -33,20 +33,6 @@ def connect(linkd: Linkd, service: str, *names: str) -> dict[str, str]:
     return dict(line.split(" -> ") for line in result.stdout.splitlines())
 
 
-def wait_listening(linkd: Linkd, service: str, port: int = 9000) -> None:
-    linkd.py(service, f"""
-        import socket, time
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", {port}), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline: raise
-                time.sleep(0.05)
-    """)
-
-
 def test_two_services_talk_over_tcp_by_name(linkd: Linkd) -> None:
     linkd.write(f"""
         services:
@@ -57,7 +43,7 @@ def test_two_services_talk_over_tcp_by_name(linkd: Linkd) -> None:
     """)
     up = linkd.up()
     assert "server-1" in up.stdout and "running" in up.stdout
-    wait_listening(linkd, "server")
+    linkd.wait_listening("server", 9000)
     assert connect(linkd, "client", "server", "server-1") == {
         "server": "server-1",
         "server-1": "server-1",
@@ -83,7 +69,7 @@ def test_a_service_on_two_networks_is_reachable_on_both(linkd: Linkd) -> None:
           right:
     """)
     linkd.up()
-    wait_listening(linkd, "hub")
+    linkd.wait_listening("hub", 9000)
     assert connect(linkd, "l", "hub") == {"hub": "hub-1"}
     assert connect(linkd, "r", "hub", "hub.right") == {"hub": "hub-1", "hub.right": "hub-1"}
     interfaces = linkd.exec("hub", "cat", "/proc/net/dev").stdout
@@ -107,7 +93,7 @@ def test_three_replicas_are_all_reachable_by_name_and_behind_the_service(linkd: 
     up = linkd.up()
     for n in (1, 2, 3):
         assert f"web-{n}" in up.stdout
-        wait_listening(linkd, f"web-{n}")
+        linkd.wait_listening(f"web-{n}", 9000)
     assert connect(linkd, "client", "web-1", "web-2", "web-3") == {
         f"web-{n}": f"web-{n}" for n in (1, 2, 3)
     }
@@ -243,7 +229,7 @@ def test_two_stacks_with_the_same_file_run_side_by_side(linkd: Linkd) -> None:
     linkd.up()
     try:
         linkd.run("up", "-d", "-p", other)
-        wait_listening(linkd, "server")
+        linkd.wait_listening("server", 9000)
         addresses = []
         for project in (linkd.project, other):
             doc = json.loads(linkd.run("inspect", "-p", project, "server").stdout)
@@ -283,7 +269,7 @@ def test_ipv6_dual_stack(linkd: Linkd) -> None:
             enable_ipv6: true
     """)
     linkd.up()
-    wait_listening(linkd, "server")
+    linkd.wait_listening("server", 9000)
     got = linkd.py("client", """
         import socket
         addr = socket.getaddrinfo('server', 9000, socket.AF_INET6)[0][4]
