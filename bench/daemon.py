@@ -19,7 +19,6 @@ the private run directory removed. Takes the machine-wide kernel lock.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import http.client
 import json
 import os
@@ -33,12 +32,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import common
+
 REPO = Path(__file__).resolve().parent.parent
 RUN_DIR = Path("/run/lkbench-daemon")
 SOCKET = RUN_DIR / "linkd.sock"
-KERNEL_LOCK = "/run/lock/linkd-kernel.lock"
 STACK_SIZE = 100  # containers per stack (one /24 each)
-RESULTS = REPO / "bench" / "results"
 
 
 class Unix(http.client.HTTPConnection):
@@ -131,12 +130,8 @@ def main() -> int:
     ap.add_argument("--containers", type=int, default=500, help="for the restart (x100)")
     ap.add_argument("--memory", type=int, default=1000, help="for the memory reading (x100)")
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("bench/daemon.py: run as root", file=sys.stderr)
+    if not common.root_and_lock("daemon.py"):
         return 2
-    lock = os.open(KERNEL_LOCK, os.O_CREAT | os.O_RDWR, 0o600)
-    if not os.environ.get("LINKD_KERNEL_LOCK_FD"):  # bench/run holds it already
-        fcntl.flock(lock, fcntl.LOCK_EX)
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     daemon, _ = start_daemon()
     rows: list[str] = []
@@ -176,9 +171,7 @@ def main() -> int:
         "|---|---:|---:|---:|---|---:|---|",
     ]
     text = "\n".join(header + rows)
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "daemon.md").write_text(text + "\n")
+    common.save_table("daemon", text)
     return 0
 
 

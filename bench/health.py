@@ -24,7 +24,6 @@ removed at the end. Takes the machine-wide kernel lock unless bench/run holds it
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import shutil
@@ -38,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import common
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -46,8 +47,6 @@ from linkd.runtime.client import Client  # noqa: E402
 RUN_DIR = Path("/run/lkbench-health")
 SOCKET = RUN_DIR / "linkd.sock"
 WWW = RUN_DIR / "www"
-KERNEL_LOCK = "/run/lock/linkd-kernel.lock"
-RESULTS = REPO / "bench" / "results"
 BUSYBOX = "/bin/busybox"
 DOCKER_ROOT = Path("/run/lkbench-docker")
 DOCKER_DATA = Path("/var/lib/lkbench-docker")
@@ -232,12 +231,8 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--no-docker", action="store_true", help="linkd only")
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("bench/health.py: run as root", file=sys.stderr)
+    if not common.root_and_lock("health.py"):
         return 2
-    lock = os.open(KERNEL_LOCK, os.O_CREAT | os.O_RDWR, 0o600)
-    if not os.environ.get("LINKD_KERNEL_LOCK_FD"):  # bench/run holds it already
-        fcntl.flock(lock, fcntl.LOCK_EX)
     rows: list[str] = []
     daemon, client = start_linkd()
     try:
@@ -272,9 +267,7 @@ def main() -> int:
         "|---|---:|---:|---:|---:|---:|",
     ]
     text = "\n".join(header + rows)
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "health.md").write_text(text + "\n")
+    common.save_table("health", text)
     return 0
 
 

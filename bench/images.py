@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import fcntl
 import os
 import shutil
 import signal
@@ -33,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import common
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -42,7 +43,6 @@ from linkd.runtime import process, rootfs  # noqa: E402
 from linkd.runtime.images import ImageStore  # noqa: E402
 from tests.images import busybox_image, write_tar  # noqa: E402
 
-KERNEL_LOCK = "/run/lock/linkd-kernel.lock"
 NETNS = "lkbench-img"
 
 
@@ -142,12 +142,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("bench/images.py: run as root", file=sys.stderr)
+    if not common.root_and_lock("images.py"):
         return 2
-    lock = os.open(KERNEL_LOCK, os.O_CREAT | os.O_RDWR, 0o600)
-    if not os.environ.get("LINKD_KERNEL_LOCK_FD"):  # bench/run holds it already
-        fcntl.flock(lock, fcntl.LOCK_EX)
     work = Path(tempfile.mkdtemp(prefix="lkbench-images-", dir="/var/tmp"))
     os.environ["LINKD_IMAGES"] = str(work / "store")
     subprocess.run(["ip", "netns", "add", NETNS], check=True)
@@ -158,7 +154,6 @@ def main() -> int:
         from linkd.runtime import cgroups
         cgroups.remove_stack("lkbench")
         shutil.rmtree(work, ignore_errors=True)
-        os.close(lock)
     print("### Images (`bench/run images`)\n")
     print(f"busybox image, median of {args.runs} runs (min-max ms):\n")
     print("| what | median | range |")

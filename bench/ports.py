@@ -22,7 +22,6 @@ lock unless bench/run holds it.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import shutil
@@ -35,9 +34,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import common
+
 REPO = Path(__file__).resolve().parent.parent
 RUN_DIR = Path("/run/lkbench-ports")
-KERNEL_LOCK = "/run/lock/linkd-kernel.lock"
 STACK = "lkbenchports"
 NS_A, NS_B = "lkbench-pv-a", "lkbench-pv-b"
 NS_C, NS_D, BRIDGE = "lkbench-pb-c", "lkbench-pb-d", "lkbench-pbr"
@@ -125,16 +125,12 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=3.0, help="per iperf3 run (default 3)")
     ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions (default 3)")
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("bench/ports.py: run as root", file=sys.stderr)
+    if not common.root_and_lock("ports.py"):
         return 2
     if shutil.which("iperf3") is None:
         print("bench/ports.py: needs iperf3 (Debian iperf3; bench/run installs it)",
               file=sys.stderr)
         return 2
-    lock = os.open(KERNEL_LOCK, os.O_CREAT | os.O_RDWR, 0o600)
-    if not os.environ.get("LINKD_KERNEL_LOCK_FD"):  # bench/run holds it already
-        fcntl.flock(lock, fcntl.LOCK_EX)
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     directory = Path(tempfile.mkdtemp(prefix="lkbench-ports-", dir="/var/tmp"))
     (directory / "linkd.yaml").write_text(STACK_FILE)
