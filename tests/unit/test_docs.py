@@ -1,4 +1,4 @@
-"""The README's stack-file example is a valid stack (documentation must not rot)."""
+"""The documentation's examples are valid stacks (documentation must not rot)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ from pathlib import Path
 
 from linkd.spec import parse_stack
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
-def test_the_readme_stack_example_parses_without_warnings() -> None:
-    text = README.read_text()
+def test_the_stack_file_example_parses_without_warnings() -> None:
+    text = (DOCS / "stack-files.md").read_text()
     start = text.index("```yaml\n") + len("```yaml\n")
     example = text[start : text.index("```", start)]
-    stack = parse_stack(example, source="README.md", read_text=lambda path: "MODE=test\n")
+    stack = parse_stack(example, source="docs", read_text=lambda path: "MODE=test\n")
     assert stack.name == "shop"
     assert not stack.warnings
     assert [s.name for s in stack.services] == ["db", "web", "tool"]
@@ -21,8 +21,8 @@ def test_the_readme_stack_example_parses_without_warnings() -> None:
     assert stack.dns.domain == "shop.internal"
 
 
-def yaml_blocks() -> list[str]:
-    text = README.read_text()
+def yaml_blocks(page: str) -> list[str]:
+    text = (DOCS / page).read_text()
     blocks = []
     start = text.find("```yaml\n")
     while start >= 0:
@@ -33,13 +33,13 @@ def yaml_blocks() -> list[str]:
     return blocks
 
 
-def test_the_readme_conventions_example_gives_what_it_says() -> None:
+def test_the_conventions_example_gives_what_it_says() -> None:
     from ipaddress import IPv4Network
 
     from linkd.plan import realize
 
-    (example,) = [b for b in yaml_blocks() if "conventions:" in b and "services:" in b]
-    stack = parse_stack(example, source="README.md", default_project="shop")
+    (example,) = [b for b in yaml_blocks("conventions.md") if "conventions:" in b and "services:" in b]
+    stack = parse_stack(example, source="docs", default_project="shop")
     assert not stack.warnings
     plan = realize(stack, {"default": IPv4Network("10.87.0.0/24")})
     env = dict(plan.container("web-1").env)
