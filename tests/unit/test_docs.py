@@ -38,7 +38,8 @@ def test_the_conventions_example_gives_what_it_says() -> None:
 
     from linkd.plan import realize
 
-    (example,) = [b for b in yaml_blocks("conventions.md") if "conventions:" in b and "services:" in b]
+    blocks = yaml_blocks("conventions.md")
+    (example,) = [b for b in blocks if "conventions:" in b and "services:" in b]
     stack = parse_stack(example, source="docs", default_project="shop")
     assert not stack.warnings
     plan = realize(stack, {"default": IPv4Network("10.87.0.0/24")})
