@@ -1,7 +1,9 @@
 """The CLI's side of the daemon API: HTTP/1.1 over the unix socket, stdlib only.
 
 Kept synchronous and small on purpose: a CLI command makes one or two requests, and
-importing aiohttp's client costs more start-up time than the request itself.
+importing aiohttp's client costs more start-up time than the request itself. For the
+same reason it imports neither the daemon nor the state store, only where they live
+(linkd.runtime.paths).
 """
 
 from __future__ import annotations
@@ -17,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from linkd.errors import LinkdError
-from linkd.runtime import store
-from linkd.runtime.daemon import socket_path
+from linkd.runtime import paths
 
 START_TIMEOUT = 10.0  # seconds for a daemon started by the CLI to answer
 REQUEST_TIMEOUT = 600.0  # `up` of a big stack, `down` with long grace periods
@@ -53,7 +54,7 @@ class _UnixConnection(http.client.HTTPConnection):
 
 class Client:
     def __init__(self, path: Path | None = None) -> None:
-        self.path = path or socket_path()
+        self.path = path or paths.socket_path()
 
     def available(self) -> bool:
         """A daemon answers on the socket."""
@@ -97,7 +98,7 @@ def ensure_daemon(client: Client) -> Client:
     output in `<root>/daemon.log`)."""
     if client.available():
         return client
-    log = store.root() / "daemon.log"
+    log = paths.root() / "daemon.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         subprocess.Popen(

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from linkd.model import Stack
 from linkd.plan import ContainerPlan
 from linkd.runtime import link_events, store, supervisor
 from linkd.runtime.netlink import Kernel
+from linkd.runtime.paths import socket_path as socket_path  # where the CLI finds the API
 from linkd.state import StackState
 
 log = logging.getLogger("linkd")
@@ -37,11 +37,6 @@ log = logging.getLogger("linkd")
 EVENT_BACKLOG = 1000  # events kept per subscriber that is not reading
 RECONCILE_INTERVAL = 2.0  # seconds between checks of the kernel against every plan
 EVENT_SETTLE = 0.1  # seconds from a link removal to the check: a burst of them is one check
-
-
-def socket_path() -> Path:
-    """The API's unix socket: `$LINKD_SOCKET`, else `<root>/linkd.sock`."""
-    return Path(os.environ.get("LINKD_SOCKET", str(store.root() / "linkd.sock")))
 
 
 def daemon_lock() -> Path:

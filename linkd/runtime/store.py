@@ -51,25 +51,28 @@ import itertools
 import logging
 import os
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from linkd import state as state_codec
 from linkd.errors import NotFoundError
 from linkd.ipam import Lease
+
+# The places are named in linkd.runtime.paths, which `linkd ps` imports without this
+# module (and its state codec and asyncio); re-exported for this module's users.
+from linkd.runtime.paths import PREV_FILE as PREV_FILE
+from linkd.runtime.paths import STATE_FILE as STATE_FILE
+from linkd.runtime.paths import container_dir as container_dir
+from linkd.runtime.paths import locked as locked
+from linkd.runtime.paths import log_path as log_path
+from linkd.runtime.paths import root as root
+from linkd.runtime.paths import stack_dir as stack_dir
+from linkd.runtime.paths import stacks as stacks
+from linkd.runtime.paths import supervised as supervised
+from linkd.runtime.paths import supervisor_lock as supervisor_lock
 from linkd.state import StackState, StateError
 
 log = logging.getLogger("linkd")
-
-STATE_FILE = "state.msgpack"
-PREV_FILE = "state.msgpack.prev"
-
-def root() -> Path:
-    return Path(os.environ.get("LINKD_RUN_DIR", "/run/linkd"))
-
-
-def stack_dir(stack: str) -> Path:
-    return root() / "stacks" / stack
 
 
 def state_path(stack: str) -> Path:
@@ -78,14 +81,6 @@ def state_path(stack: str) -> Path:
 
 def prev_path(stack: str) -> Path:
     return stack_dir(stack) / PREV_FILE
-
-
-def container_dir(stack: str, container: str) -> Path:
-    return stack_dir(stack) / "containers" / container
-
-
-def log_path(stack: str, container: str) -> Path:
-    return container_dir(stack, container) / "log"
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -239,17 +234,6 @@ def _way_out(stack: str) -> str:
     )
 
 
-def stacks() -> list[str]:
-    """The stacks with a state file (or only a last good copy of one)."""
-    base = root() / "stacks"
-    try:
-        return sorted(
-            p.name for p in base.iterdir() if (p / STATE_FILE).exists() or (p / PREV_FILE).exists()
-        )
-    except FileNotFoundError:
-        return []
-
-
 def remove_stack_dir(stack: str) -> None:
     # The last good copy goes first, so that a reader racing this never falls back to it
     # as if the current state had been damaged.
@@ -258,21 +242,6 @@ def remove_stack_dir(stack: str) -> None:
         with contextlib.suppress(OSError):
             (directory / name).unlink()
     shutil.rmtree(directory, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def locked(path: Path, *, wait: bool = True) -> Iterator[int]:
-    """Hold an exclusive flock on `path` (created if needed) for the block.
-
-    Raises BlockingIOError at once if `wait` is False and someone else holds it.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        yield fd
-    finally:
-        os.close(fd)
 
 
 _in_process: dict[Path, asyncio.Lock] = {}
@@ -295,22 +264,6 @@ async def locked_async(path: Path) -> AsyncIterator[int]:
             yield fd
         finally:
             os.close(fd)
-
-
-def supervisor_lock(stack: str) -> Path:
-    return stack_dir(stack) / "supervisor.lock"
-
-
-def supervised(stack: str) -> bool:
-    """True while some process holds the stack's supervisor lock."""
-    path = supervisor_lock(stack)
-    if not path.exists():
-        return False
-    try:
-        with locked(path, wait=False):
-            return False
-    except BlockingIOError:
-        return True
 
 
 def lease_path(stack: str) -> Path:
