@@ -2,7 +2,9 @@
 
 How it works, in three steps:
 
-1. `yaml.compose` (SafeLoader) turns the text into nodes, which keep line numbers.
+1. `linkd.spec_yaml.compose` turns the text into nodes, which keep line numbers, within
+   bounds: nesting depth, and the size the document expands to once aliases (`*name`)
+   and merge keys (`<<`) are resolved, so no text makes the parser slow or deep.
 2. `linkd.spec_nodes.Reader` walks the nodes the schema below expects and turns each into a
    value (`linkd.spec_values` parses the scalar syntaxes: ports, durations, signals,
    `${VAR}`). Every value carries its dotted path (`services.web.ports[1]`) and line, so a
@@ -15,7 +17,10 @@ How it works, in three steps:
 
 The file format is the subset of Compose linkd implements, with Compose's semantics
 (compose-spec `05-services.md`, `06-networks.md`). Files are read by the caller: env files
-through `read_text`, host variables through `host_env`. `stack_to_dict` (in
+through `read_text` (once per file, whatever the number of services naming it; the
+characters they add to the stack are bounded like the document's), host variables through
+`host_env`. `check`, when given, is called as the work goes on: the caller raises from it
+to stop a parse that takes too long (this module keeps no clock). `stack_to_dict` (in
 `linkd.spec_dump`) writes a `Stack` back as a normalized Compose-shaped dict.
 """
 
@@ -26,6 +31,7 @@ from collections.abc import Callable, Mapping
 
 import yaml
 
+from linkd import spec_yaml
 from linkd.errors import SpecError
 from linkd.model import (
     Attachment,
@@ -94,15 +100,23 @@ def parse_stack(
     default_project: str = "",
     host_env: Mapping[str, str] = {},  # read only, never mutated
     read_text: Callable[[str], str] | None = None,
+    check: Callable[[], None] | None = None,
 ) -> Stack:
     """Parse and validate a stack file; raise `SpecError` listing every problem.
 
     The stack name is `project_name`, else the file's `name:`, else `default_project`
     (the caller passes the stack directory's name) normalized as Compose does.
+    `read_text(name)` returns an env file's text or raises `OSError` (its `strerror` is
+    reported) or `UnicodeError`.
     """
-    r = Reader(host_env)
+    r = Reader(host_env, check)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = spec_yaml.compose(text, check)
+    except spec_yaml.Limit as exc:
+        raise SpecError([(ROOT, exc.line, str(exc))], source) from None
+    except UnicodeError as exc:
+        message = f"the text is not valid Unicode ({exc}); save the file as UTF-8"
+        raise SpecError([(ROOT, None, message)], source) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -172,6 +186,8 @@ class _StackParser:
         self.read_text = read_text
         self.nets = NetworkReader(r)
         self.names: set[str] = set()
+        self.files: dict[str, str | Exception] = {}  # env files read, by name
+        self.env_text = 0  # characters env files added, counting each use
 
     def networks(self, at: At | None) -> tuple[Network, ...]:
         pairs = self.r.pairs(at) if at is not None else []
@@ -359,21 +375,40 @@ class _StackParser:
         name = self.r.text(path_at)
         if name is None:
             return []
-        if self.read_text is None:
-            self.r.fail(path_at, f"cannot read env file {quote(name)}: no file reader given")
-            return []
-        try:
-            text = self.read_text(name)
-        except (OSError, UnicodeError) as exc:
-            if required:
-                reason = getattr(exc, "strerror", None) or str(exc)
+        text = self._read(name)
+        if isinstance(text, Exception):
+            if required or self.read_text is None:
+                reason = getattr(text, "strerror", None) or str(text)
                 self.r.fail(path_at, f"cannot read env file {quote(name)}: {reason}")
+            return []
+        if self.env_text > spec_yaml.MAX_TEXT:
+            return []  # reported once already
+        self.env_text += len(text)
+        if self.env_text > spec_yaml.MAX_TEXT:
+            self.r.fail(
+                path_at,
+                f"env files add more than {spec_yaml.MAX_TEXT} characters to the stack "
+                "(linkd's limit; a file counts again for every service that names it); "
+                "put shared variables in fewer, smaller files",
+            )
             return []
         try:
             return parse_env_file(text, name, self.host_env)
         except Bad as exc:
             self.r.fail(path_at, str(exc))
             return []
+
+    def _read(self, name: str) -> str | Exception:
+        """An env file's text, or why it cannot be read; each file is read once."""
+        if name not in self.files:
+            if self.read_text is None:
+                self.files[name] = ValueError("no file reader given")
+            else:
+                try:
+                    self.files[name] = self.read_text(name)
+                except (OSError, UnicodeError) as exc:
+                    self.files[name] = exc
+        return self.files[name]
 
     # --- ports ---
 

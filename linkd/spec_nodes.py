@@ -67,6 +67,10 @@ class At:
         return isinstance(self.node, yaml.SequenceNode)
 
 
+def _nothing() -> None:
+    return None
+
+
 def given(fields: Mapping[str, At], key: str) -> At | None:
     """A field's node, or None when it is missing or null (Compose treats both as unset)."""
     at = fields.get(key)
@@ -89,11 +93,15 @@ def describe(node: yaml.Node) -> str:
 class Reader:
     """Turns nodes into values, collecting problems and warnings instead of stopping."""
 
-    def __init__(self, host_env: Mapping[str, str]) -> None:
+    def __init__(
+        self, host_env: Mapping[str, str], check: Callable[[], None] | None = None
+    ) -> None:
         self.host_env = host_env
+        self.check = check or _nothing  # raises to stop (the daemon's time budget)
         self.problems: list[Problem] = []
         self.warnings: list[str] = []
         self._unset: set[str] = set()
+        self._merges: dict[int, list[tuple[str, int, yaml.Node]]] = {}
 
     # --- reporting ---
 
@@ -122,41 +130,53 @@ class Reader:
         Explicit keys override merged ones (YAML merge spec); a key written twice is an
         error, as in Compose (PyYAML would silently keep the last).
         """
+        self.check()
         if not isinstance(at.node, yaml.MappingNode):
             self.fail(at, f"expected a mapping, got {describe(at.node)}")
             return None
-        return self._flatten(at, at.node, frozenset({id(at.node)}))
+        return [
+            (key, At(child, f"{at.path}.{key}" if at.path else key, line))
+            for key, line, child in self._merged(at, at.node)
+        ]
 
-    def _flatten(
-        self, at: At, node: yaml.MappingNode, seen: frozenset[int]
-    ) -> list[tuple[str, At]]:
-        merged: dict[str, At] = {}
-        explicit: dict[str, At] = {}
+    def _merged(self, at: At, node: yaml.MappingNode) -> list[tuple[str, int, yaml.Node]]:
+        """`node`'s entries as (key, line, value) with merge keys applied, worked out once
+        per node: a mapping merged from many places (the shape of a merge-key bomb) costs
+        its size once, not once per path to it. Problems are reported the first time,
+        under the first path. `linkd.spec_yaml` has refused recursive documents already.
+        """
+        done = self._merges.get(id(node))
+        if done is not None:
+            return done
+        merged: dict[str, tuple[int, yaml.Node]] = {}
+        explicit: dict[str, tuple[int, yaml.Node]] = {}
         for key_node, value in node.value:
             if key_node.tag == _MERGE:
                 sources = value.value if isinstance(value, yaml.SequenceNode) else [value]
                 for source in sources:
                     if not isinstance(source, yaml.MappingNode):
                         self.fail(At.root(key_node, at.path), "a merge key (<<) needs a mapping")
-                    elif id(source) not in seen:  # a mapping merged into itself: skip
-                        for key, child in self._flatten(at, source, seen | {id(source)}):
-                            merged.setdefault(key, child)  # the first source wins
+                        continue
+                    for key, line, child in self._merged(at, source):
+                        merged.setdefault(key, (line, child))  # the first source wins
                 continue
             line = key_node.start_mark.line + 1
             if not isinstance(key_node, yaml.ScalarNode) or key_node.value == "":
                 self.fail(At(key_node, at.path, line), "expected a plain key, got a complex one")
                 continue
             key = str(key_node.value)
-            child = At(value, f"{at.path}.{key}" if at.path else key, line)
             if key in explicit:
-                self.fail(
-                    child, f"key {quote(key)} is given twice (lines {explicit[key].line}, {line})"
-                )
+                path = f"{at.path}.{key}" if at.path else key
+                first = explicit[key][0]
+                message = f"key {quote(key)} is given twice (lines {first}, {line})"
+                self.fail(At(value, path, line), message)
                 continue
-            explicit[key] = child
+            explicit[key] = (line, value)
         # Explicit keys override merged ones in place: the order and values PyYAML's own
         # merge gives.
-        return list((merged | explicit).items())
+        entries = [(key, line, child) for key, (line, child) in (merged | explicit).items()]
+        self._merges[id(node)] = entries
+        return entries
 
     def fields(
         self, at: At, known: Collection[str], unsupported: Collection[str] = ()
@@ -201,6 +221,7 @@ class Reader:
         """A scalar as a string. Strings are interpolated; numbers keep their written form
         (`user: 1000`); booleans and null are refused, a string field never wants them.
         """
+        self.check()
         node = at.node
         if not isinstance(node, yaml.ScalarNode) or node.tag in (_NULL, _BOOL):
             self.fail(at, f"expected a string, got {describe(node)}")

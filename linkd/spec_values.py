@@ -306,15 +306,25 @@ def check_alias(name: str) -> None:
 
 _VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _OPERATORS = (":-", ":?", ":+", "-", "?", "+")
+_BRACES = re.compile(r"\$\$|\$\{|\}")
+INTERPOLATION_DEPTH = 16  # ${A:-${B:-...}} levels; Compose files use two or three
 
 
-def interpolate(text: str, env: Mapping[str, str], unset: Callable[[str], None]) -> str:
+def interpolate(
+    text: str, env: Mapping[str, str], unset: Callable[[str], None], _depth: int = 0
+) -> str:
     """Compose interpolation: `$VAR`, `${VAR}`, `${VAR:-default}`, `${VAR-default}`,
     `${VAR:?error}`, `${VAR?error}`, `${VAR:+alt}`, `${VAR+alt}` and `$$` for a literal `$`.
 
-    Defaults may nest (`${A:-${B}}`) and are only expanded when used. `unset(name)` is
+    Defaults may nest (`${A:-${B}}`), up to `INTERPOLATION_DEPTH` levels (deeper is an
+    error, not a RecursionError), and are only expanded when used. `unset(name)` is
     called for a variable that is unset and has no default (Compose warns and uses "").
     """
+    if _depth > INTERPOLATION_DEPTH:
+        raise Bad(
+            f"${{...}} nests deeper than {INTERPOLATION_DEPTH} levels in {_excerpt(text)} "
+            "(linkd's limit)"
+        )
     out: list[str] = []
     pos = 0
     while (dollar := text.find("$", pos)) >= 0:
@@ -326,34 +336,37 @@ def interpolate(text: str, env: Mapping[str, str], unset: Callable[[str], None])
         elif after == "{":
             close = _closing_brace(text, dollar + 2)
             if close < 0:
-                raise Bad(f'unclosed "${{" in {quote(text)}; write "$$" for a literal "$"')
-            out.append(_braced(text[dollar + 2 : close], text, env, unset))
+                raise Bad(f'unclosed "${{" in {_excerpt(text)}; write "$$" for a literal "$"')
+            out.append(_braced(text[dollar + 2 : close], text, env, unset, _depth))
             pos = close + 1
         else:
             match = _VAR.match(text, dollar + 1)
             if match is None:
-                raise Bad(f'invalid "$" in {quote(text)}; write "$$" for a literal "$"')
+                raise Bad(f'invalid "$" in {_excerpt(text)}; write "$$" for a literal "$"')
             out.append(_lookup(match[0], env, unset))
             pos = match.end()
     out.append(text[pos:])
     return "".join(out)
 
 
+def _excerpt(text: str, limit: int = 200) -> str:
+    """`text` quoted for a message, cut in the middle when long."""
+    if len(text) <= limit:
+        return quote(text)
+    half = limit // 2
+    return f"{quote(text[:half])}...{quote(text[-half:])} ({len(text)} characters)"
+
+
 def _closing_brace(text: str, pos: int) -> int:
     depth = 1
-    while pos < len(text):
-        if text.startswith("$$", pos):
-            pos += 2
-            continue
-        if text.startswith("${", pos):
+    for match in _BRACES.finditer(text, pos):
+        token = match[0]
+        if token == "${":
             depth += 1
-            pos += 2
-            continue
-        if text[pos] == "}":
+        elif token == "}":
             depth -= 1
             if depth == 0:
-                return pos
-        pos += 1
+                return match.start()
     return -1
 
 
@@ -364,30 +377,38 @@ def _lookup(name: str, env: Mapping[str, str], unset: Callable[[str], None]) -> 
     return env[name]
 
 
-def _braced(expr: str, text: str, env: Mapping[str, str], unset: Callable[[str], None]) -> str:
+def _braced(
+    expr: str, text: str, env: Mapping[str, str], unset: Callable[[str], None], depth: int
+) -> str:
     match = _VAR.match(expr)
     if match is None:
-        raise Bad(f'invalid "${{{expr}}}" in {quote(text)}: expected a variable name')
+        raise Bad(f'invalid "${{{_cut(expr)}}}" in {_excerpt(text)}: expected a variable name')
     name, rest = match[0], expr[match.end() :]
     if not rest:
         return _lookup(name, env, unset)
     op = next((op for op in _OPERATORS if rest.startswith(op)), None)
     if op is None:
         raise Bad(
-            f'invalid "${{{expr}}}" in {quote(text)}: expected "}}", ":-", "-", ":?", "?", '
-            '":+" or "+" after the variable name'
+            f'invalid "${{{_cut(expr)}}}" in {_excerpt(text)}: expected "}}", ":-", "-", '
+            '":?", "?", ":+" or "+" after the variable name'
         )
     arg = rest[len(op) :]
     value = env.get(name)
     has_value = value is not None and (value != "" or not op.startswith(":"))
     if op.endswith("-"):
-        return value if has_value and value is not None else interpolate(arg, env, unset)
+        if has_value and value is not None:
+            return value
+        return interpolate(arg, env, unset, depth + 1)
     if op.endswith("+"):
-        return interpolate(arg, env, unset) if has_value else ""
+        return interpolate(arg, env, unset, depth + 1) if has_value else ""
     if not has_value or value is None:  # ":?" and "?": the variable is required
-        reason = interpolate(arg, env, unset) or "required"
+        reason = interpolate(arg, env, unset, depth + 1) or "required"
         raise Bad(f"variable {name} is {'unset' if value is None else 'empty'}: {reason}")
     return value
+
+
+def _cut(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --- env files ----------------------------------------------------------------------------
