@@ -4,40 +4,39 @@ Commands follow `docker compose`: `up`, `down`, `ps`, `logs`, `exec`, `inspect`,
 `config`. A stack is named by `-p NAME`, else by its stack file (`-f FILE`, else the
 first of linkd.yaml, compose.yaml, compose.yml, docker-compose.yaml, docker-compose.yml
 in the current directory), else it is the only stack that is up.
+
+A command people type all day has to answer at once, so this module imports nothing
+costly up front. The commands that read (`ps`, `logs`, `env`, `config`, `port`, `dns`,
+`inspect`) are here and import, inside each command, the pure code they use; they ask
+the daemon over its unix socket with linkd.runtime.client (http.client), and `ps` prints
+the daemon's JSON as it comes, without decoding it into the state's classes. `up`,
+`down`, `exec` and `daemon` drive the runtime (asyncio, pyroute2, aiohttp) and live in
+linkd.cli_runtime, `image` in linkd.cli_images: each is imported only when its command
+runs. tests/unit/test_cli_imports.py holds the reading commands to this.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import importlib
 import json
-import logging
 import os
 import shlex
-import subprocess
 import sys
-import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dnslib
-import yaml
-
-from linkd import cli_images, dns, firewall, ipam, names, spec
-from linkd import state as state_codec
-from linkd.conventions import load_conventions
-from linkd.dns_zone import build_zone, forwards_for, requester_of
 from linkd.errors import LinkdError, NotFoundError, SpecError
-from linkd.health import summary_of as health_summary
-from linkd.model import Stack
-from linkd.plan import StackPlan, realize
-from linkd.runtime import api, images, process, store, supervisor
-from linkd.runtime import logs as log_files
-from linkd.runtime.client import Client, DaemonError, ensure_daemon
-from linkd.runtime.daemon import socket_path as daemon_socket
-from linkd.runtime.netlink import Kernel
-from linkd.runtime.progress import Progress
-from linkd.state import StackState, to_plain
+from linkd.runtime import paths
+from linkd.runtime.client import Client, DaemonError
+
+if TYPE_CHECKING:
+    from linkd.model import Stack
+    from linkd.plan import StackPlan
+    from linkd.state import StackState
+
+Handler = Callable[[argparse.Namespace], int]
 
 DEFAULT_FILES = (
     "linkd.yaml",
@@ -63,12 +62,48 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code)
 
 
+def _later(module: str, name: str) -> Handler:
+    """The handler `name` of `linkd.<module>`, imported when its command runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        handler: Handler = getattr(importlib.import_module(f"linkd.{module}"), name)
+        return handler(args)
+
+    return run
+
+
+def version() -> str:
+    """The installed distribution's version; run from a source tree that is not
+    installed (PYTHONPATH), the package's own, saying so."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("linkd")
+    except metadata.PackageNotFoundError:
+        import linkd
+
+        return f"{linkd.__version__} (not installed; from {Path(linkd.__file__).parent})"
+
+
+class _Version(argparse.Action):
+    """`--version`, looked up only when asked for (importlib.metadata is not free)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        print(f"linkd {version()}")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="linkd", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action=_Version, help="print linkd's version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(
-        name: str, handler: Any, help: str, *, short_file: bool = True
+        name: str, handler: Handler, help: str, *, short_file: bool = True
     ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         flags = ("-f", "--file") if short_file else ("--file",)
@@ -77,7 +112,8 @@ def _parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
-    up = command("up", cmd_up, "create and start the stack, and supervise it")
+    up = command("up", _later("cli_runtime", "cmd_up"),
+                 "create and start the stack, and supervise it")
     up.add_argument("-d", "--detach", action="store_true", help="run in the background")
     up.add_argument("--abort-on-container-exit", action="store_true",
                     help="take the stack down when any container exits")
@@ -93,9 +129,10 @@ def _parser() -> argparse.ArgumentParser:
     daemon.add_argument("--tcp", metavar="HOST:PORT",
                         help="also listen on TCP, loopback only; needs --token-file")
     daemon.add_argument("--token-file", help="file holding the bearer token for --tcp")
-    daemon.set_defaults(handler=cmd_daemon)
+    daemon.set_defaults(handler=_later("cli_runtime", "cmd_daemon"))
 
-    down = command("down", cmd_down, "stop and remove the stack's containers and networks")
+    down = command("down", _later("cli_runtime", "cmd_down"),
+                   "stop and remove the stack's containers and networks")
     down.add_argument("--forget", action="store_true",
                       help="also forget the stack's subnets and addresses (its lease)")
     ps = command("ps", cmd_ps, "list containers")
@@ -104,7 +141,8 @@ def _parser() -> argparse.ArgumentParser:
     logs = command("logs", cmd_logs, "show a service's or container's output", short_file=False)
     logs.add_argument("-f", "--follow", action="store_true")
     logs.add_argument("service", help="service (all replicas) or container (web-2)")
-    ex = command("exec", cmd_exec, "run a command inside a running container")
+    ex = command("exec", _later("cli_runtime", "cmd_exec"),
+                 "run a command inside a running container")
     ex.add_argument("--index", type=int, default=1, help="replica (default 1)")
     ex.add_argument("service", help="service or container (web-2)")
     ex.add_argument("argv", nargs=argparse.REMAINDER, help="-- command and arguments")
@@ -124,8 +162,24 @@ def _parser() -> argparse.ArgumentParser:
     port.add_argument("--index", type=int, default=1, help="replica (default 1)")
     port.add_argument("service")
     port.add_argument("port", help="container port, PORT or PORT/PROTO (default tcp)")
-    cli_images.add_parser(sub)
+    _image_parser(sub)
     return parser
+
+
+def _image_parser(sub: Any) -> None:
+    image = sub.add_parser("image", help="load, list and remove images",
+                           description="load, list and remove images (store: $LINKD_IMAGES "
+                           "or /var/lib/linkd/images)")
+    isub = image.add_subparsers(dest="image_command", required=True)
+    load = isub.add_parser("load", help="load an OCI layout, OCI archive or docker save archive")
+    load.add_argument("file")
+    load.add_argument("--name", help="store it under NAME[:TAG] (default: its own tag)")
+    load.set_defaults(handler=_later("cli_images", "cmd_load"))
+    ls = isub.add_parser("ls", help="list the images in the store")
+    ls.set_defaults(handler=_later("cli_images", "cmd_ls"))
+    rm = isub.add_parser("rm", help="remove an image name (and layers nothing else uses)")
+    rm.add_argument("name", nargs="+")
+    rm.set_defaults(handler=_later("cli_images", "cmd_rm"))
 
 
 # -- loading stacks -------------------------------------------------------------------
@@ -141,6 +195,8 @@ def _stack_file(path: str | None) -> Path | None:
 
 
 def load_stack(path: str | None, project: str | None) -> tuple[Stack, Path]:
+    from linkd import spec
+
     file = _stack_file(path)
     if file is None:
         raise NotFoundError(
@@ -172,26 +228,56 @@ def dry_plan(stack: Stack, file: Path) -> StackPlan:
     """The stack planned on subnets picked as if nothing else were up: it proves the
     links and conventions render (so `up -d` fails here, not in the background), and
     shows provisional addresses for a stack that is not up."""
+    from linkd import ipam
+    from linkd.conventions import load_conventions
+    from linkd.plan import realize
+
     base = file.resolve().parent
     subnets = ipam.pick_subnets(stack.networks, [])
-    stack = images.resolve_stack(stack, base, load=False)  # images already in the store
+    if any(s.image is not None for s in stack.services):  # else no image store to read
+        from linkd.runtime import images
+
+        stack = images.resolve_stack(stack, base, load=False)  # images already in the store
     return realize(
         stack, subnets, workdir=str(base), conventions=load_conventions(stack, base)
     )
 
 
+def daemon_state(name: str) -> dict[str, Any] | None:
+    """The stack's state as the daemon's API gives it (JSON), or None when no daemon
+    runs the stack."""
+    client = Client()
+    if not (paths.supervised(name) and client.available()):
+        return None
+    try:
+        plain: dict[str, Any] = client.request("GET", f"/v1/stacks/{name}")
+    except DaemonError as exc:
+        if exc.status != 404:
+            raise
+        return None
+    return plain
+
+
 def load_state(name: str) -> StackState:
     """The stack's state: from the daemon when it runs the stack, else from its file."""
-    client = Client()
-    if store.supervised(name) and client.available():
-        try:
-            plain = client.request("GET", f"/v1/stacks/{name}")
-        except DaemonError as exc:
-            if exc.status != 404:
-                raise
-        else:
-            return state_codec.from_plain(StackState, plain)
-    return store.load(name)
+    from linkd import state as state_codec
+    from linkd.runtime import store
+
+    plain = daemon_state(name)
+    if plain is None:
+        return store.load(name)
+    return state_codec.from_plain(state_codec.StackState, plain)
+
+
+def plain_state(name: str) -> dict[str, Any]:
+    """`load_state` in the API's JSON form, decoded only when it comes from the file."""
+    plain = daemon_state(name)
+    if plain is None:
+        from linkd.runtime import store
+        from linkd.state import to_plain
+
+        plain = to_plain(store.load(name))
+    return plain
 
 
 def stack_name(args: argparse.Namespace) -> str:
@@ -199,7 +285,7 @@ def stack_name(args: argparse.Namespace) -> str:
         return str(args.project).lower()
     if args.file or _stack_file(None) is not None:
         return load_stack(args.file, None)[0].name
-    up = store.stacks()
+    up = paths.stacks()
     if len(up) == 1:
         return up[0]
     if not up:
@@ -211,9 +297,13 @@ def stack_name(args: argparse.Namespace) -> str:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from linkd.spec_dump import stack_to_dict
+
     stack, file = load_stack(args.file, args.project)
     dry_plan(stack, file)
-    print(yaml.safe_dump(spec.stack_to_dict(stack), sort_keys=False), end="")
+    print(yaml.safe_dump(stack_to_dict(stack), sort_keys=False), end="")
     return 0
 
 
@@ -224,7 +314,7 @@ def cmd_env(args: argparse.Namespace) -> int:
         plan = load_state(stack_name(args)).plan
     else:
         stack, file = load_stack(args.file, args.project)
-        if stack.name in store.stacks():
+        if stack.name in paths.stacks():
             plan = load_state(stack.name).plan
         else:
             plan = dry_plan(stack, file)
@@ -240,183 +330,42 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    stack, file = load_stack(args.file, args.project)
-    dry_plan(stack, file)
-    if args.detach and not args.supervisor:
-        return _up_detached(stack, file)
-    abort = frozenset(s.name for s in stack.services) if args.abort_on_container_exit else None
-    if args.exit_code_from:
-        if args.exit_code_from not in {s.name for s in stack.services}:
-            raise NotFoundError(f"--exit-code-from: no service {args.exit_code_from} in {file}")
-        abort = frozenset({args.exit_code_from}) if abort is None else abort
-    options = supervisor.UpOptions(abort or frozenset(), args.exit_code_from)
-    progress = Progress(sys.stdout, live=sys.stdout.isatty() and not args.supervisor)
-    return asyncio.run(_up(stack, str(file.resolve()), options, progress, not args.no_attach))
-
-
-async def _up(
-    stack: Stack, source: str, options: supervisor.UpOptions, progress: Progress, attach: bool
-) -> int:
-    stop_logs = asyncio.Event()
-    followers: list[asyncio.Task[None]] = []
-
-    def on_up(sup: supervisor.Supervisor) -> None:
-        progress.finish()
-        assert sup.plan is not None
-        print(_table(store.load(stack.name)), flush=True)
-        if attach:
-            sources = [(c.name, store.log_path(stack.name, c.name)) for c in sup.plan.containers]
-            width = max(len(name) for name, _ in sources)
-
-            def emit(name: str, line: str) -> None:
-                print(f"{name:<{width}} | {line}", flush=True)
-
-            followers.append(asyncio.create_task(log_files.follow(sources, emit, stop_logs)))
-
-    async def before_down() -> None:
-        # One more poll of the log files, so the last words of a container that ended
-        # the stack (--exit-code-from) come before the lines about stopping the others.
-        await asyncio.sleep(log_files.POLL * 2)
-
-    try:
-        return await supervisor.run(
-            stack, source, options, progress.event, on_up=on_up, before_down=before_down
-        )
-    finally:
-        stop_logs.set()
-        for task in followers:
-            await task
-        progress.finish()
-
-
-def _up_detached(stack: Stack, file: Path) -> int:
-    """Hand the stack to the daemon (starting one if none runs); return once it is up.
-
-    The daemon gets the stack normalized (`linkd config`'s form: variables interpolated,
-    env files read), so it needs nothing of this shell's environment.
-    """
-    client = ensure_daemon(Client())
-    body = {
-        "name": stack.name,
-        "spec": spec.stack_to_dict(stack),
-        "directory": str(file.resolve().parent),
-    }
-    try:
-        # PUT: a stack the daemon already runs changes to the file, only where it differs.
-        answer = client.request("PUT", f"/v1/stacks/{stack.name}", body)
-    except DaemonError as exc:
-        for line in exc.progress:
-            print(line, file=sys.stderr)
-        raise
-    changes = answer.get("changes") if isinstance(answer, dict) else None
-    if changes and any(changes.get(k) for k in ("added", "changed", "removed")):
-        print("updated: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in changes.items() if v))
-    elif changes is not None:
-        print("no change: the stack already runs as the file says")
-    print(_table(load_state(stack.name)))
-    return 0
-
-
-def cmd_daemon(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s linkd: %(message)s",
-                        stream=sys.stderr)
-    tcp = None
-    if args.tcp:
-        host, _, port = args.tcp.rpartition(":")
-        if not host or not port.isdigit():
-            raise SpecError([("--tcp", None, f"expected HOST:PORT, got {args.tcp}")])
-        tcp = (host.strip("[]"), int(port))
-    token = None
-    if args.token_file:
-        token = Path(args.token_file).read_text().strip()
-    path = Path(args.socket) if args.socket else daemon_socket()
-    asyncio.run(api.serve(path, tcp=tcp, token=token))
-    return 0
-
-
-def cmd_down(args: argparse.Namespace) -> int:
-    name = stack_name(args)
-    try:
-        return _down(name)
-    finally:
-        if args.forget:
-            store.forget_lease(name)
-
-
-def _down(name: str) -> int:
-    client = Client()
-    if store.supervised(name) and client.available():
-        hosted = {s["name"] for s in client.request("GET", "/v1/stacks")}
-        if name in hosted:
-            client.request("DELETE", f"/v1/stacks/{name}")
-            print(f"stack {name} removed")
-            return 0
-    if not store.supervised(name):
-        leftovers = Kernel.netns_names(names.netns_prefix(name))
-        if not store.stack_dir(name).exists() and not leftovers:
-            print(f"stack {name} is not up")
-            return 0
-        asyncio.run(supervisor.down_unsupervised(name, Progress(sys.stdout, live=False).event))
-        return 0
-    state = store.load(name)
-    if state.supervisor_pid is not None:
-        if _is_daemon(state.supervisor_pid):
-            raise LinkdError(
-                f"stack {name} is run by the linkd daemon (pid {state.supervisor_pid}), "
-                f"which does not answer on {daemon_socket()}; stopping it would take every "
-                "stack down: check its log, or stop it yourself if that is what you want"
-            )
-        os.kill(state.supervisor_pid, 15)
-    grace = sum(c.stop_grace_period for c in state.plan.containers) + 30
-    deadline = time.monotonic() + grace
-    while store.supervised(name):
-        if time.monotonic() > deadline:
-            raise LinkdError(f"stack {name}: supervisor {state.supervisor_pid} did not stop")
-        time.sleep(0.05)
-    print(f"stack {name} removed")
-    return 0
-
-
-def _is_daemon(pid: int) -> bool:
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return argv[1:4] == [b"-m", b"linkd", b"daemon"]
-
-
 def cmd_ps(args: argparse.Namespace) -> int:
-    stacks = store.stacks() if args.all else [stack_name(args)]
+    stacks = paths.stacks() if args.all else [stack_name(args)]
     if not stacks:
         print("no stack is up")
     for name in stacks:
-        print(_table(load_state(name)))
+        print(table(plain_state(name)))
     return 0
 
 
-def _table(state: StackState) -> str:
+def table(state: dict[str, Any]) -> str:
+    """`linkd ps`'s table of a stack's state in its JSON form (`linkd.state.to_plain`)."""
     rows = [("STACK", "SERVICE", "CONTAINER", "ADDRESSES", "STATE")]
-    for container in state.plan.containers:
-        current = state.container(container.name)
+    plan = state["plan"]
+    current = {c["name"]: c for c in state["containers"]}
+    for container in plan["containers"]:
+        now = current[container["name"]]
         addresses = ", ".join(
-            f"{i.network}={i.address}" + (f",{i.address6}" if i.address6 else "")
-            for i in container.interfaces
+            f"{i['network']}={i['address']}" + (f",{i['address6']}" if i["address6"] else "")
+            for i in container["interfaces"]
         )
-        status: str = current.status
-        if current.exit_code is not None and status != "running":
-            status += f" ({current.exit_code})"
-        if status == "running" and current.health is not None:
-            status += " " + health_summary(current.health)  # as docker ps: (healthy)
-        if current.restarts:
-            status += f" restarts={current.restarts}"
-        rows.append((state.plan.stack, container.service, container.name, addresses, status))
+        status: str = now["status"]
+        if now["exit_code"] is not None and status != "running":
+            status += f" ({now['exit_code']})"
+        if status == "running" and now["health"] is not None:
+            from linkd.health import summary_of  # only for a stack with healthchecks
+
+            status += " " + summary_of(now["health"])  # as docker ps: (healthy)
+        if now["restarts"]:
+            status += f" restarts={now['restarts']}"
+        rows.append((plan["stack"], container["service"], container["name"], addresses, status))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _containers(state: StackState, target: str) -> list[str]:
+def containers(state: StackState, target: str) -> list[str]:
     return _containers_of(state.plan, target)
 
 
@@ -433,9 +382,13 @@ def _containers_of(plan: StackPlan, target: str) -> list[str]:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from linkd.runtime import logs as log_files
+
     name = stack_name(args)
     state = load_state(name)
-    sources = [(c, store.log_path(name, c)) for c in _containers(state, args.service)]
+    sources = [(c, paths.log_path(name, c)) for c in containers(state, args.service)]
     width = max(len(c) for c, _ in sources)
 
     def emit(container: str, line: str) -> None:
@@ -452,34 +405,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_exec(args: argparse.Namespace) -> int:
-    argv = list(args.argv)
-    if argv and argv[0] == "--":
-        argv = argv[1:]
-    if not argv:
-        raise SpecError([("exec", None, "give the command after --, e.g. linkd exec web -- sh")])
-    name = stack_name(args)
-    state = load_state(name)
-    targets = _containers(state, args.service)
-    target = targets[0] if len(targets) == 1 else f"{args.service}-{args.index}"
-    if target not in targets:
-        raise NotFoundError(f"service {args.service} has no replica {args.index}")
-    current = state.container(target)
-    if current.status != "running" or current.init_pid is None:
-        raise LinkdError(f"container {target} is not running ({current.status})")
-    container = state.plan.container(target)
-    spec_path = store.container_dir(name, target) / f"exec-{os.getpid()}.spec"
-    process.write_exec_spec(
-        str(spec_path), tuple(argv), container.env, container.working_dir, container.user,
-        name=target,
-    )
-    try:
-        return subprocess.call(process.exec_argv(current.init_pid, str(spec_path)))
-    finally:
-        spec_path.unlink(missing_ok=True)
-
-
 def cmd_port(args: argparse.Namespace) -> int:
+    from linkd import firewall
+
     state = load_state(stack_name(args))
     number, _, proto = str(args.port).partition("/")
     if not number.isdigit():
@@ -496,8 +424,13 @@ def cmd_port(args: argparse.Namespace) -> int:
 
 
 def cmd_dns(args: argparse.Namespace) -> int:
+    import dnslib
+
+    from linkd import dns
+    from linkd.dns_zone import build_zone, forwards_for, requester_of
+
     state = load_state(stack_name(args))
-    asker = state.plan.container(_containers(state, args.asker)[0])
+    asker = state.plan.container(containers(state, args.asker)[0])
     requester = requester_of(state.plan.stack, asker)
     # The same snapshot the running server holds: without the containers that stopped.
     gone = [c.name for c in state.containers if c.status in ("exited", "failed")]
@@ -522,13 +455,15 @@ def cmd_dns(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from linkd.state import to_plain
+
     state = load_state(stack_name(args))
     if args.target is None:
         print(json.dumps(to_plain(state), indent=2))
         return 0
     result = [
         {"plan": to_plain(state.plan.container(c)), "state": to_plain(state.container(c))}
-        for c in _containers(state, args.target)
+        for c in containers(state, args.target)
     ]
     print(json.dumps(result, indent=2))
     return 0

@@ -1,30 +1,17 @@
-"""`linkd image load|ls|rm`: the image store from the command line (linkd.runtime.images)."""
+"""`linkd image load|ls|rm`: the image store from the command line (linkd.runtime.images).
+
+Its arguments are declared in linkd.cli, which imports this module only when an `image`
+command runs.
+"""
 
 from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
 
 from linkd.errors import ConflictError, LinkdError
 from linkd.runtime import store
 from linkd.runtime.images import ImageStore
-
-
-def add_parser(sub: Any) -> None:
-    image = sub.add_parser("image", help="load, list and remove images",
-                           description="load, list and remove images (store: $LINKD_IMAGES "
-                           "or /var/lib/linkd/images)")
-    isub = image.add_subparsers(dest="image_command", required=True)
-    load = isub.add_parser("load", help="load an OCI layout, OCI archive or docker save archive")
-    load.add_argument("file")
-    load.add_argument("--name", help="store it under NAME[:TAG] (default: its own tag)")
-    load.set_defaults(handler=cmd_load)
-    ls = isub.add_parser("ls", help="list the images in the store")
-    ls.set_defaults(handler=cmd_ls)
-    rm = isub.add_parser("rm", help="remove an image name (and layers nothing else uses)")
-    rm.add_argument("name", nargs="+")
-    rm.set_defaults(handler=cmd_rm)
 
 
 def _mb(size: int) -> str:

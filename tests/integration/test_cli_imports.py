@@ -1,0 +1,30 @@
+"""The reading commands against a stack the daemon runs: they ask it over the unix socket
+(http.client) and import neither aiohttp, pyroute2 nor the daemon's own code
+(tests/unit/test_cli_imports.py has the rest)."""
+
+from __future__ import annotations
+
+from tests.integration.conftest import Linkd
+from tests.unit.test_cli_imports import STACK, heavy, imported
+
+# command, what its output shows, the heavy module it may use
+COMMANDS = [
+    (["ps"], "web-1", ()),
+    (["ps", "--all"], "client-1", ()),
+    (["logs", "web"], "", ()),
+    (["env", "client"], "LINKD_WEB_URL=tcp:", ()),
+    (["port", "web", "8080"], ":", ()),
+    (["inspect", "web"], '"init_pid"', ()),
+    (["dns", "web", "--from", "client"], "answer: NOERROR", ("dnslib",)),
+]
+
+
+def test_reading_a_daemon_run_stack_imports_no_runtime(linkd: Linkd) -> None:
+    linkd.write(STACK.replace("name: cheap\n", ""))
+    linkd.up()
+    for args, expect, allowed in COMMANDS:
+        result, modules = imported([*args, "-p", linkd.project], linkd.directory, {})
+        assert result.returncode == 0, result.stderr
+        assert expect in result.stdout, result.stdout
+        assert "linkd.runtime.client" in modules
+        assert heavy(modules, allowed) == [], f"linkd {' '.join(args)} imported them"
