@@ -20,8 +20,8 @@ Rules that are linkd's own, not the conventions':
   (Docker let the later one win silently, so `--link a-b --link a_b` lost a peer).
 - Explicit `environment` always wins: `apply(rendered, explicit)`.
 
-Built-in conventions live in `conventions/` at the source tree's root, next to this
-package (linkd is installed editable); `builtin(name)` loads one by name.
+Built-in conventions live in `conventions/` at the source tree's root and ship inside the
+package as `linkd/builtin_conventions/`; `builtin(name)` loads one by name.
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ __all__ = [
     "render",
 ]
 
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "conventions"
+# A symlink to the repository's top-level conventions/ in a checkout; a real directory of
+# package data in a wheel or sdist (setuptools copies through the link). One path for both.
+BUILTIN_DIR = Path(__file__).resolve().parent / "builtin_conventions"
 DEFAULT = "linkd"
 NEVER_PROPAGATED = frozenset({"HOME", "PATH"})
 
@@ -182,9 +184,9 @@ def load_conventions(stack: Stack, base: Path) -> dict[str, Convention]:
 
 def _no_directory(directory: Path) -> ConventionError:
     return ConventionError(
-        [("(file)", None, "the built-in conventions directory is missing: linkd reads them "
-          "from conventions/ next to the linkd package, which an editable install of the "
-          "source tree has (pip install -e .); or give a convention file's path")],
+        [("(file)", None, "the built-in conventions directory is missing from the linkd "
+          "package (linkd/builtin_conventions): reinstall linkd from a wheel or sdist; or "
+          "give a convention file's path")],
         str(directory),
     )  # fmt: skip
 

@@ -50,7 +50,7 @@ from linkd.reconcile import (
     plan_down,
     plan_up,
 )
-from linkd.runtime import cgroups, images, process, rootfs, store
+from linkd.runtime import cgroups, forwarding, images, process, rootfs, store
 from linkd.runtime.dns_server import DnsServer, upstreams_from_resolv_conf
 from linkd.runtime.firewall import StackFirewall, publish_ports, remove_table, set_localnet
 from linkd.runtime.firewall import tables as firewall_tables
@@ -107,6 +107,7 @@ class Supervisor:
         # Called with every lifecycle and DNS change (the daemon's event stream).
         self.on_event: Callable[[dict[str, object]], None] | None = None
         self.health = HealthChecks(self._on_probe)  # probe loops (linkd.runtime.health)
+        self.notices: list[str] = []  # changes to the host's settings, said once
 
     # -- state ---------------------------------------------------------------------
 
@@ -134,6 +135,13 @@ class Supervisor:
                 exit_code=now.exit_code,
                 restarts=now.restarts,
             )
+
+    async def ensure_host(self, plan: StackPlan) -> None:
+        """Forwarding on, and room in a FORWARD chain that drops (linkd.forwarding);
+        what was turned on is said once, in the output of the `up` that did it."""
+        for notice in await forwarding.ensure(plan):
+            self.notices.append(notice)
+            self.report("host", notice)
 
     def emit(self, **event: object) -> None:
         if self.on_event is not None:
@@ -265,6 +273,7 @@ class Supervisor:
         plan = await self.prepare(stack)
         actions = plan_up(plan, await self.observe())
         self.kernel.prefetch_netns(a.netns for a in actions if isinstance(a, EnsureNetns))
+        await self.ensure_host(plan)
         await self.firewall.ensure(plan)  # isolation before any container runs
         await self.apply_all(actions)
         set_localnet(plan)  # the bridges exist now
@@ -314,6 +323,7 @@ class Supervisor:
         self.kernel.prefetch_netns(a.netns for a in actions if isinstance(a, EnsureNetns))
         self._served = old
         self.publish_zone()  # the zone follows the new plan from here
+        await self.ensure_host(new)
         await self.firewall.ensure(new)
         await self.apply_all(actions)
         set_localnet(new)
@@ -416,6 +426,7 @@ class Supervisor:
         actions = plan_up(plan, replace(observed, running=frozenset(handled)))
         self.kernel.prefetch_netns(a.netns for a in actions if isinstance(a, EnsureNetns))
         await self.apply_all(actions)
+        await self.ensure_host(plan)
         await self.firewall.ensure(plan)
         present = observed.netns | {a.netns for a in actions if isinstance(a, EnsureNetns)}
         for container in plan.containers:
@@ -450,6 +461,7 @@ class Supervisor:
                 await self.kernel.configure_netns(action.container)
             else:
                 await self.apply(action)
+        await self.ensure_host(plan)  # a dockerd started since may drop what we forward
         repairs = len(actions) + await self.firewall.repair(plan)
         if repairs:
             self.report(f"stack {self.stack}", f"repaired {repairs} kernel objects")
@@ -750,6 +762,7 @@ class Supervisor:
         except LinkdError as exc:
             errors.append(exc)
         self.kernel.close()
+        errors += await forwarding.release()
         errors += await asyncio.to_thread(cgroups.remove_stack, self.stack)
         if errors:
             self.status = "failed"
@@ -1031,6 +1044,8 @@ async def remove_orphans(kernel: Kernel, report: Report) -> None:
         if firewall.table_name(lease.stack) in tables:
             await remove_table(lease.stack)
             report(f"table {firewall.table_name(lease.stack)}", "removed (orphan)")
+    for exc in await forwarding.release():
+        report("host", f"cleanup failed: {exc}")
 
 
 async def _cleanup_leftovers(stack: str, supervisor: Supervisor) -> None:
@@ -1086,6 +1101,7 @@ async def down_unsupervised(stack: str, report: Report) -> None:
             errors.append(exc)
     finally:
         kernel.close()
+    errors += await forwarding.release()
     errors += await asyncio.to_thread(cgroups.remove_stack, stack)
     if errors:
         raise TeardownError(f"linkd down {stack}", errors)
