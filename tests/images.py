@@ -11,7 +11,9 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import shutil
+import stat
 import subprocess
 import tarfile
 from collections.abc import Iterable
@@ -174,3 +176,104 @@ def busybox_image(**run: Any) -> Image:
     base = [e for e in entries if not e.name.startswith("etc/")]
     etc = [Entry("etc", "dir")] + [e for e in entries if e.name.startswith("etc/")]
     return Image([layer_tar(base), layer_tar(etc)], run=run)
+
+
+# -- hostile layers (issue 14) ---------------------------------------------------------
+
+
+def sparse_tar(name: str, declared: int, data: bytes = b"x" * 512) -> bytes:
+    """A layer of one PAX sparse member (GNU format 0.1): `data` stored at offset 0, the
+    file `declared` bytes long; what `tar --sparse --format=posix` writes."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo(f"GNUSparseFile.0/{name}")
+        info.size = len(data)
+        info.mtime = 1_700_000_000
+        info.pax_headers = {"GNU.sparse.map": f"0,{len(data)}", "GNU.sparse.name": name,
+                            "GNU.sparse.size": str(declared)}
+        tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def zero_file_gzip_layer(name: str, size: int) -> tuple[bytes, str]:
+    """A gzip layer of one file of `size` zero bytes, built without holding the tar:
+    (the compressed blob, the diff_id of the tar). 256 MiB compress to about 260 KiB."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 1_700_000_000
+    header = info.tobuf(format=tarfile.PAX_FORMAT)
+    pad = (-size) % tarfile.BLOCKSIZE
+    digest = hashlib.sha256()
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb", mtime=0) as gz:
+        def put(data: bytes) -> None:
+            digest.update(data)
+            gz.write(data)
+        put(header)
+        chunk = bytes(1 << 20)
+        left = size
+        while left:
+            put(chunk[:min(left, len(chunk))])
+            left -= min(left, len(chunk))
+        put(bytes(pad + 2 * tarfile.BLOCKSIZE))
+    return out.getvalue(), "sha256:" + digest.hexdigest()
+
+
+def oci_files_of_blobs(blobs: list[tuple[bytes, str, bool]], name: str = "test/x:1"
+                       ) -> dict[str, bytes]:
+    """An OCI layout of ready-made layer blobs: (blob, diff_id, gzipped), bottom first."""
+    files: dict[str, bytes] = {}
+
+    def blob(data: bytes, media_type: str) -> dict[str, Any]:
+        files[f"blobs/sha256/{sha256(data)[7:]}"] = data
+        return {"mediaType": media_type, "digest": sha256(data), "size": len(data)}
+
+    layers = [blob(data, "application/vnd.oci.image.layer.v1.tar" + ("+gzip" if gz else ""))
+              for data, _, gz in blobs]
+    config = blob(json.dumps(default_config([d for _, d, _ in blobs])).encode(),
+                  "application/vnd.oci.image.config.v1+json")
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": config, "layers": layers}
+    desc = blob(json.dumps(manifest).encode(), manifest["mediaType"])
+    desc["annotations"] = {"org.opencontainers.image.ref.name": name}
+    files["index.json"] = json.dumps({"schemaVersion": 2, "manifests": [desc]}).encode()
+    files["oci-layout"] = b'{"imageLayoutVersion": "1.0.0"}'
+    return files
+
+
+def make_victim(path: Path) -> Path:
+    """A tree an escaping layer would change: files (one with a second link), a
+    directory tree, a symlink, an /etc/passwd with a user no image has."""
+    (path / "dir/deep").mkdir(parents=True)
+    (path / "etc").mkdir()
+    (path / "file").write_bytes(b"victim file\n")
+    (path / "dir/file").write_bytes(b"victim dir file\n")
+    (path / "dir/deep/file").write_bytes(b"deep\n")
+    os.link(path / "file", path / "dir/second-link")
+    os.symlink("dir", path / "link")
+    (path / "etc/passwd").write_text("intruder:x:4242:4242::/:/bin/sh\n")
+    (path / "etc/group").write_text("intruders:x:4242:intruder\n")
+    return path
+
+
+def snapshot_tree(path: Path) -> dict[str, tuple[Any, ...]]:
+    """Everything about a tree that an escape could change, transiently included: every
+    path with its type, mode, owner, inode, link count, size, mtime and ctime (a link
+    made and removed again still moves the ctime), xattrs, and content or link target.
+    Nothing is followed."""
+    found: dict[str, tuple[Any, ...]] = {}
+    for here, dirs, files in os.walk(path, followlinks=False):
+        for name in [".", *dirs, *files] if here == str(path) else [*dirs, *files]:
+            p = os.path.normpath(os.path.join(here, name))
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                content: Any = os.readlink(p)
+            elif stat.S_ISREG(st.st_mode):
+                content = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+            else:
+                content = None
+            xattrs = tuple(sorted(os.listxattr(p, follow_symlinks=False)))
+            found[os.path.relpath(p, path)] = (
+                st.st_mode, st.st_uid, st.st_gid, st.st_ino, st.st_nlink, st.st_size,
+                st.st_mtime_ns, st.st_ctime_ns, xattrs, content)
+    return found

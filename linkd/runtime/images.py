@@ -17,17 +17,24 @@ Layout (the root is /var/lib/linkd/images, or $LINKD_IMAGES):
                                  digest has been checked, removed if the load fails (and
                                  by the next load if the process died)
 
+`layers/` and `tmp/` are 0700 (issue 14): a layer holds what the image's author chose,
+setuid files included, and only root may reach it. A layer's own directory stays 0755:
+overlayfs shows it as the image's `/` when it is mounted without an upper layer.
+
 Layers are kept in overlayfs's own format, ready to be stacked as lower directories
 without copying: a whiteout `.wh.NAME` becomes a character device 0/0 named NAME, an
 opaque marker `.wh..wh..opq` becomes the `trusted.overlay.opaque=y` xattr on its
 directory. (Flattening each image into one tree would cost a copy per image and lose the
 sharing of layers.) Both need root, which linkd has.
 
-Every blob is hashed as it is read: the config and manifests against their descriptors,
-each layer against its descriptor (the compressed blob) and against the config's diff_id
-(the uncompressed tar). A layer is unpacked while it is hashed, into the load's temporary
-directory (`linkd.runtime.layers`, which never follows a symlink), so nothing is written
-outside the store whatever the archive holds.
+Every blob is verified before it is used: the config and manifests against their
+descriptors as they are read, each layer against its descriptor (the compressed blob,
+digest and size) and against the config's diff_id (the uncompressed tar) while it is
+copied as a plain tar into the store's tmp/; only then is that copy unpacked, into the
+load's private directory, and the layers are renamed into layers/ once all of them passed
+(`linkd.runtime.layers` says why in this order, and how unpacking cannot leave its
+directory). What one load may unpack is bounded by `linkd.image_format.Limits`, read from
+the environment (`LINKD_IMAGE_MAX_*`) at each load.
 """
 
 from __future__ import annotations
@@ -51,7 +58,14 @@ from linkd.errors import ImageError, NotFoundError
 from linkd.image_format import Descriptor, ImageConfig
 from linkd.image_run import with_images
 from linkd.model import Stack
-from linkd.runtime.layers import check_digest, unpack_layer
+from linkd.runtime.layers import (
+    BoundedTarInfo,
+    Budget,
+    TarRefused,
+    check_digest,
+    unpack_layer,
+    verify_layer,
+)
 from linkd.runtime.store import locked, write_atomic
 
 DEFAULT_ROOT = "/var/lib/linkd/images"
@@ -96,6 +110,9 @@ class _Source:
     def open(self, name: str) -> IO[bytes]:
         raise NotImplementedError
 
+    def size(self, name: str) -> int:
+        raise NotImplementedError
+
     def close(self) -> None:
         pass
 
@@ -124,17 +141,30 @@ class _DirSource(_Source):
         fd = os.open(self.path / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         return os.fdopen(fd, "rb")
 
+    def size(self, name: str) -> int:
+        return os.stat(self.path / name, follow_symlinks=False).st_size
+
 
 class _TarSource(_Source):
-    def __init__(self, path: Path, label: str) -> None:
+    def __init__(self, path: Path, label: str, limits: fmt.Limits) -> None:
         self.label = label
         try:
-            self.tar = tarfile.open(path, "r:*")  # noqa: SIM115 (closed by close())
-        except (tarfile.TarError, OSError) as exc:
+            # The bounded parser: an archive's extended headers are held to a size too.
+            self.tar = tarfile.open(path, "r:*", tarinfo=BoundedTarInfo)  # noqa: SIM115
+            listed: list[tarfile.TarInfo] = []
+            while (member := self.tar.next()) is not None:
+                listed.append(member)
+                if len(listed) > limits.entries:
+                    raise fmt.over_limit(label, str(path), "entries",
+                                         "the archive holds more than", len(listed) - 1,
+                                         limits)
+        except TarRefused as exc:
+            raise ImageError(label, str(path), exc.rule, exc.detail) from None
+        except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
             raise ImageError(label, str(path), "format", f"not a tar archive: {exc}") from None
         self.members: dict[str, tarfile.TarInfo] = {}
         links: dict[str, str] = {}
-        for m in self.tar.getmembers():
+        for m in listed:
             name = fmt.archive_member(label, m.name)
             if m.isfile():
                 self.members[name] = m
@@ -156,15 +186,18 @@ class _TarSource(_Source):
         assert f is not None
         return f
 
+    def size(self, name: str) -> int:
+        return self.members[name].size
+
     def close(self) -> None:
         self.tar.close()
 
 
-def _open_source(path: Path, label: str) -> _Source:
+def _open_source(path: Path, label: str, limits: fmt.Limits) -> _Source:
     if path.is_dir():
         return _DirSource(path, label)
     if path.is_file():
-        return _TarSource(path, label)
+        return _TarSource(path, label, limits)
     raise NotFoundError(f"image {label}: no such file or directory")
 
 
@@ -287,13 +320,24 @@ def _plan_save(src: _Source, source: str, name: str | None, machine: fmt.Platfor
     return _Plan(config_raw, config, tuple(layers), fmt.check_name(name))
 
 
-def _unpack(src: _Source, layer: _Layer, dest: Path | None) -> int:
-    """Hash one layer (blob and diff_id) and, if `dest` is given, unpack it there
-    (`linkd.runtime.layers`). Returns the size of the uncompressed tar."""
-    with src.open(layer.member) as stream:
-        return unpack_layer(src.label, layer.blob_digest or layer.member, stream,
-                            blob_digest=layer.blob_digest, size=layer.size,
-                            diff_id=layer.diff_id, dest=dest)
+def _unpack(src: _Source, layer: _Layer, budget: Budget, work: Path,
+            dest: Path | None) -> int:
+    """Verify one layer (blob and diff_id) and, if `dest` is given, unpack the verified
+    copy there (`linkd.runtime.layers`). Returns the size of the uncompressed tar."""
+    name = layer.blob_digest or layer.member
+    size = layer.size if layer.size is not None else src.size(layer.member)
+    with contextlib.ExitStack() as stack:
+        # Unlinked (O_TMPFILE), in the store's 0700 tmp/: nothing to clean up, no one
+        # else can reach it between the check and the unpacking.
+        copy = None if dest is None else stack.enter_context(
+            tempfile.TemporaryFile(dir=work))
+        stream = stack.enter_context(src.open(layer.member))
+        tar_size = verify_layer(budget, name, stream, blob_digest=layer.blob_digest,
+                                size=size, diff_id=layer.diff_id, keep=copy)
+        if copy is not None and dest is not None:
+            copy.seek(0)
+            unpack_layer(budget, name, copy, dest, size)
+        return tar_size
 
 
 # -- the store -------------------------------------------------------------------------
@@ -310,6 +354,13 @@ class ImageStore:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         with locked(self.root / "lock"):
             yield
+
+    def _private_dir(self, name: str) -> Path:
+        """`<root>/<name>`, made 0700 (and made so if an older linkd left it 0755)."""
+        path = self.root / name
+        path.mkdir(exist_ok=True, mode=0o700)
+        os.chmod(path, 0o700, follow_symlinks=False)
+        return path
 
     def _refs(self) -> dict[str, str]:
         try:
@@ -350,27 +401,30 @@ class ImageStore:
         return self._record(image_id, tuple(n for n, i in refs.items() if i == image_id))
 
     def load(self, source: str | os.PathLike[str], name: str | None = None,
-             machine: str | None = None) -> StoredImage:
-        """Load an image from a layout directory or archive; returns it as stored."""
+             machine: str | None = None, limits: fmt.Limits | None = None) -> StoredImage:
+        """Load an image from a layout directory or archive; returns it as stored.
+        `limits` default to the environment's (`LINKD_IMAGE_MAX_*`)."""
         path = Path(source)
         label = str(source)
         target = fmt.machine_platform(machine or platform.machine())
-        src = _open_source(path, label)
+        limits = limits or fmt.limits_from_env(os.environ)
+        src = _open_source(path, label, limits)
         try:
             with self._locked():
-                tmp_root = self.root / "tmp"
-                shutil.rmtree(tmp_root, ignore_errors=True)  # loads a dead process left
-                tmp_root.mkdir(parents=True)
+                # A dead process's load: shutil.rmtree works by descriptors and follows
+                # no symlink in what it removes.
+                shutil.rmtree(self.root / "tmp", ignore_errors=True)
+                tmp_root = self._private_dir("tmp")
                 work = Path(tempfile.mkdtemp(prefix="load-", dir=tmp_root))
                 try:
-                    return self._load(src, label, name, target, work)
+                    return self._load(src, label, name, target, work, Budget(label, limits))
                 finally:
                     shutil.rmtree(work, ignore_errors=True)
         finally:
             src.close()
 
     def _load(self, src: _Source, label: str, name: str | None, machine: fmt.Platform,
-              work: Path) -> StoredImage:
+              work: Path, budget: Budget) -> StoredImage:
         names = src.names()
         if "index.json" in names:
             plan = _plan_oci(src, label, name, machine)
@@ -385,11 +439,11 @@ class ImageStore:
         for n, layer in enumerate(plan.layers):
             final = layer_dir(self.root, layer.diff_id)
             dest = None if final.is_dir() else work / str(n)
-            size += _unpack(src, layer, dest)
+            size += _unpack(src, layer, budget, work, dest)
             if dest is not None:
                 fresh.append((dest, final))
         # Every digest held: move the new layers in, then the record, then the name.
-        (self.root / "layers").mkdir(exist_ok=True)
+        self._private_dir("layers")
         for dest, final in fresh:
             with contextlib.suppress(FileExistsError, OSError):
                 os.rename(dest, final)

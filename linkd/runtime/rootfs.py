@@ -8,6 +8,7 @@ the container's own mount namespace (so the host's mount table never shows it):
     upperdir  <container dir>/rootfs/upper   the container's writes
     workdir   <container dir>/rootfs/work    overlayfs's scratch space
     merged    <container dir>/rootfs/merged  the mount point
+    (rootfs/ is 0700: only root reaches the writable layer; the store's layers/ is too)
 
 The container directory (/run/linkd/stacks/<stack>/containers/<name>/) is removed by
 `down`, and the writable layer with it; a restarted container keeps its writes, as with
@@ -36,13 +37,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import stat
 from dataclasses import replace
 from pathlib import Path
 
 from linkd.errors import ContainerError
 from linkd.plan import ContainerPlan
-from linkd.runtime import cgroups
+from linkd.runtime import beneath, cgroups
 from linkd.runtime.images import ImageStore
 from linkd.runtime.process import ProcessSpec
 
@@ -79,6 +79,12 @@ def prepare(spec: ProcessSpec, container: ContainerPlan, stack: str) -> ProcessS
     image = store.get(container.image)
     lower = tuple(str(d) for d in image.layer_dirs(store.root))
     run_dir = Path(spec.run_dir)
+    # The writable layer holds what container root writes, setuid files included: only
+    # root may reach it (issue 14). rootfs/ (upper, work, merged) is 0700, not upper/
+    # itself: overlayfs shows upper's own mode as the container's `/`.
+    os.makedirs(run_dir, mode=0o700, exist_ok=True)
+    (run_dir / "rootfs").mkdir(mode=0o700, exist_ok=True)
+    os.chmod(run_dir / "rootfs", 0o700, follow_symlinks=False)
     spec = replace(spec, rootfs_lower=lower, rootfs_dir=str(run_dir / "rootfs"), keep_dirs=())
     if runtime_of(container) == "linkd":
         return replace(spec, cgroups=cgroups.create(stack, container.name, container.limits))
@@ -163,25 +169,6 @@ def bundle_config(spec: ProcessSpec, container: ContainerPlan, stack: str,
     }
 
 
-def _image_file(layers: list[Path], path: str) -> Path | None:
-    """`path` as the merged image shows it: the topmost layer that has it, unless a
-    whiteout or an opaque directory hides the layers below."""
-    for layer in layers:
-        candidate = layer / path
-        try:
-            st = os.lstat(candidate)
-        except FileNotFoundError:
-            parent = (layer / path).parent
-            try:
-                if os.getxattr(parent, "trusted.overlay.opaque") == b"y":
-                    return None
-            except OSError:
-                pass
-            continue
-        return candidate if stat.S_ISREG(st.st_mode) else None
-    return None
-
-
 def resolve_user(layers: list[Path], user: str | None) -> tuple[int, int, list[int]]:
     """(uid, gid, extra gids) of "uid", "uid:gid", "name" or "name:group", from the
     image's /etc/passwd and /etc/group (runc takes numbers only), as the shim does."""
@@ -209,9 +196,19 @@ def resolve_user(layers: list[Path], user: str | None) -> tuple[int, int, list[i
     return uid, gid, sorted(set(extra) - {gid})
 
 
+_TABLE_LIMIT = 8 << 20  # bytes of an image's /etc/passwd or /etc/group
+
+
 def _table(layers: list[Path], path: str) -> list[list[str]]:
-    found = _image_file(layers, path)
-    if found is None:
+    """The lines of the image's `path`, split at ':', as the merged image shows it:
+    read beneath the layers by descriptor, symlinks resolved inside the image
+    (`beneath.read_merged`), so an image whose `etc` is a symlink to `/etc` reads its own
+    /etc (missing), never the host's (issue 14)."""
+    try:
+        data = beneath.read_merged(layers, path, _TABLE_LIMIT)
+    except OSError as exc:
+        raise ContainerError(f"reading /{path} of the image: {exc.strerror or exc}") from None
+    if data is None:
         return []
-    return [line.split(":") for line in found.read_text(errors="replace").splitlines()
+    return [line.split(":") for line in data.decode(errors="replace").splitlines()
             if line and not line.startswith("#")]
