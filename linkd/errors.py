@@ -62,6 +62,14 @@ class ConventionError(LinkdError):
         )
 
 
+class UsageError(LinkdError):
+    """A command-line option or setting that cannot work (`--tcp` on a public address, a
+    token file others can read); the message names the option and the fix."""
+
+    status = 400
+    exit_code = 2
+
+
 class NotFoundError(LinkdError):
     """A stack, service or container that does not exist."""
 

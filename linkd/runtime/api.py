@@ -1,18 +1,28 @@
 """The daemon's HTTP API (aiohttp) over the `Daemon`; shapes and errors: linkd.api_schema.
 
-Served on a unix socket readable only by root (mode 0600); optionally also on TCP bound
-to loopback, where every request needs `Authorization: Bearer <token>`.
+Whoever can use the API is root on this host (a stack runs any command), so it is served
+on a unix socket only root can use (mode 0600, created under a umask that leaves no
+window); optionally also on TCP bound to loopback, guarded by linkd.runtime.api_tcp: a
+bearer token on every request, `Host` checked against DNS rebinding, cross-origin
+requests refused. A wrong `--tcp` stops the daemon before it recovers any stack.
+
+Stack files arrive in request bodies from whoever holds that power, and are parsed off
+the event loop (`parse_off_loop`), within a time budget, so DNS, supervision and other
+requests go on meanwhile; env files they name are read as bounded regular files
+(linkd.runtime.files).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hmac
-import ipaddress
 import json
 import logging
 import os
 import signal
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +35,7 @@ from linkd.api_schema import ROUTES, ApiError, openapi, parse_create, parse_flag
 from linkd.dns_zone import build_zone, requester_of
 from linkd.errors import ConflictError, ConventionError, LinkdError, SpecError
 from linkd.model import Stack
-from linkd.runtime import store
+from linkd.runtime import api_tcp, files, store
 from linkd.runtime.daemon import Daemon, daemon_lock
 from linkd.state import to_plain
 
@@ -36,8 +46,9 @@ DAEMON: web.AppKey[Daemon] = web.AppKey("daemon", Daemon)
 LOG_POLL = 0.1  # seconds between looks at a followed log file
 
 
-def make_app(daemon: Daemon, *, token: str | None = None) -> web.Application:
-    app = web.Application(middlewares=[_errors, *([_bearer(token)] if token else [])])
+def make_app(daemon: Daemon, *, tcp: api_tcp.Listener | None = None) -> web.Application:
+    """The API; `tcp` is the TCP listener it serves, whose checks it then applies."""
+    app = web.Application(middlewares=[_errors, *([_tcp_guard(tcp)] if tcp else [])])
     app[DAEMON] = daemon
     handlers: dict[str, Handler] = {
         "openapi": get_openapi,
@@ -95,15 +106,23 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return web.json_response(error_body(exc.status, exc.reason, []), status=exc.status)
 
 
-def _bearer(token: str) -> Any:
-    expected = f"Bearer {token}".encode()
+def _tcp_guard(listener: api_tcp.Listener) -> Any:
+    """The TCP listener's checks, in order: `Host` (DNS rebinding), `Origin` (a web
+    page's requests), the bearer token."""
+    expected = f"Bearer {listener.token}".encode()
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        given = request.headers.get("Authorization", "").encode()
+        # request.host would fall back to the socket's address: read the header itself.
+        refused = api_tcp.host_problem(listener, request.headers.get("Host"))
+        refused = refused or api_tcp.origin_problem(listener, request.headers.get("Origin"))
+        if refused:
+            return web.json_response(error_body(403, refused, []), status=403)
+        given = request.headers.get("Authorization", "").encode("utf-8", "replace")
         if not hmac.compare_digest(given, expected):
-            body = error_body(401, "missing or wrong bearer token", [])
-            return web.json_response(body, status=401)
+            where = f" (in {listener.token_file})" if listener.token_file else ""
+            message = f"missing or wrong bearer token: send Authorization: Bearer <token>{where}"
+            return web.json_response(error_body(401, message, []), status=401)
         return await handler(request)
 
     return check
@@ -126,30 +145,81 @@ async def _stack_from(request: web.Request, name: str | None) -> tuple[Stack, Pa
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, "the body is not JSON", [("body", str(exc))]) from None
+    except RecursionError:
+        raise ApiError(400, "the body is not JSON linkd reads", [("body", _TOO_DEEP)]) from None
     if name is not None and isinstance(body, dict):
         if body.get("name", name) != name:
             raise ApiError(400, "invalid request", [("body.name", f"must be {name}, as the path")])
         body = {**body, "name": name}
-    wanted = parse_create(body)
+    try:
+        wanted = parse_create(body)
+    except RecursionError:  # json.dumps of a "spec" nested past Python's limit
+        raise ApiError(400, "invalid request", [("body.spec", _TOO_DEEP)]) from None
     directory = Path(wanted.directory)
-
-    def read_text(file: str) -> str:
-        return (directory / file).read_text()
-
-    stack = spec.parse_stack(
-        wanted.text,
-        source="request body",
-        project_name=wanted.name,
-        default_project="",
-        read_text=read_text,
+    stack = await parse_off_loop(
+        lambda check: spec.parse_stack(
+            wanted.text,
+            source="request body",
+            project_name=wanted.name,
+            default_project="",
+            read_text=files.env_file_reader(directory),
+            check=check,
+        )
     )
     return stack, directory
 
 
+_TOO_DEEP = "nested too deeply (linkd reads stack files up to 64 levels)"
+PARSE_BUDGET = 10.0  # seconds a stack may take to parse; it is stopped after that
+# Parses run here, two at a time, so that a flood of them neither stalls the event loop
+# (DNS, the API, supervision) nor takes the default executor the supervisor uses.
+_PARSERS = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="linkd-parse")
+
+
+class _Stopped(Exception):
+    """Raised in a parse through its `check` callback: over budget, or not wanted."""
+
+
+async def parse_off_loop(parse: Callable[[Callable[[], None]], Stack]) -> Stack:
+    """`parse(check)` in a parser thread, within `PARSE_BUDGET` seconds.
+
+    The budget starts when a parser thread takes the work; `check`, which the stack parser
+    calls as it goes, raises once it is spent, or once the request is gone. Waiting for a
+    free thread counts too, up to another budget. Over budget is a `SpecError` (422).
+    """
+    budget = PARSE_BUDGET
+    unwanted = threading.Event()
+    deadline = 0.0
+
+    def check() -> None:
+        if unwanted.is_set() or time.monotonic() > deadline:
+            raise _Stopped
+
+    def run() -> Stack:
+        nonlocal deadline
+        deadline = time.monotonic() + budget
+        check()
+        return parse(check)
+
+    try:
+        async with asyncio.timeout(2 * budget):
+            return await asyncio.get_running_loop().run_in_executor(_PARSERS, run)
+    except (_Stopped, TimeoutError):
+        raise SpecError(
+            [("(file)", None, f"parsing the stack took longer than {budget:g} s, the daemon's "
+              "limit, and was stopped; a stack file this slow to read is too large or too "
+              "intricate (`linkd config` reads it the same way, without the limit)")],
+            "request body",
+        ) from None  # fmt: skip
+    finally:
+        unwanted.set()  # a parse still running (cancelled, timed out) stops at its next check
+
+
 async def create_stack(request: web.Request) -> web.Response:
     stack, directory = await _stack_from(request, None)
-    state = await request.app[DAEMON].create(stack, str(directory / "api.yaml"))
-    return web.json_response(to_plain(state), status=201)
+    daemon = request.app[DAEMON]
+    state = await daemon.create(stack, str(directory / "api.yaml"))
+    return web.json_response(_with_notices(daemon, stack.name, to_plain(state)), status=201)
 
 
 async def put_stack(request: web.Request) -> web.Response:
@@ -157,9 +227,16 @@ async def put_stack(request: web.Request) -> web.Response:
     stack, directory = await _stack_from(request, request.match_info["stack"])
     if stack.name not in daemon.stacks:
         state = await daemon.create(stack, str(directory / "api.yaml"))
-        return web.json_response(to_plain(state), status=201)
+        return web.json_response(_with_notices(daemon, stack.name, to_plain(state)),
+                                 status=201)
     summary = await daemon.update(stack)
-    return web.json_response({**to_plain(daemon.state(stack.name)), "changes": summary})
+    body = {**to_plain(daemon.state(stack.name)), "changes": summary}
+    return web.json_response(_with_notices(daemon, stack.name, body))
+
+
+def _with_notices(daemon: Daemon, name: str, body: Any) -> Any:
+    """`notices`: what this up changed on the host (forwarding turned on), to be said."""
+    return {**body, "notices": daemon.hosted(name).supervisor.take_notices()}
 
 
 async def get_stack(request: web.Request) -> web.Response:
@@ -300,13 +377,18 @@ async def events(request: web.Request) -> web.StreamResponse:
 async def serve(
     socket_path: Path,
     *,
-    tcp: tuple[str, int] | None = None,
+    tcp: str | tuple[str, int] | None = None,
+    token_file: str | os.PathLike[str] | None = None,
     token: str | None = None,
     on_ready: Callable[[], None] | None = None,
 ) -> None:
     """Run a Daemon behind the API until SIGTERM or SIGINT, then take every stack down.
 
-    Raises ConflictError if another daemon holds this run directory.
+    `tcp` ("127.0.0.1:8080", "[::1]:8080") also serves loopback TCP with the token from
+    `token_file` (or `token`, given by a program), else a new one (linkd.runtime.api_tcp);
+    all of it is checked, and the port bound, before any stack is recovered.
+    Raises ConflictError if another daemon holds this run directory, UsageError for a
+    `tcp` or token that cannot be used.
     """
     try:
         lock = store.locked(daemon_lock(), wait=False)
@@ -317,26 +399,31 @@ async def serve(
             f"another linkd daemon{holder} already serves {store.root()}; stop it first, "
             "or give this one its own directory with LINKD_RUN_DIR"
         ) from None
+    listener = None
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        await _serve_locked(socket_path, tcp, token, on_ready)
+        if tcp is not None:  # before recovery: giving up later would take stacks down
+            if isinstance(tcp, tuple):
+                host, port = tcp
+                tcp = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            listener = api_tcp.prepare(tcp, token_file, token)
+        await _serve_locked(socket_path, listener, on_ready)
     finally:
+        if listener is not None:
+            listener.sock.close()
         lock.__exit__(None, None, None)
 
 
 async def _serve_locked(
     socket_path: Path,
-    tcp: tuple[str, int] | None,
-    token: str | None,
+    listener: api_tcp.Listener | None,
     on_ready: Callable[[], None] | None,
 ) -> None:
     daemon = Daemon()
     runners = [web.AppRunner(make_app(daemon))]
-    if tcp is not None:
-        if not token:
-            raise ApiError(400, "a TCP listener needs a bearer token (--token-file)")
-        runners.append(web.AppRunner(make_app(daemon, token=token)))
+    if listener is not None:
+        runners.append(web.AppRunner(make_app(daemon, tcp=listener)))
     for runner in runners:
         await runner.setup()
     stop = asyncio.Event()
@@ -354,11 +441,9 @@ async def _serve_locked(
             await web.UnixSite(runners[0], str(socket_path)).start()
         finally:
             os.umask(old_umask)
-        if tcp is not None:
-            host, port = tcp
-            if not ipaddress.ip_address(host).is_loopback:
-                raise ApiError(400, f"TCP listener {host}: only loopback addresses")
-            await web.TCPSite(runners[1], host, port).start()
+        if listener is not None:
+            await web.SockSite(runners[1], listener.sock).start()
+            log.info("linkd daemon also serving %s (bearer token required)", listener.url)
         repairing = asyncio.create_task(daemon.reconcile_forever())
         log.info("linkd daemon %d serving %s", os.getpid(), socket_path)
         if on_ready is not None:

@@ -1,12 +1,18 @@
 """The daemon's HTTP API without the kernel: routes against the OpenAPI document, every
-kind of bad request, authentication, and the one-daemon-per-directory lock."""
+kind of bad request, authentication, stack parsing off the event loop within its budget,
+env files that could block or flood it, and the one-daemon-per-directory lock. (The TCP
+listener's own checks: test_api_tcp.py.)"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +20,10 @@ import pytest
 from aiohttp import ClientSession, UnixConnector
 from aiohttp.test_utils import TestClient, TestServer
 
+from linkd import spec
 from linkd.api_schema import ROUTES, openapi
 from linkd.errors import ConflictError
-from linkd.runtime import api
+from linkd.runtime import api, api_tcp
 from linkd.runtime.daemon import Daemon
 
 
@@ -114,12 +121,112 @@ async def test_an_invalid_spec_is_422_with_the_stack_file_path(
 
 
 async def test_tcp_needs_the_bearer_token() -> None:
-    async with TestClient(TestServer(api.make_app(Daemon(), token="s3cret"))) as c:
+    token = "s3cret-" + "x" * 32
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    listener = api_tcp.Listener(IPv4Address("127.0.0.1"), port, socket.socket(), token, None)
+    app = api.make_app(Daemon(), tcp=listener)
+    async with TestClient(TestServer(app, host="127.0.0.1", port=port)) as c:
         body = await error_of(await c.get("/v1/stacks"), 401)
         assert "bearer token" in body["message"]
         await error_of(await c.get("/v1/stacks", headers={"Authorization": "Bearer no"}), 401)
-        ok = await c.get("/v1/stacks", headers={"Authorization": "Bearer s3cret"})
+        ok = await c.get("/v1/stacks", headers={"Authorization": f"Bearer {token}"})
         assert ok.status == 200
+    listener.sock.close()
+
+
+# --- stack parsing stays off the event loop ---------------------------------------------
+
+
+async def test_another_request_is_answered_while_a_slow_parse_runs_and_the_budget_stops_it(
+    client: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(api, "PARSE_BUDGET", 0.5)
+    left = threading.Event()
+
+    def slow_parse(*args: Any, check: Callable[[], None], **kw: Any) -> Any:
+        try:
+            for _ in range(1000):  # 10 s at most, if nothing stopped it
+                check()
+                time.sleep(0.01)  # a thread that holds no event loop
+            raise AssertionError("the budget did not stop the parse")
+        finally:
+            left.set()
+
+    monkeypatch.setattr(spec, "parse_stack", slow_parse)
+    started = time.monotonic()
+    posting = asyncio.create_task(client.post("/v1/stacks", json={"spec": {}, "name": "s"}))
+    await asyncio.sleep(0.1)
+    asked = time.monotonic()
+    listed = await client.get("/v1/stacks")
+    assert listed.status == 200 and await listed.json() == []
+    assert time.monotonic() - asked < 0.3  # answered during the parse, not after it
+    assert not posting.done()
+    body = await error_of(await posting, 422)
+    assert time.monotonic() - started < 2
+    assert "took longer than 0.5 s" in body["problems"][0]["message"]
+    assert await asyncio.to_thread(left.wait, 2)  # the parse itself stopped
+
+
+async def test_a_real_parse_over_budget_is_422(
+    client: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(api, "PARSE_BUDGET", 0.02)
+    services = {f"s{i}": {"command": "x", "environment": {f"V{j}": "v" for j in range(20)}}
+                for i in range(2000)}  # fmt: skip
+    body = await error_of(await client.post("/v1/stacks", json={"spec": {"services": services}}),
+                          422)  # fmt: skip
+    assert "took longer than 0.02 s" in body["problems"][0]["message"]
+
+
+async def test_a_merge_key_bomb_is_422_at_once(client: TestClient[Any, Any]) -> None:
+    lines = ["a: &a {k: v}"] + [
+        f"l{i}: &l{i} {{<<: [{','.join([f'*{p}'] * 9)}]}}"
+        for i, p in enumerate(["a"] + [f"l{i}" for i in range(1, 8)], 1)
+    ]
+    text = "\n".join([*lines, "services: {w: {<<: *l8, command: x}}"]) + "\n"
+    started = time.monotonic()
+    body = await error_of(await client.post("/v1/stacks", json={"yaml": text, "name": "s"}), 422)
+    assert time.monotonic() - started < 2
+    assert "YAML nodes" in body["problems"][0]["message"]
+
+
+async def test_a_json_body_nested_too_deeply_is_400(client: TestClient[Any, Any]) -> None:
+    deep = b'{"spec": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    body = await error_of(await client.post("/v1/stacks", data=deep), 400)
+    assert "nested too deeply" in body["problems"][0]["message"]
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (lambda d: os.mkfifo(d / "x.env"), "is a named pipe (FIFO), not a regular file"),
+        (lambda d: (d / "x.env").symlink_to("/dev/zero"), "is a character device"),
+        (lambda d: (d / "x.env").mkdir(), "is a directory"),
+        (lambda d: (d / "x.env").write_bytes(b"A=1\nB=\xff\n"), "not UTF-8 text (byte 0xff at "
+         "line 2, column 3)"),
+        (lambda d: (d / "x.env").write_bytes(b"#" * (2 << 20)), "linkd reads at most"),
+        (lambda d: None, "No such file or directory"),
+    ],
+    ids=["fifo", "dev-zero", "directory", "not-utf-8", "too-big", "missing"],
+)
+async def test_env_files_are_regular_bounded_and_never_block(
+    client: TestClient[Any, Any],
+    tmp_path: Path,
+    make: Callable[[Path], object],
+    fragment: str,
+) -> None:
+    make(tmp_path)
+    spec_body = {"services": {"w": {"command": "x", "env_file": "x.env"}}}
+    payload = {"spec": spec_body, "name": "s", "directory": str(tmp_path)}
+    started = time.monotonic()
+    body = await error_of(await client.post("/v1/stacks", json=payload), 422)
+    assert time.monotonic() - started < 2
+    ((problem),) = body["problems"]
+    assert problem["path"] == "services.w.env_file"
+    assert 'cannot read env file "x.env"' in problem["message"]
+    assert fragment in problem["message"], problem
 
 
 async def test_a_second_daemon_on_the_same_directory_is_refused(
