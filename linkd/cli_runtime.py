@@ -98,6 +98,8 @@ def _up_detached(stack: Stack, file: Path) -> int:
         for line in exc.progress:
             print(line, file=sys.stderr)
         raise
+    for notice in answer.get("notices", []) if isinstance(answer, dict) else []:
+        print(f"linkd: {notice}", file=sys.stderr)
     changes = answer.get("changes") if isinstance(answer, dict) else None
     if changes and any(changes.get(k) for k in ("added", "changed", "removed")):
         print("updated: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in changes.items() if v))

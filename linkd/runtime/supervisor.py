@@ -143,6 +143,12 @@ class Supervisor:
             self.notices.append(notice)
             self.report("host", notice)
 
+    def take_notices(self) -> list[str]:
+        """The notices since the last call (the daemon hands them to the `up` that
+        caused them)."""
+        notices, self.notices = self.notices, []
+        return notices
+
     def emit(self, **event: object) -> None:
         if self.on_event is not None:
             self.on_event({"stack": self.stack, "time": time.time(), **event})
