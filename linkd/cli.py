@@ -202,22 +202,20 @@ def load_stack(path: str | None, project: str | None) -> tuple[Stack, Path]:
         raise NotFoundError(
             f"no stack file: pass -f FILE or create one of {', '.join(DEFAULT_FILES)}"
         )
+    from linkd.runtime import files  # bounded: no FIFO, device or flood; UTF-8 or a clear no
+
     try:
-        text = file.read_text()
+        text = files.read_text(file, pipes=True)  # a pipe too: -f /dev/stdin, -f <(...)
     except OSError as exc:
         raise NotFoundError(f"cannot read stack file {file}: {exc.strerror}") from exc
     base = file.resolve().parent
-
-    def read_text(name: str) -> str:
-        return (base / name).read_text()
-
     stack = spec.parse_stack(
         text,
         source=str(file),
         project_name=project,
         default_project=base.name,
         host_env=dict(os.environ),
-        read_text=read_text,
+        read_text=files.env_file_reader(base),
     )
     for warning in stack.warnings:
         print(f"linkd: warning: {file}: {warning}", file=sys.stderr)
