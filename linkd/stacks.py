@@ -52,7 +52,7 @@ from urllib.parse import quote
 from linkd import host_names, spec, waits
 from linkd.errors import LinkdError, NotFoundError
 from linkd.plan import ContainerPlan, StackPlan
-from linkd.runtime import store
+from linkd.runtime import files, store
 from linkd.runtime.client import Client, DaemonError, ensure_daemon
 from linkd.state import StackState, from_plain
 
@@ -84,23 +84,19 @@ def load(
         where = "stack built in Python"
     else:
         file = Path(source)
-        try:
-            text = file.read_text()
+        try:  # bounded, UTF-8, a regular file or a pipe: a clear error otherwise
+            text = files.read_text(file, pipes=True)
         except OSError as exc:
             raise NotFoundError(f"cannot read stack file {file}: {exc.strerror}") from exc
         base = Path(directory).resolve() if directory is not None else file.resolve().parent
         where = str(file)
-
-    def read_text(relative: str) -> str:
-        return (base / relative).read_text()
-
     stack = spec.parse_stack(
         text,
         source=where,
         project_name=name if name is not None else unique_name(),
         default_project=base.name,
         host_env=dict(os.environ),
-        read_text=read_text,
+        read_text=files.env_file_reader(base),  # env files: regular and bounded
     )
     for warning in stack.warnings:
         warnings.warn(f"linkd: {where}: {warning}", StackWarning, stacklevel=3)
