@@ -126,9 +126,12 @@ def _parser() -> argparse.ArgumentParser:
                             description="run the linkd daemon (the HTTP API) in the foreground")
     daemon.add_argument("--socket", help="unix socket (default: $LINKD_SOCKET or "
                         "/run/linkd/linkd.sock)")
-    daemon.add_argument("--tcp", metavar="HOST:PORT",
-                        help="also listen on TCP, loopback only; needs --token-file")
-    daemon.add_argument("--token-file", help="file holding the bearer token for --tcp")
+    daemon.add_argument("--tcp", metavar="ADDR:PORT",
+                        help="also listen on loopback TCP (127.0.0.1:PORT or [::1]:PORT); "
+                             "whoever can use the API is root on this host")
+    daemon.add_argument("--token-file",
+                        help="the bearer token for --tcp: a file only its owner can read, "
+                             "32+ bytes (default: a new token in <run dir>/api.token)")
     daemon.set_defaults(handler=_later("cli_runtime", "cmd_daemon"))
 
     down = command("down", _later("cli_runtime", "cmd_down"),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from linkd import names
 from linkd.cli import containers, dry_plan, load_stack, load_state, plain_state, stack_name, table
-from linkd.errors import LinkdError, NotFoundError, SpecError
+from linkd.errors import LinkdError, NotFoundError, SpecError, UsageError
 from linkd.model import Stack
 from linkd.runtime import api, paths, process, store, supervisor
 from linkd.runtime import logs as log_files
@@ -112,17 +112,12 @@ def _up_detached(stack: Stack, file: Path) -> int:
 def cmd_daemon(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s linkd: %(message)s",
                         stream=sys.stderr)
-    tcp = None
-    if args.tcp:
-        host, _, port = args.tcp.rpartition(":")
-        if not host or not port.isdigit():
-            raise SpecError([("--tcp", None, f"expected HOST:PORT, got {args.tcp}")])
-        tcp = (host.strip("[]"), int(port))
-    token = None
-    if args.token_file:
-        token = Path(args.token_file).read_text().strip()
+    if args.token_file and not args.tcp:
+        raise UsageError("--token-file goes with --tcp ADDR:PORT (the unix socket needs none)")
     path = Path(args.socket) if args.socket else paths.socket_path()
-    asyncio.run(api.serve(path, tcp=tcp, token=token))
+    # --tcp and the token are checked, and the port bound, before any stack is recovered
+    # (linkd.runtime.api_tcp); without --token-file the daemon makes a token and says where.
+    asyncio.run(api.serve(path, tcp=args.tcp or None, token_file=args.token_file))
     return 0
 
 
