@@ -377,7 +377,7 @@ async def events(request: web.Request) -> web.StreamResponse:
 async def serve(
     socket_path: Path,
     *,
-    tcp: str | tuple[str, int] | None = None,
+    tcp: str | None = None,
     token_file: str | os.PathLike[str] | None = None,
     token: str | None = None,
     on_ready: Callable[[], None] | None = None,
@@ -404,9 +404,6 @@ async def serve(
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         if tcp is not None:  # before recovery: giving up later would take stacks down
-            if isinstance(tcp, tuple):
-                host, port = tcp
-                tcp = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             listener = api_tcp.prepare(tcp, token_file, token)
         await _serve_locked(socket_path, listener, on_ready)
     finally:
