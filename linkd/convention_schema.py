@@ -62,6 +62,7 @@ from typing import Literal
 
 import yaml
 
+from linkd import spec_yaml
 from linkd.errors import ConventionError
 
 __all__ = [
@@ -205,6 +206,8 @@ class Convention:
 
 # --- loading --------------------------------------------------------------------------------
 
+_MAX_BYTES = 1 << 20  # as for stack and env files (linkd.runtime.files)
+
 
 def load_convention(source: Path | str, origin: str | None = None) -> Convention:
     """A convention from a file (a `Path`) or from YAML text (a `str`).
@@ -214,10 +217,20 @@ def load_convention(source: Path | str, origin: str | None = None) -> Convention
     """
     if isinstance(source, Path):
         origin = origin or str(source)
-        try:
-            text = source.read_text(encoding="utf-8")
+        try:  # the caller (load_conventions) has checked it is a regular file
+            with source.open("rb") as file:
+                data = file.read(_MAX_BYTES + 1)
+            if len(data) > _MAX_BYTES:
+                raise ConventionError(
+                    [("(file)", None, f"larger than {_MAX_BYTES} bytes, linkd's limit")], origin
+                )
+            text = data.decode("utf-8")
         except OSError as exc:
-            problem = ("(file)", None, f"cannot read: {exc.strerror}")
+            problem: Problem = ("(file)", None, f"cannot read: {exc.strerror}")
+            raise ConventionError([problem], origin) from None
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            problem = ("(file)", line, f"not UTF-8 text (byte 0x{data[exc.start]:02x})")
             raise ConventionError([problem], origin) from None
     else:
         origin, text = origin or "<text>", source
@@ -256,8 +269,14 @@ class _Loader:
         self.problems.append((at.key or "(file)", at.line, message))
 
     def convention(self, text: str) -> Convention | None:
-        try:
-            root = yaml.compose(text, Loader=yaml.SafeLoader)
+        try:  # bounded: nesting, aliases and merge keys (linkd.spec_yaml)
+            root = spec_yaml.compose(text)
+        except spec_yaml.Limit as exc:
+            self.problems.append(("(file)", exc.line, str(exc)))
+            return None
+        except UnicodeError as exc:
+            self.problems.append(("(file)", None, f"not valid Unicode: {exc}"))
+            return None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = mark.line + 1 if mark is not None else None

@@ -1,4 +1,5 @@
-"""Hostile stack files: bombs, deep nesting and odd text end in a `SpecError`, quickly.
+"""Hostile stack files: bombs, deep nesting and odd text end in a `SpecError`, quickly
+(and convention files, which a stack names, in a `ConventionError`).
 
 Named cases first (each attack issue 14 found, and its neighbours), then property tests
 that generate nested, aliased and merged YAML and interpolation strings and assert the
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from linkd import spec_yaml
-from linkd.errors import SpecError
+from linkd.convention_schema import load_convention
+from linkd.errors import ConventionError, SpecError
 from linkd.model import Stack
 from linkd.spec import parse_stack
 from linkd.spec_values import INTERPOLATION_DEPTH, Bad, interpolate
@@ -324,3 +327,29 @@ def test_interpolation_returns_or_raises_bad_quickly(tokens: list[str], repeat: 
         interpolate(text, {"A": "v"}, lambda name: None)
     assert time.monotonic() - started < BOUND
     within_bound(lambda: parse(f"services: {{w: {{command: x, environment: {{V: '{text}'}}}}}}\n"))
+
+
+# --- convention files the stack names ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b"name: x\nversion: 1\ndescription: caf\xe9\n", "not UTF-8 text (byte 0xe9)"),
+        (b"name: x\nversion: 1\nx: " + b"[" * 1000 + b"]" * 1000 + b"\n", "nesting depth"),
+        (b"name: x\nversion: 1\nx: " + b"{a: " * 100 + b"b" + b"}" * 100 + b"\n", "deeper than"),
+        (merge_bomb().replace("services:", "x-s:").encode(), "YAML nodes"),
+        (b"#" * (2 << 20), "larger than 1048576 bytes"),
+    ],
+    ids=["not-utf-8", "deep-flow", "deep-mapping", "merge-bomb", "too-big"],
+)
+def test_a_hostile_convention_file_is_a_convention_error(
+    tmp_path: Path, content: bytes, fragment: str
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    started = time.monotonic()
+    with pytest.raises(ConventionError) as info:
+        load_convention(path)
+    assert time.monotonic() - started < BOUND
+    assert any(fragment in message for _, _, message in info.value.problems), info.value
