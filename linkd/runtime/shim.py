@@ -554,11 +554,16 @@ def _image_root(spec: dict[str, Any]) -> None:
         os.symlink(target, f"{dev}/{link}")
     sys_dir = _mount_point(root, "/sys", True)
     _mount("sysfs", sys_dir, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
-    if spec.get("cgroups"):
-        # The container sees its own limits where cgroup v1 tools look for them.
+    cgroups = spec.get("cgroups") or []
+    if len(cgroups) == 1 and os.path.exists(cgroups[0] + "/cgroup.controllers"):
+        # cgroup v2: one directory holds every limit; it is the container's whole
+        # /sys/fs/cgroup, as under Docker with a cgroup namespace.
+        _bind_ro(cgroups[0], sys_dir + "/fs/cgroup")
+    elif cgroups:
+        # cgroup v1: the container sees its own limits where v1 tools look for them.
         cgroot = sys_dir + "/fs/cgroup"
         _mount("tmpfs", cgroot, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=755")
-        for directory in spec["cgroups"]:
+        for directory in cgroups:
             controller = directory.split("/")[4]  # /sys/fs/cgroup/<controller>/...
             os.makedirs(f"{cgroot}/{controller}")
             _bind_ro(directory, f"{cgroot}/{controller}")
