@@ -1,9 +1,11 @@
 """Isolation and published ports: from a stack's plan to the nftables table that does it.
 
-Pure: `ruleset(plan)` is the text of the stack's table in the host's namespace (what
-`nft -f` reads), `assign_host_ports` fills in random host ports through a callback, and
+Pure: `table(plan)` is the stack's table in the host's namespace as data (the
+vocabulary of `linkd.nftables`: chains, rules of matches and a statement), `ruleset(plan)`
+the same table as `nft -f` text (docs, golden tests, the integration tests' oracle),
+`assign_host_ports` fills in random host ports through a callback, and
 `check_published` refuses a host port another stack holds. `linkd.runtime.firewall`
-applies the text and does the binding and probing.
+sends the table to the kernel over netlink and does the binding and probing.
 
 One table per stack, `inet linkd-<stack>`: created with the stack's first network,
 replaced whole in one transaction, deleted with the stack. Tables of different stacks
@@ -43,13 +45,16 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from typing import Literal
 
+from linkd import nftables as nft
 from linkd.errors import ConflictError, SpecError
 from linkd.model import HostAccess, PortSpec, Protocol
+from linkd.nftables import rule
 from linkd.plan import ContainerPlan, StackPlan
 
 TABLE_PREFIX = "linkd-"
-FAMILY = "inet"
+FAMILY: Literal["inet"] = "inet"
 ANY_BRIDGE = "lkb-*"
 
 
@@ -261,52 +266,75 @@ def port_of(
 
 # -- the ruleset --------------------------------------------------------------------------
 
+_ACCEPT, _DROP = nft.Accept(), nft.Drop()
+_REPLIES = nft.ConntrackState(("established", "related"))
+_DNATED = nft.ConntrackStatus("dnat")
+_MASQUERADE = nft.Masquerade()
+_LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
 
-def ruleset(plan: StackPlan) -> str:
-    """The stack's table, as `nft -f` reads it (deterministic: golden-tested)."""
+
+def _iif(bridge: str, negate: bool = False) -> nft.Interface:
+    return nft.Interface("iif", bridge, negate)
+
+
+def _oif(bridge: str, negate: bool = False) -> nft.Interface:
+    return nft.Interface("oif", bridge, negate)
+
+
+def _net(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address
+         ) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An address or `A.B.C.D/N` as a network (a host address: /32 or /128)."""
+    return ipaddress.ip_network(address)
+
+
+def table(plan: StackPlan) -> nft.Table:
+    """The stack's table, as data (deterministic: golden-tested through `ruleset`)."""
     nets = plan.networks
-    # First, in one set lookup: bridged traffic (br_netfilter), which no rule drops.
-    same = ", ".join(f'"{n.bridge}" . "{n.bridge}"' for n in nets)
-    forward: list[str] = [f"iifname . oifname {{ {same} }} accept"] if nets else []
+    # First: bridged traffic (br_netfilter), which no rule drops. One rule per bridge
+    # where nft would look `iifname . oifname` up in a set: the same packets match.
+    forward = [rule(_iif(n.bridge), _oif(n.bridge), _ACCEPT) for n in nets]
     for n in nets:
         if n.internal:
             forward += [
-                f'iifname "{n.bridge}" oifname != "{n.bridge}" drop',
-                f'oifname "{n.bridge}" iifname != "{n.bridge}" drop',
+                rule(_iif(n.bridge), _oif(n.bridge, negate=True), _DROP),
+                rule(_oif(n.bridge), _iif(n.bridge, negate=True), _DROP),
             ]
-    forward += ["ct state established,related accept", "ct status dnat accept"]
+    forward += [rule(_REPLIES, _ACCEPT), rule(_DNATED, _ACCEPT)]
     for n in nets:
         if not n.internal:
             forward += [
-                f'iifname "{n.bridge}" oifname "{ANY_BRIDGE}" oifname != "{n.bridge}" drop',
-                f'oifname "{n.bridge}" iifname != "{n.bridge}" drop',
+                rule(_iif(n.bridge), _oif(ANY_BRIDGE), _oif(n.bridge, negate=True), _DROP),
+                rule(_oif(n.bridge), _iif(n.bridge, negate=True), _DROP),
             ]
     # Neighbour discovery is not tracked: without it the host could not reach an
     # internal network's containers over IPv6.
-    inputs = ["ct state established,related accept",
-              "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept"]
+    inputs = [rule(_REPLIES, _ACCEPT)]
+    inputs += [rule(nft.Icmpv6Type(name), _ACCEPT) for name in nft.ICMPV6_TYPES]
     inputs += [
-        f'iifname "{n.bridge}" ip daddr 127.0.0.0/8 drop' for n in nets if not n.internal
+        rule(_iif(n.bridge), nft.Address("daddr", _LOOPBACK), _DROP)
+        for n in nets if not n.internal
     ]
     inputs += [
         _host_access(n.bridge, h) for n in nets if not n.internal for h in plan.host_access
     ]
-    inputs += [f'iifname "{n.bridge}" drop' for n in nets]
+    inputs += [rule(_iif(n.bridge), _DROP) for n in nets]
 
-    ports = [_dnat(p) for p in published(plan)]
+    ports = [dnat for p in published(plan) for dnat in _dnat(p)]
     targets = {p.bridge for p in published(plan)}
-    post: list[str] = []
+    post: list[nft.Rule] = []
     for n in nets:
         if n.internal:
             continue
         if n.bridge in targets:
             post += [
-                f'oifname "{n.bridge}" ip saddr 127.0.0.0/8 masquerade',
-                f'oifname "{n.bridge}" ct status dnat ip saddr {n.subnet} masquerade',
+                rule(_oif(n.bridge), nft.Address("saddr", _LOOPBACK), _MASQUERADE),
+                rule(_oif(n.bridge), _DNATED, nft.Address("saddr", n.subnet), _MASQUERADE),
             ]
-        post.append(f'ip saddr {n.subnet} oifname != "{n.bridge}" masquerade')
+        post.append(rule(nft.Address("saddr", n.subnet), _oif(n.bridge, negate=True),
+                         _MASQUERADE))
         if n.subnet6 is not None:
-            post.append(f'ip6 saddr {n.subnet6} oifname != "{n.bridge}" masquerade')
+            post.append(rule(nft.Address("saddr", n.subnet6), _oif(n.bridge, negate=True),
+                             _MASQUERADE))
 
     # Traffic between two containers of one network is bridged and needs no state: with
     # br_netfilter it would still be tracked (conntrack costs ~8% of a TCP stream here,
@@ -314,68 +342,55 @@ def ruleset(plan: StackPlan) -> str:
     # (published ports: DNAT) is tracked.
     raw = []
     for n in nets:
-        raw.append(f'iifname "{n.bridge}" ip daddr {n.subnet} ip daddr != {n.gateway} notrack')
+        raw.append(rule(_iif(n.bridge), nft.Address("daddr", n.subnet),
+                        nft.Address("daddr", _net(n.gateway), negate=True), nft.Notrack()))
         if n.subnet6 is not None and n.gateway6 is not None:
-            raw.append(
-                f'iifname "{n.bridge}" ip6 daddr {n.subnet6} ip6 daddr != {n.gateway6} notrack'
-            )
+            raw.append(rule(_iif(n.bridge), nft.Address("daddr", n.subnet6),
+                            nft.Address("daddr", _net(n.gateway6), negate=True), nft.Notrack()))
 
-    chains = [
-        _chain("raw", "type filter hook prerouting priority raw; policy accept;", raw),
-        _chain("forward", "type filter hook forward priority filter; policy accept;", forward),
-        _chain("input", "type filter hook input priority filter; policy accept;", inputs),
-        _chain("prerouting", "type nat hook prerouting priority dstnat; policy accept;",
-               [_JUMP] if ports else []),
-        _chain("output", "type nat hook output priority -100; policy accept;",
-               [_JUMP] if ports else []),
-        _chain("published", None, [rule for group in ports for rule in group]),
-        _chain("postrouting", "type nat hook postrouting priority srcnat; policy accept;", post),
-    ]
-    return f"table {FAMILY} {table_name(plan.stack)} {{\n" + "".join(chains) + "}\n"
-
-
-_JUMP = "meta nfproto ipv4 fib daddr type local jump published"
-
-
-def _host_access(bridge: str, h: HostAccess) -> str:
-    ports = str(h.start) if h.start == h.end else f"{h.start}-{h.end}"
-    where = f"ip daddr {h.address} " if h.address else ""
-    return f'iifname "{bridge}" {where}{h.protocol} dport {ports} accept'
+    # Published ports are for IPv4 host addresses the host owns (fib), whichever way
+    # the packet comes: from outside or a container (prerouting), or from the host
+    # itself, 127.0.0.1 included (output).
+    jump = [rule(nft.Family(4), nft.LocalDestination(), nft.Jump("published"))]
+    if not ports:
+        jump = []
+    return nft.Table(FAMILY, table_name(plan.stack), (
+        nft.Chain("raw", nft.Hook("filter", "prerouting", -300), tuple(raw)),
+        nft.Chain("forward", nft.Hook("filter", "forward", 0), tuple(forward)),
+        nft.Chain("input", nft.Hook("filter", "input", 0), tuple(inputs)),
+        nft.Chain("prerouting", nft.Hook("nat", "prerouting", -100), tuple(jump)),
+        nft.Chain("output", nft.Hook("nat", "output", -100), tuple(jump)),
+        nft.Chain("published", None, tuple(ports)),
+        nft.Chain("postrouting", nft.Hook("nat", "postrouting", 100), tuple(post)),
+    ))
 
 
-def _chain(name: str, hook: str | None, rules: list[str]) -> str:
-    lines = [f"\tchain {name} {{"]
-    if hook:
-        lines.append(f"\t\t{hook}")
-    lines += [f"\t\t{rule}" for rule in rules]
-    lines.append("\t}")
-    return "\n".join(lines) + "\n"
+def ruleset(plan: StackPlan) -> str:
+    """The stack's table as `nft -f` reads it (`nft list table` shows the same rules)."""
+    return table(plan).text()
 
 
-def _dnat(p: Published) -> list[str]:
-    match = f"ip daddr {p.host_ip} " if p.host_ip and p.host_ip != "0.0.0.0" else ""
+def _host_access(bridge: str, h: HostAccess) -> nft.Rule:
+    where = [nft.Address("daddr", _net(h.address))] if h.address else []
+    return rule(_iif(bridge), *where, nft.Port(h.protocol, h.start, h.end), _ACCEPT)
+
+
+def _dnat(p: Published) -> list[nft.Rule]:
+    match = (
+        [nft.Address("daddr", _net(p.host_ip))] if p.host_ip and p.host_ip != "0.0.0.0"
+        else []
+    )
     proto = p.protocol
     if p.host_start == p.host_end:
-        return [f"{match}{proto} dport {p.host_start} dnat ip to {p.address}:{p.start}"]
+        return [rule(*match, nft.Port(proto, p.host_start, p.host_start),
+                     nft.Dnat(p.address, p.start))]
     if p.host_start == p.start:  # the same numbers: keep the port
-        return [f"{match}{proto} dport {p.host_start}-{p.host_end} dnat ip to {p.address}"]
+        return [rule(*match, nft.Port(proto, p.host_start, p.host_end), nft.Dnat(p.address))]
     return [  # a shifted range: one rule per port (nft maps no port offsets here)
-        f"{match}{proto} dport {p.host_start + i} dnat ip to {p.address}:{p.start + i}"
+        rule(*match, nft.Port(proto, p.host_start + i, p.host_start + i),
+             nft.Dnat(p.address, p.start + i))
         for i in range(p.end - p.start + 1)
     ]
-
-
-def replace_script(plan: StackPlan) -> str:
-    """One transaction: declare the table (so the delete never fails), delete it, define
-    it anew. Any earlier content, a partial one included, is replaced whole."""
-    name = table_name(plan.stack)
-    return f"table {FAMILY} {name}\ndelete table {FAMILY} {name}\n" + ruleset(plan)
-
-
-def delete_script(stack: str) -> str:
-    """Delete the stack's table; succeeds when there is none."""
-    name = table_name(stack)
-    return f"table {FAMILY} {name}\ndelete table {FAMILY} {name}\n"
 
 
 def localnet_bridges(plan: StackPlan) -> list[str]:

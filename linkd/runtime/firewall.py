@@ -1,12 +1,22 @@
 """The stack's nftables table in the host's namespace, and its host ports.
 
-`StackFirewall.ensure(plan)` replaces the stack's table (`linkd.firewall.ruleset`) in
-one `nft -f -` transaction and turns route_localnet on for the bridges a published port
-leads to; it remembers what `nft list table` said right after, and `repair` compares
-with a fresh listing (a table deleted or flushed by hand differs) and applies again.
-`remove` deletes the table (none is fine). Nothing here touches any other table, chain
-or sysctl of the host: only `inet linkd-<stack>` and
-`net.ipv4.conf.<linkd bridge>.route_localnet`.
+`StackFirewall.ensure(plan)` replaces the stack's table (`linkd.firewall.table`) in one
+nf_tables transaction sent over netlink (`linkd.runtime.nft`; linkd never runs the nft
+tool, which a host may lack) and turns route_localnet on for the bridges a published
+port leads to. Right after, it reads the table back (`nft.table_state`: the table, its
+chains and its rules as the kernel lists them, without handles and counters) and keeps
+that; `repair` reads it again and applies the table anew when the two differ (a table
+deleted, a chain flushed, a rule added or changed by hand). `remove` deletes the table
+(none is fine). Nothing here touches any other table, chain or sysctl of the host: only
+`inet linkd-<stack>` and `net.ipv4.conf.<linkd bridge>.route_localnet`.
+
+The transaction is nft's "declare, delete, define" (NEWTABLE, DELTABLE, then the table
+anew), so whatever the table held before, a partial one included, is replaced whole or
+not at all; a missing table is first tried with an exclusive create instead, which
+spares the kernel's RCU wait that any transaction deleting a table pays (see
+`nft.replace_dns_redirect`). The netlink work blocks (a commit that deletes a table
+waits 8-24 ms for the kernel), so the coroutines run it in a thread: the thread shares
+the daemon's namespace, the host's.
 
 `publish_ports(plan)` decides host ports before anything is created: a fixed host port
 is refused when another stack publishes it or a socket of the host holds it (tried by
@@ -22,61 +32,132 @@ import logging
 import os
 import socket
 from pathlib import Path
+from typing import assert_never
 
-from linkd import firewall
+from linkd import firewall, nftables
 from linkd.errors import ConflictError, KernelError, LinkdError
 from linkd.model import Protocol
 from linkd.plan import StackPlan
-from linkd.runtime import store
+from linkd.runtime import nft, store
 
 log = logging.getLogger("linkd")
 
-NFT = "nft"
 SYSCTL = Path("/proc/sys/net/ipv4/conf")
+TableState = tuple[bytes, ...]
 
 
-async def _nft(*args: str, script: str | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        NFT, *args,
-        stdin=asyncio.subprocess.PIPE if script is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate(script.encode() if script is not None else None)
-    return proc.returncode or 0, out.decode(), err.decode()
+# -- the table over netlink ---------------------------------------------------------------
 
 
-async def apply(script: str, what: str) -> None:
+def encode_rule(family: int, rule: nftables.Rule) -> nft.Rule:
+    """`rule` as nf_tables expressions, for a table of `family` (NFPROTO_*)."""
+    out = nft.Rule(family)
+    for match in rule.matches:
+        match match:
+            case nftables.Interface(direction, name, negate):
+                out.interface(direction, name, negate)
+            case nftables.Family(version):
+                out.nfproto(nft.NFPROTO_IPV4 if version == 4 else nft.NFPROTO_IPV6)
+            case nftables.Address(field, network, negate):
+                out.address(field, network.network_address.packed, network.prefixlen, negate)
+            case nftables.Port(protocol, first, last):
+                out.dport(nft.L4PROTOS[protocol], first, last)
+            case nftables.Icmpv6Type(name):
+                out.icmpv6_type(nftables.ICMPV6_TYPES[name])
+            case nftables.ConntrackState(states):
+                out.ct_any(nft.NFT_CT_STATE, sum(nftables.CT_STATES[s] for s in set(states)))
+            case nftables.ConntrackStatus(status):
+                out.ct_any(nft.NFT_CT_STATUS, nftables.CT_STATUS[status])
+            case nftables.LocalDestination():
+                out.local_destination()
+            case _:
+                assert_never(match)
+    statement = rule.statement
+    match statement:
+        case nftables.Accept():
+            out.verdict("accept")
+        case nftables.Drop():
+            out.verdict("drop")
+        case nftables.Jump(chain):
+            out.verdict("jump", chain)
+        case nftables.Notrack():
+            out.notrack()
+        case nftables.Masquerade():
+            out.masquerade()
+        case nftables.Dnat(address, port):
+            out.dnat(address.packed, port)
+        case _:
+            assert_never(statement)
+    return out
+
+
+def replace_batch(table: nftables.Table, exclusive: bool = False) -> nft.Batch:
+    """The transaction that replaces `table` whole (declare, delete, define), or with
+    `exclusive` the one that creates it and fails (EEXIST) if there is one."""
+    family = nft.FAMILIES[table.family]
+    batch = nft.Batch(family)
+    if exclusive:
+        batch.create_table(table.name, exclusive=True)
+    else:
+        batch.declare_table(table.name).delete_table(table.name).create_table(table.name)
+    for chain in table.chains:  # every chain first: a rule may jump to a later one
+        if chain.hook is None:
+            batch.chain(table.name, chain.name)
+        else:
+            hook = chain.hook
+            batch.chain(table.name, chain.name, hook.type, hook.hook, hook.priority,
+                        hook.policy)
+    for chain in table.chains:
+        for number, rule in enumerate(chain.rules, start=1):
+            batch.rule(table.name, chain.name, encode_rule(family, rule),
+                       f"add rule {number} of chain {chain.name} ({rule.text()})")
+    return batch
+
+
+def _failed(family: str, name: str, exc: OSError) -> KernelError:
+    return KernelError(f"table {family} {name}: {exc.strerror or exc}", exc.errno)
+
+
+def replace_table(table: nftables.Table) -> TableState | None:
+    """Replace `table` in the current thread's namespace; returns what the kernel then
+    lists of it. Raises KernelError naming the table and the step that failed."""
     try:
-        code, _, err = await _nft("-f", "-", script=script)
-    except FileNotFoundError:
-        raise KernelError(
-            f"{what}: the nft tool is missing; install Debian's nftables package"
-        ) from None
-    if code != 0:
-        raise KernelError(f"{what}: nft failed: {err.strip()}")
+        try:
+            nft.commit(replace_batch(table, exclusive=True))
+        except FileExistsError:  # only the exclusive create can say so
+            nft.commit(replace_batch(table))
+        return nft.table_state(nft.FAMILIES[table.family], table.name)
+    except OSError as exc:
+        raise _failed(table.family, table.name, exc) from None
 
 
-async def listing(stack: str) -> str | None:
-    """`nft list table` of the stack's table; None when there is none."""
-    code, out, _ = await _nft("list", "table", firewall.FAMILY, firewall.table_name(stack))
-    return out if code == 0 else None
+def delete_table(family: str, name: str) -> None:
+    """Delete the table; none is fine (it is declared in the same transaction)."""
+    try:
+        nft.commit(nft.Batch(nft.FAMILIES[family]).declare_table(name).delete_table(name))
+    except OSError as exc:
+        raise _failed(family, name, exc) from None
+
+
+def live_state(family: str, name: str) -> TableState | None:
+    try:
+        return nft.table_state(nft.FAMILIES[family], name)
+    except OSError as exc:
+        raise _failed(family, name, exc) from None
 
 
 async def tables() -> list[str]:
     """linkd's tables in the host's namespace (`linkd-<stack>`)."""
-    code, out, _ = await _nft("list", "tables", firewall.FAMILY)
-    if code != 0:
+    try:
+        names = await asyncio.to_thread(nft.table_names, nft.FAMILIES[firewall.FAMILY])
+    except OSError as exc:
+        log.warning("nftables: could not list the %s tables: %s", firewall.FAMILY, exc)
         return []
-    found = []
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[0] == "table" and parts[2].startswith(firewall.TABLE_PREFIX):
-            found.append(parts[2])
-    return found
+    return [name for name in names if name.startswith(firewall.TABLE_PREFIX)]
 
 
 async def remove_table(stack: str) -> None:
-    await apply(firewall.delete_script(stack), f"table {firewall.table_name(stack)}")
+    await asyncio.to_thread(delete_table, firewall.FAMILY, firewall.table_name(stack))
 
 
 def set_localnet(plan: StackPlan) -> int:
@@ -99,15 +180,14 @@ class StackFirewall:
 
     def __init__(self, stack: str) -> None:
         self.stack = stack
-        self._applied: str | None = None  # the listing right after our last apply
+        self._applied: TableState | None = None  # the table right after our last apply
 
     async def ensure(self, plan: StackPlan) -> None:
         if not firewall.wanted(plan):
             await self.remove()
             return
-        await apply(firewall.replace_script(plan), f"table {firewall.table_name(self.stack)}")
+        self._applied = await asyncio.to_thread(replace_table, firewall.table(plan))
         set_localnet(plan)
-        self._applied = await listing(self.stack)
 
     async def repair(self, plan: StackPlan) -> int:
         """Apply again if the table is not what was applied (deleted or changed by
@@ -115,7 +195,10 @@ class StackFirewall:
         if not firewall.wanted(plan):
             return 0
         repairs = set_localnet(plan)
-        if await listing(self.stack) != self._applied or self._applied is None:
+        live = await asyncio.to_thread(
+            live_state, firewall.FAMILY, firewall.table_name(self.stack)
+        )
+        if self._applied is None or live != self._applied:
             await self.ensure(plan)
             repairs += 1
         return repairs

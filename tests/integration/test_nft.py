@@ -1,4 +1,6 @@
-"""The DNS redirect the namespace helper writes over netlink (real namespaces, nf_tables)."""
+"""The DNS redirect the namespace helper writes over netlink (real namespaces, nf_tables).
+
+The nft tool is used here only as the oracle: linkd itself never runs it."""
 
 from __future__ import annotations
 
@@ -12,16 +14,32 @@ from typing import Any
 
 import pytest
 
-from linkd import names
 from linkd.errors import KernelError
 from linkd.runtime import nshelper
 from linkd.runtime.netlink import NamespaceHelper
 
+DNS_RULES = """\
+table ip linkd_dns
+delete table ip linkd_dns
+table ip linkd_dns {{
+  chain output {{
+    type nat hook output priority -100; policy accept;
+    ip daddr 127.0.0.11 udp dport 53 dnat to 127.0.0.11:{udp}
+    ip daddr 127.0.0.11 tcp dport 53 dnat to 127.0.0.11:{tcp}
+  }}
+}}
+"""
+
+
+def scratch_netns() -> str:
+    name = "lkt-" + secrets.token_hex(4)
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    return name
+
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    name = names.netns_name("t" + secrets.token_hex(3), "c-1")
-    subprocess.run(["ip", "netns", "add", name], check=True)
+    name = scratch_netns()
     try:
         subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
         yield name
@@ -72,10 +90,9 @@ async def test_the_rules_equal_what_the_nft_tool_makes(netns: str) -> None:
         ours = table_json(netns)
         text = nft(netns, "list", "table", "ip", nshelper.NFT_TABLE)
         # The nft tool's version of the same rules, in a second namespace.
-        other = names.netns_name("t" + secrets.token_hex(3), "c-2")
-        subprocess.run(["ip", "netns", "add", other], check=True)
+        other = scratch_netns()
         try:
-            nft(other, "-f", "-", stdin=nshelper._dns_rules(udp_port, tcp_port))
+            nft(other, "-f", "-", stdin=DNS_RULES.format(udp=udp_port, tcp=tcp_port))
             assert ours == table_json(other)
             assert text == nft(other, "list", "table", "ip", nshelper.NFT_TABLE)
         finally:
@@ -130,12 +147,29 @@ async def test_udp_and_tcp_to_port_53_reach_the_sockets(netns: str) -> None:
 
 
 def netlink_fails(*args: object) -> None:
-    raise OSError(95, "netlink forced to fail by the test")
+    raise OSError(95, "create table linkd_dns: forced to fail by the test")
 
 
-async def test_the_nft_tool_is_the_fallback(netns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_failure_names_the_namespace_and_the_step_and_runs_no_tool(
+    netns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(nshelper.nft, "replace_dns_redirect", netlink_fails)
+    with pytest.raises(KernelError) as failed:
+        await dns_sockets(netns)
+    monkeypatch.undo()
+    assert str(failed.value) == (
+        f"dns netns {netns}: nftables rules for DNS in namespace {netns}: "
+        "create table linkd_dns: forced to fail by the test"
+    )
+    assert failed.value.errno == 95
+    assert subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "tables"],
+                          capture_output=True, text=True, check=True).stdout == ""
+
+
+async def test_the_rules_need_no_nft_tool(netns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")  # the helper is forked after this
     udp, tcp = await dns_sockets(netns)
+    monkeypatch.undo()
     try:
         text = nft(netns, "list", "table", "ip", nshelper.NFT_TABLE)
         udp_port, tcp_port = ports(udp, tcp)
@@ -144,18 +178,3 @@ async def test_the_nft_tool_is_the_fallback(netns: str, monkeypatch: pytest.Monk
     finally:
         udp.close()
         tcp.close()
-
-
-async def test_when_both_fail_the_error_says_what_failed(
-    netns: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(nshelper.nft, "replace_dns_redirect", netlink_fails)
-    monkeypatch.setenv("PATH", "/nonexistent")  # and no nft tool either
-    with pytest.raises(KernelError) as failed:
-        await dns_sockets(netns)
-    monkeypatch.undo()
-    message = str(failed.value)
-    assert "over netlink: netlink forced to fail by the test" in message
-    assert "with the nft tool:" in message and "exit 127" in message
-    assert subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "tables"],
-                          capture_output=True, text=True, check=True).stdout == ""
