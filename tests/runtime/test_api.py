@@ -142,7 +142,7 @@ async def test_tcp_needs_the_bearer_token() -> None:
 async def test_another_request_is_answered_while_a_slow_parse_runs_and_the_budget_stops_it(
     client: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(api, "PARSE_BUDGET", 0.5)
+    monkeypatch.setattr(api, "PARSE_BUDGET", 1.0)
     left = threading.Event()
 
     def slow_parse(*args: Any, check: Callable[[], None], **kw: Any) -> Any:
@@ -158,14 +158,12 @@ async def test_another_request_is_answered_while_a_slow_parse_runs_and_the_budge
     started = time.monotonic()
     posting = asyncio.create_task(client.post("/v1/stacks", json={"spec": {}, "name": "s"}))
     await asyncio.sleep(0.1)
-    asked = time.monotonic()
     listed = await client.get("/v1/stacks")
     assert listed.status == 200 and await listed.json() == []
-    assert time.monotonic() - asked < 0.3  # answered during the parse, not after it
-    assert not posting.done()
+    assert not posting.done()  # answered during the parse, not after it
     body = await error_of(await posting, 422)
-    assert time.monotonic() - started < 2
-    assert "took longer than 0.5 s" in body["problems"][0]["message"]
+    assert 1.0 <= time.monotonic() - started < 3
+    assert "took longer than 1 s" in body["problems"][0]["message"]
     assert await asyncio.to_thread(left.wait, 2)  # the parse itself stopped
 
 
