@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import ClientSession, ClientTimeout, UnixConnector
 
+from linkd.runtime import store
 from linkd.runtime.daemon import socket_path
 from tests.integration.conftest import Linkd, daemon_pids, settled, snapshot
 
@@ -156,10 +157,10 @@ async def churn(names: list[str], directory: str) -> dict[str, Any]:
 def test_a_corrupt_state_file_falls_back_to_the_last_good_copy(linkd: Linkd) -> None:
     linkd.write(STACK)
     linkd.up()
-    state = Path("/run/linkd/stacks") / linkd.project / "state.msgpack"
+    state = store.root() / "stacks" / linkd.project / "state.msgpack"
     assert state.with_name("state.msgpack.prev").exists()
     state.write_bytes(state.read_bytes()[:40])  # torn
-    log = Path("/run/linkd/daemon.log")
+    log = store.root() / "daemon.log"
     logged = log.stat().st_size
     table = linkd.run("ps", "-p", linkd.project)  # through the daemon, which reads the file
     assert "db-1" in table.stdout and "web-1" in table.stdout

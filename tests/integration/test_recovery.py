@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from linkd.runtime import store
 from linkd.runtime.client import Client, ensure_daemon
 from tests.integration.conftest import REPO, Linkd, daemon_pids
 
@@ -219,7 +220,7 @@ def test_objects_of_a_stack_with_no_state_are_removed_as_orphans(linkd: Linkd) -
     linkd.up()
     pids = [c["pid"] for c in containers(state_of(linkd)).values()]
     kill_daemon()
-    stack_dir = Path("/run/linkd/stacks") / linkd.project
+    stack_dir = store.root() / "stacks" / linkd.project
     for name in ("state.msgpack", "state.msgpack.prev"):
         (stack_dir / name).unlink()  # as if the crash came before anything was recorded
     restart_daemon()
