@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from linkd.errors import LinkdError, NotFoundError, SpecError
 from linkd.runtime import paths
-from linkd.runtime.client import Client, DaemonError
+from linkd.runtime.client import ANSWER_TIMEOUT, Client, DaemonError
 
 if TYPE_CHECKING:
     from linkd.model import Stack
@@ -246,12 +246,14 @@ def dry_plan(stack: Stack, file: Path) -> StackPlan:
 
 def daemon_state(name: str) -> dict[str, Any] | None:
     """The stack's state as the daemon's API gives it (JSON), or None when no daemon
-    runs the stack."""
-    client = Client()
-    if not (paths.supervised(name) and client.available()):
+    runs the stack (its supervisor is a foreground `up`, or nothing answers in time)."""
+    if not paths.supervised(name):
         return None
     try:
-        plain: dict[str, Any] = client.request("GET", f"/v1/stacks/{name}")
+        plain: dict[str, Any] = Client().request("GET", f"/v1/stacks/{name}",
+                                                 timeout=ANSWER_TIMEOUT)
+    except OSError:
+        return None
     except DaemonError as exc:
         if exc.status != 404:
             raise
