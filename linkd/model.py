@@ -16,6 +16,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
+from linkd.seccomp_profile import SeccompProfile
+
 Protocol = Literal["tcp", "udp", "sctp"]
 RestartMode = Literal["no", "always", "on-failure", "unless-stopped"]
 DependsCondition = Literal[
@@ -104,6 +106,32 @@ class Limits:
     pids: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Device:
+    """One entry of `devices:`: the host's device node `source`, shown at `target`."""
+
+    source: str
+    target: str
+    permissions: str = "rwm"  # what the devices cgroup allows: read, write, mknod
+
+
+@dataclass(frozen=True, slots=True)
+class Security:
+    """`privileged`, `cap_add`, `cap_drop`, `security_opt`, `read_only` and `devices` of a
+    service: how it departs from the default confinement (`linkd.confinement`)."""
+
+    privileged: bool = False
+    cap_add: tuple[str, ...] = ()  # CAP_* names, or "ALL"
+    cap_drop: tuple[str, ...] = ()
+    no_new_privileges: bool | None = None  # None: on, unless privileged
+    seccomp: Literal["default", "unconfined", "file"] = "default"
+    seccomp_file: str | None = None  # as written in security_opt (for `linkd config`)
+    seccomp_profile: SeccompProfile | None = None  # the file's profile, parsed
+    system_paths: bool = True  # False: `systempaths=unconfined` (no masked/read-only paths)
+    read_only: bool = False  # the image's root filesystem is mounted read-only
+    devices: tuple[Device, ...] = ()
+
+
 DEFAULT_CONVENTIONS = ("linkd",)
 
 
@@ -131,6 +159,7 @@ class Service:
     link_settings: tuple[LinkSettings, ...] = ()  # x-linkd: links:
     limits: Limits = field(default_factory=Limits)  # cgroups (linkd.runtime.cgroups)
     runtime: str | None = None  # x-linkd: runtime: runc | linkd; None: $LINKD_RUNTIME
+    security: Security = field(default_factory=Security)  # linkd.confinement
 
     def argv(self) -> tuple[str, ...]:
         """The process to run: entrypoint followed by command, as Compose joins them."""

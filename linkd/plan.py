@@ -25,6 +25,7 @@ from linkd.model import (
     LinkSettings,
     PortSpec,
     RestartPolicy,
+    Security,
     Service,
     Stack,
 )
@@ -86,6 +87,7 @@ class ContainerPlan:
     extra_hosts: tuple[str, ...] = ()  # hosts-file lines the conventions asked for
     limits: Limits = field(default_factory=Limits)  # memory, CPU and PID limits (cgroups)
     runtime: str | None = None  # what runs an image: "runc", "linkd", None: the default
+    security: Security = field(default_factory=Security)  # departures from confinement
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +275,7 @@ def _container_plan(
         ports=service.expose + service.ports,
         limits=service.limits,
         runtime=service.runtime,
+        security=service.security,
     )
 
 

@@ -52,6 +52,8 @@ from linkd.spec_limits import read_limits, read_runtime
 from linkd.spec_linkd import read_service_x_linkd, read_x_linkd
 from linkd.spec_networks import NetworkReader
 from linkd.spec_nodes import ROOT, At, Reader, given
+from linkd.spec_security import KEYS as SECURITY_KEYS
+from linkd.spec_security import read_security
 from linkd.spec_values import (
     PORT_HINT,
     Bad,
@@ -79,7 +81,7 @@ _SERVICE_KEYS = (
     "command", "entrypoint", "environment", "env_file", "working_dir", "user", "hostname",
     "expose", "ports", "links", "networks", "depends_on", "healthcheck", "restart", "scale",
     "deploy", "stop_signal", "stop_grace_period", "image", "container_name", "network_mode",
-    "x-linkd", *LIMIT_KEYS,
+    "x-linkd", *LIMIT_KEYS, *SECURITY_KEYS,
 )  # fmt: skip
 _DEPLOY_UNSUPPORTED = (
     "mode", "endpoint_mode", "labels", "placement", "restart_policy",
@@ -265,6 +267,7 @@ class _StackParser:
             link_settings=link_settings,
             limits=read_limits(r, f),
             runtime=read_runtime(r, given(f, "x-linkd")),
+            security=read_security(r, f, image is not None, self._read),
         ), origins
 
     def _networks(self, f: dict[str, At], name: str, replicas: int) -> tuple[Attachment, ...]:
@@ -399,7 +402,8 @@ class _StackParser:
             return []
 
     def _read(self, name: str) -> str | Exception:
-        """An env file's text, or why it cannot be read; each file is read once."""
+        """An env file's (or a seccomp profile's) text, or why it cannot be read; each file
+        is read once."""
         if name not in self.files:
             if self.read_text is None:
                 self.files[name] = ValueError("no file reader given")

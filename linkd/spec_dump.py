@@ -31,6 +31,7 @@ from linkd.model import (
     Stack,
 )
 from linkd.spec_limits import dump_limits
+from linkd.spec_security import dump_security
 from linkd.spec_values import format_duration
 
 
@@ -133,6 +134,7 @@ def _service(s: Service) -> dict[str, Any]:
     if s.hostname is not None:
         out["hostname"] = s.hostname
     out.update(dump_limits(s.limits))
+    out.update(dump_security(s.security))
     if s.environment:
         out["environment"] = dict(s.environment)
     if s.expose:

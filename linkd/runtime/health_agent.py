@@ -25,7 +25,6 @@ and, through PR_SET_PDEATHSIG, when its starter dies.
 
 from __future__ import annotations
 
-import marshal
 import os
 import select
 import signal
@@ -152,8 +151,7 @@ def main(argv: list[str]) -> NoReturn:
     shim: Any = __import__("shim")
 
     shim._libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    with open(spec_path, "rb") as f:
-        spec = marshal.load(f)
+    spec = shim.load_spec(spec_path)  # with the container's confinement, read before _enter
     try:
         cgroups = _cgroup_procs(init_pid)
         _enter(shim, init_pid)

@@ -42,18 +42,12 @@ from pathlib import Path
 
 from linkd.errors import ContainerError
 from linkd.plan import ContainerPlan
-from linkd.runtime import beneath, cgroups
+from linkd.runtime import beneath, cgroups, confine
 from linkd.runtime.images import ImageStore
 from linkd.runtime.process import ProcessSpec
 
 RUNTIME_ENV = "LINKD_RUNTIME"
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# Docker's default capabilities for a container's processes (moby oci/caps/defaults.go).
-CAPABILITIES = [
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
-    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
-]
 
 
 def runtime_of(container: ContainerPlan) -> str:
@@ -72,7 +66,11 @@ def runtime_of(container: ContainerPlan) -> str:
 
 
 def prepare(spec: ProcessSpec, container: ContainerPlan, stack: str) -> ProcessSpec:
-    """`spec` with `container`'s limits and, if it runs an image, its root filesystem."""
+    """`spec` with `container`'s limits and, if it runs an image, its root filesystem;
+    its confinement goes beside the spec for the shim (linkd.runtime.confine)."""
+    os.makedirs(spec.run_dir, mode=0o700, exist_ok=True)
+    settings = confine.for_shim(container.security, image=container.image is not None)
+    confine.write_for_shim(spec.run_dir, settings)
     if container.image is None:
         return replace(spec, cgroups=cgroups.create(stack, container.name, container.limits))
     store = ImageStore()
@@ -118,18 +116,23 @@ def bundle_config(spec: ProcessSpec, container: ContainerPlan, stack: str,
                   layers: list[Path]) -> dict[str, object]:
     """The OCI runtime config (runtime-spec config.md) of an image container."""
     uid, gid, groups = resolve_user(layers, container.user)
+    security = container.security
+    ro = [] if security.privileged else ["ro"]  # privileged: a writable /sys, as Docker's
     mounts: list[dict[str, object]] = [
-        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {"destination": "/proc", "type": "proc", "source": "proc",
+         "options": ["nosuid", "noexec", "nodev"]},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+         "options": ["nosuid", "noexec", "strictatime", "mode=755", "size=65536k"]},
         {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
          "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
         {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
          "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+         "options": ["nosuid", "noexec", "nodev"]},
         {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-         "options": ["nosuid", "noexec", "nodev", "ro"]},
+         "options": ["nosuid", "noexec", "nodev", *ro]},
         {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-         "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+         "options": ["nosuid", "noexec", "nodev", "relatime", *ro]},
         {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
          "options": ["nosuid", "nodev", "mode=1777"]},
     ]
@@ -145,6 +148,10 @@ def bundle_config(spec: ProcessSpec, container: ContainerPlan, stack: str,
                             "period": cgroups.PERIOD_US}
     if limits.pids is not None:
         resources["pids"] = {"limit": limits.pids}
+    # Confinement (linkd.runtime.confine): capabilities, no_new_privs, seccomp, masked
+    # and read-only paths, the devices cgroup and `devices:`.
+    linux = confine.oci_linux(security)
+    resources["devices"] = linux.pop("resources_devices")
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -153,18 +160,21 @@ def bundle_config(spec: ProcessSpec, container: ContainerPlan, stack: str,
             "args": list(container.argv),
             "env": [f"{k}={v}" for k, v in container.env],
             "cwd": container.working_dir or "/",
-            "capabilities": {k: CAPABILITIES for k in ("bounding", "effective", "permitted")},
-            "noNewPrivileges": False,
+            **confine.oci_process(security),
         },
-        "root": {"path": str(Path(spec.rootfs_dir or "") / "merged"), "readonly": False},
+        "root": {"path": str(Path(spec.rootfs_dir or "") / "merged"),
+                 "readonly": security.read_only},
         "mounts": mounts,
         "linux": {
             # Relative: under the cgroup runc runs in (linkd's), in every hierarchy.
             "cgroupsPath": f"{cgroups.PREFIX}/{stack}/{container.name}",
             "resources": resources,
-            # Only these two are new; UTS, IPC and PID are the shim's (it made them).
+            # UTS, IPC and PID are the shim's (it made them); mount, network and cgroup
+            # are the container's own.
             "namespaces": [{"type": "mount"},
-                           {"type": "network", "path": f"/run/netns/{container.netns}"}],
+                           {"type": "network", "path": f"/run/netns/{container.netns}"},
+                           {"type": "cgroup"}],
+            **linux,
         },
     }
 

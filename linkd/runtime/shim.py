@@ -93,6 +93,7 @@ CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
+CLONE_NEWCGROUP = 0x02000000
 # <linux/mount.h>
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
@@ -105,7 +106,16 @@ MS_PRIVATE = 0x40000
 MNT_DETACH = 0x2
 # <linux/prctl.h>
 PR_SET_PDEATHSIG = 1
+PR_SET_KEEPCAPS = 8
 PR_SET_NAME = 15
+PR_SET_SECCOMP = 22
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+SECCOMP_MODE_FILTER = 2
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+CONFINE_FILE = "confine.marshal"  # beside the spec (linkd.runtime.confine)
 
 EXIT_SETUP_FAILED = 125
 EXIT_CANNOT_EXECUTE = 126
@@ -130,6 +140,7 @@ _libc.prctl.argtypes = (
     ctypes.c_ulong,
     ctypes.c_ulong,
 )
+_libc.capset.argtypes = (ctypes.c_void_p, ctypes.c_void_p)
 
 # Every signal a process may catch.  SIGCHLD is B's own business (reaping), and glibc keeps
 # two real-time signals for itself, which valid_signals() already leaves out.
@@ -291,14 +302,94 @@ def _execvpe(argv: list[str], env: dict[str, str]) -> NoReturn:
 
 
 def _exec_command(spec: dict[str, Any], alive_fd: int | None = None) -> NoReturn:
-    """Apply user and working directory, then become the command (C, or exec's child)."""
+    """Apply confinement, user and working directory, then become the command (C, or
+    exec's child, or a health probe)."""
+    conf = spec.get("confine") if spec.get("confine_command", True) else None
+    if conf is not None:
+        _confine_before_user(conf)
     _become(spec.get("user"), spec.get("working_dir"))
+    if conf is not None:
+        _confine_after_user(conf)
     if alive_fd is not None:
         # After _become: changing uid/gid clears PR_SET_PDEATHSIG.
         _die_with_parent(alive_fd, wait_for_go=True)
     env = {str(k): str(v) for k, v in spec.get("env", [])}
     _default_signals()
+    if conf is not None:
+        _confine_last(conf)
     _execvpe([str(a) for a in spec["argv"]], env)
+
+
+# --- confinement of the command (linkd.runtime.confine writes what to apply) ----------------
+#
+# The order is runc's: the bounding set first (that needs CAP_SETPCAP, which root still
+# has); without no_new_privs the seccomp filter next, while CAP_SYS_ADMIN still allows
+# loading it; then the user, with PR_SET_KEEPCAPS so that a switch away from root keeps
+# the permitted set until capset sets effective = permitted = the container's set and
+# inheritable and ambient empty. exec then gives root the bounding set and any other user
+# nothing (no file capabilities, no ambient ones), as under Docker. With no_new_privs the
+# filter is loaded last, right before execve, so it only needs to allow execve.
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = (("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32))
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+
+def _prctl(option: int, arg: int, what: str, arg2: int = 0) -> None:
+    if _libc.prctl(option, arg, arg2, 0, 0) != 0:
+        raise SetupError(f"{what}: {os.strerror(ctypes.get_errno())}", EXIT_SETUP_FAILED)
+
+
+def _confine_before_user(conf: dict[str, Any]) -> None:
+    keep = set(conf["caps"])
+    for cap in range(conf["last_cap"] + 1):
+        if cap not in keep:
+            _prctl(PR_CAPBSET_DROP, cap, f"dropping capability {cap} from the bounding set")
+    if conf.get("seccomp") and not conf["nnp"]:
+        _load_seccomp(conf["seccomp"])
+    _prctl(PR_SET_KEEPCAPS, 1, "keeping capabilities across the user switch")
+
+
+def _confine_after_user(conf: dict[str, Any]) -> None:
+    _prctl(PR_SET_KEEPCAPS, 0, "clearing PR_SET_KEEPCAPS")
+    mask = 0
+    for cap in conf["caps"]:
+        mask |= 1 << cap
+    header = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in (0, 1):
+        word = (mask >> (32 * i)) & 0xFFFFFFFF
+        data[i].effective = data[i].permitted = word
+        data[i].inheritable = 0
+    if _libc.capset(ctypes.addressof(header), ctypes.addressof(data)) != 0:
+        raise SetupError(f"setting capabilities: {os.strerror(ctypes.get_errno())}",
+                         EXIT_SETUP_FAILED)
+    # Ambient capabilities: none (EINVAL on kernels before 4.3, which have none).
+    _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+
+
+def _confine_last(conf: dict[str, Any]) -> None:
+    if conf["nnp"]:
+        _prctl(PR_SET_NO_NEW_PRIVS, 1, "setting no_new_privs")
+        if conf.get("seccomp"):
+            _load_seccomp(conf["seccomp"])
+
+
+def _load_seccomp(program: bytes) -> None:
+    """Install a seccomp filter compiled by libseccomp (struct sock_filter[], 8 bytes each)."""
+    buf = ctypes.create_string_buffer(program, len(program))
+    prog = _SockFprog(len(program) // 8, ctypes.addressof(buf))
+    _prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, "loading the seccomp filter",
+           ctypes.addressof(prog))
 
 
 # --- parent-death safety -----------------------------------------------------------------
@@ -513,9 +604,34 @@ def _mount_point(root: str, path: str, is_dir: bool) -> str:
     return real
 
 
-def _bind_ro(source: str, target: str) -> None:
+def _bind_ro(source: str, target: str, read_only: bool = True) -> None:
     _mount(source, target, None, MS_BIND, None)
-    _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID, None)
+    if read_only:
+        _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID, None)
+
+
+def _mask_paths(masked: list[str], readonly: list[str]) -> None:
+    """runc's maskedPaths and readonlyPaths, in the container's /proc and /sys: a masked
+    file reads as /dev/null, a masked directory as an empty read-only tmpfs, a read-only
+    path is bound onto itself read-only. Paths this kernel does not have are skipped."""
+    for path in masked:
+        try:
+            is_dir = os.path.isdir(path) and not os.path.islink(path)
+            if not os.path.lexists(path):
+                continue
+        except OSError:
+            continue
+        if is_dir:
+            _mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                   "size=0")
+        else:
+            _mount("/dev/null", path, None, MS_BIND, None)
+    for path in readonly:
+        if not os.path.lexists(path):
+            continue
+        _mount(path, path, None, MS_BIND | MS_REC, None)
+        _mount(None, path, None,
+               MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
 
 
 def _image_root(spec: dict[str, Any]) -> None:
@@ -531,7 +647,14 @@ def _image_root(spec: dict[str, Any]) -> None:
     for d in (upper, work, root):
         os.makedirs(d, exist_ok=True)
     lower = ":".join(spec["rootfs_lower"])
-    _mount("overlay", root, "overlay", 0, f"lowerdir={lower},upperdir={upper},workdir={work}")
+    conf = spec.get("confine") or {}
+    privileged = bool(conf.get("privileged"))
+    # nodev unless privileged: the own launcher has no devices cgroup, so a node container
+    # root makes with mknod must not open anywhere (EACCES); the devices it may use are
+    # bound in from the host's /dev, mounts that nodev here does not reach.
+    nodev = 0 if privileged else MS_NODEV
+    _mount("overlay", root, "overlay", nodev,
+           f"lowerdir={lower},upperdir={upper},workdir={work}")
     if not spec.get("rootfs_pivot", True):
         # runc: the command (runc run) binds what its bundle lists and pivots itself.
         spec["bind_files"], spec["bind_dirs"], spec["keep_dirs"] = [], [], []
@@ -543,22 +666,21 @@ def _image_root(spec: dict[str, Any]) -> None:
     for source, target in spec.get("bind_dirs", []):
         _bind_ro(source, _mount_point(root, target, True))
     dev = _mount_point(root, "/dev", True)
-    _mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=755,size=64k")
-    for name in _DEVICES:  # a fresh tmpfs: nothing of the image's here
-        os.close(os.open(f"{dev}/{name}", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
-        _mount(f"/dev/{name}", f"{dev}/{name}", None, MS_BIND, None)
-    os.makedirs(dev + "/shm")
-    _mount("tmpfs", dev + "/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
-    for link, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
-        os.symlink(target, f"{dev}/{link}")
+    _image_dev(dev, privileged)
+    for source, target, _permissions in conf.get("devices") or []:
+        # `devices:` (their permissions are for runc's devices cgroup; here a bound node
+        # is readable and writable as its mode says).
+        if not os.path.exists(source):
+            raise SetupError(f"device {source} does not exist on the host", EXIT_SETUP_FAILED)
+        _mount(source, _mount_point(root, target, False), None, MS_BIND, None)
     sys_dir = _mount_point(root, "/sys", True)
-    _mount("sysfs", sys_dir, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+    sys_ro = 0 if privileged else MS_RDONLY
+    _mount("sysfs", sys_dir, "sysfs", sys_ro | MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
     cgroups = spec.get("cgroups") or []
     if len(cgroups) == 1 and os.path.exists(cgroups[0] + "/cgroup.controllers"):
         # cgroup v2: one directory holds every limit; it is the container's whole
         # /sys/fs/cgroup, as under Docker with a cgroup namespace.
-        _bind_ro(cgroups[0], sys_dir + "/fs/cgroup")
+        _bind_ro(cgroups[0], sys_dir + "/fs/cgroup", not privileged)
     elif cgroups:
         # cgroup v1: the container sees its own limits where v1 tools look for them.
         cgroot = sys_dir + "/fs/cgroup"
@@ -566,9 +688,13 @@ def _image_root(spec: dict[str, Any]) -> None:
         for directory in cgroups:
             controller = directory.split("/")[4]  # /sys/fs/cgroup/<controller>/...
             os.makedirs(f"{cgroot}/{controller}")
-            _bind_ro(directory, f"{cgroot}/{controller}")
+            _bind_ro(directory, f"{cgroot}/{controller}", not privileged)
     for d in ("/proc", "/tmp"):
         _mount_point(root, d, True)
+    if conf.get("read_only"):
+        # read_only: the image's root, with every mount point made above; /tmp, /dev and
+        # the bound files are mounts of their own and keep their modes.
+        _mount(None, root, None, MS_BIND | MS_REMOUNT | MS_RDONLY | nodev, None)
     # pivot_root(".", "."): the old root ends up stacked on the new one, and the lazy
     # unmount takes it away (pivot_root(2), "NOTES"); no put_old directory needed.
     os.chdir(root)
@@ -581,6 +707,35 @@ def _image_root(spec: dict[str, Any]) -> None:
     os.chdir("/")
     # Done here; what _init does next for host roots would reach for host paths.
     spec["bind_files"], spec["bind_dirs"], spec["keep_dirs"] = [], [], []
+
+
+def _image_dev(dev: str, privileged: bool) -> None:
+    """The container's /dev: a tmpfs (nosuid, noexec, nodev) with the standard devices
+    bound from the host's, a private devpts for ptmx, shm and mqueue; privileged: the
+    host's devices (its /dev, recursively), with its own pts, shm and mqueue over them."""
+    if privileged:
+        _mount("/dev", dev, None, MS_BIND | MS_REC, None)
+        # Not the host's terminals, shared memory or queues.
+        _mount("devpts", dev + "/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+               "newinstance,ptmxmode=0666,mode=0620")
+        _mount("tmpfs", dev + "/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777")
+        if os.path.isdir(dev + "/mqueue"):
+            _mount("mqueue", dev + "/mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+        return
+    _mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC | MS_NODEV, "mode=755,size=64k")
+    for name in _DEVICES:  # a fresh tmpfs: nothing of the image's here
+        os.close(os.open(f"{dev}/{name}", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+        _mount(f"/dev/{name}", f"{dev}/{name}", None, MS_BIND, None)
+    for sub in ("shm", "pts", "mqueue"):
+        os.makedirs(f"{dev}/{sub}")
+    _mount("tmpfs", dev + "/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777")
+    _mount("devpts", dev + "/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+           "newinstance,ptmxmode=0666,mode=0620")
+    _mount("mqueue", dev + "/mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+    for link, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
+                         ("ptmx", "pts/ptmx")):
+        os.symlink(target, f"{dev}/{link}")
 
 
 def _init(spec: dict[str, Any], status_fd: int, alive_fd: int) -> NoReturn:
@@ -598,6 +753,12 @@ def _init(spec: dict[str, Any], status_fd: int, alive_fd: int) -> NoReturn:
         _hide_namespace_mounts(os.fsencode("/run/netns/" + spec["netns"]) if runc else b"")
         for cgroup in spec.get("cgroups") or []:  # limits: before anything is allocated
             _join_cgroup(cgroup)
+        conf = spec.get("confine") or {}
+        if runc:
+            spec["confine_command"] = False  # C is `runc run`: runc confines its command
+        elif conf.get("cgroupns"):
+            # The container's cgroup is the root of what it sees (/proc/self/cgroup says /).
+            _check(_libc.unshare(CLONE_NEWCGROUP), "creating a cgroup namespace")
         if spec.get("rootfs_dir"):
             # An image: overlay root, files bound in, pivot_root; /proc and /tmp below.
             _image_root(spec)
@@ -615,6 +776,8 @@ def _init(spec: dict[str, Any], status_fd: int, alive_fd: int) -> NoReturn:
         # A proc instance belongs to the PID namespace of the process that mounts it, which
         # is why B (not A) mounts it.
         _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+        if not runc:
+            _mask_paths(conf.get("masked") or [], conf.get("readonly") or [])
         # Host directories under /tmp the container must still see (a stack file's
         # directory there): held open before the private /tmp hides them, then bound
         # back at the same path inside it. The rest of /tmp stays private.
@@ -665,11 +828,23 @@ def _command(spec: dict[str, Any], status_fd: int) -> NoReturn:
         os._exit(EXIT_SETUP_FAILED)
 
 
+def load_spec(spec_path: str) -> dict[str, Any]:
+    """The spec, with the container's confinement (``confine``: the CONFINE_FILE beside it,
+    written by linkd.runtime.confine; None when there is none)."""
+    with open(spec_path, "rb") as f:
+        spec: dict[str, Any] = marshal.load(f)
+    try:
+        with open(os.path.join(os.path.dirname(spec_path), CONFINE_FILE), "rb") as f:
+            spec["confine"] = marshal.load(f)
+    except FileNotFoundError:
+        spec["confine"] = None
+    return spec
+
+
 def run(spec_path: str, status_fd: int) -> NoReturn:
     """A: enter the netns, create the other namespaces, start init, mirror its exit."""
     global _forward_to
-    with open(spec_path, "rb") as f:
-        spec = marshal.load(f)
+    spec = load_spec(spec_path)
     name = spec["name"]
     if not spec.get("survive_parent"):
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -765,8 +940,7 @@ def _write_exit_file(dir_fd: int, name: str, code: int) -> None:
 def exec_in(init_pid: int, spec_path: str) -> NoReturn:
     """Run a command inside the running container whose PID 1 is `init_pid` (host pid)."""
     global _forward_to
-    with open(spec_path, "rb") as f:
-        spec = marshal.load(f)
+    spec = load_spec(spec_path)  # its confinement too: exec'd commands get the same
     name = spec.get("name") or f"with init pid {init_pid}"
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
     try:
@@ -775,7 +949,7 @@ def exec_in(init_pid: int, spec_path: str) -> NoReturn:
         # Open all five first: after joining the mount namespace /proc is the container's,
         # where init_pid means nothing.  Join the mount namespace last for the same reason.
         fds = []
-        for ns in ("ipc", "uts", "net", "pid", "mnt"):
+        for ns in ("ipc", "uts", "net", "pid", "cgroup", "mnt"):
             path = f"/proc/{target}/ns/{ns}"
             try:
                 fds.append((path, os.open(path, os.O_RDONLY | os.O_CLOEXEC)))
