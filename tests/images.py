@@ -243,9 +243,15 @@ def oci_files_of_blobs(blobs: list[tuple[bytes, str, bool]], name: str = "test/x
 
 def make_victim(path: Path) -> Path:
     """A tree an escaping layer would change: files (one with a second link), a
-    directory tree, a symlink, an /etc/passwd with a user no image has."""
+    directory tree, a symlink, an /etc/passwd with a user no image has; and the names a
+    generated layer uses, so that a path that escaped lands on something: in the root
+    and in every directory below it, `a` and `passwd` are files, `b` and `etc`
+    directories (two levels deep)."""
+    for d in ("", "b", "etc", "b/b", "b/etc", "etc/b", "etc/etc"):
+        (path / d).mkdir(parents=True, exist_ok=True)
+        for name in ("a", "passwd"):
+            (path / d / name).write_bytes(f"victim {d}/{name}\n".encode())
     (path / "dir/deep").mkdir(parents=True)
-    (path / "etc").mkdir()
     (path / "file").write_bytes(b"victim file\n")
     (path / "dir/file").write_bytes(b"victim dir file\n")
     (path / "dir/deep/file").write_bytes(b"deep\n")
