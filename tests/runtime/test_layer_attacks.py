@@ -394,18 +394,6 @@ def test_a_gzip_outer_archive_is_held_to_the_entry_limit(
         store.load(tmp_path / "outer.tar.gz", limits=fmt.Limits(entries=20))
 
 
-def test_limits_from_the_environment() -> None:
-    assert fmt.limits_from_env({}) == fmt.Limits()
-    got = fmt.limits_from_env({"LINKD_IMAGE_MAX_SIZE": "32G", "LINKD_IMAGE_MAX_ENTRIES": "5",
-                               "LINKD_IMAGE_MAX_SPARSE": "1m", "LINKD_IMAGE_MAX_RATIO": "7",
-                               "LINKD_IMAGE_MAX_PATH": "200"})
-    assert got == fmt.Limits(size=32 << 30, entries=5, path=200, sparse=1 << 20, ratio=7)
-    for bad in ({"LINKD_IMAGE_MAX_ENTRIES": "5K"}, {"LINKD_IMAGE_MAX_RATIO": "0"},
-                {"LINKD_IMAGE_MAX_SIZE": "-1"}):
-        with pytest.raises(LinkdError):
-            fmt.limits_from_env(bad)
-
-
 # -- the user lookup reads the image's files only ----------------------------------------
 
 

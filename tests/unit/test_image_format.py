@@ -52,6 +52,18 @@ REFUSED = [
     ("dev/null", "chr", "", (1, 3), "device node"),
     ("dev/sda", "blk", "", (8, 0), "device node"),
     ("x", "type 'V'", "", (0, 0), "entry type"),
+    # Whiteouts must name an entry of their directory (issue 14: `.wh.` replaced the
+    # layer's root by a device, `.wh...` removed the load's work directory).
+    (".wh.", "file", "", (0, 0), "whiteout name"),
+    ("etc/.wh.", "file", "", (0, 0), "whiteout name"),
+    (".wh..", "file", "", (0, 0), "whiteout name"),
+    (".wh...", "chr", "", (0, 0), "whiteout name"),
+    ("etc/.wh.x/y", "file", "", (0, 0), "whiteout name"),
+    ("a\0b", "file", "", (0, 0), "NUL in path"),
+    ("l", "symlink", "/a\0b", (0, 0), "NUL in path"),
+    ("n" * 256, "file", "", (0, 0), "name length"),
+    ("a/" * 2048 + "f", "file", "", (0, 0), "path limit"),
+    ("l", "symlink", "/x" * 2048 + "y", (0, 0), "path limit"),
 ]
 
 
@@ -66,6 +78,40 @@ def test_bad_layer_entries_are_refused_naming_image_entry_and_rule(
     assert message.startswith("image busybox.tar: layer sha256:1234: ")
     assert name in message and f"(rule: {rule})" in message
     assert isinstance(err.value, LinkdError)
+
+
+def test_aufs_bookkeeping_is_skipped_with_everything_beneath_it() -> None:
+    assert fmt.classify_entry("i", "L", ".wh..wh.plnk/123.4", "file") == LayerEntry(
+        "skip", ".wh..wh.plnk/123.4")
+    assert fmt.classify_entry("i", "L", "a/.wh..wh.aufs", "file").kind == "skip"
+
+
+def test_load_limits_come_from_the_environment() -> None:
+    assert fmt.limits_from_env({}) == fmt.Limits() == fmt.DEFAULT_LIMITS
+    got = fmt.limits_from_env({"LINKD_IMAGE_MAX_SIZE": "32G", "LINKD_IMAGE_MAX_ENTRIES": "5",
+                               "LINKD_IMAGE_MAX_SPARSE": "1m", "LINKD_IMAGE_MAX_RATIO": "7",
+                               "LINKD_IMAGE_MAX_PATH": "200", "OTHER": "x"})
+    assert got == fmt.Limits(size=32 << 30, entries=5, path=200, sparse=1 << 20, ratio=7)
+    assert fmt.limits_from_env({"LINKD_IMAGE_MAX_SIZE": "512KiB"}).size == 512 << 10
+    for var, bad in (("LINKD_IMAGE_MAX_ENTRIES", "5K"), ("LINKD_IMAGE_MAX_RATIO", "0"),
+                     ("LINKD_IMAGE_MAX_SIZE", "-1"), ("LINKD_IMAGE_MAX_SIZE", "lots")):
+        with pytest.raises(LinkdError, match=rf"\${var}='{bad}': expected a positive"):
+            fmt.limits_from_env({var: bad})
+
+
+def test_an_error_over_a_limit_names_it_the_value_and_the_variable() -> None:
+    limits = fmt.Limits(size=1 << 30)
+    err = fmt.over_limit("bomb.tar", "layer sha256:ab", "size", "the layers expand to",
+                         (1 << 30) + 1, limits)
+    assert err.rule == "size limit"
+    assert str(err) == (
+        "image bomb.tar: layer sha256:ab: the layers expand to: 1,073,741,825 bytes, over "
+        "the limit of 1,073,741,824 bytes (LINKD_IMAGE_MAX_SIZE=1G, default 16G); to load "
+        "this image, set LINKD_IMAGE_MAX_SIZE higher in the environment of linkd (the "
+        "daemon or `linkd image load`) (rule: size limit)")
+    assert fmt.show_amount("sparse", 64 << 20) == "64M"
+    assert fmt.show_amount("size", (1 << 30) + 1) == str((1 << 30) + 1)
+    assert fmt.show_amount("entries", 1 << 20) == str(1 << 20)
 
 
 def test_digests_and_blob_paths() -> None:
