@@ -2,9 +2,9 @@
 
 Recorded facts: each rule's expressions below are what nft 1.0.6 put in its NEWRULE
 message for the rule's text (read from its batch with `strace -e write=3 nft -f`), with
-what `nft --debug=netlink` prints for each as a comment. `tests/integration/test_nft_
-firewall.py` checks the same cases against the nft tool on this machine, and that the
-kernel holds the same objects for whole tables. No root needed here.
+what `nft --debug=netlink` prints for each as a comment. The integration tests
+(test_nft_firewall.py) check the same cases against the nft tool on this machine, and
+that the kernel holds the same objects for whole tables. No root needed here.
 """
 
 from __future__ import annotations
