@@ -221,16 +221,15 @@ def show_amount(name: str, value: int) -> str:
 
 def over_limit(image: str, entry: str, name: str, what: str, value: int,
                limits: Limits) -> ImageError:
-    """The error of a load that went over limit `name` (a field of `Limits`): `what`
-    reached `value`. It says which variable raises the limit."""
+    """The error of a load that went over limit `name` (a field of `Limits`): "`what`
+    `value` (in the limit's unit), over the limit of ...", and which variable raises it."""
     var = LIMIT_ENV[name]
     limit = getattr(limits, name)
-    unit = " bytes" if name in (*_BYTE_LIMITS, "path") else ""
-    times = " times its blob" if name == "ratio" else ""
+    unit = {"entries": " entries", "ratio": " times its blob"}.get(name, " bytes")
     default = show_amount(name, getattr(DEFAULT_LIMITS, name))
     return ImageError(
         image, entry, f"{name} limit",
-        f"{what}: {value:,}{unit}{times}, over the limit of {limit:,}{unit}{times} "
+        f"{what} {value:,}{unit}, over the limit of {limit:,}{unit} "
         f"({var}={show_amount(name, limit)}, default {default}); to load this image, "
         f"set {var} higher in the environment of linkd (the daemon or `linkd image load`)",
     )
@@ -293,7 +292,7 @@ def _check_length(image: str, entry: str, what: str, text: str, limits: Limits) 
         raise ImageError(image, entry, "NUL in path", f"the {what} holds a NUL byte")
     size = len(text.encode("utf-8", "surrogateescape"))
     if size > limits.path:
-        raise over_limit(image, entry, "path", f"the {what} is long", size, limits)
+        raise over_limit(image, entry, "path", f"the {what} is", size, limits)
     for part in text.split("/"):
         if len(part.encode("utf-8", "surrogateescape")) > NAME_MAX:
             raise ImageError(image, entry, "name length",

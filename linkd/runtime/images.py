@@ -156,8 +156,7 @@ class _TarSource(_Source):
                 listed.append(member)
                 if len(listed) > limits.entries:
                     raise fmt.over_limit(label, str(path), "entries",
-                                         "the archive holds more than", len(listed) - 1,
-                                         limits)
+                                         "the archive holds at least", len(listed), limits)
         except TarRefused as exc:
             raise ImageError(label, str(path), exc.rule, exc.detail) from None
         except (tarfile.TarError, OSError, EOFError, ValueError) as exc:

@@ -151,11 +151,11 @@ def verify_layer(budget: Budget, layer: str, stream: IO[bytes], *, blob_digest: 
         while chunk := plain.read(_CHUNK):
             budget.size += len(chunk)
             if budget.size > budget.limits.size:
-                raise budget.over(entry, "size", "the image's layers expand to more than",
+                raise budget.over(entry, "size", "the image's layers expand to at least",
                                   budget.size)
             if plain.count > cap:
-                raise budget.over(entry, "ratio", "the layer expands to more than "
-                                  f"{plain.count:,} bytes from a blob of {size:,}",
+                raise budget.over(entry, "ratio", "the layer expands to at least "
+                                  f"{plain.count:,} bytes from a blob of {size:,}, or",
                                   -(-plain.count // max(size, 1)))
             if keep is not None:
                 keep.write(chunk)
@@ -273,20 +273,20 @@ class Unpacker:
         entry = f"layer {self.layer}: {m.name}"
         b.entries += 1
         if b.entries > b.limits.entries:
-            raise b.over(entry, "entries", "the image's layers hold more than", b.entries - 1)
+            raise b.over(entry, "entries", "the image's layers hold at least", b.entries)
         if not m.isreg():
             return
         b.files += m.size
         self.declared += m.size
         if b.files > b.limits.size:
-            raise b.over(entry, "size", "the image's files declare more than", b.files)
+            raise b.over(entry, "size", "the image's files declare at least", b.files)
         if m.sparse is not None:
             b.sparse += m.size
             if b.sparse > b.limits.sparse:
-                raise b.over(entry, "sparse", "sparse members declare more than", b.sparse)
+                raise b.over(entry, "sparse", "sparse members declare at least", b.sparse)
         if self.declared > self.cap:
-            raise b.over(entry, "ratio", "the layer's files declare more than "
-                         f"{self.declared:,} bytes from a blob of {self.blob_size:,}",
+            raise b.over(entry, "ratio", "the layer's files declare at least "
+                         f"{self.declared:,} bytes from a blob of {self.blob_size:,}, or",
                          -(-self.declared // max(self.blob_size, 1)))
 
     def _dir(self, name: str, parts: list[str], what: str = "entry") -> int:

@@ -101,11 +101,12 @@ def test_load_limits_come_from_the_environment() -> None:
 
 def test_an_error_over_a_limit_names_it_the_value_and_the_variable() -> None:
     limits = fmt.Limits(size=1 << 30)
-    err = fmt.over_limit("bomb.tar", "layer sha256:ab", "size", "the layers expand to",
-                         (1 << 30) + 1, limits)
+    err = fmt.over_limit("bomb.tar", "layer sha256:ab", "size",
+                         "the layers expand to at least", (1 << 30) + 1, limits)
     assert err.rule == "size limit"
     assert str(err) == (
-        "image bomb.tar: layer sha256:ab: the layers expand to: 1,073,741,825 bytes, over "
+        "image bomb.tar: layer sha256:ab: the layers expand to at least 1,073,741,825 "
+        "bytes, over "
         "the limit of 1,073,741,824 bytes (LINKD_IMAGE_MAX_SIZE=1G, default 16G); to load "
         "this image, set LINKD_IMAGE_MAX_SIZE higher in the environment of linkd (the "
         "daemon or `linkd image load`) (rule: size limit)")
