@@ -21,17 +21,18 @@ import argparse
 import importlib
 import json
 import os
-import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from linkd.errors import LinkdError, NotFoundError, SpecError
 from linkd.runtime import paths
 from linkd.runtime.client import ANSWER_TIMEOUT, Client, DaemonError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without the 3 ms import (see linkd/__init__)
 if TYPE_CHECKING:
+    from typing import Any
+
     from linkd.model import Stack
     from linkd.plan import StackPlan
     from linkd.state import StackState
@@ -48,7 +49,8 @@ DEFAULT_FILES = (
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser(argv).parse_args(argv)
     try:
         code = args.handler(args)
     except SpecError as exc:
@@ -97,83 +99,113 @@ class _Version(argparse.Action):
         parser.exit()
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The parser of the command `argv` starts with, alone: argparse takes a few
+    milliseconds to make a parser for every command, a good part of a `linkd ps`. (Its
+    usage line names them all; help, and a command line that names none, get them all.)"""
     parser = argparse.ArgumentParser(prog="linkd", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action=_Version, help="print linkd's version and exit")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    def command(
-        name: str, handler: Handler, help: str, *, short_file: bool = True
-    ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
-        flags = ("-f", "--file") if short_file else ("--file",)
-        p.add_argument(*flags, help="stack file (default: linkd.yaml, compose.yaml, ...)")
-        p.add_argument("-p", "--project-name", dest="project", help="stack name")
-        p.set_defaults(handler=handler)
-        return p
-
-    up = command("up", _later("cli_runtime", "cmd_up"),
-                 "create and start the stack, and supervise it")
-    up.add_argument("-d", "--detach", action="store_true", help="run in the background")
-    up.add_argument("--abort-on-container-exit", action="store_true",
-                    help="take the stack down when any container exits")
-    up.add_argument("--exit-code-from", metavar="SERVICE",
-                    help="take the stack down when SERVICE exits and exit with its code")
-    up.add_argument("--no-attach", action="store_true", help="do not print container output")
-    up.add_argument("--supervisor", action="store_true", help=argparse.SUPPRESS)
-
-    daemon = sub.add_parser("daemon", help="run the linkd daemon (the HTTP API) in the foreground",
-                            description="run the linkd daemon (the HTTP API) in the foreground")
-    daemon.add_argument("--socket", help="unix socket (default: $LINKD_SOCKET or "
-                        "/run/linkd/linkd.sock)")
-    daemon.add_argument("--tcp", metavar="ADDR:PORT",
-                        help="also listen on loopback TCP (127.0.0.1:PORT or [::1]:PORT); "
-                             "whoever can use the API is root on this host")
-    daemon.add_argument("--token-file",
-                        help="the bearer token for --tcp: a file only its owner can read, "
-                             "32+ bytes (default: a new token in <run dir>/api.token)")
-    daemon.set_defaults(handler=_later("cli_runtime", "cmd_daemon"))
-
-    down = command("down", _later("cli_runtime", "cmd_down"),
-                   "stop and remove the stack's containers and networks")
-    down.add_argument("--forget", action="store_true",
-                      help="also forget the stack's subnets and addresses (its lease)")
-    ps = command("ps", cmd_ps, "list containers")
-    ps.add_argument("-a", "--all", action="store_true", help="every stack that is up")
-    # `-f` means follow for `logs`, as in docker compose.
-    logs = command("logs", cmd_logs, "show a service's or container's output", short_file=False)
-    logs.add_argument("-f", "--follow", action="store_true")
-    logs.add_argument("service", help="service (all replicas) or container (web-2)")
-    ex = command("exec", _later("cli_runtime", "cmd_exec"),
-                 "run a command inside a running container")
-    ex.add_argument("--index", type=int, default=1, help="replica (default 1)")
-    ex.add_argument("service", help="service or container (web-2)")
-    ex.add_argument("argv", nargs=argparse.REMAINDER, help="-- command and arguments")
-    inspect = command("inspect", cmd_inspect, "show a container's plan and state as JSON")
-    inspect.add_argument("target", nargs="?", help="service or container; omit for the stack")
-    command("config", cmd_config, "validate the stack file and print it normalized")
-    env = command("env", cmd_env, "the environment a service's containers get, and why")
-    env.add_argument("service", help="service (its first replica) or container (web-2)")
-    env.add_argument("--host", action="store_true",
-                     help="only the link variables, for a process on the host")
-    dns = command("dns", cmd_dns, "what a container's DNS lookup of NAME gives, and why")
-    dns.add_argument("name")
-    dns.add_argument("--from", dest="asker", required=True, metavar="SERVICE",
-                     help="the service (its first replica) or container that asks")
-    dns.add_argument("--type", dest="qtype", default="A", help="record type (default A)")
-    port = command("port", cmd_port, "the host address and port a container port is published on")
-    port.add_argument("--index", type=int, default=1, help="replica (default 1)")
-    port.add_argument("service")
-    port.add_argument("port", help="container port, PORT or PORT/PROTO (default tcp)")
-    _image_parser(sub)
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    if command is None:
+        sub = parser.add_subparsers(dest="command", required=True)
+    else:
+        sub = parser.add_subparsers(dest="command", required=True,
+                                    metavar="{" + ",".join(COMMANDS) + "}")
+    for name, (help, declare) in COMMANDS.items():
+        if command in (None, name):
+            declare(sub.add_parser(name, help=help, description=help))
     return parser
 
 
-def _image_parser(sub: Any) -> None:
-    image = sub.add_parser("image", help="load, list and remove images",
-                           description="load, list and remove images (store: $LINKD_IMAGES "
-                           "or /var/lib/linkd/images)")
-    isub = image.add_subparsers(dest="image_command", required=True)
+def _stack_options(p: argparse.ArgumentParser, handler: Handler, *,
+                   short_file: bool = True) -> None:
+    flags = ("-f", "--file") if short_file else ("--file",)
+    p.add_argument(*flags, help="stack file (default: linkd.yaml, compose.yaml, ...)")
+    p.add_argument("-p", "--project-name", dest="project", help="stack name")
+    p.set_defaults(handler=handler)
+
+
+def _up(p: argparse.ArgumentParser) -> None:
+    _stack_options(p, _later("cli_runtime", "cmd_up"))
+    p.add_argument("-d", "--detach", action="store_true", help="run in the background")
+    p.add_argument("--abort-on-container-exit", action="store_true",
+                   help="take the stack down when any container exits")
+    p.add_argument("--exit-code-from", metavar="SERVICE",
+                   help="take the stack down when SERVICE exits and exit with its code")
+    p.add_argument("--no-attach", action="store_true", help="do not print container output")
+    p.add_argument("--supervisor", action="store_true", help=argparse.SUPPRESS)
+
+
+def _daemon(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--socket", help="unix socket (default: $LINKD_SOCKET or "
+                   "/run/linkd/linkd.sock)")
+    p.add_argument("--tcp", metavar="ADDR:PORT",
+                   help="also listen on loopback TCP (127.0.0.1:PORT or [::1]:PORT); "
+                        "whoever can use the API is root on this host")
+    p.add_argument("--token-file",
+                   help="the bearer token for --tcp: a file only its owner can read, "
+                        "32+ bytes (default: a new token in <run dir>/api.token)")
+    p.set_defaults(handler=_later("cli_runtime", "cmd_daemon"))
+
+
+def _down(p: argparse.ArgumentParser) -> None:
+    _stack_options(p, _later("cli_runtime", "cmd_down"))
+    p.add_argument("--forget", action="store_true",
+                   help="also forget the stack's subnets and addresses (its lease)")
+
+
+def _ps(p: argparse.ArgumentParser) -> None:
+    _stack_options(p, cmd_ps)
+    p.add_argument("-a", "--all", action="store_true", help="every stack that is up")
+
+
+def _logs(p: argparse.ArgumentParser) -> None:
+    _stack_options(p, cmd_logs, short_file=False)  # `-f` is follow, as in docker compose
+    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("service", help="service (all replicas) or container (web-2)")
+
+
+def _exec(p: argparse.ArgumentParser) -> None:
+    _stack_options(p, _later("cli_runtime", "cmd_exec"))
+    p.add_argument("--index", type=int, default=1, help="replica (default 1)")
+    p.add_argument("service", help="service or container (web-2)")
+    p.add_argument("argv", nargs=argparse.REMAINDER, help="-- command and arguments")
+
+
+def _inspect(p: argparse.ArgumentParser) -> None:
+    _stack_options(p, cmd_inspect)
+    p.add_argument("target", nargs="?", help="service or container; omit for the stack")
+
+
+def _config(p: argparse.ArgumentParser) -> None:
+    _stack_options(p, cmd_config)
+
+
+def _env(p: argparse.ArgumentParser) -> None:
+    _stack_options(p, cmd_env)
+    p.add_argument("service", help="service (its first replica) or container (web-2)")
+    p.add_argument("--host", action="store_true",
+                   help="only the link variables, for a process on the host")
+
+
+def _dns(p: argparse.ArgumentParser) -> None:
+    _stack_options(p, cmd_dns)
+    p.add_argument("name")
+    p.add_argument("--from", dest="asker", required=True, metavar="SERVICE",
+                   help="the service (its first replica) or container that asks")
+    p.add_argument("--type", dest="qtype", default="A", help="record type (default A)")
+
+
+def _port(p: argparse.ArgumentParser) -> None:
+    _stack_options(p, cmd_port)
+    p.add_argument("--index", type=int, default=1, help="replica (default 1)")
+    p.add_argument("service")
+    p.add_argument("port", help="container port, PORT or PORT/PROTO (default tcp)")
+
+
+def _image(p: argparse.ArgumentParser) -> None:
+    p.description = "load, list and remove images (store: $LINKD_IMAGES or /var/lib/linkd/images)"
+    isub = p.add_subparsers(dest="image_command", required=True)
     load = isub.add_parser("load", help="load an OCI layout, OCI archive or docker save archive")
     load.add_argument("file")
     load.add_argument("--name", help="store it under NAME[:TAG] (default: its own tag)")
@@ -183,6 +215,23 @@ def _image_parser(sub: Any) -> None:
     rm = isub.add_parser("rm", help="remove an image name (and layers nothing else uses)")
     rm.add_argument("name", nargs="+")
     rm.set_defaults(handler=_later("cli_images", "cmd_rm"))
+
+
+# name: (help, what declares its arguments), in the order `linkd --help` lists them
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "up": ("create and start the stack, and supervise it", _up),
+    "daemon": ("run the linkd daemon (the HTTP API) in the foreground", _daemon),
+    "down": ("stop and remove the stack's containers and networks", _down),
+    "ps": ("list containers", _ps),
+    "logs": ("show a service's or container's output", _logs),
+    "exec": ("run a command inside a running container", _exec),
+    "inspect": ("show a container's plan and state as JSON", _inspect),
+    "config": ("validate the stack file and print it normalized", _config),
+    "env": ("the environment a service's containers get, and why", _env),
+    "dns": ("what a container's DNS lookup of NAME gives, and why", _dns),
+    "port": ("the host address and port a container port is published on", _port),
+    "image": ("load, list and remove images", _image),
+}
 
 
 # -- loading stacks -------------------------------------------------------------------
@@ -312,6 +361,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_env(args: argparse.Namespace) -> int:
     """`NAME=VALUE  # where it comes from`, values quoted for a shell."""
+    import shlex
+
     plan: StackPlan | None = None
     if args.file is None and (args.project or _stack_file(None) is None):
         plan = load_state(stack_name(args)).plan

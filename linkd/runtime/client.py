@@ -18,10 +18,13 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from linkd.errors import LinkdError
 from linkd.runtime import paths
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without the 3 ms import (see linkd/__init__)
+if TYPE_CHECKING:
+    from typing import Any
 
 START_TIMEOUT = 10.0  # seconds for a daemon started by the CLI to answer
 ANSWER_TIMEOUT = 2.0  # seconds for a running daemon to answer a question at all
