@@ -75,8 +75,35 @@ def default_profile() -> SeccompProfile:
     return parse_rules(text)
 
 
+@functools.cache
+def held() -> frozenset[str]:
+    """The capabilities linkd itself has (permitted and bounding): all a container can get,
+    as Docker's "all capabilities" are those available where its daemon runs."""
+    masks = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("CapPrm", "CapBnd"):
+                masks[key] = int(value.strip(), 16)
+    except (OSError, ValueError):
+        return frozenset(confinement.CAPABILITIES)
+    mask = masks.get("CapPrm", 0) & masks.get("CapBnd", 0)
+    return frozenset(c for n, c in enumerate(confinement.CAPABILITIES) if mask >> n & 1)
+
+
 def capabilities(security: Security) -> tuple[str, ...]:
-    return confinement.capabilities(security, min(last_cap(), len(confinement.CAPABILITIES) - 1))
+    """The container's capabilities; an added one linkd does not hold is an error (a
+    privileged container or `cap_add: [ALL]` gets all linkd holds)."""
+    have = held()
+    wanted = confinement.capabilities(
+        security, min(last_cap(), len(confinement.CAPABILITIES) - 1))
+    missing = [c for c in security.cap_add if c != "ALL" and c not in have]
+    if missing and not security.privileged:
+        raise ContainerError(
+            f"cap_add {', '.join(missing)}: linkd itself runs without "
+            f"{'it' if len(missing) == 1 else 'them'}, so no container can have "
+            f"{'it' if len(missing) == 1 else 'them'}")
+    return tuple(c for c in wanted if c in have)
 
 
 def seccomp(security: Security) -> dict[str, Any] | None:

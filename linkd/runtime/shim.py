@@ -141,6 +141,7 @@ _libc.prctl.argtypes = (
     ctypes.c_ulong,
 )
 _libc.capset.argtypes = (ctypes.c_void_p, ctypes.c_void_p)
+_libc.capget.argtypes = (ctypes.c_void_p, ctypes.c_void_p)
 
 # Every signal a process may catch.  SIGCHLD is B's own business (reaping), and glibc keeps
 # two real-time signals for itself, which valid_signals() already leaves out.
@@ -366,6 +367,11 @@ def _confine_after_user(conf: dict[str, Any]) -> None:
         mask |= 1 << cap
     header = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
+    # Never more than we hold (privileged asks for every capability the kernel knows; the
+    # daemon itself may run without some, and capset refuses to add any).
+    if _libc.capget(ctypes.addressof(header), ctypes.addressof(data)) == 0:
+        mask &= data[0].permitted | (data[1].permitted << 32)
+    header = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0)
     for i in (0, 1):
         word = (mask >> (32 * i)) & 0xFFFFFFFF
         data[i].effective = data[i].permitted = word
@@ -652,7 +658,8 @@ def _image_root(spec: dict[str, Any]) -> None:
     # nodev unless privileged: the own launcher has no devices cgroup, so a node container
     # root makes with mknod must not open anywhere (EACCES); the devices it may use are
     # bound in from the host's /dev, mounts that nodev here does not reach.
-    nodev = 0 if privileged else MS_NODEV
+    runc = not spec.get("rootfs_pivot", True)  # runc has a devices cgroup instead
+    nodev = 0 if privileged or runc else MS_NODEV
     _mount("overlay", root, "overlay", nodev,
            f"lowerdir={lower},upperdir={upper},workdir={work}")
     if not spec.get("rootfs_pivot", True):
