@@ -100,6 +100,8 @@ def open_dir(root_fd: int, parts: Sequence[str], create: int | None = None) -> i
         except OSError as exc:
             if exc.errno == errno.ENOSYS:
                 use_openat2 = False
+            elif exc.errno == errno.EPERM:
+                pass  # a seccomp policy that refuses openat2 (older container runtimes')
             elif exc.errno != errno.ENOENT or create is None:
                 raise
     return _walk(root_fd, parts, create)
