@@ -91,15 +91,16 @@ class Run:
 
     def _record(self) -> str:
         directory = records_dir()
-        directory.mkdir(parents=True, exist_ok=True)
+        store.private_dirs(directory)  # 0700, like the run directory it is in
         data = json.dumps(
             {"pid": os.getpid(), "start": _start_time(os.getpid()), "argv": sys.argv}
         ).encode()
         while True:
             prefix = f"p{secrets.token_hex(3)}"
             try:
+                # 0600: the record holds the test run's argv, which may carry secrets.
                 fd = os.open(directory / f"{prefix}.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-                             0o644)
+                             0o600)
             except FileExistsError:
                 continue
             with os.fdopen(fd, "wb") as f:

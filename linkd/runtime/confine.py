@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import grp
 import importlib.resources
 import marshal
 import os
+import pwd
 import stat
 import tempfile
 from pathlib import Path
@@ -194,6 +196,25 @@ def _device(path: str) -> tuple[str, int, int, int]:
     else:
         raise ContainerError(f"device {path} is not a character or block device")
     return kind, os.major(st.st_rdev), os.minor(st.st_rdev), stat.S_IMODE(st.st_mode)
+
+
+def host_owner(user: str | None) -> tuple[int, int]:
+    """(uid, gid) a host-command container's `user` runs as, from the host's passwd and
+    group files as the shim resolves it; root when there is none or it is unknown."""
+    if not user:
+        return 0, 0
+    name, _, group = user.partition(":")
+    try:
+        entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+        uid, gid = entry.pw_uid, entry.pw_gid
+    except KeyError:
+        if not name.isdigit():
+            return 0, 0
+        uid, gid = int(name), 0
+    if group:
+        with contextlib.suppress(KeyError):
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    return uid, gid
 
 
 # --- linkd's shim --------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from linkd.plan import ContainerPlan
 from linkd.runtime import beneath, cgroups, confine
 from linkd.runtime.images import ImageStore
 from linkd.runtime.process import ProcessSpec
+from linkd.runtime.store import protect_container_dir
 
 RUNTIME_ENV = "LINKD_RUNTIME"
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -72,10 +73,16 @@ def prepare(spec: ProcessSpec, container: ContainerPlan, stack: str) -> ProcessS
     settings = confine.for_shim(container.security, image=container.image is not None)
     confine.write_for_shim(spec.run_dir, settings)
     if container.image is None:
+        protect_container_dir(Path(spec.run_dir), *confine.host_owner(container.user))
         return replace(spec, cgroups=cgroups.create(stack, container.name, container.limits))
     store = ImageStore()
     image = store.get(container.image)
     lower = tuple(str(d) for d in image.layer_dirs(store.root))
+    try:  # the bindings are the container user's (issue 14 §5)
+        uid, gid, _ = resolve_user([Path(d) for d in lower], container.user)
+    except ContainerError:
+        uid = gid = 0  # the start fails on the unknown user anyway
+    protect_container_dir(Path(spec.run_dir), uid, gid)
     run_dir = Path(spec.run_dir)
     # The writable layer holds what container root writes, setuid files included: only
     # root may reach it (issue 14). rootfs/ (upper, work, merged) is 0700, not upper/

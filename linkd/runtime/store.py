@@ -51,6 +51,7 @@ import itertools
 import logging
 import os
 import shutil
+import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -84,14 +85,71 @@ def prev_path(stack: str) -> Path:
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Replace `path` with `data`. A new file gets `mode`; a file that is replaced keeps
+    its owner and its mode (never wider than `mode`), so a file handed to a container's
+    user (`protect_bindings`) stays that user's through every rewrite. Directories made
+    under the run root are 0700, and so is the root (issue 14 §5)."""
+    private_dirs(path.parent)
     tmp = _write_temp(path, data, mode)
     try:
+        with contextlib.suppress(FileNotFoundError):
+            old = os.stat(path, follow_symlinks=False)
+            os.chown(tmp, old.st_uid, old.st_gid)
+            os.chmod(tmp, stat.S_IMODE(old.st_mode) & mode)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def private_dirs(directory: Path) -> None:
+    """Make `directory` and its missing parents; under the run root they are 0700 (the
+    root too: other local users reach nothing of linkd's), elsewhere as the umask says."""
+    top = root()
+    try:
+        inside = directory.resolve().is_relative_to(top.resolve())
+    except OSError:
+        inside = False
+    if not inside:
+        directory.mkdir(parents=True, exist_ok=True)
+        return
+    missing = []
+    here = directory
+    while not here.exists() and here != here.parent:
+        missing.append(here)
+        here = here.parent
+    for made in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            made.mkdir(mode=0o700)
+    _chmod_dir(top, 0o700)
+
+
+def _chmod_dir(directory: Path, mode: int) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_IMODE(directory.stat().st_mode) != mode:
+            os.chmod(directory, mode)
+
+
+def protect_container_dir(directory: Path, uid: int, gid: int) -> None:
+    """A container's directory and those above it 0700 (root's alone); its `bindings`
+    directory 0711, so the container's user can open the files in it once it is bound at
+    /run/linkd, and links.env and links.json (peer variables and URLs, with their
+    passwords) 0400 and that user's: readable by root on the host and by the container's
+    own user inside it, by no one else."""
+    top = root()
+    here = directory
+    while here.is_relative_to(top) and here != top:
+        _chmod_dir(here, 0o700)
+        here = here.parent
+    _chmod_dir(top, 0o700)
+    bindings_dir = directory / "bindings"
+    _chmod_dir(bindings_dir, 0o711)
+    for name in ("links.env", "links.json"):
+        path = bindings_dir / name
+        with contextlib.suppress(FileNotFoundError):
+            os.chown(path, uid, gid, follow_symlinks=False)
+            os.chmod(path, 0o400)
 
 
 _temp_names = itertools.count()

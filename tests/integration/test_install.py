@@ -29,6 +29,7 @@ RUNTIME_FILES = [
     "linkd/py.typed",
     "linkd/runtime/shim.py",
     "linkd/runtime/health_agent.py",
+    "linkd/seccomp_default.rules",  # the default seccomp policy (linkd.runtime.confine)
     *(f"linkd/builtin_conventions/{name}" for name in CONVENTIONS),
 ]
 

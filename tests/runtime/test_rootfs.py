@@ -67,11 +67,14 @@ def test_the_bundle_joins_linkds_network_namespace_and_nests_its_cgroups(
     linux = config["linux"]
     assert isinstance(linux, dict)
     assert linux["namespaces"] == [{"type": "mount"},
-                                   {"type": "network", "path": "/run/netns/linkd-s-app-1"}]
+                                   {"type": "network", "path": "/run/netns/linkd-s-app-1"},
+                                   {"type": "cgroup"}]
     assert linux["cgroupsPath"] == "linkd/s/app-1"  # relative: under linkd's own cgroup
-    assert linux["resources"] == {"memory": {"limit": 64 << 20},
-                                  "cpu": {"quota": 50000, "period": 100000},
-                                  "pids": {"limit": 50}}
+    resources = dict(linux["resources"])
+    assert resources.pop("devices")[0] == {"allow": False, "access": "rwm"}  # deny, then some
+    assert resources == {"memory": {"limit": 64 << 20},
+                         "cpu": {"quota": 50000, "period": 100000},
+                         "pids": {"limit": 50}}
     mounts = config["mounts"]
     assert isinstance(mounts, list)
     binds = {m["destination"]: m["source"] for m in mounts if m["type"] == "bind"}
