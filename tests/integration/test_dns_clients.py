@@ -297,7 +297,12 @@ def test_dig_names_of_a_network_not_shared_are_nxdomain(stack: Stack) -> None:
     names = ("db", "db-1", "database", "db.back", stack.fqdn("db", "back"))
     for name in names:
         hidden = dig(stack, "client-1", name)
-        assert hidden.status == "NXDOMAIN" and not hidden.answer, hidden.text
+        if name == "db.back":
+            # NAME.NETWORK outside the zone is forwarded, as Docker does; the simulated
+            # host the tests run in has no upstream, so the answer is a failure.
+            assert hidden.status in ("NXDOMAIN", "SERVFAIL") and not hidden.answer
+        else:
+            assert hidden.status == "NXDOMAIN" and not hidden.answer, hidden.text
         seen = dig(stack, "both-1", name)  # on front and back: it sees db
         assert seen.status == "NOERROR" and seen.data("A") == [db], seen.text
     # And `both` sees front's names too, with the address on front.
