@@ -165,6 +165,10 @@ def test_image_services_beside_host_commands(linkd: Linkd, images: ImageStore,
                          "test -e /usr/bin/python3 || echo no-host-python")
     assert "entry.sh" in listing.stdout and "no-host-python" in listing.stdout
     assert "DB_PORT_5432_TCP_ADDR" in listing.stdout or "DB_" in listing.stdout
+    # Secrets at rest: the bindings are the container user's (nobody) alone, 0400, in a
+    # directory it can only traverse; on the host, nothing above them opens to others.
+    mine = linkd.exec("app", "stat", "-c", "%u %a", "/run/linkd/links.env", "/run/linkd")
+    assert mine.stdout.split("\n")[:2] == ["65534 400", "0 711"], mine.stdout
     hosts = linkd.exec("app", "cat", "/etc/hosts").stdout
     assert f"{db_addr}\tdb" in hosts or db_addr in hosts
 
@@ -200,6 +204,16 @@ def test_image_services_beside_host_commands(linkd: Linkd, images: ImageStore,
     assert health == "healthy", health
     run_dir = Path(os.environ.get("LINKD_RUN_DIR", "/run/linkd")) / "stacks" / linkd.project
     assert (run_dir / "containers/app-1/rootfs/upper/srv/mine").read_text() == "written\n"
+    for directory in (run_dir.parent.parent, run_dir.parent, run_dir, run_dir / "containers",
+                      run_dir / "containers/app-1"):
+        assert directory.stat().st_mode & 0o777 == 0o700, directory
+    links = (run_dir / "containers/app-1/bindings/links.env").stat()
+    assert (links.st_uid, links.st_mode & 0o777) == (65534, 0o400)
+    # The command runs with Docker's capabilities, no_new_privs and seccomp (both runtimes;
+    # tests/integration/test_confinement.py has the denials).
+    status = linkd.exec("web", "grep", "-E", "^(CapBnd|NoNewPrivs|Seccomp):",
+                        "/proc/self/status").stdout.split()
+    assert status == ["CapBnd:", "00000000a80425fb", "NoNewPrivs:", "1", "Seccomp:", "2"]
 
     linkd.down()
     assert not run_dir.exists()  # the writable layers went with the stack
