@@ -30,6 +30,11 @@ $LINKD_RUNTIME (`runc`, `linkd` or `auto`), else `auto`: runc when it is install
 
 Limits (`ContainerPlan.limits`) for the own launcher and host commands: cgroups made by
 `linkd.runtime.cgroups`, joined by the shim's init before it starts anything.
+
+Confinement (`ContainerPlan.security`, `linkd.runtime.confine`): the bundle's `process`
+and `linux` parts for runc, `confine.marshal` beside the spec for the shim (every
+container, host commands too); the container directory is made private and its bindings
+the container user's (`store.protect_container_dir`).
 """
 
 from __future__ import annotations

@@ -60,6 +60,15 @@ point a mount outside it), and pivot_roots; for runc (``rootfs_pivot`` false) C 
 ``runc run`` on a bundle, which does the rest in a mount namespace of its own, and
 ``exec`` then joins the namespaces of runc's command instead of B's.
 
+**Confinement** (``confine.marshal`` beside the spec, written by linkd.runtime.confine, read
+by ``load_spec``): C, exec's child and health probes drop the bounding set, switch user
+with PR_SET_KEEPCAPS, set effective = permitted = the container's capabilities (nothing
+inheritable or ambient), set no_new_privs and install the seccomp filter (BPF compiled by
+libseccomp in the runtime, so nothing here imports more than ctypes), in runc's order
+(``_confine_*``). B masks /proc and /sys paths and, for images, makes a cgroup namespace;
+linkd's launcher mounts the root, /dev, /tmp and /dev/shm nodev (no devices cgroup).
+Under runc, runc confines its command and the shim confines only what enters by exec.
+
 ``exec INIT_PID SPEC_JSON`` (``linkd exec``) joins a running container instead: setns into
 B's ipc, uts, net, pid and mount namespaces, fork (joining a PID namespace, like creating
 one, only applies to children), then the child does what C does.  stdio is inherited; the
