@@ -27,7 +27,7 @@ from pathlib import Path
 
 from linkd.errors import LinkdError, NotFoundError, SpecError
 from linkd.runtime import paths
-from linkd.runtime.client import ANSWER_TIMEOUT, Client, DaemonError
+from linkd.runtime.client import ANSWER_TIMEOUT, Client, DaemonError, ensure_daemon
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without the 3 ms import (see linkd/__init__)
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ def _stack_options(p: argparse.ArgumentParser, handler: Handler, *,
 
 
 def _up(p: argparse.ArgumentParser) -> None:
-    _stack_options(p, _later("cli_runtime", "cmd_up"))
+    _stack_options(p, cmd_up)
     p.add_argument("-d", "--detach", action="store_true", help="run in the background")
     p.add_argument("--abort-on-container-exit", action="store_true",
                    help="take the stack down when any container exits")
@@ -381,6 +381,46 @@ def cmd_env(args: argparse.Namespace) -> int:
         if args.host and why is None:
             continue
         print(f"{name}={shlex.quote(value)}  # {why or 'environment'}")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    if not args.detach or args.supervisor:  # the stack runs in this process
+        return _later("cli_runtime", "cmd_up")(args)
+    stack, file = load_stack(args.file, args.project)
+    dry_plan(stack, file)
+    return _up_detached(stack, file)
+
+
+def _up_detached(stack: Stack, file: Path) -> int:
+    """Hand the stack to the daemon (starting one if none runs); return once it is up.
+
+    The daemon gets the stack normalized (`linkd config`'s form: variables interpolated,
+    env files read), so it needs nothing of this shell's environment.
+    """
+    from linkd.spec_dump import stack_to_dict
+
+    client = ensure_daemon(Client())
+    body = {
+        "name": stack.name,
+        "spec": stack_to_dict(stack),
+        "directory": str(file.resolve().parent),
+    }
+    try:
+        # PUT: a stack the daemon already runs changes to the file, only where it differs.
+        answer = client.request("PUT", f"/v1/stacks/{stack.name}", body)
+    except DaemonError as exc:
+        for line in exc.progress:
+            print(line, file=sys.stderr)
+        raise
+    for notice in answer.get("notices", []) if isinstance(answer, dict) else []:
+        print(f"linkd: {notice}", file=sys.stderr)
+    changes = answer.get("changes") if isinstance(answer, dict) else None
+    if changes and any(changes.get(k) for k in ("added", "changed", "removed")):
+        print("updated: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in changes.items() if v))
+    elif changes is not None:
+        print("no change: the stack already runs as the file says")
+    print(table(answer))  # the state the stack is in now, as `ps` shows it
     return 0
 
 

@@ -17,23 +17,22 @@ import time
 from pathlib import Path
 
 from linkd import names
-from linkd.cli import containers, dry_plan, load_stack, load_state, plain_state, stack_name, table
+from linkd.cli import containers, dry_plan, load_stack, load_state, stack_name, table
 from linkd.errors import LinkdError, NotFoundError, SpecError, UsageError
 from linkd.model import Stack
 from linkd.runtime import api, paths, process, store, supervisor
 from linkd.runtime import logs as log_files
-from linkd.runtime.client import Client, DaemonError, ensure_daemon
+from linkd.runtime.client import Client
 from linkd.runtime.netlink import Kernel
 from linkd.runtime.progress import Progress
-from linkd.spec_dump import stack_to_dict
 from linkd.state import to_plain
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    """`up` in the foreground (or as the supervisor a detached `up` without the daemon
+    starts): the stack runs in this process."""
     stack, file = load_stack(args.file, args.project)
     dry_plan(stack, file)
-    if args.detach and not args.supervisor:
-        return _up_detached(stack, file)
     abort = frozenset(s.name for s in stack.services) if args.abort_on_container_exit else None
     if args.exit_code_from:
         if args.exit_code_from not in {s.name for s in stack.services}:
@@ -77,36 +76,6 @@ async def _up(
         for task in followers:
             await task
         progress.finish()
-
-
-def _up_detached(stack: Stack, file: Path) -> int:
-    """Hand the stack to the daemon (starting one if none runs); return once it is up.
-
-    The daemon gets the stack normalized (`linkd config`'s form: variables interpolated,
-    env files read), so it needs nothing of this shell's environment.
-    """
-    client = ensure_daemon(Client())
-    body = {
-        "name": stack.name,
-        "spec": stack_to_dict(stack),
-        "directory": str(file.resolve().parent),
-    }
-    try:
-        # PUT: a stack the daemon already runs changes to the file, only where it differs.
-        answer = client.request("PUT", f"/v1/stacks/{stack.name}", body)
-    except DaemonError as exc:
-        for line in exc.progress:
-            print(line, file=sys.stderr)
-        raise
-    for notice in answer.get("notices", []) if isinstance(answer, dict) else []:
-        print(f"linkd: {notice}", file=sys.stderr)
-    changes = answer.get("changes") if isinstance(answer, dict) else None
-    if changes and any(changes.get(k) for k in ("added", "changed", "removed")):
-        print("updated: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in changes.items() if v))
-    elif changes is not None:
-        print("no change: the stack already runs as the file says")
-    print(table(plain_state(stack.name)))
-    return 0
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:

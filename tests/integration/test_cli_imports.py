@@ -1,5 +1,5 @@
-"""The reading commands against a stack the daemon runs: they ask it over the unix socket
-(http.client) and import neither aiohttp, pyroute2 nor the daemon's own code
+"""`up -d` and the reading commands against a stack the daemon runs: they talk to it over
+the unix socket and import neither aiohttp, pyroute2 nor the daemon's own code
 (tests/unit/test_cli_imports.py has the rest)."""
 
 from __future__ import annotations
@@ -19,9 +19,12 @@ COMMANDS = [
 ]
 
 
-def test_reading_a_daemon_run_stack_imports_no_runtime(linkd: Linkd) -> None:
+def test_a_daemon_run_stack_from_the_command_line_imports_no_runtime(linkd: Linkd) -> None:
     linkd.write(STACK.replace("name: cheap\n", ""))
-    linkd.up()
+    result, modules = imported(["up", "-d", "-p", linkd.project], linkd.directory, {})
+    assert result.returncode == 0, result.stderr
+    assert "web-1" in result.stdout and "running" in result.stdout
+    assert heavy(modules) == [], "linkd up -d imported them"
     for args, expect, allowed in COMMANDS:
         result, modules = imported([*args, "-p", linkd.project], linkd.directory, {})
         assert result.returncode == 0, result.stderr

@@ -18,7 +18,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-# What only `up`, `down`, `exec`, `daemon` and `image` may import (and `dns`, dnslib).
+# What only `up` in the foreground, `down`, `exec`, `daemon` and `image` may import (and
+# `dns`, dnslib).
 HEAVY = (
     "dnslib",
     "aiohttp",
