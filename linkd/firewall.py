@@ -15,10 +15,13 @@ in any base chain is final (an accept only ends that chain), so the tables compo
 Rules (Docker's bridge driver and netavark's "isolate" mode are the models):
 
 - forward: an `internal` network forwards nothing in or out (its containers talk only to
-  each other on their bridge); a network's traffic may not be routed into another linkd
-  bridge, and nothing may be routed into it but replies and published ports (DNAT). So a
-  container reaches only containers it shares a network with, over TCP, UDP and ICMP,
-  in its stack or another; the outside reaches containers only through published ports.
+  each other on their bridge); a network's traffic may not be routed into another
+  bridge, linkd's or other software's (a dockerd's, libvirt's), unless that bridge is one
+  of the host's uplinks (it carries a default route), and nothing may be routed into it
+  but replies and published ports (DNAT). So a container reaches only containers it
+  shares a network with, over TCP, UDP and ICMP, in its stack or another; other
+  software's containers only through their published ports, as theirs reach linkd's;
+  the outside reaches containers only through published ports.
   Traffic between two containers on one bridge is bridged, not routed; with
   br_netfilter loaded (bridge-nf-call-iptables=1) it crosses this hook with the bridge
   as input and output device, which no rule here drops.
@@ -55,7 +58,6 @@ from linkd.plan import ContainerPlan, StackPlan
 
 TABLE_PREFIX = "linkd-"
 FAMILY: Literal["inet"] = "inet"
-ANY_BRIDGE = "lkb-*"
 
 
 def table_name(stack: str) -> str:
@@ -271,6 +273,7 @@ _REPLIES = nft.ConntrackState(("established", "related"))
 _DNATED = nft.ConntrackStatus("dnat")
 _MASQUERADE = nft.Masquerade()
 _LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
+_BRIDGE_OUT = nft.InterfaceKind("oif", "bridge")
 
 
 def _iif(bridge: str, negate: bool = False) -> nft.Interface:
@@ -287,8 +290,12 @@ def _net(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address
     return ipaddress.ip_network(address)
 
 
-def table(plan: StackPlan) -> nft.Table:
-    """The stack's table, as data (deterministic: golden-tested through `ruleset`)."""
+def table(plan: StackPlan, uplinks: frozenset[str] = frozenset()) -> nft.Table:
+    """The stack's table, as data (deterministic: golden-tested through `ruleset`).
+
+    `uplinks`: the host's devices that carry a default route. Containers may leave through
+    any device but another bridge (other software's container and VM networks: Docker's,
+    libvirt's, another linkd network's), and through a bridge that is an uplink."""
     nets = plan.networks
     # First: bridged traffic (br_netfilter), which no rule drops. One rule per bridge
     # where nft would look `iifname . oifname` up in a set: the same packets match.
@@ -303,7 +310,8 @@ def table(plan: StackPlan) -> nft.Table:
     for n in nets:
         if not n.internal:
             forward += [
-                rule(_iif(n.bridge), _oif(ANY_BRIDGE), _oif(n.bridge, negate=True), _DROP),
+                rule(_iif(n.bridge), _oif(n.bridge, negate=True), _BRIDGE_OUT,
+                     *(_oif(u, negate=True) for u in sorted(uplinks)), _DROP),
                 rule(_oif(n.bridge), _iif(n.bridge, negate=True), _DROP),
             ]
     # Neighbour discovery is not tracked: without it the host could not reach an
@@ -365,9 +373,9 @@ def table(plan: StackPlan) -> nft.Table:
     ))
 
 
-def ruleset(plan: StackPlan) -> str:
+def ruleset(plan: StackPlan, uplinks: frozenset[str] = frozenset()) -> str:
     """The stack's table as `nft -f` reads it (`nft list table` shows the same rules)."""
-    return table(plan).text()
+    return table(plan, uplinks).text()
 
 
 def _host_access(bridge: str, h: HostAccess) -> nft.Rule:

@@ -129,8 +129,20 @@ class LocalDestination:
         return "fib daddr type local"
 
 
+@dataclass(frozen=True, slots=True)
+class InterfaceKind:
+    """`meta oifkind "bridge"`: the device's kind, as `ip -d link` names it (a physical
+    device has none, and never matches)."""
+
+    direction: Direction
+    kind: str
+
+    def text(self) -> str:
+        return f'meta {self.direction}kind "{self.kind}"'
+
+
 Match = (Interface | Family | Address | Port | Icmpv6Type | ConntrackState
-         | ConntrackStatus | LocalDestination)
+         | ConntrackStatus | LocalDestination | InterfaceKind)
 
 
 # -- statements ---------------------------------------------------------------------------

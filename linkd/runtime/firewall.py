@@ -70,6 +70,8 @@ def encode_rule(family: int, rule: nftables.Rule) -> nft.Rule:
                 out.ct_any(nft.NFT_CT_STATUS, nftables.CT_STATUS[status])
             case nftables.LocalDestination():
                 out.local_destination()
+            case nftables.InterfaceKind(direction, kind):
+                out.interface_kind(direction, kind)
             case _:
                 assert_never(match)
     statement = rule.statement
@@ -181,25 +183,31 @@ class StackFirewall:
     def __init__(self, stack: str) -> None:
         self.stack = stack
         self._applied: TableState | None = None  # the table right after our last apply
+        self._wanted: nftables.Table | None = None  # what that apply asked for
 
-    async def ensure(self, plan: StackPlan) -> None:
+    async def ensure(self, plan: StackPlan, uplinks: frozenset[str] = frozenset()) -> None:
+        """The stack's table for `plan`; `uplinks`: the host's default-route devices."""
         if not firewall.wanted(plan):
             await self.remove()
             return
-        self._applied = await asyncio.to_thread(replace_table, firewall.table(plan))
+        wanted = firewall.table(plan, uplinks)
+        self._applied = await asyncio.to_thread(replace_table, wanted)
+        self._wanted = wanted
         set_localnet(plan)
 
-    async def repair(self, plan: StackPlan) -> int:
+    async def repair(self, plan: StackPlan, uplinks: frozenset[str] = frozenset()) -> int:
         """Apply again if the table is not what was applied (deleted or changed by
-        hand); set route_localnet again on recreated bridges. Returns the repairs."""
+        hand) or the host's uplinks moved; set route_localnet again on recreated
+        bridges. Returns the repairs."""
         if not firewall.wanted(plan):
             return 0
         repairs = set_localnet(plan)
         live = await asyncio.to_thread(
             live_state, firewall.FAMILY, firewall.table_name(self.stack)
         )
-        if self._applied is None or live != self._applied:
-            await self.ensure(plan)
+        stale = self._wanted != firewall.table(plan, uplinks)
+        if self._applied is None or live != self._applied or stale:
+            await self.ensure(plan, uplinks)
             repairs += 1
         return repairs
 

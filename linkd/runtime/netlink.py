@@ -199,6 +199,24 @@ class Kernel:
                 result.append((net, f"host route via {dev}"))
         return result
 
+    async def default_route_devices(self) -> frozenset[str]:
+        """The devices the host's default routes (IPv4 and IPv6) leave through: its
+        uplinks, which containers may leave through even when they are bridges."""
+        ipr = await self.host()
+        index_to_name = {
+            msg["index"]: msg.get("ifname") async for msg in _dump(ipr.link("dump"))
+        }
+        found: set[str] = set()
+        for family in (2, 10):
+            async for msg in _dump(ipr.route("dump", family=family)):
+                if msg.get("dst_len") == 0 and msg.get("table") in (None, 254):
+                    for index in [msg.get("oif"), *(hop.get("oif") for hop in
+                                                     msg.get("multipath") or ())]:
+                        name = index_to_name.get(index or -1)
+                        if name:
+                            found.add(name)
+        return frozenset(found)
+
     @staticmethod
     def netns_names(prefix: str) -> frozenset[str]:
         try:

@@ -89,6 +89,7 @@ NFT_REG_VERDICT, NFT_REG_1, NFT_REG_2 = 0, 1, 2
 NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER = 1, 2
 NFT_CMP_EQ, NFT_CMP_NEQ, NFT_CMP_LTE, NFT_CMP_GTE = 0, 1, 3, 5
 NFT_META_IIFNAME, NFT_META_OIFNAME, NFT_META_NFPROTO, NFT_META_L4PROTO = 6, 7, 15, 16
+NFT_META_IIFKIND, NFT_META_OIFKIND = 26, 27
 NFT_CT_STATE, NFT_CT_STATUS = 0, 2
 NFTA_FIB_F_DADDR, NFT_FIB_RESULT_ADDRTYPE, RTN_LOCAL = 0x2, 3, 2
 NFT_NAT_DNAT = 1
@@ -209,6 +210,12 @@ class Rule:
         key = NFT_META_IIFNAME if direction == "iif" else NFT_META_OIFNAME
         value = name[:-1].encode() if name.endswith("*") else name.encode().ljust(IFNAMSIZ, b"\0")
         self.expressions += [_meta(key), _cmp(NFT_CMP_NEQ if negate else NFT_CMP_EQ, value)]
+        return self
+
+    def interface_kind(self, direction: str, kind: str) -> Rule:
+        """`meta iifkind|oifkind "KIND"` (the device's rtnl kind: "bridge", "veth")."""
+        key = NFT_META_IIFKIND if direction == "iif" else NFT_META_OIFKIND
+        self.expressions += [_meta(key), _cmp(NFT_CMP_EQ, kind.encode().ljust(IFNAMSIZ, b"\0"))]
         return self
 
     def nfproto(self, nfproto: int) -> Rule:

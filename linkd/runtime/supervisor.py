@@ -280,7 +280,8 @@ class Supervisor:
         actions = plan_up(plan, await self.observe())
         self.kernel.prefetch_netns(a.netns for a in actions if isinstance(a, EnsureNetns))
         await self.ensure_host(plan)
-        await self.firewall.ensure(plan)  # isolation before any container runs
+        # Isolation before any container runs.
+        await self.firewall.ensure(plan, await self.kernel.default_route_devices())
         await self.apply_all(actions)
         set_localnet(plan)  # the bridges exist now
         self.status = "up"
@@ -330,7 +331,7 @@ class Supervisor:
         self._served = old
         self.publish_zone()  # the zone follows the new plan from here
         await self.ensure_host(new)
-        await self.firewall.ensure(new)
+        await self.firewall.ensure(new, await self.kernel.default_route_devices())
         await self.apply_all(actions)
         set_localnet(new)
         for name in kept:  # their peers may have changed: what they re-read must follow
@@ -433,7 +434,7 @@ class Supervisor:
         self.kernel.prefetch_netns(a.netns for a in actions if isinstance(a, EnsureNetns))
         await self.apply_all(actions)
         await self.ensure_host(plan)
-        await self.firewall.ensure(plan)
+        await self.firewall.ensure(plan, await self.kernel.default_route_devices())
         present = observed.netns | {a.netns for a in actions if isinstance(a, EnsureNetns)}
         for container in plan.containers:
             if container.name not in self._dns_for and container.netns in present:
@@ -468,7 +469,8 @@ class Supervisor:
             else:
                 await self.apply(action)
         await self.ensure_host(plan)  # a dockerd started since may drop what we forward
-        repairs = len(actions) + await self.firewall.repair(plan)
+        repairs = len(actions) + await self.firewall.repair(
+            plan, await self.kernel.default_route_devices())
         if repairs:
             self.report(f"stack {self.stack}", f"repaired {repairs} kernel objects")
         return repairs

@@ -64,9 +64,9 @@ table inet linkd-shop {
 		oifname "BACK" iifname != "BACK" drop
 		ct state established,related accept
 		ct status dnat accept
-		iifname "FRONT" oifname "lkb-*" oifname != "FRONT" drop
+		iifname "FRONT" oifname != "FRONT" meta oifkind "bridge" drop
 		oifname "FRONT" iifname != "FRONT" drop
-		iifname "SIDE" oifname "lkb-*" oifname != "SIDE" drop
+		iifname "SIDE" oifname != "SIDE" meta oifkind "bridge" drop
 		oifname "SIDE" iifname != "SIDE" drop
 	}
 	chain input {
@@ -109,6 +109,14 @@ table inet linkd-shop {
 	}
 }
 """
+
+
+def test_containers_leave_through_an_uplink_bridge_but_no_other_bridge() -> None:
+    plan = plan_of(SHOP)
+    front = bridge(plan, "front")
+    text = firewall.ruleset(plan, frozenset({"br0", "eth1"}))
+    assert (f'iifname "{front}" oifname != "{front}" meta oifkind "bridge" '
+            'oifname != "br0" oifname != "eth1" drop') in text
 
 
 def test_the_ruleset_of_a_stack_is_golden() -> None:
