@@ -794,11 +794,9 @@ def notes(results: dict[str, dict[str, tuple[Run, Run]]], found: dict[str, Targe
         " (dnsperf's from RUSAGE_CHILDREN, the server's from /proc/PID/stat), and in"
         " parentheses how busy cores 0 and 1 were (/proc/stat, softirq included: a loopback"
         " datagram is received on the sender's core, so core 0 also carries the kernel's"
-        " receive path of every query). dnsperf's CPU stays near 100% from ~100k to ~160k"
-        " qps (it does more per wakeup as the rate rises), so by itself it does not tell"
-        " whether it is the limit; the server's does: with 100 queries outstanding, a"
-        " server using less than ~95% of its core waited for queries, so the client set"
-        " the pace.",
+        " receive path of every query). dnsperf's own CPU share does not tell whether it"
+        " is the limit; the server's does: with 100 queries outstanding, a server that"
+        " leaves part of its core idle waited for queries, so the client set the pace.",
         "What each server answered to this script's own queries, before it was measured: "
         + " ".join(f"{name}: {'; '.join(t.checks)}." for name, t in found.items() if t.checks),
         "linkd: `DnsServer.serve_udp` on 127.0.0.1 with `requester_override=` the client,"
@@ -812,8 +810,7 @@ def notes(results: dict[str, dict[str, tuple[Run, Run]]], found: dict[str, Targe
         " so in the mixed run the SRV 20% are lost and each holds one of dnsperf's 100"
         " outstanding slots for the whole timeout: its mixed qps measures dnsperf's"
         " timeout, not aardvark-dns. Compare it on the A-only mix. It answers names it does"
-        " not know (single label) NXDOMAIN itself (1.4 forwards only names with a dot), with"
-        " a TTL of 86400 s for its A answers.",
+        " not know (single label) NXDOMAIN itself.",
     ]
     for server, by_mix in results.items():
         for mix, (sat, _) in by_mix.items():

@@ -1,6 +1,6 @@
 """Health benchmark: a three-service stack from `up` to all healthy, and back down.
 
-    sudo .venv/bin/python bench/health.py [--reps 5] [--no-docker]
+    sudo .venv/bin/python bench/health.py [--runs 5] [--no-docker]
 
 The stack: `store` (busybox httpd), `api` (busybox httpd, depends on store being
 healthy) and `worker` (depends on api being healthy); each has a healthcheck that
@@ -8,28 +8,26 @@ fetches a page over HTTP by name (`store`, `api`) every 100 ms. Up means: from t
 request until every container reports healthy; down: until the request to take it down
 returns with nothing left.
 
-- linkd: a daemon of its own (private run directory /run/lkbench-health), the stack sent
+- linkd: a daemon of its own (bench/common.Linkd: private run directory), the stack sent
   with `POST /v1/stacks`, health read from `GET /v1/stacks/S/containers`; the commands
   are the host's busybox (Debian busybox-static).
-- docker-compose (Debian `docker-compose` 1.29, which has no `up --wait`: `up -d`, then
-  `docker inspect` until healthy) on a dockerd of its own, started here with
-  `--iptables=false --bridge=none` and private data and exec roots, networks from
-  10.89.0.0/16; the same busybox binary in an image imported from a tar stream,
-  `init: true` so the services stop on SIGTERM as they do under linkd's init.
+- Debian's docker-compose (which has no `up --wait`: `up -d`, then `docker inspect` until
+  healthy) on a dockerd of its own (bench/common.Dockerd: Docker's defaults, in a
+  simulated host of its own); the same busybox binary in an image imported from a tar
+  stream, `init: true` so the services stop on SIGTERM as they do under linkd's init.
 
 Target: linkd up <= 1 s. Everything it starts is stopped (by PID) and its directories
-removed at the end. Takes the machine-wide kernel lock unless bench/run holds it.
+removed at the end. Takes the machine-wide kernel lock unless bench/run holds it, and
+runs in a simulated host (bench/common.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -45,12 +43,8 @@ sys.path.insert(0, str(REPO))
 from linkd.runtime.client import Client  # noqa: E402
 
 RUN_DIR = Path("/run/lkbench-health")
-SOCKET = RUN_DIR / "linkd.sock"
 WWW = RUN_DIR / "www"
 BUSYBOX = "/bin/busybox"
-DOCKER_ROOT = Path("/run/lkbench-docker")
-DOCKER_DATA = Path("/var/lib/lkbench-docker")
-DOCKER_SOCKET = DOCKER_ROOT / "docker.sock"
 IMAGE = "lkbench/busybox:1"
 INTERVAL = "100ms"
 
@@ -83,25 +77,6 @@ def services(www: str) -> dict[str, Any]:
 # -- linkd -----------------------------------------------------------------------------------
 
 
-def linkd_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "LINKD_RUN_DIR": str(RUN_DIR),
-            "LINKD_SOCKET": str(SOCKET)}
-
-
-def start_linkd() -> tuple[subprocess.Popen[bytes], Client]:
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
-    log = (RUN_DIR / "daemon.log").open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "linkd", "daemon"], env=linkd_env(),
-                            stdout=log, stderr=log, start_new_session=True)
-    client = Client(SOCKET)
-    deadline = time.monotonic() + 30
-    while not client.available():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the linkd daemon did not start; see {log.name}")
-        time.sleep(0.01)
-    return proc, client
-
-
 def linkd_round(client: Client, name: str) -> tuple[float, float]:
     spec = {"services": services(str(WWW))}
     started = time.monotonic()
@@ -111,7 +86,7 @@ def linkd_round(client: Client, name: str) -> tuple[float, float]:
         if all(c.get("health") == "healthy" for c in found) and len(found) == 3:
             break
         if time.monotonic() - started > 60:
-            raise RuntimeError(f"linkd: not healthy after 60 s: {found}")
+            raise common.BenchError(f"linkd: not healthy after 60 s: {found}")
         time.sleep(0.005)
     up = time.monotonic() - started
     started = time.monotonic()
@@ -120,40 +95,6 @@ def linkd_round(client: Client, name: str) -> tuple[float, float]:
 
 
 # -- docker-compose --------------------------------------------------------------------------
-
-
-def docker_env() -> dict[str, str]:
-    return {**os.environ, "DOCKER_HOST": f"unix://{DOCKER_SOCKET}"}
-
-
-def docker(*args: str, input: bytes | None = None) -> str:
-    done = subprocess.run(["/usr/bin/docker", *args], env=docker_env(), input=input,
-                          capture_output=True, check=True)
-    return done.stdout.decode()
-
-
-def start_dockerd() -> subprocess.Popen[bytes]:
-    DOCKER_ROOT.mkdir(parents=True, exist_ok=True)
-    log = (DOCKER_ROOT / "dockerd.log").open("ab")
-    proc = subprocess.Popen(
-        ["dockerd", "--iptables=false", "--ip6tables=false", "--ip-forward=false",
-         "--ip-masq=false", "--userland-proxy=false", "--bridge=none",
-         "--default-address-pool", "base=10.89.0.0/16,size=24",
-         "--data-root", str(DOCKER_DATA), "--exec-root", str(DOCKER_ROOT / "exec"),
-         "-H", f"unix://{DOCKER_SOCKET}", "--pidfile", str(DOCKER_ROOT / "docker.pid")],
-        stdout=log, stderr=log, start_new_session=True,
-    )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            docker("version")
-            break
-        except subprocess.CalledProcessError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"dockerd did not start; see {log.name}") from None
-            time.sleep(0.1)
-    docker("import", "-c", f'CMD ["{BUSYBOX}", "sh"]', "-", IMAGE, input=busybox_rootfs())
-    return proc
 
 
 def busybox_rootfs() -> bytes:
@@ -184,34 +125,22 @@ def compose_file(directory: Path) -> Path:
     return path
 
 
-def compose_round(file: Path, name: str) -> tuple[float, float]:
+def compose_round(docker: common.Dockerd, file: Path, name: str) -> tuple[float, float]:
     base = ["docker-compose", "-f", str(file), "-p", name]
     started = time.monotonic()
-    subprocess.run([*base, "up", "-d"], env=docker_env(), check=True, capture_output=True)
-    ids = subprocess.run([*base, "ps", "-q"], env=docker_env(), check=True,
-                         capture_output=True, text=True).stdout.split()
+    common.run([*base, "up", "-d"], env=docker.env)
+    ids = common.run([*base, "ps", "-q"], env=docker.env).split()
     while True:
         states = docker("inspect", "-f", "{{.State.Health.Status}}", *ids).split()
         if len(states) == 3 and all(s == "healthy" for s in states):
             break
         if time.monotonic() - started > 60:
-            raise RuntimeError(f"docker-compose: not healthy after 60 s: {states}")
+            raise common.BenchError(f"docker-compose: not healthy after 60 s: {states}")
         time.sleep(0.005)
     up = time.monotonic() - started
     started = time.monotonic()
-    subprocess.run([*base, "down", "-t", "10"], env=docker_env(), check=True,
-                   capture_output=True)
+    common.run([*base, "down", "-t", "10"], env=docker.env)
     return up, time.monotonic() - started
-
-
-def stop(proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # -- the table -------------------------------------------------------------------------------
@@ -226,50 +155,41 @@ def row(peer: str, rounds: list[tuple[float, float]], baseline: float | None) ->
             f"| {down * 1000:.0f} ms | {ratio} |")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--no-docker", action="store_true", help="linkd only")
-    args = ap.parse_args()
-    if not common.root_and_lock("health.py"):
-        return 2
-    rows: list[str] = []
-    daemon, client = start_linkd()
-    try:
-        WWW.mkdir(parents=True, exist_ok=True)
-        (WWW / "index.html").write_text("ok\n")
-        linkd_rounds = [linkd_round(client, f"lkbh{i}") for i in range(args.reps)]
-    finally:
-        stop(daemon)
-        shutil.rmtree(RUN_DIR, ignore_errors=True)
+def main(args: argparse.Namespace, work: Path, cleanup: contextlib.ExitStack) -> str:
+    linkd = common.Linkd(RUN_DIR)
+    cleanup.callback(linkd.stop)
+    client = Client(linkd.start_daemon())
+    WWW.mkdir(parents=True, exist_ok=True)
+    (WWW / "index.html").write_text("ok\n")
+    linkd_rounds = [linkd_round(client, f"lkbh{i}") for i in range(args.runs)]
+    linkd.stop()
     linkd_up = statistics.median(r[0] for r in linkd_rounds)
-    rows.append(row("linkd (daemon)", linkd_rounds, None))
-    if not args.no_docker and shutil.which("dockerd") and shutil.which("docker-compose"):
-        dockerd = start_dockerd()
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                file = compose_file(Path(tmp))
-                rounds = [compose_round(file, f"lkbh{i}") for i in range(args.reps)]
-            rows.append(row("docker-compose 1.29 + dockerd 20.10", rounds, linkd_up))
-        finally:
-            stop(dockerd)
-            shutil.rmtree(DOCKER_ROOT, ignore_errors=True)
-            shutil.rmtree(DOCKER_DATA, ignore_errors=True)
+    rows = [row("linkd (daemon)", linkd_rounds, None)]
+    if args.no_docker:
+        rows.append("| docker-compose | not run (--no-docker) | | | | |")
     else:
-        rows.append("| docker-compose | not run (`apt-get install docker.io docker-compose`) "
-                    "| | | | |")
+        docker = common.Dockerd("lkbench-health-docker")
+        cleanup.callback(docker.stop)
+        docker.start()
+        docker("import", "-c", f'CMD ["{BUSYBOX}", "sh"]', "-", IMAGE, input=busybox_rootfs())
+        file = compose_file(work)
+        rounds = [compose_round(docker, file, f"lkbh{i}") for i in range(args.runs)]
+        compose = common.run(["docker-compose", "version", "--short"]).strip()
+        rows.append(row(f"docker-compose {compose} + {docker.version()}", rounds, linkd_up))
     header = [
         "Three services (store <- api <- worker, each `service_healthy` on the one before, "
         f"healthchecks every {INTERVAL}): from `up` to all healthy, and down (median of "
-        f"{args.reps}; target: linkd up <= 1 s)",
+        f"{args.runs}; target: linkd up <= 1 s)",
         "",
         "| peer | runs | up to all healthy | fastest | down | up ÷ linkd |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    text = "\n".join(header + rows)
-    common.save_table("health", text)
-    return 0
+    return "\n".join(header + rows)
+
+
+def options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-docker", action="store_true", help="linkd only")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.part("health", __doc__ or "", main, runs=5, options=options))

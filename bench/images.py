@@ -13,22 +13,23 @@
   its own (`lkbench-img`), is stopped and its writable layer removed between runs.
 
 Medians over --runs interleaved rounds (the order rotates each round). Prints a markdown
-table; takes the machine-wide kernel lock unless bench/run holds it. Targets (issue 7):
-start <= 100 ms with runc and <= 50 ms with linkd's launcher, against `podman run -d`
-360 ms and `docker run -d` 600 ms measured on this kind of machine.
+table (also saved to bench/results/images.md); takes the machine-wide kernel lock unless
+bench/run holds it. Targets (issue 7): start <= 100 ms with runc and <= 50 ms with
+linkd's launcher. (`docker run -d` and `podman run -d` beside linkd's command line are
+bench/start.py's.)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -138,30 +139,19 @@ async def bench_start(work: Path, runs: int) -> list[tuple[str, list[float]]]:
     return [(k, times[k]) for k, _ in kinds]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=20)
-    args = parser.parse_args()
-    if not common.root_and_lock("images.py"):
-        return 2
-    work = Path(tempfile.mkdtemp(prefix="lkbench-images-", dir="/var/tmp"))
+def main(args: argparse.Namespace, work: Path, cleanup: contextlib.ExitStack) -> str:
     os.environ["LINKD_IMAGES"] = str(work / "store")
-    subprocess.run(["ip", "netns", "add", NETNS], check=True)
-    try:
-        rows = bench_load(work, args.runs) + asyncio.run(bench_start(work, args.runs))
-    finally:
-        subprocess.run(["ip", "netns", "del", NETNS], check=False)
-        from linkd.runtime import cgroups
-        cgroups.remove_stack("lkbench")
-        shutil.rmtree(work, ignore_errors=True)
-    print("### Images (`bench/run images`)\n")
-    print(f"busybox image, median of {args.runs} runs (min-max ms):\n")
-    print("| what | median | range |")
-    print("|---|---|---|")
-    for what, values in rows:
-        print(f"| {what} | {_ms(values)} | {_range(values)} |")
-    return 0
+    common.run(["ip", "netns", "add", NETNS])
+    cleanup.callback(subprocess.run, ["ip", "netns", "del", NETNS], check=False)
+    from linkd.runtime import cgroups
+
+    cleanup.callback(cgroups.remove_stack, "lkbench")
+    rows = bench_load(work, args.runs) + asyncio.run(bench_start(work, args.runs))
+    lines = [f"Images: a busybox image, median of {args.runs} runs (min-max ms)", "",
+             "| what | median | range |", "|---|---|---|"]
+    lines += [f"| {what} | {_ms(values)} | {_range(values)} |" for what, values in rows]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.part("images", __doc__ or "", main))

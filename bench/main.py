@@ -15,8 +15,13 @@ during churn, registration latency) and `bench/run daemon [--containers N --memo
 (bench/health.py: three services up to all healthy, beside docker-compose) and
 `bench/run ports` (bench/ports.py: iperf3 across a linkd bridge and through a published
 port, beside a raw veth pair) and `bench/run images` (bench/images.py: image load, and
-container start from an image with linkd's launcher and with runc) run one. A whole run
-saves both tables to bench/results/latest.md and the DNS one also to bench/results/dns.md.
+container start from an image with linkd's launcher and with runc) and `bench/run cli`
+(bench/cli.py: `linkd ps` beside `docker ps`) and `bench/run start` (bench/start.py: a
+container from the command line to running and to its name answering, linkd beside
+`docker run -d` and `podman run -d`) run one. Every part runs in a simulated host
+(bench/common.py). A whole run runs every part whatever fails, appends each table to
+bench/results/latest.md (each part also saves its own, bench/results/PART.md), ends with
+the parts' outcomes, and exits non-zero if any failed.
 
 Everything the run creates is removed in `finally`, and the run fails if `ip netns` or
 `ip link` still show anything with a bench prefix afterwards.
@@ -36,20 +41,22 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType, ModuleType
 
+import common
 import container
 import netsetup
 import report
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "latest.md"
-PARTS = ("all", "wiring", "dns", "live", "daemon", "health", "ports", "images")
 # run as they are, output appended
 SCRIPTS = {"live": "dns_live.py", "daemon": "daemon.py", "health": "health.py",
-           "ports": "ports.py", "images": "images.py"}
+           "ports": "ports.py", "images": "images.py", "cli": "cli.py", "start": "start.py"}
+PARTS = ("all", "wiring", "dns", *SCRIPTS)
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -60,8 +67,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--sizes", default="10,100,500", help="container counts (default 10,100,500)")
     p.add_argument("--reps", type=int, default=3, help="interleaved repetitions (default 3)")
     p.add_argument("--slow-reps-500", type=int, default=2,
-                   help="repetitions of CNI and netavark at N>=500 (default 2, to keep a run"
-                        " under ~6 minutes on 2 cores)")
+                   help="repetitions of CNI and netavark at N>=500 (default 2, to keep the"
+                        " run short)")
     p.add_argument("--only", default="linkd,ipbatch,cni,netavark",
                    help="implementations to run (comma-separated)")
     p.add_argument("--containers", type=int, default=30,
@@ -200,15 +207,15 @@ def notes(impls: dict[str, netsetup.NetSetup], plan_ms: float | None) -> list[st
             " default route, data dir in a temp dir, isGateway, no ipMasq) and `loopback`"
             " ADD for lo (the bridge plugin leaves lo down); teardown: `bridge` DEL,"
             " `ip netns delete`, and the bridge deleted at the end (CNI's DEL never"
-            " removes it). DEL deletes the veth itself, one by one (the ~20 ms per veth of"
-            " measurements.md). The plugin names host veths vethXXXXXXXX; the bench finds"
-            " them as the ports of its `lkbench-cni` bridge.")
+            " removes it). DEL deletes the veth itself, one by one, where linkd and"
+            " `ip -batch` delete the namespace and let the kernel remove its veths. The plugin"
+            " names host veths vethXXXXXXXX; the bench finds them as the ports of its"
+            " `lkbench-cni` bridge.")
     if "netavark" in impls:
         lines.append(
-            "netavark 1.4.0 (Debian 12) has no `none` firewall driver (`NETAVARK_FW=none` →"
-            " \"Must provide a valid firewall backend\"), so it runs with its iptables driver"
+            "netavark runs with its iptables driver (Debian's has no `none` driver)"
             " inside a throwaway namespace `lkbench-nvhost` that plays the host (via"
-            " `nsenter --net`, one extra exec per call, ~1 ms here): bridge, host veths,"
+            " `nsenter --net`, one extra exec per call): bridge, host veths,"
             " iptables rules and ip_forward land there and vanish with it; the host firewall"
             " is never touched."
             " dns_enabled false; static IPs passed as podman does; per container `ip netns add`"
@@ -309,8 +316,8 @@ async def run_all(args: argparse.Namespace, impls: dict[str, netsetup.NetSetup],
     if any(k in SLOW for k in impls) and any(n >= 500 for n in sizes) \
             and args.slow_reps_500 < args.reps:
         slow_note = (f"; ¹ CNI and netavark at N≥500: {args.slow_reps_500} repetition"
-                     f"{'s' if args.slow_reps_500 != 1 else ''} only (they cost ~60-80 ms per"
-                     " container set up and torn down; this keeps a run near 4 minutes)")
+                     f"{'s' if args.slow_reps_500 != 1 else ''} only (`--slow-reps-500`:"
+                     " they are the slowest, and this keeps the run short)")
     reps_note = f"{args.reps} interleaved repetitions{slow_note}"
     header = report.Header(
         command="bench/run" + ("" if len(sys.argv) < 2 else " " + " ".join(sys.argv[1:])),
@@ -373,26 +380,46 @@ def main(argv: Sequence[str]) -> int:
     part, rest = (argv[0], list(argv[1:])) if argv and argv[0] in PARTS else ("all", list(argv))
     command = "bench/run" + "".join(f" {a}" for a in argv)
     install_sigterm()
+    common.enter_simulated_host()
     try:
         if part == "dns":
             return run_dns(rest, command, None)
         if part in SCRIPTS:
             return run_script(SCRIPTS[part], rest, None)
         args = parse_args(rest)
-        code = asyncio.run(amain(args))
-        if part == "wiring" or args.profile_only or code != 0:
-            return code
-        dns_args = ["--no-save"] if args.no_save else []
-        code = run_dns(dns_args, command, RESULTS)
-        for script in SCRIPTS.values():
-            code = code or run_script(script, [], None if args.no_save else RESULTS)
-        return code
+        if part == "wiring" or args.profile_only:
+            return asyncio.run(amain(args))
+        try:
+            code = asyncio.run(amain(args))
+        except Exception:  # reported, and the other parts still run
+            traceback.print_exc()
+            code = 1
+        return run_the_rest(code, save=not args.no_save)
     except KeyboardInterrupt as exc:
         left = check_clean()
         print(f"bench/run: interrupted ({exc or 'SIGINT'}); "
               + (f"left behind: {', '.join(left)}" if left else "everything removed"),
               file=sys.stderr)
         return 130
+
+
+def run_the_rest(wiring: int, save: bool) -> int:
+    """Every other part after the wiring one, whatever failed before; the parts' exit
+    codes are said at the end (and in latest.md), and any failure fails the run."""
+    also_to = RESULTS if save else None
+    if save and wiring != 0:  # latest.md is the wiring part's table: say it has none
+        RESULTS.write_text("# linkd benchmark\n\nThe wiring part FAILED (see its output).\n")
+    codes = {"wiring": wiring,
+             "dns": run_dns([] if save else ["--no-save"], "bench/run dns", also_to)}
+    for name, script in SCRIPTS.items():
+        codes[name] = run_script(script, [], also_to)
+    summary = "Parts: " + ", ".join(
+        f"{name} {'ok' if code == 0 else f'FAILED (exit {code})'}" for name, code in codes.items())
+    print(summary, file=sys.stderr)
+    if also_to is not None:
+        with also_to.open("a") as f:
+            f.write(f"\n{summary}\n")
+    return 0 if not any(codes.values()) else 1
 
 
 if __name__ == "__main__":

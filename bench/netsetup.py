@@ -335,7 +335,7 @@ class Cni:
 class Netavark:
     """netavark as podman runs it (setup/teardown per container, static IPs from the caller).
 
-    netavark 1.4.0 (Debian 12) has no `none` firewall driver (`NETAVARK_FW=none` fails with
+    Debian's netavark has no `none` firewall driver (`NETAVARK_FW=none` fails with
     "Must provide a valid firewall backend"), and its iptables driver would change the host's
     firewall and turn on ip_forward. So every netavark call runs inside a throwaway network
     namespace `lkbench-nvhost` (`nsenter --net=...`) that plays the host: the bridge, the
@@ -343,7 +343,7 @@ class Netavark:
     containers' namespaces are ordinary /run/netns entries, as with podman.
     """
 
-    name = "netavark 1.4.0 (iptables driver, confined to a throwaway host netns)"
+    name = "netavark (iptables driver, confined to a throwaway host netns)"
     bridge = "lkbench-nv"
     netns_prefix = "lkbench-nv-"
     sandbox = "lkbench-nvhost"

@@ -1,8 +1,8 @@
 """Data path: iperf3 across a linkd bridge and through a published port, beside the raw paths.
 
-    sudo .venv/bin/python bench/ports.py [--seconds 3] [--reps 3]
+    sudo .venv/bin/python bench/ports.py [--seconds 3] [--runs 3]
 
-Paths, each an iperf3 TCP run of `--seconds`, interleaved over `--reps` repetitions
+Paths, each an iperf3 TCP run of `--seconds`, interleaved over `--runs` repetitions
 (median reported), all on this machine:
 
 - raw veth pair: two namespaces of this benchmark joined by one veth pair, no bridge,
@@ -14,22 +14,20 @@ Paths, each an iperf3 TCP run of `--seconds`, interleaved over `--reps` repetiti
 - host direct / host published: the host to the server's address, and to
   127.0.0.1:<published port> (DNAT in output, masquerade).
 
-The stack runs in a daemon of the benchmark's own (private run directory
-/run/lkbench-ports); everything is removed at the end. Takes the machine-wide kernel
-lock unless bench/run holds it.
+The stack runs in a daemon of the benchmark's own (bench/common.Linkd: private run
+directory); everything is removed at the end. Takes the machine-wide kernel lock unless
+bench/run holds it; "the host" is the simulated host the benchmark runs in.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,19 +48,6 @@ services:
   server: {command: iperf3 -s -p 5201, ports: ["5201"]}
   client: {command: sleep infinity}
 """
-
-
-def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "LINKD_RUN_DIR": str(RUN_DIR),
-            "LINKD_SOCKET": str(RUN_DIR / "linkd.sock")}
-
-
-def linkd(*args: str, cwd: Path | None = None) -> str:
-    result = subprocess.run([sys.executable, "-m", "linkd", *args], env=env(), cwd=cwd,
-                            capture_output=True, text=True, timeout=120)
-    if result.returncode != 0:
-        raise RuntimeError(f"linkd {' '.join(args)}: {result.stderr.strip()}")
-    return result.stdout
 
 
 def sh(*argv: str) -> None:
@@ -120,71 +105,51 @@ def plain_bridge(pair: tuple[str, str], addresses: tuple[str, str],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=3.0, help="per iperf3 run (default 3)")
-    ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions (default 3)")
-    args = ap.parse_args()
-    if not common.root_and_lock("ports.py"):
-        return 2
+def main(args: argparse.Namespace, work: Path, cleanup: contextlib.ExitStack) -> str:
     if shutil.which("iperf3") is None:
-        print("bench/ports.py: needs iperf3 (Debian iperf3; bench/run installs it)",
-              file=sys.stderr)
-        return 2
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
-    directory = Path(tempfile.mkdtemp(prefix="lkbench-ports-", dir="/var/tmp"))
-    (directory / "linkd.yaml").write_text(STACK_FILE)
-    log = (RUN_DIR / "daemon.log").open("ab")
-    daemon = subprocess.Popen([sys.executable, "-m", "linkd", "daemon"], env=env(),
-                              stdout=log, stderr=log, start_new_session=True)
-    raw_server = plain_server = no_nf_server = None
-    results: dict[str, list[float]] = {}
-    try:
-        raw_server = raw_pair()
-        plain_server = plain_bridge((NS_C, NS_D), PLAIN)
-        no_nf_server = plain_bridge((NS_E, NS_F), NO_NF, NS_SWITCH)
-        deadline = time.monotonic() + 30
-        while not (RUN_DIR / "linkd.sock").exists():
-            if daemon.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the daemon did not start; see {log.name}")
-            time.sleep(0.02)
-        linkd("up", "-d", "-p", STACK, cwd=directory)
-        plan = json.loads(linkd("inspect", "-p", STACK))["plan"]
-        server = next(c for c in plan["containers"] if c["name"] == "server-1")
-        address, gateway = server["interfaces"][0]["address"], server["interfaces"][0]["gateway"]
-        published = int(linkd("port", "-p", STACK, "server", "5201").split(":")[1])
-        client = f"linkd-{STACK}.client-1"
-        paths: dict[str, Callable[[], float]] = {
-            "raw veth pair": lambda: iperf(NS_A, RAW[1], 5201, args.seconds),
-            "Linux bridge, br_netfilter off": lambda: iperf(NS_E, NO_NF[1], 5201, args.seconds),
-            "Linux bridge in the host's namespace":
-                lambda: iperf(NS_C, PLAIN[1], 5201, args.seconds),
-            "linkd bridge (container to container)":
-                lambda: iperf(client, address, 5201, args.seconds),
-            "published port, hairpin (container to gateway:port)":
-                lambda: iperf(client, gateway, published, args.seconds),
-            "host to container address": lambda: iperf(None, address, 5201, args.seconds),
-            "host to 127.0.0.1:published port":
-                lambda: iperf(None, "127.0.0.1", published, args.seconds),
-        }
-        for rep in range(args.reps):
-            names = list(paths)
-            names = names[rep % len(names):] + names[:rep % len(names)]  # rotate the order
-            for name in names:
-                results.setdefault(name, []).append(paths[name]())
-    finally:
-        for started in (raw_server, plain_server, no_nf_server):
-            if started is not None:
-                started.kill()  # started here
-                started.wait()
+        raise common.BenchError("needs iperf3 (Debian iperf3; bench/run installs it)")
+    (work / "linkd.yaml").write_text(STACK_FILE)
+    linkd = common.Linkd(RUN_DIR)
+    cleanup.callback(linkd.stop)  # the daemon takes the stack down, table included
+    linkd.start_daemon()
+
+    @cleanup.callback
+    def remove_raw_paths() -> None:
         for ns in (NS_A, NS_B, NS_C, NS_D, NS_E, NS_F, NS_SWITCH):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
-        daemon.send_signal(signal.SIGTERM)  # takes the stack down, table included
-        daemon.wait(120)
-        log.close()
-        shutil.rmtree(RUN_DIR, ignore_errors=True)
-        shutil.rmtree(directory, ignore_errors=True)
+
+    for server in (raw_pair(), plain_bridge((NS_C, NS_D), PLAIN),
+                   plain_bridge((NS_E, NS_F), NO_NF, NS_SWITCH)):
+        cleanup.callback(common.stop_child, server)
+    linkd("up", "-d", "-p", STACK, cwd=work)
+    plan = json.loads(linkd("inspect", "-p", STACK))["plan"]
+    server = next(c for c in plan["containers"] if c["name"] == "server-1")
+    address, gateway = server["interfaces"][0]["address"], server["interfaces"][0]["gateway"]
+    published = int(linkd("port", "-p", STACK, "server", "5201").split(":")[1])
+    client = f"linkd-{STACK}.client-1"
+    nf = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+    host_nf = f"bridge-nf-call-iptables={nf.read_text().strip()}" if nf.exists() \
+        else "no br_netfilter"
+    paths: dict[str, Callable[[], float]] = {
+        "raw veth pair": lambda: iperf(NS_A, RAW[1], 5201, args.seconds),
+        "Linux bridge, br_netfilter off": lambda: iperf(NS_E, NO_NF[1], 5201, args.seconds),
+        f"Linux bridge in the host's namespace ({host_nf})":
+            lambda: iperf(NS_C, PLAIN[1], 5201, args.seconds),
+        "linkd bridge (container to container)":
+            lambda: iperf(client, address, 5201, args.seconds),
+        "published port, hairpin (container to gateway:port)":
+            lambda: iperf(client, gateway, published, args.seconds),
+        "host to container address": lambda: iperf(None, address, 5201, args.seconds),
+        "host to 127.0.0.1:published port":
+            lambda: iperf(None, "127.0.0.1", published, args.seconds),
+    }
+    results: dict[str, list[float]] = {}
+    for rep in range(args.runs):
+        names = list(paths)
+        names = names[rep % len(names):] + names[:rep % len(names)]  # rotate the order
+        for name in names:
+            results.setdefault(name, []).append(paths[name]())
     median = {name: statistics.median(values) for name, values in results.items()}
     names = list(median)
 
@@ -198,15 +163,16 @@ def main() -> int:
         names[4]: ratio(names[4], names[3]),
         names[6]: ratio(names[6], names[5]),
     }
-    print(f"Data path: iperf3, one TCP stream, {args.seconds:g} s, median of {args.reps} "
-          "interleaved runs (targets: bridge >= 0.95x raw veth; published >= 0.9x direct)")
-    print()
-    print("| path | Gbit/s | ratio |")
-    print("|---|---|---|")
-    for name in names:
-        print(f"| {name} | {median[name]:.1f} | {notes.get(name, '')} |")
-    return 0
+    lines = [f"Data path: iperf3, one TCP stream, {args.seconds:g} s, median of {args.runs} "
+             "interleaved runs (targets: bridge >= 0.95x raw veth; published >= 0.9x direct)",
+             "", "| path | Gbit/s | ratio |", "|---|---|---|"]
+    lines += [f"| {name} | {median[name]:.1f} | {notes.get(name, '')} |" for name in names]
+    return "\n".join(lines)
+
+
+def options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seconds", type=float, default=3.0, help="per iperf3 run (default 3)")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.part("ports", __doc__ or "", main, runs=3, options=options))

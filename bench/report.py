@@ -9,10 +9,6 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-# From shared/reference/measurements.md ("Whole containers", median of 60 `run -d`).
-PODMAN_RUN_MS = 360.0
-DOCKER_RUN_MS = 600.0
-
 TARGET_FLOOR_RATIO = 1.3  # linkd setup / ip -batch setup, at most
 TARGET_CNI_RATIO = 3.0  # CNI setup / linkd setup, at least
 TARGET_TEARDOWN_MS = 3.0  # linkd teardown per container at N=100, at most
@@ -139,35 +135,28 @@ def targets_table(rows: Sequence[Row], sizes: Sequence[int]) -> list[str]:
     return lines
 
 
-def whole_table(whole: Whole | None, docker_ms: float | None) -> list[str]:
-    lines = ["", "## Whole container", ""]
+def whole_table(whole: Whole | None) -> list[str]:
+    lines = ["", "## One container's steps inside linkd's runtime", ""]
     if whole is None:
-        return [*lines, "Not measured in this run (`--no-container`)."]
-    lines += [
+        return [*lines, "Not measured in this run (`--containers 0`)."]
+    return [
+        *lines,
         f"One container at a time through linkd's runtime, `sleep 60`, median of {whole.count}:"
         " wall time until `linkd.runtime.process.start` returned (the command exec'd in its"
-        " new PID/UTS/IPC/mount namespaces inside the wired netns).",
+        " new PID/UTS/IPC/mount namespaces inside the wired netns). The runtime only: a"
+        " container as a user starts it, from `linkd up -d` beside `docker run -d`, is"
+        " `bench/run start`'s table.",
         "",
         "| what | median ms |",
         "|---|---|",
-        f"| linkd: network and DNS placement (`Kernel` steps) | {_fmt(whole.network_ms)} |",
-        "| linkd: hosts, hostname, resolv.conf (`store.write_atomic`, fsync each) "
+        f"| network and DNS placement (`Kernel` steps) | {_fmt(whole.network_ms)} |",
+        "| hosts, hostname, resolv.conf (`store.write_atomic`, fsync each) "
         f"| {_fmt(whole.files_ms)} |",
-        f"| linkd: `process.start` (shim, namespaces, exec) | {_fmt(whole.process_ms)} |",
-        f"| **linkd: whole container** (median of the sums) | **{_fmt(whole.total_ms)}** |",
-    ]
-    if docker_ms is not None:
-        lines.append(f"| `docker run -d` (this run) | {_fmt(docker_ms)} |")
-    else:
-        lines.append(f"| `docker run -d` (measurements.md, not this run) | {DOCKER_RUN_MS:.0f} |")
-    lines.append(f"| `podman run -d` (measurements.md, not this run) | {PODMAN_RUN_MS:.0f} |")
-    lines += [
+        f"| `process.start` (shim, namespaces, exec) | {_fmt(whole.process_ms)} |",
+        f"| **all of it** (median of the sums) | **{_fmt(whole.total_ms)}** |",
         "",
-        f"Stopping all {whole.count} (SIGTERM, concurrently) took {_fmt(whole.stop_ms)} ms. "
-        "The Docker and Podman figures come from another day on this kind of machine; "
-        "compare orders of magnitude only.",
+        f"Stopping all {whole.count} (SIGTERM, concurrently) took {_fmt(whole.stop_ms)} ms.",
     ]
-    return lines
 
 
 def render(
@@ -178,7 +167,6 @@ def render(
     reps: int,
     notes: Sequence[str],
     whole: Whole | None,
-    docker_ms: float | None = None,
 ) -> str:
     lines = [
         "# linkd benchmark",
@@ -194,5 +182,5 @@ def render(
     if notes:
         lines += ["", "Notes:", ""]
         lines += [f"- {note}" for note in notes]
-    lines += whole_table(whole, docker_ms)
+    lines += whole_table(whole)
     return "\n".join(lines) + "\n"
