@@ -1,4 +1,5 @@
-"""`linkd up`, `down`, `exec` and `daemon`: the commands that drive the runtime.
+"""`linkd up` in the foreground, `down`, `exec` and `daemon`: the commands that drive the
+runtime.
 
 They need the supervisor, the daemon's API server (aiohttp) and netlink (pyroute2),
 which the commands that only read must not pay for: linkd.cli imports this module only
@@ -29,8 +30,7 @@ from linkd.state import to_plain
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    """`up` in the foreground (or as the supervisor a detached `up` without the daemon
-    starts): the stack runs in this process."""
+    """`up` in the foreground (and `up --supervisor`): the stack runs in this process."""
     stack, file = load_stack(args.file, args.project)
     dry_plan(stack, file)
     abort = frozenset(s.name for s in stack.services) if args.abort_on_container_exit else None
