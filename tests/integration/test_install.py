@@ -74,6 +74,9 @@ def test_a_wheel_in_a_fresh_venv_outside_the_checkout_runs_the_demo(dist: Path) 
             check=True, capture_output=True, timeout=600, env=env, preexec_fn=on_real_host,
         )
         demo = shutil.copytree(REPO / "examples" / "demo", home / "demo")
+        # A run directory of its own: the demo's lease (kept after down, by design) goes
+        # with it.
+        env["LINKD_RUN_DIR"] = str(home / "run")
         linkd = str(venv / "bin" / "linkd")
 
         def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
