@@ -347,8 +347,6 @@ class Dockerd:
     def version(self) -> str:
         return f"docker {self('version', '--format', '{{.Server.Version}}').strip()}"
 
-    name_suffix = ""  # its DNS answers a container's name as it is
-
     def run_options(self) -> list[str]:
         return []  # Docker's defaults work here
 
@@ -387,8 +385,6 @@ class Podman:
 
     def __call__(self, *args: str) -> str:
         return run(self.argv(*args))
-
-    name_suffix = ".dns.podman"  # aardvark-dns answers a container's name in its domain
 
     def run_options(self) -> list[str]:
         """For `podman run`: its default raises RLIMIT_NOFILE and RLIMIT_NPROC to the

@@ -14,10 +14,8 @@ archive) everywhere, each container running `sleep 3600`:
     service added (`webN`): until the command returns, and until `webN` answers from
     inside `peer`; the service is removed again (untimed) by `up -d` of the first file.
 - Docker and Podman, each on a simulated host of its own (bench/common.Dockerd and
-  Podman: their defaults, Podman with netavark and aardvark-dns, which answers a
-  container's name in its domain, `webN.dns.podman`, the name a lookup of `webN` becomes
-  through the search domain Podman gives containers), a user-defined network (their DNS
-  serves container names only there) with `peer` on it; `docker run -d` /
+  Podman: their defaults, Podman with netavark and aardvark-dns), a user-defined network
+  (their DNS serves container names only there) with `peer` on it; `docker run -d` /
   `podman run -d --network lkbench --name webN`: until the command returns (running:
   checked with `inspect`), and until `webN` answers from inside `peer`; `rm -f` untimed.
 
@@ -120,7 +118,6 @@ class Row:
 class Peer:
     pid: int  # a process in its network namespace
     server: str  # the resolver its /etc/resolv.conf names
-    suffix: str = ""  # what the resolver needs after a container's name
 
 
 class Poller:
@@ -130,7 +127,7 @@ class Poller:
     def __init__(self, peer: Peer, name: str, timeout: float = 60) -> None:
         self.proc = subprocess.Popen(
             ["nsenter", f"--net=/proc/{peer.pid}/ns/net", sys.executable, "-c", POLLER,
-             peer.server, "peer" + peer.suffix, name and name + peer.suffix, str(POLL_S)],
+             peer.server, "peer", name, str(POLL_S)],
             stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         ready = select.select([self.proc.stdout], [], [], timeout)[0]
@@ -250,8 +247,7 @@ class EngineRuns:
         self.run = ["run", "-d", *engine.run_options(), "--network", "lkbench"]
         engine(*self.run, "--name", "peer", IMAGE, "sleep", "3600")
         self.peer = Peer(int(engine("inspect", "-f", "{{.State.Pid}}", "peer")),
-                         resolver(engine("exec", "peer", "cat", "/etc/resolv.conf")),
-                         engine.name_suffix)
+                         resolver(engine("exec", "peer", "cat", "/etc/resolv.conf")))
 
     def added_container(self, row: Row, n: int) -> None:
         name = f"web{n}"
