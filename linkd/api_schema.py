@@ -46,13 +46,17 @@ class CreateStack:
     text: str  # YAML (JSON is YAML too)
     name: str | None  # overrides the spec's `name:`
     directory: str  # where relative paths (env_file, convention files) are read
+    environment: dict[str, str] | None = None  # for ${VAR}; None: the daemon's own
+    source: str = "request body"  # the file the text came from, for errors
+    default_project: str = ""  # the name when neither `name` nor the spec gives one
 
 
 def parse_create(body: Any) -> CreateStack:
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object", [("body", "expected an object")])
     problems: list[tuple[str, str]] = []
-    unknown = sorted(set(body) - {"name", "spec", "yaml", "directory"})
+    unknown = sorted(set(body) - {"name", "spec", "yaml", "directory", "environment",
+                                  "source", "default_project"})
     problems += [(f"body.{k}", "unknown field") for k in unknown]
     name = body.get("name")
     if name is not None and not (isinstance(name, str) and _STACK_NAME.fullmatch(name)):
@@ -67,12 +71,26 @@ def parse_create(body: Any) -> CreateStack:
         problems.append(("body.spec", "expected an object (a Compose-shaped stack)"))
     elif text is not None and not isinstance(text, str):
         problems.append(("body.yaml", "expected a string (a stack file's text)"))
+    environment = body.get("environment")
+    if environment is not None and not (
+        isinstance(environment, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in environment.items())
+    ):
+        problems.append(("body.environment", "expected an object of strings"))
+    source, default = body.get("source", "request body"), body.get("default_project", "")
+    if not isinstance(source, str):
+        problems.append(("body.source", "expected a string (the stack file's path)"))
+    if not isinstance(default, str):
+        problems.append(("body.default_project", "expected a string"))
     if problems:
         raise ApiError(400, "invalid request", problems)
     return CreateStack(
         text if isinstance(text, str) else json.dumps(spec),
         name if isinstance(name, str) else None,
         str(directory),
+        environment,
+        str(source),
+        str(default),
     )
 
 
@@ -93,6 +111,9 @@ ROUTES: tuple[tuple[str, str, str, str, int], ...] = (
     ("POST", "/v1/stacks", "createStack", "Bring a stack up from a spec; returns when "
      "every container has started", 201),
     ("GET", "/v1/stacks/{stack}", "getStack", "A stack's plan and container states", 200),
+    ("PUT", "/v1/stacks", "applyStack", "Create the stack a stack file names (`name`, "
+     "else its `name:`, else `default_project`), or change it to the file: `linkd up -d`",
+     200),
     ("PUT", "/v1/stacks/{stack}", "putStack", "Create the stack, or change a running one to "
      "the spec: only what changed is touched", 200),
     ("DELETE", "/v1/stacks/{stack}", "deleteStack", "Take a stack down, in order", 200),
@@ -148,6 +169,11 @@ _CREATE = {
         "spec": {"type": "object", "description": "A Compose-shaped stack"},
         "yaml": {"type": "string", "description": "A stack file's text"},
         "directory": {"type": "string", "description": "Base for relative paths"},
+        "environment": {"type": "object", "additionalProperties": {"type": "string"},
+                        "description": "Variables for ${VAR} (default: the daemon's)"},
+        "source": {"type": "string", "description": "The stack file's path, for errors"},
+        "default_project": {"type": "string",
+                            "description": "The stack's name when nothing else gives one"},
     },
 }
 
@@ -204,6 +230,7 @@ _RESPONSES = {
 _ERRORS_BY_ROUTE = {
     "createStack": (400, 409, 422),
     "putStack": (400, 422),
+    "applyStack": (400, 422),
     "getStack": (404,),
     "deleteStack": (404,),
     "listContainers": (404,),
@@ -245,7 +272,7 @@ def openapi() -> dict[str, Any]:
             ]
         if parameters:
             op["parameters"] = parameters
-        if operation in ("createStack", "putStack"):
+        if operation in ("createStack", "putStack", "applyStack"):
             op["requestBody"] = {
                 "required": True,
                 "content": {"application/json": {"schema": _ref("CreateStack")}},

@@ -23,6 +23,7 @@ import argparse
 import importlib
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -347,6 +348,9 @@ def plain_state(name: str) -> dict[str, Any]:
     """`load_state` in the API's JSON form, decoded only when it comes from the file."""
     plain = daemon_state(name)
     if plain is None:
+        if name not in paths.stacks():  # said without loading the state codec
+            raise NotFoundError(f"stack {name} is not up; `linkd ps --all` lists the "
+                                "stacks that are")
         from linkd.runtime import store
         from linkd.state import to_plain
 
@@ -357,14 +361,41 @@ def plain_state(name: str) -> dict[str, Any]:
 def stack_name(args: argparse.Namespace) -> str:
     if args.project:
         return str(args.project).lower()
-    if args.file or _stack_file(None) is not None:
-        return load_stack(args.file, None)[0].name
+    file = _stack_file(args.file)
+    if file is not None:
+        return _name_in(file) or load_stack(args.file, None)[0].name
     up = paths.stacks()
     if len(up) == 1:
         return up[0]
     if not up:
         raise NotFoundError("no stack is up")
     raise NotFoundError(f"several stacks are up ({', '.join(up)}); name one with -p")
+
+
+_TOP_NAME = re.compile(
+    r"name:(?:[ \t]+(?P<value>[a-z0-9][a-z0-9_-]*))?(?:[ \t]+(#.*)?)?$")
+
+
+def _name_in(file: Path) -> str | None:
+    """The stack name of `file` without the parser, where the text says it plainly: a
+    top-level `name: NAME`, or no top-level `name` at all (then the directory's name, as
+    Compose normalizes it); None where only the parser can tell (a quoted or
+    interpolated value, flow style, a merge key at the top)."""
+    try:
+        text = file.read_text()
+    except (OSError, UnicodeError):
+        return None
+    found = None
+    for line in text.splitlines():
+        if line.startswith(("name:", "{", "<<", "? ", "---", "%", "'", '"')):
+            match = _TOP_NAME.match(line) if line.startswith("name:") else None
+            if match is None or match["value"] is None or found is not None:
+                return None
+            found = match["value"]
+    if found is not None:
+        return found
+    name = re.sub(r"[^a-z0-9_-]", "", file.resolve().parent.name.lower()).lstrip("_-")
+    return name if name and len(name) <= 24 else None  # else the parser says what is wrong
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -409,35 +440,47 @@ def cmd_env(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     if not args.detach or args.supervisor:  # the stack runs in this process
         return _later("cli_runtime", "cmd_up")(args)
-    stack, file = load_stack(args.file, args.project)
-    dry_plan(stack, file)
-    return _up_detached(stack, file)
+    return _up_detached(args)
 
 
-def _up_detached(stack: Stack, file: Path) -> int:
-    """Hand the stack to the daemon (starting one if none runs); return once it is up.
+def _up_detached(args: argparse.Namespace) -> int:
+    """Hand the stack file to the daemon (starting one if none runs); return once the
+    stack is up, or changed to the file where it already runs.
 
-    The daemon gets the stack normalized (`linkd config`'s form: variables interpolated,
-    env files read), so it needs nothing of this shell's environment.
+    The daemon parses the text, with this shell's environment for `${VAR}` and the
+    file's directory for relative paths, and answers with its warnings and errors: this
+    command imports no parser or planner, and starts at once.
     """
-    from linkd.spec_dump import stack_to_dict
+    from linkd.runtime import files  # bounded: no FIFO, device or flood; UTF-8 or a clear no
 
-    client = ensure_daemon(Client())
-    body = {
-        "name": stack.name,
-        "spec": stack_to_dict(stack),
-        "directory": str(file.resolve().parent),
-    }
+    file = _stack_file(args.file)
+    if file is None:
+        raise NotFoundError(
+            f"no stack file: pass -f FILE or create one of {', '.join(DEFAULT_FILES)}"
+        )
     try:
-        # PUT: a stack the daemon already runs changes to the file, only where it differs.
-        answer = client.request("PUT", f"/v1/stacks/{stack.name}", body)
+        text = files.read_text(file, pipes=True)
+    except OSError as exc:
+        raise NotFoundError(f"cannot read stack file {file}: {exc.strerror}") from exc
+    base = file.resolve().parent
+    body = {
+        "yaml": text, "name": args.project, "directory": str(base), "source": str(file),
+        "default_project": base.name, "environment": dict(os.environ),
+    }
+    client = ensure_daemon(Client())
+    try:
+        answer = client.request("PUT", "/v1/stacks", body)
     except DaemonError as exc:
+        if exc.status == 422:  # the stack file: said as `linkd config` says it
+            raise SpecError(exc.problems, str(file)) from None
         for line in exc.progress:
             print(line, file=sys.stderr)
         raise
-    for notice in answer.get("notices", []) if isinstance(answer, dict) else []:
+    for warning in answer.get("warnings", []):
+        print(f"linkd: warning: {file}: {warning}", file=sys.stderr)
+    for notice in answer.get("notices", []):
         print(f"linkd: {notice}", file=sys.stderr)
-    changes = answer.get("changes") if isinstance(answer, dict) else None
+    changes = answer.get("changes")
     if changes and any(changes.get(k) for k in ("added", "changed", "removed")):
         print("updated: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in changes.items() if v))
     elif changes is not None:

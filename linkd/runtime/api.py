@@ -56,6 +56,7 @@ def make_app(daemon: Daemon, *, tcp: api_tcp.Listener | None = None) -> web.Appl
         "createStack": create_stack,
         "getStack": get_stack,
         "putStack": put_stack,
+        "applyStack": apply_stack,
         "deleteStack": delete_stack,
         "listContainers": list_containers,
         "getContainer": get_container,
@@ -159,9 +160,10 @@ async def _stack_from(request: web.Request, name: str | None) -> tuple[Stack, Pa
     stack = await parse_off_loop(
         lambda check: spec.parse_stack(
             wanted.text,
-            source="request body",
+            source=wanted.source,
             project_name=wanted.name,
-            default_project="",
+            default_project=wanted.default_project,
+            host_env=wanted.environment if wanted.environment is not None else {},
             read_text=files.env_file_reader(directory),
             check=check,
         )
@@ -223,18 +225,30 @@ async def create_stack(request: web.Request) -> web.Response:
 
 
 async def put_stack(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON]
     stack, directory = await _stack_from(request, request.match_info["stack"])
+    body, status = await _create_or_update(request.app[DAEMON], stack, directory)
+    return web.json_response(body, status=status)
+
+
+async def apply_stack(request: web.Request) -> web.Response:
+    """`linkd up -d`: the stack file's text as it is, parsed here (so the command line
+    imports no parser); what the parse warns of comes back in `warnings`."""
+    stack, directory = await _stack_from(request, None)
+    body, status = await _create_or_update(request.app[DAEMON], stack, directory)
+    return web.json_response({**body, "warnings": list(stack.warnings)}, status=status)
+
+
+async def _create_or_update(daemon: Daemon, stack: Stack, directory: Path
+                            ) -> tuple[dict[str, Any], int]:
     if stack.name not in daemon.stacks:
         state = await daemon.create(stack, str(directory / "api.yaml"))
-        return web.json_response(_with_notices(daemon, stack.name, to_plain(state)),
-                                 status=201)
+        return _with_notices(daemon, stack.name, to_plain(state)), 201
     summary = await daemon.update(stack)
     body = {**to_plain(daemon.state(stack.name)), "changes": summary}
-    return web.json_response(_with_notices(daemon, stack.name, body))
+    return _with_notices(daemon, stack.name, body), 200
 
 
-def _with_notices(daemon: Daemon, name: str, body: Any) -> Any:
+def _with_notices(daemon: Daemon, name: str, body: dict[str, Any]) -> dict[str, Any]:
     """`notices`: what this up changed on the host (forwarding turned on), to be said."""
     return {**body, "notices": daemon.hosted(name).supervisor.take_notices()}
 

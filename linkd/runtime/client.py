@@ -49,6 +49,10 @@ class DaemonError(LinkdError):
         self.status = status
         self.exit_code = 2 if status in (400, 422) else 1
         self.progress: list[str] = list(error.get("progress") or [])
+        self.problems: list[tuple[str, int | None, str]] = [
+            (str(p.get("path")), p.get("line"), str(p.get("message")))
+            for p in error.get("problems") or []
+        ]
 
 
 def exchange(path: Path, method: str, target: str, body: bytes | None, timeout: float

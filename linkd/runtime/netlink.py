@@ -31,6 +31,7 @@ from linkd.errors import KernelError
 from linkd.plan import ContainerPlan, InterfacePlan, NetworkPlan
 from linkd.reconcile import ObservedLink
 from linkd.runtime import nshelper
+from linkd.runtime.routes import host_routes
 
 SYS_NET = "/sys/class/net"
 NETNS_DIR = "/run/netns"
@@ -183,39 +184,15 @@ class Kernel:
         return found
 
     async def routes(self) -> list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]]:
-        """Every route of the host, as (destination, "route via DEV") pairs."""
-        ipr = await self.host()
-        index_to_name = {
-            msg["index"]: msg.get("ifname") async for msg in _dump(ipr.link("dump"))
-        }
-        result: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
-        for family in (2, 10):
-            async for msg in _dump(ipr.route("dump", family=family)):
-                dst = msg.get("dst")
-                if not dst:
-                    continue
-                net = ipaddress.ip_network(f"{dst}/{msg['dst_len']}", strict=False)
-                dev = index_to_name.get(msg.get("oif") or -1, "?")
-                result.append((net, f"host route via {dev}"))
-        return result
+        """Every route of the host, as (destination, "host route via DEV") pairs."""
+        return [(r.destination, f"host route via {r.device}") for r in host_routes()
+                if r.destination.prefixlen > 0]
 
     async def default_route_devices(self) -> frozenset[str]:
         """The devices the host's default routes (IPv4 and IPv6) leave through: its
         uplinks, which containers may leave through even when they are bridges."""
-        ipr = await self.host()
-        index_to_name = {
-            msg["index"]: msg.get("ifname") async for msg in _dump(ipr.link("dump"))
-        }
-        found: set[str] = set()
-        for family in (2, 10):
-            async for msg in _dump(ipr.route("dump", family=family)):
-                if msg.get("dst_len") == 0 and msg.get("table") in (None, 254):
-                    for index in [msg.get("oif"), *(hop.get("oif") for hop in
-                                                     msg.get("multipath") or ())]:
-                        name = index_to_name.get(index or -1)
-                        if name:
-                            found.add(name)
-        return frozenset(found)
+        return frozenset(r.device for r in host_routes()
+                         if r.destination.prefixlen == 0 and r.device != "?")
 
     @staticmethod
     def netns_names(prefix: str) -> frozenset[str]:
