@@ -84,13 +84,18 @@ def prev_path(stack: str) -> Path:
     return stack_dir(stack) / PREV_FILE
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
     """Replace `path` with `data`. A new file gets `mode`; a file that is replaced keeps
     its owner and its mode (never wider than `mode`), so a file handed to a container's
     user (`protect_bindings`) stays that user's through every rewrite. Directories made
-    under the run root are 0700, and so is the root (issue 14 §5)."""
+    under the run root are 0700, and so is the root (issue 14 §5).
+
+    `durable=False` skips the fsyncs, for files derived from the state and rewritten
+    whenever a container starts (hosts, resolv.conf, bindings): a reader never sees
+    half a file either way (the rename), and what a power cut loses, the containers
+    that read it lose too."""
     private_dirs(path.parent)
-    tmp = _write_temp(path, data, mode)
+    tmp = _write_temp(path, data, mode, durable)
     try:
         with contextlib.suppress(FileNotFoundError):
             old = os.stat(path, follow_symlinks=False)
@@ -100,7 +105,8 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
 
 
 def private_dirs(directory: Path) -> None:
@@ -159,15 +165,16 @@ def _temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{next(_temp_names)}.tmp")
 
 
-def _write_temp(path: Path, data: bytes, mode: int) -> Path:
-    """A fsynced temporary file next to `path` holding `data`."""
+def _write_temp(path: Path, data: bytes, mode: int, durable: bool = True) -> Path:
+    """A temporary file next to `path` holding `data`, fsynced if `durable`."""
     tmp = _temp_name(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         tmp.unlink(missing_ok=True)

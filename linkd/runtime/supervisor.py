@@ -810,9 +810,9 @@ def write_container_files(
     the live bindings (`running`: the containers running now)."""
     directory.mkdir(parents=True, exist_ok=True)
     write_bindings(directory, plan, container, running)
-    store.write_atomic(directory / "hosts", hosts_file(plan, container).encode())
-    store.write_atomic(directory / "hostname", f"{container.hostname}\n".encode())
-    store.write_atomic(directory / "resolv.conf", RESOLV_CONF.encode())
+    store.write_atomic(directory / "hosts", hosts_file(plan, container).encode(), durable=False)
+    store.write_atomic(directory / "hostname", f"{container.hostname}\n".encode(), durable=False)
+    store.write_atomic(directory / "resolv.conf", RESOLV_CONF.encode(), durable=False)
 
 
 def write_bindings(
@@ -821,9 +821,10 @@ def write_bindings(
     """/run/linkd/links.env and links.json inside the container, replaced atomically."""
     target = directory / "bindings"
     target.mkdir(parents=True, exist_ok=True)
-    store.write_atomic(target / bindings.ENV_FILE, bindings.links_env(container).encode())
+    store.write_atomic(target / bindings.ENV_FILE, bindings.links_env(container).encode(),
+                       durable=False)
     document = bindings.links_json(plan, container, running)
-    store.write_atomic(target / bindings.JSON_FILE, document.encode())
+    store.write_atomic(target / bindings.JSON_FILE, document.encode(), durable=False)
 
 
 def process_spec(
