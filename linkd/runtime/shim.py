@@ -216,41 +216,74 @@ def _exit_code(status: int) -> int:
 # --- user, working directory, exec (shared by C and the exec mode's child) ------------------
 
 
-def _lookup_user(spec: str) -> tuple[int, int, list[int]]:
+def _lookup_user(spec: str, files_only: bool = False) -> tuple[int, int, list[int]]:
     """Resolve "uid", "uid:gid", "name" or "name:group" to (uid, gid, supplementary groups).
 
     As Docker does: a uid without a passwd entry runs with gid 0 and no extra groups; a named
     or known user gets its primary group and the groups /etc/group lists it in.
+
+    `files_only` (an image's root): /etc/passwd and /etc/group are read as files, never
+    through glibc's NSS, which follows the image's nsswitch.conf and would load an
+    image's libnss_*.so into this process before its confinement is complete.
     """
     user_part, _, group_part = spec.partition(":")
-    entry: pwd.struct_passwd | None
+    users, groups_db = (_files_db() if files_only else (None, None))
+    entry: tuple[str, int, int] | None
     try:
-        entry = pwd.getpwuid(int(user_part)) if user_part.isdigit() else pwd.getpwnam(user_part)
-    except KeyError:
+        if users is not None:
+            entry = next(u for u in users if (str(u[1]) if user_part.isdigit() else u[0])
+                         == user_part)
+        else:
+            found = (pwd.getpwuid(int(user_part)) if user_part.isdigit()
+                     else pwd.getpwnam(user_part))
+            entry = (found.pw_name, found.pw_uid, found.pw_gid)
+    except (KeyError, StopIteration):
         if not user_part.isdigit():
             raise SetupError(
                 f"user {user_part!r} not found in /etc/passwd", EXIT_NOT_FOUND
             ) from None
         entry = None
-    uid = entry.pw_uid if entry else int(user_part)
-    gid = entry.pw_gid if entry else 0
+    uid = entry[1] if entry else int(user_part)
+    gid = entry[2] if entry else 0
     if group_part:
         if group_part.isdigit():
             gid = int(group_part)
         else:
             try:
-                gid = grp.getgrnam(group_part).gr_gid
-            except KeyError:
+                gid = (next(g[1] for g in groups_db if g[0] == group_part)
+                       if groups_db is not None else grp.getgrnam(group_part).gr_gid)
+            except (KeyError, StopIteration):
                 raise SetupError(
                     f"group {group_part!r} not found in /etc/group", EXIT_NOT_FOUND
                 ) from None
-    groups = os.getgrouplist(entry.pw_name, gid) if entry else [gid]
-    return uid, gid, groups
+    if entry is None:
+        return uid, gid, [gid]
+    if groups_db is not None:
+        extra = [g[1] for g in groups_db if entry[0] in g[2] and g[1] != gid]
+        return uid, gid, [gid, *extra]
+    return uid, gid, os.getgrouplist(entry[0], gid)
 
 
-def _become(user: str | None, working_dir: str | None) -> None:
+def _files_db() -> tuple[list[tuple[str, int, int]], list[tuple[str, int, list[str]]]]:
+    """(name, uid, gid) of /etc/passwd and (name, gid, members) of /etc/group, as files."""
+    def lines(path: str) -> list[list[str]]:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text = f.read(1 << 20)
+        except OSError:
+            return []
+        return [line.split(":") for line in text.splitlines() if line and line[0] != "#"]
+
+    users = [(p[0], int(p[2]), int(p[3])) for p in lines("/etc/passwd")
+             if len(p) >= 4 and p[2].isdigit() and p[3].isdigit()]
+    groups = [(p[0], int(p[2]), [m for m in p[3].split(",") if m])
+              for p in lines("/etc/group") if len(p) >= 4 and p[2].isdigit()]
+    return users, groups
+
+
+def _become(user: str | None, working_dir: str | None, files_only: bool = False) -> None:
     if user is not None:
-        uid, gid, groups = _lookup_user(user)
+        uid, gid, groups = _lookup_user(user, files_only)
         try:
             # Groups first: once the uid is not 0 they can no longer be changed.
             os.setgroups(groups)
@@ -317,7 +350,7 @@ def _exec_command(spec: dict[str, Any], alive_fd: int | None = None) -> NoReturn
     conf = spec.get("confine") if spec.get("confine_command", True) else None
     if conf is not None:
         _confine_before_user(conf)
-    _become(spec.get("user"), spec.get("working_dir"))
+    _become(spec.get("user"), spec.get("working_dir"), bool(spec.get("rootfs_dir")))
     if conf is not None:
         _confine_after_user(conf)
     if alive_fd is not None:
