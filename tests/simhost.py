@@ -91,6 +91,10 @@ def enter_session_host() -> None:
     _own_mounts()
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     os.makedirs(SESSION_RUN_DIR, mode=0o700, exist_ok=True)
+    # A run directory of the session's own, so that two sessions at once (or a crashed
+    # one's leftovers) never share a daemon socket or state.
+    _mount("tmpfs", SESSION_RUN_DIR, "tmpfs", 0)
+    os.chmod(SESSION_RUN_DIR, 0o700)
     os.environ.setdefault("LINKD_RUN_DIR", SESSION_RUN_DIR)
     os.environ[ENTERED] = "session"
 
