@@ -80,6 +80,7 @@ class Hosted:
 class Daemon:
     def __init__(self) -> None:
         self.stacks: dict[str, Hosted] = {}
+        self._kernel: Kernel | None = None  # shared by the stacks, made with the first
         self.events = Events()
         self.started_at = time.time()
 
@@ -132,6 +133,9 @@ class Daemon:
         """Every stack down, newest first."""
         for name in reversed(list(self.stacks)):
             await self.delete(name)
+        if self._kernel is not None:
+            self._kernel.close()
+            self._kernel = None
 
     async def recover(self) -> list[str]:
         """Take over every stack whose supervisor is gone (a daemon killed with -9, a
@@ -213,7 +217,10 @@ class Daemon:
                 log.warning("stack %s: repair failed: %s", hosted.name, exc)
 
     def _host(self, name: str, source: str) -> Hosted:
-        sup = supervisor.Supervisor(name, source, lambda s, m: None, survive=True)
+        if self._kernel is None:
+            self._kernel = Kernel()
+        sup = supervisor.Supervisor(name, source, lambda s, m: None, survive=True,
+                                    kernel=self._kernel)
         hosted = Hosted(name, sup, asyncio.Event())
         sup.report = self._reporter(hosted)
         sup.on_event = self.events.publish
@@ -293,10 +300,10 @@ class Daemon:
 
     def state(self, name: str) -> StackState:
         hosted = self._hosted(name)
-        plan = hosted.supervisor.plan
-        if plan is None:
+        state = hosted.supervisor.snapshot()  # what the state file holds, or will soon
+        if state is None:
             raise NotFoundError(f"stack {name} is still being planned")
-        return store.load(name)
+        return state
 
     def hosted(self, name: str) -> Hosted:
         return self._hosted(name)

@@ -143,6 +143,14 @@ class Kernel:
         if ipr is not None:
             ipr.close()
 
+    def forget_stack(self, netns_prefix: str) -> None:
+        """Drop what is cached for one stack's namespaces (a Kernel shared by the
+        daemon's stacks outlives each of them)."""
+        for name in [n for n in self._pending if n.startswith(netns_prefix)]:
+            self._pending.pop(name).cancel()
+        for netns in [n for n in self._netns if n.startswith(netns_prefix)]:
+            self.forget(netns)
+
     def close(self) -> None:
         for task in self._pending.values():
             task.cancel()

@@ -27,12 +27,17 @@ the old file and fsyncs the directory, so a reader (or a crash, or a power cut) 
 old content or the new, never half, and a rename that returned is on disk.
 
 `save` (only ever called by the stack's supervisor, under its lock: one writer per
-stack) also keeps the previous state: 1. the new state goes to a temporary file,
-fsynced; 2. if the current state.msgpack is whole (its checksums hold), it is hard-linked
-to a temporary name that is renamed over state.msgpack.prev; 3. the temporary file is
-renamed over state.msgpack; 4. the directory is fsynced. At every instant state.msgpack
-is a whole state (the old or the new), and so is .prev once there has been a second save;
-whichever renames a power cut loses, what is left is two good copies.
+stack) also keeps the previous state: 1. the new state goes to a temporary file; 2. if
+the current state.msgpack is whole (its checksums hold), it is hard-linked to a
+temporary name that is renamed over state.msgpack.prev; 3. the temporary file is renamed
+over state.msgpack. At every instant state.msgpack is a whole state (the old or the new),
+and so is .prev once there has been a second save. State and leases are not fsynced:
+what they describe (namespaces, links, processes) does not outlive the kernel, and their
+home, /run, is a tmpfs that does not either; the renames are what protect them from a
+crash of linkd itself, which is what recovery is for. (A run directory put on a disk and
+cut by a power failure may hold a torn state; `load` says so and how to clear it, and
+nothing it described is left to remove.) An fsync per state change, on a loaded disk,
+was the largest single cost of starting a container.
 
 `load` reads state.msgpack; if it is missing, torn or corrupt it reads .prev instead and
 logs a warning on the "linkd" logger (the copy is one save behind: a container's status
@@ -202,14 +207,13 @@ def save(state: StackState) -> None:
     path, prev = directory / STATE_FILE, directory / PREV_FILE
     data = state_codec.encode(state)
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = _write_temp(path, data, 0o600)
+    tmp = _write_temp(path, data, 0o600, durable=False)
     try:
         _keep_previous(path, prev)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(directory)
 
 
 def _keep_previous(path: Path, prev: Path) -> None:
@@ -235,7 +239,7 @@ def _keep_previous(path: Path, prev: Path) -> None:
         os.replace(link, prev)
     except OSError:  # a file system without hard links: copy instead
         link.unlink(missing_ok=True)
-        copy = _write_temp(prev, current, 0o600)
+        copy = _write_temp(prev, current, 0o600, durable=False)
         try:
             os.replace(copy, prev)
         except BaseException:
@@ -336,7 +340,7 @@ def lease_path(stack: str) -> Path:
 
 
 def save_lease(lease: Lease) -> None:
-    write_atomic(lease_path(lease.stack), state_codec.pack(lease), 0o600)
+    write_atomic(lease_path(lease.stack), state_codec.pack(lease), 0o600, durable=False)
 
 
 def load_lease(stack: str) -> Lease | None:

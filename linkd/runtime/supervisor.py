@@ -56,6 +56,7 @@ from linkd.runtime.firewall import StackFirewall, publish_ports, remove_table, s
 from linkd.runtime.firewall import tables as firewall_tables
 from linkd.runtime.health import HealthChecks
 from linkd.runtime.netlink import Kernel
+from linkd.runtime.state_writer import StateWriter
 from linkd.state import ContainerState, StackState, StackStatus
 
 log = logging.getLogger("linkd")
@@ -79,7 +80,8 @@ class UpOptions:
 
 class Supervisor:
     def __init__(
-        self, stack_name: str, source: str, report: Report, *, survive: bool = False
+        self, stack_name: str, source: str, report: Report, *, survive: bool = False,
+        kernel: Kernel | None = None,
     ) -> None:
         self.stack = stack_name
         self.source = source
@@ -88,7 +90,10 @@ class Supervisor:
         self.survive = survive
         self._dns_for: set[str] = set()  # containers whose resolver this process serves
         self._shim_index: dict[str, tuple[int, int]] | None = None
-        self.kernel = Kernel()
+        # The daemon shares one Kernel (its sockets, its namespace helper process) among
+        # its stacks: a Kernel of one's own costs a fork of the daemon per stack.
+        self._own_kernel = kernel is None
+        self.kernel = Kernel() if kernel is None else kernel
         self.firewall = StackFirewall(stack_name)  # its nft table: isolation, ports
         self.plan: StackPlan | None = None
         self._served: StackPlan | None = None  # what the DNS zone serves: plan less the gone
@@ -108,16 +113,23 @@ class Supervisor:
         self.on_event: Callable[[dict[str, object]], None] | None = None
         self.health = HealthChecks(self._on_probe)  # probe loops (linkd.runtime.health)
         self.notices: list[str] = []  # changes to the host's settings, said once
+        self.writer = StateWriter(self.snapshot)
 
     # -- state ---------------------------------------------------------------------
 
-    def save(self) -> None:
+    def snapshot(self) -> StackState | None:
+        """The stack's state as it is now (what the state file will hold)."""
         if self.plan is None:
-            return
+            return None
         containers = tuple(
             self.states.get(c.name, ContainerState(c.name)) for c in self.plan.containers
         )
-        store.save(StackState(self.plan, self.source, self.status, os.getpid(), containers))
+        return StackState(self.plan, self.source, self.status, os.getpid(), containers)
+
+    def save(self) -> None:
+        """The state changed: the state file follows soon (linkd.runtime.state_writer);
+        `await self.writer.flush()` where it must be on disk before going on."""
+        self.writer.changed()
 
     def set_state(self, name: str, **changes: object) -> None:
         current = self.states.get(name, ContainerState(name))
@@ -160,7 +172,7 @@ class Supervisor:
         async with store.locked_async(store.root() / "lock"):
             plan = await self._plan(stack)
             self.plan = plan
-            self.save()
+            await self.writer.flush()  # on disk before the kernel is touched
             store.save_lease(lease_of(plan))
         # The mount point of every container's live bindings (it hides the host's copy).
         Path(bindings.DIRECTORY).mkdir(parents=True, exist_ok=True)
@@ -279,13 +291,22 @@ class Supervisor:
         plan = await self.prepare(stack)
         actions = plan_up(plan, await self.observe())
         self.kernel.prefetch_netns(a.netns for a in actions if isinstance(a, EnsureNetns))
-        await self.ensure_host(plan)
-        # Isolation before any container runs.
-        await self.firewall.ensure(plan, await self.kernel.default_route_devices())
-        await self.apply_all(actions)
+        # The host's forwarding (iptables commands, the slowest step) is made ready while
+        # bridges and namespaces are made; no container starts before it is.
+        host = asyncio.ensure_future(self.ensure_host(plan))
+        try:
+            # Isolation before any container runs.
+            await self.firewall.ensure(plan, await self.kernel.default_route_devices())
+            await self.apply_all(actions, before_start=host)
+            await host
+        finally:
+            if not host.done():
+                host.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await host
         set_localnet(plan)  # the bridges exist now
         self.status = "up"
-        self.save()
+        await self.writer.flush()
 
     async def update(self, stack: Stack) -> dict[str, list[str]]:
         """Change the running stack to `stack`, touching only what changed: containers
@@ -321,7 +342,7 @@ class Supervisor:
             self.processes.pop(name, None)
         async with store.locked_async(store.root() / "lock"):
             self.plan = new
-            self.save()
+            await self.writer.flush()
             store.save_lease(lease_of(new))
         self.dns.set_upstreams(_upstreams(new))
         observed = await self.observe()
@@ -338,7 +359,7 @@ class Supervisor:
             write_bindings(store.container_dir(self.stack, name), new, after[name],
                            self.running())
         self.status = "up"
-        self.save()
+        await self.writer.flush()
         summary = {"added": added, "changed": changed, "removed": removed, "kept": kept}
         self.report(f"stack {self.stack}", "updated: " + ", ".join(
             f"{k} {len(v)}" for k, v in summary.items()))
@@ -356,11 +377,14 @@ class Supervisor:
                 return
             await asyncio.sleep(0.01)
 
-    async def apply_all(self, actions: list[Action]) -> None:
+    async def apply_all(
+        self, actions: list[Action], *, before_start: Awaitable[None] | None = None
+    ) -> None:
         """Apply in order, except that the containers of one start wave start together
         (at most START_CONCURRENCY at once): each waits for its shim, a fresh Python,
         to report, and those waits overlap. Every start of a wave is awaited before an
-        error is raised, so none is left half-started when the stack is torn down."""
+        error is raised, so none is left half-started when the stack is torn down.
+        `before_start` is awaited before the first container starts."""
         assert self.plan is not None
         waves = {svc: i for i, wave in enumerate(self.plan.start_waves) for svc in wave}
         gate = asyncio.Semaphore(START_CONCURRENCY)
@@ -372,6 +396,10 @@ class Supervisor:
         batch: list[StartContainer] = []
 
         async def flush() -> None:
+            nonlocal before_start
+            if before_start is not None:
+                await before_start
+                before_start = None
             results = await asyncio.gather(*(start(a) for a in batch), return_exceptions=True)
             batch.clear()
             for result in results:
@@ -441,7 +469,7 @@ class Supervisor:
                 await self.serve_dns(container)
         self._shim_index = None
         self.status = "up"
-        self.save()
+        await self.writer.flush()
         self.report(f"stack {self.stack}", f"recovered ({len(handled)} containers adopted)")
 
     async def repair(self) -> int:
@@ -769,13 +797,17 @@ class Supervisor:
             await self.firewall.remove()
         except LinkdError as exc:
             errors.append(exc)
-        self.kernel.close()
+        if self._own_kernel:
+            self.kernel.close()
+        else:
+            self.kernel.forget_stack(names.netns_prefix(self.stack))
         errors += await forwarding.release()
         errors += await asyncio.to_thread(cgroups.remove_stack, self.stack)
         if errors:
             self.status = "failed"
-            self.save()
+            await self.writer.flush()
             raise TeardownError(f"linkd down {self.stack}", errors)
+        await self.writer.close()  # no late change may bring the directory back
         store.remove_stack_dir(self.stack)
         self.report(f"stack {self.stack}", "removed")
 

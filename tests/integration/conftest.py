@@ -124,16 +124,22 @@ def kernel_lock() -> Iterator[None]:
 
 
 def daemon_pids() -> set[int]:
-    """`linkd daemon` processes (started by `up -d` through the CLI)."""
+    """`linkd daemon` processes of this session (started by `up -d` through the CLI): in
+    the session's own network namespace, so a test never touches the daemon of another
+    session (or of a benchmark) running on the machine at the same time."""
+    ours = os.readlink("/proc/self/ns/net")
     found = set()
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+                if cmdline[1:4] != [b"-m", b"linkd", b"daemon"]:
+                    continue
+                if os.readlink(f"/proc/{entry}/ns/net") != ours:
+                    continue
             except OSError:
                 continue
-            if cmdline[1:4] == [b"-m", b"linkd", b"daemon"]:
-                found.add(int(entry))
+            found.add(int(entry))
     return found
 
 

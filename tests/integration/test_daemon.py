@@ -14,7 +14,6 @@ from typing import Any
 
 from aiohttp import ClientSession, ClientTimeout, UnixConnector
 
-from linkd.runtime import store
 from linkd.runtime.daemon import socket_path
 from tests.integration.conftest import Linkd, daemon_pids, settled, snapshot
 
@@ -152,21 +151,6 @@ async def churn(names: list[str], directory: str) -> dict[str, Any]:
             "deleted": {n for n in deleted if n},
             "left": [x["name"] for x in left if x["name"] in names],
         }
-
-
-def test_a_corrupt_state_file_falls_back_to_the_last_good_copy(linkd: Linkd) -> None:
-    linkd.write(STACK)
-    linkd.up()
-    state = store.root() / "stacks" / linkd.project / "state.msgpack"
-    assert state.with_name("state.msgpack.prev").exists()
-    state.write_bytes(state.read_bytes()[:40])  # torn
-    log = store.root() / "daemon.log"
-    logged = log.stat().st_size
-    table = linkd.run("ps", "-p", linkd.project)  # through the daemon, which reads the file
-    assert "db-1" in table.stdout and "web-1" in table.stdout
-    with log.open() as f:
-        f.seek(logged)
-        assert "last good copy" in f.read()
 
 
 def test_up_on_a_changed_file_changes_only_what_changed(linkd: Linkd) -> None:

@@ -86,6 +86,29 @@ def test_a_killed_daemon_is_replaced_without_restarting_any_container(linkd: Lin
     assert linkd.project in hosted
 
 
+def test_a_torn_state_file_is_recovered_from_the_last_good_copy(linkd: Linkd) -> None:
+    """The daemon answers from memory; the state file is what the next one reads."""
+    linkd.write("""
+        services:
+          db: {command: sleep 300}
+          web: {command: sleep 300}
+    """)
+    linkd.up()
+    before = containers(state_of(linkd))
+    state = store.root() / "stacks" / linkd.project / "state.msgpack"
+    assert state.with_name("state.msgpack.prev").exists()
+    kill_daemon()
+    state.write_bytes(state.read_bytes()[:40])  # torn
+    log = store.root() / "daemon.log"
+    logged = log.stat().st_size
+    restart_daemon()
+    after = containers(state_of(linkd))
+    assert {n: c["pid"] for n, c in after.items()} == {n: c["pid"] for n, c in before.items()}
+    with log.open() as f:
+        f.seek(logged)
+        assert "last good copy" in f.read()
+
+
 def test_a_veth_deleted_by_hand_is_recreated_by_the_next_daemon(linkd: Linkd) -> None:
     linkd.write("""
         services:

@@ -336,7 +336,7 @@ def test_a_crash_after_linking_the_copy_is_harmless(run_dir: Path) -> None:
 
 def record_crash_points(monkeypatch: pytest.MonkeyPatch, run_dir: Path) -> list[Path]:
     """Copy the run directory aside before every call that changes the disk: each copy
-    is what a crash (or a power cut, the data being fsynced) at that instant leaves."""
+    is what a crash of linkd at that instant leaves (the page cache outlives it)."""
     taken: list[Path] = []
     busy = False
 
@@ -382,9 +382,9 @@ def test_a_crash_at_any_step_of_save_leaves_a_good_state(
         store.save(NEW)
     steps = [snap.name.split("-")[-1] for snap in snapshots]
     # The new state to a temporary file, the old one linked and renamed to .prev, the
-    # new one renamed into place, the directory synced.
-    assert steps == ["open", "write", "fsync", "link", "replace", "replace", "open", "fsync"]
-    assert "fsync" in steps and "open" in steps
+    # new one renamed into place; no fsync (store's docstring: /run does not outlive
+    # the kernel, and neither does what the state describes).
+    assert steps == ["open", "write", "link", "replace", "replace"]
     for snap in [*snapshots, run_dir]:
         monkeypatch.setenv("LINKD_RUN_DIR", str(snap))
         caplog.clear()
