@@ -143,6 +143,12 @@ async def test_what_the_async_stack_gives(linkd: Linkd) -> None:
         assert await stack.resolve("nosuch", from_service="peer") == []
         assert (await stack.state()).container("idle-1").status == "running"
 
+        with stack.names():  # the hook answers in asyncio's resolver threads
+            found = await asyncio.get_running_loop().getaddrinfo("idle", 80)
+            assert {a[4][0] for a in found} == {idle.address}
+            resolved = await aiohttp.resolver.DefaultResolver().resolve("peer", 80)
+            assert [r["host"] for r in resolved] == [peer.address]
+
         with pytest.raises(subprocess.TimeoutExpired):
             await idle.exec("sleep", "5", timeout=0.5)
         with pytest.raises(subprocess.CalledProcessError):
@@ -160,6 +166,9 @@ async def test_the_sync_stack_gives_its_async_view(linkd: Linkd) -> None:
         assert isinstance(view, AsyncStack) and view.name == stack.name
         assert view.sync is stack
         assert (await view["peer"].exec("cat", "/etc/hostname")).stdout.strip() == "peer-1"
+        # The sync form, called on this loop, still works (in a thread of its own).
+        assert stack["peer"].exec("cat", "/etc/hostname").stdout.strip() == "peer-1"
+        assert "idle here" in stack.logs()["idle-1"]
         await stack.wait_async({"idle": waits.log("idle here")})
 
 
