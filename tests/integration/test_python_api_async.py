@@ -5,9 +5,11 @@ the test's event loop free, so an asyncio server and a ticker beside them keep g
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -186,15 +188,13 @@ async def test_a_cancelled_exec_kills_its_process(linkd: Linkd) -> None:
 
 
 def _children() -> list[str]:
-    import os
-    from pathlib import Path
-
+    """The command lines of this process's children (of any of its threads)."""
     found: list[str] = []
     for task in Path(f"/proc/{os.getpid()}/task").iterdir():
-        for pid in (task / "children").read_text().split():
-            try:
-                found.append(Path(f"/proc/{pid}/cmdline").read_bytes().decode())
-            except OSError:
-                continue
+        try:  # a thread or a child may be gone by the time it is read
+            pids = (task / "children").read_text().split()
+            found += [Path(f"/proc/{pid}/cmdline").read_bytes().decode() for pid in pids]
+        except OSError:
+            continue
     return found
 
