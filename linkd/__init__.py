@@ -15,16 +15,16 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from linkd.stacks import Stack
+    from linkd.stacks import AsyncStack, Stack
 
-__all__ = ["Stack", "__version__"]
+__all__ = ["AsyncStack", "Stack", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
     # Lazy: `linkd.Stack` pulls in the daemon client, which the shim, the namespace
     # helper and the pure core, all importing `linkd`, must not pay for.
-    if name == "Stack":
-        from linkd.stacks import Stack
+    if name in ("Stack", "AsyncStack"):
+        from linkd import stacks
 
-        return Stack
+        return getattr(stacks, name)
     raise AttributeError(f"module 'linkd' has no attribute {name!r}")

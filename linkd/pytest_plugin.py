@@ -15,6 +15,9 @@ name it is assigned to, and a relative path is taken from the file that makes it
     def test_api(shop):
         urllib.request.urlopen(shop["api"].url(8080, "/items/x"))
 
+    async def test_api_async(shop):  # the same stack's async form: the loop stays free
+        await shop.aio["api"].exec("cat", "/etc/hostname")
+
 A marker, with the `linkd_stack` fixture (one stack per test; a relative path is taken
 from the test file's directory; the marker takes `Stack.up`'s arguments):
 
@@ -33,6 +36,10 @@ What the plugin guarantees:
   PID (and start time) of the process that made it before its first stack is created.
   At the start of every session, stacks whose prefix belongs to a process that is gone
   (a run killed by SIGKILL, say) are taken down, their leases and the record removed.
+- Async tests: a fixture gives the sync form (`Stack`); `stack.aio` is its async form
+  (`AsyncStack`), whose coroutines leave the test's event loop free. The fixtures stay
+  sync on purpose: the async form holds nothing bound to an event loop, so a module or
+  session-scoped stack serves each test's own loop, whatever pytest-asyncio's loop scope.
 - Host names: the stack's names resolve in the test process as in its containers
   (`Stack.names`, on unless `host_names=False`), so `http://api:8080/` works from a test.
 - Reports: a test that fails gets the output of every container of the stacks it used
@@ -57,7 +64,7 @@ from linkd import stacks
 from linkd.errors import LinkdError
 from linkd.runtime import store
 from linkd.runtime.client import Client
-from linkd.stacks import Source, Stack, WaitFor
+from linkd.stacks import AsyncStack, Source, Stack, WaitFor
 from linkd.waits import WaitTimeout
 
 LOG_TAIL = 20_000  # characters of each container's output attached to a report
@@ -243,7 +250,8 @@ def pytest_runtest_makereport(
     report = yield
     if not report.failed or report.when == "teardown":
         return report
-    used = {id(v): v for v in getattr(item, "funcargs", {}).values() if isinstance(v, Stack)}
+    used = {id(v): v for v in map(_sync_form, getattr(item, "funcargs", {}).values())
+            if isinstance(v, Stack)}
     for stack in used.values():
         if stack in stacks.live():
             with contextlib.suppress(LinkdError, OSError):
@@ -252,6 +260,11 @@ def pytest_runtest_makereport(
     if isinstance(error, WaitTimeout) and error.logs:
         _attach(report, "(wait timed out)", error.logs)
     return report
+
+
+def _sync_form(value: object) -> object:
+    # The report hook is sync: a fixture of the user's own may give the async form.
+    return value.sync if isinstance(value, AsyncStack) else value
 
 
 def _attach(report: pytest.TestReport, stack: str, logs: Mapping[str, str]) -> None:

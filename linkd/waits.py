@@ -16,12 +16,18 @@ exits while it is waited for fails the wait at once.
 
 `linkd.Stack.up(..., wait={"web": waits.http(8080, "/health")})` waits for every listed
 service (each replica) before it returns; `stack["web"].wait(...)` waits later.
+
+Probes are coroutines (asyncio sockets and subprocesses; urllib's GET in a thread), so
+in the async form (`async with Stack.up(...)`) a wait leaves the event loop free for the
+clients and servers a test runs beside it; the sync form runs the same coroutines on an
+event loop of its own (`linkd.stacks`), so both wait exactly alike.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
-import socket
 import subprocess
 import time
 import urllib.error
@@ -74,14 +80,15 @@ class Target(Protocol):
     @property
     def address(self) -> str: ...
 
-    def status(self) -> str: ...
+    async def status(self) -> str: ...
 
-    def health(self) -> str | None: ...
+    async def health(self) -> str | None: ...
 
-    def logs(self) -> str: ...
+    async def logs(self) -> str: ...
 
-    def exec(self, *argv: str, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
-        ...
+    async def exec(
+        self, *argv: str, timeout: float | None = None
+    ) -> subprocess.CompletedProcess[str]: ...
 
 
 class Wait(ABC):
@@ -95,11 +102,11 @@ class Wait(ABC):
         """What is waited for, e.g. `HTTP 200 from http://10.87.0.2:8080/health`."""
 
     @abstractmethod
-    def probe(self, target: Target, remaining: float) -> tuple[bool, str]:
+    async def probe(self, target: Target, remaining: float) -> tuple[bool, str]:
         """One attempt within `remaining` seconds: (satisfied, what was seen); raises
         Unfinished when the time ran out before the attempt could tell."""
 
-    def until_ready(self, target: Target, *, started: float | None = None) -> None:
+    async def until_ready(self, target: Target, *, started: float | None = None) -> None:
         """Probe until satisfied; raise WaitTimeout when `timeout` has passed since
         `started` (a `time.monotonic()` value; default: now)."""
         deadline = (time.monotonic() if started is None else started) + self.timeout
@@ -107,13 +114,13 @@ class Wait(ABC):
         while True:
             remaining = max(deadline - time.monotonic(), 0.05)
             try:
-                ok, seen = self.probe(target, remaining)
+                ok, seen = await self.probe(target, remaining)
             except Unfinished as cut:  # keep what a finished probe saw, if any did
                 ok, seen = False, last or str(cut)
             if ok:
                 return
             last = _clip(seen) or last
-            status = target.status()
+            status = await target.status()
             if status in ("exited", "failed"):
                 raise WaitTimeout(
                     target.service, target.container, self.describe(target), self.timeout,
@@ -123,7 +130,17 @@ class Wait(ABC):
                 raise WaitTimeout(
                     target.service, target.container, self.describe(target), self.timeout, last
                 )
-            time.sleep(self.interval)
+            await asyncio.sleep(self.interval)
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, in the words of the C library ("Connection refused"): asyncio's
+    own messages ("Connect call failed ('10.87.0.2', 80)") hide the errno's name."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    return str(exc) or type(exc).__name__
 
 
 def _clip(text: str) -> str:
@@ -140,12 +157,14 @@ class Port(Wait):
     def describe(self, target: Target) -> str:
         return f"port {self.port} (TCP connect to {target.address}:{self.port})"
 
-    def probe(self, target: Target, remaining: float) -> tuple[bool, str]:
+    async def probe(self, target: Target, remaining: float) -> tuple[bool, str]:
         try:
-            with socket.create_connection((target.address, self.port), min(remaining, 2.0)):
-                return True, ""
-        except OSError as exc:
-            return False, f"connect {target.address}:{self.port}: {exc.strerror or exc}"
+            async with asyncio.timeout(min(remaining, 2.0)):
+                _, writer = await asyncio.open_connection(target.address, self.port)
+        except OSError as exc:  # TimeoutError too
+            return False, f"connect {target.address}:{self.port}: {_reason(exc)}"
+        writer.close()
+        return True, ""
 
 
 @dataclass(frozen=True)
@@ -158,8 +177,8 @@ class Healthy(Wait):
     def describe(self, target: Target) -> str:
         return "its healthcheck to pass"
 
-    def probe(self, target: Target, remaining: float) -> tuple[bool, str]:
-        status = target.health()
+    async def probe(self, target: Target, remaining: float) -> tuple[bool, str]:
+        status = await target.health()
         if status is None:
             raise LinkdError(
                 f"service {target.service} has no healthcheck: give it one, or wait with "
@@ -170,6 +189,15 @@ class Healthy(Wait):
 
 # Container addresses are local: never send a probe through the host's HTTP proxy.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _get(url: str, timeout: float) -> tuple[int, bytes]:
+    """Status and the start of the body of a GET, an error status included."""
+    try:
+        with _OPENER.open(url, timeout=timeout) as response:
+            return response.status, response.read(LAST_MAX)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(LAST_MAX)
 
 
 @dataclass(frozen=True)
@@ -186,13 +214,13 @@ class Http(Wait):
     def describe(self, target: Target) -> str:
         return f"HTTP {self.status} from GET {self.url(target)}"
 
-    def probe(self, target: Target, remaining: float) -> tuple[bool, str]:
+    async def probe(self, target: Target, remaining: float) -> tuple[bool, str]:
+        # urllib in a thread, not an asyncio HTTP client: it keeps urllib's behaviour
+        # (redirects followed, no proxy), and aiohttp would be an import the reading
+        # CLI commands must not be able to reach (see pyproject's import contracts).
         url = self.url(target)
         try:
-            with _OPENER.open(url, timeout=min(remaining, 5.0)) as response:
-                code, body = response.status, response.read(LAST_MAX)
-        except urllib.error.HTTPError as exc:
-            code, body = exc.code, exc.read(LAST_MAX)
+            code, body = await asyncio.to_thread(_get, url, min(remaining, 5.0))
         except (OSError, ValueError) as exc:
             reason = getattr(exc, "reason", None) or exc
             return False, f"GET {url}: {reason}"
@@ -211,8 +239,8 @@ class Log(Wait):
         times = f" {self.times} times" if self.times > 1 else ""
         return f"a log line matching {self.pattern!r}{times}"
 
-    def probe(self, target: Target, remaining: float) -> tuple[bool, str]:
-        text = target.logs()
+    async def probe(self, target: Target, remaining: float) -> tuple[bool, str]:
+        text = await target.logs()
         regex = re.compile(self.pattern)
         found = sum(1 for line in text.splitlines() if regex.search(line))
         if found >= self.times:
@@ -230,9 +258,9 @@ class Command(Wait):
     def describe(self, target: Target) -> str:
         return f"command {' '.join(self.argv)!r} to exit 0 in {target.container}"
 
-    def probe(self, target: Target, remaining: float) -> tuple[bool, str]:
+    async def probe(self, target: Target, remaining: float) -> tuple[bool, str]:
         try:
-            done = target.exec(*self.argv, timeout=remaining)
+            done = await target.exec(*self.argv, timeout=remaining)
         except subprocess.TimeoutExpired:
             raise Unfinished(f"still running after {remaining:.1f}s") from None
         output = (done.stdout + done.stderr).strip()

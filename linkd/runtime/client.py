@@ -59,20 +59,45 @@ def exchange(path: Path, method: str, target: str, body: bytes | None, timeout: 
              ) -> tuple[int, bytes]:
     """One HTTP/1.0 request over the unix socket at `path`: the answer's status and body.
     OSError if nothing answers there, or what answers is not HTTP."""
-    head = f"{method} {target} HTTP/1.0\r\nHost: linkd\r\n"
-    if body is not None:
-        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
     chunks = []
     sock = c_socket(AF_UNIX, SOCK_STREAM)
     try:
         sock.settimeout(timeout)
         sock.connect(str(path))
-        sock.sendall(head.encode() + b"\r\n" + (body or b""))
+        sock.sendall(_request(method, target, body))
         while chunk := sock.recv(65536):
             chunks.append(chunk)
     finally:
         sock.close()
-    header, end, content = b"".join(chunks).partition(b"\r\n\r\n")
+    return _answer(path, b"".join(chunks))
+
+
+async def exchange_async(path: Path, method: str, target: str, body: bytes | None,
+                         timeout: float) -> tuple[int, bytes]:
+    """`exchange` for a caller on an event loop (the Python API's async form): the same
+    request and answer, the loop free meanwhile."""
+    import asyncio  # here, not above: the CLI imports this module and never needs it
+
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        try:
+            writer.write(_request(method, target, body))
+            await writer.drain()
+            raw = await reader.read()  # HTTP/1.0: the answer ends at EOF
+        finally:
+            writer.close()
+    return _answer(path, raw)
+
+
+def _request(method: str, target: str, body: bytes | None) -> bytes:
+    head = f"{method} {target} HTTP/1.0\r\nHost: linkd\r\n"
+    if body is not None:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    return head.encode() + b"\r\n" + (body or b"")
+
+
+def _answer(path: Path, raw: bytes) -> tuple[int, bytes]:
+    header, end, content = raw.partition(b"\r\n\r\n")
     status = header.split(b"\r\n", 1)[0].split(b" ", 2)  # HTTP/1.x CODE REASON
     if not end or len(status) < 2 or not status[0].startswith(b"HTTP/") \
             or not status[1].isdigit():
@@ -104,14 +129,31 @@ class Client:
         """The answer's body as it came (the logs endpoint answers text); DaemonError for
         an error status."""
         data = None if body is None else json.dumps(body).encode()
-        status, raw = exchange(self.path, method, path, data, timeout)
-        if status >= 400:
-            try:
-                payload = json.loads(raw)
-            except ValueError:
-                payload = {}
-            raise DaemonError(status, payload if isinstance(payload, dict) else {})
-        return raw
+        return _body(*exchange(self.path, method, path, data, timeout))
+
+    async def request_async(
+        self, method: str, path: str, body: Any = None, *, timeout: float = REQUEST_TIMEOUT
+    ) -> Any:
+        """`request`, awaited: the event loop runs on while the daemon answers."""
+        raw = await self.request_raw_async(method, path, body, timeout=timeout)
+        return json.loads(raw) if raw else None
+
+    async def request_raw_async(
+        self, method: str, path: str, body: Any = None, *, timeout: float = REQUEST_TIMEOUT
+    ) -> bytes:
+        data = None if body is None else json.dumps(body).encode()
+        return _body(*await exchange_async(self.path, method, path, data, timeout))
+
+
+def _body(status: int, raw: bytes) -> bytes:
+    """The answer's body, or the DaemonError its error status and body say."""
+    if status >= 400:
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            payload = {}
+        raise DaemonError(status, payload if isinstance(payload, dict) else {})
+    return raw
 
 
 def ensure_daemon(client: Client) -> Client:

@@ -105,6 +105,18 @@ def test_passes(shared):
     assert "talker says hi" in shared["talker"].logs()
 
 
+# The module's stack in two async tests, each on its own event loop: its async form.
+@pytest.mark.asyncio
+async def test_async_logs(shared):
+    assert "talker says hi" in await shared.aio["talker"].logs()
+
+
+@pytest.mark.asyncio
+async def test_async_exec(shared):
+    done = await shared.aio["talker"].exec("cat", "/etc/hostname")
+    assert done.stdout.strip() == "talker-1"
+
+
 @pytest.mark.linkd_stack("stack.yaml", wait={"echo": waits.log("echo up")})
 def test_fails_with_the_marker(linkd_stack):
     assert linkd_stack.name.startswith("p")
@@ -121,7 +133,7 @@ def test_a_failing_test_gets_its_containers_logs_in_the_report(linkd: Linkd) -> 
     (linkd.directory / "test_failing.py").write_text(FAILING)
     done = run_pytest("-q", "test_failing.py", cwd=linkd.directory)
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "2 failed, 1 passed" in done.stdout, done.stdout
+    assert "2 failed, 3 passed" in done.stdout, done.stdout
     # test_fails: the module's stack; test_fails_with_the_marker: the test's own.
     assert "linkd logs: p" in done.stdout and " talker-1 " in done.stdout, done.stdout
     assert "talker says hi" in done.stdout

@@ -125,8 +125,8 @@ async def test_async_form_with_a_stack_built_in_python(linkd: Linkd) -> None:
         assert stack.name in hosted()
         status, body = await asyncio.to_thread(get, stack["web"].url(8080))
         assert status == 200 and body["host"] == "web-1"
-        assert stack.env_for_host()["LINKD_API_HOST"] == stack["web"].address
-        await stack.wait_async({"client": waits.command("true")})
+        assert (await stack.env_for_host())["LINKD_API_HOST"] == stack["web"].address
+        await stack.wait({"client": waits.command("true")})
     assert stack.name not in hosted()
 
 
