@@ -896,9 +896,18 @@ def load_spec(spec_path: str) -> dict[str, Any]:
     return spec
 
 
-def run(spec_path: str, status_fd: int) -> NoReturn:
-    """A: enter the netns, create the other namespaces, start init, mirror its exit."""
+def run(spec_path: str, status_fd: int, gate_fd: int | None = None) -> NoReturn:
+    """A: enter the netns, create the other namespaces, start init, mirror its exit.
+
+    With `gate_fd` (a shim started ahead of its container: process.WarmShim), first wait
+    there for "go", which says the spec is written; EOF instead (the runtime dropped the
+    start, or died) ends the shim before it has done anything."""
     global _forward_to
+    if gate_fd is not None:
+        said = os.read(gate_fd, 2)  # "go" arrives whole: a pipe write under PIPE_BUF
+        os.close(gate_fd)
+        if said != b"go":
+            os._exit(0)
     spec = load_spec(spec_path)
     name = spec["name"]
     if not spec.get("survive_parent"):
@@ -1081,11 +1090,12 @@ def _in_terminal_foreground() -> bool:
 
 
 def main(argv: list[str]) -> NoReturn:
-    if len(argv) == 4 and argv[1] == "run":
-        run(argv[2], int(argv[3]))
+    if len(argv) in (4, 5) and argv[1] == "run":
+        run(argv[2], int(argv[3]), int(argv[4]) if len(argv) == 5 else None)
     if len(argv) == 4 and argv[1] == "exec":
         exec_in(int(argv[2]), argv[3])
-    sys.stderr.write("usage: shim.py run SPEC_JSON STATUS_FD | shim.py exec INIT_PID SPEC_JSON\n")
+    sys.stderr.write(
+        "usage: shim.py run SPEC STATUS_FD [GATE_FD] | shim.py exec INIT_PID SPEC\n")
     sys.exit(2)
 
 

@@ -104,6 +104,7 @@ class Supervisor:
         self.user_stopped: set[str] = set()
         self.exits: asyncio.Queue[tuple[str, int, bool]] = asyncio.Queue()
         self._monitors: dict[str, asyncio.Task[None]] = {}
+        self._warm: dict[str, process.WarmShim] = {}  # shims started ahead, by container
         # Set by `run` for the supervisor's lifetime: every monitor task lives in it, so
         # none outlives `up`, and a monitor that fails ends `up` instead of vanishing.
         self.tasks: asyncio.TaskGroup | None = None
@@ -291,6 +292,7 @@ class Supervisor:
         plan = await self.prepare(stack)
         actions = plan_up(plan, await self.observe())
         self.kernel.prefetch_netns(a.netns for a in actions if isinstance(a, EnsureNetns))
+        self._warm_first_wave(actions)
         # The host's forwarding (iptables commands, the slowest step) is made ready while
         # bridges and namespaces are made; no container starts before it is.
         host = asyncio.ensure_future(self.ensure_host(plan))
@@ -304,9 +306,30 @@ class Supervisor:
                 host.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await host
+            self._discard_warm()
         set_localnet(plan)  # the bridges exist now
         self.status = "up"
         await self.writer.flush()
+
+    def _warm_first_wave(self, actions: list[Action]) -> None:
+        """Start the shims of the first containers to start now (process.WarmShim): their
+        interpreters start while the network is wired, and wait to be told to go on."""
+        assert self.plan is not None
+        first = set(self.plan.start_waves[0]) if self.plan.start_waves else set()
+        starts = [a.container for a in actions
+                  if isinstance(a, StartContainer) and a.container.service in first]
+        for container in starts[:START_CONCURRENCY]:
+            directory = store.container_dir(self.stack, container.name)
+            store.private_dirs(directory)
+            try:
+                self._warm[container.name] = process.warm(str(directory), str(directory / "log"))
+            except ContainerError:
+                return  # started the usual way then, which says what is wrong
+
+    def _discard_warm(self) -> None:
+        for shim in self._warm.values():
+            shim.discard()
+        self._warm.clear()
 
     async def update(self, stack: Stack) -> dict[str, list[str]]:
         """Change the running stack to `stack`, touching only what changed: containers
@@ -624,7 +647,8 @@ class Supervisor:
 
     async def _launch(self, container: ContainerPlan, *, restarts: int) -> process.ContainerProcess:
         try:
-            proc = await process.start(self.process_spec(container))
+            proc = await process.start(self.process_spec(container),
+                                       self._warm.pop(container.name, None))
         except ContainerError as exc:
             self.set_state(container.name, status="failed", error=str(exc))
             raise

@@ -26,6 +26,7 @@ from linkd.runtime.process import (
     ProcessSpec,
     exec_argv,
     start,
+    warm,
     write_exec_spec,
 )
 
@@ -380,6 +381,49 @@ async def test_cancelled_start_leaves_nothing(runner: Runner) -> None:
     async with asyncio.timeout(3):
         while processes_mentioning(spec.run_dir):
             await asyncio.sleep(0.01)
+
+
+async def test_a_warm_shim_runs_the_spec_written_after_it_started(runner: Runner) -> None:
+    spec = runner.spec("sh", "-c", "echo started; hostname", name="warmed")
+    shim = warm(spec.run_dir, spec.log_path)
+    # At its gate: nothing of the container exists before start writes the spec.
+    await asyncio.sleep(0.3)
+    assert shim.popen.poll() is None
+    assert not Path(spec.run_dir, "spec.marshal").exists()
+    assert [p for p in processes_mentioning(spec.run_dir) if p != shim.popen.pid] == []
+    proc = await start(spec, shim)
+    runner.track(proc)
+    assert proc.pid == shim.popen.pid  # the warm shim, not a new one
+    async with asyncio.timeout(5):
+        assert await proc.wait() == 0
+    assert Path(spec.log_path).read_text() == "started\nwarmed\n"
+
+
+async def test_a_discarded_warm_shim_starts_nothing_and_is_gone(runner: Runner) -> None:
+    spec = runner.spec("sleep", "60", name="dropped")
+    shim = warm(spec.run_dir, spec.log_path)
+    shim.discard()
+    assert shim.popen.returncode is not None
+    assert processes_mentioning(spec.run_dir) == []
+
+
+def test_a_warm_shim_whose_starter_dies_exits_without_starting(tmp_path: Path) -> None:
+    """The gate's EOF (the runtime died with it open) ends the shim: no orphan waits."""
+    starter = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+from linkd.runtime.process import warm
+shim = warm({str(tmp_path / "orphan")!r}, {str(tmp_path / "orphan.log")!r})
+print(shim.popen.pid, flush=True)
+"""  # exits at once, gate still closed
+    done = subprocess.run(["python3", "-c", starter], capture_output=True, text=True,
+                          check=True, timeout=10)
+    pid = int(done.stdout)
+    deadline = time.monotonic() + 5
+    while (info := proc_info(pid)) is not None and info.state != "Z":
+        assert time.monotonic() < deadline, "the warm shim outlived its starter"
+        time.sleep(0.02)
+    assert not (tmp_path / "orphan" / "spec.marshal").exists()
 
 
 # --- exec ------------------------------------------------------------------------------------
