@@ -33,7 +33,7 @@ from aiohttp import web
 from linkd import dns, health, spec
 from linkd.api_schema import ROUTES, ApiError, openapi, parse_create, parse_flag
 from linkd.dns_zone import build_zone, requester_of
-from linkd.errors import ConflictError, ConventionError, LinkdError, SpecError
+from linkd.errors import ConflictError, ConventionError, LinkdError, SpecError, user_error
 from linkd.model import Stack
 from linkd.runtime import api_tcp, files, store
 from linkd.runtime.daemon import Daemon, daemon_lock
@@ -89,22 +89,29 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             {"path": p, "line": None, "message": m} for p, m in exc.problems
         ]
         return web.json_response(error_body(exc.status, str(exc), problems), status=exc.status)
-    except (SpecError, ConventionError) as exc:
-        problems = [
-            {"path": p, "line": line, "message": m} for p, line, m in exc.problems
-        ]
-        body = error_body(422, "invalid stack spec", problems)
-        return web.json_response(body, status=422)
-    except LinkdError as exc:
-        body = error_body(exc.status, str(exc), [])
-        progress = getattr(exc, "progress", None)
-        if progress:
-            body["error"]["progress"] = progress
-        return web.json_response(body, status=exc.status)
+    except (LinkdError, BaseExceptionGroup) as exc:
+        # Task groups wrap what their tasks raise: the API's one place to unwrap.
+        error = user_error(exc)
+        if not isinstance(error, LinkdError):
+            raise  # a bug: aiohttp logs its traceback and answers 500
+        return _linkd_error(error)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         return web.json_response(error_body(exc.status, exc.reason, []), status=exc.status)
+
+
+def _linkd_error(exc: LinkdError) -> web.Response:
+    if isinstance(exc, (SpecError, ConventionError)):
+        problems = [
+            {"path": p, "line": line, "message": m} for p, line, m in exc.problems
+        ]
+        return web.json_response(error_body(422, "invalid stack spec", problems), status=422)
+    body = error_body(exc.status, str(exc), [])
+    progress = getattr(exc, "progress", None)
+    if progress:
+        body["error"]["progress"] = progress
+    return web.json_response(body, status=exc.status)
 
 
 def _tcp_guard(listener: api_tcp.Listener) -> Any:

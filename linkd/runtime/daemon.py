@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from linkd.errors import ConflictError, LinkdError, NotFoundError
+from linkd.errors import ConflictError, LinkdError, NotFoundError, user_error
 from linkd.model import Stack
 from linkd.plan import ContainerPlan
 from linkd.runtime import link_events, store, supervisor
@@ -237,7 +237,7 @@ class Daemon:
                 async with asyncio.TaskGroup() as hosted.supervisor.tasks:
                     return await life()
         except BaseException as exc:
-            failure = _first_error(exc)
+            failure = user_error(exc)
             if not ready.done():
                 ready.set_exception(failure)
             else:
@@ -314,13 +314,3 @@ def _retrieve(task: asyncio.Task[int]) -> None:
     if not task.cancelled():
         task.exception()
 
-
-def _first_error(exc: BaseException) -> BaseException:
-    """The error a user should see: the first LinkdError inside task-group wrappers."""
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _first_error(inner)
-            if isinstance(found, LinkdError):
-                return found
-        return exc.exceptions[0]
-    return exc
