@@ -100,7 +100,10 @@ class TeardownError(LinkdError):
     def __init__(self, what: str, errors: list[BaseException]) -> None:
         self.errors = errors
         detail = "; ".join(str(e) for e in errors)
-        super().__init__(f"{what}: {len(errors)} step(s) failed: {detail}")
+        super().__init__(
+            f"{what}: {len(errors)} step(s) failed: {detail} (the stack is left as failed: "
+            "fix the cause, then `linkd down` again removes what is left)"
+        )
 
 
 class ImageError(LinkdError):

@@ -24,7 +24,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from linkd.errors import ConflictError, LinkdError, NotFoundError, user_error
+from linkd.errors import (
+    ConflictError,
+    LinkdError,
+    NotFoundError,
+    TeardownError,
+    leaves,
+    user_error,
+)
 from linkd.model import Stack
 from linkd.plan import ContainerPlan
 from linkd.runtime import link_events, store, supervisor
@@ -122,16 +129,36 @@ class Daemon:
             return await hosted.supervisor.update(stack)
 
     async def delete(self, name: str) -> None:
+        """Take the stack down, in order; returns once it is gone.
+
+        Teardown is best-effort: every step is tried, and the failed ones come out as a
+        TeardownError naming each (the stack is then left as "failed", for the next
+        `linkd down` to finish). A stack that had failed on its own meanwhile (its `up`
+        said why to whoever waited) is gone all the same.
+        """
         hosted = self._hosted(name)
         hosted.stop.set()
         assert hosted.task is not None
-        with contextlib.suppress(Exception):
+        try:
             await asyncio.shield(hosted.task)
+        except Exception as exc:
+            failed = [e for e in leaves(exc) if isinstance(e, TeardownError)]
+            if failed:
+                raise user_error(BaseExceptionGroup("teardown", failed)) from None
+            if not isinstance(user_error(exc), LinkdError):
+                raise  # a bug: its traceback is wanted
+            log.info("stack %s had already failed: %s", name, user_error(exc))
 
     async def shutdown(self) -> None:
-        """Every stack down, newest first."""
+        """Every stack down, newest first; one whose teardown fails does not keep the
+        others up (its failures are logged)."""
         for name in reversed(list(self.stacks)):
-            await self.delete(name)
+            try:
+                await self.delete(name)
+            except LinkdError as exc:
+                log.warning("stack %s: %s", name, exc)
+            except Exception:
+                log.exception("stack %s: taking it down failed", name)
 
     async def recover(self) -> list[str]:
         """Take over every stack whose supervisor is gone (a daemon killed with -9, a

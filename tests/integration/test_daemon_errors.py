@@ -4,13 +4,19 @@ error raised deep inside task groups is its message, not an ExceptionGroup trace
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
+import sys
+import time
+from collections.abc import Iterator
 
 import pytest
 
 from linkd import Stack
 from linkd.errors import LinkdError
-from tests.integration.conftest import Linkd
+from linkd.runtime import cgroups
+from tests.integration.conftest import REPO, Linkd
 
 MISSING_IMAGE = """
     services:
@@ -44,3 +50,72 @@ def test_the_python_api_raises_the_error_itself(linkd: Linkd) -> None:
     with pytest.raises(LinkdError, match="never-loaded:1 is not in the store") as caught:
         Stack.start(spec, name=linkd.project, directory=linkd.directory)
     assert not isinstance(caught.value, BaseExceptionGroup)
+
+
+# --- a teardown that fails ----------------------------------------------------------------
+
+LIMITED = """
+    services:
+      app:
+        command: sleep 300
+        mem_limit: 64m
+"""
+
+
+@contextlib.contextmanager
+def squatter(stack: str) -> Iterator[None]:
+    """A process of the test's own in the stack's memory cgroup: the kernel refuses to
+    remove a cgroup that holds a process (EBUSY), so the stack's teardown fails there,
+    while every other step succeeds."""
+    found = [d for d in cgroups.stack_dirs(stack) if "memory" in d.parts]
+    assert found, f"no memory cgroup for stack {stack}: {cgroups.stack_dirs(stack)}"
+    process = subprocess.Popen(["sleep", "300"])
+    try:
+        (found[0] / "cgroup.procs").write_text(str(process.pid))
+        yield
+    finally:
+        process.kill()
+        process.wait()
+
+
+def failed_down(result: subprocess.CompletedProcess[str]) -> None:
+    said_plainly(result, "step(s) failed: cannot remove cgroup")
+    assert "Device or resource busy" in result.stderr, result.stderr
+    assert "removed" not in result.stdout, result.stdout
+
+
+def test_a_failed_teardown_through_the_daemon_is_a_failed_down(linkd: Linkd) -> None:
+    linkd.write(LIMITED)
+    linkd.up()
+    with squatter(linkd.project):
+        failed_down(linkd.run("down", "-p", linkd.project, check=False))
+    # Once the cause is gone, `down` again removes what is left.
+    assert "removed" in linkd.down().stdout
+    assert not cgroups.stack_dirs(linkd.project)
+
+
+def test_a_failed_teardown_of_a_foreground_up_is_a_failed_down(linkd: Linkd) -> None:
+    linkd.write(LIMITED)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "linkd", "up", "--no-attach", "-p", linkd.project],
+        cwd=linkd.directory, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not cgroups.stack_dirs(linkd.project) or "running" not in linkd.run(
+            "ps", "-p", linkd.project, check=False
+        ).stdout:
+            assert up.poll() is None and time.monotonic() < deadline, up.communicate()
+            time.sleep(0.1)
+        with squatter(linkd.project):
+            failed_down(linkd.run("down", "-p", linkd.project, check=False))
+        _, stderr = up.communicate(timeout=30)
+        assert up.returncode != 0
+        assert "Traceback" not in stderr and "cannot remove cgroup" in stderr, stderr
+    finally:
+        if up.poll() is None:
+            up.terminate()  # ours: the foreground `up` this test started
+            up.wait()
+    assert "removed" in linkd.down().stdout
+    assert not cgroups.stack_dirs(linkd.project)
