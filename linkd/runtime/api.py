@@ -462,12 +462,16 @@ async def _serve_locked(
         if listener is not None:
             await web.SockSite(runners[1], listener.sock).start()
             log.info("linkd daemon also serving %s (bearer token required)", listener.url)
-        repairing = asyncio.create_task(daemon.reconcile_forever())
-        log.info("linkd daemon %d serving %s", os.getpid(), socket_path)
-        if on_ready is not None:
-            on_ready()
-        await stop.wait()
-        repairing.cancel()
+        # The repair loop is the daemon's own task: cancelled and awaited before the
+        # stacks go down; it logs and survives whatever a repair raises, and an error of
+        # the loop itself (a bug) ends the daemon instead of vanishing unseen.
+        async with asyncio.TaskGroup() as tasks:
+            repairing = tasks.create_task(daemon.reconcile_forever(), name="repair")
+            log.info("linkd daemon %d serving %s", os.getpid(), socket_path)
+            if on_ready is not None:
+                on_ready()
+            await stop.wait()
+            repairing.cancel()
         log.info("linkd daemon stopping: taking every stack down")
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):

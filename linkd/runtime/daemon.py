@@ -228,16 +228,27 @@ class Daemon:
                     # bridge with its ports): settle, then check once.
                     await asyncio.sleep(EVENT_SETTLE)
                 wake.clear()
-                await self._repair_all()
+                try:
+                    await self._repair_all()
+                except Exception:  # _repair_all's own bookkeeping: still not a reason to stop
+                    log.exception("repairing stacks failed (a bug, please report it); "
+                                  "trying again in the next round")
         finally:
             watch.close()
 
     async def _repair_all(self) -> None:
+        """Repair every stack; a failure, even a bug, is logged and the next stack (and
+        the next round) repaired all the same: the repair loop is the daemon's for its
+        whole life, and one that died would stop repairing without a word."""
         for hosted in list(self.stacks.values()):
             try:
                 await hosted.supervisor.repair()
             except LinkdError as exc:
                 log.warning("stack %s: repair failed: %s", hosted.name, exc)
+            except Exception:
+                log.exception("stack %s: repair failed with an unexpected error (a bug, "
+                              "please report it); trying again in the next round",
+                              hosted.name)
 
     def _host(self, name: str, source: str) -> Hosted:
         sup = supervisor.Supervisor(name, source, lambda s, m: None, survive=True)
