@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hmac
 import json
 import logging
@@ -35,7 +36,7 @@ from linkd.api_schema import ROUTES, ApiError, openapi, parse_create, parse_flag
 from linkd.dns_zone import build_zone, requester_of
 from linkd.errors import ConflictError, ConventionError, LinkdError, SpecError, user_error
 from linkd.model import Stack
-from linkd.runtime import api_tcp, files, store
+from linkd.runtime import api_tcp, files, logs, store
 from linkd.runtime.daemon import Daemon, daemon_lock
 from linkd.state import to_plain
 
@@ -43,7 +44,6 @@ log = logging.getLogger("linkd")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon", Daemon)
-LOG_POLL = 0.1  # seconds between looks at a followed log file
 
 
 def make_app(daemon: Daemon, *, tcp: api_tcp.Listener | None = None) -> web.Application:
@@ -325,15 +325,12 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
     path = store.log_path(stack, name)
     response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     await response.prepare(request)
-    with path.open("rb") as f:
-        while True:
-            chunk = f.read(65536)
-            if chunk:
-                await response.write(chunk)
-                continue
-            if not follow or stack not in daemon.stacks:
-                break
-            await asyncio.sleep(LOG_POLL)
+    # Read in log reader threads, never on this loop (it answers DNS too).
+    async with contextlib.aclosing(
+        logs.chunks(path, lambda: follow and stack in daemon.stacks)
+    ) as chunks:
+        async for chunk in chunks:
+            await response.write(chunk)
     await response.write_eof()
     return response
 
