@@ -1,11 +1,13 @@
 """Errors reach the user as what they are: a teardown that failed is a failed `down`
-(an error status from the API, a non-zero exit from the CLI, each failure said), and an
-error raised deep inside task groups is its message, not an ExceptionGroup traceback."""
+(an error status from the API, a non-zero exit from the CLI, each failure said), an
+error raised deep inside task groups is its message, not an ExceptionGroup traceback, and
+a daemon with a wrong `--tcp` stops before it touches the stacks it would recover."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +19,13 @@ from linkd import Stack
 from linkd.errors import LinkdError
 from linkd.runtime import cgroups
 from tests.integration.conftest import REPO, Linkd
+from tests.integration.test_recovery import (
+    alive,
+    containers,
+    kill_daemon,
+    restart_daemon,
+    state_of,
+)
 
 MISSING_IMAGE = """
     services:
@@ -119,3 +128,35 @@ def test_a_failed_teardown_of_a_foreground_up_is_a_failed_down(linkd: Linkd) -> 
             up.wait()
     assert "removed" in linkd.down().stdout
     assert not cgroups.stack_dirs(linkd.project)
+
+
+# --- a wrong --tcp --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("wrong", ["localhost", "port in use"])
+def test_a_wrong_tcp_leaves_the_stacks_to_recover_running(linkd: Linkd, wrong: str) -> None:
+    linkd.write("""
+        services:
+          web: {command: sleep 300}
+    """)
+    linkd.up()
+    pids = [c["pid"] for c in containers(state_of(linkd)).values()]
+    kill_daemon()  # its stack now waits for a daemon to recover it
+    with contextlib.ExitStack() as held:
+        taken = held.enter_context(socket.socket())
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        tcp = f"localhost:{port}" if wrong == "localhost" else f"127.0.0.1:{port}"
+        result = linkd.run("daemon", "--tcp", tcp, check=False, timeout=30)
+    assert result.returncode == 2, result.stderr
+    said_plainly(result, f"--tcp {tcp}: ")
+    assert ("is not an IP address" if wrong == "localhost" else "the port is in use") \
+        in result.stderr
+    assert "recovered" not in result.stderr and "removed" not in result.stderr
+    # Untouched: the containers run on, the stack's state is there for the next daemon.
+    assert all(alive(pid) for pid in pids)
+    restart_daemon()
+    after = containers(state_of(linkd))
+    assert [c["pid"] for c in after.values()] == pids
+    assert all(c["status"] == "running" for c in after.values())
