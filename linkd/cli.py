@@ -28,7 +28,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from linkd.errors import LinkdError, NotFoundError, SpecError
+from linkd.errors import LinkdError, NotFoundError, SpecError, user_error
 from linkd.runtime import paths
 from linkd.runtime.client import ANSWER_TIMEOUT, Client, DaemonError, ensure_daemon
 
@@ -56,15 +56,26 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser(argv).parse_args(argv)
     try:
         code = args.handler(args)
-    except SpecError as exc:
-        print(f"linkd: invalid stack file:\n{exc}", file=sys.stderr)
-        code = exc.exit_code
-    except LinkdError as exc:
-        print(f"linkd: {exc}", file=sys.stderr)
-        code = exc.exit_code
+    except (LinkdError, BaseExceptionGroup) as exc:
+        # The one place the command line unwraps task groups (linkd.errors.user_error):
+        # a LinkdError however deep is said as its message; anything else is a bug and
+        # keeps its traceback.
+        error = user_error(exc)
+        if not isinstance(error, LinkdError):
+            raise
+        code = _say(error)
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)
+
+
+def _say(error: LinkdError) -> int:
+    """Print `error` as the command's failure; the exit code it calls for."""
+    if isinstance(error, SpecError):
+        print(f"linkd: invalid stack file:\n{error}", file=sys.stderr)
+    else:
+        print(f"linkd: {error}", file=sys.stderr)
+    return error.exit_code
 
 
 def _later(module: str, name: str) -> Handler:

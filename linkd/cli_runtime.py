@@ -129,7 +129,13 @@ def _down(name: str) -> int:
         if time.monotonic() > deadline:
             raise LinkdError(f"stack {name}: supervisor {state.supervisor_pid} did not stop")
         time.sleep(0.05)
-    print(f"stack {name} removed")
+    if store.stack_dir(name).exists():
+        # Its teardown failed (a successful one removes the stack's directory; a failed
+        # one leaves it "failed", its errors said by that `up`): try what is left once
+        # more from here, so that this command says what failed and exits non-zero.
+        asyncio.run(supervisor.down_unsupervised(name, Progress(sys.stdout, live=False).event))
+    else:
+        print(f"stack {name} removed")
     return 0
 
 

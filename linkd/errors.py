@@ -100,7 +100,10 @@ class TeardownError(LinkdError):
     def __init__(self, what: str, errors: list[BaseException]) -> None:
         self.errors = errors
         detail = "; ".join(str(e) for e in errors)
-        super().__init__(f"{what}: {len(errors)} step(s) failed: {detail}")
+        super().__init__(
+            f"{what}: {len(errors)} step(s) failed: {detail} (the stack is left as failed: "
+            "fix the cause, then `linkd down` again removes what is left)"
+        )
 
 
 class ImageError(LinkdError):
@@ -119,3 +122,37 @@ class ImageError(LinkdError):
         self.entry = entry
         self.rule = rule
         super().__init__(f"image {image}: {entry}: {detail} (rule: {rule})")
+
+
+class SeveralErrors(LinkdError):
+    """Several tasks of one task group failed on purpose at once; `errors` lists each
+    (its status and exit code are the first one's)."""
+
+    def __init__(self, errors: list[LinkdError]) -> None:
+        self.errors = errors
+        self.status = errors[0].status
+        self.exit_code = errors[0].exit_code
+        super().__init__("\n".join(str(e) for e in errors))
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions in `exc` with every (nested) exception group opened."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in leaves(inner)]
+    return [exc]
+
+
+def user_error(exc: BaseException) -> BaseException:
+    """What a user is shown for `exc`.
+
+    A task group (asyncio.TaskGroup) wraps whatever its tasks raise in an ExceptionGroup,
+    a group within a group for each level of nesting, and its traceback hides the one
+    line worth reading. When everything inside is a LinkdError, that error is what the
+    user sees (several: a `SeveralErrors` saying each). Anything else comes back as it
+    is: an error linkd did not raise on purpose is a bug, and its traceback is wanted.
+    """
+    found = leaves(exc)
+    if not all(isinstance(e, LinkdError) for e in found):
+        return exc
+    errors = [e for e in found if isinstance(e, LinkdError)]  # for the type checker
+    return errors[0] if len(errors) == 1 else SeveralErrors(errors)

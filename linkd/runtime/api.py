@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hmac
 import json
 import logging
@@ -33,9 +34,9 @@ from aiohttp import web
 from linkd import dns, health, spec
 from linkd.api_schema import ROUTES, ApiError, openapi, parse_create, parse_flag
 from linkd.dns_zone import build_zone, requester_of
-from linkd.errors import ConflictError, ConventionError, LinkdError, SpecError
+from linkd.errors import ConflictError, ConventionError, LinkdError, SpecError, user_error
 from linkd.model import Stack
-from linkd.runtime import api_tcp, files, store
+from linkd.runtime import api_tcp, files, logs, store
 from linkd.runtime.daemon import Daemon, daemon_lock
 from linkd.state import to_plain
 
@@ -43,7 +44,6 @@ log = logging.getLogger("linkd")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon", Daemon)
-LOG_POLL = 0.1  # seconds between looks at a followed log file
 
 
 def make_app(daemon: Daemon, *, tcp: api_tcp.Listener | None = None) -> web.Application:
@@ -89,22 +89,29 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             {"path": p, "line": None, "message": m} for p, m in exc.problems
         ]
         return web.json_response(error_body(exc.status, str(exc), problems), status=exc.status)
-    except (SpecError, ConventionError) as exc:
-        problems = [
-            {"path": p, "line": line, "message": m} for p, line, m in exc.problems
-        ]
-        body = error_body(422, "invalid stack spec", problems)
-        return web.json_response(body, status=422)
-    except LinkdError as exc:
-        body = error_body(exc.status, str(exc), [])
-        progress = getattr(exc, "progress", None)
-        if progress:
-            body["error"]["progress"] = progress
-        return web.json_response(body, status=exc.status)
+    except (LinkdError, BaseExceptionGroup) as exc:
+        # Task groups wrap what their tasks raise: the API's one place to unwrap.
+        error = user_error(exc)
+        if not isinstance(error, LinkdError):
+            raise  # a bug: aiohttp logs its traceback and answers 500
+        return _linkd_error(error)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         return web.json_response(error_body(exc.status, exc.reason, []), status=exc.status)
+
+
+def _linkd_error(exc: LinkdError) -> web.Response:
+    if isinstance(exc, (SpecError, ConventionError)):
+        problems = [
+            {"path": p, "line": line, "message": m} for p, line, m in exc.problems
+        ]
+        return web.json_response(error_body(422, "invalid stack spec", problems), status=422)
+    body = error_body(exc.status, str(exc), [])
+    progress = getattr(exc, "progress", None)
+    if progress:
+        body["error"]["progress"] = progress
+    return web.json_response(body, status=exc.status)
 
 
 def _tcp_guard(listener: api_tcp.Listener) -> Any:
@@ -318,15 +325,12 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
     path = store.log_path(stack, name)
     response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     await response.prepare(request)
-    with path.open("rb") as f:
-        while True:
-            chunk = f.read(65536)
-            if chunk:
-                await response.write(chunk)
-                continue
-            if not follow or stack not in daemon.stacks:
-                break
-            await asyncio.sleep(LOG_POLL)
+    # Read in log reader threads, never on this loop (it answers DNS too).
+    async with contextlib.aclosing(
+        logs.chunks(path, lambda: follow and stack in daemon.stacks)
+    ) as chunks:
+        async for chunk in chunks:
+            await response.write(chunk)
     await response.write_eof()
     return response
 
@@ -455,12 +459,16 @@ async def _serve_locked(
         if listener is not None:
             await web.SockSite(runners[1], listener.sock).start()
             log.info("linkd daemon also serving %s (bearer token required)", listener.url)
-        repairing = asyncio.create_task(daemon.reconcile_forever())
-        log.info("linkd daemon %d serving %s", os.getpid(), socket_path)
-        if on_ready is not None:
-            on_ready()
-        await stop.wait()
-        repairing.cancel()
+        # The repair loop is the daemon's own task: cancelled and awaited before the
+        # stacks go down; it logs and survives whatever a repair raises, and an error of
+        # the loop itself (a bug) ends the daemon instead of vanishing unseen.
+        async with asyncio.TaskGroup() as tasks:
+            repairing = tasks.create_task(daemon.reconcile_forever(), name="repair")
+            log.info("linkd daemon %d serving %s", os.getpid(), socket_path)
+            if on_ready is not None:
+                on_ready()
+            await stop.wait()
+            repairing.cancel()
         log.info("linkd daemon stopping: taking every stack down")
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -24,7 +24,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from linkd.errors import ConflictError, LinkdError, NotFoundError
+from linkd.errors import (
+    ConflictError,
+    LinkdError,
+    NotFoundError,
+    TeardownError,
+    leaves,
+    user_error,
+)
 from linkd.model import Stack
 from linkd.plan import ContainerPlan
 from linkd.runtime import link_events, store, supervisor
@@ -123,16 +130,36 @@ class Daemon:
             return await hosted.supervisor.update(stack)
 
     async def delete(self, name: str) -> None:
+        """Take the stack down, in order; returns once it is gone.
+
+        Teardown is best-effort: every step is tried, and the failed ones come out as a
+        TeardownError naming each (the stack is then left as "failed", for the next
+        `linkd down` to finish). A stack that had failed on its own meanwhile (its `up`
+        said why to whoever waited) is gone all the same.
+        """
         hosted = self._hosted(name)
         hosted.stop.set()
         assert hosted.task is not None
-        with contextlib.suppress(Exception):
+        try:
             await asyncio.shield(hosted.task)
+        except Exception as exc:
+            failed = [e for e in leaves(exc) if isinstance(e, TeardownError)]
+            if failed:
+                raise user_error(BaseExceptionGroup("teardown", failed)) from None
+            if not isinstance(user_error(exc), LinkdError):
+                raise  # a bug: its traceback is wanted
+            log.info("stack %s had already failed: %s", name, user_error(exc))
 
     async def shutdown(self) -> None:
-        """Every stack down, newest first."""
+        """Every stack down, newest first; one whose teardown fails does not keep the
+        others up (its failures are logged)."""
         for name in reversed(list(self.stacks)):
-            await self.delete(name)
+            try:
+                await self.delete(name)
+            except LinkdError as exc:
+                log.warning("stack %s: %s", name, exc)
+            except Exception:
+                log.exception("stack %s: taking it down failed", name)
         if self._kernel is not None:
             self._kernel.close()
             self._kernel = None
@@ -205,16 +232,27 @@ class Daemon:
                     # bridge with its ports): settle, then check once.
                     await asyncio.sleep(EVENT_SETTLE)
                 wake.clear()
-                await self._repair_all()
+                try:
+                    await self._repair_all()
+                except Exception:  # _repair_all's own bookkeeping: still not a reason to stop
+                    log.exception("repairing stacks failed (a bug, please report it); "
+                                  "trying again in the next round")
         finally:
             watch.close()
 
     async def _repair_all(self) -> None:
+        """Repair every stack; a failure, even a bug, is logged and the next stack (and
+        the next round) repaired all the same: the repair loop is the daemon's for its
+        whole life, and one that died would stop repairing without a word."""
         for hosted in list(self.stacks.values()):
             try:
                 await hosted.supervisor.repair()
             except LinkdError as exc:
                 log.warning("stack %s: repair failed: %s", hosted.name, exc)
+            except Exception:
+                log.exception("stack %s: repair failed with an unexpected error (a bug, "
+                              "please report it); trying again in the next round",
+                              hosted.name)
 
     def _host(self, name: str, source: str) -> Hosted:
         if self._kernel is None:
@@ -244,7 +282,7 @@ class Daemon:
                 async with asyncio.TaskGroup() as hosted.supervisor.tasks:
                     return await life()
         except BaseException as exc:
-            failure = _first_error(exc)
+            failure = user_error(exc)
             if not ready.done():
                 ready.set_exception(failure)
             else:
@@ -321,13 +359,3 @@ def _retrieve(task: asyncio.Task[int]) -> None:
     if not task.cancelled():
         task.exception()
 
-
-def _first_error(exc: BaseException) -> BaseException:
-    """The error a user should see: the first LinkdError inside task-group wrappers."""
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _first_error(inner)
-            if isinstance(found, LinkdError):
-                return found
-        return exc.exceptions[0]
-    return exc

@@ -3,16 +3,57 @@
 Following polls the files every 100 ms rather than using inotify: it needs no extra
 dependency, survives a log file that does not exist yet (a container not started) and
 costs nothing measurable for the handful of files a terminal can show.
+
+Log files are opened and read in threads of their own (`READERS`), never on the event
+loop: the loop that reads them also answers DNS (the daemon's, a foreground `up`'s) and
+the API, and a read of a large log from a cold disk would stall every answer meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import AsyncGenerator, Callable, Sequence
 from pathlib import Path
+from typing import BinaryIO, TypeVar
 
 POLL = 0.1
+CHUNK = 65536  # bytes a log read streams at a time
+# A handful: reads of regular files end quickly, and they never take the default
+# executor the supervisor's other blocking steps use.
+READERS = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="linkd-logs")
+
+T = TypeVar("T")
+
+
+async def _off_loop(work: Callable[[], T]) -> T:
+    return await asyncio.get_running_loop().run_in_executor(READERS, work)
+
+
+async def chunks(path: Path, more: Callable[[], bool]) -> AsyncGenerator[bytes, None]:
+    """`path`'s bytes, `CHUNK` at a time; at its end, while `more()` holds, what is
+    appended to it (looked for every `POLL` seconds). Use it in `contextlib.aclosing`,
+    which closes the file when the reader stops early."""
+    f: BinaryIO = await _off_loop(lambda: path.open("rb"))
+    try:
+        while True:
+            chunk = await _off_loop(lambda: f.read(CHUNK))
+            if chunk:
+                yield chunk
+            elif more():
+                await asyncio.sleep(POLL)
+            else:
+                return
+    finally:
+        f.close()
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    with path.open("rb") as f:
+        f.seek(offset)
+        return f.read()
 
 
 async def follow(
@@ -32,9 +73,7 @@ async def follow(
         stopping = stop.is_set()
         for name, path in sources:
             try:
-                with path.open("rb") as f:
-                    f.seek(offsets[name])
-                    chunk = f.read()
+                chunk = await _off_loop(functools.partial(_read_from, path, offsets[name]))
             except FileNotFoundError:
                 continue
             offsets[name] += len(chunk)

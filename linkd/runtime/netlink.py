@@ -102,10 +102,36 @@ class NamespaceHelper:
             self._channel.close()
             self._channel = None
         if self._pid is not None:
-            # It exits as soon as it reads EOF: waiting costs well under a millisecond.
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(self._pid, 0)
+            _reap(self._pid)
             self._pid = None
+
+
+def _reap(pid: int) -> None:
+    """Reap the child `pid`, which is exiting, without ever waiting for it on the event
+    loop: the daemon's loop answers DNS, and a helper slow to exit (a busy machine) would
+    stall every answer. When it has not exited yet, a pidfd registered with the running
+    loop reaps it once it has; without a running loop nothing else waits, so this does."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return
+    if done:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        return
+    pidfd = os.pidfd_open(pid)
+
+    def exited() -> None:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+    loop.add_reader(pidfd, exited)
 
 
 class Kernel:

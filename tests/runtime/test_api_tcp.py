@@ -146,7 +146,7 @@ def test_a_new_token_is_256_bits_in_a_new_0600_file(
 
 
 @pytest.mark.parametrize(
-    "wrong", ["address", "port in use", "token mode", "short token"], ids=lambda w: w
+    "wrong", ["address", "name", "port in use", "token mode", "short token"], ids=lambda w: w
 )
 async def test_a_wrong_tcp_stops_the_daemon_before_it_recovers_anything(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wrong: str
@@ -164,6 +164,8 @@ async def test_a_wrong_tcp_stops_the_daemon_before_it_recovers_anything(
         tcp, path = f"127.0.0.1:{port}", token_file(tmp_path)
         if wrong == "address":
             tcp = f"0.0.0.0:{port}"
+        elif wrong == "name":
+            tcp = f"localhost:{port}"
         elif wrong == "port in use":
             taken = stack.enter_context(socket.socket())
             taken.bind(("127.0.0.1", port))
