@@ -79,7 +79,7 @@ class HealthChecks:
         spec = run_dir / SPEC_FILE
         process.write_exec_spec(
             str(spec), check.test, container.env, container.working_dir, container.user,
-            name=container.name,
+            name=container.name, image=container.image is not None,
         )
         self._tasks[container.name] = tasks.create_task(
             self._loop(container.name, check, str(spec), init_pid, started_at),

@@ -475,11 +475,13 @@ def write_exec_spec(
     user: str | None,
     *,
     name: str | None = None,
+    image: bool = False,
 ) -> None:
-    """Write the spec that :func:`exec_argv`'s shim reads.
+    """Write the spec that :func:`exec_argv`'s shim (and a health agent) reads.
 
     `env` is exactly the command's environment.  `name` (the container's) only improves
-    error messages.
+    error messages.  `image`: the container's root is an image, whose users are read
+    from its /etc/passwd and /etc/group as files, never through its NSS configuration.
     """
     _write_spec(
         path,
@@ -489,6 +491,7 @@ def write_exec_spec(
             "env": [[k, v] for k, v in env],
             "working_dir": working_dir,
             "user": user,
+            "image_root": image,
         },
     )
 
