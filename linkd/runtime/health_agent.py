@@ -6,7 +6,9 @@ Standalone like the shim (standard library only, never ``import linkd``), and ma
 the shim's exec mode (`shim.py exec`), not a copy of it: it loads the shim from SHIM_PY
 and does what ``exec_in`` does, with the same functions. Once: ``open_entry`` (under
 runc the container is runc's command, not INIT_PID, the container's PID 1 as the host
-sees it) and ``enter_namespaces`` (ipc, uts, net, pid, mount). Then, for every line
+sees it; probed while runc is still creating the container, it waits up to
+STARTING_WAIT for runc's command, never settling for init's namespaces) and
+``enter_namespaces`` (ipc, uts, net, pid, mount). Then, for every line
 ``TIMEOUT\\n`` on stdin, it forks a probe, which takes a session of its own with stdout
 and stderr on a pipe and goes on as exec's child does (``exec_child``): the container's
 cgroups and cgroup namespace, confinement, user (an image's from its files), working
@@ -34,6 +36,9 @@ import time
 
 OUTPUT_LIMIT = 4096
 TIMEOUT_CODE = -1
+# How long to wait for runc to start the container's command when probed before that
+# (well within the probe's timeout + health.AGENT_GRACE, which the daemon waits).
+STARTING_WAIT = 2.0
 PR_SET_PDEATHSIG = 1
 
 TYPE_CHECKING = False
@@ -111,11 +116,20 @@ def main(argv: list[str]) -> NoReturn:
 
     shim._libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     spec = shim.load_spec(spec_path)  # with the container's confinement, read before entering
+    name = spec.get("name") or f"with init pid {init_pid}"
     try:
-        entry = shim.open_entry(init_pid, spec.get("name") or f"with init pid {init_pid}")
+        waited_until = time.monotonic() + STARTING_WAIT
+        while True:
+            try:
+                entry = shim.open_entry(init_pid, name)
+                break
+            except shim.NotStartedYet:
+                if time.monotonic() > waited_until:
+                    raise
+                time.sleep(0.01)
         shim.enter_namespaces(entry)
     except (shim.SetupError, OSError) as e:
-        sys.stderr.write(f"linkd health agent: container {spec.get('name')}: {e}\n")
+        sys.stderr.write(f"linkd health agent: container {name}: {e}\n")
         os._exit(125)
     requests = os.fdopen(0, "rb", buffering=0)
     while True:

@@ -171,6 +171,10 @@ class SetupError(Exception):
         self.code = code
 
 
+class NotStartedYet(SetupError):
+    """The container's command is not running yet (runc is still creating it)."""
+
+
 def _check(result: int, what: str) -> None:
     """Raise a SetupError (exit 125) for a failed libc call (`result` -1, errno set)."""
     if result != 0:
@@ -586,16 +590,29 @@ def _first_child(pid: int) -> int | None:
 
 def _runc_command(init_pid: int) -> int | None:
     """For a container run by runc (init -> runc run -> command), the command's pid: its
-    mount namespace is the image's root, which init's is not."""
+    mount namespace is the image's root, which init's is not. None when init's child is
+    not runc (linkd's own launcher, a host command).
+
+    Raises NotStartedYet while runc is still creating the container (no child yet, or
+    still `runc init`): init's namespaces must not be taken for the container's then.
+    """
     runc = _first_child(init_pid)
-    if runc is None:
+    if runc is None or os.path.basename(_argv(runc)[0]) != b"runc":
         return None
+    command = _first_child(runc)
+    argv = _argv(command) if command is not None else []
+    if command is None or (os.path.basename(argv[0]) == b"runc" and argv[1:2] == [b"init"]):
+        raise NotStartedYet("runc has not started the container's command yet",
+                            EXIT_SETUP_FAILED)
+    return command
+
+
+def _argv(pid: int) -> list[bytes]:
     try:
-        with open(f"/proc/{runc}/cmdline", "rb") as f:
-            argv0 = f.read().split(b"\0")[0]
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")
     except OSError:
-        return None
-    return _first_child(runc) if os.path.basename(argv0) == b"runc" else None
+        return [b""]
 
 
 def _open_cgroups_of(pid: int, opened: list[int]) -> list[tuple[str, int]]:

@@ -10,10 +10,13 @@ command's cgroups and cgroup namespace: what a process started by the container 
 
 from __future__ import annotations
 
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
+from linkd.runtime import shim
 from tests.images import Entry, Image, busybox_image, layer_tar, write_tar
 from tests.integration.conftest import Linkd
 from tests.integration.test_health import inspect
@@ -79,3 +82,34 @@ def test_probes_and_exec_run_inside_the_image_and_its_cgroups(linkd: Linkd,
     finally:
         linkd.run("down", "-p", linkd.project, check=False)
         linkd.run("image", "rm", "linkd-test/probe:1", check=False)
+
+
+def test_no_way_in_while_runc_has_not_started_the_command(tmp_path: Path) -> None:
+    """Between `runc run` starting and its command running (runc's child is missing, or
+    still `runc init`), init's namespaces are not the container's: entering must fail
+    (the health agent waits and retries), never settle on init's host-rooted mounts."""
+    (tmp_path / "init").write_text("sleep 60; :\n")  # runs as `runc init`
+    (tmp_path / "run").write_text("(exec -a runc bash init) & wait\n")  # as `runc run`
+    for script, depth in (("exec -a runc sleep 60 & wait", 1),  # runc run, no child yet
+                          ("exec -a runc bash run & wait", 2)):  # runc run -> runc init
+        init = subprocess.Popen(["bash", "-c", script], cwd=tmp_path)
+        try:
+            deadline = time.monotonic() + 5
+            while _depth(init.pid) < depth:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            with pytest.raises(shim.NotStartedYet, match="runc has not started"):
+                shim.open_entry(init.pid, "web-1")
+        finally:
+            init.kill()
+            init.wait()
+
+
+def _depth(pid: int) -> int:
+    """How many generations of first children `pid` has (running, not yet exec'd away)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    if not children:
+        return 0
+    if Path(f"/proc/{children[0]}/cmdline").read_bytes().split(b"\0")[0] != b"runc":
+        return 0  # not yet renamed by its exec
+    return 1 + _depth(int(children[0]))
