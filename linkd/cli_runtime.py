@@ -166,7 +166,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     spec_path = store.container_dir(name, target) / f"exec-{os.getpid()}.spec"
     process.write_exec_spec(
         str(spec_path), tuple(argv), container.env, container.working_dir, container.user,
-        name=target,
+        name=target, image=container.image is not None,
     )
     try:
         return subprocess.call(process.exec_argv(current.init_pid, str(spec_path)))

@@ -79,7 +79,7 @@ class HealthChecks:
         spec = run_dir / SPEC_FILE
         process.write_exec_spec(
             str(spec), check.test, container.env, container.working_dir, container.user,
-            name=container.name,
+            name=container.name, image=container.image is not None,
         )
         self._tasks[container.name] = tasks.create_task(
             self._loop(container.name, check, str(spec), init_pid, started_at),
@@ -215,19 +215,40 @@ class Agent:
         return said.decode(errors="replace").strip() or "the health agent exited"
 
     def close(self) -> None:
-        """Kill the agent (a probe in flight dies with it: PR_SET_PDEATHSIG)."""
+        """Kill the agent (a probe in flight dies with it: PR_SET_PDEATHSIG); it is
+        reaped when it has exited, never waited for here."""
         popen, self._popen = self._popen, None
         if popen is None:
             return
         assert popen.stdout is not None
-        asyncio.get_running_loop().remove_reader(popen.stdout.fileno())
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(popen.stdout.fileno())
         with contextlib.suppress(ProcessLookupError):
-            popen.kill()
-        popen.wait()
+            popen.kill()  # not reaped yet: the pid is still the agent's
         for pipe in (popen.stdin, popen.stdout, popen.stderr):
             if pipe is not None:
                 with contextlib.suppress(OSError):
                     pipe.close()
+        _reap_later(loop, popen)
+
+
+def _reap_later(loop: asyncio.AbstractEventLoop, popen: subprocess.Popen[bytes]) -> None:
+    """Reap a killed agent once it has exited, without waiting for that on the loop.
+
+    A SIGKILLed process is usually gone within microseconds, but not always (one in
+    uninterruptible sleep, or in a frozen cgroup, dies only when it wakes), and the loop
+    that would wait for it also answers DNS. Its pidfd turns readable when it exits.
+    """
+    if popen.poll() is not None:
+        return
+    pidfd = os.pidfd_open(popen.pid)  # our child, not reaped: the pid cannot be reused
+
+    def reap() -> None:
+        if popen.poll() is not None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+
+    loop.add_reader(pidfd, reap)
 
 
 class AgentGone(Exception):

@@ -2,18 +2,21 @@
 
     python -I -S health_agent.py SHIM_PY INIT_PID SPEC
 
-Standalone like the shim (standard library only, never ``import linkd``), and built from
-the shim's exec mode (`shim.py exec`): it loads the shim from SHIM_PY and does what
-``exec_in`` does once, joining the ipc, uts, net, pid and mount namespaces of the
-container whose PID 1 is INIT_PID (host pid). Then, for every line ``TIMEOUT\\n`` on
-stdin, it forks a probe, which joins the container's cgroups (their ``cgroup.procs``
-were opened before the mount namespace changed), takes a session of its own and becomes
-the SPEC's command the way the shim's exec child does (user, working directory,
-environment, PATH lookup in the container, PR_SET_PDEATHSIG). stdout and stderr go to a
-pipe; at TIMEOUT seconds the probe's whole session is SIGKILLed, and so is whatever the
-probe left running once it exits. The reply on stdout is ``CODE LENGTH\\n`` and LENGTH
-bytes of output (the first OUTPUT_LIMIT; the rest is read and dropped); CODE is the
-shell-style exit code, -1 for a timeout.
+Standalone like the shim (standard library only, never ``import linkd``), and made of
+the shim's exec mode (`shim.py exec`), not a copy of it: it loads the shim from SHIM_PY
+and does what ``exec_in`` does, with the same functions. Once: ``open_entry`` (under
+runc the container is runc's command, not INIT_PID, the container's PID 1 as the host
+sees it; probed while runc is still creating the container, it waits up to
+STARTING_WAIT for runc's command, never settling for init's namespaces) and
+``enter_namespaces`` (ipc, uts, net, pid, mount). Then, for every line
+``TIMEOUT\\n`` on stdin, it forks a probe, which takes a session of its own with stdout
+and stderr on a pipe and goes on as exec's child does (``exec_child``): the container's
+cgroups and cgroup namespace, confinement, user (an image's from its files), working
+directory, environment, PATH lookup in the container, PR_SET_PDEATHSIG. At TIMEOUT
+seconds the probe's whole session is SIGKILLed, and so is whatever the probe left
+running once it exits. The reply on stdout is ``CODE LENGTH\\n`` and LENGTH bytes of
+output (the first OUTPUT_LIMIT; the rest is read and dropped); CODE is the shell-style
+exit code, -1 for a timeout.
 
 Why: a `python -I -S shim.py exec` per probe costs ~15 ms of CPU before the test even
 starts, which caps a 2-core machine near a hundred probes a second. A fork of this small
@@ -33,6 +36,9 @@ import time
 
 OUTPUT_LIMIT = 4096
 TIMEOUT_CODE = -1
+# How long to wait for runc to start the container's command when probed before that
+# (well within the probe's timeout + health.AGENT_GRACE, which the daemon waits).
+STARTING_WAIT = 2.0
 PR_SET_PDEATHSIG = 1
 
 TYPE_CHECKING = False
@@ -40,44 +46,7 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn
 
 
-def _cgroup_procs(init_pid: int) -> list[int]:
-    """Write ends of the `cgroup.procs` of linkd's cgroups of the container (see
-    `shim._join_cgroups_of`), opened while the host's /sys is still ours."""
-    fds: list[int] = []
-    try:
-        with open(f"/proc/{init_pid}/cgroup") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return fds
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if "/linkd/" not in path:
-            continue
-        top = controllers.split(",")[0].removeprefix("name=") if controllers else ""
-        procs = os.path.join("/sys/fs/cgroup", top, path.lstrip("/"), "cgroup.procs")
-        try:  # noqa: SIM105  (no contextlib: start-up time)
-            fds.append(os.open(procs, os.O_WRONLY | os.O_CLOEXEC))
-        except OSError:
-            pass
-    return fds
-
-
-def _enter(shim: Any, init_pid: int) -> None:
-    fds = []
-    for ns in ("ipc", "uts", "net", "pid", "mnt"):  # mnt last: /proc changes with it
-        path = f"/proc/{init_pid}/ns/{ns}"
-        fds.append((path, os.open(path, os.O_RDONLY | os.O_CLOEXEC)))
-    try:
-        for path, fd in fds:
-            shim._check(shim._libc.setns(fd, 0), f"entering {path}")
-    finally:
-        for _, fd in fds:
-            os.close(fd)
-
-
-def _probe(
-    shim: Any, spec: dict[str, Any], cgroups: list[int], timeout: float
-) -> tuple[int, bytes]:
+def _probe(shim: Any, spec: dict[str, Any], entry: Any, timeout: float) -> tuple[int, bytes]:
     out_r, out_w = os.pipe()
     alive_r, alive_w = os.pipe()
     pid = os.fork()
@@ -85,20 +54,15 @@ def _probe(
         try:
             os.close(out_r)
             os.close(alive_w)
-            for fd in cgroups:
-                os.write(fd, b"0")
             null = os.open("/dev/null", os.O_RDONLY)
             os.dup2(null, 0)
             os.dup2(out_w, 1)
             os.dup2(out_w, 2)
             os.setsid()  # one session: the timeout kills the probe and its children
-            shim._exec_command(spec, alive_r)
-        except shim.SetupError as e:
-            os.write(2, f"linkd: {e}\n".encode(errors="replace"))
-            os._exit(e.code)
         except BaseException as e:  # the child must never return
             os.write(2, f"linkd: starting the probe failed: {e!r}\n".encode(errors="replace"))
             os._exit(125)
+        shim.exec_child(spec, entry, alive_r)  # the cgroups, then `linkd exec`'s way
     os.close(out_w)
     os.close(alive_r)
     os.write(alive_w, b"g")
@@ -151,19 +115,28 @@ def main(argv: list[str]) -> NoReturn:
     shim: Any = __import__("shim")
 
     shim._libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    spec = shim.load_spec(spec_path)  # with the container's confinement, read before _enter
+    spec = shim.load_spec(spec_path)  # with the container's confinement, read before entering
+    name = spec.get("name") or f"with init pid {init_pid}"
     try:
-        cgroups = _cgroup_procs(init_pid)
-        _enter(shim, init_pid)
+        waited_until = time.monotonic() + STARTING_WAIT
+        while True:
+            try:
+                entry = shim.open_entry(init_pid, name)
+                break
+            except shim.NotStartedYet:
+                if time.monotonic() > waited_until:
+                    raise
+                time.sleep(0.01)
+        shim.enter_namespaces(entry)
     except (shim.SetupError, OSError) as e:
-        sys.stderr.write(f"linkd health agent: container {spec.get('name')}: {e}\n")
+        sys.stderr.write(f"linkd health agent: container {name}: {e}\n")
         os._exit(125)
     requests = os.fdopen(0, "rb", buffering=0)
     while True:
         line = requests.readline()
         if not line:
             os._exit(0)
-        code, output = _probe(shim, spec, cgroups, float(line))
+        code, output = _probe(shim, spec, entry, float(line))
         os.write(1, f"{code} {len(output)}\n".encode() + output)
 
 

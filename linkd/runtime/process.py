@@ -447,25 +447,11 @@ async def adopt(spec: ProcessSpec, shim_pid: int, init_pid: int) -> ContainerPro
     child (the host's PID 1 or a subreaper), which reaps it.  A starter that is still alive
     keeps the ContainerProcess that start() gave it, which is what reaps the shim.
     """
-    spec_path = os.path.join(spec.run_dir, SPEC_FILE)
     exit_path = os.path.join(spec.run_dir, EXIT_FILE)
     what = f"container {spec.name}"
-    try:
-        shim_fd: int | None = os.pidfd_open(shim_pid)
-    except ProcessLookupError:
-        shim_fd = None
-    except OSError as e:
-        raise ContainerError(f"{what}: cannot watch shim {shim_pid}: {e.strerror}") from e
-    running = ours = False
-    if shim_fd is not None:
-        # Checked after the pidfd is open, and the process still running after the check:
-        # so the command line read is that of the process the pidfd watches.
-        ours = _is_shim_for(shim_pid, spec_path)
-        running = not _has_exited(shim_fd)
-        if not (ours and running):
-            os.close(shim_fd)
-            shim_fd = None
+    shim_fd = open_shim(shim_pid, spec.run_dir)
     if shim_fd is None:
+        running = _pid_runs(shim_pid)
         code = _read_exit_file(exit_path, shim_pid)
         if code is not None:  # exited while nobody watched; the pid may be reused by now
             proc = AdoptedProcess(spec.name, shim_pid, None, exit_path)
@@ -504,23 +490,20 @@ async def adopt(spec: ProcessSpec, shim_pid: int, init_pid: int) -> ContainerPro
 def running_shims() -> dict[str, tuple[int, int]]:
     """Every running linkd container on the host, by run directory: (shim PID, init
     PID). For containers whose PIDs nobody recorded (their starter died between
-    starting them and saving the PIDs); one scan of /proc serves any number of them."""
+    starting them and saving the PIDs); one scan of /proc serves any number of them.
+    Each shim is identified as :func:`open_shim` identifies it (its init, a fork with the
+    same command line, is not taken for it); act on one through ``open_shim``."""
     found: dict[str, tuple[int, int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
+        spec_path = _shim_spec(int(entry))
+        if spec_path is None or not spec_path.endswith(os.sep + SPEC_FILE):
             continue
-        for i in range(len(argv) - 2):
-            if argv[i].endswith(b"/shim.py") and argv[i + 1] == b"run":
-                spec_path = os.fsdecode(argv[i + 2])
-                children = _children(int(entry))
-                if children and spec_path.endswith(os.sep + SPEC_FILE):
-                    found[os.path.dirname(spec_path)] = (int(entry), children[0])
-                break
+        if _shim_role(int(entry), spec_path) == "shim":
+            children = _children(int(entry))
+            if children:
+                found[os.path.dirname(spec_path)] = (int(entry), children[0])
     return found
 
 
@@ -549,11 +532,13 @@ def write_exec_spec(
     user: str | None,
     *,
     name: str | None = None,
+    image: bool = False,
 ) -> None:
-    """Write the spec that :func:`exec_argv`'s shim reads.
+    """Write the spec that :func:`exec_argv`'s shim (and a health agent) reads.
 
     `env` is exactly the command's environment.  `name` (the container's) only improves
-    error messages.
+    error messages.  `image`: the container's root is an image, whose users are read
+    from its /etc/passwd and /etc/group as files, never through its NSS configuration.
     """
     _write_spec(
         path,
@@ -563,6 +548,7 @@ def write_exec_spec(
             "env": [[k, v] for k, v in env],
             "working_dir": working_dir,
             "user": user,
+            "image_root": image,
         },
     )
 
@@ -616,22 +602,79 @@ def _parse_status(status: bytes, proc: ContainerProcess) -> str | None:
     return error
 
 
-def _is_shim_for(pid: int, spec_path: str) -> bool:
-    """Whether `pid` runs linkd's shim in run mode for the spec file `spec_path`.
+def open_shim(pid: int, run_dir: str, *, init: bool = False) -> int | None:
+    """A pidfd for `pid` if it is linkd's shim (A) for the container whose directory is
+    `run_dir`, or with `init` that shim's init (B); None if it is not (or is gone).
 
-    The shim's file may have moved with an upgraded linkd, so any ``shim.py`` counts; the
-    spec path is what ties it to one container (as supervisor._kill_leftover checks).
+    The one identity check of a container's processes. The pidfd is opened first, the
+    identity read second, and the process must not have exited after that read: so what
+    was checked is the process the pidfd refers to, and a signal sent through it
+    (``signal.pidfd_send_signal``) cannot reach a process that reused the PID.
+
+    A runs ``shim.py run <run_dir>/spec.marshal``; B is a fork of A (same command line)
+    whose parent is A. The shim's file may have moved with an upgraded linkd, so any
+    ``shim.py`` counts; the spec path is what ties it to one container.
     """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:  # gone (ESRCH), or not ours to see
+        return None
+    role = _shim_role(pid, os.path.join(run_dir, SPEC_FILE))
+    if role == ("init" if init else "shim") and not _has_exited(pidfd):
+        return pidfd
+    os.close(pidfd)
+    return None
+
+
+def kill_shim(pid: int, run_dir: str, *, init: bool = False) -> bool:
+    """SIGKILL `pid` through a pidfd if :func:`open_shim` identifies it; whether it did."""
+    pidfd = open_shim(pid, run_dir, init=init)
+    if pidfd is None:
+        return False
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(pidfd)
+    return True
+
+
+def _shim_spec(pid: int) -> str | None:
+    """The spec path if `pid` runs linkd's shim in run mode (shim or init), else None."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = f.read().split(b"\0")
     except OSError:
+        return None
+    for i in range(len(argv) - 2):
+        if argv[i].endswith(b"/shim.py") and argv[i + 1] == b"run":
+            return os.fsdecode(argv[i + 2])
+    return None
+
+
+def _shim_role(pid: int, spec_path: str) -> str | None:
+    """"shim" (A) or "init" (B, whose parent is A) if `pid` runs linkd's shim for
+    `spec_path`, else None. An init whose shim is already gone counts as neither: it is
+    being killed (PDEATHSIG)."""
+    if _shim_spec(pid) != spec_path:
+        return None
+    parent = _parent_pid(pid)
+    if parent is None or _shim_spec(parent) != spec_path:
+        return "shim"
+    return "init" if _shim_role(parent, spec_path) == "shim" else None
+
+
+def _pid_runs(pid: int) -> bool:
+    """Whether any process runs as `pid` (only to word an error message)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
         return False
-    wanted = [b"run", os.fsencode(spec_path)]
-    return any(
-        argv[i + 1 : i + 3] == wanted and argv[i].endswith(b"/shim.py")
-        for i in range(len(argv) - 2)
-    )
+    try:
+        return not _has_exited(pidfd)
+    finally:
+        os.close(pidfd)
 
 
 def _has_exited(pidfd: int) -> bool:

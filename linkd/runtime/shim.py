@@ -71,14 +71,18 @@ libseccomp in the runtime, so nothing here imports more than ctypes), in runc's 
 linkd's launcher mounts the root, /dev, /tmp and /dev/shm nodev (no devices cgroup).
 Under runc, runc confines its command and the shim confines only what enters by exec.
 
-``exec INIT_PID SPEC_JSON`` (``linkd exec``) joins a running container instead: setns into
-B's ipc, uts, net, pid and mount namespaces, fork (joining a PID namespace, like creating
-one, only applies to children), then the child does what C does.  stdio is inherited; the
-parent forwards signals and mirrors the exit code, and the child gets PDEATHSIG so that
-killing ``linkd exec`` cannot leave its command behind.  On a terminal the child gets its
-own process group and the terminal's foreground (so ^C, ^Z and job control inside an
-interactive shell work), and its ^Z stops are mirrored so the user's shell sees a stopped
-job.
+``exec INIT_PID SPEC_JSON`` (``linkd exec``) joins a running container instead, the one
+way in that health probes take too (``health_agent.py`` calls the same functions):
+``open_entry`` opens the container's cgroups and namespaces while /proc is the host's
+(under runc those of runc's command, whose mount namespace is the image's root),
+``enter_namespaces`` joins its ipc, uts, net, pid and mount namespaces, then a fork
+(joining a PID namespace, like creating one, only applies to children), and the child
+(``exec_child``) joins the container's cgroups and cgroup namespace and does what C does.
+stdio is inherited; the parent forwards signals and mirrors the exit code, and the child
+gets PDEATHSIG so that killing ``linkd exec`` cannot leave its command behind.  On a
+terminal the child gets its own process group and the terminal's foreground (so ^C, ^Z and
+job control inside an interactive shell work), and its ^Z stops are mirrored so the user's
+shell sees a stopped job.
 """
 
 from __future__ import annotations
@@ -171,6 +175,10 @@ class SetupError(Exception):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
+
+
+class NotStartedYet(SetupError):
+    """The container's command is not running yet (runc is still creating it)."""
 
 
 def _check(result: int, what: str) -> None:
@@ -356,7 +364,10 @@ def _exec_command(spec: dict[str, Any], alive_fd: int | None = None) -> NoReturn
     conf = spec.get("confine") if spec.get("confine_command", True) else None
     if conf is not None:
         _confine_before_user(conf)
-    _become(spec.get("user"), spec.get("working_dir"), bool(spec.get("rootfs_dir")))
+    # An image's users come from its files (`_lookup_user`): the container's own spec says
+    # so by its rootfs_dir, an exec spec (`linkd exec`, health probes) by image_root.
+    files_only = bool(spec.get("rootfs_dir") or spec.get("image_root"))
+    _become(spec.get("user"), spec.get("working_dir"), files_only)
     if conf is not None:
         _confine_after_user(conf)
     if alive_fd is not None:
@@ -585,26 +596,41 @@ def _first_child(pid: int) -> int | None:
 
 def _runc_command(init_pid: int) -> int | None:
     """For a container run by runc (init -> runc run -> command), the command's pid: its
-    mount namespace is the image's root, which init's is not."""
+    mount namespace is the image's root, which init's is not. None when init's child is
+    not runc (linkd's own launcher, a host command).
+
+    Raises NotStartedYet while runc is still creating the container (no child yet, or
+    still `runc init`): init's namespaces must not be taken for the container's then.
+    """
     runc = _first_child(init_pid)
-    if runc is None:
+    if runc is None or os.path.basename(_argv(runc)[0]) != b"runc":
         return None
+    command = _first_child(runc)
+    argv = _argv(command) if command is not None else []
+    if command is None or (os.path.basename(argv[0]) == b"runc" and argv[1:2] == [b"init"]):
+        raise NotStartedYet("runc has not started the container's command yet",
+                            EXIT_SETUP_FAILED)
+    return command
+
+
+def _argv(pid: int) -> list[bytes]:
     try:
-        with open(f"/proc/{runc}/cmdline", "rb") as f:
-            argv0 = f.read().split(b"\0")[0]
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")
     except OSError:
-        return None
-    return _first_child(runc) if os.path.basename(argv0) == b"runc" else None
+        return [b""]
 
 
-def _join_cgroups_of(pid: int) -> None:
-    """Join the cgroups linkd made for the container of `pid` (lines of /proc/PID/cgroup
-    whose path has a /linkd/ component), as `docker exec` joins the container's."""
+def _open_cgroups_of(pid: int, opened: list[int]) -> list[tuple[str, int]]:
+    """The cgroup.procs files (opened for writing; each fd also appended to `opened`) of
+    the cgroups linkd made for the container of `pid`: the lines of /proc/PID/cgroup whose
+    path has a /linkd/ component, as `docker exec` joins the container's."""
     try:
         with open(f"/proc/{pid}/cgroup") as f:
             lines = f.read().splitlines()
     except OSError:
-        return
+        return []
+    found = []
     for line in lines:
         _, controllers, path = line.split(":", 2)
         if "/linkd/" not in path:
@@ -614,8 +640,16 @@ def _join_cgroups_of(pid: int) -> None:
         else:  # the v2 hierarchy: all of /sys/fs/cgroup, or its `unified` part (hybrid)
             top = "unified" if os.path.isdir("/sys/fs/cgroup/unified") else ""
         directory = os.path.join("/sys/fs/cgroup", top, path.lstrip("/"))
-        if os.path.isdir(directory):
-            _join_cgroup(directory)
+        try:
+            fd = os.open(os.path.join(directory, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue  # removed meanwhile: the container is on its way out
+        except OSError as e:
+            raise SetupError(f"joining cgroup {directory}: {e.strerror}",
+                             EXIT_SETUP_FAILED) from None
+        opened.append(fd)
+        found.append((directory, fd))
+    return found
 
 
 def _in_root(root: str, path: str) -> str:
@@ -1001,6 +1035,104 @@ def _write_exit_file(dir_fd: int, name: str, code: int) -> None:
 # --- exec mode -----------------------------------------------------------------------------
 
 
+class Entry:
+    """What entering one running container takes, all opened while this process still
+    sees the host's /proc and /sys (see `open_entry`)."""
+
+    __slots__ = ("cgroup_procs", "cgroupns", "name", "namespaces")
+
+    def __init__(self, name: str, cgroup_procs: list[tuple[str, int]], cgroupns: int,
+                 namespaces: list[tuple[str, int]]) -> None:
+        self.name = name
+        self.cgroup_procs = cgroup_procs  # (directory, write end of its cgroup.procs)
+        self.cgroupns = cgroupns
+        self.namespaces = namespaces  # (path, fd): ipc, uts, net, pid, mnt, in that order
+
+
+def open_entry(init_pid: int, name: str) -> Entry:
+    """Open the way into the running container whose PID 1 is `init_pid` (host pid).
+
+    Under runc the namespaces and cgroups are those of runc's command (its mount
+    namespace is the image's root; init's is not), else init's. Everything is opened
+    here, before any setns: after joining the mount namespace /proc is the container's,
+    where these pids mean nothing, and /sys may be the container's read-only view.
+    """
+    target = _runc_command(init_pid) or init_pid
+    opened: list[int] = []
+
+    def open_ns(kind: str) -> tuple[str, int]:
+        path = f"/proc/{target}/ns/{kind}"
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise SetupError(f"opening {path}: {e.strerror}", EXIT_SETUP_FAILED) from None
+        opened.append(fd)
+        return path, fd
+
+    try:
+        procs = _open_cgroups_of(target, opened)
+        cgroupns = open_ns("cgroup")[1]
+        namespaces = [open_ns(kind) for kind in ("ipc", "uts", "net", "pid", "mnt")]
+    except BaseException:
+        for fd in opened:
+            os.close(fd)
+        raise
+    return Entry(name, procs, cgroupns, namespaces)
+
+
+def enter_namespaces(entry: Entry) -> None:
+    """Join the container's ipc, uts, net, pid and mount namespaces (the pid namespace
+    only takes effect for children: fork next). Done once by `linkd exec` and once by a
+    health agent for all its probes; the mount namespace last, as /proc changes with it."""
+    try:
+        for path, fd in entry.namespaces:
+            _check(_libc.setns(fd, 0), f"entering {path}")
+    finally:
+        for _, fd in entry.namespaces:
+            os.close(fd)
+        entry.namespaces = []
+
+
+def close_entry(entry: Entry) -> None:
+    """Close what `enter_command` would have used (in a parent that does not run it)."""
+    for fd in [fd for _, fd in entry.cgroup_procs] + [entry.cgroupns] + [
+            fd for _, fd in entry.namespaces]:
+        try:  # noqa: SIM105  (no contextlib: start-up time)
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def exec_child(spec: dict[str, Any], entry: Entry, alive_fd: int) -> NoReturn:
+    """The forked child that becomes `linkd exec`'s command or a health probe.
+
+    It joins the container's cgroups (so its limits hold for what runs in it, as under
+    `docker exec`) and then its cgroup namespace (its cgroup is then `/`, as for the
+    container's own processes; joined in this order, as runc's exec does, since with
+    cgroup v2's nsdelegate a process may only be moved within its cgroup namespace),
+    and becomes the spec's command (`_exec_command`). Per process, not in the parent: a
+    long-lived health agent must not sit in the container's cgroups, where it would count
+    against the container's memory and pids and keep the cgroup from being removed.
+    Never returns: a failure is reported on stderr and exits with 127/126/125.
+    """
+    try:
+        for directory, fd in entry.cgroup_procs:
+            try:
+                os.write(fd, b"0")  # 0: the writing process
+            except OSError as e:
+                raise SetupError(f"joining cgroup {directory}: {e.strerror}",
+                                 EXIT_SETUP_FAILED) from None
+        _check(_libc.setns(entry.cgroupns, CLONE_NEWCGROUP), "entering the cgroup namespace")
+        close_entry(entry)
+        _exec_command(spec, alive_fd)
+    except SetupError as e:
+        _report(None, entry.name, str(e))
+        os._exit(e.code)
+    except BaseException as e:  # the child must never return into its parent's code
+        _report(None, entry.name, f"starting the command failed: {e!r}")
+        os._exit(EXIT_SETUP_FAILED)
+
+
 def exec_in(init_pid: int, spec_path: str) -> NoReturn:
     """Run a command inside the running container whose PID 1 is `init_pid` (host pid)."""
     global _forward_to
@@ -1008,39 +1140,18 @@ def exec_in(init_pid: int, spec_path: str) -> NoReturn:
     name = spec.get("name") or f"with init pid {init_pid}"
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
     try:
-        target = _runc_command(init_pid) or init_pid  # under runc: its command's mounts
-        _join_cgroups_of(target)  # the container's limits hold for what runs in it
-        # Open all five first: after joining the mount namespace /proc is the container's,
-        # where init_pid means nothing.  Join the mount namespace last for the same reason.
-        fds = []
-        for ns in ("ipc", "uts", "net", "pid", "cgroup", "mnt"):
-            path = f"/proc/{target}/ns/{ns}"
-            try:
-                fds.append((path, os.open(path, os.O_RDONLY | os.O_CLOEXEC)))
-            except OSError as e:
-                raise SetupError(f"opening {path}: {e.strerror}", EXIT_SETUP_FAILED) from None
-        try:
-            for path, fd in fds:
-                _check(_libc.setns(fd, 0), f"entering {path}")
-        finally:
-            for _, fd in fds:
-                os.close(fd)
+        entry = open_entry(init_pid, name)
+        enter_namespaces(entry)
         alive_r, alive_w = os.pipe()
         child = os.fork()
     except (SetupError, OSError) as e:
         _report(None, name, str(e))
         os._exit(e.code if isinstance(e, SetupError) else EXIT_SETUP_FAILED)
     if child == 0:
-        try:
-            os.close(alive_w)
-            # Killing `linkd exec` must not leave its command running in the container.
-            _exec_command(spec, alive_r)
-        except SetupError as e:
-            _report(None, name, str(e))
-            os._exit(e.code)
-        except BaseException as e:
-            _report(None, name, f"starting the command failed: {e!r}")
-            os._exit(EXIT_SETUP_FAILED)
+        os.close(alive_w)
+        # Killing `linkd exec` must not leave its command running in the container.
+        exec_child(spec, entry, alive_r)
+    close_entry(entry)
     os.close(alive_r)
     _forward_to = child
     tty = _in_terminal_foreground()

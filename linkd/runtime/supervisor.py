@@ -1175,14 +1175,12 @@ async def down_unsupervised(stack: str, report: Report) -> None:
 
 
 def _kill_leftover(stack: str, container: ContainerState) -> None:
-    spec = str(store.container_dir(stack, container.name) / process.SPEC_FILE)
-    for pid in (container.pid, container.init_pid):
-        if pid is None:
-            continue
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if spec.encode() in cmdline:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    # Through pidfds, and only what process.open_shim identifies as this container's.
+    # Init first and alone when it is there: its shim then reaps it and exits on its own
+    # (killing both at once would leave init a zombie for the host's PID 1).
+    run_dir = str(store.container_dir(stack, container.name))
+    if container.init_pid is not None and process.kill_shim(
+            container.init_pid, run_dir, init=True):
+        return
+    if container.pid is not None:
+        process.kill_shim(container.pid, run_dir)
