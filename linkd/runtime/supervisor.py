@@ -558,10 +558,10 @@ class Supervisor:
         current = self.states.get(container.name)
         if current is not None:
             _kill_leftover(self.stack, current)
-        found = self._shims().get(str(store.container_dir(self.stack, container.name)))
-        if found is not None:  # verified by find: linkd's shim of exactly this container
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(found[0], signal.SIGKILL)
+        run_dir = str(store.container_dir(self.stack, container.name))
+        found = self._shims().get(run_dir)
+        if found is not None:  # checked again through a pidfd: the PID may be reused
+            process.kill_shim(found[0], run_dir)
 
     async def apply(self, action: Action) -> None:
         match action:
@@ -1088,10 +1088,10 @@ async def remove_orphans(kernel: Kernel, report: Report) -> None:
         if lease.stack in running:
             continue
         for container in {c for _, c, _, _ in lease.addresses}:
-            found = shims.get(str(store.container_dir(lease.stack, container)))
-            if found is not None:  # linkd's shim of exactly that container
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(found[0], signal.SIGKILL)
+            run_dir = str(store.container_dir(lease.stack, container))
+            found = shims.get(run_dir)
+            if found is not None:  # checked again through a pidfd: the PID may be reused
+                process.kill_shim(found[0], run_dir)
                 report(f"container {lease.stack}/{container}", "killed (orphan)")
         for netns in kernel.netns_names(names.netns_prefix(lease.stack)):
             kernel.remove_netns(netns)
