@@ -211,7 +211,7 @@ class Linkd:
 
     def start_daemon(self) -> Path:
         """Its daemon, started as `up -d` starts one, once it answers; its socket."""
-        from linkd.runtime.client import Client
+        from linkd.client.api import Client
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with (self.run_dir / "daemon.log").open("ab") as log:

@@ -1,9 +1,9 @@
 """Whole containers through linkd's runtime: namespaces + network + a running process.
 
 One container at a time, as `linkd up` starts them: the network steps of
-`linkd.runtime.netlink.Kernel` (netns, veth, bridge port, address, routes), the three files
+`linkd.runtime.kernel.netlink.Kernel` (netns, veth, bridge port, address, routes), the three files
 the supervisor bind-mounts (hosts, hostname, resolv.conf), then
-`linkd.runtime.process.start`, which returns once `sleep 60` has been exec'd inside new
+`linkd.runtime.containers.process.start`, which returns once `sleep 60` has been exec'd inside new
 UTS/IPC/PID/mount namespaces. The clock stops when `start` returns.
 
 Everything lives under the stack `lkbenchc` (netns `linkd-lkbenchc.c-N`, linkd's `lkb-`/
@@ -41,8 +41,8 @@ class ContainerResult:
 
 
 def _plan(count: int, subnet: IPv4Network) -> Any:
-    from linkd.model import Attachment, Network, Service, Stack
-    from linkd.plan import realize
+    from linkd.core.model import Attachment, Network, Service, Stack
+    from linkd.core.plan import realize
 
     stack = Stack(
         name=STACK,
@@ -56,8 +56,9 @@ def _plan(count: int, subnet: IPv4Network) -> Any:
 async def measure(count: int, subnet: IPv4Network) -> ContainerResult:
     import asyncio
 
-    from linkd.runtime import process, supervisor
-    from linkd.runtime.netlink import Kernel
+    from linkd.runtime.containers import process
+    from linkd.runtime.kernel.netlink import Kernel
+    from linkd.runtime.stack import supervisor
 
     plan = _plan(count, subnet)
     result = ContainerResult()
@@ -111,7 +112,7 @@ def cleanup() -> None:
     """Best effort, for leftovers of an interrupted run (processes died with their shim)."""
     import os
 
-    from linkd import names
+    from linkd.core import names
 
     netns_dir = Path("/run/netns")
     prefix = names.netns_prefix(STACK)
@@ -127,7 +128,7 @@ def cleanup() -> None:
 def leftovers() -> list[str]:
     import os
 
-    from linkd import names
+    from linkd.core import names
 
     netns_dir = Path("/run/netns")
     prefix = names.netns_prefix(STACK)

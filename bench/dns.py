@@ -13,7 +13,7 @@ every process are removed in `finally` (also on Ctrl-C and SIGTERM); processes a
 stopped by PID. The run holds /run/lock/linkd-kernel.lock (as bench/run and the
 integration tests do): it waits for, and never overlaps, another run.
 
-The names: `linkd.plan.realize` + `linkd.dns_zone.build_zone` from a stack of SERVICES
+The names: `linkd.core.plan.realize` + `linkd.dns.zone.build_zone` from a stack of SERVICES
 services (one replica each, `expose: 8080`) plus a client, in 10.200.0.0/22.
 - linkd serves that zone with `requester_override=` the client's address (the way it
   serves 127.0.0.11 inside a container), so every query is answered from its view.
@@ -78,9 +78,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from linkd.dns_zone import Zone, build_zone  # noqa: E402
-from linkd.model import Attachment, Network, PortSpec, Service, Stack  # noqa: E402
-from linkd.plan import StackPlan, realize  # noqa: E402
+from linkd.core.model import Attachment, Network, PortSpec, Service, Stack  # noqa: E402
+from linkd.core.plan import StackPlan, realize  # noqa: E402
+from linkd.dns.zone import Zone, build_zone  # noqa: E402
 
 SERVICES = 500
 SUBNET = IPv4Network("10.200.0.0/22")
@@ -139,7 +139,7 @@ def make_zone() -> tuple[StackPlan, Zone, IPv4Address]:
 
 
 def serve(port: int) -> None:
-    from linkd.runtime.dns_server import DnsServer
+    from linkd.runtime.stack.dns_server import DnsServer
 
     _, zone, client = make_zone()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -47,9 +47,9 @@ if str(REPO) not in sys.path:
 
 import common  # noqa: E402
 
-from linkd.dns_zone import build_zone, rezone  # noqa: E402
-from linkd.model import Attachment, Network, Service, Stack  # noqa: E402
-from linkd.plan import realize  # noqa: E402
+from linkd.core.model import Attachment, Network, Service, Stack  # noqa: E402
+from linkd.core.plan import realize  # noqa: E402
+from linkd.dns.zone import build_zone, rezone  # noqa: E402
 
 CHURNERS = 100
 CHURN_SECONDS = 20
@@ -238,7 +238,7 @@ def registration_stack() -> Stack:
 
 
 def linkd_registrations() -> list[float]:
-    from linkd.runtime.dns_server import DnsServer
+    from linkd.runtime.stack.dns_server import DnsServer
 
     plan = realize(registration_stack(), {"net": IPv4Network("10.200.0.0/22")})
     asker = plan.container("asker-1").interfaces[0].address

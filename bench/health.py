@@ -40,7 +40,7 @@ import common
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from linkd.runtime.client import Client  # noqa: E402
+from linkd.client.api import Client  # noqa: E402
 
 RUN_DIR = Path("/run/lkbench-health")
 WWW = RUN_DIR / "www"

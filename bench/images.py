@@ -38,10 +38,10 @@ import common
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from linkd.model import Limits  # noqa: E402
-from linkd.plan import ContainerPlan, RestartPolicy  # noqa: E402
-from linkd.runtime import process, rootfs  # noqa: E402
-from linkd.runtime.images import ImageStore  # noqa: E402
+from linkd.core.model import Limits  # noqa: E402
+from linkd.core.plan import ContainerPlan, RestartPolicy  # noqa: E402
+from linkd.runtime.containers import process, rootfs  # noqa: E402
+from linkd.runtime.images.image_store import ImageStore  # noqa: E402
 from tests.images import busybox_image, write_tar  # noqa: E402
 
 NETNS = "lkbench-img"
@@ -143,7 +143,7 @@ def main(args: argparse.Namespace, work: Path, cleanup: contextlib.ExitStack) ->
     os.environ["LINKD_IMAGES"] = str(work / "store")
     common.run(["ip", "netns", "add", NETNS])
     cleanup.callback(subprocess.run, ["ip", "netns", "del", NETNS], check=False)
-    from linkd.runtime import cgroups
+    from linkd.runtime.kernel import cgroups
 
     cleanup.callback(cgroups.remove_stack, "lkbench")
     rows = bench_load(work, args.runs) + asyncio.run(bench_start(work, args.runs))

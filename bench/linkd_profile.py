@@ -104,7 +104,7 @@ async def profile(n: int, subnet: IPv4Network) -> str:
     from pyroute2 import AsyncIPRoute
     from pyroute2 import netns as pyroute2_netns
 
-    import linkd.runtime.netlink as netlink
+    import linkd.runtime.kernel.netlink as netlink
 
     rec = _Recorder()
     for attr in STEPS:

@@ -196,7 +196,7 @@ def notes(impls: dict[str, netsetup.NetSetup], plan_ms: float | None) -> list[st
         "linkd's setup is one `Kernel` lifetime, as one `linkd up` has: whatever it starts"
         " on first use (its namespace helper process, when it has one) and `Kernel.close()`"
         " are inside the clock, so they weigh most at N=10.",
-        "linkd's plans come from `linkd.plan.realize` (one network, one service with N"
+        "linkd's plans come from `linkd.core.plan.realize` (one network, one service with N"
         " replicas), computed before the clock starts"
         + (f" (realize took {plan_ms:.0f} ms at the largest N)" if plan_ms is not None else "")
         + ".",

@@ -4,8 +4,8 @@ The work is the same for each: a network namespace per container, a veth whose p
 `eth0` inside it, the host end enslaved to one bridge, an IPv4 address on `eth0`, `lo` and
 `eth0` up, a default route via the bridge's address.
 
-- `LinkdKernel`  linkd's own runtime: `linkd.runtime.netlink.Kernel`, plans from
-                  `linkd.plan.realize`, calls in the order the reconciler emits them.
+- `LinkdKernel`  linkd's own runtime: `linkd.runtime.kernel.netlink.Kernel`, plans from
+                  `linkd.core.plan.realize`, calls in the order the reconciler emits them.
 - `IpBatch`      the floor: host side in one `ip -batch`, one `ip -n NS -batch` per container.
 - `Cni`          CNI reference plugins: `bridge` + `host-local`, one exec per ADD/DEL.
 - `Netavark`     podman's netavark, run inside a throwaway "host" namespace (see its docstring).
@@ -126,19 +126,19 @@ def address(subnet: IPv4Network, index: int) -> str:
 class LinkdKernel:
     """linkd's runtime, step by step as `Supervisor.apply` runs the reconciler's actions."""
 
-    name = "linkd (`linkd.runtime.netlink.Kernel`)"
+    name = "linkd (`linkd.runtime.kernel.netlink.Kernel`)"
     stack = "lkbench"
 
     def __init__(self, subnet: IPv4Network) -> None:
-        from linkd.plan import StackPlan
+        from linkd.core.plan import StackPlan
 
         self.subnet = subnet
         self.plan: StackPlan | None = None
         self.plan_seconds = 0.0  # what `realize` cost, untimed but reported
 
     def prepare(self, n: int) -> None:
-        from linkd.model import Attachment, Network, Service, Stack
-        from linkd.plan import realize
+        from linkd.core.model import Attachment, Network, Service, Stack
+        from linkd.core.plan import realize
 
         stack = Stack(
             name=self.stack,
@@ -151,7 +151,7 @@ class LinkdKernel:
         self.plan_seconds = time.perf_counter() - started
 
     async def setup(self, n: int) -> None:
-        from linkd.runtime.netlink import Kernel
+        from linkd.runtime.kernel.netlink import Kernel
 
         assert self.plan is not None and len(self.plan.containers) == n
         kernel = Kernel()
@@ -170,7 +170,7 @@ class LinkdKernel:
             kernel.close()
 
     async def teardown(self) -> None:
-        from linkd.runtime.netlink import Kernel
+        from linkd.runtime.kernel.netlink import Kernel
 
         assert self.plan is not None
         kernel = Kernel()
@@ -187,7 +187,7 @@ class LinkdKernel:
         wait_until(lambda: not any(link_exists(v) for v in veths), "linkd's veths to go")
 
     def cleanup(self) -> None:
-        from linkd import names
+        from linkd.core import names
 
         remove_netns_quietly(our_netns(names.netns_prefix(self.stack)))
         bridge = names.bridge_name(self.stack, "default")
@@ -412,7 +412,7 @@ class Netavark:
 
 def leftovers() -> list[str]:
     """Every netns and host link with a bench prefix that still exists."""
-    from linkd import names
+    from linkd.core import names
 
     found = our_netns("lkbench") + our_netns(names.netns_prefix(LinkdKernel.stack))
     bridge = names.bridge_name(LinkdKernel.stack, "default")

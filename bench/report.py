@@ -142,9 +142,9 @@ def whole_table(whole: Whole | None) -> list[str]:
     return [
         *lines,
         f"One container at a time through linkd's runtime, `sleep 60`, median of {whole.count}:"
-        " wall time until `linkd.runtime.process.start` returned (the command exec'd in its"
-        " new PID/UTS/IPC/mount namespaces inside the wired netns). The runtime only: a"
-        " container as a user starts it, from `linkd up -d` beside `docker run -d`, is"
+        " wall time until `linkd.runtime.containers.process.start` returned (the command"
+        " exec'd in its new PID/UTS/IPC/mount namespaces inside the wired netns). The runtime"
+        " only: a container as a user starts it, from `linkd up -d` beside `docker run -d`, is"
         " `bench/run start`'s table.",
         "",
         "| what | median ms |",

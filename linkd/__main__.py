@@ -1,3 +1,3 @@
-from linkd.cli import main
+from linkd.cli.main import main
 
 main()

@@ -1,8 +1,8 @@
 """The stack for test_example.py: up once for the module, torn down after it (also on
 failure or Ctrl-C); the plugin is linkd's pytest plugin (entry point `linkd`)."""
 
-from linkd import waits
-from linkd.pytest_plugin import stack_fixture
+from linkd.client import waits
+from linkd.client.pytest_plugin import stack_fixture
 
 shop = stack_fixture(
     "stack.yaml",

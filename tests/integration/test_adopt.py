@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from linkd.errors import ContainerError
-from linkd.runtime.process import EXIT_FILE, ProcessSpec, adopt
+from linkd.runtime.containers.process import EXIT_FILE, ProcessSpec, adopt
 from tests.integration import test_process
 from tests.integration.conftest import REPO
 from tests.integration.test_process import Runner, members, pid_ns, proc_info, wait_for_log
@@ -43,7 +43,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespace
 STARTER = textwrap.dedent(
     """
     import asyncio, pickle, sys
-    from linkd.runtime.process import start
+    from linkd.runtime.containers.process import start
 
     async def main():
         for spec in pickle.load(sys.stdin.buffer):

@@ -37,8 +37,8 @@ from typing import Any
 
 import pytest
 
-from linkd.model import Limits
-from linkd.runtime import cgroups
+from linkd.core.model import Limits
+from linkd.runtime.kernel import cgroups
 from tests.integration.conftest import REPO, Linkd
 
 # Runs linkd's cgroups code as `python DRIVER <cgroup dir to join or -> <steps as JSON>`;
@@ -56,9 +56,9 @@ if steps and steps[0] == ["unshare"]:
                           sys.executable, sys.argv[0], "-", json.dumps(steps[1:])])
 
 from linkd.errors import ContainerError
-from linkd.model import Limits
-from linkd.model import Limits
-from linkd.runtime import cgroups
+from linkd.core.model import Limits
+from linkd.core.model import Limits
+from linkd.runtime.kernel import cgroups
 
 def top():
     return cgroups.root()

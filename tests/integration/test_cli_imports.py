@@ -29,5 +29,5 @@ def test_a_daemon_run_stack_from_the_command_line_imports_no_runtime(linkd: Link
         result, modules = imported([*args, "-p", linkd.project], linkd.directory, {})
         assert result.returncode == 0, result.stderr
         assert expect in result.stdout, result.stdout
-        assert "linkd.runtime.client" in modules
+        assert "linkd.client.api" in modules
         assert heavy(modules, allowed) == [], f"linkd {' '.join(args)} imported them"

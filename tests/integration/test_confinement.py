@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from linkd.confinement import CAP_NUMBER, DEFAULT_CAPABILITIES, MASKED_PATHS
-from linkd.runtime.images import ImageStore
+from linkd.core.confinement import CAP_NUMBER, DEFAULT_CAPABILITIES, MASKED_PATHS
+from linkd.runtime.images.image_store import ImageStore
 from tests.images import Entry, Image, busybox_image, layer_tar, write_tar
 from tests.integration.conftest import Linkd
 from tests.syscall_probe import (

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import ClientSession, ClientTimeout, UnixConnector
 
-from linkd.runtime.daemon import socket_path
+from linkd.runtime.daemon.daemon import socket_path
 from tests.integration.conftest import Linkd, daemon_pids, settled, snapshot
 
 STACK = """

@@ -17,7 +17,7 @@ import pytest
 
 from linkd import Stack
 from linkd.errors import LinkdError
-from linkd.runtime import cgroups
+from linkd.runtime.kernel import cgroups
 from tests.integration.conftest import REPO, Linkd
 from tests.integration.test_recovery import (
     alive,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from linkd.runtime import shim
+from linkd.runtime.containers import shim
 from tests.images import Entry, Image, busybox_image, layer_tar, write_tar
 from tests.integration.conftest import Linkd
 from tests.integration.test_health import inspect

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from linkd.runtime import store
+from linkd.runtime.stack import store
 from tests.integration.conftest import Linkd, fresh_linkd
 
 SERVER = r"""

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from linkd.runtime.client import Client
+from linkd.client.api import Client
 from tests.integration.conftest import Linkd
 
 FAST = "interval: 0.1s\n              timeout: 2s\n              retries: 2"
@@ -390,7 +390,7 @@ def test_health_changes_reach_the_event_stream(linkd: Linkd) -> None:
 
     from aiohttp import ClientSession, UnixConnector
 
-    from linkd.runtime.daemon import socket_path
+    from linkd.runtime.daemon.daemon import socket_path
 
     linkd.write("""
         services:

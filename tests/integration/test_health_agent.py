@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from linkd.runtime import health
+from linkd.runtime.containers import health
 
 FREEZER = Path("/sys/fs/cgroup/freezer")
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from linkd.runtime import cgroups
-from linkd.runtime.images import ImageStore
+from linkd.runtime.images.image_store import ImageStore
+from linkd.runtime.kernel import cgroups
 from tests.images import Entry, Image, busybox_image, layer_tar, write_tar
 from tests.integration.conftest import Linkd
 

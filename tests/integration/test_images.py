@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from linkd.errors import ImageError, NotFoundError
-from linkd.runtime.images import ImageStore, layer_dir
+from linkd.runtime.images.image_store import ImageStore, layer_dir
 from tests.images import (
     Entry,
     Image,

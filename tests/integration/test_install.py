@@ -27,9 +27,9 @@ CONVENTIONS = sorted(p.name for p in (REPO / "conventions").glob("*.yaml"))
 # What linkd reads or runs at run time, beside its modules.
 RUNTIME_FILES = [
     "linkd/py.typed",
-    "linkd/runtime/shim.py",
-    "linkd/runtime/health_agent.py",
-    "linkd/seccomp_default.rules",  # the default seccomp policy (linkd.runtime.confine)
+    "linkd/runtime/containers/shim.py",
+    "linkd/runtime/containers/health_agent.py",
+    "linkd/core/seccomp_default.rules",  # the default seccomp policy (containers/confine)
     *(f"linkd/builtin_conventions/{name}" for name in CONVENTIONS),
 ]
 

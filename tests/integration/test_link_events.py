@@ -6,7 +6,7 @@ import asyncio
 import secrets
 import subprocess
 
-from linkd.runtime.link_events import LinkWatch
+from linkd.runtime.kernel.link_events import LinkWatch
 
 
 async def test_a_removed_link_of_linkds_is_reported_by_name() -> None:

@@ -9,10 +9,10 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from linkd import names
+from linkd.core import names
+from linkd.core.plan import InterfacePlan, NetworkPlan
 from linkd.errors import KernelError
-from linkd.plan import InterfacePlan, NetworkPlan
-from linkd.runtime.netlink import Kernel
+from linkd.runtime.kernel.netlink import Kernel
 
 
 @pytest.fixture
@@ -95,7 +95,7 @@ async def test_veth_into_a_namespace_is_idempotent(kernel: Kernel) -> None:
 
 
 async def test_namespace_helper_refuses_bad_and_duplicate_names() -> None:
-    from linkd.runtime.netlink import NamespaceHelper
+    from linkd.runtime.kernel.netlink import NamespaceHelper
 
     helper = NamespaceHelper()
     name = names.netns_name("t" + secrets.token_hex(3), "c-1")

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from linkd.errors import KernelError
-from linkd.runtime import nshelper
-from linkd.runtime.netlink import NamespaceHelper
+from linkd.runtime.kernel import nshelper
+from linkd.runtime.kernel.netlink import NamespaceHelper
 
 DNS_RULES = """\
 table ip linkd_dns

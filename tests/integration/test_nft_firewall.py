@@ -3,7 +3,7 @@
 linkd never runs the nft tool; these tests do, to judge what linkd wrote:
 
 - for generated plans, the table linkd writes over netlink in one scratch namespace and
-  the table `nft -f` makes of `linkd.firewall.ruleset(plan)` in another list the same
+  the table `nft -f` makes of `linkd.core.firewall.ruleset(plan)` in another list the same
   (`nft list table`), and the kernel holds the same objects (`nft.table_state`);
 - the unit tests' golden expressions are what this machine's nft sends (read with strace);
 - repair notices a deleted table, a flushed or deleted chain and an added rule; removing
@@ -36,12 +36,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from linkd import firewall, nftables
+from linkd.core import firewall, nftables
+from linkd.core.plan import StackPlan, realize
 from linkd.errors import KernelError
-from linkd.plan import StackPlan, realize
-from linkd.runtime import firewall as runtime_firewall
-from linkd.runtime import nft, store
-from linkd.spec import parse_stack
+from linkd.runtime.kernel import firewall as runtime_firewall
+from linkd.runtime.kernel import nft
+from linkd.runtime.stack import store
+from linkd.spec.stack_file import parse_stack
 from tests.simhost import simulated_host
 from tests.unit.test_nft_encoding import GOLDEN, expressions
 

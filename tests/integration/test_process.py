@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from linkd.errors import ContainerError
-from linkd.runtime.process import (
+from linkd.runtime.containers.process import (
     ContainerProcess,
     ProcessSpec,
     exec_argv,
@@ -412,7 +412,7 @@ def test_a_warm_shim_whose_starter_dies_exits_without_starting(tmp_path: Path) -
     starter = f"""
 import sys
 sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
-from linkd.runtime.process import warm
+from linkd.runtime.containers.process import warm
 shim = warm({str(tmp_path / "orphan")!r}, {str(tmp_path / "orphan.log")!r})
 print(shim.popen.pid, flush=True)
 """  # exits at once, gate still closed

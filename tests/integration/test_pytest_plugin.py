@@ -19,8 +19,8 @@ import textwrap
 import time
 from pathlib import Path
 
-from linkd.runtime.client import Client
-from linkd.runtime.store import lease_path
+from linkd.client.api import Client
+from linkd.runtime.stack.store import lease_path
 from tests.integration.conftest import REPO, Linkd
 
 RECORDS = Path(os.environ.get("LINKD_RUN_DIR", "/run/linkd")) / "pytest"
@@ -28,10 +28,10 @@ RECORDS = Path(os.environ.get("LINKD_RUN_DIR", "/run/linkd")) / "pytest"
 
 def plugin_args() -> list[str]:
     """Nothing when the entry point is installed (that is what is tested then; `-p
-    linkd.pytest_plugin` would then register the module twice, which pluggy refuses),
+    linkd.client.pytest_plugin` would then register the module twice, which pluggy refuses),
     else the module, as a user without the entry point passes it."""
     installed = importlib.metadata.entry_points(group="pytest11", name="linkd")
-    return [] if installed else ["-p", "linkd.pytest_plugin"]
+    return [] if installed else ["-p", "linkd.client.pytest_plugin"]
 
 
 def pytest_argv(*args: str) -> list[str]:
@@ -88,8 +88,8 @@ def test_two_pytest_xdist_workers_with_the_same_stack_file() -> None:
 
 FAILING = '''
 import pytest
-from linkd import waits
-from linkd.pytest_plugin import stack_fixture
+from linkd.client import waits
+from linkd.client.pytest_plugin import stack_fixture
 
 shared = stack_fixture({"services": {"talker": {
     "command": ["python3", "-u", "-c", "print('talker says hi'); import time; time.sleep(300)"],
@@ -144,7 +144,7 @@ def test_a_failing_test_gets_its_containers_logs_in_the_report(linkd: Linkd) -> 
 SLEEPER = '''
 import time
 from pathlib import Path
-from linkd.pytest_plugin import stack_fixture
+from linkd.client.pytest_plugin import stack_fixture
 
 up = stack_fixture({"services": {"s": {"command": "sleep 300"}}})
 

@@ -1,4 +1,4 @@
-"""linkd.Stack and linkd.waits against the real daemon: sync and async forms, a stack
+"""linkd.Stack and linkd.client.waits against the real daemon: sync and async forms, a stack
 built in Python, what a service handle gives, every wait strategy passing and timing
 out, and teardown whatever happens inside the block."""
 
@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from linkd import Stack, waits
+from linkd import Stack
+from linkd.client import waits
+from linkd.client.api import Client
+from linkd.client.stacks import StackUp
 from linkd.errors import LinkdError, NotFoundError, SpecError
-from linkd.runtime.client import Client
-from linkd.runtime.store import lease_path
-from linkd.stacks import StackUp
+from linkd.runtime.stack.store import lease_path
 from tests.integration.conftest import Linkd
 
 APP = """\

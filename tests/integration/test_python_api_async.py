@@ -15,10 +15,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from linkd import Stack, waits
+from linkd import Stack
+from linkd.client import waits
+from linkd.client.api import Client
+from linkd.client.stacks import AsyncService, AsyncStack
 from linkd.errors import LinkdError, NotFoundError
-from linkd.runtime.client import Client
-from linkd.stacks import AsyncService, AsyncStack
 from tests.integration.conftest import Linkd
 
 IDLE = {

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from linkd.runtime import store
-from linkd.runtime.client import Client, ensure_daemon
+from linkd.client.api import Client, ensure_daemon
+from linkd.runtime.stack import store
 from tests.integration.conftest import REPO, Linkd, daemon_pids
 
 RESOLVES = """

@@ -16,8 +16,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from linkd.runtime import process, store, supervisor
-from linkd.state import ContainerState
+from linkd.core.state import ContainerState
+from linkd.runtime.containers import process
+from linkd.runtime.stack import store, supervisor
 from tests.integration import test_process
 from tests.integration.test_process import Runner
 

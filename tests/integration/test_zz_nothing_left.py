@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from linkd.runtime import cgroups, images
+from linkd.runtime.images import image_store
+from linkd.runtime.kernel import cgroups
 from tests.integration.conftest import (
     _PREEXISTING_DAEMONS,
     daemon_pids,
@@ -26,7 +27,7 @@ def test_the_suite_left_no_namespace_link_mount_or_process() -> None:
 def test_the_suite_left_no_image_root_cgroup_or_half_loaded_image() -> None:
     # Image roots are mounted inside the containers' own mount namespaces; one showing on
     # the host (an overlay over the store's layers) would be a leak.
-    store = str(images.root())
+    store = str(image_store.root())
     overlays = [line for line in Path("/proc/mounts").read_text().splitlines()
                 if line.startswith("overlay ") and (store in line or "/rootfs/" in line)]
     assert not overlays, f"image root mounts left: {overlays}"

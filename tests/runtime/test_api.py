@@ -20,11 +20,11 @@ import pytest
 from aiohttp import ClientSession, UnixConnector
 from aiohttp.test_utils import TestClient, TestServer
 
-from linkd import spec
-from linkd.api_schema import ROUTES, openapi
+from linkd.core.api_schema import ROUTES, openapi
 from linkd.errors import ConflictError
-from linkd.runtime import api, api_tcp
-from linkd.runtime.daemon import Daemon
+from linkd.runtime.daemon import api, api_tcp
+from linkd.runtime.daemon.daemon import Daemon
+from linkd.spec import stack_file
 
 
 @pytest.fixture
@@ -154,7 +154,7 @@ async def test_another_request_is_answered_while_a_slow_parse_runs_and_the_budge
         finally:
             left.set()
 
-    monkeypatch.setattr(spec, "parse_stack", slow_parse)
+    monkeypatch.setattr(stack_file, "parse_stack", slow_parse)
     started = time.monotonic()
     posting = asyncio.create_task(client.post("/v1/stacks", json={"spec": {}, "name": "s"}))
     await asyncio.sleep(0.1)

@@ -17,8 +17,8 @@ import pytest
 from aiohttp import ClientSession
 
 from linkd.errors import UsageError
-from linkd.runtime import api, api_tcp
-from linkd.runtime.daemon import Daemon
+from linkd.runtime.daemon import api, api_tcp
+from linkd.runtime.daemon.daemon import Daemon
 
 TOKEN = "0123456789abcdef" * 4  # 64 characters
 

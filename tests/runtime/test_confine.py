@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from linkd.confinement import DEFAULT_CAPABILITIES, MASKED_PATHS, READONLY_PATHS
-from linkd.model import Device, Limits, Security
-from linkd.plan import ContainerPlan, RestartPolicy
-from linkd.runtime import confine, shim, store
-from linkd.runtime.process import ProcessSpec
-from linkd.runtime.rootfs import bundle_config
+from linkd.core.confinement import DEFAULT_CAPABILITIES, MASKED_PATHS, READONLY_PATHS
+from linkd.core.model import Device, Limits, Security
+from linkd.core.plan import ContainerPlan, RestartPolicy
+from linkd.runtime.containers import confine, shim
+from linkd.runtime.containers.process import ProcessSpec
+from linkd.runtime.containers.rootfs import bundle_config
+from linkd.runtime.stack import store
 
 
 def _container(security: Security) -> ContainerPlan:
@@ -173,7 +174,7 @@ def test_a_replaced_file_never_gets_wider_than_asked(tmp_path: Path) -> None:
 
 def test_pytest_records_are_0600(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LINKD_RUN_DIR", str(tmp_path / "run"))
-    from linkd import pytest_plugin
+    from linkd.client import pytest_plugin
 
     prefix = pytest_plugin.Run().next_name().rsplit("-", 1)[0]
     record = pytest_plugin.records_dir() / f"{prefix}.json"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from linkd.runtime import api
-from linkd.runtime.daemon import Daemon, Hosted
+from linkd.runtime.daemon import api
+from linkd.runtime.daemon.daemon import Daemon, Hosted
 
 
 class BuggyOnce:

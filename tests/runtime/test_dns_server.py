@@ -1,4 +1,4 @@
-"""linkd.runtime.dns_server over real loopback sockets, against an upstream of our own.
+"""linkd.runtime.stack.dns_server over real loopback sockets, against an upstream of our own.
 
 Nothing leaves 127.0.0.1: the "internet" is a small dnslib-speaking server run by the
 test itself, or a UDP socket that never answers.
@@ -17,10 +17,10 @@ from typing import Any, cast
 import pytest
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 
-from linkd.dns_zone import Zone, build_zone
-from linkd.model import Attachment, Network, Service, Stack
-from linkd.plan import StackPlan, realize
-from linkd.runtime.dns_server import (
+from linkd.core.model import Attachment, Network, Service, Stack
+from linkd.core.plan import StackPlan, realize
+from linkd.dns.zone import Zone, build_zone
+from linkd.runtime.stack.dns_server import (
     DnsServer,
     DnsStats,
     error_reply,

@@ -1,4 +1,4 @@
-"""Reading files users name (linkd.runtime.files): only regular files (or pipes where
+"""Reading files users name (linkd.files): only regular files (or pipes where
 asked), bounded, UTF-8 or an error naming the file; and the CLI says so without a
 traceback."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from linkd.runtime import files
+from linkd import files
 
 
 def test_a_regular_file_is_read(tmp_path: Path) -> None:

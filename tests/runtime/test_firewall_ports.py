@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from linkd import firewall
+from linkd.core import firewall
+from linkd.core.plan import StackPlan, realize
+from linkd.core.state import StackState
 from linkd.errors import ConflictError
-from linkd.plan import StackPlan, realize
-from linkd.runtime import firewall as runtime_firewall
-from linkd.runtime import store
-from linkd.spec import parse_stack
-from linkd.state import StackState
+from linkd.runtime.kernel import firewall as runtime_firewall
+from linkd.runtime.stack import store
+from linkd.spec.stack_file import parse_stack
 
 
 def plan_of(ports: str, name: str = "shop", subnet: str = "10.87.0.0/24") -> StackPlan:

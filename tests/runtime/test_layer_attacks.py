@@ -20,14 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from linkd import image_format as fmt
+from linkd.core import image_format as fmt
+from linkd.core.model import Limits as ResourceLimits
+from linkd.core.plan import ContainerPlan, RestartPolicy
 from linkd.errors import ContainerError, ImageError, LinkdError
-from linkd.model import Limits as ResourceLimits
-from linkd.plan import ContainerPlan, RestartPolicy
-from linkd.runtime import beneath, layers, rootfs
-from linkd.runtime.images import ImageStore
-from linkd.runtime.process import ProcessSpec
-from linkd.runtime.rootfs import resolve_user
+from linkd.runtime.containers import rootfs
+from linkd.runtime.containers.process import ProcessSpec
+from linkd.runtime.containers.rootfs import resolve_user
+from linkd.runtime.images import beneath, layers
+from linkd.runtime.images.image_store import ImageStore
 from tests.images import (
     Entry,
     Image,
@@ -236,7 +237,7 @@ def test_nothing_is_unpacked_before_both_digests_check(
         monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
     real = layers.unpack_layer
-    monkeypatch.setattr("linkd.runtime.images.unpack_layer",
+    monkeypatch.setattr("linkd.runtime.images.image_store.unpack_layer",
                         lambda *a, **k: calls.append(a[1]) or real(*a, **k))
     payload = layer_tar([Entry("e", "symlink", target=str(victim)),
                          Entry("x", "hardlink", target="e/file")])

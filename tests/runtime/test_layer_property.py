@@ -48,9 +48,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from linkd.errors import ContainerError, ImageError
-from linkd.runtime import beneath
-from linkd.runtime.images import ImageStore
-from linkd.runtime.rootfs import resolve_user
+from linkd.runtime.containers.rootfs import resolve_user
+from linkd.runtime.images import beneath
+from linkd.runtime.images.image_store import ImageStore
 from tests.images import (
     Entry,
     layer_tar,

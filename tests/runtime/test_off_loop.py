@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from linkd.runtime import api, store
-from linkd.runtime.daemon import Daemon
-from linkd.runtime.netlink import NamespaceHelper
+from linkd.runtime.daemon import api
+from linkd.runtime.daemon.daemon import Daemon
+from linkd.runtime.kernel.netlink import NamespaceHelper
+from linkd.runtime.stack import store
 
 
 async def test_a_log_read_that_blocks_holds_up_no_other_request(

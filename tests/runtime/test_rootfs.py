@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from linkd.core.model import Limits
+from linkd.core.plan import ContainerPlan, RestartPolicy
 from linkd.errors import ContainerError
-from linkd.model import Limits
-from linkd.plan import ContainerPlan, RestartPolicy
-from linkd.runtime.process import ProcessSpec
-from linkd.runtime.rootfs import bundle_config, resolve_user, runtime_of
+from linkd.runtime.containers.process import ProcessSpec
+from linkd.runtime.containers.rootfs import bundle_config, resolve_user, runtime_of
 
 
 def _layers(tmp_path: Path) -> list[Path]:

@@ -1,13 +1,13 @@
 """Which cgroup files linkd writes for which limits (v1 and v2), and on v2 which
-controllers it enables where: the pure parts of linkd.runtime.cgroups."""
+controllers it enables where: the pure parts of linkd.runtime.kernel.cgroups."""
 
 from __future__ import annotations
 
 import pytest
 
+from linkd.core.model import Limits
 from linkd.errors import ContainerError
-from linkd.model import Limits
-from linkd.runtime.cgroups import (
+from linkd.runtime.kernel.cgroups import (
     Base,
     SubtreePlan,
     plan_v2,

@@ -24,11 +24,11 @@ HEAVY = (
     "dnslib",
     "aiohttp",
     "pyroute2",
-    "linkd.cli_runtime",
-    "linkd.runtime.api",
-    "linkd.runtime.daemon",
-    "linkd.runtime.supervisor",
-    "linkd.runtime.netlink",
+    "linkd.cli.lifecycle",
+    "linkd.runtime.daemon.api",
+    "linkd.runtime.daemon.daemon",
+    "linkd.runtime.stack.supervisor",
+    "linkd.runtime.kernel.netlink",
 )
 
 STACK = """\
@@ -110,7 +110,7 @@ def test_reading_commands_import_no_runtime(workdir: Path, run_dir: dict[str, st
                                             args: list[str], code: int) -> None:
     result, modules = imported(args, workdir, run_dir)
     assert result.returncode == code, result.stderr
-    assert "linkd.cli" in modules
+    assert "linkd.cli.main" in modules
     assert heavy(modules) == [], f"linkd {' '.join(args)} imported them"
 
 
@@ -126,7 +126,7 @@ def test_up_still_finds_the_runtime(workdir: Path, run_dir: dict[str, str]) -> N
     after importing it, before touching anything)."""
     result, modules = imported(["up", "--exit-code-from", "nosuch"], workdir, run_dir)
     assert result.returncode == 1 and "no service nosuch" in result.stderr
-    assert "linkd.cli_runtime" in modules and "linkd.runtime.supervisor" in modules
+    assert "linkd.cli.lifecycle" in modules and "linkd.runtime.stack.supervisor" in modules
 
 
 def test_version_names_the_installed_distribution(tmp_path: Path) -> None:

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from linkd.cli import _name_in
+from linkd.cli.main import _name_in
 from linkd.errors import SpecError
-from linkd.spec import parse_stack
+from linkd.spec.stack_file import parse_stack
 
 SERVICES = "services:\n  a:\n    command: sleep 1\n"
 

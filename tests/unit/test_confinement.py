@@ -7,17 +7,17 @@ import json
 
 import pytest
 
-from linkd.confinement import DEFAULT_CAPABILITIES, capabilities, no_new_privileges
-from linkd.errors import SpecError
-from linkd.model import Device, Security
-from linkd.seccomp_profile import (
+from linkd.core.confinement import DEFAULT_CAPABILITIES, capabilities, no_new_privileges
+from linkd.core.model import Device, Security
+from linkd.core.seccomp_profile import (
     ProfileError,
     SeccompProfile,
     parse_docker,
     parse_rules,
     resolve,
 )
-from linkd.spec import parse_stack, stack_to_dict
+from linkd.errors import SpecError
+from linkd.spec.stack_file import parse_stack, stack_to_dict
 
 
 def _parse(text: str, files: dict[str, str] | None = None) -> Security:
@@ -138,7 +138,7 @@ def test_capabilities_follow_dockers_rules() -> None:
 
 
 def _default() -> SeccompProfile:
-    return parse_rules(importlib.resources.files("linkd").joinpath(
+    return parse_rules(importlib.resources.files("linkd.core").joinpath(
         "seccomp_default.rules").read_text())
 
 

@@ -1,4 +1,4 @@
-"""Golden tables for conventions as data (`linkd.conventions`, `linkd.convention_schema`).
+"""Golden tables for conventions as data (`linkd.conventions.render`, `linkd.conventions.schema`).
 
 Expected variables are written out by hand from the peers' own code, as summarised in
 shared/reference/peers.md: §1 for Docker legacy links (moby daemon/links/links.go `ToEnv`,
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from linkd.conventions import (
+from linkd.conventions.render import (
     BUILTIN_DIR,
     LinkTarget,
     Rendered,
@@ -26,8 +26,8 @@ from linkd.conventions import (
     load_convention,
     render,
 )
+from linkd.core.model import PortSpec, Protocol
 from linkd.errors import ConventionError, LinkdError
-from linkd.model import PortSpec, Protocol
 
 ADDR = "172.17.0.2"
 
@@ -283,7 +283,7 @@ def test_linkd_without_ipv6_or_ports_and_with_any_alias_gives_shell_names() -> N
 
 
 def test_linkd_is_the_default() -> None:
-    from linkd.conventions import DEFAULT
+    from linkd.conventions.render import DEFAULT
 
     assert builtin(DEFAULT).name == "linkd"
 

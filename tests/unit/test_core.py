@@ -6,12 +6,11 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_network
 
 import pytest
 
-from linkd import ipam, names, restart, state
-from linkd.errors import ConflictError, SpecError
-from linkd.hosts import hosts_file
-from linkd.model import Attachment, Dependency, Link, Network, RestartPolicy, Service, Stack
-from linkd.plan import realize, start_waves
-from linkd.reconcile import (
+from linkd.core import ipam, names, restart, state
+from linkd.core.hosts import hosts_file
+from linkd.core.model import Attachment, Dependency, Link, Network, RestartPolicy, Service, Stack
+from linkd.core.plan import realize, start_waves
+from linkd.core.reconcile import (
     ConfigureNetns,
     EnsureBridge,
     EnsureNetns,
@@ -26,6 +25,7 @@ from linkd.reconcile import (
     plan_down,
     plan_up,
 )
+from linkd.errors import ConflictError, SpecError
 
 CMD = ("sleep", "60")
 
@@ -210,7 +210,7 @@ def test_up_from_nothing_builds_networks_then_containers_then_processes() -> Non
 
 
 def observed_after_up(plan_: object) -> Observed:
-    from linkd.plan import StackPlan
+    from linkd.core.plan import StackPlan
 
     assert isinstance(plan_, StackPlan)
     links = {n.bridge: ObservedLink(n.bridge, "bridge", None) for n in plan_.networks}

@@ -1,4 +1,4 @@
-"""linkd.dns: the zone built from plans and the answers it gives, golden and pure."""
+"""linkd.dns.answers: the zone built from plans and the answers it gives, golden and pure."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address
 import pytest
 from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
 
-from linkd.dns import Answered, Drop, Forward, Reply, answer, explain
-from linkd.dns_zone import Zone, build_zone, network_aliases
-from linkd.model import Attachment, Network, Service, Stack
-from linkd.plan import StackPlan, realize
+from linkd.core.model import Attachment, Network, Service, Stack
+from linkd.core.plan import StackPlan, realize
+from linkd.dns.answers import Answered, Drop, Forward, Reply, answer, explain
+from linkd.dns.zone import Zone, build_zone, network_aliases
 
 CMD = ("sleep", "60")
 SUBNETS = {"front": IPv4Network("10.87.0.0/24"), "back": IPv4Network("10.87.1.0/24")}
@@ -379,7 +379,7 @@ def test_the_plan_alone_gives_the_aliases() -> None:
 
 
 def test_a_link_alias_resolves_for_the_linking_container_only() -> None:
-    from linkd.model import Link
+    from linkd.core.model import Link
 
     base = shop()
     linked = Stack(
@@ -403,7 +403,7 @@ def test_a_link_alias_resolves_for_the_linking_container_only() -> None:
 
 
 def test_srv_for_every_exposed_and_named_port_with_targets_in_additional() -> None:
-    from linkd.model import PortSpec
+    from linkd.core.model import PortSpec
 
     base = shop()
     with_ports = Stack(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from linkd.spec import parse_stack
+from linkd.spec.stack_file import parse_stack
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -36,7 +36,7 @@ def yaml_blocks(page: str) -> list[str]:
 def test_the_conventions_example_gives_what_it_says() -> None:
     from ipaddress import IPv4Network
 
-    from linkd.plan import realize
+    from linkd.core.plan import realize
 
     blocks = yaml_blocks("conventions.md")
     (example,) = [b for b in blocks if "conventions:" in b and "services:" in b]

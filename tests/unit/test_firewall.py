@@ -8,10 +8,10 @@ from ipaddress import IPv4Network
 
 import pytest
 
-from linkd import firewall, nftables
+from linkd.core import firewall, nftables
+from linkd.core.plan import StackPlan, realize
 from linkd.errors import ConflictError, SpecError
-from linkd.plan import StackPlan, realize
-from linkd.spec import parse_stack
+from linkd.spec.stack_file import parse_stack
 
 SUBNETS = {
     "front": IPv4Network("10.87.0.0/24"),

@@ -1,4 +1,4 @@
-"""linkd.health (Docker's healthcheck state machine), the DNS zone's health view
+"""linkd.core.health (Docker's healthcheck state machine), the DNS zone's health view
 (`pending` held back, SERVFAIL, `_all.`), and hosts files of health-checked peers."""
 
 from __future__ import annotations
@@ -8,13 +8,13 @@ from ipaddress import IPv4Network
 import dnslib
 import pytest
 
-from linkd import health
-from linkd.dns import answer
-from linkd.dns_zone import build_zone, rezone
-from linkd.health import Health, Peer, Probe
-from linkd.hosts import hosts_file
-from linkd.model import Attachment, Healthcheck, Link, Network, PortSpec, Service, Stack
-from linkd.plan import StackPlan, realize
+from linkd.core import health
+from linkd.core.health import Health, Peer, Probe
+from linkd.core.hosts import hosts_file
+from linkd.core.model import Attachment, Healthcheck, Link, Network, PortSpec, Service, Stack
+from linkd.core.plan import StackPlan, realize
+from linkd.dns.answers import answer
+from linkd.dns.zone import build_zone, rezone
 
 CHECK = Healthcheck(("true",), interval=1.0, timeout=0.5, retries=3, start_period=10.0,
                     start_interval=0.1)

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from linkd import image_format as fmt
+from linkd.core import image_format as fmt
+from linkd.core.image_format import LayerEntry, Platform
 from linkd.errors import ImageError, LinkdError
-from linkd.image_format import LayerEntry, Platform
 
 AMD64 = Platform("linux", "amd64")
 DIGEST = "sha256:" + "ab" * 32

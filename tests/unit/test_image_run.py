@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from linkd.core.image_config import healthcheck_of, with_image, with_images
+from linkd.core.image_format import Healthcheck as ImageHealth
+from linkd.core.image_format import ImageConfig
+from linkd.core.model import Healthcheck, Limits, PortSpec, Service
 from linkd.errors import SpecError
-from linkd.image_format import Healthcheck as ImageHealth
-from linkd.image_format import ImageConfig
-from linkd.image_run import healthcheck_of, with_image, with_images
-from linkd.model import Healthcheck, Limits, PortSpec, Service
-from linkd.spec import parse_stack, stack_to_dict
+from linkd.spec.stack_file import parse_stack, stack_to_dict
 
 ID = "sha256:" + "ab" * 32
 CONFIG = ImageConfig(

@@ -1,4 +1,4 @@
-"""The nf_tables encoder (`linkd.runtime.nft`), byte for byte what nft sends.
+"""The nf_tables encoder (`linkd.runtime.kernel.nft`), byte for byte what nft sends.
 
 Recorded facts: each rule's expressions below are what nft 1.0.6 put in its NEWRULE
 message for the rule's text (read from its batch with `strace -e write=3 nft -f`), with
@@ -14,8 +14,8 @@ from ipaddress import ip_network as net
 
 import pytest
 
-from linkd import nftables
-from linkd.nftables import (
+from linkd.core import nftables
+from linkd.core.nftables import (
     Accept,
     Address,
     ConntrackState,
@@ -32,8 +32,8 @@ from linkd.nftables import (
     Port,
     rule,
 )
-from linkd.runtime import firewall as runtime_firewall
-from linkd.runtime import nft
+from linkd.runtime.kernel import firewall as runtime_firewall
+from linkd.runtime.kernel import nft
 
 BRIDGE = "lkb-39b0b05959"
 

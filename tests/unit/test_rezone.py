@@ -1,4 +1,4 @@
-"""linkd.dns_zone.rezone: changing a zone by the containers that came and went serves
+"""linkd.dns.zone.rezone: changing a zone by the containers that came and went serves
 exactly what a full build of the new plans serves."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from ipaddress import IPv4Network
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from linkd.dns import Answered, answer
-from linkd.dns_zone import Zone, build_zone, rezone
-from linkd.model import Attachment, Link, Network, PortSpec, Service, Stack
-from linkd.plan import StackPlan, realize
+from linkd.core.model import Attachment, Link, Network, PortSpec, Service, Stack
+from linkd.core.plan import StackPlan, realize
+from linkd.dns.answers import Answered, answer
+from linkd.dns.zone import Zone, build_zone, rezone
 from tests.unit.test_dns import addr, query_bytes, shop
 
 CMD = ("sleep", "60")

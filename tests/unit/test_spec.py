@@ -1,4 +1,4 @@
-"""Golden tables for the stack-file parser (`linkd.spec` and its helper modules).
+"""Golden tables for the stack-file parser (`linkd.spec.stack_file` and its helper modules).
 
 Each table row is a small stack (or one value) and what it must become: a model value, a
 problem at an exact path and line, or a warning. Stacks are written without a leading
@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from linkd.errors import SpecError
-from linkd.model import (
+from linkd.core.model import (
     Attachment,
     Dependency,
     Healthcheck,
@@ -30,8 +29,9 @@ from linkd.model import (
     Service,
     Stack,
 )
-from linkd.spec import parse_stack, stack_to_dict
-from linkd.spec_values import (
+from linkd.errors import SpecError
+from linkd.spec.stack_file import parse_stack, stack_to_dict
+from linkd.spec.values import (
     Bad,
     format_duration,
     interpolate,
@@ -870,7 +870,7 @@ def test_fixture_models() -> None:
 _IO_MODULES = {"os", "io", "socket", "time", "pathlib", "subprocess", "shutil", "asyncio"}
 
 
-@pytest.mark.parametrize("path", sorted(LINKD.glob("spec*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(LINKD.glob("spec/*.py")), ids=lambda p: p.name)
 def test_parser_modules_do_no_io(path: Path) -> None:
     tree = ast.parse(path.read_text())
     for node in ast.walk(tree):

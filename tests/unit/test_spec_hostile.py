@@ -21,12 +21,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from linkd import spec_yaml
-from linkd.convention_schema import load_convention
+from linkd.conventions.schema import load_convention
+from linkd.core.model import Stack
 from linkd.errors import ConventionError, SpecError
-from linkd.model import Stack
-from linkd.spec import parse_stack
-from linkd.spec_values import INTERPOLATION_DEPTH, Bad, interpolate
+from linkd.spec import bounded_yaml
+from linkd.spec.stack_file import parse_stack
+from linkd.spec.values import INTERPOLATION_DEPTH, Bad, interpolate
 
 BOUND = 5.0  # seconds any of these may take (they take milliseconds); the bomb took 163 s
 
@@ -66,7 +66,7 @@ def test_the_merge_key_bomb_is_refused_at_once_naming_the_limit_and_the_fix() ->
     ((path, line, message),) = error.problems
     assert path == "(file)"
     assert line is not None and text.splitlines()[line - 1].startswith("l")  # a level
-    assert f"more than {spec_yaml.MAX_NODES} YAML nodes" in message
+    assert f"more than {bounded_yaml.MAX_NODES} YAML nodes" in message
     assert "write the repeated parts out" in message
 
 
@@ -85,7 +85,7 @@ def test_an_alias_of_a_long_value_used_many_times_is_refused_by_characters() -> 
     refs = ", ".join(["*big"] * 100)  # 10 MB of environment from 100 kB of text
     text = f"x-big: &big '{long}'\nservices: {{w: {{command: x, environment: [{refs}]}}}}\n"
     error = refused(text)
-    assert f"more than {spec_yaml.MAX_TEXT} characters" in error.problems[0][2]
+    assert f"more than {bounded_yaml.MAX_TEXT} characters" in error.problems[0][2]
 
 
 def test_merges_within_the_limits_are_resolved_once_with_problems_reported_once() -> None:
@@ -123,7 +123,7 @@ def test_env_files_are_read_once_and_their_total_is_bounded(
     stack = parse("services:\n" + services, read_text=read)
     assert reads == ["a.env"]
     assert len(stack.services) == 20
-    monkeypatch.setattr(spec_yaml, "MAX_TEXT", 10_000)
+    monkeypatch.setattr(bounded_yaml, "MAX_TEXT", 10_000)
     error = refused("services:\n" + services, read_text=read)
     assert len(error.problems) == 1
     assert "env files add more than 10000 characters" in error.problems[0][2]
@@ -149,7 +149,7 @@ def test_deep_nesting_is_an_error_not_a_recursion_error(value: str) -> None:
 
 
 def test_nesting_up_to_the_limit_is_fine() -> None:
-    depth = spec_yaml.MAX_DEPTH - 3  # the root, services and w are levels too
+    depth = bounded_yaml.MAX_DEPTH - 3  # the root, services and w are levels too
     stack = parse("services: {w: {command: x, x-deep: " + "[" * depth + "]" * depth + "}}\n")
     assert stack.service("w").command == ("x",)
 
@@ -238,7 +238,7 @@ yaml_values = st.recursive(
 def test_the_composer_matches_pyyaml(value: Any, flow: bool) -> None:
     shared = [value, value]  # yaml.dump writes the repeat as an anchor and an alias
     text = yaml.dump({"a": shared, "b": value}, default_flow_style=flow, allow_unicode=True)
-    ours = spec_yaml.compose(text)
+    ours = bounded_yaml.compose(text)
     theirs = yaml.compose(text, Loader=yaml.SafeLoader)
     assert ours is not None and theirs is not None
     assert shape(ours) == shape(theirs)

@@ -7,9 +7,9 @@ import textwrap
 import pytest
 import yaml
 
+from linkd.core.model import DnsSettings, HostAccess, Stack, Upstream
 from linkd.errors import SpecError
-from linkd.model import DnsSettings, HostAccess, Stack, Upstream
-from linkd.spec import parse_stack, stack_to_dict
+from linkd.spec.stack_file import parse_stack, stack_to_dict
 
 
 def parse(body: str) -> Stack:

@@ -1,5 +1,5 @@
-"""Crash-safe state: framing with checksums (linkd.state), the last good copy and the
-fallback to it (linkd.runtime.store). Pure file I/O under a temporary LINKD_RUN_DIR."""
+"""Crash-safe state: framing with checksums (linkd.core.state), the last good copy and the
+fallback to it (linkd.runtime.stack.store). Pure file I/O under a temporary LINKD_RUN_DIR."""
 
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from linkd import state
+from linkd.core import state
+from linkd.core.ipam import Lease
+from linkd.core.model import Attachment, Network, Service, Stack
+from linkd.core.plan import realize
+from linkd.core.state import ContainerState, StackState, StackStatus, StateError
 from linkd.errors import NotFoundError
-from linkd.ipam import Lease
-from linkd.model import Attachment, Network, Service, Stack
-from linkd.plan import realize
-from linkd.runtime import store
-from linkd.state import ContainerState, StackState, StackStatus, StateError
+from linkd.runtime.stack import store
 
 NET = IPv4Network("10.87.5.0/24")
 
@@ -59,7 +59,7 @@ def flip(data: bytes, bit: int) -> bytes:
 
 
 def framed(kind: bytes, payload: bytes, version: int = state.VERSION, flags: int = 0) -> bytes:
-    """The header as the docs in linkd/state.py describe it, built by hand."""
+    """The header as the docs in linkd/core/state.py describe it, built by hand."""
     prefix = struct.pack(
         ">4scBHII", b"\x89LKD", kind, flags, version, len(payload), zlib.crc32(payload)
     )

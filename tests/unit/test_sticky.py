@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network
 
-from linkd import ipam
-from linkd.model import Attachment, Network, Service, Stack
-from linkd.plan import StackPlan, lease_of, realize
-from linkd.state import pack, unpack
+from linkd.core import ipam
+from linkd.core.model import Attachment, Network, Service, Stack
+from linkd.core.plan import StackPlan, lease_of, realize
+from linkd.core.state import pack, unpack
 
 CMD = ("sleep", "60")
 NET = IPv4Network("10.87.5.0/24")

@@ -1,0 +1,64 @@
+"""`linkd image load|ls|rm`: the image store (linkd.runtime.images) from the command line.
+
+Its arguments are declared in linkd.cli.main, which imports this module only when an `image`
+command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from linkd.errors import ConflictError, LinkdError
+from linkd.runtime.images.image_store import ImageStore
+from linkd.runtime.stack import store
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    start = time.monotonic()
+    image = ImageStore().load(args.file, args.name)
+    took = time.monotonic() - start
+    print(f"loaded {', '.join(image.names)} ({image.id[:19]}, {len(image.layers)} layers, "
+          f"{_mb(image.size)}) in {took:.2f} s")
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    rows = [("NAME", "ID", "PLATFORM", "LAYERS", "SIZE")]
+    for image in ImageStore().list():
+        for name in image.names:
+            rows.append((name, image.id[7:19], str(image.config.platform),
+                         str(len(image.layers)), _mb(image.size)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    images = ImageStore()
+    for name in args.name:
+        image = images.get(name)
+        users = _containers_using(image.id)
+        if users and len(image.names) == 1:
+            raise ConflictError(f"image {name} is used by {', '.join(users)}: its layers are "
+                                "their root filesystems; take those stacks down first")
+        images.remove(name)
+        print(f"removed {name}")
+    return 0
+
+
+def _containers_using(image_id: str) -> list[str]:
+    """Containers of stacks that are up whose root filesystem is this image."""
+    users = []
+    for stack in store.stacks():
+        try:
+            plan = store.load(stack).plan
+        except LinkdError:
+            continue
+        users += [f"{stack}/{c.name}" for c in plan.containers if c.image == image_id]
+    return users

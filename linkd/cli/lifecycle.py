@@ -1,0 +1,177 @@
+"""`linkd up` in the foreground, `down`, `exec` and `daemon`: the commands that drive the
+runtime.
+
+They need the supervisor, the daemon's API server (aiohttp) and netlink (pyroute2),
+which the commands that only read must not pay for: linkd.cli.main imports this module only
+when one of these commands runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from linkd import paths
+from linkd.cli.main import containers, dry_plan, load_stack, load_state, stack_name, table
+from linkd.cli.progress import Progress
+from linkd.client.api import Client
+from linkd.core import names
+from linkd.core.model import Stack
+from linkd.core.state import to_plain
+from linkd.errors import LinkdError, NotFoundError, SpecError, UsageError
+from linkd.runtime.containers import logs as log_files
+from linkd.runtime.containers import process
+from linkd.runtime.daemon import api
+from linkd.runtime.kernel.netlink import Kernel
+from linkd.runtime.stack import store, supervisor
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """`up` in the foreground (and `up --supervisor`): the stack runs in this process."""
+    stack, file = load_stack(args.file, args.project)
+    dry_plan(stack, file)
+    abort = frozenset(s.name for s in stack.services) if args.abort_on_container_exit else None
+    if args.exit_code_from:
+        if args.exit_code_from not in {s.name for s in stack.services}:
+            raise NotFoundError(f"--exit-code-from: no service {args.exit_code_from} in {file}")
+        abort = frozenset({args.exit_code_from}) if abort is None else abort
+    options = supervisor.UpOptions(abort or frozenset(), args.exit_code_from)
+    progress = Progress(sys.stdout, live=sys.stdout.isatty() and not args.supervisor)
+    return asyncio.run(_up(stack, str(file.resolve()), options, progress, not args.no_attach))
+
+
+async def _up(
+    stack: Stack, source: str, options: supervisor.UpOptions, progress: Progress, attach: bool
+) -> int:
+    stop_logs = asyncio.Event()
+    followers: list[asyncio.Task[None]] = []
+
+    def on_up(sup: supervisor.Supervisor) -> None:
+        progress.finish()
+        assert sup.plan is not None
+        print(table(to_plain(store.load(stack.name))), flush=True)
+        if attach:
+            sources = [(c.name, store.log_path(stack.name, c.name)) for c in sup.plan.containers]
+            width = max(len(name) for name, _ in sources)
+
+            def emit(name: str, line: str) -> None:
+                print(f"{name:<{width}} | {line}", flush=True)
+
+            followers.append(asyncio.create_task(log_files.follow(sources, emit, stop_logs)))
+
+    async def before_down() -> None:
+        # One more poll of the log files, so the last words of a container that ended
+        # the stack (--exit-code-from) come before the lines about stopping the others.
+        await asyncio.sleep(log_files.POLL * 2)
+
+    try:
+        return await supervisor.run(
+            stack, source, options, progress.event, on_up=on_up, before_down=before_down
+        )
+    finally:
+        stop_logs.set()
+        for task in followers:
+            await task
+        progress.finish()
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s linkd: %(message)s",
+                        stream=sys.stderr)
+    if args.token_file and not args.tcp:
+        raise UsageError("--token-file goes with --tcp ADDR:PORT (the unix socket needs none)")
+    path = Path(args.socket) if args.socket else paths.socket_path()
+    # --tcp and the token are checked, and the port bound, before any stack is recovered
+    # (linkd.runtime.daemon.api_tcp); without --token-file the daemon makes a token and says where.
+    asyncio.run(api.serve(path, tcp=args.tcp or None, token_file=args.token_file))
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    name = stack_name(args)
+    try:
+        return _down(name)
+    finally:
+        if args.forget:
+            store.forget_lease(name)
+
+
+def _down(name: str) -> int:
+    client = Client()
+    if store.supervised(name) and client.available():
+        hosted = {s["name"] for s in client.request("GET", "/v1/stacks")}
+        if name in hosted:
+            client.request("DELETE", f"/v1/stacks/{name}")
+            print(f"stack {name} removed")
+            return 0
+    if not store.supervised(name):
+        leftovers = Kernel.netns_names(names.netns_prefix(name))
+        if not store.stack_dir(name).exists() and not leftovers:
+            print(f"stack {name} is not up")
+            return 0
+        asyncio.run(supervisor.down_unsupervised(name, Progress(sys.stdout, live=False).event))
+        return 0
+    state = store.load(name)
+    if state.supervisor_pid is not None:
+        if _is_daemon(state.supervisor_pid):
+            raise LinkdError(
+                f"stack {name} is run by the linkd daemon (pid {state.supervisor_pid}), "
+                f"which does not answer on {paths.socket_path()}; stopping it would take every "
+                "stack down: check its log, or stop it yourself if that is what you want"
+            )
+        os.kill(state.supervisor_pid, 15)
+    grace = sum(c.stop_grace_period for c in state.plan.containers) + 30
+    deadline = time.monotonic() + grace
+    while store.supervised(name):
+        if time.monotonic() > deadline:
+            raise LinkdError(f"stack {name}: supervisor {state.supervisor_pid} did not stop")
+        time.sleep(0.05)
+    if store.stack_dir(name).exists():
+        # Its teardown failed (a successful one removes the stack's directory; a failed
+        # one leaves it "failed", its errors said by that `up`): try what is left once
+        # more from here, so that this command says what failed and exits non-zero.
+        asyncio.run(supervisor.down_unsupervised(name, Progress(sys.stdout, live=False).event))
+    else:
+        print(f"stack {name} removed")
+    return 0
+
+
+def _is_daemon(pid: int) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return argv[1:4] == [b"-m", b"linkd", b"daemon"]
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise SpecError([("exec", None, "give the command after --, e.g. linkd exec web -- sh")])
+    name = stack_name(args)
+    state = load_state(name)
+    targets = containers(state, args.service)
+    target = targets[0] if len(targets) == 1 else f"{args.service}-{args.index}"
+    if target not in targets:
+        raise NotFoundError(f"service {args.service} has no replica {args.index}")
+    current = state.container(target)
+    if current.status != "running" or current.init_pid is None:
+        raise LinkdError(f"container {target} is not running ({current.status})")
+    container = state.plan.container(target)
+    spec_path = store.container_dir(name, target) / f"exec-{os.getpid()}.spec"
+    process.write_exec_spec(
+        str(spec_path), tuple(argv), container.env, container.working_dir, container.user,
+        name=target, image=container.image is not None,
+    )
+    try:
+        return subprocess.call(process.exec_argv(current.init_pid, str(spec_path)))
+    finally:
+        spec_path.unlink(missing_ok=True)

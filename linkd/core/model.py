@@ -1,0 +1,235 @@
+"""The validated stack: what a stack file means once `linkd.spec.stack_file` has checked it.
+
+Everything here is a frozen dataclass over plain values, so a `Stack` can be compared,
+hashed, encoded and handed to the planner without defensive copies. `linkd.spec.stack_file` is the
+only producer; nothing here validates again.
+
+Times are float seconds. Ports are `PortSpec` ranges (a single port has start == end).
+Order is kept wherever the user's order means something: services and networks in file
+order, environment in the order it was written (env_file first, then `environment`), a
+service's networks in the order that gives it `eth0`, `eth1`, ...
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Literal
+
+from linkd.core.seccomp_profile import SeccompProfile
+
+Protocol = Literal["tcp", "udp", "sctp"]
+RestartMode = Literal["no", "always", "on-failure", "unless-stopped"]
+DependsCondition = Literal[
+    "service_started", "service_healthy", "service_completed_successfully"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class PortSpec:
+    """One entry of `ports:` or `expose:`; a range when `end > start`."""
+
+    start: int
+    end: int
+    protocol: Protocol = "tcp"
+    host_ip: str | None = None
+    host_start: int | None = None  # None: not published (expose) or a random host port
+    host_end: int | None = None
+    published: bool = False  # True for `ports:`, False for `expose:`
+    name: str | None = None
+
+    def numbers(self) -> range:
+        return range(self.start, self.end + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Healthcheck:
+    """Compose `healthcheck`; `test` is the argv to run, () when disabled (NONE)."""
+
+    test: tuple[str, ...]
+    interval: float = 30.0
+    timeout: float = 30.0
+    retries: int = 3
+    start_period: float = 0.0
+    start_interval: float = 5.0
+    disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Dependency:
+    service: str
+    condition: DependsCondition = "service_started"
+    required: bool = True
+    restart: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    mode: RestartMode = "no"
+    max_retries: int | None = None  # only for on-failure[:N]
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """`links: [svc]` or `[svc:alias]`; alias == service when none was given."""
+
+    service: str
+    alias: str
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A service's membership of one network (`services.X.networks`)."""
+
+    network: str
+    aliases: tuple[str, ...] = ()
+    ipv4_address: ipaddress.IPv4Address | None = None
+    ipv6_address: ipaddress.IPv6Address | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSettings:
+    """`x-linkd: links: ALIAS:` of a service: how one of its links is presented."""
+
+    alias: str
+    conventions: tuple[str, ...] | None = None  # None: the service's, else the stack's
+    env: tuple[str, ...] = ()  # names or patterns the peer may pass as <ALIAS>_ENV_*
+    urls: tuple[tuple[str, str], ...] = ()  # variable -> template (the urls convention)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """`mem_limit`, `cpus`, `pids_limit` or `deploy.resources.limits`; None: no limit."""
+
+    memory: int | None = None  # bytes
+    cpus: float | None = None
+    pids: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """One entry of `devices:`: the host's device node `source`, shown at `target`."""
+
+    source: str
+    target: str
+    permissions: str = "rwm"  # what the devices cgroup allows: read, write, mknod
+
+
+@dataclass(frozen=True, slots=True)
+class Security:
+    """`privileged`, `cap_add`, `cap_drop`, `security_opt`, `read_only` and `devices` of a
+    service: how it departs from the default confinement (`linkd.core.confinement`)."""
+
+    privileged: bool = False
+    cap_add: tuple[str, ...] = ()  # CAP_* names, or "ALL"
+    cap_drop: tuple[str, ...] = ()
+    no_new_privileges: bool | None = None  # None: on, unless privileged
+    seccomp: Literal["default", "unconfined", "file"] = "default"
+    seccomp_file: str | None = None  # as written in security_opt (for `linkd config`)
+    seccomp_profile: SeccompProfile | None = None  # the file's profile, parsed
+    system_paths: bool = True  # False: `systempaths=unconfined` (no masked/read-only paths)
+    read_only: bool = False  # the image's root filesystem is mounted read-only
+    devices: tuple[Device, ...] = ()
+
+
+DEFAULT_CONVENTIONS = ("linkd",)
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    name: str
+    command: tuple[str, ...] | None = None
+    entrypoint: tuple[str, ...] | None = None
+    image: str | None = None
+    environment: tuple[tuple[str, str], ...] = ()
+    working_dir: str | None = None
+    user: str | None = None
+    hostname: str | None = None
+    expose: tuple[PortSpec, ...] = ()
+    ports: tuple[PortSpec, ...] = ()
+    links: tuple[Link, ...] = ()
+    networks: tuple[Attachment, ...] = ()
+    depends_on: tuple[Dependency, ...] = ()
+    healthcheck: Healthcheck | None = None
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    replicas: int = 1
+    stop_signal: str = "SIGTERM"
+    stop_grace_period: float = 10.0
+    conventions: tuple[str, ...] | None = None  # x-linkd; None: the stack's
+    link_settings: tuple[LinkSettings, ...] = ()  # x-linkd: links:
+    limits: Limits = field(default_factory=Limits)  # cgroups (linkd.runtime.kernel.cgroups)
+    runtime: str | None = None  # x-linkd: runtime: runc | linkd; None: $LINKD_RUNTIME
+    security: Security = field(default_factory=Security)  # linkd.core.confinement
+
+    def argv(self) -> tuple[str, ...]:
+        """The process to run: entrypoint followed by command, as Compose joins them."""
+        return (self.entrypoint or ()) + (self.command or ())
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    name: str
+    driver: Literal["bridge"] = "bridge"
+    internal: bool = False
+    subnet: ipaddress.IPv4Network | None = None  # None: linkd picks one from its pool
+    gateway: ipaddress.IPv4Address | None = None  # None: the subnet's first address
+    enable_ipv6: bool = False
+    subnet6: ipaddress.IPv6Network | None = None
+    gateway6: ipaddress.IPv6Address | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """A DNS server linkd forwards names outside its zone to, from the host namespace."""
+
+    host: str  # an IP address; IPv6 may carry a zone index (fe80::1%eth0)
+    port: int = 53
+
+
+DEFAULT_DNS_DOMAIN = "linkd"
+
+
+@dataclass(frozen=True, slots=True)
+class HostAccess:
+    """One entry of `x-linkd: host:`: host ports the stack's containers may reach."""
+
+    start: int
+    end: int
+    protocol: Protocol = "tcp"
+    address: str | None = None  # None: any address of the host
+
+    def text(self) -> str:
+        ports = str(self.start) if self.start == self.end else f"{self.start}-{self.end}"
+        where = f"{self.address}:" if self.address else ""
+        return f"{where}{ports}/{self.protocol}"
+
+
+@dataclass(frozen=True, slots=True)
+class DnsSettings:
+    """`x-linkd: dns:` of a stack file."""
+
+    domain: str = DEFAULT_DNS_DOMAIN  # lower-case, no trailing dot
+    upstreams: tuple[Upstream, ...] | None = None  # None: the host's resolv.conf
+
+
+@dataclass(frozen=True, slots=True)
+class Stack:
+    name: str
+    services: tuple[Service, ...]
+    networks: tuple[Network, ...]
+    warnings: tuple[str, ...] = ()
+    dns: DnsSettings = field(default_factory=DnsSettings)
+    conventions: tuple[str, ...] = DEFAULT_CONVENTIONS  # x-linkd: conventions:
+    host_access: tuple[HostAccess, ...] = ()  # x-linkd: host:
+
+    def service(self, name: str) -> Service:
+        for service in self.services:
+            if service.name == name:
+                return service
+        raise KeyError(name)
+
+    def network(self, name: str) -> Network:
+        for network in self.networks:
+            if network.name == name:
+                return network
+        raise KeyError(name)

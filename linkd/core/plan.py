@@ -1,0 +1,402 @@
+"""From a validated stack to concrete containers, networks and the order to start them.
+
+`realize(stack, subnets)` is the desired state: every container with its namespace,
+interfaces, addresses and environment, every network with its bridge. It is a pure
+function of the stack and the subnets the runtime picked, so the same stack file always
+gives the same names and addresses. A container's hosts file is derived from the plan
+when it is written (`linkd.core.hosts`), and its DNS view likewise (`linkd.dns.zone`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+
+from linkd.conventions.render import Convention, LinkTarget, builtin, combine, render
+from linkd.core import ipam, names
+from linkd.core.model import (
+    Dependency,
+    DnsSettings,
+    Healthcheck,
+    HostAccess,
+    Limits,
+    LinkSettings,
+    PortSpec,
+    RestartPolicy,
+    Security,
+    Service,
+    Stack,
+)
+from linkd.errors import ConventionError, SpecError
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkPlan:
+    key: str  # the name in the stack file
+    name: str  # <stack>_<key>, as Compose names networks
+    bridge: str
+    bridge_mac: str
+    subnet: IPv4Network
+    gateway: IPv4Address
+    internal: bool
+    subnet6: IPv6Network | None = None
+    gateway6: IPv6Address | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InterfacePlan:
+    network: str  # NetworkPlan.key
+    ifname: str  # inside the container: eth0, eth1, ...
+    host_ifname: str  # host end of the veth, enslaved to the bridge
+    bridge: str
+    address: IPv4Address
+    prefixlen: int
+    gateway: IPv4Address
+    address6: IPv6Address | None = None
+    prefixlen6: int = 64
+    gateway6: IPv6Address | None = None
+    default_route: bool = False  # the first non-internal network carries it
+    aliases: tuple[str, ...] = ()  # the service's network aliases on this network
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerPlan:
+    name: str  # <service>-<replica>
+    service: str
+    replica: int
+    netns: str
+    hostname: str
+    interfaces: tuple[InterfacePlan, ...]
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    working_dir: str
+    user: str | None
+    restart: RestartPolicy
+    stop_signal: str
+    stop_grace_period: float
+    healthcheck: Healthcheck | None
+    image: str | None
+    depends_on: tuple[Dependency, ...] = ()
+    links: tuple[tuple[str, str], ...] = ()  # (alias, service): names for this one only
+    ports: tuple[PortSpec, ...] = ()  # exposed and published, container side
+    # (variable, convention, link alias) for every variable a convention gave, in order
+    env_sources: tuple[tuple[str, str, str], ...] = ()
+    extra_hosts: tuple[str, ...] = ()  # hosts-file lines the conventions asked for
+    limits: Limits = field(default_factory=Limits)  # memory, CPU and PID limits (cgroups)
+    runtime: str | None = None  # what runs an image: "runc", "linkd", None: the default
+    security: Security = field(default_factory=Security)  # departures from confinement
+
+
+@dataclass(frozen=True, slots=True)
+class StackPlan:
+    stack: str
+    networks: tuple[NetworkPlan, ...]
+    containers: tuple[ContainerPlan, ...]
+    start_waves: tuple[tuple[str, ...], ...]  # services; each wave needs only earlier ones
+    dns: DnsSettings = field(default_factory=DnsSettings)
+    host_access: tuple[HostAccess, ...] = ()  # host ports its containers may reach
+
+    def container(self, name: str) -> ContainerPlan:
+        for container in self.containers:
+            if container.name == name:
+                return container
+        raise KeyError(name)
+
+    def of_service(self, service: str) -> tuple[ContainerPlan, ...]:
+        return tuple(c for c in self.containers if c.service == service)
+
+    def without(self, gone: Iterable[str]) -> StackPlan:
+        """The plan less the named containers: what DNS serves once they have stopped."""
+        drop = set(gone)
+        return replace(self, containers=tuple(c for c in self.containers if c.name not in drop))
+
+
+def realize(
+    stack: Stack,
+    subnets: Mapping[str, IPv4Network],
+    *,
+    workdir: str = "/",
+    conventions: Mapping[str, Convention] | None = None,
+    lease: ipam.Lease | None = None,
+) -> StackPlan:
+    """The desired state of `stack`, given the IPv4 subnet of each of its networks.
+
+    `workdir` is where a container runs when its service names no `working_dir`: for
+    commands from the host's filesystem, the stack file's directory, so that a command
+    like `python3 api.py` finds its script as it would in a shell there.
+
+    `conventions` are the convention files the stack names by path, loaded by the caller
+    (`linkd.conventions.render.load_conventions`); built-in names are looked up as needed.
+    `lease` (the stack's last addresses) keeps containers at the addresses they had.
+    """
+    networks = tuple(_network_plan(stack, n.name, subnets[n.name]) for n in stack.networks)
+    by_key = {n.key: n for n in networks}
+    addresses = _addresses(stack, by_key, lease or ipam.Lease(stack.name))
+    _check_links(stack)
+    containers: list[ContainerPlan] = []
+    for service in stack.services:
+        for replica in range(1, service.replicas + 1):
+            name = names.container_name(service.name, replica)
+            interfaces = _interfaces(stack, service, name, by_key, addresses)
+            containers.append(
+                _container_plan(stack, service, replica, name, interfaces, workdir)
+            )
+    resolve = _resolver(conventions or {})
+    linked = tuple(_with_links(stack, containers, c, resolve) for c in containers)
+    return StackPlan(
+        stack.name, networks, linked, start_waves(stack), stack.dns, stack.host_access
+    )
+
+
+def _network_plan(stack: Stack, key: str, subnet: IPv4Network) -> NetworkPlan:
+    network = stack.network(key)
+    gateway = network.gateway or IPv4Address(ipam.gateway_of(subnet))
+    subnet6 = gateway6 = None
+    if network.enable_ipv6:
+        subnet6 = network.subnet6 or ipam.ula_subnet(stack.name, key)
+        gateway6 = network.gateway6 or IPv6Address(ipam.gateway_of(subnet6))
+    return NetworkPlan(
+        key=key,
+        name=f"{stack.name}_{key}",
+        bridge=names.bridge_name(stack.name, key),
+        bridge_mac=names.bridge_mac(stack.name, key),
+        subnet=subnet,
+        gateway=gateway,
+        internal=network.internal,
+        subnet6=subnet6,
+        gateway6=gateway6,
+    )
+
+
+Addresses = dict[tuple[str, str], tuple[IPv4Address, IPv6Address | None]]
+
+
+def _addresses(
+    stack: Stack, networks: Mapping[str, NetworkPlan], lease: ipam.Lease
+) -> Addresses:
+    """(container, network) -> addresses: static ones first, then leased, then in file
+    order."""
+    result: Addresses = {}
+    for key, net in networks.items():
+        wanted4: list[tuple[str, IPv4Address | IPv6Address | None]] = []
+        wanted6: list[tuple[str, IPv4Address | IPv6Address | None]] = []
+        for service in stack.services:
+            for attachment in service.networks:
+                if attachment.network != key:
+                    continue
+                for replica in range(1, service.replicas + 1):
+                    owner = names.container_name(service.name, replica)
+                    # A static address can only belong to one replica.
+                    static4 = attachment.ipv4_address if replica == 1 else None
+                    static6 = attachment.ipv6_address if replica == 1 else None
+                    wanted4.append((owner, static4))
+                    wanted6.append((owner, static6))
+        got4 = ipam.assign(net.subnet, {net.gateway}, wanted4, lease.addresses_on(key, 4))
+        got6 = (
+            ipam.assign(net.subnet6, {net.gateway6}, wanted6, lease.addresses_on(key, 6))
+            if net.subnet6 is not None and net.gateway6 is not None
+            else {}
+        )
+        for owner, address in got4.items():
+            six = got6.get(owner)
+            result[(owner, key)] = (
+                IPv4Address(address),
+                IPv6Address(six) if six is not None else None,
+            )
+    return result
+
+
+def _interfaces(
+    stack: Stack,
+    service: Service,
+    name: str,
+    networks: Mapping[str, NetworkPlan],
+    addresses: Addresses,
+) -> tuple[InterfacePlan, ...]:
+    interfaces: list[InterfacePlan] = []
+    routed = False
+    for index, attachment in enumerate(service.networks):
+        net = networks[attachment.network]
+        address, address6 = addresses[(name, net.key)]
+        default_route = not net.internal and not routed
+        routed = routed or default_route
+        interfaces.append(
+            InterfacePlan(
+                network=net.key,
+                ifname=f"eth{index}",
+                host_ifname=names.host_veth_name(stack.name, name, net.key),
+                bridge=net.bridge,
+                address=address,
+                prefixlen=net.subnet.prefixlen,
+                gateway=net.gateway,
+                address6=address6,
+                prefixlen6=net.subnet6.prefixlen if net.subnet6 else 64,
+                gateway6=net.gateway6,
+                default_route=default_route,
+                aliases=attachment.aliases,
+            )
+        )
+    return tuple(interfaces)
+
+
+def _container_plan(
+    stack: Stack,
+    service: Service,
+    replica: int,
+    name: str,
+    interfaces: tuple[InterfacePlan, ...],
+    workdir: str,
+) -> ContainerPlan:
+    hostname = service.hostname or name
+    base = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname, "HOME": "/root"}
+    env = dict(base)
+    env.update(dict(service.environment))
+    return ContainerPlan(
+        name=name,
+        service=service.name,
+        replica=replica,
+        netns=names.netns_name(stack.name, name),
+        hostname=hostname,
+        interfaces=interfaces,
+        argv=service.argv(),
+        env=tuple(env.items()),
+        working_dir=service.working_dir or workdir,
+        user=service.user,
+        restart=service.restart,
+        stop_signal=service.stop_signal,
+        stop_grace_period=service.stop_grace_period,
+        healthcheck=service.healthcheck,
+        image=service.image,
+        depends_on=service.depends_on,
+        links=tuple((link.alias, link.service) for link in service.links),
+        ports=service.expose + service.ports,
+        limits=service.limits,
+        runtime=service.runtime,
+        security=service.security,
+    )
+
+
+def _check_links(stack: Stack) -> None:
+    problems: list[tuple[str, int | None, str]] = []
+    for service in stack.services:
+        mine = {a.network for a in service.networks}
+        for index, link in enumerate(service.links):
+            theirs = {a.network for a in stack.service(link.service).networks}
+            if not mine & theirs:
+                problems.append(
+                    (
+                        f"services.{service.name}.links[{index}]",
+                        None,
+                        f"{service.name} and {link.service} share no network; "
+                        f"put both on one network so the link can reach {link.service}",
+                    )
+                )
+    if problems:
+        raise SpecError(problems)
+
+
+def lease_of(plan: StackPlan) -> ipam.Lease:
+    """What `plan` holds, to be given back next time."""
+    return ipam.Lease(
+        plan.stack,
+        tuple((n.key, n.subnet) for n in plan.networks),
+        tuple(
+            (i.network, c.name, i.address, i.address6)
+            for c in plan.containers
+            for i in c.interfaces
+        ),
+    )
+
+
+def _resolver(loaded: Mapping[str, Convention]) -> Callable[[str], Convention]:
+    def resolve(ref: str) -> Convention:
+        if ref in loaded:
+            return loaded[ref]
+        if ref.endswith((".yaml", ".yml")):
+            raise ConventionError(
+                [("x-linkd", None, f"convention file {ref} was not loaded before planning")]
+            )
+        return builtin(ref)
+
+    return resolve
+
+
+def _with_links(
+    stack: Stack,
+    containers: Sequence[ContainerPlan],
+    me: ContainerPlan,
+    resolve: Callable[[str], Convention],
+) -> ContainerPlan:
+    """`me` with the variables and hosts lines its links' conventions give it.
+
+    A link reaches the peer service's first replica (there is no virtual IP to stand for
+    all of them; DNS has every replica) at its address on the first network the two
+    share, in `me`'s interface order, the address the hosts file gives too.
+    """
+    service = stack.service(me.service)
+    if not service.links:
+        return me
+    settings = {x.alias: x for x in service.link_settings}
+    groups: dict[str, list[LinkTarget]] = {}
+    mine = [i.network for i in me.interfaces]
+    for link in service.links:
+        peer = next(c for c in containers if c.service == link.service)
+        shared = [i for i in peer.interfaces if i.network in mine]
+        if not shared:
+            continue  # refused by _check_links; a lo-only linker shares nothing
+        theirs = min(shared, key=lambda i: mine.index(i.network))
+        peer_service = stack.service(link.service)
+        chosen = settings.get(link.alias, LinkSettings(link.alias))
+        names = chosen.conventions or service.conventions or stack.conventions
+        if chosen.urls and "urls" not in names:
+            names = (*names, "urls")
+        target = LinkTarget(
+            alias=link.alias,
+            service=link.service,
+            peer=peer.name,
+            addr=theirs.address,
+            addr6=theirs.address6,
+            hostname=peer.hostname,
+            ports=peer_service.expose + peer_service.ports,
+            env=peer_service.environment,
+            env_allow=chosen.env,
+            templates=chosen.urls,
+        )
+        for name in names:
+            groups.setdefault(name, []).append(target)
+    rendered = combine(*(render(resolve(n), me.name, targets) for n, targets in groups.items()))
+    explicit = dict(me.env)
+    env = {**explicit, **{v.name: v.value for v in rendered.variables if v.name not in explicit}}
+    return replace(
+        me,
+        env=tuple(env.items()),
+        env_sources=tuple(
+            (v.name, v.convention, v.alias) for v in rendered.variables if v.name not in explicit
+        ),
+        extra_hosts=rendered.hosts,
+    )
+
+
+def start_waves(stack: Stack) -> tuple[tuple[str, ...], ...]:
+    """Services grouped so that each group depends only on earlier groups.
+
+    `depends_on` and `links` both order start-up, as in Compose. The spec parser has
+    already rejected cycles.
+    """
+    needs = {
+        s.name: {d.service for d in s.depends_on} | {link.service for link in s.links}
+        for s in stack.services
+    }
+    done: set[str] = set()
+    waves: list[tuple[str, ...]] = []
+    order = [s.name for s in stack.services]
+    while len(done) < len(order):
+        wave = tuple(n for n in order if n not in done and needs[n] <= done)
+        if not wave:  # unreachable after spec validation; fail loudly rather than spin
+            raise SpecError([("services", None, "dependency cycle")])
+        waves.append(wave)
+        done.update(wave)
+    return tuple(waves)

@@ -1,0 +1,560 @@
+"""The DNS zone: an immutable, requester-scoped snapshot built from StackPlans.
+
+`build_zone(plans)` turns the desired state into lookup tables; `linkd.dns.answers.answer` reads
+them. A change (a container starts, a stack goes down) builds a new Zone and the runtime
+swaps it in; nothing here is ever updated in place except the answer cache, which is a
+memo of this snapshot and dies with it.
+
+Zone layout (domain `linkd.` by default), for a container `web-2` of service `web` in
+stack `shop`, attached to network `front` with alias `www`:
+
+    web  web-2  www                         short names (service, container, alias)
+    web.front  web-2.front  www.front       NAME.NETWORK
+    web.front.shop.linkd.  (and web-2, www) NAME.NETWORK.STACK.DOMAIN
+    web.shop.linkd.        (and web-2, www) NAME.STACK.DOMAIN
+    2.0.87.10.in-addr.arpa. PTR web-2.front.shop.linkd.
+
+`shop.linkd.` and `front.shop.linkd.` exist as empty non-terminals (NODATA, not
+NXDOMAIN, RFC 8020). A service name covers all its replicas.
+
+Scoping: names live per network, and a network belongs to one stack (`front` of two
+stacks are two networks). A requester is identified by its source address: the address
+gives the container and so the networks it is attached to, in interface order (its
+*view*). It sees only names of networks in its view, like Docker's embedded DNS and
+aardvark-dns. A name present on several of its networks is answered from the first of
+them (per record type) in interface order, as Docker's sandbox resolver does, so a
+replica on two shared networks is not counted twice in the round robin. An unknown
+source sees no names at all.
+
+SRV names (`_PORT._PROTO.SERVICE`, and `_NAME._PROTO.SERVICE` for named ports) come
+from the ports each ContainerPlan carries.
+
+Health: `pending` (stack, container) pairs are containers of a service with a
+healthcheck that are not healthy (yet). Their records under the service name, its
+aliases, its SRV names and link aliases to it are *held*: kept in `Entry.held`, not
+answered. A name whose every record is held answers SERVFAIL (see `linkd.dns.answers`), so a
+client retries instead of giving up. Container names (`web-2`) are never held, and
+`_all.NAME` (for the service name and each alias) lists every instance, healthy or
+not, for bootstrapping a cluster. Compose service names cannot start with `_`, nor
+can SRV names be two labels, so `_all.` never collides. Link aliases are requester-scoped extras
+(`link_names`), looked up before the view's networks; network aliases come from the
+plans (`plan_aliases`). Both can be passed explicitly to `build_zone`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+
+from linkd.core.model import PortSpec, Stack
+from linkd.core.plan import ContainerPlan, StackPlan
+
+Address = IPv4Address | IPv6Address
+NetId = tuple[str, str]  # (stack, network key)
+AliasKey = tuple[str, str, str]  # (stack, service, network key)
+
+DEFAULT_DOMAIN = "linkd."
+CACHE_LIMIT = 20_000  # entries; beyond it answers are built each time (random names)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One container behind a name, and why it is there (for `explain`)."""
+
+    container: str
+    via: str  # "service name", "container name", "alias", "link alias", ...
+    v4: IPv4Address | None
+    v6: IPv6Address | None
+    srv: SrvTarget | None = None  # set on SRV names, whose A/AAAA are the target's
+
+
+@dataclass(frozen=True, slots=True)
+class SrvTarget:
+    """An SRV target: a container's port, and the addresses for the additional section."""
+
+    port: int
+    target: str  # CONTAINER.NETWORK.STACK.linkd.
+    v4: IPv4Address | None
+    v6: IPv6Address | None
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A name on one network: its records and their addresses, deduplicated, sorted.
+
+    `held`: records of not-yet-healthy containers, not answered (module docstring)."""
+
+    records: tuple[Record, ...]
+    v4: tuple[IPv4Address, ...]
+    v6: tuple[IPv6Address, ...]
+    srv: tuple[SrvTarget, ...] = ()
+    held: tuple[Record, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """What one requester sees: its networks in interface order."""
+
+    id: int
+    who: str  # "stack/container"
+    networks: tuple[NetId, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Pointer:
+    """A reverse name: the address, the network it is on, and the PTR target."""
+
+    address: Address
+    network: NetId
+    target: str  # absolute, with trailing dot
+
+
+@dataclass(frozen=True)
+class Zone:
+    domain: str  # lower-case, without trailing dot ("linkd")
+    serial: int
+    names: Mapping[NetId, Mapping[str, Entry]]  # names lower-case, no trailing dot
+    reverse: Mapping[str, Pointer]  # "2.0.87.10.in-addr.arpa" -> Pointer
+    views: Mapping[Address, View]
+    subnets: tuple[IPv4Network | IPv6Network, ...]
+    extra: Mapping[Address, Mapping[str, Entry]]
+    pending: frozenset[tuple[str, str]] = frozenset()  # (stack, container) not healthy
+    # The answer cache (see linkd.dns.answers): a memo of this snapshot, never part of its value.
+    cache: dict[object, tuple[bytes, ...] | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    counter: itertools.count[int] = field(
+        default_factory=itertools.count, compare=False, repr=False
+    )
+    # Exact-bytes reply tables (see linkd.dns.answers.reply_table), per (requester, max_size).
+    replies: dict[object, dict[bytes, tuple[bytes, ...]]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def view_of(self, requester: Address) -> View | None:
+        return self.views.get(requester)
+
+    def in_zone(self, name: str) -> bool:
+        return name == self.domain or name.endswith("." + self.domain)
+
+
+def network_aliases(stack: Stack) -> dict[AliasKey, tuple[str, ...]]:
+    """(stack, service, network) -> the service's aliases on that network."""
+    return {
+        (stack.name, s.name, a.network): a.aliases
+        for s in stack.services
+        for a in s.networks
+        if a.aliases
+    }
+
+
+def plan_aliases(plans: Sequence[StackPlan]) -> dict[AliasKey, tuple[str, ...]]:
+    """(stack, service, network) -> the service's aliases there, as the plans record them."""
+    return {
+        (plan.stack, c.service, i.network): i.aliases
+        for plan in plans
+        for c in plan.containers
+        for i in c.interfaces
+        if i.aliases
+    }
+
+
+def link_names(plans: Sequence[StackPlan]) -> dict[Address, dict[str, list[Address]]]:
+    """Names only a linking container sees: each of its link aliases, from each of its
+    addresses, resolving to the linked service's containers on the first network the two
+    share (the same address the hosts file gives)."""
+    extra: dict[Address, dict[str, list[Address]]] = {}
+    for plan in plans:
+        for c in plan.containers:
+            if not c.links:
+                continue
+            mine = [i.network for i in c.interfaces]
+            for alias, service in c.links:
+                targets: list[Address] = []
+                for peer in plan.of_service(service):
+                    shared = [i for i in peer.interfaces if i.network in mine]
+                    if shared:
+                        first = min(shared, key=lambda i: mine.index(i.network))
+                        targets.append(first.address)
+                        if first.address6 is not None:
+                            targets.append(first.address6)
+                if not targets:
+                    continue  # the linked service has no container running: NXDOMAIN
+                for iface in c.interfaces:
+                    for requester in (iface.address, iface.address6):
+                        if requester is not None:
+                            extra.setdefault(requester, {})[alias] = targets
+    return extra
+
+
+LOOPBACK: tuple[Address, ...] = (IPv4Address("127.0.0.1"), IPv6Address("::1"))
+
+
+def lo_requester(stack: str, container: str) -> IPv6Address:
+    """Who a container with no network but lo is, to the DNS server.
+
+    It has no address of its own, so its resolver socket is served with this one as the
+    requester: an fd00::/8 address derived from the names, configured nowhere, only a
+    key into the zone that cannot collide with a container's real address.
+    """
+    digest = hashlib.sha256(f"{stack}/{container}".encode()).digest()
+    return IPv6Address(b"\xfd" + digest[:15])
+
+
+def requester_of(stack: str, c: ContainerPlan) -> Address:
+    """The address the DNS server answers a container's queries as (its first one)."""
+    return c.interfaces[0].address if c.interfaces else lo_requester(stack, c.name)
+
+
+def forwards_for(c: ContainerPlan) -> bool:
+    """Whether names outside the zone are forwarded for this container: only with a
+    route out (a non-internal network), else they are REFUSED (Docker, too, does not
+    forward for internal networks)."""
+    return any(i.default_route for i in c.interfaces)
+
+
+def loopback_names(plans: Sequence[StackPlan]) -> dict[Address, dict[str, list[Address]]]:
+    """A container with only lo resolves its own names (container, service, hostname) to
+    loopback, and nothing else of linkd's: it can reach no one."""
+    return {
+        lo_requester(plan.stack, c.name): {
+            name: list(LOOPBACK) for name in dict.fromkeys((c.name, c.service, c.hostname))
+        }
+        for plan in plans
+        for c in plan.containers
+        if not c.interfaces
+    }
+
+
+def _srv_labels(ports: Iterable[PortSpec]) -> list[tuple[str, int]]:
+    """`_PORT._PROTO` for every exposed port, and `_NAME._PROTO` where the port is named."""
+    labels: list[tuple[str, int]] = []
+    for spec in ports:
+        for port in spec.numbers():
+            labels.append((f"_{port}._{spec.protocol}", port))
+        if spec.name is not None:
+            labels.append((f"_{spec.name}._{spec.protocol}", spec.start))
+    return labels
+
+
+def make_entry(records: Iterable[Record], held: Iterable[Record] = ()) -> Entry:
+    recs = tuple(records)
+    v4 = sorted({r.v4 for r in recs if r.v4 is not None})
+    v6 = sorted({r.v6 for r in recs if r.v6 is not None})
+    srv = sorted({r.srv for r in recs if r.srv is not None}, key=lambda t: (t.target, t.port))
+    return Entry(recs, tuple(v4), tuple(v6), tuple(srv), tuple(held))
+
+
+def build_zone(
+    plans: Sequence[StackPlan],
+    *,
+    domain: str = DEFAULT_DOMAIN,
+    aliases: Mapping[AliasKey, Sequence[str]] | None = None,
+    extra: Mapping[Address, Mapping[str, Sequence[Address]]] | None = None,
+    pending: frozenset[tuple[str, str]] = frozenset(),
+) -> Zone:
+    """The zone for these stacks; see the module docstring for the layout.
+
+    Aliases and link names come from the plans unless given. `pending`: (stack,
+    container) pairs not healthy yet, held back from their service's names.
+    """
+    apex = domain.lower().rstrip(".")
+    aliases = plan_aliases(plans) if aliases is None else aliases
+    names: dict[NetId, dict[str, list[Record]]] = {}
+    held: dict[NetId, dict[str, list[Record]]] = {}
+    reverse: dict[str, Pointer] = {}
+    memberships: dict[Address, list[tuple[str, tuple[NetId, ...]]]] = {}
+    for plan in plans:
+        for netid in _network_ids(plan):
+            table = names.setdefault(netid, {})
+            for name in _empty_non_terminals(netid, apex):
+                table.setdefault(name, [])
+        for c in plan.containers:
+            sick = (plan.stack, c.name) in pending
+            for netid, name, record, hold in _names_of(plan.stack, c, apex, aliases, sick):
+                names.setdefault(netid, {}).setdefault(name, [])
+                (held if hold else names).setdefault(netid, {}).setdefault(name, []).append(
+                    record
+                )
+            reverse.update(_pointers_of(plan.stack, c, apex))
+            who, nets = _membership_of(plan.stack, c)
+            for address in _addresses_of(c):
+                memberships.setdefault(address, []).append((who, nets))
+    frozen = {
+        netid: {n: make_entry(rs, held.get(netid, {}).get(n, ())) for n, rs in t.items()}
+        for netid, t in names.items()
+    }
+    extras = _extras(plans, pending) if extra is None else _extra_entries(extra, _VIA_LINK)
+    return Zone(
+        domain=apex,
+        serial=_serial(apex, frozen, reverse, extras),
+        names=frozen,
+        reverse=reverse,
+        views=_views(memberships),
+        subnets=_subnets(plans),
+        extra=extras,
+        pending=pending,
+    )
+
+
+def rezone(
+    zone: Zone,
+    before: Sequence[StackPlan],
+    after: Sequence[StackPlan],
+    pending: frozenset[tuple[str, str]] = frozenset(),
+) -> Zone:
+    """`zone` (built from `before`) changed to serve `after`, touching only the names of
+    containers that came or went: the cost of a container starting or stopping does not
+    grow with the size of the zone (a full `build_zone` of 500 containers takes ~20 ms,
+    and a peer would wait that long for a new name). A container whose health changed
+    (in `pending` now and not in `zone.pending`, or the other way) goes and comes back.
+
+    The result serves what `build_zone(after)` serves; its serial is the old one plus
+    one (RFC 1982: it increases on every change). Networks must be the same in both;
+    otherwise, or when most containers change, it is a full build.
+    """
+    apex = zone.domain
+    if _subnets(before) != _subnets(after) or _network_keys(before) != _network_keys(after):
+        return build_zone(after, domain=apex, pending=pending)
+    old = {(p.stack, c.name): (p.stack, c) for p in before for c in p.containers}
+    new = {(p.stack, c.name): (p.stack, c) for p in after for c in p.containers}
+    flipped = zone.pending ^ pending
+    went = [
+        v for k, v in old.items() if k not in new or new[k][1] is not v[1] or k in flipped
+    ]
+    came = [
+        v for k, v in new.items() if k not in old or old[k][1] is not v[1] or k in flipped
+    ]
+    if not went and not came:
+        return zone if zone.pending == pending else replace(zone, pending=pending)
+    if len(went) + len(came) > max(8, len(new) // 2):
+        return build_zone(after, domain=apex, pending=pending)
+    copies: dict[NetId, dict[str, Entry]] = {}  # copy-on-write, per network touched
+
+    def table(netid: NetId) -> dict[str, Entry]:
+        t = copies.get(netid)
+        if t is None:
+            t = copies[netid] = dict(zone.names.get(netid, {}))
+        return t
+
+    reverse = dict(zone.reverse)
+    views = dict(zone.views)
+    for stack, c in went:
+        for netid, name, _, _ in _names_of(stack, c, apex, None, False):
+            t = table(netid)
+            entry = t.get(name)
+            if entry is None:
+                continue
+            rest = [r for r in entry.records if r.container != c.name]
+            held = [r for r in entry.held if r.container != c.name]
+            if rest or held or name in _empty_non_terminals(netid, apex):
+                t[name] = make_entry(rest, held)
+            else:
+                del t[name]
+        for key, pointer in _pointers_of(stack, c, apex).items():
+            if reverse.get(key) == pointer:
+                del reverse[key]
+        for address in _addresses_of(c):
+            views.pop(address, None)
+    ids = {v.networks: v.id for v in views.values()}
+    for stack, c in came:
+        added: dict[tuple[NetId, str], tuple[list[Record], list[Record]]] = {}
+        sick = (stack, c.name) in pending
+        for netid, name, record, hold in _names_of(stack, c, apex, None, sick):
+            added.setdefault((netid, name), ([], []))[hold].append(record)
+        for (netid, name), (records, held) in added.items():
+            t = table(netid)
+            entry = t.get(name)
+            if entry is not None:
+                records, held = [*entry.records, *records], [*entry.held, *held]
+            t[name] = make_entry(records, held)
+        reverse.update(_pointers_of(stack, c, apex))
+        who, nets = _membership_of(stack, c)
+        view = View(ids.setdefault(nets, max(ids.values(), default=-1) + 1), who, nets)
+        for address in _addresses_of(c):
+            views[address] = view
+    return Zone(
+        domain=apex,
+        serial=(zone.serial + 1) & 0xFFFFFFFF or 1,
+        names={**zone.names, **copies},
+        reverse=reverse,
+        views=views,
+        subnets=zone.subnets,
+        extra=_extras(after, pending),
+        pending=pending,
+    )
+
+
+def _network_ids(plan: StackPlan) -> list[NetId]:
+    return [(plan.stack, net.key) for net in plan.networks]
+
+
+def _network_keys(plans: Sequence[StackPlan]) -> list[NetId]:
+    return [netid for plan in plans for netid in _network_ids(plan)]
+
+
+def _subnets(plans: Sequence[StackPlan]) -> tuple[IPv4Network | IPv6Network, ...]:
+    subnets: list[IPv4Network | IPv6Network] = []
+    for plan in plans:
+        for net in plan.networks:
+            subnets.append(net.subnet)
+            if net.subnet6 is not None:
+                subnets.append(net.subnet6)
+    return tuple(subnets)
+
+
+def _empty_non_terminals(netid: NetId, apex: str) -> tuple[str, str]:
+    """`STACK.linkd` and `NETWORK.STACK.linkd`: names that exist with no records."""
+    stack, network = netid
+    return f"{stack}.{apex}".lower(), f"{network}.{stack}.{apex}".lower()
+
+
+def _names_of(
+    stack: str,
+    c: ContainerPlan,
+    apex: str,
+    aliases: Mapping[AliasKey, Sequence[str]] | None,
+    sick: bool,
+) -> Iterator[tuple[NetId, str, Record, bool]]:
+    """Every (network, name, record, held) one container puts in the zone; `sick`: the
+    container is not healthy yet, so its records under shared names are held.
+
+    Aliases come from the container's interfaces unless `aliases` says otherwise."""
+    for iface in c.interfaces:
+        netid = (stack, iface.network)
+        key = (stack, c.service, iface.network)
+        mine = iface.aliases if aliases is None else aliases.get(key, ())
+        bases = [(c.service, "service name", sick), (c.name, "container name", False)]
+        bases += [(a, "alias", sick) for a in mine]
+        bases += [(f"_all.{c.service}", "service name, all instances", False)]
+        bases += [(f"_all.{a}", "alias, all instances", False) for a in mine]
+        for base, via, hold in bases:
+            record = Record(c.name, via, iface.address, iface.address6)
+            for form in (
+                base,
+                f"{base}.{iface.network}",
+                f"{base}.{iface.network}.{stack}.{apex}",
+                f"{base}.{stack}.{apex}",
+            ):
+                yield netid, form.lower(), record, hold
+        target = f"{c.name}.{iface.network}.{stack}.{apex}."
+        for label, port in _srv_labels(c.ports):
+            srv = SrvTarget(port, target, iface.address, iface.address6)
+            record = Record(c.name, f"port {port}", None, None, srv)
+            for form in (
+                f"{label}.{c.service}",
+                f"{label}.{c.service}.{iface.network}",
+                f"{label}.{c.service}.{iface.network}.{stack}.{apex}",
+                f"{label}.{c.service}.{stack}.{apex}",
+            ):
+                yield netid, form.lower(), record, sick
+
+
+def _pointers_of(stack: str, c: ContainerPlan, apex: str) -> dict[str, Pointer]:
+    pointers: dict[str, Pointer] = {}
+    for iface in c.interfaces:
+        target = f"{c.name}.{iface.network}.{stack}.{apex}."
+        for address in (iface.address, iface.address6):
+            if address is not None:
+                pointers[address.reverse_pointer.lower()] = Pointer(
+                    address, (stack, iface.network), target
+                )
+    return pointers
+
+
+def _membership_of(stack: str, c: ContainerPlan) -> tuple[str, tuple[NetId, ...]]:
+    return f"{stack}/{c.name}", tuple((stack, i.network) for i in c.interfaces)
+
+
+def _addresses_of(c: ContainerPlan) -> list[Address]:
+    return [a for i in c.interfaces for a in (i.address, i.address6) if a is not None]
+
+
+_VIA_LINK = "link alias (seen by this container only)"
+_VIA_LOOPBACK = "own name of a container with no network (loopback)"
+
+
+def _extras(
+    plans: Sequence[StackPlan], pending: frozenset[tuple[str, str]] = frozenset()
+) -> dict[Address, dict[str, Entry]]:
+    """Requester-scoped names: link aliases (their not-healthy targets held), and
+    lo-only containers' own names."""
+    extras = _extra_entries(link_names(plans), _VIA_LINK)
+    if pending:
+        sick = {
+            a
+            for plan in plans
+            for c in plan.containers
+            if (plan.stack, c.name) in pending
+            for a in _addresses_of(c)
+        }
+        for table in extras.values():
+            for name, entry in table.items():
+                if any((r.v4 or r.v6) in sick for r in entry.records):
+                    table[name] = make_entry(
+                        [r for r in entry.records if (r.v4 or r.v6) not in sick],
+                        [r for r in entry.records if (r.v4 or r.v6) in sick],
+                    )
+    for requester, names in _extra_entries(loopback_names(plans), _VIA_LOOPBACK).items():
+        extras.setdefault(requester, {}).update(names)
+    return extras
+
+
+def _extra_entries(
+    extra: Mapping[Address, Mapping[str, Sequence[Address]]], via: str
+) -> dict[Address, dict[str, Entry]]:
+    return {
+        requester: {
+            n.lower().rstrip("."): make_entry(
+                Record(
+                    n,
+                    via,
+                    a if isinstance(a, IPv4Address) else None,
+                    a if isinstance(a, IPv6Address) else None,
+                )
+                for a in addrs
+            )
+            for n, addrs in table.items()
+        }
+        for requester, table in extra.items()
+    }
+
+
+def _views(
+    memberships: Mapping[Address, list[tuple[str, tuple[NetId, ...]]]],
+) -> dict[Address, View]:
+    """Requester address -> view; requesters with the same networks share one view id."""
+    ids: dict[tuple[NetId, ...], int] = {}
+    views: dict[Address, View] = {}
+    for address, owners in memberships.items():
+        # One address for two containers (overlapping subnets of two stacks) should not
+        # happen; if it does, the requester sees both sets of networks.
+        networks = tuple(dict.fromkeys(n for _, nets in owners for n in nets))
+        who = ", ".join(sorted({w for w, _ in owners}))
+        view_id = ids.setdefault(networks, len(ids))
+        views[address] = View(view_id, who, networks)
+    return views
+
+
+def _serial(
+    apex: str,
+    names: Mapping[NetId, Mapping[str, Entry]],
+    reverse: Mapping[str, Pointer],
+    extra: Mapping[Address, Mapping[str, Entry]],
+) -> int:
+    """A 32-bit serial that changes with the zone content (RFC 1982 arithmetic aside)."""
+    digest = hashlib.sha256(apex.encode())
+    for netid in sorted(names):
+        for name in sorted(names[netid]):
+            entry = names[netid][name]
+            digest.update(f"{netid}|{name}|{entry.v4}|{entry.v6}\n".encode())
+    for name in sorted(reverse):
+        digest.update(f"{name}|{reverse[name].target}\n".encode())
+    for requester in sorted(extra, key=str):
+        for name in sorted(extra[requester]):
+            entry = extra[requester][name]
+            digest.update(f"{requester}|{name}|{entry.v4}|{entry.v6}\n".encode())
+    return int.from_bytes(digest.digest()[:4], "big") or 1

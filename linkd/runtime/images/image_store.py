@@ -1,0 +1,518 @@
+"""The image store: load image archives, unpack their layers once, keep them by digest.
+
+Sources (what `docker save`, `podman save`, `skopeo copy ... oci:` and CI artifacts give):
+an OCI image layout directory, an OCI archive (a tar of such a directory), or a
+`docker save` archive (`manifest.json` + uncompressed layer tars). An archive with both
+`index.json` and `manifest.json` (Docker 25 and newer write both) is read as OCI.
+
+Layout (the root is /var/lib/linkd/images, or $LINKD_IMAGES):
+
+    <root>/lock                  flock: held by every change to the store
+    <root>/refs.json             {"v": 1, "refs": {NAME: IMAGE_ID}}, replaced atomically
+    <root>/images/<hex>.json     one image: its id (the config digest), its layers'
+                                 diff_ids bottom first, its raw config, its size
+    <root>/layers/<hex>/         one unpacked layer, named by its diff_id (the sha256 of
+                                 the uncompressed tar): shared by every image that has it
+    <root>/tmp/load-*/           a load in progress; renamed into layers/ when every
+                                 digest has been checked, removed if the load fails (and
+                                 by the next load if the process died)
+
+`layers/` and `tmp/` are 0700 (issue 14): a layer holds what the image's author chose,
+setuid files included, and only root may reach it. A layer's own directory stays 0755:
+overlayfs shows it as the image's `/` when it is mounted without an upper layer.
+
+Layers are kept in overlayfs's own format, ready to be stacked as lower directories
+without copying: a whiteout `.wh.NAME` becomes a character device 0/0 named NAME, an
+opaque marker `.wh..wh..opq` becomes the `trusted.overlay.opaque=y` xattr on its
+directory. (Flattening each image into one tree would cost a copy per image and lose the
+sharing of layers.) Both need root, which linkd has.
+
+Every blob is verified before it is used: the config and manifests against their
+descriptors as they are read, each layer against its descriptor (the compressed blob,
+digest and size) and against the config's diff_id (the uncompressed tar) while it is
+copied as a plain tar into the store's tmp/; only then is that copy unpacked, into the
+load's private directory, and the layers are renamed into layers/ once all of them passed
+(`linkd.runtime.images.layers` says why in this order, and how unpacking cannot leave its
+directory). What one load may unpack is bounded by `linkd.core.image_format.Limits`, read from
+the environment (`LINKD_IMAGE_MAX_*`) at each load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from linkd.core import image_format as fmt
+from linkd.core.image_config import with_images
+from linkd.core.image_format import Descriptor, ImageConfig
+from linkd.core.model import Stack
+from linkd.errors import ImageError, NotFoundError
+from linkd.runtime.images.layers import (
+    BoundedTarInfo,
+    Budget,
+    TarRefused,
+    check_digest,
+    unpack_layer,
+    verify_layer,
+)
+from linkd.runtime.stack.store import locked, write_atomic
+
+DEFAULT_ROOT = "/var/lib/linkd/images"
+ROOT_ENV = "LINKD_IMAGES"
+_JSON_LIMIT = 8 << 20  # manifests and configs are small; refuse to read more
+
+
+def root() -> Path:
+    return Path(os.environ.get(ROOT_ENV) or DEFAULT_ROOT)
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """An image in the store: `layers` are diff_ids, bottom first."""
+
+    id: str
+    names: tuple[str, ...]
+    layers: tuple[str, ...]
+    config: ImageConfig
+    size: int
+
+    def layer_dirs(self, store_root: Path) -> list[Path]:
+        """The unpacked layers, top first (the order of overlayfs's lowerdir)."""
+        return [layer_dir(store_root, d) for d in reversed(self.layers)]
+
+
+def layer_dir(store_root: Path, diff_id: str) -> Path:
+    return store_root / "layers" / diff_id.partition(":")[2]
+
+
+# -- reading sources ------------------------------------------------------------------
+
+
+class _Source:
+    """Files of a layout directory or an archive, by normalized relative name."""
+
+    label: str
+
+    def names(self) -> set[str]:
+        raise NotImplementedError
+
+    def open(self, name: str) -> IO[bytes]:
+        raise NotImplementedError
+
+    def size(self, name: str) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def read(self, name: str, entry: str) -> bytes:
+        if name not in self.names():
+            raise ImageError(self.label, entry, "missing blob", f"{name} is not in the image")
+        with self.open(name) as f:
+            data = f.read(_JSON_LIMIT + 1)
+        if len(data) > _JSON_LIMIT:
+            raise ImageError(self.label, entry, "size", f"{name} is larger than 8 MiB")
+        return data
+
+
+class _DirSource(_Source):
+    def __init__(self, path: Path, label: str) -> None:
+        self.path = path
+        self.label = label
+        self._names = {
+            str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and not p.is_symlink()
+        }
+
+    def names(self) -> set[str]:
+        return self._names
+
+    def open(self, name: str) -> IO[bytes]:
+        fd = os.open(self.path / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        return os.fdopen(fd, "rb")
+
+    def size(self, name: str) -> int:
+        return os.stat(self.path / name, follow_symlinks=False).st_size
+
+
+class _TarSource(_Source):
+    def __init__(self, path: Path, label: str, limits: fmt.Limits) -> None:
+        self.label = label
+        try:
+            # The bounded parser: an archive's extended headers are held to a size too.
+            self.tar = tarfile.open(path, "r:*", tarinfo=BoundedTarInfo)  # noqa: SIM115
+            listed: list[tarfile.TarInfo] = []
+            while (member := self.tar.next()) is not None:
+                listed.append(member)
+                if len(listed) > limits.entries:
+                    raise fmt.over_limit(label, str(path), "entries",
+                                         "the archive holds at least", len(listed), limits)
+        except TarRefused as exc:
+            raise ImageError(label, str(path), exc.rule, exc.detail) from None
+        except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+            raise ImageError(label, str(path), "format", f"not a tar archive: {exc}") from None
+        self.members: dict[str, tarfile.TarInfo] = {}
+        links: dict[str, str] = {}
+        for m in listed:
+            name = fmt.archive_member(label, m.name)
+            if m.isfile():
+                self.members[name] = m
+            elif m.issym() or m.islnk():
+                # `docker save` (before 25) links a layer shared by two images.
+                base = os.path.dirname(name) if m.issym() else ""
+                target = fmt.archive_member(label, os.path.normpath(
+                    os.path.join(base, m.linkname)) if m.issym() else m.linkname)
+                links[name] = target
+        for name, target in links.items():
+            if target in self.members:
+                self.members[name] = self.members[target]
+
+    def names(self) -> set[str]:
+        return set(self.members)
+
+    def open(self, name: str) -> IO[bytes]:
+        f = self.tar.extractfile(self.members[name])
+        assert f is not None
+        return f
+
+    def size(self, name: str) -> int:
+        return self.members[name].size
+
+    def close(self) -> None:
+        self.tar.close()
+
+
+def _open_source(path: Path, label: str, limits: fmt.Limits) -> _Source:
+    if path.is_dir():
+        return _DirSource(path, label)
+    if path.is_file():
+        return _TarSource(path, label, limits)
+    raise NotFoundError(f"image {label}: no such file or directory")
+
+
+def _read_blob(src: _Source, desc: Descriptor, entry: str) -> bytes:
+    data = src.read(fmt.blob_path(desc.digest), entry)
+    check_digest(src.label, entry, "sha256:" + hashlib.sha256(data).hexdigest(), desc.digest)
+    if len(data) != desc.size:
+        raise ImageError(src.label, entry, "size mismatch",
+                         f"{len(data)} bytes, the descriptor says {desc.size}")
+    return data
+
+
+# -- the plan of a load: which config and layers, from which members -------------------
+
+
+@dataclass(frozen=True)
+class _Layer:
+    member: str
+    blob_digest: str | None  # None: a docker-save layer.tar named by no digest
+    size: int | None
+    diff_id: str
+
+
+@dataclass(frozen=True)
+class _Plan:
+    config_raw: bytes
+    config: ImageConfig
+    layers: tuple[_Layer, ...]
+    name: str
+
+
+def _plan_oci(src: _Source, source: str, name: str | None, machine: fmt.Platform) -> _Plan:
+    label = src.label
+    fmt.parse_layout_marker(label, src.read("oci-layout", "oci-layout"))
+    index_raw = src.read("index.json", "index.json")
+    descriptors = fmt.parse_index(label, "index.json", index_raw)
+    # Which blobs are referenced at all (every manifest present, any platform).
+    referenced: set[str] = set()
+    todo = list(fmt.referenced_digests(index_raw))
+    present = src.names()
+    while todo:
+        digest = todo.pop()
+        if digest in referenced:
+            continue
+        referenced.add(digest)
+        path = fmt.blob_path(digest)
+        if path in present:
+            with src.open(path) as f:
+                head = f.read(1)
+                if head == b"{":  # a JSON document (a manifest or an index)
+                    todo += fmt.referenced_digests(head + f.read(_JSON_LIMIT))
+    for blob in sorted(n for n in present if n.startswith("blobs/")):
+        alg, _, hexpart = blob[len("blobs/"):].partition("/")
+        if f"{alg}:{hexpart}" not in referenced:
+            raise ImageError(label, blob, "extra blob", "no manifest refers to it")
+    # Down the index to one manifest for this machine.
+    chosen = fmt.select_manifest(label, descriptors, machine)
+    entry = f"manifest {chosen.digest}"
+    while chosen.media_type in fmt.INDEX_TYPES:
+        nested = fmt.parse_index(label, entry, _read_blob(src, chosen, entry))
+        chosen = fmt.select_manifest(label, nested, machine)
+        entry = f"manifest {chosen.digest}"
+    manifest = fmt.parse_manifest(label, entry, _read_blob(src, chosen, entry))
+    config_raw = _read_blob(src, manifest.config, f"config {manifest.config.digest}")
+    config = fmt.parse_config(label, f"config {manifest.config.digest}", config_raw)
+    fmt.check_platform(label, f"config {manifest.config.digest}", config, machine)
+    fmt.check_layers(label, config, len(manifest.layers))
+    layers = []
+    for desc, diff_id in zip(manifest.layers, config.diff_ids, strict=True):
+        path = fmt.blob_path(desc.digest)
+        if path not in present:
+            raise ImageError(label, f"layer {desc.digest}", "missing blob",
+                             f"{path} is not in the image")
+        layers.append(_Layer(path, desc.digest, desc.size, diff_id))
+    ref = chosen.ref_name or next((d.ref_name for d in descriptors if d.ref_name), "")
+    if name is None:
+        full = ref if (":" in ref or "/" in ref) else ""
+        name = fmt.default_name((full,), source, "" if full else ref)
+    return _Plan(config_raw, config, tuple(layers), fmt.check_name(name))
+
+
+def _plan_save(src: _Source, source: str, name: str | None, machine: fmt.Platform) -> _Plan:
+    label = src.label
+    entries = fmt.parse_save_manifest(label, src.read("manifest.json", "manifest.json"))
+    if name is not None:
+        wanted = fmt.check_name(name)
+        chosen = [e for e in entries if wanted in e.repo_tags] or (
+            list(entries) if len(entries) == 1 else [])
+    else:
+        chosen = list(entries)
+    if len(chosen) != 1:
+        tags = ", ".join(t for e in entries for t in e.repo_tags) or "untagged"
+        raise ImageError(label, "manifest.json", "one image",
+                         f"the archive holds {len(entries)} images ({tags}): name one with --name")
+    save = chosen[0]
+    present = src.names()
+    referenced = {m for e in entries for m in (e.config, *e.layers)}
+    for member in sorted(present):
+        if (member.startswith("blobs/") or member.endswith("/layer.tar")) and (
+                member not in referenced):
+            raise ImageError(label, member, "extra blob", "manifest.json does not refer to it")
+    config_raw = src.read(save.config, save.config)
+    stem = os.path.basename(save.config).removesuffix(".json")
+    want = f"sha256:{stem}"
+    fmt.check_digest(label, save.config, want)  # the file name must carry the digest
+    check_digest(label, save.config, "sha256:" + hashlib.sha256(config_raw).hexdigest(), want)
+    config = fmt.parse_config(label, save.config, config_raw)
+    fmt.check_platform(label, save.config, config, machine)
+    fmt.check_layers(label, config, len(save.layers))
+    layers = []
+    for member, diff_id in zip(save.layers, config.diff_ids, strict=True):
+        if member not in present:
+            raise ImageError(label, member, "missing blob", "the layer is not in the archive")
+        blob = None
+        if member.startswith("blobs/sha256/"):
+            blob = fmt.check_digest(label, member, "sha256:" + member.rsplit("/", 1)[1])
+        layers.append(_Layer(member, blob, None, diff_id))
+    if name is None:
+        name = fmt.default_name(save.repo_tags, source)
+    return _Plan(config_raw, config, tuple(layers), fmt.check_name(name))
+
+
+def _unpack(src: _Source, layer: _Layer, budget: Budget, work: Path,
+            dest: Path | None) -> int:
+    """Verify one layer (blob and diff_id) and, if `dest` is given, unpack the verified
+    copy there (`linkd.runtime.images.layers`). Returns the size of the uncompressed tar."""
+    name = layer.blob_digest or layer.member
+    size = layer.size if layer.size is not None else src.size(layer.member)
+    with contextlib.ExitStack() as stack:
+        # Unlinked (O_TMPFILE), in the store's 0700 tmp/: nothing to clean up, no one
+        # else can reach it between the check and the unpacking.
+        copy = None if dest is None else stack.enter_context(
+            tempfile.TemporaryFile(dir=work))
+        stream = stack.enter_context(src.open(layer.member))
+        tar_size = verify_layer(budget, name, stream, blob_digest=layer.blob_digest,
+                                size=size, diff_id=layer.diff_id, keep=copy)
+        if copy is not None and dest is not None:
+            copy.seek(0)
+            unpack_layer(budget, name, copy, dest, size)
+        return tar_size
+
+
+# -- the store -------------------------------------------------------------------------
+
+
+class ImageStore:
+    """Images by name; every change happens under `<root>/lock`."""
+
+    def __init__(self, store_root: Path | None = None) -> None:
+        self.root = store_root or root()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with locked(self.root / "lock"):
+            yield
+
+    def _private_dir(self, name: str) -> Path:
+        """`<root>/<name>`, made 0700 (and made so if an older linkd left it 0755)."""
+        path = self.root / name
+        path.mkdir(exist_ok=True, mode=0o700)
+        os.chmod(path, 0o700, follow_symlinks=False)
+        return path
+
+    def _refs(self) -> dict[str, str]:
+        try:
+            doc = json.loads((self.root / "refs.json").read_bytes())
+        except FileNotFoundError:
+            return {}
+        refs = doc.get("refs", {})
+        return {str(k): str(v) for k, v in refs.items()}
+
+    def _save_refs(self, refs: dict[str, str]) -> None:
+        write_atomic(self.root / "refs.json",
+                     json.dumps({"v": 1, "refs": refs}, indent=1, sort_keys=True).encode())
+
+    def _record(self, image_id: str, names: tuple[str, ...]) -> StoredImage:
+        path = self.root / "images" / (image_id.partition(":")[2] + ".json")
+        doc = json.loads(path.read_bytes())
+        raw = doc["config"].encode()
+        return StoredImage(
+            id=image_id, names=names, layers=tuple(doc["layers"]),
+            config=fmt.parse_config(image_id, "config", raw), size=int(doc["size"]),
+        )
+
+    def list(self) -> list[StoredImage]:
+        by_id: dict[str, list[str]] = {}
+        for name, image_id in sorted(self._refs().items()):
+            by_id.setdefault(image_id, []).append(name)
+        return [self._record(i, tuple(n)) for i, n in by_id.items()]
+
+    def get(self, name: str) -> StoredImage:
+        refs = self._refs()
+        if name.startswith("sha256:") and name in refs.values():
+            return self._record(name, tuple(n for n, i in refs.items() if i == name))
+        key = name if name in refs else (name + ":latest" if ":" not in name else name)
+        if key not in refs:
+            raise NotFoundError(f"image {name} is not in the store ({self.root}): "
+                                f"load it with `linkd image load FILE`")
+        image_id = refs[key]
+        return self._record(image_id, tuple(n for n, i in refs.items() if i == image_id))
+
+    def load(self, source: str | os.PathLike[str], name: str | None = None,
+             machine: str | None = None, limits: fmt.Limits | None = None) -> StoredImage:
+        """Load an image from a layout directory or archive; returns it as stored.
+        `limits` default to the environment's (`LINKD_IMAGE_MAX_*`)."""
+        path = Path(source)
+        label = str(source)
+        target = fmt.machine_platform(machine or platform.machine())
+        limits = limits or fmt.limits_from_env(os.environ)
+        src = _open_source(path, label, limits)
+        try:
+            with self._locked():
+                # A dead process's load: shutil.rmtree works by descriptors and follows
+                # no symlink in what it removes.
+                shutil.rmtree(self.root / "tmp", ignore_errors=True)
+                tmp_root = self._private_dir("tmp")
+                work = Path(tempfile.mkdtemp(prefix="load-", dir=tmp_root))
+                try:
+                    return self._load(src, label, name, target, work, Budget(label, limits))
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
+        finally:
+            src.close()
+
+    def _load(self, src: _Source, label: str, name: str | None, machine: fmt.Platform,
+              work: Path, budget: Budget) -> StoredImage:
+        names = src.names()
+        if "index.json" in names:
+            plan = _plan_oci(src, label, name, machine)
+        elif "manifest.json" in names:
+            plan = _plan_save(src, label, name, machine)
+        else:
+            raise ImageError(label, "index.json", "format",
+                             "neither an OCI layout (index.json) nor a docker save "
+                             "archive (manifest.json)")
+        fresh: list[tuple[Path, Path]] = []
+        size = 0
+        for n, layer in enumerate(plan.layers):
+            final = layer_dir(self.root, layer.diff_id)
+            dest = None if final.is_dir() else work / str(n)
+            size += _unpack(src, layer, budget, work, dest)
+            if dest is not None:
+                fresh.append((dest, final))
+        # Every digest held: move the new layers in, then the record, then the name.
+        self._private_dir("layers")
+        for dest, final in fresh:
+            with contextlib.suppress(FileExistsError, OSError):
+                os.rename(dest, final)
+        image_id = "sha256:" + hashlib.sha256(plan.config_raw).hexdigest()
+        (self.root / "images").mkdir(exist_ok=True)
+        record = {"v": 1, "id": image_id, "layers": list(plan.config.diff_ids),
+                  "config": plan.config_raw.decode(), "size": size,
+                  "loaded": int(time.time())}
+        write_atomic(self.root / "images" / (image_id.partition(":")[2] + ".json"),
+                     json.dumps(record).encode())
+        refs = self._refs()
+        refs[plan.name] = image_id
+        self._save_refs(refs)
+        return self._record(image_id, tuple(n for n, i in refs.items() if i == image_id))
+
+    def remove(self, name: str) -> StoredImage:
+        """Forget a name; the image and layers nothing else uses go with it."""
+        with self._locked():
+            image = self.get(name)
+            refs = self._refs()
+            key = name if name in refs else name + ":latest"
+            del refs[key]
+            self._save_refs(refs)
+            self._collect(refs)
+            return image
+
+    def _collect(self, refs: dict[str, str]) -> None:
+        """Remove image records no name points at, then layers no image uses."""
+        live = set(refs.values())
+        keep: set[str] = set()
+        images = self.root / "images"
+        for record in images.glob("*.json") if images.is_dir() else []:
+            image_id = "sha256:" + record.stem
+            if image_id not in live:
+                record.unlink()
+                continue
+            keep.update(json.loads(record.read_bytes())["layers"])
+        layers = self.root / "layers"
+        for d in layers.iterdir() if layers.is_dir() else []:
+            if "sha256:" + d.name not in keep:
+                shutil.rmtree(d)
+
+    def resolve(self, ref: str, base: Path | None = None) -> StoredImage:
+        """`image:` of a stack file: a path to a layout or archive (loaded, and stored
+        under its own name), else a name in the store."""
+        path = Path(ref) if base is None else base / ref
+        if path.exists():
+            return self.load(path)
+        return self.get(ref)
+
+
+def resolve_stack(stack: Stack, base: Path, store: ImageStore | None = None, *,
+                  load: bool = True) -> Stack:
+    """`stack` with its image-based services merged with their images' configs
+    (`linkd.core.image_config`); paths (relative to `base`, the stack file's directory) are
+    loaded into the store first. `image:` becomes the image id. With `load` False (a
+    preview: `linkd env` of a stack that is not up), only names already in the store are
+    merged and everything else is left as written."""
+    refs = {s.image for s in stack.services if s.image is not None}
+    if not refs:
+        return stack
+    images = store or ImageStore()
+    resolved = {}
+    for ref in sorted(refs):
+        if not load:
+            try:
+                image = images.get(ref)
+            except (NotFoundError, OSError, ValueError):
+                continue
+        else:
+            image = images.resolve(ref, base)
+        resolved[ref] = (image.id, image.config)
+    return with_images(stack, resolved)
