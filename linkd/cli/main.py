@@ -312,9 +312,9 @@ def dry_plan(stack: Stack, file: Path) -> StackPlan:
     """The stack planned on subnets picked as if nothing else were up: it proves the
     links and conventions render (so `up -d` fails here, not in the background), and
     shows provisional addresses for a stack that is not up."""
-    from linkd.conventions.render import load_conventions
     from linkd.core import ipam
     from linkd.core.plan import realize
+    from linkd.runtime.stack.conventions import load_conventions
 
     base = file.resolve().parent
     subnets = ipam.pick_subnets(stack.networks, [])

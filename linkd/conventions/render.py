@@ -1,6 +1,6 @@
 """Rendering conventions: (consumer, linked peers) -> environment variables and hosts lines.
 
-A convention (`linkd.conventions.schema` documents the file format and loads it) is data;
+A convention (`linkd.conventions.schema` documents the file format and parses it) is data;
 this module is the one pure function that applies it: `render(convention, linker, links)`.
 Each `LinkTarget` is one link as the consumer sees it: the alias, the peer's service and
 container, its addresses, ports and environment, and the consumer's per-link choices (the
@@ -21,24 +21,22 @@ Rules that are linkd's own, not the conventions':
 - Explicit `environment` always wins: `apply(rendered, explicit)`.
 
 Built-in conventions live in `conventions/` at the source tree's root and ship inside the
-package as `linkd/builtin_conventions/`; `builtin(name)` loads one by name.
+package as `linkd/builtin_conventions/`; the shell reads them and the stack's own
+convention files (`linkd.runtime.stack.conventions`) and hands them to the planner.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import functools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
-from pathlib import Path
 
-from linkd.conventions.schema import Convention, Field, Template, load_convention, parse_template
+from linkd.conventions.schema import Convention, Field, Template, parse_template
 from linkd.core.model import PortSpec, Protocol, Stack
 from linkd.errors import ConventionError
 
 __all__ = [
-    "BUILTIN_DIR",
     "DEFAULT",
     "NEVER_PROPAGATED",
     "Convention",
@@ -46,18 +44,11 @@ __all__ = [
     "Rendered",
     "Variable",
     "apply",
-    "builtin",
-    "builtin_names",
     "combine",
-    "load_convention",
-    "load_conventions",
     "references",
     "render",
 ]
 
-# A symlink to the repository's top-level conventions/ in a checkout; a real directory of
-# package data in a wheel or sdist (setuptools copies through the link). One path for both.
-BUILTIN_DIR = Path(__file__).resolve().parents[1] / "builtin_conventions"
 DEFAULT = "linkd"
 NEVER_PROPAGATED = frozenset({"HOME", "PATH"})
 
@@ -119,32 +110,7 @@ class _Missing(Exception):
     """A template needs something the link does not have; the message says what."""
 
 
-# --- built-in conventions -------------------------------------------------------------------
-
-
-def builtin_names(directory: Path = BUILTIN_DIR) -> tuple[str, ...]:
-    if not directory.is_dir():
-        raise _no_directory(directory)
-    return tuple(sorted(p.stem for p in directory.glob("*.yaml")))
-
-
-@functools.cache
-def builtin(name: str, directory: Path = BUILTIN_DIR) -> Convention:
-    """The built-in convention `name` (cached: the files ship with linkd)."""
-    known = builtin_names(directory)
-    if name not in known:
-        raise ConventionError(
-            [("(file)", None, f"no built-in convention {name!r} (built in: "
-              f"{', '.join(known)}); to use your own, give the path of its file")],
-            str(directory),
-        )  # fmt: skip
-    convention = load_convention(directory / f"{name}.yaml")
-    if convention.name != name:
-        raise ConventionError(
-            [("name", None, f"is {convention.name!r}, but the file is {name}.yaml")],
-            convention.source,
-        )
-    return convention
+# --- what a stack names ------------------------------------------------------------------
 
 
 def references(stack: Stack) -> tuple[str, ...]:
@@ -157,38 +123,6 @@ def references(stack: Stack) -> tuple[str, ...]:
             if settings.urls:
                 refs.append("urls")
     return tuple(dict.fromkeys(refs))
-
-
-def load_conventions(stack: Stack, base: Path) -> dict[str, Convention]:
-    """Every convention the stack names, loaded and checked: files relative to `base`
-    (the stack file's directory), built-ins by name. One error lists every problem."""
-    loaded: dict[str, Convention] = {}
-    problems: list[Problem] = []
-    for ref in references(stack):
-        try:
-            if ref.endswith((".yaml", ".yml")):
-                path = Path(ref) if Path(ref).is_absolute() else base / ref
-                if not path.is_file():
-                    message = f"no convention file {ref} (looked for {path})"
-                    problems.append(("x-linkd.conventions", None, message))
-                    continue
-                loaded[ref] = load_convention(path)
-            else:
-                loaded[ref] = builtin(ref)
-        except ConventionError as exc:
-            problems += [(f"{exc.source or ref}: {k}", line, m) for k, line, m in exc.problems]
-    if problems:
-        raise ConventionError(problems)
-    return loaded
-
-
-def _no_directory(directory: Path) -> ConventionError:
-    return ConventionError(
-        [("(file)", None, "the built-in conventions directory is missing from the linkd "
-          "package (linkd/builtin_conventions): reinstall linkd from a wheel or sdist; or "
-          "give a convention file's path")],
-        str(directory),
-    )  # fmt: skip
 
 
 # --- rendering ------------------------------------------------------------------------------

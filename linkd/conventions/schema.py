@@ -57,7 +57,6 @@ import difflib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import yaml
@@ -73,7 +72,7 @@ __all__ = [
     "Field",
     "NameRule",
     "Template",
-    "load_convention",
+    "parse_convention",
     "parse_template",
 ]
 
@@ -204,36 +203,15 @@ class Convention:
     description: str = ""
 
 
-# --- loading --------------------------------------------------------------------------------
-
-_MAX_BYTES = 1 << 20  # as for stack and env files (linkd.files)
+# --- parsing --------------------------------------------------------------------------------
 
 
-def load_convention(source: Path | str, origin: str | None = None) -> Convention:
-    """A convention from a file (a `Path`) or from YAML text (a `str`).
+def parse_convention(text: str, origin: str = "<text>") -> Convention:
+    """A convention from its YAML text; `origin` (a file's path, say) names it in messages.
 
-    `origin` names text in messages (default `<text>`). Raises `ConventionError` listing
-    every problem; reading the file is this module's only I/O.
+    Raises `ConventionError` listing every problem. Reading a convention's file is the
+    shell's job (`linkd.runtime.stack.conventions`): this package reads no files.
     """
-    if isinstance(source, Path):
-        origin = origin or str(source)
-        try:  # the caller (load_conventions) has checked it is a regular file
-            with source.open("rb") as file:
-                data = file.read(_MAX_BYTES + 1)
-            if len(data) > _MAX_BYTES:
-                raise ConventionError(
-                    [("(file)", None, f"larger than {_MAX_BYTES} bytes, linkd's limit")], origin
-                )
-            text = data.decode("utf-8")
-        except OSError as exc:
-            problem: Problem = ("(file)", None, f"cannot read: {exc.strerror}")
-            raise ConventionError([problem], origin) from None
-        except UnicodeDecodeError as exc:
-            line = data[: exc.start].count(b"\n") + 1
-            problem = ("(file)", line, f"not UTF-8 text (byte 0x{data[exc.start]:02x})")
-            raise ConventionError([problem], origin) from None
-    else:
-        origin, text = origin or "<text>", source
     loader = _Loader(origin)
     convention = loader.convention(text)
     if loader.problems or convention is None:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
-from linkd.conventions.render import Convention, LinkTarget, builtin, combine, render
+from linkd.conventions.render import Convention, LinkTarget, combine, render
 from linkd.core import ipam, names
 from linkd.core.model import (
     Dependency,
@@ -128,8 +128,9 @@ def realize(
     commands from the host's filesystem, the stack file's directory, so that a command
     like `python3 api.py` finds its script as it would in a shell there.
 
-    `conventions` are the convention files the stack names by path, loaded by the caller
-    (`linkd.conventions.render.load_conventions`); built-in names are looked up as needed.
+    `conventions` are every convention the stack's links use, built-in ones by name and
+    files by path, read by the caller (`linkd.runtime.stack.conventions.load_conventions`):
+    planning reads no files.
     `lease` (the stack's last addresses) keeps containers at the addresses they had.
     """
     networks = tuple(_network_plan(stack, n.name, subnets[n.name]) for n in stack.networks)
@@ -315,11 +316,10 @@ def _resolver(loaded: Mapping[str, Convention]) -> Callable[[str], Convention]:
     def resolve(ref: str) -> Convention:
         if ref in loaded:
             return loaded[ref]
-        if ref.endswith((".yaml", ".yml")):
-            raise ConventionError(
-                [("x-linkd", None, f"convention file {ref} was not loaded before planning")]
-            )
-        return builtin(ref)
+        kind = "file" if ref.endswith((".yaml", ".yml")) else "built-in"
+        raise ConventionError(
+            [("x-linkd", None, f"convention {kind} {ref} was not loaded before planning")]
+        )
 
     return resolve
 

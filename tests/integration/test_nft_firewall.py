@@ -37,12 +37,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from linkd.core import firewall, nftables
-from linkd.core.plan import StackPlan, realize
+from linkd.core.plan import StackPlan
 from linkd.errors import KernelError
 from linkd.runtime.kernel import firewall as runtime_firewall
 from linkd.runtime.kernel import nft
 from linkd.runtime.stack import store
 from linkd.spec.stack_file import parse_stack
+from tests.planning import realize
 from tests.simhost import simulated_host
 from tests.unit.test_nft_encoding import GOLDEN, expressions
 

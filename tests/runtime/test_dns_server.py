@@ -18,7 +18,7 @@ import pytest
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 
 from linkd.core.model import Attachment, Network, Service, Stack
-from linkd.core.plan import StackPlan, realize
+from linkd.core.plan import StackPlan
 from linkd.dns.zone import Zone, build_zone
 from linkd.runtime.stack.dns_server import (
     DnsServer,
@@ -26,6 +26,7 @@ from linkd.runtime.stack.dns_server import (
     error_reply,
     upstreams_from_resolv_conf,
 )
+from tests.planning import realize
 
 CMD = ("sleep", "60")
 SUBNETS = {"front": IPv4Network("10.87.0.0/24")}

@@ -20,9 +20,9 @@ from dnslib import DNSRecord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from linkd.core.plan import realize
 from linkd.dns.zone import build_zone
 from linkd.runtime.stack.dns_server import DnsServer
+from tests.planning import realize
 from tests.runtime.test_dns_server import SUBNETS, addr, stack, web_addresses
 
 PLAN = realize(stack(3), SUBNETS)

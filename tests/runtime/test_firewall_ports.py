@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 
 from linkd.core import firewall
-from linkd.core.plan import StackPlan, realize
+from linkd.core.plan import StackPlan
 from linkd.core.state import StackState
 from linkd.errors import ConflictError
 from linkd.runtime.kernel import firewall as runtime_firewall
 from linkd.runtime.stack import store
 from linkd.spec.stack_file import parse_stack
+from tests.planning import realize
 
 
 def plan_of(ports: str, name: str = "shop", subnet: str = "10.87.0.0/24") -> StackPlan:

@@ -14,20 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from linkd.conventions.render import (
-    BUILTIN_DIR,
-    LinkTarget,
-    Rendered,
-    Variable,
-    apply,
-    builtin,
-    builtin_names,
-    combine,
-    load_convention,
-    render,
-)
+from linkd.conventions.render import LinkTarget, Rendered, Variable, apply, combine, render
+from linkd.conventions.schema import parse_convention
 from linkd.core.model import PortSpec, Protocol
 from linkd.errors import ConventionError, LinkdError
+from linkd.runtime.stack.conventions import BUILTIN_DIR, builtin, builtin_names, read_convention
 
 ADDR = "172.17.0.2"
 
@@ -415,7 +406,7 @@ def test_a_new_convention_from_a_user_file_needs_no_code(tmp_path: Path) -> None
           - "{addr6}\t{Alias}.svc"
         """)
     )
-    convention = load_convention(path)
+    convention = read_convention(path)
     target = link("My_DB", port(5432, name="pg"), env=(("POSTGRES_DB", "shop"),))
     rendered = render(convention, "app-1", [target])
     assert rendered.env == {
@@ -428,7 +419,7 @@ def test_a_new_convention_from_a_user_file_needs_no_code(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("name", ["docker-links", "kubernetes", "linkd", "urls"])
 def test_builtin_files_load_and_are_named_after_their_file(name: str) -> None:
-    convention = load_convention(BUILTIN_DIR / f"{name}.yaml")
+    convention = read_convention(BUILTIN_DIR / f"{name}.yaml")
     assert convention.name == name and convention.description
 
 
@@ -514,7 +505,7 @@ GOOD_HEAD = "name: t\nversion: 1\n"
 )
 def test_bad_convention_files(body: str, key: str, line: int, fragment: str) -> None:
     with pytest.raises(ConventionError) as caught:
-        load_convention(GOOD_HEAD + body, "bad.yaml")
+        parse_convention(GOOD_HEAD + body, "bad.yaml")
     problems = caught.value.problems
     assert [(k, n) for k, n, _ in problems] == [(key, line)], problems
     assert fragment in problems[0][2]
@@ -536,7 +527,7 @@ def test_bad_convention_files(body: str, key: str, line: int, fragment: str) -> 
 )
 def test_bad_convention_file_tops(text: str, key: str, fragment: str) -> None:
     with pytest.raises(ConventionError) as caught:
-        load_convention(text, "bad.yaml")
+        parse_convention(text, "bad.yaml")
     assert caught.value.problems[0][0] == key
     assert fragment in caught.value.problems[0][2]
 
@@ -544,7 +535,7 @@ def test_bad_convention_file_tops(text: str, key: str, fragment: str) -> None:
 def test_every_problem_is_reported_at_once() -> None:
     text = GOOD_HEAD + "ports: {order: x}\nvariables:\n  - each: nope\n    set: {}\nextra: 1\n"
     with pytest.raises(ConventionError) as caught:
-        load_convention(text, "bad.yaml")
+        parse_convention(text, "bad.yaml")
     assert {k for k, _, _ in caught.value.problems} == {"ports.order", "variables[0].each", "extra"}
 
 
@@ -552,6 +543,28 @@ def test_a_bad_file_is_named_by_its_path(tmp_path: Path) -> None:
     path = tmp_path / "mine.yaml"
     path.write_text('name: mine\nversion: 1\nhosts: ["{adr}"]\n')
     with pytest.raises(ConventionError, match=f"^{path}: hosts\\[0\\] \\(line 3\\): unknown"):
-        load_convention(path)
+        read_convention(path)
     with pytest.raises(ConventionError, match="cannot read"):
-        load_convention(tmp_path / "absent.yaml")
+        read_convention(tmp_path / "absent.yaml")
+
+
+def test_planning_reads_no_conventions_it_was_not_given() -> None:
+    from ipaddress import IPv4Network
+
+    from linkd.core.model import Attachment, Link, Network, Service, Stack
+    from linkd.core.plan import realize
+
+    on = (Attachment("default"),)
+    stack = Stack(
+        name="s",
+        services=(
+            Service("db", command=("sleep", "1"), networks=on),
+            Service("web", command=("sleep", "1"), networks=on, links=(Link("db", "db"),)),
+        ),
+        networks=(Network("default"),),
+    )
+    with pytest.raises(ConventionError, match="convention built-in linkd was not loaded"):
+        realize(stack, {"default": IPv4Network("10.87.0.0/24")})
+    subnets = {"default": IPv4Network("10.87.0.0/24")}
+    plan = realize(stack, subnets, conventions={"linkd": builtin("linkd")})
+    assert dict(plan.container("web-1").env)["LINKD_DB_HOST"] == "10.87.0.2"

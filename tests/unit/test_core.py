@@ -9,7 +9,7 @@ import pytest
 from linkd.core import ipam, names, restart, state
 from linkd.core.hosts import hosts_file
 from linkd.core.model import Attachment, Dependency, Link, Network, RestartPolicy, Service, Stack
-from linkd.core.plan import realize, start_waves
+from linkd.core.plan import start_waves
 from linkd.core.reconcile import (
     ConfigureNetns,
     EnsureBridge,
@@ -26,6 +26,7 @@ from linkd.core.reconcile import (
     plan_up,
 )
 from linkd.errors import ConflictError, SpecError
+from tests.planning import realize
 
 CMD = ("sleep", "60")
 

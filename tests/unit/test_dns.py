@@ -8,9 +8,10 @@ import pytest
 from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
 
 from linkd.core.model import Attachment, Network, Service, Stack
-from linkd.core.plan import StackPlan, realize
+from linkd.core.plan import StackPlan
 from linkd.dns.answers import Answered, Drop, Forward, Reply, answer, explain
 from linkd.dns.zone import Zone, build_zone, network_aliases
+from tests.planning import realize
 
 CMD = ("sleep", "60")
 SUBNETS = {"front": IPv4Network("10.87.0.0/24"), "back": IPv4Network("10.87.1.0/24")}

@@ -8,9 +8,9 @@ from dnslib import DNSRecord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from linkd.core.plan import realize
 from linkd.dns.answers import Answered, Drop, Forward, answer
 from linkd.dns.zone import build_zone
+from tests.planning import realize
 from tests.unit.test_dns import SUBNETS, addr, shop
 
 PLAN = realize(shop(), SUBNETS)

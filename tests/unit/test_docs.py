@@ -36,7 +36,7 @@ def yaml_blocks(page: str) -> list[str]:
 def test_the_conventions_example_gives_what_it_says() -> None:
     from ipaddress import IPv4Network
 
-    from linkd.core.plan import realize
+    from tests.planning import realize
 
     blocks = yaml_blocks("conventions.md")
     (example,) = [b for b in blocks if "conventions:" in b and "services:" in b]

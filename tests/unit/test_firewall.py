@@ -9,9 +9,10 @@ from ipaddress import IPv4Network
 import pytest
 
 from linkd.core import firewall, nftables
-from linkd.core.plan import StackPlan, realize
+from linkd.core.plan import StackPlan
 from linkd.errors import ConflictError, SpecError
 from linkd.spec.stack_file import parse_stack
+from tests.planning import realize
 
 SUBNETS = {
     "front": IPv4Network("10.87.0.0/24"),

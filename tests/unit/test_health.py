@@ -12,9 +12,10 @@ from linkd.core import health
 from linkd.core.health import Health, Peer, Probe
 from linkd.core.hosts import hosts_file
 from linkd.core.model import Attachment, Healthcheck, Link, Network, PortSpec, Service, Stack
-from linkd.core.plan import StackPlan, realize
+from linkd.core.plan import StackPlan
 from linkd.dns.answers import answer
 from linkd.dns.zone import build_zone, rezone
+from tests.planning import realize
 
 CHECK = Healthcheck(("true",), interval=1.0, timeout=0.5, retries=3, start_period=10.0,
                     start_interval=0.1)

@@ -21,9 +21,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from linkd.conventions.schema import load_convention
 from linkd.core.model import Stack
 from linkd.errors import ConventionError, SpecError
+from linkd.runtime.stack.conventions import read_convention
 from linkd.spec import bounded_yaml
 from linkd.spec.stack_file import parse_stack
 from linkd.spec.values import INTERPOLATION_DEPTH, Bad, interpolate
@@ -350,6 +350,6 @@ def test_a_hostile_convention_file_is_a_convention_error(
     path.write_bytes(content)
     started = time.monotonic()
     with pytest.raises(ConventionError) as info:
-        load_convention(path)
+        read_convention(path)
     assert time.monotonic() - started < BOUND
     assert any(fragment in message for _, _, message in info.value.problems), info.value

@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 from linkd.core import state
 from linkd.core.ipam import Lease
 from linkd.core.model import Attachment, Network, Service, Stack
-from linkd.core.plan import realize
 from linkd.core.state import ContainerState, StackState, StackStatus, StateError
 from linkd.errors import NotFoundError
 from linkd.runtime.stack import store
+from tests.planning import realize
 
 NET = IPv4Network("10.87.5.0/24")
 

@@ -7,8 +7,9 @@ from ipaddress import IPv4Address, IPv4Network
 
 from linkd.core import ipam
 from linkd.core.model import Attachment, Network, Service, Stack
-from linkd.core.plan import StackPlan, lease_of, realize
+from linkd.core.plan import StackPlan, lease_of
 from linkd.core.state import pack, unpack
+from tests.planning import realize
 
 CMD = ("sleep", "60")
 NET = IPv4Network("10.87.5.0/24")

@@ -28,7 +28,6 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from linkd.conventions.render import load_conventions
 from linkd.core import bindings, firewall, health, ipam, names, restart
 from linkd.core.hosts import hosts_file
 from linkd.core.model import Stack
@@ -59,6 +58,7 @@ from linkd.runtime.kernel.firewall import StackFirewall, publish_ports, remove_t
 from linkd.runtime.kernel.firewall import tables as firewall_tables
 from linkd.runtime.kernel.netlink import Kernel
 from linkd.runtime.stack import store
+from linkd.runtime.stack.conventions import load_conventions
 from linkd.runtime.stack.dns_server import DnsServer, upstreams_from_resolv_conf
 from linkd.runtime.stack.state_writer import StateWriter
 
