@@ -33,7 +33,7 @@ from linkd.runtime.stack import store, supervisor
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    """`up` in the foreground (and `up --supervisor`): the stack runs in this process."""
+    """`up` in the foreground: the stack runs in this process."""
     stack, file = load_stack(args.file, args.project)
     dry_plan(stack, file)
     abort = frozenset(s.name for s in stack.services) if args.abort_on_container_exit else None
@@ -42,7 +42,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             raise NotFoundError(f"--exit-code-from: no service {args.exit_code_from} in {file}")
         abort = frozenset({args.exit_code_from}) if abort is None else abort
     options = supervisor.UpOptions(abort or frozenset(), args.exit_code_from)
-    progress = Progress(sys.stdout, live=sys.stdout.isatty() and not args.supervisor)
+    progress = Progress(sys.stdout, live=sys.stdout.isatty())
     return asyncio.run(_up(stack, str(file.resolve()), options, progress, not args.no_attach))
 
 

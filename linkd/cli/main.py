@@ -167,7 +167,6 @@ def _up(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exit-code-from", metavar="SERVICE",
                    help="take the stack down when SERVICE exits and exit with its code")
     p.add_argument("--no-attach", action="store_true", help="do not print container output")
-    p.add_argument("--supervisor", action="store_true", help=argparse.SUPPRESS)
 
 
 def _daemon(p: argparse.ArgumentParser) -> None:
@@ -449,7 +448,7 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    if not args.detach or args.supervisor:  # the stack runs in this process
+    if not args.detach:  # the stack runs in this process
         return _later("lifecycle", "cmd_up")(args)
     return _up_detached(args)
 

@@ -15,7 +15,7 @@ Rules that are linkd's own, not the conventions':
   linkd's DNS names SRV records) and deduplicated by (protocol, number), as Docker keys
   exposed ports by them; then ordered by the convention's `ports.order`.
 - A peer's HOME and PATH never propagate, even when the allow-list names them (Docker
-  drops them too: moby daemon/links/links.go `ToEnv`, peers.md §1).
+  drops them too: moby daemon/links/links.go `ToEnv`).
 - Two links that produce the same variable with different values are an error naming both
   (Docker let the later one win silently, so `--link a-b --link a_b` lost a peer).
 - Explicit `environment` always wins: `apply(rendered, explicit)`.
@@ -263,10 +263,10 @@ def _template_scopes(
 def _ordered_ports(specs: Iterable[PortSpec], order: str) -> tuple[_Port, ...]:
     """Every port number once, in the convention's order.
 
-    `tcp-first` is Docker's `withTCPPriority` (moby daemon/links/links.go; peers.md §1):
+    `tcp-first` is Docker's `withTCPPriority` (moby daemon/links/links.go):
     all TCP ports by number, then other protocols by protocol name, then number. So a
     lower UDP port never becomes the "first" port. `declared` keeps the stack file's
-    order, which is Kubernetes' rule: its first port is `Ports[0]` (peers.md §4).
+    order, which is Kubernetes' rule: its first port is `Ports[0]` (pkg/kubelet/envvars/envvars.go).
     """
     seen: dict[tuple[str, int], _Port] = {}
     for spec in specs:
@@ -284,7 +284,7 @@ def _ordered_ports(specs: Iterable[PortSpec], order: str) -> tuple[_Port, ...]:
 
 def _runs(ports: Sequence[_Port]) -> Iterator[tuple[_Port, _Port]]:
     """(first, last) of each run of 2+ consecutive numbers of one protocol, in port order:
-    Docker's range detection in `ToEnv`, which works on the sorted ports (peers.md §1)."""
+    Docker's range detection in `ToEnv` (moby daemon/links/links.go), on the sorted ports."""
     start = 0
     for i in range(1, len(ports) + 1):
         previous = ports[i - 1]
@@ -378,7 +378,7 @@ def _named_port(name: str, link: LinkTarget) -> str:
 
 def _hosts_line(line: str, key: str, problems: list[Problem]) -> str:
     """`ADDRESS<TAB>NAME NAME ...`, each name once (Docker lists the container's name only
-    when it differs from the alias: moby `buildSandboxOptions`, peers.md §1)."""
+    when it differs from the alias: moby `buildSandboxOptions`)."""
     words = line.split()
     if len(words) < 2:
         problems.append((key, None, f"hosts line {line!r} needs an address and a name"))

@@ -1,7 +1,7 @@
 """Convention files: their schema, their template language, and the loader that checks them.
 
 A convention says which environment variables and hosts-file lines a link produces. It is
-data (principle 9 of DESIGN.md): adding one needs a YAML file, never code. The renderer
+data: adding one needs a YAML file, never code. The renderer
 that applies a loaded `Convention` to links is `linkd.conventions.render`.
 
 The schema (version 1), every key but `name` and `version` optional::

@@ -83,13 +83,6 @@ class Published:
     address: ipaddress.IPv4Address  # the container's, on its first non-internal network
     bridge: str
 
-    def host_text(self) -> str:
-        ip = self.host_ip or "0.0.0.0"
-        ports = (
-            str(self.host_start) if self.host_start == self.host_end
-            else f"{self.host_start}-{self.host_end}"
-        )
-        return f"{ip}:{ports}"
 
 
 def _target(plan: StackPlan, container: ContainerPlan) -> tuple[ipaddress.IPv4Address, str]:

@@ -14,7 +14,6 @@ is as unlikely to collide and stays stable across runs).
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -202,6 +201,3 @@ def _usable(
     edges = (subnet.network_address, subnet.broadcast_address)
     return address in subnet and address not in taken and address not in edges
 
-
-def parse_route(dst: str) -> IPNetwork:
-    return ipaddress.ip_network(dst, strict=False)

@@ -47,7 +47,7 @@ Cache (the hot path): a query whose wire form is simple (one question, no compre
 at most an OPT record) is keyed on (requester's view, lower-cased question name bytes,
 type, class, RD/CD bits, OPT size, max_size). A hit copies the query's ID and question
 bytes over a pre-encoded reply: a few slices instead of ~117 us of parse + build + pack
-(reference/measurements.md). Cached are all deterministic answers (one address,
+(measured; `bench/run dns`). Cached are all deterministic answers (one address,
 NXDOMAIN, NODATA, PTR, SOA), forward decisions, and multi-address answers as the n
 pre-encoded rotations. In front of it, per requester, `reply_table` maps the exact query
 bytes after the ID to the finished reply after the ID: a repeated query costs one dict

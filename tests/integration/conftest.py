@@ -84,7 +84,7 @@ def snapshot() -> Snapshot:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
         except OSError:
             continue
-        if shim in cmdline or b"linkd up --supervisor" in cmdline.replace(b"\0", b" "):
+        if shim in cmdline:
             processes.add(int(entry))
     leases_dir = Path(os.environ.get("LINKD_RUN_DIR", "/run/linkd")) / "leases"
     leases = frozenset(p.name for p in leases_dir.glob("*.msgpack"))

@@ -1,8 +1,8 @@
 """Golden tables for conventions as data (`linkd.conventions.render`, `linkd.conventions.schema`).
 
-Expected variables are written out by hand from the peers' own code, as summarised in
-shared/reference/peers.md: §1 for Docker legacy links (moby daemon/links/links.go `ToEnv`,
-links_test.go), §4 for Kubernetes (pkg/kubelet/envvars/envvars.go). Nothing here is
+Expected variables are written out by hand from the peers' own code: Docker legacy links
+(moby daemon/links/links.go `ToEnv`, links_test.go) and Kubernetes
+(pkg/kubelet/envvars/envvars.go). Nothing here is
 computed by the code under test.
 """
 
@@ -55,11 +55,11 @@ def y(text: str) -> str:
     return textwrap.dedent(text).lstrip("\n")
 
 
-# -- docker-links (peers.md §1) ----------------------------------------------------------------
+# -- docker-links (moby links.go) -------------------------------------------------------------
 
 
 def test_docker_single_port_as_observed_on_docker_20_10() -> None:
-    # peers.md §1: `--link db:db` with -e POSTGRES_PASSWORD=x --expose 5432.
+    # moby links_test.go: `--link db:db` with -e POSTGRES_PASSWORD=x --expose 5432.
     target = link("db", port(5432), env=(("POSTGRES_PASSWORD", "x"),), env_allow=("*",))
     rendered = render(builtin("docker-links"), "web-1", [target])
     assert list(rendered.env.items()) == [
@@ -188,7 +188,7 @@ def test_env_allow_list_is_exact_names_or_patterns_case_sensitive() -> None:
     assert [k for k in env if "_ENV_" in k] == ["DB_ENV_SECRET_KEY"]
 
 
-# -- kubernetes (peers.md §4) -----------------------------------------------------------------
+# -- kubernetes (envvars.go) ------------------------------------------------------------------
 
 
 def test_kubernetes_multi_port_named_service_in_declared_order() -> None:

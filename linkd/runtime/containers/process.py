@@ -426,7 +426,7 @@ async def start(spec: ProcessSpec, warm: WarmShim | None = None) -> ContainerPro
     if error is not None:
         code = await proc.wait()
         exc = ContainerError(error)
-        exc.exit_code = code  # so `linkd run` can exit 127/126/125 like `docker run`
+        exc.exit_code = code  # so a caller can exit 127/126/125 like `docker run`
         raise exc
     proc.started_at = time.time()
     return proc
