@@ -477,9 +477,11 @@ def _up_detached(args: argparse.Namespace) -> int:
         "yaml": text, "name": args.project, "directory": str(base), "source": str(file),
         "default_project": base.name, "environment": dict(os.environ),
     }
-    client = ensure_daemon(Client())
     try:
-        answer = client.request("PUT", "/v1/stacks", body)
+        try:
+            answer = Client().request("PUT", "/v1/stacks", body)
+        except (FileNotFoundError, ConnectionRefusedError):  # no daemon yet: start one
+            answer = ensure_daemon(Client()).request("PUT", "/v1/stacks", body)
     except DaemonError as exc:
         if exc.status == 422:  # the stack file: said as `linkd config` says it
             raise SpecError(exc.problems, str(file)) from None

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.simhost import SESSION_RUN_DIR
+
 REPO = Path(__file__).resolve().parents[2]
 KERNEL_LOCK = "/run/lock/linkd-kernel.lock"
 
@@ -73,7 +75,7 @@ def snapshot() -> Snapshot:
     links = frozenset(n for n in os.listdir("/sys/class/net") if n.startswith("lk"))
     mounts = frozenset(
         line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
-        if "linkd" in line
+        if "linkd" in line and line.split()[1] != SESSION_RUN_DIR  # the session's own
     )
     shim = str(REPO / "linkd" / "runtime" / "shim.py").encode()
     processes = set()

@@ -20,7 +20,7 @@ import errno
 import ipaddress
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any, TypeVar
 
 from pyroute2 import AsyncIPRoute, NetlinkError
@@ -386,22 +386,18 @@ class Kernel:
         await self.remove_link(name)
 
     async def ports(self, bridge: str) -> list[str] | None:
-        """Names of the links enslaved to `bridge`, or None when it does not exist."""
-        ipr = await self.host()
-        found = await ipr.link_lookup(ifname=bridge)
-        if not found:
-            return None
-        return [
-            msg.get("ifname")
-            async for msg in _dump(ipr.link("dump"))
-            if msg.get("master") == found[0]
-        ]
+        """Names of the links enslaved to `bridge`, or None when it does not exist.
 
-
-async def _dump(request: Awaitable[Any]) -> AsyncIterator[Any]:
-    result = await request
-    async for msg in result:
-        yield msg
+        Read from sysfs (its brif/ directory), not a netlink dump: the daemon's stacks
+        share one host socket, the kernel runs one dump per socket at a time (EBUSY for
+        the others: concurrent `down`s failed), and a dump decodes every link of the
+        host.
+        """
+        base = os.path.join(SYS_NET, bridge)
+        try:
+            return sorted(os.listdir(os.path.join(base, "brif")))
+        except FileNotFoundError:
+            return [] if os.path.exists(base) else None
 
 
 async def _call(what: str, request: Awaitable[T]) -> T:

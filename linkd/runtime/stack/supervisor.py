@@ -293,15 +293,20 @@ class Supervisor:
 
     async def up(self, stack: Stack) -> None:
         plan = await self.prepare(stack)
-        actions = plan_up(plan, await self.observe())
+        await self._bring_up(plan, plan_up(plan, await self.observe()))
+        self.status = "up"
+        await self.writer.flush()
+
+    async def _bring_up(self, plan: StackPlan, actions: list[Action]) -> None:
+        """Apply `actions` for `plan`, the slowest steps side by side: the host's
+        forwarding (iptables commands) and the stack's nftables table are made while
+        bridges, namespaces and veths are, and the first containers' shims start
+        meanwhile (warm, waiting at their gates). No container starts before the
+        forwarding and the isolation rules are in place."""
         self.kernel.prefetch_netns(a.netns for a in actions if isinstance(a, EnsureNetns))
-        self._warm_first_wave(actions)
-        # The host's forwarding (iptables commands, the slowest step) is made ready while
-        # bridges and namespaces are made; no container starts before it is.
-        host = asyncio.ensure_future(self.ensure_host(plan))
+        self._warm_shims(actions)
+        host = asyncio.ensure_future(self._host_ready(plan))
         try:
-            # Isolation before any container runs.
-            await self.firewall.ensure(plan, await self.kernel.default_route_devices())
             await self.apply_all(actions, before_start=host)
             await host
         finally:
@@ -311,16 +316,19 @@ class Supervisor:
                     await host
             self._discard_warm()
         set_localnet(plan)  # the bridges exist now
-        self.status = "up"
-        await self.writer.flush()
 
-    def _warm_first_wave(self, actions: list[Action]) -> None:
-        """Start the shims of the first containers to start now (process.WarmShim): their
-        interpreters start while the network is wired, and wait to be told to go on."""
-        assert self.plan is not None
-        first = set(self.plan.start_waves[0]) if self.plan.start_waves else set()
+    async def _host_ready(self, plan: StackPlan) -> None:
+        uplinks = await self.kernel.default_route_devices()
+        async with asyncio.TaskGroup() as both:
+            both.create_task(self.ensure_host(plan))
+            both.create_task(self.firewall.ensure(plan, uplinks))  # isolation
+
+    def _warm_shims(self, actions: list[Action]) -> None:
+        """Start the shims of the containers that start without waiting for another
+        (process.WarmShim): their interpreters start while the network is wired, and
+        wait to be told to go on."""
         starts = [a.container for a in actions
-                  if isinstance(a, StartContainer) and a.container.service in first]
+                  if isinstance(a, StartContainer) and not a.container.depends_on]
         for container in starts[:START_CONCURRENCY]:
             directory = store.container_dir(self.stack, container.name)
             store.private_dirs(directory)
@@ -374,13 +382,9 @@ class Supervisor:
         observed = await self.observe()
         running = frozenset(n for n, p in self.processes.items() if p.returncode is None)
         actions = plan_up(new, replace(observed, running=running), previous=old)
-        self.kernel.prefetch_netns(a.netns for a in actions if isinstance(a, EnsureNetns))
         self._served = old
         self.publish_zone()  # the zone follows the new plan from here
-        await self.ensure_host(new)
-        await self.firewall.ensure(new, await self.kernel.default_route_devices())
-        await self.apply_all(actions)
-        set_localnet(new)
+        await self._bring_up(new, actions)
         for name in kept:  # their peers may have changed: what they re-read must follow
             write_bindings(store.container_dir(self.stack, name), new, after[name],
                            self.running())
