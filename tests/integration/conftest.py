@@ -77,7 +77,7 @@ def snapshot() -> Snapshot:
         line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
         if "linkd" in line and line.split()[1] != SESSION_RUN_DIR  # the session's own
     )
-    shim = str(REPO / "linkd" / "runtime" / "shim.py").encode()
+    shim = str(REPO / "linkd" / "runtime" / "containers" / "shim.py").encode()
     processes = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
