@@ -811,6 +811,8 @@ class Supervisor:
         # and would keep them, and their veths, alive after they are removed.
         await self.stop_dns(list(self._dns_tasks))
         await self.health.stop_all()
+        self._discard_warm()
+        await self.kernel.settle(names.netns_prefix(self.stack))  # none appears later
         observed = await self.observe()
         actions = plan_down(self.stack, self.plan, observed)
         errors: list[BaseException] = []
