@@ -7,7 +7,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-from tests.integration.conftest import REPO, snapshot
+from linkd.core import names
+from linkd.runtime.kernel.netlink import Kernel
+from tests.integration.conftest import REPO, Linkd, snapshot
 
 FAILING_TEST = '''
 from tests.integration.conftest import Linkd
@@ -38,3 +40,23 @@ def test_a_failing_test_still_takes_its_stack_down(tmp_path: Path) -> None:
     assert "1 failed" in inner.stdout, inner.stdout + inner.stderr
     assert "this test fails on purpose" in inner.stdout
     assert (snapshot() - before).empty()
+
+
+def test_an_up_that_fails_while_namespaces_are_made_leaves_none(linkd: Linkd) -> None:
+    """up makes the containers' namespaces ahead (a helper process creates them while
+    the bridge is made); an up that fails meanwhile must not leave one that appeared
+    after its teardown looked. The failure is real: a foreign link holds the name of
+    the stack's bridge."""
+    linkd.write("""
+        services:
+          a: {command: sleep 300, scale: 30}
+    """)
+    blocker = names.bridge_name(linkd.project, "default")
+    subprocess.run(["ip", "link", "add", blocker, "type", "veth", "peer", "name",
+                    blocker + "p"], check=True)
+    try:
+        failed = linkd.run("up", "-d", "-p", linkd.project, check=False)
+        assert failed.returncode != 0 and "already exists" in failed.stderr, failed.stderr
+        assert not Kernel.netns_names(names.netns_prefix(linkd.project))
+    finally:
+        subprocess.run(["ip", "link", "del", blocker], check=False)

@@ -169,6 +169,14 @@ class Kernel:
         if ipr is not None:
             ipr.close()
 
+    async def settle(self, netns_prefix: str) -> None:
+        """Let the namespace creations started for one stack (`prefetch_netns`) finish,
+        whatever `up` did meanwhile: teardown looks for namespaces after this, so none
+        of them can appear once it has looked (and be left behind)."""
+        pending = [self._pending.pop(n) for n in list(self._pending)
+                   if n.startswith(netns_prefix)]
+        await asyncio.gather(*pending, return_exceptions=True)
+
     def forget_stack(self, netns_prefix: str) -> None:
         """Drop what is cached for one stack's namespaces (a Kernel shared by the
         daemon's stacks outlives each of them)."""

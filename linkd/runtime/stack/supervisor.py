@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from linkd.conventions.schema import Convention
 from linkd.core import bindings, firewall, health, ipam, names, restart
 from linkd.core.hosts import hosts_file
 from linkd.core.model import Stack
@@ -65,6 +66,7 @@ from linkd.runtime.stack.state_writer import StateWriter
 log = logging.getLogger("linkd")
 
 Report = Callable[[str, str], None]  # (object, what happened), for progress displays
+Conventions = dict[str, Convention]  # by name, as linkd.core.plan.realize takes them
 START_CONCURRENCY = 8  # containers of one wave starting at once
 
 RESOLV_CONF = (
@@ -173,8 +175,9 @@ class Supervisor:
 
     async def prepare(self, stack: Stack) -> StackPlan:
         """Pick subnets and record the plan, holding the global lock meanwhile."""
+        stack, conventions = await self._resolve(stack)
         async with store.locked_async(store.root() / "lock"):
-            plan = await self._plan(stack)
+            plan = await self._plan(stack, conventions)
             self.plan = plan
             await self.writer.flush()  # on disk before the kernel is touched
             store.save_lease(lease_of(plan))
@@ -185,7 +188,7 @@ class Supervisor:
         self._served = plan
         return plan
 
-    async def _plan(self, stack: Stack) -> StackPlan:
+    async def _plan(self, stack: Stack, conventions: Conventions) -> StackPlan:
         """The plan of `stack`: its lease's subnets and addresses where still free
         (its own bridges' routes do not count as taken), others' leases avoided."""
         own = {n.bridge for n in self.plan.networks} if self.plan is not None else set()
@@ -208,16 +211,24 @@ class Supervisor:
             previous=lease.subnet_map() if lease else None,
             reserved=held,
         )
-        base = Path(self.source).parent
-        stack = await asyncio.to_thread(image_store.resolve_stack, stack, base)  # loads `image:`s
         plan = realize(
-            stack,
-            subnets,
-            workdir=str(base),
-            conventions=load_conventions(stack, base),
-            lease=lease,
+            stack, subnets, workdir=str(self._base), conventions=conventions, lease=lease
         )
         return publish_ports(plan, self.plan)  # host ports decided, or refused
+
+    async def _resolve(self, stack: Stack) -> tuple[Stack, Conventions]:
+        """`stack` with its images merged in (loaded into the store if they are paths)
+        and the conventions it uses, read off the event loop and before the global lock
+        is taken: a long image load must not hold up every other stack's `up`."""
+        def read() -> tuple[Stack, Conventions]:
+            resolved = image_store.resolve_stack(stack, self._base)
+            return resolved, load_conventions(resolved, self._base)
+
+        return await asyncio.to_thread(read)
+
+    @property
+    def _base(self) -> Path:
+        return Path(self.source).parent
 
     def publish_zone(self) -> None:
         """Swap in a zone without the containers that have stopped for good.
@@ -354,8 +365,9 @@ class Supervisor:
     async def _update(self, stack: Stack) -> dict[str, list[str]]:
         assert self.plan is not None and self.dns is not None
         old = self.plan
+        stack, conventions = await self._resolve(stack)
         async with store.locked_async(store.root() / "lock"):
-            new = await self._plan(stack)
+            new = await self._plan(stack, conventions)
         before = {c.name: c for c in old.containers}
         after = {c.name: c for c in new.containers}
         removed = [n for n in before if n not in after]
@@ -814,6 +826,8 @@ class Supervisor:
         # and would keep them, and their veths, alive after they are removed.
         await self.stop_dns(list(self._dns_tasks))
         await self.health.stop_all()
+        self._discard_warm()
+        await self.kernel.settle(names.netns_prefix(self.stack))  # none appears later
         observed = await self.observe()
         actions = plan_down(self.stack, self.plan, observed)
         errors: list[BaseException] = []
