@@ -595,29 +595,24 @@ def cmd_port(args: argparse.Namespace) -> int:
 
 
 def cmd_dns(args: argparse.Namespace) -> int:
-    import dnslib
-
     from linkd.dns import answers
-    from linkd.dns.zone import build_zone, forwards_for, requester_of
+    from linkd.dns.zone import forwards_for, requester_of, served_zone
 
     state = load_state(stack_name(args))
     asker = state.plan.container(containers(state, args.asker)[0])
-    requester = requester_of(state.plan.stack, asker)
-    # The same snapshot the running server holds: without the containers that stopped.
-    gone = [c.name for c in state.containers if c.status in ("exited", "failed")]
-    zone = build_zone([state.plan.without(gone)], domain=state.plan.dns.domain)
-    for line in answers.explain(zone, args.name, requester):
-        print(line)
     try:
-        query = dnslib.DNSRecord.question(args.name, args.qtype.upper()).pack()
-    except Exception as exc:  # dnslib raises plain exceptions for unknown types
-        raise SpecError([("dns --type", None, f"unknown record type: {exc}")]) from None
-    reply = answers.answer(zone, query, requester, max_size=None)
-    if isinstance(reply, answers.Answered):
-        parsed = dnslib.DNSRecord.parse(reply.data)
-        print(f"answer: {dnslib.RCODE[parsed.header.rcode]}")
-        for record in parsed.rr:
-            print(f"  {record.rname} {record.ttl} {dnslib.QTYPE[record.rtype]} {record.rdata}")
+        # The zone the running server holds: without the containers that stopped, and
+        # with those not (yet) healthy held back.
+        found = answers.lookup(served_zone(state), args.name, args.qtype,
+                               requester_of(state.plan.stack, asker))
+    except ValueError as exc:
+        raise SpecError([("dns --type", None, str(exc))]) from None
+    for line in found.explain:
+        print(line)
+    if found.rcode is not None:
+        print(f"answer: {found.rcode}")
+        for name, qtype, ttl, data in found.records:
+            print(f"  {name} {ttl} {qtype} {data}")
     elif forwards_for(asker):
         print("answer: forwarded to the upstream resolvers (not a name of this stack)")
     else:

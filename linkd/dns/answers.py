@@ -76,6 +76,7 @@ from dnslib import (
     DNSLabel,
     DNSRecord,
 )
+from dnslib import RCODE as RCODE
 
 from linkd.dns.zone import CACHE_LIMIT, Address, Entry, Zone
 
@@ -120,6 +121,34 @@ class Drop:
 
 
 Reply = Answered | Forward | Drop
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What the resolver answers a requester for a name, explained (`linkd dns`, the
+    API's dns endpoint): `rcode` None when the name is not the stack's (`forwarded` to
+    the upstream resolvers, or refused); `records` as (name, type, ttl, data)."""
+
+    explain: tuple[str, ...]
+    rcode: str | None
+    records: tuple[tuple[str, str, int, str], ...]
+    forwarded: bool
+
+
+def lookup(zone: Zone, name: str, qtype: str, requester: IPv4Address | IPv6Address) -> Lookup:
+    """Ask `zone` as `requester` would; ValueError for a record type dnslib does not know."""
+    qtype = qtype.upper()
+    if qtype not in QTYPE.reverse:
+        raise ValueError(f"unknown record type {qtype}")
+    reply = answer(zone, DNSRecord.question(name, qtype).pack(), requester, max_size=None)
+    rcode: str | None = None
+    records: tuple[tuple[str, str, int, str], ...] = ()
+    if isinstance(reply, Answered):
+        parsed = DNSRecord.parse(reply.data)
+        rcode = RCODE[parsed.header.rcode]
+        records = tuple((str(r.rname), QTYPE[r.rtype], r.ttl, str(r.rdata)) for r in parsed.rr)
+    return Lookup(tuple(explain(zone, name, requester)), rcode, records,
+                  isinstance(reply, Forward))
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,8 +49,10 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
+from linkd.core import health
 from linkd.core.model import PortSpec, Stack
 from linkd.core.plan import ContainerPlan, StackPlan
+from linkd.core.state import ContainerState, StackState
 
 Address = IPv4Address | IPv6Address
 NetId = tuple[str, str]  # (stack, network key)
@@ -558,3 +560,21 @@ def _serial(
             entry = extra[requester][name]
             digest.update(f"{requester}|{name}|{entry.v4}|{entry.v6}\n".encode())
     return int.from_bytes(digest.digest()[:4], "big") or 1
+
+
+def held_back(plan: StackPlan, states: Mapping[str, ContainerState]) -> frozenset[tuple[str, str]]:
+    """The containers of `plan` with a healthcheck that are not running and healthy: the
+    zone leaves them out of their service's names (`build_zone`'s `pending`)."""
+    statuses = {n: s.health if s.status == "running" else None for n, s in states.items()}
+    checks = ((c.name, c.healthcheck) for c in plan.containers)
+    return frozenset((plan.stack, n) for n in health.pending(checks, statuses))
+
+
+def served_zone(state: StackState) -> Zone:
+    """The zone a stack's resolver serves, rebuilt from its state: without the containers
+    that stopped for good, and with those not (yet) healthy held back, as the supervisor
+    keeps it (`linkd dns` of a stack no daemon runs)."""
+    gone = [c.name for c in state.containers if c.status in ("exited", "failed")]
+    served = state.plan.without(gone)
+    states = {c.name: c for c in state.containers}
+    return build_zone([served], domain=served.dns.domain, pending=held_back(served, states))

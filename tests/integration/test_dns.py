@@ -145,3 +145,28 @@ def test_srv_records_for_exposed_ports(linkd: Linkd) -> None:
     assert "answer: NOERROR" in got
     assert got.count(" SRV ") == 2
     assert f"api-1.default.{linkd.project}.linkd." in got
+
+
+def test_linkd_dns_answers_as_the_server_does_for_a_service_not_yet_healthy(
+    linkd: Linkd,
+) -> None:
+    """`linkd dns` builds the zone as the running server holds it: a container whose
+    healthcheck has not passed is held back from its service's name (it used to be
+    listed, while the server answered SERVFAIL)."""
+    linkd.write("""
+        services:
+          sick:
+            command: sleep 300
+            healthcheck: {test: ["CMD", "false"], interval: 100ms, retries: 1}
+          client:
+            command: sleep 300
+    """)
+    linkd.up()
+    explained = linkd.run("dns", "-p", linkd.project, "sick", "--from", "client").stdout
+    assert "answer: SERVFAIL" in explained, explained
+    # What the container's own resolver says of it: no address, try again later.
+    code = ("import socket\ntry:\n    socket.getaddrinfo('sick', 80)\n"
+            "except socket.gaierror as e:\n    print(e.errno == socket.EAI_AGAIN)")
+    assert linkd.py("client", code).stdout.strip() == "True"
+    answered = linkd.run("dns", "-p", linkd.project, "client", "--from", "sick").stdout
+    assert "answer: NOERROR" in answered  # a service without a healthcheck is there

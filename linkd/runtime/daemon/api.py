@@ -28,7 +28,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import dnslib
 from aiohttp import web
 
 from linkd import files
@@ -352,29 +351,19 @@ async def get_dns(request: web.Request) -> web.Response:
     lookup = request.query.get("name")
     if not lookup:
         raise ApiError(400, "invalid request", [("query.name", "the name to look up")])
-    qtype = request.query.get("type", "A").upper()
-    if qtype not in dnslib.QTYPE.reverse:
-        raise ApiError(400, "invalid request", [("query.type", f"unknown record type {qtype}")])
     sup = daemon.hosted(stack).supervisor
     zone = sup.dns.zone if sup.dns is not None else build_zone([])
-    requester = requester_of(stack, container)
-    reply = answers.answer(zone, dnslib.DNSRecord.question(lookup, qtype).pack(), requester,
-                       max_size=None)
-    records: list[dict[str, Any]] = []
-    rcode = None
-    if isinstance(reply, answers.Answered):
-        parsed = dnslib.DNSRecord.parse(reply.data)
-        rcode = dnslib.RCODE[parsed.header.rcode]
-        records = [
-            {"name": str(r.rname), "type": dnslib.QTYPE[r.rtype], "ttl": r.ttl,
-             "data": str(r.rdata)}
-            for r in parsed.rr
-        ]
+    try:
+        found = answers.lookup(zone, lookup, request.query.get("type", "A"),
+                               requester_of(stack, container))
+    except ValueError as exc:
+        raise ApiError(400, "invalid request", [("query.type", str(exc))]) from None
     return web.json_response({
-        "explain": answers.explain(zone, lookup, requester),
-        "rcode": rcode,
-        "forwarded": isinstance(reply, answers.Forward),
-        "records": records,
+        "explain": list(found.explain),
+        "rcode": found.rcode,
+        "forwarded": found.forwarded,
+        "records": [{"name": n, "type": t, "ttl": ttl, "data": d}
+                    for n, t, ttl, d in found.records],
     })
 
 

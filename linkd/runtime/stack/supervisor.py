@@ -49,7 +49,7 @@ from linkd.core.reconcile import (
     plan_up,
 )
 from linkd.core.state import ContainerState, StackState, StackStatus
-from linkd.dns.zone import build_zone, forwards_for, requester_of, rezone
+from linkd.dns.zone import build_zone, forwards_for, held_back, requester_of, rezone
 from linkd.errors import ConflictError, ContainerError, LinkdError, TeardownError
 from linkd.runtime.containers import process, rootfs
 from linkd.runtime.containers.health import HealthChecks
@@ -249,9 +249,7 @@ class Supervisor:
     def _pending(self, plan: StackPlan) -> frozenset[tuple[str, str]]:
         """Containers with a healthcheck that are not running and healthy: DNS holds
         them back from their service's names."""
-        statuses = {n: s.health if s.status == "running" else None for n, s in self.states.items()}
-        checks = ((c.name, c.healthcheck) for c in plan.containers)
-        return frozenset((self.stack, n) for n in health.pending(checks, statuses))
+        return held_back(plan, self.states)
 
     def _on_probe(self, name: str, before: health.Health | None, now: health.Health) -> None:
         """After every probe: a change of health is saved, served and announced."""
