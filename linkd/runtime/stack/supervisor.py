@@ -341,8 +341,11 @@ class Supervisor:
         for container in starts[:START_CONCURRENCY]:
             directory = store.container_dir(self.stack, container.name)
             store.private_dirs(directory)
+            # Where the container's files are, as its start will say (process_spec): a
+            # warm shim only serves the start whose spec path is its own.
+            files = process_spec(directory, container)
             try:
-                self._warm[container.name] = process.warm(str(directory), str(directory / "log"))
+                self._warm[container.name] = process.warm(files.run_dir, files.log_path)
             except ContainerError:
                 return  # started the usual way then, which says what is wrong
 
