@@ -58,7 +58,7 @@ async def measure(count: int, subnet: IPv4Network) -> ContainerResult:
 
     from linkd.runtime.containers import process
     from linkd.runtime.kernel.netlink import Kernel
-    from linkd.runtime.stack import supervisor
+    from linkd.runtime.stack import container_files
 
     plan = _plan(count, subnet)
     result = ContainerResult()
@@ -80,9 +80,9 @@ async def measure(count: int, subnet: IPv4Network) -> ContainerResult:
             # linkd's resolver at 127.0.0.11:53 inside the container, as `linkd up` does.
             sockets += await kernel.dns_sockets(container.netns)
             wired = time.perf_counter()
-            supervisor.write_container_files(directory, plan, container)  # as `linkd up` does
+            container_files.write_container_files(directory, plan, container)  # as `linkd up` does
             written = time.perf_counter()
-            spec = supervisor.process_spec(directory, container)
+            spec = container_files.process_spec(directory, container)
             procs.append(await process.start(spec))
             done = time.perf_counter()
             result.total.append(done - started)

@@ -29,7 +29,7 @@ from linkd.runtime.containers import logs as log_files
 from linkd.runtime.containers import process
 from linkd.runtime.daemon import api
 from linkd.runtime.kernel.netlink import Kernel
-from linkd.runtime.stack import store, supervisor
+from linkd.runtime.stack import lifecycle, store, supervisor, teardown
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -41,13 +41,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         if args.exit_code_from not in {s.name for s in stack.services}:
             raise NotFoundError(f"--exit-code-from: no service {args.exit_code_from} in {file}")
         abort = frozenset({args.exit_code_from}) if abort is None else abort
-    options = supervisor.UpOptions(abort or frozenset(), args.exit_code_from)
+    options = lifecycle.UpOptions(abort or frozenset(), args.exit_code_from)
     progress = Progress(sys.stdout, live=sys.stdout.isatty())
     return asyncio.run(_up(stack, str(file.resolve()), options, progress, not args.no_attach))
 
 
 async def _up(
-    stack: Stack, source: str, options: supervisor.UpOptions, progress: Progress, attach: bool
+    stack: Stack, source: str, options: lifecycle.UpOptions, progress: Progress, attach: bool
 ) -> int:
     stop_logs = asyncio.Event()
     followers: list[asyncio.Task[None]] = []
@@ -71,7 +71,7 @@ async def _up(
         await asyncio.sleep(log_files.POLL * 2)
 
     try:
-        return await supervisor.run(
+        return await lifecycle.run(
             stack, source, options, progress.event, on_up=on_up, before_down=before_down
         )
     finally:
@@ -115,7 +115,7 @@ def _down(name: str) -> int:
         if not store.stack_dir(name).exists() and not leftovers:
             print(f"stack {name} is not up")
             return 0
-        asyncio.run(supervisor.down_unsupervised(name, Progress(sys.stdout, live=False).event))
+        asyncio.run(teardown.down_unsupervised(name, Progress(sys.stdout, live=False).event))
         return 0
     state = store.load(name)
     if state.supervisor_pid is not None:
@@ -136,7 +136,7 @@ def _down(name: str) -> int:
         # Its teardown failed (a successful one removes the stack's directory; a failed
         # one leaves it "failed", its errors said by that `up`): try what is left once
         # more from here, so that this command says what failed and exits non-zero.
-        asyncio.run(supervisor.down_unsupervised(name, Progress(sys.stdout, live=False).event))
+        asyncio.run(teardown.down_unsupervised(name, Progress(sys.stdout, live=False).event))
     else:
         print(f"stack {name} removed")
     return 0

@@ -1,6 +1,6 @@
 """Level-based planning: desired state against observed state gives actions.
 
-`plan_up(desired, observed, previous)` and `plan_down(previous, observed)` are pure; the
+`plan_up(desired, observed, previous)` and `plan_down(stack, previous, observed)` are pure; the
 runtime observes the kernel and its processes, calls them, and applies the actions in
 the order given. Running the same plan twice is harmless: every action is an idempotent
 `ensure_*`/`remove_*` step, and a second observation after a complete `up` yields only
@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from linkd.core import names
+from linkd.core.ipam import Lease
 from linkd.core.plan import ContainerPlan, InterfacePlan, NetworkPlan, StackPlan
 
 
@@ -147,7 +148,11 @@ def plan_up(
     return actions
 
 
-def plan_down(stack: str, previous: StackPlan | None, observed: Observed) -> list[Action]:
+def plan_down(
+    stack: str, previous: StackPlan | None, observed: Observed, lease: Lease | None = None
+) -> list[Action]:
+    """Remove what `observed` has of the stack. Without a plan (no state survived), the
+    stack's `lease` names its veths and bridges; namespaces are found by their prefix."""
     actions: list[Action] = []
     ordered: set[str] = set()
     if previous is not None:
@@ -172,6 +177,15 @@ def plan_down(stack: str, previous: StackPlan | None, observed: Observed) -> lis
         actions += [
             RemoveBridge(n.bridge) for n in previous.networks if n.bridge in observed.links
         ]
+    elif lease is not None:
+        veths = {
+            names.host_veth_name(stack, container, network)
+            for network, container, _, _ in lease.addresses
+            if names.netns_name(stack, container) not in observed.netns
+        }
+        actions += [RemoveLink(veth) for veth in sorted(veths & observed.links.keys())]
+        bridges = {names.bridge_name(stack, network) for network, _ in lease.subnets}
+        actions += [RemoveBridge(bridge) for bridge in sorted(bridges & observed.links.keys())]
     return actions
 
 

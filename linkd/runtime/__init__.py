@@ -7,8 +7,9 @@ Split along its seams:
 - `containers`: starting and confining processes (the standalone `shim` and
   `health_agent`, run by path), their root filesystems, health checks and logs;
 - `images`: the OCI image store, its layers, and path resolution beneath a root;
-- `stack`: one stack's life (the supervisor), its state on disk, its DNS server, the
-  conventions it names read from their files;
+- `stack`: one stack's life: the supervisor and its parts (planner, containers,
+  publisher, recovery, teardown), its state on disk, its DNS server, the conventions it
+  names read from their files;
 - `daemon`: the process hosting every stack and its HTTP API.
 
 It may import the pure packages and the shared modules (`linkd.errors`, `linkd.paths`,

@@ -8,14 +8,17 @@ import json
 import os
 import secrets
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from aiohttp import ClientSession, ClientTimeout, UnixConnector
 
 from linkd.runtime.daemon.daemon import socket_path
-from tests.integration.conftest import Linkd, daemon_pids, settled, snapshot
+from tests.integration.conftest import REPO, Linkd, daemon_pids, fresh_linkd, settled, snapshot
 
 STACK = """
     services:
@@ -195,3 +198,48 @@ def inspect_addresses(linkd: Linkd) -> dict[str, str]:
 def container_states(linkd: Linkd) -> dict[str, dict[str, Any]]:
     document = json.loads(linkd.run("inspect", "-p", linkd.project).stdout)
     return {c["name"]: c for c in document["containers"]}
+
+
+def subnets(linkd: Linkd) -> dict[str, str]:
+    document = json.loads(linkd.run("inspect", "-p", linkd.project).stdout)
+    return {n["key"]: n["subnet"] for n in document["plan"]["networks"]}
+
+
+def test_a_stack_coming_up_during_an_update_never_takes_the_updates_subnet(
+    linkd: Linkd,
+) -> None:
+    """The update's new network is claimed from its planning to its record: a stack that
+    plans meanwhile (here while the update waits out a stop's grace period) waits, and
+    gets another subnet."""
+    slow_stop = 'sh -c "trap \\"\\" TERM; sleep 300"'
+    linkd.write(f"""
+        services:
+          a: {{command: '{slow_stop}', stop_grace_period: 3s}}
+    """)
+    linkd.up()
+    linkd.write(f"""
+        services:
+          a:
+            command: '{slow_stop}'
+            stop_grace_period: 3s
+            environment: {{CHANGED: "yes"}}
+            networks: [default, extra]
+        networks:
+          extra: {{}}
+    """)
+    with fresh_linkd() as other:
+        other.write("services: {b: {command: sleep 300}}")
+        update = subprocess.Popen(
+            [sys.executable, "-m", "linkd", "up", "-d", "-p", linkd.project],
+            cwd=linkd.directory, env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        try:
+            time.sleep(1.0)  # the update is stopping `a` now, for its 3 s grace period
+            other.up()
+        finally:
+            output, _ = update.communicate(timeout=60)
+        assert update.returncode == 0, output
+        mine, theirs = subnets(linkd), subnets(other)
+        assert set(mine) == {"default", "extra"}
+        assert not set(mine.values()) & set(theirs.values()), (mine, theirs)

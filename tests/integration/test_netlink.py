@@ -115,6 +115,31 @@ async def test_namespace_helper_refuses_bad_and_duplicate_names() -> None:
         subprocess.run(["ip", "netns", "del", name], check=False)
 
 
+async def test_a_namespace_helper_that_died_is_replaced_for_the_next_request() -> None:
+    """The daemon shares one helper among all its stacks: one that died (killed, or
+    failed) must not fail every namespace made after it."""
+    import os
+    import signal
+    import time
+
+    stack = "t" + secrets.token_hex(3)
+    kernel = Kernel()
+    try:
+        pid = kernel._helper._pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while open(f"/proc/{pid}/stat").read().split()[2] != "Z":  # dead, not yet reaped
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        await kernel.ensure_netns(names.netns_name(stack, "c-1"))
+        assert Kernel.netns_names(names.netns_prefix(stack)) == {names.netns_name(stack, "c-1")}
+        assert kernel._helper._pid not in (None, pid)
+    finally:
+        kernel.remove_netns(names.netns_name(stack, "c-1"))
+        kernel.close()
+
+
 async def test_prefetched_namespaces_are_ready_and_an_abandoned_prefetch_is_cleanable() -> None:
     stack = "t" + secrets.token_hex(3)
     wanted = [names.netns_name(stack, f"c-{i}") for i in range(5)]

@@ -18,7 +18,7 @@ import pytest
 
 from linkd.core.state import ContainerState
 from linkd.runtime.containers import process
-from linkd.runtime.stack import store, supervisor
+from linkd.runtime.stack import store, teardown
 from tests.integration import test_process
 from tests.integration.test_process import Runner
 
@@ -78,12 +78,17 @@ async def test_a_leftover_is_killed_only_if_it_is_the_containers_shim(
         spec = runner.spec("sleep", "60", run_dir=str(run_dir))
         proc = await runner.start(spec)
         decoy = _decoy(decoy_of, str(run_dir / process.SPEC_FILE))
-        # A state file whose PIDs are now someone else's: nothing is killed.
-        supervisor._kill_leftover(stack, ContainerState("web-1", pid=decoy.pid,
-                                                        init_pid=decoy.pid))
-        supervisor._kill_leftover(stack, ContainerState("web-1", pid=proc.pid,
-                                                        init_pid=proc.init_pid))
+        # A state file whose PIDs are now someone else's: they are not killed, and the
+        # container is found by its run directory instead.
+        stale = ContainerState("web-1", pid=decoy.pid, init_pid=decoy.pid)
+        assert teardown.Leftovers().end(stack, "web-1", stale)
         assert await proc.wait() == 137
         assert decoy.poll() is None  # still running, long after a kill would have landed
+        # Its recorded PIDs, right this time: ended through them.
+        again = await runner.start(spec)
+        right = ContainerState("web-1", pid=again.pid, init_pid=again.init_pid)
+        assert teardown.Leftovers().end(stack, "web-1", right)
+        assert await again.wait() == 137
+        assert not teardown.Leftovers().end(stack, "web-1", right)  # nothing left to end
     finally:
         shutil.rmtree(store.stack_dir(stack), ignore_errors=True)

@@ -9,7 +9,7 @@ import pytest
 from linkd.core import ipam, names, restart, state
 from linkd.core.hosts import hosts_file
 from linkd.core.model import Attachment, Dependency, Link, Network, RestartPolicy, Service, Stack
-from linkd.core.plan import start_waves
+from linkd.core.plan import lease_of, start_waves
 from linkd.core.reconcile import (
     ConfigureNetns,
     EnsureBridge,
@@ -272,6 +272,23 @@ def test_down_removes_orphan_veths_whose_namespace_is_gone() -> None:
 def test_down_without_a_plan_still_removes_the_stacks_namespaces() -> None:
     observed = Observed({}, frozenset({"linkd-shop.web-1"}), frozenset())
     assert plan_down("shop", None, observed) == [RemoveNetns("linkd-shop.web-1")]
+
+
+def test_down_without_a_plan_removes_what_the_lease_names() -> None:
+    """Orphans: no state survived, only the lease. Its veths whose namespace is gone and
+    its bridges go; veths still in a namespace go with it."""
+    plan = realize(shop(), SUBNETS)
+    observed = observed_after_up(plan)
+    gone = plan.container("db-1")
+    partial = Observed(observed.links, observed.netns - {gone.netns}, frozenset())
+    actions = plan_down("shop", None, partial, lease_of(plan))
+    assert RemoveLink(gone.interfaces[0].host_ifname) in actions
+    assert [a for a in actions if isinstance(a, RemoveLink)] == [
+        RemoveLink(i.host_ifname) for i in gone.interfaces
+    ]
+    assert {a for a in actions if isinstance(a, RemoveBridge)} == {
+        RemoveBridge(n.bridge) for n in plan.networks
+    }
 
 
 def test_down_of_nothing_is_nothing() -> None:

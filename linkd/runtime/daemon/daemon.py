@@ -1,6 +1,6 @@
 """`linkd daemon`: one process hosting every stack, driven through an HTTP API.
 
-Each stack runs the same lifecycle as a foreground `linkd up` (`supervisor.lifecycle`),
+Each stack runs the same lifecycle as a foreground `linkd up` (`linkd.runtime.stack.lifecycle`),
 as a task of this process's event loop, holding the stack's supervisor lock so the CLI
 and other linkd processes see it as up. The daemon itself holds `<root>/daemon.lock`:
 a second daemon on the same directory is refused with a message naming the first.
@@ -38,7 +38,7 @@ from linkd.errors import (
 from linkd.paths import socket_path as socket_path  # where the CLI finds the API
 from linkd.runtime.kernel import link_events
 from linkd.runtime.kernel.netlink import Kernel
-from linkd.runtime.stack import store, supervisor
+from linkd.runtime.stack import lifecycle, store, supervisor, teardown
 
 log = logging.getLogger("linkd")
 
@@ -112,8 +112,8 @@ class Daemon:
                 ready.set_result(None)
 
         def life() -> Awaitable[int]:
-            return supervisor.lifecycle(
-                stack, hosted.supervisor, hosted.stop, supervisor.UpOptions(), on_up=on_up
+            return lifecycle.lifecycle(
+                stack, hosted.supervisor, hosted.stop, lifecycle.UpOptions(), on_up=on_up
             )
 
         self._start(hosted, life, ready)
@@ -179,7 +179,7 @@ class Daemon:
                 log.warning("stack %s: cannot recover: %s", name, exc)
                 continue
             if state.status in ("stopping", "failed"):
-                await supervisor.down_unsupervised(name, lambda s, m: log.info("%s: %s", s, m))
+                await teardown.down_unsupervised(name, lambda s, m: log.info("%s: %s", s, m))
                 continue
             hosted = self._host(name, state.source)
             ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -195,7 +195,7 @@ class Daemon:
                         raise
                     ready.set_result(None)
                     try:
-                        return await sup.supervise(hosted.stop, supervisor.UpOptions())
+                        return await lifecycle.supervise(sup, hosted.stop, lifecycle.UpOptions())
                     finally:
                         await sup.teardown()
 
@@ -209,7 +209,7 @@ class Daemon:
                 log.warning("stack %s: recovery failed: %s", name, exc)
         kernel = Kernel()
         try:
-            await supervisor.remove_orphans(kernel, lambda s, m: log.info("%s: %s", s, m))
+            await teardown.remove_orphans(kernel, lambda s, m: log.info("%s: %s", s, m))
         finally:
             kernel.close()
         return recovered

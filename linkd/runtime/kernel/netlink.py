@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
+import logging
 import os
 import socket
 from collections.abc import Awaitable, Iterable
@@ -39,6 +40,7 @@ IFA_F_NODAD = 0x02  # linux/if_addr.h: our addresses are unique by construction
 GONE = {errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL}
 
 T = TypeVar("T")
+log = logging.getLogger("linkd")
 
 
 class NamespaceHelper:
@@ -70,59 +72,77 @@ class NamespaceHelper:
     async def request_fds(self, verb: str, netns: str, count: int) -> list[int]:
         """Send `verb netns`; return the `count` descriptors the helper passes back."""
         async with self._lock:
-            channel = self.start()
-            loop = asyncio.get_running_loop()
-            await loop.sock_sendall(channel, f"{verb} {netns}".encode())
-            readable: asyncio.Future[None] = loop.create_future()
-            fd = channel.fileno()
-            loop.add_reader(fd, readable.set_result, None)
             try:
-                await readable
-            except asyncio.CancelledError:
-                # The reply is still coming and would answer the next request: start
-                # over with a fresh helper instead. A namespace it made meanwhile is
-                # on disk, where teardown finds it.
-                loop.remove_reader(fd)
-                self.close()
-                raise
-            loop.remove_reader(fd)
-            reply, fds, _, _ = socket.recv_fds(channel, 4096, count)
+                reply, fds = await self._exchange(verb, netns, count)
+            except (BrokenPipeError, ConnectionResetError):
+                # The helper is gone (killed, or it failed) and never saw the request: a
+                # fresh one takes it, so one lost helper never fails every later stack.
+                status = self.close()
+                log.warning("the namespace helper had exited (%s); started anew", status)
+                reply, fds = await self._exchange(verb, netns, count)
         if reply == b"ok" and len(fds) == count:
             return fds
         for fd in fds:
             os.close(fd)
         if not reply:
-            raise KernelError(f"{verb} netns {netns}: the namespace helper exited")
+            status = self.close()  # the next request starts a fresh one
+            raise KernelError(f"{verb} netns {netns}: the namespace helper exited ({status})")
         _, code, message = reply.decode().split(" ", 2)
         raise KernelError(f"{verb} netns {netns}: {message}", int(code) or None)
 
-    def close(self) -> None:
-        """Close our end; the helper sees EOF and exits on its own, and is reaped."""
+    async def _exchange(self, verb: str, netns: str, count: int) -> tuple[bytes, list[int]]:
+        channel = self.start()
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(channel, f"{verb} {netns}".encode())
+        readable: asyncio.Future[None] = loop.create_future()
+        fd = channel.fileno()
+        loop.add_reader(fd, readable.set_result, None)
+        try:
+            await readable
+        except asyncio.CancelledError:
+            # The reply is still coming and would answer the next request: start
+            # over with a fresh helper instead. A namespace it made meanwhile is
+            # on disk, where teardown finds it.
+            loop.remove_reader(fd)
+            self.close()
+            raise
+        loop.remove_reader(fd)
+        reply, fds, _, _ = socket.recv_fds(channel, 4096, count)
+        return reply, fds
+
+    def close(self) -> str:
+        """Close our end; the helper sees EOF and exits on its own, and is reaped. Says
+        how it ended, where it already has."""
         if self._channel is not None:
             self._channel.close()
             self._channel = None
+        status = "still running"
         if self._pid is not None:
-            _reap(self._pid)
+            status = _reap(self._pid)
             self._pid = None
+        return status
 
 
-def _reap(pid: int) -> None:
+def _reap(pid: int) -> str:
     """Reap the child `pid`, which is exiting, without ever waiting for it on the event
     loop: the daemon's loop answers DNS, and a helper slow to exit (a busy machine) would
     stall every answer. When it has not exited yet, a pidfd registered with the running
-    loop reaps it once it has; without a running loop nothing else waits, so this does."""
+    loop reaps it once it has; without a running loop nothing else waits, so this does.
+    Returns how it ended, as far as known now."""
     try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
+        done, status = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
-        return
+        return "already reaped"
     if done:
-        return
+        if os.WIFSIGNALED(status):
+            return f"killed by signal {os.WTERMSIG(status)}"
+        return f"exit code {os.waitstatus_to_exitcode(status)}"
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
-        return
+        return "exited"
     pidfd = os.pidfd_open(pid)
 
     def exited() -> None:
@@ -132,6 +152,7 @@ def _reap(pid: int) -> None:
             os.waitpid(pid, os.WNOHANG)
 
     loop.add_reader(pidfd, exited)
+    return "exiting"
 
 
 class Kernel:

@@ -1,0 +1,82 @@
+"""The files a container gets from the host: /etc/hosts, /etc/hostname and
+/etc/resolv.conf bind-mounted over its own, the live bindings under /run/linkd, and the
+process spec that tells the shim where all of them are.
+
+All of a container's files live in its run directory (`store.container_dir`); this
+module is the one place that names them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from pathlib import Path
+
+from linkd.core import bindings
+from linkd.core.hosts import hosts_file
+from linkd.core.plan import ContainerPlan, StackPlan
+from linkd.runtime.containers import process
+from linkd.runtime.stack import store
+
+RESOLV_CONF = (
+    "# linkd's DNS server: the stack's names (also in /etc/hosts), others forwarded\n"
+    "# to the host's resolvers.\n"
+    "nameserver 127.0.0.11\n"
+    "options ndots:0\n"
+)
+
+
+def write_container_files(
+    directory: Path, plan: StackPlan, container: ContainerPlan, running: Collection[str] = ()
+) -> None:
+    """The files bind-mounted over /etc/hosts, /etc/hostname and /etc/resolv.conf, and
+    the live bindings (`running`: the containers running now)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    write_bindings(directory, plan, container, running)
+    store.write_atomic(directory / "hosts", hosts_file(plan, container).encode(), durable=False)
+    store.write_atomic(directory / "hostname", f"{container.hostname}\n".encode(), durable=False)
+    store.write_atomic(directory / "resolv.conf", RESOLV_CONF.encode(), durable=False)
+
+
+def write_bindings(
+    directory: Path, plan: StackPlan, container: ContainerPlan, running: Collection[str]
+) -> None:
+    """/run/linkd/links.env and links.json inside the container, replaced atomically."""
+    target = directory / "bindings"
+    target.mkdir(parents=True, exist_ok=True)
+    store.write_atomic(target / bindings.ENV_FILE, bindings.links_env(container).encode(),
+                       durable=False)
+    document = bindings.links_json(plan, container, running)
+    store.write_atomic(target / bindings.JSON_FILE, document.encode(), durable=False)
+
+
+def process_spec(
+    directory: Path, container: ContainerPlan, *, keep_dirs: tuple[str, ...] = ()
+) -> process.ProcessSpec:
+    """How the shim runs `container`, with its files in `directory`."""
+    return process.ProcessSpec(
+        name=container.name,
+        netns=container.netns,
+        hostname=container.hostname,
+        argv=container.argv,
+        env=container.env,
+        working_dir=container.working_dir,
+        user=container.user,
+        bind_files=(
+            (str(directory / "hosts"), "/etc/hosts"),
+            (str(directory / "hostname"), "/etc/hostname"),
+            (str(directory / "resolv.conf"), "/etc/resolv.conf"),
+        ),
+        log_path=str(directory / "log"),
+        run_dir=str(directory),
+        keep_dirs=keep_dirs,
+        bind_dirs=((str(directory / "bindings"), bindings.DIRECTORY),),
+    )
+
+
+def under_tmp(directory: str) -> tuple[str, ...]:
+    """The stack's directory, if it lies under /tmp, which every container has privately.
+
+    Containers run commands from the host's filesystem in that directory by default, so
+    it stays visible inside; the rest of /tmp does not.
+    """
+    return (directory,) if directory.startswith("/tmp/") else ()

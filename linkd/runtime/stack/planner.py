@@ -1,0 +1,100 @@
+"""Where a stack goes: its images and conventions resolved, its subnets, addresses and
+host ports picked, and the claim recorded, under the global lock from the pick to the
+record.
+
+Every linkd process of one run directory picks subnets and host ports against what the
+others hold: other stacks' state files (their plans), their leases (held while they are
+down) and the host's routes. Two stacks picking at once would take the same subnet, so
+`claim` holds `<root>/lock` from the pick until the caller has recorded the plan (its
+state file) and the lease is saved; a caller that has more to do before it can record
+(an update stopping what it replaces) does it inside, and the lock waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from linkd.conventions.schema import Convention
+from linkd.core import ipam
+from linkd.core.model import Stack
+from linkd.core.plan import StackPlan, lease_of, realize
+from linkd.errors import LinkdError
+from linkd.runtime.images import image_store
+from linkd.runtime.kernel.firewall import publish_ports
+from linkd.runtime.kernel.netlink import Kernel
+from linkd.runtime.stack import store
+from linkd.runtime.stack.conventions import load_conventions
+
+Conventions = dict[str, Convention]  # by name, as linkd.core.plan.realize takes them
+
+
+async def resolve(stack: Stack, base: Path) -> tuple[Stack, Conventions]:
+    """`stack` with its images merged in (loaded into the store if they are paths) and
+    the conventions it uses, read off the event loop and before the global lock is
+    taken: a long image load must not hold up every other stack's `up`."""
+    def read() -> tuple[Stack, Conventions]:
+        resolved = image_store.resolve_stack(stack, base)
+        return resolved, load_conventions(resolved, base)
+
+    return await asyncio.to_thread(read)
+
+
+@contextlib.asynccontextmanager
+async def claim(
+    kernel: Kernel, stack: Stack, conventions: Conventions, base: Path,
+    previous: StackPlan | None,
+) -> AsyncIterator[StackPlan]:
+    """The plan of `stack`, with the global lock held until the caller's block has
+    recorded it; the lease is saved last, still under the lock. `previous` is the plan
+    the stack runs now (an update): its own bridges' routes do not count as taken, and
+    its host ports stay where they are."""
+    async with store.locked_async(store.root() / "lock"):
+        plan = await _plan(kernel, stack, conventions, base, previous)
+        yield plan
+        store.save_lease(lease_of(plan))
+
+
+async def _plan(
+    kernel: Kernel, stack: Stack, conventions: Conventions, base: Path,
+    previous: StackPlan | None,
+) -> StackPlan:
+    """Its lease's subnets and addresses where still free, others' leases avoided."""
+    own = {n.bridge for n in previous.networks} if previous is not None else set()
+    taken = [
+        (net, who)
+        for net, who in await _taken_subnets(kernel, stack.name)
+        if not any(who == f"host route via {bridge}" for bridge in own)
+    ]
+    lease = store.load_lease(stack.name)
+    # Other stacks' leases are held for them while they are down.
+    held = [
+        subnet
+        for other in store.leases()
+        if other.stack != stack.name
+        for _, subnet in other.subnets
+    ]
+    subnets = ipam.pick_subnets(
+        stack.networks,
+        taken,
+        previous=lease.subnet_map() if lease else None,
+        reserved=held,
+    )
+    plan = realize(stack, subnets, workdir=str(base), conventions=conventions, lease=lease)
+    return publish_ports(plan, previous)  # host ports decided, or refused
+
+
+async def _taken_subnets(kernel: Kernel, stack: str) -> list[tuple[ipam.IPNetwork, str]]:
+    taken = list(await kernel.routes())
+    for other in store.stacks():
+        if other == stack:
+            continue
+        try:
+            other_state = store.load(other)
+        except LinkdError:
+            continue
+        for net in other_state.plan.networks:
+            taken.append((net.subnet, f"stack {other} network {net.key}"))
+    return taken
