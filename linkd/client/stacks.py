@@ -62,13 +62,13 @@ from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import quote
 
-from linkd import files, paths
+from linkd import loader, paths
 from linkd.client import host_names, waits
 from linkd.client.api import Client, DaemonError, ensure_daemon
 from linkd.core.plan import ContainerPlan, StackPlan
 from linkd.core.state import StackState, from_plain
 from linkd.errors import LinkdError, NotFoundError
-from linkd.spec import stack_file
+from linkd.spec.dump import stack_to_dict
 
 Source = str | os.PathLike[str] | Mapping[str, Any]
 WaitFor = Mapping[str, waits.Wait | Sequence[waits.Wait]]
@@ -94,29 +94,23 @@ def load(
 ) -> Loaded:
     """(name, normalized spec, directory) of a stack file or a Compose-shaped dict,
     parsed and normalized as `linkd up -d` does (`linkd config`'s form)."""
+    project_name = name if name is not None else unique_name()
     if isinstance(source, Mapping):
-        text = json.dumps(dict(source))  # JSON is YAML: one parser, one set of errors
         base = Path(directory if directory is not None else os.getcwd()).resolve()
-        where = "stack built in Python"
+        stack_source = loader.local_source(
+            json.dumps(dict(source)),  # JSON is YAML: one parser, one set of errors
+            source="stack built in Python",
+            directory=base,
+            project_name=project_name,
+        )
     else:
-        file = Path(source)
-        try:  # bounded, UTF-8, a regular file or a pipe: a clear error otherwise
-            text = files.read_text(file, pipes=True)
-        except OSError as exc:
-            raise NotFoundError(f"cannot read stack file {file}: {exc.strerror}") from exc
-        base = Path(directory).resolve() if directory is not None else file.resolve().parent
-        where = str(file)
-    stack = stack_file.parse_stack(
-        text,
-        source=where,
-        project_name=name if name is not None else unique_name(),
-        default_project=base.name,
-        host_env=dict(os.environ),
-        read_text=files.env_file_reader(base),  # env files: regular and bounded
-    )
+        stack_source = loader.read_file(Path(source), project_name=project_name,
+                                        directory=directory)
+    stack = loader.load(stack_source)
+    where = stack_source.source
     for warning in stack.warnings:
         warnings.warn(f"linkd: {where}: {warning}", StackWarning, stacklevel=3)
-    return stack.name, stack_file.stack_to_dict(stack), base
+    return stack.name, stack_to_dict(stack), stack_source.directory
 
 
 class AsyncStack:
