@@ -52,7 +52,6 @@ def load(
         stack_source = loader.read_file(Path(source), project_name=project_name,
                                         directory=directory)
     stack = loader.load(stack_source)
-    where = stack_source.source
     for warning in stack.warnings:
-        warnings.warn(f"linkd: {where}: {warning}", StackWarning, stacklevel=3)
+        warnings.warn(f"linkd: {stack_source.source}: {warning}", StackWarning, stacklevel=3)
     return stack.name, stack_to_dict(stack), stack_source.directory
