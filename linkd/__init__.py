@@ -11,7 +11,9 @@ The package is laid out by job (the README's "Architecture" section has the pict
   plugin), which talks HTTP to the daemon and imports no runtime;
 - `linkd.cli`: the `linkd` command;
 - shared by all: `linkd.errors`, `linkd.paths` (where the run directory and the socket
-  are) and `linkd.files` (bounded reads of user files), standard library only.
+  are) and `linkd.files` (bounded reads of user files), standard library only; and,
+  on them and `linkd.spec`, `linkd.loader` (a stack file's source to a `Stack`, the one
+  loader of the CLI, the client and the daemon).
 
 The import-linter contracts in pyproject.toml hold these rules.
 """

@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 
 from linkd import paths
-from linkd.cli.main import containers, dry_plan, load_stack, load_state, stack_name, table
 from linkd.cli.progress import Progress
+from linkd.cli.reading import table
+from linkd.cli.stacks import containers, dry_plan, load_stack, load_state, stack_name
 from linkd.client.api import Client
 from linkd.core import names
 from linkd.core.model import Stack

@@ -20,7 +20,7 @@ service (each replica) before it returns; `stack["web"].wait(...)` waits later.
 Probes are coroutines (asyncio sockets and subprocesses; urllib's GET in a thread), so
 in the async form (`async with Stack.up(...)`) a wait leaves the event loop free for the
 clients and servers a test runs beside it; the sync form runs the same coroutines on an
-event loop of its own (`linkd.client.stacks`), so both wait exactly alike.
+event loop of its own (`linkd.client.sync_form`), so both wait exactly alike.
 """
 
 from __future__ import annotations

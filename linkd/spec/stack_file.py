@@ -5,10 +5,11 @@ How it works, in three steps:
 1. `linkd.spec.bounded_yaml.compose` turns the text into nodes, which keep line numbers, within
    bounds: nesting depth, and the size the document expands to once aliases (`*name`)
    and merge keys (`<<`) are resolved, so no text makes the parser slow or deep.
-2. `linkd.spec.nodes.Reader` walks the nodes the schema below expects and turns each into a
-   value (`linkd.spec.values` parses the scalar syntaxes: ports, durations, signals,
-   `${VAR}`). Every value carries its dotted path (`services.web.ports[1]`) and line, so a
-   wrong value becomes a problem `(path, line, message)` and parsing goes on; unknown keys
+2. `linkd.spec.nodes.Reader` walks the nodes the schema expects (the top level here,
+   `networks:` and `services:` in `linkd.spec.services`) and turns each into a value
+   (`linkd.spec.values` parses the scalar syntaxes: ports, durations, signals, `${VAR}`).
+   Every value carries its dotted path (`services.web.ports[1]`) and line, so a wrong
+   value becomes a problem `(path, line, message)` and parsing goes on; unknown keys
    become warnings (`x-*` keys are extensions and stay silent; `x-linkd`, linkd's own,
    is read by `linkd.spec.x_linkd`).
 3. The values build the frozen `linkd.core.model` dataclasses, then `linkd.spec.checks` looks
@@ -16,9 +17,10 @@ How it works, in three steps:
    one `SpecError` lists every problem, so a user fixes the file in one pass.
 
 The file format is the subset of Compose linkd implements, with Compose's semantics
-(compose-spec `05-services.md`, `06-networks.md`). Files are read by the caller: env files
-through `read_text` (once per file, whatever the number of services naming it; the
-characters they add to the stack are bounded like the document's), host variables through
+(compose-spec `05-services.md`, `06-networks.md`). Files are read by the caller
+(linkd.loader, the one place linkd loads a stack): env files through `read_text` (once per
+file, whatever the number of services naming it; the characters they add to the stack are
+bounded like the document's: `linkd.spec.environment`), host variables through
 `host_env`. `check`, when given, is called as the work goes on: the caller raises from it
 to stop a parse that takes too long (this module keeps no clock). `stack_to_dict` (in
 `linkd.spec.dump`) writes a `Stack` back as a normalized Compose-shaped dict.
@@ -26,72 +28,22 @@ to stop a parse that takes too long (this module keeps no clock). `stack_to_dict
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Callable, Mapping
 
 import yaml
 
-from linkd.core.model import (
-    Attachment,
-    Dependency,
-    DependsCondition,
-    Link,
-    Network,
-    PortSpec,
-    RestartPolicy,
-    Service,
-    Stack,
-)
+from linkd.core.model import Network, Stack
 from linkd.errors import SpecError
 from linkd.spec import bounded_yaml
-from linkd.spec.checks import Origins, check_stack, check_subnets
 from linkd.spec.dump import stack_to_dict
-from linkd.spec.health import read_healthcheck
-from linkd.spec.limits import KEYS as LIMIT_KEYS
-from linkd.spec.limits import read_limits, read_runtime
-from linkd.spec.networks import NetworkReader
 from linkd.spec.nodes import ROOT, At, Reader, given
-from linkd.spec.security import KEYS as SECURITY_KEYS
-from linkd.spec.security import read_security
-from linkd.spec.values import (
-    PORT_HINT,
-    Bad,
-    check_alias,
-    check_port_name,
-    check_range_lengths,
-    check_service_name,
-    check_stack_name,
-    normalize_project_name,
-    parse_env_file,
-    parse_expose,
-    parse_host_ip,
-    parse_port,
-    parse_port_range,
-    parse_protocol,
-    parse_restart,
-    parse_signal,
-    quote,
-)
-from linkd.spec.x_linkd import read_service_x_linkd, read_x_linkd
+from linkd.spec.services import ServiceReader
+from linkd.spec.values import Bad, check_stack_name, normalize_project_name, quote
+from linkd.spec.x_linkd import read_x_linkd
 
 __all__ = ["parse_stack", "stack_to_dict"]
 
 _TOP_KEYS = ("name", "services", "networks", "version", "x-linkd")
-_SERVICE_KEYS = (
-    "command", "entrypoint", "environment", "env_file", "working_dir", "user", "hostname",
-    "expose", "ports", "links", "networks", "depends_on", "healthcheck", "restart", "scale",
-    "deploy", "stop_signal", "stop_grace_period", "image", "container_name", "network_mode",
-    "x-linkd", *LIMIT_KEYS, *SECURITY_KEYS,
-)  # fmt: skip
-_DEPLOY_UNSUPPORTED = (
-    "mode", "endpoint_mode", "labels", "placement", "restart_policy",
-    "rollback_config", "update_config",
-)  # fmt: skip
-_CONDITIONS: dict[str, DependsCondition] = {
-    "service_started": "service_started",
-    "service_healthy": "service_healthy",
-    "service_completed_successfully": "service_completed_successfully",
-}
 
 
 def parse_stack(
@@ -132,7 +84,7 @@ def parse_stack(
     if top is None:
         raise SpecError(r.problems, source)
     name = _stack_name(r, top, project_name, default_project)
-    parser = _StackParser(r, host_env, read_text)
+    parser = ServiceReader(r, host_env, read_text)
     networks = parser.networks(given(top, "networks"))
     services = parser.services(top.get("services"))
     extension = read_x_linkd(r, given(top, "x-linkd"))
@@ -175,378 +127,3 @@ def _stack_name(
     except Bad as exc:
         r.problems.append(("name", None, f"{exc}; set a shorter name: in the file"))
         return None
-
-
-class _StackParser:
-    """Reads `services:` once `networks:` is known (attachments check against it)."""
-
-    def __init__(
-        self, r: Reader, host_env: Mapping[str, str], read_text: Callable[[str], str] | None
-    ) -> None:
-        self.r = r
-        self.host_env = host_env
-        self.read_text = read_text
-        self.nets = NetworkReader(r)
-        self.names: set[str] = set()
-        self.files: dict[str, str | Exception] = {}  # env files read, by name
-        self.env_text = 0  # characters env files added, counting each use
-
-    def networks(self, at: At | None) -> tuple[Network, ...]:
-        pairs = self.r.pairs(at) if at is not None else []
-        parsed = [self.nets.network(name, child) for name, child in pairs or []]
-        done = [p for p in parsed if p is not None]
-        check_subnets(self.r, done)
-        return tuple(network for network, _ in done)
-
-    def services(self, at: At | None) -> tuple[Service, ...]:
-        if at is None or at.is_null:
-            self.r.problems.append(("services", at.line if at else None, _NO_SERVICES))
-            return ()
-        pairs = self.r.pairs(at)
-        if pairs is None:
-            return ()
-        if not pairs:
-            self.r.fail(at, _NO_SERVICES)
-        self.names = {name for name, _ in pairs}
-        parsed = [self.service(name, child) for name, child in pairs]
-        done = [p for p in parsed if p is not None]
-        check_stack(self.r, done)
-        return tuple(service for service, _ in done)
-
-    def service(self, name: str, at: At) -> tuple[Service, Origins] | None:
-        r = self.r
-        try:
-            check_service_name(name)
-        except Bad as exc:
-            r.fail(at, str(exc))
-        if at.is_null:
-            r.fail(at, 'a service needs "command" (or "entrypoint", or "image")')
-            return None
-        f = r.fields(at, _SERVICE_KEYS)
-        if f is None:
-            return None
-        origins = Origins(at)
-        if "container_name" in f:
-            r.fail(
-                f["container_name"],
-                "not supported: linkd names containers <service>-<n> (like "
-                f"{name}-1) so replicas and DNS names stay predictable; remove it",
-            )
-        replicas = self._replicas(f)
-        before = len(r.problems)
-        command, entrypoint = self._argv(f.get("command")), self._argv(f.get("entrypoint"))
-        image = self._text(f.get("image"))
-        # Only when nothing was given: a command that failed to parse is reported already.
-        if image is None and not (command or entrypoint) and len(r.problems) == before:
-            r.fail(at, 'a service needs "command" (or "entrypoint", or "image")')
-        healthcheck = None
-        if health := given(f, "healthcheck"):
-            healthcheck = read_healthcheck(self.r, health)
-        links = self._links(f.get("links"), origins)
-        conventions, link_settings = read_service_x_linkd(r, given(f, "x-linkd"), links)
-        return Service(
-            name=name,
-            command=command,
-            entrypoint=entrypoint,
-            image=image,
-            environment=self._environment(f),
-            working_dir=self._text(f.get("working_dir")),
-            user=self._text(f.get("user")),
-            hostname=self._text(f.get("hostname")),
-            expose=self._expose(f.get("expose")),
-            ports=self._ports(f.get("ports"), origins),
-            links=links,
-            networks=self._networks(f, name, replicas),
-            depends_on=self._depends(f.get("depends_on"), origins),
-            healthcheck=healthcheck,
-            restart=self._restart(f.get("restart")),
-            replicas=replicas,
-            stop_signal=self._value(f.get("stop_signal"), parse_signal) or "SIGTERM",
-            stop_grace_period=self.r.duration(given(f, "stop_grace_period"), 10.0, 0.0),
-            conventions=conventions,
-            link_settings=link_settings,
-            limits=read_limits(r, f),
-            runtime=read_runtime(r, given(f, "x-linkd")),
-            security=read_security(r, f, image is not None, self._read),
-        ), origins
-
-    def _networks(self, f: dict[str, At], name: str, replicas: int) -> tuple[Attachment, ...]:
-        """`networks:`, or none at all for `network_mode: none` (loopback only)."""
-        mode_at = given(f, "network_mode")
-        if mode_at is None:
-            return self.nets.attachments(f.get("networks"), name, replicas)
-        mode = self.r.text(mode_at)
-        if mode == "none":
-            if given(f, "networks") is not None:
-                self.r.fail(
-                    mode_at,
-                    '"network_mode: none" and "networks" cannot be combined (Compose refuses '
-                    "it too); keep one",
-                )
-            return ()
-        if mode is not None:
-            self.r.fail(
-                mode_at,
-                f"network_mode {quote(mode)} is not supported: linkd gives every container "
-                'its own namespace; use "none" for loopback only, or networks: to join networks',
-            )
-        return ()
-
-    # --- simple values ---
-
-    def _text(self, at: At | None) -> str | None:
-        return None if at is None or at.is_null else self.r.text(at)
-
-    def _value(self, at: At | None, parse: Callable[[str], str]) -> str | None:
-        return None if at is None or at.is_null else self.r.parsed(at, parse)
-
-    def _argv(self, at: At | None) -> tuple[str, ...] | None:
-        if at is None or at.is_null:
-            return None
-        if at.is_sequence:
-            texts = self.r.texts(at)
-            return None if texts is None else tuple(texts)
-        split = self.r.parsed(at, _shell_split)
-        return None if split is None else tuple(split)
-
-    def _restart(self, at: At | None) -> RestartPolicy:
-        if at is None or at.is_null:
-            return RestartPolicy()
-        if at.is_bool:  # YAML 1.1 reads a bare `no` as false
-            if self.r.boolean(at) is False:
-                return RestartPolicy()
-            self.r.fail(at, f"{_RESTART_HINT}, got {at.node.value} (a YAML boolean)")
-            return RestartPolicy()
-        return self.r.parsed(at, parse_restart) or RestartPolicy()
-
-    def _replicas(self, f: dict[str, At]) -> int:
-        why = " (linkd runs at least one container per service; remove a service to stop it)"
-        scale_at = given(f, "scale")
-        scale = self.r.integer(scale_at, 1, why) if scale_at else None
-        replicas = None
-        if deploy := given(f, "deploy"):
-            d = self.r.fields(deploy, ("replicas", "resources"), _DEPLOY_UNSUPPORTED) or {}
-            if replicas_at := given(d, "replicas"):
-                replicas = self.r.integer(replicas_at, 1, why)
-        if scale_at and scale is not None and replicas is not None and scale != replicas:
-            self.r.fail(scale_at, f"scale {scale} differs from deploy.replicas {replicas}; set one")
-        return scale or replicas or 1
-
-    # --- environment ---
-
-    def _environment(self, f: dict[str, At]) -> tuple[tuple[str, str], ...]:
-        env: dict[str, str] = {}  # env_file first, `environment` overrides (Compose order)
-        if files := given(f, "env_file"):
-            for item in (self.r.items(files) or []) if files.is_sequence else [files]:
-                env.update(self._env_file(item))
-        at = given(f, "environment")
-        if at is None:
-            return tuple(env.items())
-        if at.is_sequence:
-            for item in self.r.items(at) or []:
-                entry = self.r.text(item)
-                if entry is None:
-                    continue
-                key, eq, value = entry.partition("=")
-                if not key:
-                    self.r.fail(item, f"expected KEY=VALUE or KEY, got {quote(entry)}")
-                elif eq:
-                    env[key] = value
-                elif key in self.host_env:  # bare KEY: the host's value, or nothing
-                    env[key] = self.host_env[key]
-        else:
-            for key, child in self.r.pairs(at) or []:
-                if "=" in key:
-                    self.r.fail(child, f'expected a variable name without "=", got {quote(key)}')
-                elif not child.is_null:
-                    if (raw := self.r.raw(child)) is not None:
-                        env[key] = raw
-                elif key in self.host_env:
-                    env[key] = self.host_env[key]
-        return tuple(env.items())
-
-    def _env_file(self, item: At) -> list[tuple[str, str]]:
-        path_at, required = item, True
-        if item.is_mapping:
-            ef = self.r.fields(item, ("path", "required")) or {}
-            if "path" not in ef:
-                self.r.fail(item, "an env_file entry needs a path")
-                return []
-            path_at = ef["path"]
-            if req := given(ef, "required"):
-                required = self.r.boolean(req) is not False
-        name = self.r.text(path_at)
-        if name is None:
-            return []
-        text = self._read(name)
-        if isinstance(text, Exception):
-            if required or self.read_text is None:
-                reason = getattr(text, "strerror", None) or str(text)
-                self.r.fail(path_at, f"cannot read env file {quote(name)}: {reason}")
-            return []
-        if self.env_text > bounded_yaml.MAX_TEXT:
-            return []  # reported once already
-        self.env_text += len(text)
-        if self.env_text > bounded_yaml.MAX_TEXT:
-            self.r.fail(
-                path_at,
-                f"env files add more than {bounded_yaml.MAX_TEXT} characters to the stack "
-                "(linkd's limit; a file counts again for every service that names it); "
-                "put shared variables in fewer, smaller files",
-            )
-            return []
-        try:
-            return parse_env_file(text, name, self.host_env)
-        except Bad as exc:
-            self.r.fail(path_at, str(exc))
-            return []
-
-    def _read(self, name: str) -> str | Exception:
-        """An env file's (or a seccomp profile's) text, or why it cannot be read; each file
-        is read once."""
-        if name not in self.files:
-            if self.read_text is None:
-                self.files[name] = ValueError("no file reader given")
-            else:
-                try:
-                    self.files[name] = self.read_text(name)
-                except (OSError, UnicodeError) as exc:
-                    self.files[name] = exc
-        return self.files[name]
-
-    # --- ports ---
-
-    def _expose(self, at: At | None) -> tuple[PortSpec, ...]:
-        items = self.r.items(at) if at is not None and not at.is_null else []
-        specs = (self.r.parsed(item, parse_expose) for item in items or [])
-        return tuple(spec for spec in specs if spec is not None)
-
-    def _ports(self, at: At | None, origins: Origins) -> tuple[PortSpec, ...]:
-        specs: list[PortSpec] = []
-        items = self.r.items(at) if at is not None and not at.is_null else []
-        for item in items or []:
-            spec = self._long_port(item) if item.is_mapping else self.r.parsed(item, parse_port)
-            if spec is not None:
-                specs.append(spec)
-                origins.ports.append((spec, item))
-        return tuple(specs)
-
-    def _long_port(self, at: At) -> PortSpec | None:
-        """Long syntax `{target, published, host_ip, protocol, name}`; `target` may be a
-        range ("8000-8010") so that `stack_to_dict` can write a range back in one entry.
-        """
-        r = self.r
-        f = r.fields(at, ("target", "published", "host_ip", "protocol", "name"))
-        if f is None:
-            return None
-        target_at = given(f, "target")
-        if target_at is None:
-            r.fail(at, f"a port needs a target (the container port), like {PORT_HINT}")
-            return None
-        hint = "a port like 80 or a range like 8000-8010"
-        target = r.parsed(target_at, lambda t: parse_port_range(t, t, hint))
-        published = host_ip = None
-        if pub_at := given(f, "published"):
-            published = r.parsed(pub_at, lambda t: parse_port_range(t, t, hint))
-            if published is None:
-                return None
-            if target is not None:
-                try:
-                    check_range_lengths(*published, *target, "/".join(map(str, published)))
-                except Bad as exc:
-                    r.fail(pub_at, str(exc))
-                    return None
-        if ip_at := given(f, "host_ip"):
-            host_ip = r.parsed(ip_at, lambda t: parse_host_ip(t, t))
-        protocol_at, name_at = given(f, "protocol"), given(f, "name")
-        protocol = r.parsed(protocol_at, parse_protocol) if protocol_at else "tcp"
-        name = r.parsed(name_at, check_port_name) if name_at else None
-        if target is None or protocol is None or (ip_at and host_ip is None):
-            return None
-        host_start, host_end = published or (None, None)
-        return PortSpec(*target, protocol, host_ip, host_start, host_end, True, name)
-
-    # --- dependencies ---
-
-    def _links(self, at: At | None, origins: Origins) -> tuple[Link, ...]:
-        links: list[Link] = []
-        items = self.r.items(at) if at is not None and not at.is_null else []
-        for item in items or []:
-            text = self.r.text(item)
-            if text is None:
-                continue
-            service, colon, alias = text.partition(":")
-            if not service or (colon and not alias) or ":" in alias:
-                self.r.fail(item, f'expected "service" or "service:alias", got {quote(text)}')
-            elif self._known_service(item, service) and self._alias_ok(item, alias or service):
-                links.append(Link(service, alias or service))
-                origins.edges.setdefault(service, item)
-        return tuple(links)
-
-    def _alias_ok(self, at: At, alias: str) -> bool:
-        try:
-            check_alias(alias)
-        except Bad as exc:
-            self.r.fail(at, str(exc))
-            return False
-        return True
-
-    def _known_service(self, at: At, service: str) -> bool:
-        if service not in self.names:
-            known = ", ".join(sorted(self.names))
-            self.r.fail(at, f"unknown service {quote(service)}; the services are {known}")
-        return service in self.names
-
-    def _depends(self, at: At | None, origins: Origins) -> tuple[Dependency, ...]:
-        if at is None or at.is_null:
-            return ()
-        deps: dict[str, Dependency] = {}
-        if at.is_sequence:
-            for item in self.r.items(at) or []:
-                name = self.r.text(item)
-                if name is not None and self._known_service(item, name):
-                    deps.setdefault(name, Dependency(name))
-                    origins.edges.setdefault(name, item)
-                    origins.depends.setdefault(name, item)
-            return tuple(deps.values())
-        for name, child in self.r.pairs(at) or []:
-            dep = self._dependency(name, child)
-            if dep is None:
-                continue
-            if name not in self.names and not dep.required:
-                # Compose: an optional dependency may be absent (say, another profile).
-                self.r.warn(child, f"optional dependency on unknown service {name}, ignored")
-            elif self._known_service(child, name):
-                deps[name] = dep
-                origins.edges.setdefault(name, child)
-                origins.depends[name] = child
-        return tuple(deps.values())
-
-    def _dependency(self, name: str, at: At) -> Dependency | None:
-        if at.is_null:
-            return Dependency(name)
-        f = self.r.fields(at, ("condition", "required", "restart"))
-        if f is None:
-            return None
-        condition: DependsCondition | None = "service_started"
-        if cond_at := given(f, "condition"):
-            text = self.r.text(cond_at)
-            condition = _CONDITIONS.get(text or "")
-            if text is not None and condition is None:
-                self.r.fail(cond_at, f"expected one of {', '.join(_CONDITIONS)}, got {quote(text)}")
-        required = self.r.boolean(f["required"]) if given(f, "required") else True
-        restart = self.r.boolean(f["restart"]) if given(f, "restart") else False
-        if condition is None or required is None or restart is None:
-            return None
-        return Dependency(name, condition, required, restart)
-
-
-_RESTART_HINT = 'expected "no", "always", "on-failure", "on-failure:N" or "unless-stopped"'
-_NO_SERVICES = 'a stack needs "services:", a mapping of at least one service'
-
-
-def _shell_split(text: str) -> list[str]:
-    try:
-        return shlex.split(text)
-    except ValueError as exc:
-        raise Bad(f"cannot split {quote(text)} into arguments: {exc}") from None

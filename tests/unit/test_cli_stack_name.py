@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from linkd.cli.main import _name_in
+from linkd.cli.stacks import _name_in
 from linkd.errors import SpecError
 from linkd.spec.stack_file import parse_stack
 

@@ -8,8 +8,8 @@ requests refused. A wrong `--tcp` stops the daemon before it recovers any stack.
 
 Stack files arrive in request bodies from whoever holds that power, and are parsed off
 the event loop (`parse_off_loop`), within a time budget, so DNS, supervision and other
-requests go on meanwhile; env files they name are read as bounded regular files
-(linkd.files).
+requests go on meanwhile; they are loaded as the command line and the Python API load
+theirs (linkd.loader), env files they name read as bounded regular files.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
-from linkd import files
+from linkd import loader
 from linkd.core import health
 from linkd.core.api_schema import ROUTES, ApiError, openapi, parse_create, parse_flag
 from linkd.core.model import Stack
@@ -42,7 +42,6 @@ from linkd.runtime.containers import logs
 from linkd.runtime.daemon import api_tcp
 from linkd.runtime.daemon.daemon import Daemon, daemon_lock
 from linkd.runtime.stack import store
-from linkd.spec import stack_file
 
 log = logging.getLogger("linkd")
 
@@ -167,19 +166,16 @@ async def _stack_from(request: web.Request, name: str | None) -> tuple[Stack, Pa
         wanted = parse_create(body)
     except RecursionError:  # json.dumps of a "spec" nested past Python's limit
         raise ApiError(400, "invalid request", [("body.spec", _TOO_DEEP)]) from None
-    directory = Path(wanted.directory)
-    stack = await parse_off_loop(
-        lambda check: stack_file.parse_stack(
-            wanted.text,
-            source=wanted.source,
-            project_name=wanted.name,
-            default_project=wanted.default_project,
-            host_env=wanted.environment if wanted.environment is not None else {},
-            read_text=files.env_file_reader(directory),
-            check=check,
-        )
+    source = loader.StackSource(
+        wanted.text,
+        source=wanted.source,
+        directory=Path(wanted.directory),
+        project_name=wanted.name,
+        default_project=wanted.default_project,
+        environment=wanted.environment,
     )
-    return stack, directory
+    stack = await parse_off_loop(lambda check: loader.load(source, check=check))
+    return stack, source.directory
 
 
 _TOO_DEEP = "nested too deeply (linkd reads stack files up to 64 levels)"

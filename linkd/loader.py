@@ -1,0 +1,121 @@
+"""Loading a stack: its source (the text, where it came from, the directory its relative
+paths start from, the name asked for, the environment `${VAR}` reads) in, a validated
+`linkd.core.model.Stack` out. The one place that does this for `linkd config` and `up`,
+the Python API (`linkd.Stack.up`) and the daemon's API (`linkd up -d` sends a source,
+the daemon loads it).
+
+Two halves, because the commands that hand a stack to the daemon must start at once:
+
+- `read_file` reads a stack file as every caller does (bounded, UTF-8, a regular file
+  or a pipe, `linkd up -f /dev/stdin`) into a `StackSource`, and says "cannot read stack
+  file ..." when it cannot; `local_source` is the same for text this process has. They
+  import no parser: `linkd up -d` sends the source as it is, to be loaded by the daemon.
+- `load` turns a `StackSource` into a `Stack` with `linkd.spec.stack_file.parse_stack`,
+  the files the stack names (env files, seccomp profiles) read beneath the source's
+  directory through `linkd.files`; `check` lets the daemon stop a parse over its budget.
+
+Everything a stack's variables come from is decided in `load`, so the project's `.env`
+file and `--env-file` (with Compose's precedence: the environment given wins over them)
+belong there, once, for every caller. How warnings are shown stays the caller's (the
+command line prints them, the Python API warns, the daemon answers with them).
+
+Shared ground: it may import `linkd.spec`, `linkd.files` and `linkd.errors`; every
+package but the pure ones may import it (pyproject's import contracts).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from linkd import files
+from linkd.errors import NotFoundError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without the import (`linkd up -d` starts here)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from linkd.core.model import Stack
+
+
+class StackSource:
+    """A stack file's text and what loading it needs besides.
+
+    `source` names it in errors and warnings (the file as given, "stack built in
+    Python", "request body"); `directory` is where its relative paths start;
+    `project_name` overrides the file's `name:`, and `default_project` names a stack
+    that gives neither (Compose: the directory's name); `environment` is what `${VAR}`
+    reads."""
+
+    __slots__ = ("default_project", "directory", "environment", "project_name", "source",
+                 "text")  # fmt: skip
+
+    def __init__(
+        self,
+        text: str,
+        *,
+        source: str,
+        directory: Path,
+        project_name: str | None = None,
+        default_project: str = "",
+        environment: Mapping[str, str] | None = None,
+    ) -> None:
+        self.text = text
+        self.source = source
+        self.directory = directory
+        self.project_name = project_name
+        self.default_project = default_project
+        self.environment: Mapping[str, str] = {} if environment is None else environment
+
+    def __repr__(self) -> str:
+        return f"<StackSource {self.source} in {self.directory}>"
+
+
+def read_file(
+    file: Path,
+    *,
+    project_name: str | None = None,
+    directory: str | os.PathLike[str] | None = None,
+) -> StackSource:
+    """The stack file `file` as a `local_source`; its relative paths start in
+    `directory` (default: the file's own directory)."""
+    try:  # bounded, UTF-8, a regular file or a pipe (-f /dev/stdin, -f <(...))
+        text = files.read_text(file, pipes=True)
+    except OSError as exc:
+        raise NotFoundError(f"cannot read stack file {file}: {exc.strerror}") from exc
+    base = Path(directory).resolve() if directory is not None else file.resolve().parent
+    return local_source(text, source=str(file), directory=base, project_name=project_name)
+
+
+def local_source(
+    text: str, *, source: str, directory: Path, project_name: str | None = None
+) -> StackSource:
+    """A stack this process hands in (a file it read, a stack built in Python): `${VAR}`
+    reads this process's environment, and a stack that gives no name takes its
+    directory's, as Compose does. (A source from the daemon's API says both itself.)"""
+    return StackSource(
+        text,
+        source=source,
+        directory=directory,
+        project_name=project_name,
+        default_project=directory.name,
+        environment=dict(os.environ),
+    )
+
+
+def load(source: StackSource, *, check: Callable[[], None] | None = None) -> Stack:
+    """The stack `source` describes, validated; `SpecError` lists every problem.
+
+    `check`, when given, is called as the parse goes on: it raises to stop a parse that
+    takes too long."""
+    from linkd.spec import stack_file  # here: reading a file must not import the parser
+
+    return stack_file.parse_stack(
+        source.text,
+        source=source.source,
+        project_name=source.project_name,
+        default_project=source.default_project,
+        host_env=source.environment,
+        read_text=files.env_file_reader(source.directory),  # regular files, bounded
+        check=check,
+    )
