@@ -17,7 +17,7 @@ O_NOFOLLOW|O_EXCL, `symlinkat`, `linkat` without AT_SYMLINK_FOLLOW, `unlinkat`),
 path meant cannot change between the check and the use: there is no check, only the use.
 `remove_at` empties a directory the same way, bottom up, so a symlink inside a removed tree
 is unlinked, never followed. Components are checked again here (no "", ".", "..", "/" or
-NUL) although `linkd.core.image_format` has already refused entries with them.
+NUL) although `linkd.core.layer_rules` has already refused entries with them.
 
 `read_merged` reads one file as an overlayfs stack of such trees shows it (the image's
 /etc/passwd for runc's user lookup): symlinks are resolved inside the image, an absolute

@@ -33,8 +33,8 @@ digest and size) and against the config's diff_id (the uncompressed tar) while i
 copied as a plain tar into the store's tmp/; only then is that copy unpacked, into the
 load's private directory, and the layers are renamed into layers/ once all of them passed
 (`linkd.runtime.images.layers` says why in this order, and how unpacking cannot leave its
-directory). What one load may unpack is bounded by `linkd.core.image_format.Limits`, read from
-the environment (`LINKD_IMAGE_MAX_*`) at each load.
+directory). What one load may unpack is bounded by `linkd.core.layer_rules.Limits`, read
+from the environment (`LINKD_IMAGE_MAX_*`) at each load.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import IO
 
 from linkd.core import image_format as fmt
+from linkd.core import layer_rules
 from linkd.core.image_config import with_images
 from linkd.core.image_format import Descriptor, ImageConfig
 from linkd.core.model import Stack
@@ -146,7 +147,7 @@ class _DirSource(_Source):
 
 
 class _TarSource(_Source):
-    def __init__(self, path: Path, label: str, limits: fmt.Limits) -> None:
+    def __init__(self, path: Path, label: str, limits: layer_rules.Limits) -> None:
         self.label = label
         try:
             # The bounded parser: an archive's extended headers are held to a size too.
@@ -155,8 +156,9 @@ class _TarSource(_Source):
             while (member := self.tar.next()) is not None:
                 listed.append(member)
                 if len(listed) > limits.entries:
-                    raise fmt.over_limit(label, str(path), "entries",
-                                         "the archive holds at least", len(listed), limits)
+                    raise layer_rules.over_limit(label, str(path), "entries",
+                                                 "the archive holds at least", len(listed),
+                                                 limits)
         except TarRefused as exc:
             raise ImageError(label, str(path), exc.rule, exc.detail) from None
         except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
@@ -192,7 +194,7 @@ class _TarSource(_Source):
         self.tar.close()
 
 
-def _open_source(path: Path, label: str, limits: fmt.Limits) -> _Source:
+def _open_source(path: Path, label: str, limits: layer_rules.Limits) -> _Source:
     if path.is_dir():
         return _DirSource(path, label)
     if path.is_file():
@@ -400,13 +402,13 @@ class ImageStore:
         return self._record(image_id, tuple(n for n, i in refs.items() if i == image_id))
 
     def load(self, source: str | os.PathLike[str], name: str | None = None,
-             machine: str | None = None, limits: fmt.Limits | None = None) -> StoredImage:
+             machine: str | None = None, limits: layer_rules.Limits | None = None) -> StoredImage:
         """Load an image from a layout directory or archive; returns it as stored.
         `limits` default to the environment's (`LINKD_IMAGE_MAX_*`)."""
         path = Path(source)
         label = str(source)
         target = fmt.machine_platform(machine or platform.machine())
-        limits = limits or fmt.limits_from_env(os.environ)
+        limits = limits or layer_rules.limits_from_env(os.environ)
         src = _open_source(path, label, limits)
         try:
             with self._locked():
