@@ -49,7 +49,7 @@ from dnslib import RCODE as RCODE
 
 from linkd.dns.explain import explain
 from linkd.dns.resolve import Result, resolve
-from linkd.dns.zone import CACHE_LIMIT, Address, Zone
+from linkd.dns.snapshot import CACHE_LIMIT, Address, Zone
 
 UDP_MAX = 1232
 UDP_MIN = 512

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv6Address
 
-from linkd.dns.zone import Entry, Zone
+from linkd.dns.snapshot import Entry, Zone
 
 
 def explain(zone: Zone, name: str, requester: IPv4Address | IPv6Address) -> list[str]:

@@ -39,7 +39,7 @@ from ipaddress import ip_address
 
 from dnslib import AAAA, PTR, QTYPE, RR, SOA, SRV, A, DNSLabel
 
-from linkd.dns.zone import Address, Entry, Zone
+from linkd.dns.snapshot import Address, Entry, Zone
 
 TTL = 1
 SOA_TIMES = (60, 10, 600, TTL)  # refresh, retry, expire, minimum (negative TTL)
