@@ -111,6 +111,8 @@ class Zone:
 
 
 def make_entry(records: Iterable[Record], held: Iterable[Record] = ()) -> Entry:
+    """The Entry of a name: its records, with their addresses and SRV targets
+    deduplicated and sorted (so equal zones are equal), and those `held` back."""
     recs = tuple(records)
     v4 = sorted({r.v4 for r in recs if r.v4 is not None})
     v6 = sorted({r.v6 for r in recs if r.v6 is not None})
