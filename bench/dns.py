@@ -80,7 +80,8 @@ if str(REPO) not in sys.path:
 
 from linkd.core.model import Attachment, Network, PortSpec, Service, Stack  # noqa: E402
 from linkd.core.plan import StackPlan, realize  # noqa: E402
-from linkd.dns.zone import Zone, build_zone  # noqa: E402
+from linkd.dns.snapshot import Zone  # noqa: E402
+from linkd.dns.zone import build_zone  # noqa: E402
 
 SERVICES = 500
 SUBNET = IPv4Network("10.200.0.0/22")

@@ -13,6 +13,10 @@ strictly, and says what is wrong in a sentence.
 Every failure is a `FileProblem`, an `OSError` whose `strerror` is that sentence and whose
 `filename` is the path, so a caller that already reports `OSError.strerror` (the stack
 parser's env files, the CLI's stack file) says the right thing unchanged.
+
+`read_bounded` (at most `limit` + 1 bytes of a descriptor) is the runtime's too: the
+image code reads a file of strangers' layers the same way (`linkd.runtime.images.beneath`).
+This module imports nothing of linkd's.
 """
 
 from __future__ import annotations
@@ -59,28 +63,20 @@ def read_bytes(
         raise FileProblem(exc.errno or errno.EIO, exc.strerror or str(exc), name) from None
     try:
         info = os.fstat(fd)
-        kind = _kind(info.st_mode)
-        if kind == "a named pipe (FIFO)" and pipes:
+        if stat.S_ISFIFO(info.st_mode) and pipes:
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-        elif kind != "a regular file":
+        elif not stat.S_ISREG(info.st_mode):
             allowed = "a regular file or a pipe" if pipes else "a regular file"
-            code = errno.EISDIR if kind == "a directory" else errno.EINVAL
-            raise FileProblem(code, f"is {kind}, not {allowed}", name)
+            code = errno.EISDIR if stat.S_ISDIR(info.st_mode) else errno.EINVAL
+            raise FileProblem(code, f"is {_kind(info.st_mode)}, not {allowed}", name)
         elif info.st_size > limit:
             raise FileProblem(errno.EFBIG, _too_big(info.st_size, limit), name)
         if vet is not None:
             vet(info)
-        chunks: list[bytes] = []
-        size = 0
-        while size <= limit:
-            chunk = os.read(fd, min(1 << 16, limit + 1 - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        if size > limit:  # it grew, or a pipe kept giving
+        data = read_bounded(fd, limit)
+        if len(data) > limit:  # it grew, or a pipe kept giving
             raise FileProblem(errno.EFBIG, _too_big(None, limit), name)
-        return b"".join(chunks)
+        return data
     except FileProblem:
         raise
     except OSError as exc:
@@ -109,20 +105,31 @@ def _too_big(size: int | None, limit: int) -> str:
     return f"{has}; linkd reads at most {limit} bytes ({limit >> 20} MiB) of such a file"
 
 
+# By the type bits of st_mode: one lookup names every kind.
+_KINDS = {
+    stat.S_IFREG: "a regular file",
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a named pipe (FIFO)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
 def _kind(mode: int) -> str:
-    if stat.S_ISREG(mode):
-        return "a regular file"
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISFIFO(mode):
-        return "a named pipe (FIFO)"
-    if stat.S_ISCHR(mode):
-        return "a character device"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "an unknown kind of file"
+    return _KINDS.get(stat.S_IFMT(mode), "an unknown kind of file")
+
+
+def read_bounded(fd: int, limit: int) -> bytes:
+    """What `fd` gives from its offset on, but never more than `limit` + 1 bytes: a
+    result longer than `limit` says the file is over it, without reading the rest (a
+    file that grows, a pipe that keeps giving, `/dev/zero`)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit and (chunk := os.read(fd, min(1 << 16, limit + 1 - size))):
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def env_file_reader(base: Path, *, limit: int = MAX_BYTES) -> Callable[[str], str]:

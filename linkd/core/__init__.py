@@ -5,7 +5,8 @@
 and `health` (verdicts), `state` (the versioned state codec), `hosts` and `bindings`
 (file contents), `firewall`, `forwarding` and `nftables` (rules as data),
 `confinement` and `seccomp_profile` (with its data file `seccomp_default.rules`),
-`image_format` and `image_config` (OCI formats and what an image gives a service),
+`image_format`, `layer_rules` and `image_config` (OCI documents, layer entries and load
+limits, and what an image gives a service),
 `api_schema` (the daemon API's requests).
 
 Pure: it may import `linkd.conventions` (rendering), `linkd.errors`, msgpack and the

@@ -9,27 +9,8 @@ Rules, in order:
   could start a loop between two servers), is dropped. A header followed by garbage, or
   not exactly one question, gets FORMERR; an opcode other than QUERY gets NOTIMP
   (RFC 1035 4.1.1).
-- Names are compared case-insensitively (ASCII, RFC 4343); the question is echoed as
-  sent (resolvers using 0x20 randomisation check it).
-- The apex `linkd.` answers SOA; names in the zone or with a single label are never
-  forwarded: unknown ones are NXDOMAIN, known ones without the asked type (AAAA on an
-  IPv4-only network, MX, ...) are NODATA; both carry the SOA in authority for negative
-  caching (RFC 2308).
-- A name whose records are all held back because their containers are not healthy
-  yet (`linkd.dns.zone`, health) answers SERVFAIL: stub resolvers report that as a
-  temporary failure (glibc's getaddrinfo: EAI_AGAIN, "Temporary failure in name
-  resolution") and clients retry, where NXDOMAIN ("Name or service not known") makes
-  them give up. No SOA: a SERVFAIL is not negatively cached (RFC 2308 section 7.1).
-- Reverse names of container addresses the requester can see answer PTR; other
-  addresses inside a linkd subnet are NXDOMAIN; every other reverse name is forwarded,
-  as is every other multi-label name that is not one of the requester's names.
-
-TTL: 1 second, for records and for the SOA minimum (negative answers). A container that
-restarts, or a replica that goes away, may come back on another address at once; with
-Docker's 600 s clients hold a dead address for ten minutes, and aardvark-dns went to
-TTL 0 for that reason. 1 s keeps a burst of lookups cached in the client's stub while a
-change is never served stale for longer than a second. (0 is legal but some caches treat
-it oddly.)
+- What the one question means (records, NXDOMAIN, NODATA, SERVFAIL, REFUSED or forward)
+  is `linkd.dns.resolve`'s; the reply echoes the question as sent.
 
 Several addresses for one name (replicas, a shared alias) are served in rotated order:
 each answer starts at another address, the DNS round robin that Docker does by shuffling.
@@ -61,45 +42,22 @@ from __future__ import annotations
 import random
 import struct
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address
 
-from dnslib import (
-    AAAA,
-    EDNS0,
-    PTR,
-    QTYPE,
-    RR,
-    SOA,
-    SRV,
-    A,
-    DNSHeader,
-    DNSLabel,
-    DNSRecord,
-)
+from dnslib import EDNS0, QTYPE, RR, DNSHeader, DNSRecord
 from dnslib import RCODE as RCODE
 
-from linkd.dns.zone import CACHE_LIMIT, Address, Entry, Zone
+from linkd.dns.explain import explain
+from linkd.dns.resolve import Result, resolve
+from linkd.dns.snapshot import CACHE_LIMIT, Address, Zone
 
-TTL = 1
 UDP_MAX = 1232
 UDP_MIN = 512
 ROTATIONS = 16  # multi-address answers with more addresses are shuffled, not cached
-SOA_TIMES = (60, 10, 600, TTL)  # refresh, retry, expire, minimum (negative TTL)
 
-_TYPE_A = 1
-_TYPE_SOA = 6
-_TYPE_PTR = 12
-_TYPE_AAAA = 28
-_TYPE_SRV = 33
 _TYPE_OPT = 41
-_TYPE_ANY = 255
-_CLASS_IN = 1
-_CLASS_ANY = 255
 _RCODE_FORMERR = 1
-_RCODE_SERVFAIL = 2
-_RCODE_NXDOMAIN = 3
 _RCODE_NOTIMP = 4
-_RCODE_REFUSED = 5
 _FLAG_QR = 0x8000
 _FLAG_RD = 0x0100
 _FLAG_CD = 0x0010
@@ -160,15 +118,6 @@ class _Question:
     qtype: int
     qclass: int
     opt_size: int  # -1: no OPT record
-
-
-@dataclass(frozen=True, slots=True)
-class _Result:
-    rcode: int
-    answers: tuple[RR, ...] = ()
-    authority: tuple[RR, ...] = ()
-    rotate: int = 0  # > 1: answers are that many addresses, served rotated
-    additional: tuple[RR, ...] = ()  # SRV targets' addresses
 
 
 # -- entry point ----------------------------------------------------------------------------
@@ -284,7 +233,7 @@ def _slow(
         return Answered(_error(query, _RCODE_FORMERR))
     q = parsed.q
     name = str(q.qname).lower().rstrip(".")
-    result = _resolve(zone, requester, name, q.qname, int(q.qtype), int(q.qclass))
+    result = resolve(zone, requester, name, q.qname, int(q.qtype), int(q.qclass))
     if result is None:
         if key is not None:
             _remember(zone, key, None)
@@ -331,118 +280,12 @@ def _limit(opt_size: int, max_size: int | None) -> int | None:
     return min(max_size, max(UDP_MIN, opt_size))
 
 
-# -- resolution -----------------------------------------------------------------------------
-
-
-def _resolve(
-    zone: Zone, requester: Address, name: str, qname: DNSLabel, qtype: int, qclass: int
-) -> _Result | None:
-    """The records for one question, or None to forward it."""
-    in_zone = zone.in_zone(name)
-    single = name != "" and "." not in name
-    reverse = name.endswith(".in-addr.arpa") or name.endswith(".ip6.arpa")
-    if qclass not in (_CLASS_IN, _CLASS_ANY):
-        return _Result(_RCODE_REFUSED) if in_zone or single else None
-    if name == zone.domain:
-        if qtype in (_TYPE_SOA, _TYPE_ANY):
-            return _Result(0, answers=(_soa(zone),))
-        return _Result(0, authority=(_soa(zone),))
-    if reverse:
-        return _resolve_reverse(zone, requester, name, qname, qtype)
-    entries = _lookup(zone, requester, name)
-    if any(e.held for e in entries) and not any(e.records for e in entries):
-        return _Result(_RCODE_SERVFAIL)  # no healthy instance yet: try again
-    if not entries:
-        if in_zone or single:
-            return _Result(_RCODE_NXDOMAIN, authority=(_soa(zone),))
-        return None
-    records: list[RR] = []
-    if qtype in (_TYPE_A, _TYPE_ANY):
-        v4 = next((e.v4 for e in entries if e.v4), ())
-        records += [RR(qname, QTYPE.A, ttl=TTL, rdata=A(str(a))) for a in v4]
-    if qtype in (_TYPE_AAAA, _TYPE_ANY):
-        v6 = next((e.v6 for e in entries if e.v6), ())
-        records += [RR(qname, QTYPE.AAAA, ttl=TTL, rdata=AAAA(str(a))) for a in v6]
-    additional: list[RR] = []
-    if qtype in (_TYPE_SRV, _TYPE_ANY):
-        targets = next((e.srv for e in entries if e.srv), ())
-        for t in targets:
-            # Weights are all equal: clients spread load over targets themselves.
-            records.append(RR(qname, QTYPE.SRV, ttl=TTL,
-                              rdata=SRV(priority=0, weight=10, port=t.port, target=t.target)))
-            if t.v4 is not None:
-                additional.append(RR(t.target, QTYPE.A, ttl=TTL, rdata=A(str(t.v4))))
-            if t.v6 is not None:
-                additional.append(RR(t.target, QTYPE.AAAA, ttl=TTL, rdata=AAAA(str(t.v6))))
-    if not records:
-        return _Result(0, authority=(_soa(zone),))
-    rotate = len(records) if qtype != _TYPE_ANY else 1
-    return _Result(0, answers=tuple(records), rotate=rotate, additional=tuple(additional))
-
-
-def _lookup(zone: Zone, requester: Address, name: str) -> list[Entry]:
-    """The entries for `name` the requester sees, requester-scoped ones first."""
-    found: list[Entry] = []
-    extra = zone.extra.get(requester)
-    if extra is not None and name in extra:
-        found.append(extra[name])
-    view = zone.view_of(requester)
-    if view is not None:
-        for netid in view.networks:
-            entry = zone.names.get(netid, {}).get(name)
-            if entry is not None:
-                found.append(entry)
-    return found
-
-
-def _resolve_reverse(
-    zone: Zone, requester: Address, name: str, qname: DNSLabel, qtype: int
-) -> _Result | None:
-    view = zone.view_of(requester)
-    pointer = zone.reverse.get(name)
-    if pointer is not None and view is not None and pointer.network in view.networks:
-        if qtype in (_TYPE_PTR, _TYPE_ANY):
-            return _Result(0, answers=(RR(qname, QTYPE.PTR, ttl=TTL, rdata=PTR(pointer.target)),))
-        return _Result(0)
-    address = _reverse_address(name)
-    if address is not None and any(address in net for net in zone.subnets):
-        # No SOA: linkd. is not the zone of this name, and a 1 s TTL gains nothing.
-        return _Result(_RCODE_NXDOMAIN)
-    return None
-
-
-def _reverse_address(name: str) -> Address | None:
-    """The address of a full-length reverse name, None for anything else."""
-    labels = name.split(".")
-    try:
-        if name.endswith(".in-addr.arpa") and len(labels) == 6:
-            return ip_address(".".join(reversed(labels[:4])))
-        if name.endswith(".ip6.arpa") and len(labels) == 34:
-            nibbles = "".join(reversed(labels[:32]))
-            if len(nibbles) != 32:
-                return None
-            return ip_address(":".join(nibbles[i : i + 4] for i in range(0, 32, 4)))
-    except ValueError:
-        return None
-    return None
-
-
-def _soa(zone: Zone) -> RR:
-    apex = zone.domain + "."
-    return RR(
-        apex,
-        QTYPE.SOA,
-        ttl=TTL,
-        rdata=SOA(f"ns.{apex}", f"hostmaster.{apex}", (zone.serial, *SOA_TIMES)),
-    )
-
-
 # -- encoding -------------------------------------------------------------------------------
 
 
 def _build(
     query: DNSRecord,
-    result: _Result,
+    result: Result,
     answers: tuple[RR, ...],
     edns: bool,
     max_size: int | None,
@@ -470,19 +313,10 @@ def _build(
     data = bytes(reply.pack())
     if limit is None or len(data) <= limit:
         return data
-    truncated = DNSRecord(
-        DNSHeader(
-            id=query.header.id,
-            qr=1,
-            aa=1,
-            ra=1,
-            tc=1,
-            rd=query.header.rd,
-            cd=query.header.cd,
-            rcode=result.rcode,
-        ),
-        q=query.q,
-    )
+    # The same header with TC set, over only the question (and the OPT record): the
+    # client retries over TCP. pack() counts each section again.
+    header.tc = 1
+    truncated = DNSRecord(header, q=query.q)
     if opt is not None:
         truncated.add_ar(opt)
     return bytes(truncated.pack())
@@ -527,71 +361,3 @@ def _read_question(query: bytes) -> _Question | None:
     return _Question(name, end, qtype, qclass, udp)
 
 
-# -- explain --------------------------------------------------------------------------------
-
-
-def explain(zone: Zone, name: str, requester: IPv4Address | IPv6Address) -> list[str]:
-    """Human-readable lines: which network or alias gives `name` which records."""
-    key = name.lower().rstrip(".")
-    view = zone.view_of(requester)
-    lines: list[str] = []
-    if view is None and requester in zone.extra:
-        lines.append(f"{requester} is a container with no network: it sees only its own names")
-    elif view is None:
-        lines.append(f"{requester} is no container linkd knows: it sees no names")
-    else:
-        nets = ", ".join(f"{s}/{n}" for s, n in view.networks)
-        lines.append(f"{requester} is {view.who}, on networks {nets}")
-    extra = zone.extra.get(requester, {}).get(key)
-    if extra is not None:
-        lines.append(f"{name}: link alias of this container only -> {_addresses(extra)}")
-    seen = set(view.networks) if view is not None else set()
-    used_v4 = used_v6 = False
-    for netid in view.networks if view is not None else ():
-        entry = zone.names.get(netid, {}).get(key)
-        if entry is None:
-            continue
-        for record in entry.records:
-            lines.append(
-                f"{name} on {netid[0]}/{netid[1]}: {record.container} "
-                f"({record.via}) {_record_addresses(record.v4, record.v6)}"
-            )
-        for record in entry.held:
-            lines.append(
-                f"{name} on {netid[0]}/{netid[1]}: {record.container} ({record.via}) "
-                f"{_record_addresses(record.v4, record.v6)} held back: not healthy"
-            )
-        if entry.held and not entry.records:
-            lines.append(f"{name} on {netid[0]}/{netid[1]}: no healthy instance (SERVFAIL)")
-        elif not entry.records:
-            lines.append(f"{name} on {netid[0]}/{netid[1]}: exists, no records")
-        if entry.v4 and not used_v4:
-            lines.append(f"  A answered from {netid[0]}/{netid[1]}")
-            used_v4 = True
-        if entry.v6 and not used_v6:
-            lines.append(f"  AAAA answered from {netid[0]}/{netid[1]}")
-            used_v6 = True
-    for netid, table in sorted(zone.names.items()):
-        if netid not in seen and key in table and table[key].records:
-            lines.append(
-                f"{name} exists on {netid[0]}/{netid[1]}, which the requester "
-                "is not on: not visible"
-            )
-    pointer = zone.reverse.get(key)
-    if pointer is not None:
-        visible = pointer.network in seen
-        lines.append(f"{name}: PTR {pointer.target}" + ("" if visible else " (not visible)"))
-    if len(lines) == 1:
-        if zone.in_zone(key) or "." not in key:
-            lines.append(f"{name}: no such name for this requester (NXDOMAIN)")
-        else:
-            lines.append(f"{name}: not a linkd name; forwarded upstream")
-    return lines
-
-
-def _addresses(entry: Entry) -> str:
-    return ", ".join(str(a) for a in (*entry.v4, *entry.v6)) or "no addresses"
-
-
-def _record_addresses(v4: IPv4Address | None, v6: IPv6Address | None) -> str:
-    return " ".join(str(a) for a in (v4, v6) if a is not None)

@@ -1,9 +1,8 @@
-"""The DNS zone: an immutable, requester-scoped snapshot built from StackPlans.
+"""The DNS zone: a requester-scoped snapshot (`linkd.dns.snapshot.Zone`) built from StackPlans.
 
-`build_zone(plans)` turns the desired state into lookup tables; `linkd.dns.answers.answer` reads
-them. A change (a container starts, a stack goes down) builds a new Zone and the runtime
-swaps it in; nothing here is ever updated in place except the answer cache, which is a
-memo of this snapshot and dies with it.
+`build_zone(plans)` turns the desired state into lookup tables; `linkd.dns.answers.answer`
+reads them. A change (a container starts, a stack goes down) builds a new Zone, or
+`rezone` the few names that changed, and the runtime swaps it in.
 
 Zone layout (domain `linkd.` by default), for a container `web-2` of service `web` in
 stack `shop`, attached to network `front` with alias `www`:
@@ -32,115 +31,46 @@ from the ports each ContainerPlan carries.
 Health: `pending` (stack, container) pairs are containers of a service with a
 healthcheck that are not healthy (yet). Their records under the service name, its
 aliases, its SRV names and link aliases to it are *held*: kept in `Entry.held`, not
-answered. A name whose every record is held answers SERVFAIL (see `linkd.dns.answers`), so a
-client retries instead of giving up. Container names (`web-2`) are never held, and
+answered. A name whose every record is held answers SERVFAIL (see `linkd.dns.resolve`),
+so a client retries instead of giving up. Container names (`web-2`) are never held, and
 `_all.NAME` (for the service name and each alias) lists every instance, healthy or
 not, for bootstrapping a cluster. Compose service names cannot start with `_`, nor
-can SRV names be two labels, so `_all.` never collides. Link aliases are requester-scoped extras
-(`link_names`), looked up before the view's networks; network aliases come from the
-plans (`plan_aliases`). Both can be passed explicitly to `build_zone`.
+can SRV names be two labels, so `_all.` never collides. Link aliases are requester-scoped
+extras (`linkd.dns.requesters`), looked up before the view's networks; network aliases
+come from the plans (`plan_aliases`). Both can be passed explicitly to `build_zone`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from dataclasses import replace
+from ipaddress import IPv4Network, IPv6Network
 
 from linkd.core import health
 from linkd.core.model import PortSpec, Stack
 from linkd.core.plan import ContainerPlan, StackPlan
 from linkd.core.state import ContainerState, StackState
-
-Address = IPv4Address | IPv6Address
-NetId = tuple[str, str]  # (stack, network key)
-AliasKey = tuple[str, str, str]  # (stack, service, network key)
-
-DEFAULT_DOMAIN = "linkd."
-CACHE_LIMIT = 20_000  # entries; beyond it answers are built each time (random names)
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One container behind a name, and why it is there (for `explain`)."""
-
-    container: str
-    via: str  # "service name", "container name", "alias", "link alias", ...
-    v4: IPv4Address | None
-    v6: IPv6Address | None
-    srv: SrvTarget | None = None  # set on SRV names, whose A/AAAA are the target's
-
-
-@dataclass(frozen=True, slots=True)
-class SrvTarget:
-    """An SRV target: a container's port, and the addresses for the additional section."""
-
-    port: int
-    target: str  # CONTAINER.NETWORK.STACK.linkd.
-    v4: IPv4Address | None
-    v6: IPv6Address | None
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """A name on one network: its records and their addresses, deduplicated, sorted.
-
-    `held`: records of not-yet-healthy containers, not answered (module docstring)."""
-
-    records: tuple[Record, ...]
-    v4: tuple[IPv4Address, ...]
-    v6: tuple[IPv6Address, ...]
-    srv: tuple[SrvTarget, ...] = ()
-    held: tuple[Record, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class View:
-    """What one requester sees: its networks in interface order."""
-
-    id: int
-    who: str  # "stack/container"
-    networks: tuple[NetId, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Pointer:
-    """A reverse name: the address, the network it is on, and the PTR target."""
-
-    address: Address
-    network: NetId
-    target: str  # absolute, with trailing dot
-
-
-@dataclass(frozen=True)
-class Zone:
-    domain: str  # lower-case, without trailing dot ("linkd")
-    serial: int
-    names: Mapping[NetId, Mapping[str, Entry]]  # names lower-case, no trailing dot
-    reverse: Mapping[str, Pointer]  # "2.0.87.10.in-addr.arpa" -> Pointer
-    views: Mapping[Address, View]
-    subnets: tuple[IPv4Network | IPv6Network, ...]
-    extra: Mapping[Address, Mapping[str, Entry]]
-    pending: frozenset[tuple[str, str]] = frozenset()  # (stack, container) not healthy
-    # The answer cache (see linkd.dns.answers): a memo of this snapshot, never part of its value.
-    cache: dict[object, tuple[bytes, ...] | None] = field(
-        default_factory=dict, compare=False, repr=False
-    )
-    counter: itertools.count[int] = field(
-        default_factory=itertools.count, compare=False, repr=False
-    )
-    # Exact-bytes reply tables (see linkd.dns.answers.reply_table), per (requester, max_size).
-    replies: dict[object, dict[bytes, tuple[bytes, ...]]] = field(
-        default_factory=dict, compare=False, repr=False
-    )
-
-    def view_of(self, requester: Address) -> View | None:
-        return self.views.get(requester)
-
-    def in_zone(self, name: str) -> bool:
-        return name == self.domain or name.endswith("." + self.domain)
+from linkd.dns.requesters import (
+    VIA_LINK,
+    addresses_of,
+    extra_entries,
+    lo_requester,
+    scoped_entries,
+)
+from linkd.dns.snapshot import (
+    DEFAULT_DOMAIN,
+    Address,
+    AliasKey,
+    Entry,
+    NetId,
+    Pointer,
+    Record,
+    SrvTarget,
+    View,
+    Zone,
+    make_entry,
+)
 
 
 def network_aliases(stack: Stack) -> dict[AliasKey, tuple[str, ...]]:
@@ -164,48 +94,6 @@ def plan_aliases(plans: Sequence[StackPlan]) -> dict[AliasKey, tuple[str, ...]]:
     }
 
 
-def link_names(plans: Sequence[StackPlan]) -> dict[Address, dict[str, list[Address]]]:
-    """Names only a linking container sees: each of its link aliases, from each of its
-    addresses, resolving to the linked service's containers on the first network the two
-    share (the same address the hosts file gives)."""
-    extra: dict[Address, dict[str, list[Address]]] = {}
-    for plan in plans:
-        for c in plan.containers:
-            if not c.links:
-                continue
-            mine = [i.network for i in c.interfaces]
-            for alias, service in c.links:
-                targets: list[Address] = []
-                for peer in plan.of_service(service):
-                    shared = [i for i in peer.interfaces if i.network in mine]
-                    if shared:
-                        first = min(shared, key=lambda i: mine.index(i.network))
-                        targets.append(first.address)
-                        if first.address6 is not None:
-                            targets.append(first.address6)
-                if not targets:
-                    continue  # the linked service has no container running: NXDOMAIN
-                for iface in c.interfaces:
-                    for requester in (iface.address, iface.address6):
-                        if requester is not None:
-                            extra.setdefault(requester, {})[alias] = targets
-    return extra
-
-
-LOOPBACK: tuple[Address, ...] = (IPv4Address("127.0.0.1"), IPv6Address("::1"))
-
-
-def lo_requester(stack: str, container: str) -> IPv6Address:
-    """Who a container with no network but lo is, to the DNS server.
-
-    It has no address of its own, so its resolver socket is served with this one as the
-    requester: an fd00::/8 address derived from the names, configured nowhere, only a
-    key into the zone that cannot collide with a container's real address.
-    """
-    digest = hashlib.sha256(f"{stack}/{container}".encode()).digest()
-    return IPv6Address(b"\xfd" + digest[:15])
-
-
 def requester_of(stack: str, c: ContainerPlan) -> Address:
     """The address the DNS server answers a container's queries as (its first one)."""
     return c.interfaces[0].address if c.interfaces else lo_requester(stack, c.name)
@@ -218,19 +106,6 @@ def forwards_for(c: ContainerPlan) -> bool:
     return any(i.default_route for i in c.interfaces)
 
 
-def loopback_names(plans: Sequence[StackPlan]) -> dict[Address, dict[str, list[Address]]]:
-    """A container with only lo resolves its own names (container, service, hostname) to
-    loopback, and nothing else of linkd's: it can reach no one."""
-    return {
-        lo_requester(plan.stack, c.name): {
-            name: list(LOOPBACK) for name in dict.fromkeys((c.name, c.service, c.hostname))
-        }
-        for plan in plans
-        for c in plan.containers
-        if not c.interfaces
-    }
-
-
 def _srv_labels(ports: Iterable[PortSpec]) -> list[tuple[str, int]]:
     """`_PORT._PROTO` for every exposed port, and `_NAME._PROTO` where the port is named."""
     labels: list[tuple[str, int]] = []
@@ -240,14 +115,6 @@ def _srv_labels(ports: Iterable[PortSpec]) -> list[tuple[str, int]]:
         if spec.name is not None:
             labels.append((f"_{spec.name}._{spec.protocol}", spec.start))
     return labels
-
-
-def make_entry(records: Iterable[Record], held: Iterable[Record] = ()) -> Entry:
-    recs = tuple(records)
-    v4 = sorted({r.v4 for r in recs if r.v4 is not None})
-    v6 = sorted({r.v6 for r in recs if r.v6 is not None})
-    srv = sorted({r.srv for r in recs if r.srv is not None}, key=lambda t: (t.target, t.port))
-    return Entry(recs, tuple(v4), tuple(v6), tuple(srv), tuple(held))
 
 
 def build_zone(
@@ -283,13 +150,13 @@ def build_zone(
                 )
             reverse.update(_pointers_of(plan.stack, c, apex))
             who, nets = _membership_of(plan.stack, c)
-            for address in _addresses_of(c):
+            for address in addresses_of(c):
                 memberships.setdefault(address, []).append((who, nets))
     frozen = {
         netid: {n: make_entry(rs, held.get(netid, {}).get(n, ())) for n, rs in t.items()}
         for netid, t in names.items()
     }
-    extras = _extras(plans, pending) if extra is None else _extra_entries(extra, _VIA_LINK)
+    extras = scoped_entries(plans, pending) if extra is None else extra_entries(extra, VIA_LINK)
     return Zone(
         domain=apex,
         serial=_serial(apex, frozen, reverse, extras),
@@ -359,7 +226,7 @@ def rezone(
         for key, pointer in _pointers_of(stack, c, apex).items():
             if reverse.get(key) == pointer:
                 del reverse[key]
-        for address in _addresses_of(c):
+        for address in addresses_of(c):
             views.pop(address, None)
     ids = {v.networks: v.id for v in views.values()}
     for stack, c in came:
@@ -376,7 +243,7 @@ def rezone(
         reverse.update(_pointers_of(stack, c, apex))
         who, nets = _membership_of(stack, c)
         view = View(ids.setdefault(nets, max(ids.values(), default=-1) + 1), who, nets)
-        for address in _addresses_of(c):
+        for address in addresses_of(c):
             views[address] = view
     return Zone(
         domain=apex,
@@ -385,7 +252,7 @@ def rezone(
         reverse=reverse,
         views=views,
         subnets=zone.subnets,
-        extra=_extras(after, pending),
+        extra=scoped_entries(after, pending),
         pending=pending,
     )
 
@@ -469,60 +336,6 @@ def _pointers_of(stack: str, c: ContainerPlan, apex: str) -> dict[str, Pointer]:
 
 def _membership_of(stack: str, c: ContainerPlan) -> tuple[str, tuple[NetId, ...]]:
     return f"{stack}/{c.name}", tuple((stack, i.network) for i in c.interfaces)
-
-
-def _addresses_of(c: ContainerPlan) -> list[Address]:
-    return [a for i in c.interfaces for a in (i.address, i.address6) if a is not None]
-
-
-_VIA_LINK = "link alias (seen by this container only)"
-_VIA_LOOPBACK = "own name of a container with no network (loopback)"
-
-
-def _extras(
-    plans: Sequence[StackPlan], pending: frozenset[tuple[str, str]] = frozenset()
-) -> dict[Address, dict[str, Entry]]:
-    """Requester-scoped names: link aliases (their not-healthy targets held), and
-    lo-only containers' own names."""
-    extras = _extra_entries(link_names(plans), _VIA_LINK)
-    if pending:
-        sick = {
-            a
-            for plan in plans
-            for c in plan.containers
-            if (plan.stack, c.name) in pending
-            for a in _addresses_of(c)
-        }
-        for table in extras.values():
-            for name, entry in table.items():
-                if any((r.v4 or r.v6) in sick for r in entry.records):
-                    table[name] = make_entry(
-                        [r for r in entry.records if (r.v4 or r.v6) not in sick],
-                        [r for r in entry.records if (r.v4 or r.v6) in sick],
-                    )
-    for requester, names in _extra_entries(loopback_names(plans), _VIA_LOOPBACK).items():
-        extras.setdefault(requester, {}).update(names)
-    return extras
-
-
-def _extra_entries(
-    extra: Mapping[Address, Mapping[str, Sequence[Address]]], via: str
-) -> dict[Address, dict[str, Entry]]:
-    return {
-        requester: {
-            n.lower().rstrip("."): make_entry(
-                Record(
-                    n,
-                    via,
-                    a if isinstance(a, IPv4Address) else None,
-                    a if isinstance(a, IPv6Address) else None,
-                )
-                for a in addrs
-            )
-            for n, addrs in table.items()
-        }
-        for requester, table in extra.items()
-    }
 
 
 def _views(

@@ -41,6 +41,7 @@ from linkd.core.plan import StackPlan
 from linkd.errors import KernelError
 from linkd.runtime.kernel import firewall as runtime_firewall
 from linkd.runtime.kernel import nft
+from linkd.runtime.kernel.nft import wire
 from linkd.runtime.stack import store
 from linkd.spec.stack_file import parse_stack
 from tests.planning import realize
@@ -212,10 +213,10 @@ def sent_rules(traced: str) -> list[list[str]]:
     while offset < len(batch):
         length = int.from_bytes(batch[offset:offset + 4], sys.byteorder)
         kind = int.from_bytes(batch[offset + 4:offset + 6], sys.byteorder)
-        if kind == nft.NFNL_SUBSYS_NFTABLES << 8 | nft.NFT_MSG_NEWRULE:
+        if kind == wire.NFNL_SUBSYS_NFTABLES << 8 | wire.NFT_MSG_NEWRULE:
             attrs = dict(nft.attributes(batch[offset + 20:offset + length]))
-            rules.append(expressions(nft._attr(nft.NFTA_RULE_EXPRESSIONS | nft.NLA_F_NESTED,
-                                               attrs[nft.NFTA_RULE_EXPRESSIONS])))
+            rules.append(expressions(wire.attr(wire.NFTA_RULE_EXPRESSIONS | wire.NLA_F_NESTED,
+                                               attrs[wire.NFTA_RULE_EXPRESSIONS])))
         offset += (length + 3) & ~3
     return rules
 

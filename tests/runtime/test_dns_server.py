@@ -19,7 +19,8 @@ from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 
 from linkd.core.model import Attachment, Network, Service, Stack
 from linkd.core.plan import StackPlan
-from linkd.dns.zone import Zone, build_zone
+from linkd.dns.snapshot import Zone
+from linkd.dns.zone import build_zone
 from linkd.runtime.stack.dns_server import (
     DnsServer,
     DnsStats,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from linkd.core import image_format as fmt
+from linkd.core import layer_rules
 from linkd.core.model import Limits as ResourceLimits
 from linkd.core.plan import ContainerPlan, RestartPolicy
 from linkd.errors import ContainerError, ImageError, LinkdError
@@ -66,7 +66,7 @@ def store(tmp_path: Path) -> ImageStore:
     return ImageStore(tmp_path / "store")
 
 
-def _load(store: ImageStore, tmp_path: Path, *tars: bytes, limits: fmt.Limits | None = None
+def _load(store: ImageStore, tmp_path: Path, *tars: bytes, limits: layer_rules.Limits | None = None
           ) -> list[Path]:
     """Load an image of these layers (plain tars, bottom first); its layer directories,
     bottom first."""
@@ -77,7 +77,7 @@ def _load(store: ImageStore, tmp_path: Path, *tars: bytes, limits: fmt.Limits | 
 
 
 def _refused(store: ImageStore, tmp_path: Path, *tars: bytes,
-             limits: fmt.Limits | None = None) -> ImageError:
+             limits: layer_rules.Limits | None = None) -> ImageError:
     with pytest.raises(ImageError) as err:
         _load(store, tmp_path, *tars, limits=limits)
     _store_is_empty(store)
@@ -309,7 +309,7 @@ def test_a_sparse_bomb_is_refused_by_its_declared_size(store: ImageStore, tmp_pa
     assert "sparse members declare at least 268,435,456 bytes, over the limit of " \
         "67,108,864 bytes (LINKD_IMAGE_MAX_SPARSE=64M, default 64M)" in str(err)
     # Raised, the expansion limit still holds: 256 MiB from a blob of a few KiB.
-    err = _refused(store, tmp_path, bomb, limits=fmt.Limits(sparse=1 << 30))
+    err = _refused(store, tmp_path, bomb, limits=layer_rules.Limits(sparse=1 << 30))
     assert err.rule == "ratio limit"
     # A small sparse file loads, its hole as zeros.
     top, = _load(store, tmp_path, sparse_tar("small", 1 << 20))
@@ -320,14 +320,14 @@ def test_a_sparse_bomb_is_refused_by_its_declared_size(store: ImageStore, tmp_pa
 def test_entry_size_and_path_limits(store: ImageStore, tmp_path: Path, victim: Path,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     many = layer_tar([Entry(f"f{n}") for n in range(30)])
-    err = _refused(store, tmp_path, many, limits=fmt.Limits(entries=20))
+    err = _refused(store, tmp_path, many, limits=layer_rules.Limits(entries=20))
     assert err.rule == "entries limit" and "LINKD_IMAGE_MAX_ENTRIES=20" in str(err)
     # Two layers count together.
     err = _refused(store, tmp_path, many, layer_tar([Entry("g")]),
-                   limits=fmt.Limits(entries=30))
+                   limits=layer_rules.Limits(entries=30))
     assert err.rule == "entries limit"
     big = layer_tar([Entry("f", data=bytes(300 << 10))])
-    err = _refused(store, tmp_path, big, limits=fmt.Limits(size=256 << 10))
+    err = _refused(store, tmp_path, big, limits=layer_rules.Limits(size=256 << 10))
     assert err.rule == "size limit" and "LINKD_IMAGE_MAX_SIZE=256K" in str(err)
     monkeypatch.setenv("LINKD_IMAGE_MAX_PATH", "100")
     err = _refused(store, tmp_path, layer_tar([Entry("a/" * 60 + "f")]))
@@ -395,7 +395,7 @@ def test_a_gzip_outer_archive_is_held_to_the_entry_limit(
     (tmp_path / "outer.tar.gz").write_bytes(gzip.compress(out.getvalue()))
     with pytest.raises(ImageError, match=r"the archive holds at least 21 entries, over the "
                        r"limit of 20 entries"):
-        store.load(tmp_path / "outer.tar.gz", limits=fmt.Limits(entries=20))
+        store.load(tmp_path / "outer.tar.gz", limits=layer_rules.Limits(entries=20))
 
 
 # -- the user lookup reads the image's files only ----------------------------------------

@@ -9,8 +9,10 @@ from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
 
 from linkd.core.model import Attachment, Network, Service, Stack
 from linkd.core.plan import StackPlan
-from linkd.dns.answers import Answered, Drop, Forward, Reply, answer, explain
-from linkd.dns.zone import Zone, build_zone, network_aliases
+from linkd.dns.answers import Answered, Drop, Forward, Reply, answer
+from linkd.dns.explain import explain
+from linkd.dns.snapshot import Zone
+from linkd.dns.zone import build_zone, network_aliases
 from tests.planning import realize
 
 CMD = ("sleep", "60")

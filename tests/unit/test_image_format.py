@@ -7,7 +7,9 @@ import json
 import pytest
 
 from linkd.core import image_format as fmt
-from linkd.core.image_format import LayerEntry, Platform
+from linkd.core import layer_rules
+from linkd.core.image_format import Platform
+from linkd.core.layer_rules import LayerEntry
 from linkd.errors import ImageError, LinkdError
 
 AMD64 = Platform("linux", "amd64")
@@ -36,7 +38,7 @@ ENTRIES = [
 def test_layer_entries_are_classified(
     name: str, kind: str, link: str, dev: tuple[int, int], expected: LayerEntry
 ) -> None:
-    assert fmt.classify_entry("img", "L", name, kind, link, *dev) == expected
+    assert layer_rules.classify_entry("img", "L", name, kind, link, *dev) == expected
 
 
 REFUSED = [
@@ -72,7 +74,7 @@ def test_bad_layer_entries_are_refused_naming_image_entry_and_rule(
     name: str, kind: str, link: str, dev: tuple[int, int], rule: str
 ) -> None:
     with pytest.raises(ImageError) as err:
-        fmt.classify_entry("busybox.tar", "sha256:1234", name, kind, link, *dev)
+        layer_rules.classify_entry("busybox.tar", "sha256:1234", name, kind, link, *dev)
     assert err.value.rule == rule
     message = str(err.value)
     assert message.startswith("image busybox.tar: layer sha256:1234: ")
@@ -81,28 +83,29 @@ def test_bad_layer_entries_are_refused_naming_image_entry_and_rule(
 
 
 def test_aufs_bookkeeping_is_skipped_with_everything_beneath_it() -> None:
-    assert fmt.classify_entry("i", "L", ".wh..wh.plnk/123.4", "file") == LayerEntry(
+    assert layer_rules.classify_entry("i", "L", ".wh..wh.plnk/123.4", "file") == LayerEntry(
         "skip", ".wh..wh.plnk/123.4")
-    assert fmt.classify_entry("i", "L", "a/.wh..wh.aufs", "file").kind == "skip"
+    assert layer_rules.classify_entry("i", "L", "a/.wh..wh.aufs", "file").kind == "skip"
 
 
 def test_load_limits_come_from_the_environment() -> None:
-    assert fmt.limits_from_env({}) == fmt.Limits() == fmt.DEFAULT_LIMITS
-    got = fmt.limits_from_env({"LINKD_IMAGE_MAX_SIZE": "32G", "LINKD_IMAGE_MAX_ENTRIES": "5",
-                               "LINKD_IMAGE_MAX_SPARSE": "1m", "LINKD_IMAGE_MAX_RATIO": "7",
-                               "LINKD_IMAGE_MAX_PATH": "200", "OTHER": "x"})
-    assert got == fmt.Limits(size=32 << 30, entries=5, path=200, sparse=1 << 20, ratio=7)
-    assert fmt.limits_from_env({"LINKD_IMAGE_MAX_SIZE": "512KiB"}).size == 512 << 10
+    assert layer_rules.limits_from_env({}) == layer_rules.Limits() == layer_rules.DEFAULT_LIMITS
+    got = layer_rules.limits_from_env({
+        "LINKD_IMAGE_MAX_SIZE": "32G", "LINKD_IMAGE_MAX_ENTRIES": "5",
+        "LINKD_IMAGE_MAX_SPARSE": "1m", "LINKD_IMAGE_MAX_RATIO": "7",
+        "LINKD_IMAGE_MAX_PATH": "200", "OTHER": "x"})
+    assert got == layer_rules.Limits(size=32 << 30, entries=5, path=200, sparse=1 << 20, ratio=7)
+    assert layer_rules.limits_from_env({"LINKD_IMAGE_MAX_SIZE": "512KiB"}).size == 512 << 10
     for var, bad in (("LINKD_IMAGE_MAX_ENTRIES", "5K"), ("LINKD_IMAGE_MAX_RATIO", "0"),
                      ("LINKD_IMAGE_MAX_SIZE", "-1"), ("LINKD_IMAGE_MAX_SIZE", "lots")):
         with pytest.raises(LinkdError, match=rf"\${var}='{bad}': expected a positive"):
-            fmt.limits_from_env({var: bad})
+            layer_rules.limits_from_env({var: bad})
 
 
 def test_an_error_over_a_limit_names_it_the_value_and_the_variable() -> None:
-    limits = fmt.Limits(size=1 << 30)
-    err = fmt.over_limit("bomb.tar", "layer sha256:ab", "size",
-                         "the layers expand to at least", (1 << 30) + 1, limits)
+    limits = layer_rules.Limits(size=1 << 30)
+    err = layer_rules.over_limit("bomb.tar", "layer sha256:ab", "size",
+                                 "the layers expand to at least", (1 << 30) + 1, limits)
     assert err.rule == "size limit"
     assert str(err) == (
         "image bomb.tar: layer sha256:ab: the layers expand to at least 1,073,741,825 "
@@ -110,9 +113,9 @@ def test_an_error_over_a_limit_names_it_the_value_and_the_variable() -> None:
         "the limit of 1,073,741,824 bytes (LINKD_IMAGE_MAX_SIZE=1G, default 16G); to load "
         "this image, set LINKD_IMAGE_MAX_SIZE higher in the environment of linkd (the "
         "daemon or `linkd image load`) (rule: size limit)")
-    assert fmt.show_amount("sparse", 64 << 20) == "64M"
-    assert fmt.show_amount("size", (1 << 30) + 1) == str((1 << 30) + 1)
-    assert fmt.show_amount("entries", 1 << 20) == str(1 << 20)
+    assert layer_rules.show_amount("sparse", 64 << 20) == "64M"
+    assert layer_rules.show_amount("size", (1 << 30) + 1) == str((1 << 30) + 1)
+    assert layer_rules.show_amount("entries", 1 << 20) == str(1 << 20)
 
 
 def test_digests_and_blob_paths() -> None:

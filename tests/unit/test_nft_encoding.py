@@ -34,6 +34,7 @@ from linkd.core.nftables import (
 )
 from linkd.runtime.kernel import firewall as runtime_firewall
 from linkd.runtime.kernel import nft
+from linkd.runtime.kernel.nft import readback, transactions, wire
 
 BRIDGE = "lkb-39b0b05959"
 
@@ -357,7 +358,7 @@ GOLDEN: list[tuple[nftables.Rule, list[str]]] = [
 def expressions(encoded: bytes) -> list[str]:
     """The payload of each list element of an NFTA_RULE_EXPRESSIONS attribute, in hex."""
     ((kind, elements),) = nft.attributes(encoded)
-    assert kind == nft.NFTA_RULE_EXPRESSIONS
+    assert kind == wire.NFTA_RULE_EXPRESSIONS
     return [payload.hex() for _, payload in nft.attributes(elements)]
 
 
@@ -404,11 +405,11 @@ def parse(batch: nft.Batch) -> list[tuple[int, int, int, bytes]]:
 
 def test_the_dns_redirect_rules_are_the_ones_nft_makes() -> None:
     batch = nft.dns_redirect_batch("linkd_dns", "127.0.0.11", 40001, 40002)
-    rules = [body for kind, _, _, body in parse(batch) if kind == 0xA00 | nft.NFT_MSG_NEWRULE]
+    rules = [body for kind, _, _, body in parse(batch) if kind == 0xA00 | wire.NFT_MSG_NEWRULE]
     assert len(rules) == 2
-    udp = dict(nft.attributes(rules[0][4:]))[nft.NFTA_RULE_EXPRESSIONS]
+    udp = dict(nft.attributes(rules[0][4:]))[wire.NFTA_RULE_EXPRESSIONS]
     assert udp.hex() == DNS_UDP_RULE
-    tcp = dict(nft.attributes(rules[1][4:]))[nft.NFTA_RULE_EXPRESSIONS]
+    tcp = dict(nft.attributes(rules[1][4:]))[wire.NFTA_RULE_EXPRESSIONS]
     assert tcp == udp.replace(bytes([5, 0, 1, 0, 17]), bytes([5, 0, 1, 0, 6])).replace(
         (40001).to_bytes(2, "big"), (40002).to_bytes(2, "big"))
 
@@ -432,16 +433,16 @@ LKT6 = nftables.Table("inet", "lkt6", (
 
 def test_a_replacing_batch_declares_deletes_and_defines_and_asks_one_acknowledgement() -> None:
     messages = parse(runtime_firewall.replace_batch(LKT6))
-    subsystem = nft.NFNL_SUBSYS_NFTABLES << 8
+    subsystem = wire.NFNL_SUBSYS_NFTABLES << 8
     assert [(kind, flags, seq) for kind, flags, seq, _ in messages] == [
-        (nft.NFNL_MSG_BATCH_BEGIN, nft.NLM_F_REQUEST, 1),
-        (subsystem | nft.NFT_MSG_NEWTABLE, nft.NLM_F_REQUEST | nft.NLM_F_CREATE, 2),
-        (subsystem | nft.NFT_MSG_DELTABLE, nft.NLM_F_REQUEST, 3),
-        (subsystem | nft.NFT_MSG_NEWTABLE, nft.NLM_F_REQUEST | nft.NLM_F_CREATE, 4),
-        (subsystem | nft.NFT_MSG_NEWCHAIN, nft.NLM_F_REQUEST | nft.NLM_F_CREATE, 5),
-        (subsystem | nft.NFT_MSG_NEWCHAIN,
-         nft.NLM_F_REQUEST | nft.NLM_F_CREATE | nft.NLM_F_ACK, 6),  # the last asks
-        (nft.NFNL_MSG_BATCH_END, nft.NLM_F_REQUEST, 7),
+        (wire.NFNL_MSG_BATCH_BEGIN, wire.NLM_F_REQUEST, 1),
+        (subsystem | wire.NFT_MSG_NEWTABLE, wire.NLM_F_REQUEST | wire.NLM_F_CREATE, 2),
+        (subsystem | wire.NFT_MSG_DELTABLE, wire.NLM_F_REQUEST, 3),
+        (subsystem | wire.NFT_MSG_NEWTABLE, wire.NLM_F_REQUEST | wire.NLM_F_CREATE, 4),
+        (subsystem | wire.NFT_MSG_NEWCHAIN, wire.NLM_F_REQUEST | wire.NLM_F_CREATE, 5),
+        (subsystem | wire.NFT_MSG_NEWCHAIN,
+         wire.NLM_F_REQUEST | wire.NLM_F_CREATE | wire.NLM_F_ACK, 6),  # the last asks
+        (wire.NFNL_MSG_BATCH_END, wire.NLM_F_REQUEST, 7),
     ]
     bodies = [body.hex() for _, _, _, body in messages]
     # The batch's own messages name the subsystem (res_id, big-endian).
@@ -467,9 +468,9 @@ def test_a_new_table_is_created_exclusively_and_rules_follow_every_chain() -> No
     batch = runtime_firewall.replace_batch(table, exclusive=True)
     messages = parse(batch)
     kinds = [kind & 0xFF for kind, _, _, _ in messages[1:-1]]
-    assert kinds == [nft.NFT_MSG_NEWTABLE, nft.NFT_MSG_NEWCHAIN, nft.NFT_MSG_NEWCHAIN,
-                     nft.NFT_MSG_NEWRULE, nft.NFT_MSG_NEWRULE]  # the jump's target exists
-    assert messages[1][1] == nft.NLM_F_REQUEST | nft.NLM_F_CREATE | nft.NLM_F_EXCL
+    assert kinds == [wire.NFT_MSG_NEWTABLE, wire.NFT_MSG_NEWCHAIN, wire.NFT_MSG_NEWCHAIN,
+                     wire.NFT_MSG_NEWRULE, wire.NFT_MSG_NEWRULE]  # the jump's target exists
+    assert messages[1][1] == wire.NLM_F_REQUEST | wire.NLM_F_CREATE | wire.NLM_F_EXCL
     _, what = batch.encode()
     assert what[5] == ("add rule 1 of chain prerouting "
                        "(meta nfproto ipv4 fib daddr type local jump published)")
@@ -498,13 +499,13 @@ def test_answers_and_listings_are_parsed_and_volatile_attributes_dropped() -> No
         body = code.to_bytes(4, "little", signed=True) + request
         return (16 + len(body)).to_bytes(4, "little") + (2).to_bytes(2, "little") + bytes(10) + body
 
-    assert nft._acks(error(7, -2) + error(8, 0)) == [(7, -2), (8, 0)]
-    chain = (nft._str(nft.NFTA_CHAIN_TABLE, "t") + nft._attr(nft.NFTA_CHAIN_HANDLE, bytes(8))
-             + nft._str(nft.NFTA_CHAIN_NAME, "c") + nft._u32(nft.NFTA_CHAIN_USE, 3))
+    assert transactions._acks(error(7, -2) + error(8, 0)) == [(7, -2), (8, 0)]
+    chain = (wire.string(wire.NFTA_CHAIN_TABLE, "t") + wire.attr(wire.NFTA_CHAIN_HANDLE, bytes(8))
+             + wire.string(wire.NFTA_CHAIN_NAME, "c") + wire.u32(wire.NFTA_CHAIN_USE, 3))
     attrs = nft.attributes(chain)
     assert [kind for kind, _ in attrs] == [1, 2, 3, 6]
-    assert nft._stable(nft.NFT_MSG_GETCHAIN, attrs) == (
-        nft._str(nft.NFTA_CHAIN_TABLE, "t") + nft._str(nft.NFTA_CHAIN_NAME, "c"))
+    assert readback._stable(wire.NFT_MSG_GETCHAIN, attrs) == (
+        wire.string(wire.NFTA_CHAIN_TABLE, "t") + wire.string(wire.NFTA_CHAIN_NAME, "c"))
 
 
 def test_every_kind_of_match_and_statement_is_covered() -> None:

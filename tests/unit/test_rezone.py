@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from linkd.core.model import Attachment, Link, Network, PortSpec, Service, Stack
 from linkd.core.plan import StackPlan
 from linkd.dns.answers import Answered, answer
-from linkd.dns.zone import Zone, build_zone, rezone
+from linkd.dns.snapshot import Zone
+from linkd.dns.zone import build_zone, rezone
 from tests.planning import realize
 from tests.unit.test_dns import addr, query_bytes, shop
 

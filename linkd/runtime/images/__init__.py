@@ -1,4 +1,5 @@
 """The OCI image store: `image_store` (load, list, remove, resolve a stack's images),
-`layers` (verify, then unpack layer blobs) and `beneath` (openat2 RESOLVE_BENEATH: every
-path of a layer resolved beneath its root).
+`sources` (read a layout or archive, and plan what a load stores), `layers` (verify, then
+unpack layer blobs) and `beneath` (openat2 RESOLVE_BENEATH: every path of a layer
+resolved beneath its root).
 """

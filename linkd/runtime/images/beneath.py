@@ -17,7 +17,7 @@ O_NOFOLLOW|O_EXCL, `symlinkat`, `linkat` without AT_SYMLINK_FOLLOW, `unlinkat`),
 path meant cannot change between the check and the use: there is no check, only the use.
 `remove_at` empties a directory the same way, bottom up, so a symlink inside a removed tree
 is unlinked, never followed. Components are checked again here (no "", ".", "..", "/" or
-NUL) although `linkd.core.image_format` has already refused entries with them.
+NUL) although `linkd.core.layer_rules` has already refused entries with them.
 
 `read_merged` reads one file as an overlayfs stack of such trees shows it (the image's
 /etc/passwd for runc's user lookup): symlinks are resolved inside the image, an absolute
@@ -34,6 +34,8 @@ import os
 import stat
 from collections.abc import Sequence
 from pathlib import Path
+
+from linkd import files
 
 # openat2(2): the same number on every architecture (allocated after the syscall tables
 # were unified); struct open_how and the RESOLVE_* flags from linux/openat2.h.
@@ -130,7 +132,8 @@ def _walk(root_fd: int, parts: Sequence[str], create: int | None) -> int:
 
 def blocker(root_fd: int, parts: Sequence[str]) -> tuple[str, str]:
     """Why `parts` cannot be opened as a directory: the first component on the way that
-    is not one, and what it is ("symlink", "file", ...), or ("", "missing")."""
+    is not one and what it is (`kind_of`, or "missing"), or ("", "directory") when
+    every component is one."""
     fd = os.dup(root_fd)
     try:
         for n, part in enumerate(parts):
@@ -147,19 +150,18 @@ def blocker(root_fd: int, parts: Sequence[str]) -> tuple[str, str]:
     return "", "directory"
 
 
+# A layer's words for what is in the way, as its errors say them ("d is a file in this
+# layer, not a directory"); `linkd.files` names a user's file in its own ("a regular file").
+_KINDS = {stat.S_IFLNK: "symlink", stat.S_IFREG: "file", stat.S_IFDIR: "directory",
+          stat.S_IFCHR: "device", stat.S_IFIFO: "fifo"}
+
+
 def kind_of(st: os.stat_result) -> str:
-    mode = st.st_mode
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISDIR(mode):
-        return "directory"
-    if stat.S_ISCHR(mode):
-        return "whiteout" if _is_whiteout(st) else "device"
-    if stat.S_ISFIFO(mode):
-        return "fifo"
-    return "special file"
+    """What an lstat says a file is: "symlink", "file", "directory", "whiteout",
+    "device", "fifo" or "special file"."""
+    if _is_whiteout(st):
+        return "whiteout"
+    return _KINDS.get(stat.S_IFMT(st.st_mode), "special file")
 
 
 def lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
@@ -326,13 +328,9 @@ def _read(dir_fd: int, name: str, limit: int) -> bytes | None:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-        chunks: list[bytes] = []
-        size = 0
-        while size <= limit and (chunk := os.read(fd, min(1 << 16, limit + 1 - size))):
-            chunks.append(chunk)
-            size += len(chunk)
-        if size > limit:
+        data = files.read_bounded(fd, limit)
+        if len(data) > limit:
             raise OSError(errno.EFBIG, f"larger than {limit} bytes", name)
-        return b"".join(chunks)
+        return data
     finally:
         os.close(fd)

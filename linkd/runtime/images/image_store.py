@@ -4,6 +4,7 @@ Sources (what `docker save`, `podman save`, `skopeo copy ... oci:` and CI artifa
 an OCI image layout directory, an OCI archive (a tar of such a directory), or a
 `docker save` archive (`manifest.json` + uncompressed layer tars). An archive with both
 `index.json` and `manifest.json` (Docker 25 and newer write both) is read as OCI.
+Reading them, and deciding what a load stores, is `linkd.runtime.images.sources`'.
 
 Layout (the root is /var/lib/linkd/images, or $LINKD_IMAGES):
 
@@ -33,8 +34,8 @@ digest and size) and against the config's diff_id (the uncompressed tar) while i
 copied as a plain tar into the store's tmp/; only then is that copy unpacked, into the
 load's private directory, and the layers are renamed into layers/ once all of them passed
 (`linkd.runtime.images.layers` says why in this order, and how unpacking cannot leave its
-directory). What one load may unpack is bounded by `linkd.core.image_format.Limits`, read from
-the environment (`LINKD_IMAGE_MAX_*`) at each load.
+directory). What one load may unpack is bounded by `linkd.core.layer_rules.Limits`, read
+from the environment (`LINKD_IMAGE_MAX_*`) at each load.
 """
 
 from __future__ import annotations
@@ -45,32 +46,24 @@ import json
 import os
 import platform
 import shutil
-import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from linkd.core import image_format as fmt
+from linkd.core import layer_rules
 from linkd.core.image_config import with_images
-from linkd.core.image_format import Descriptor, ImageConfig
+from linkd.core.image_format import ImageConfig
 from linkd.core.model import Stack
 from linkd.errors import ImageError, NotFoundError
-from linkd.runtime.images.layers import (
-    BoundedTarInfo,
-    Budget,
-    TarRefused,
-    check_digest,
-    unpack_layer,
-    verify_layer,
-)
+from linkd.runtime.images.layers import Budget, unpack_layer, verify_layer
+from linkd.runtime.images.sources import LoadLayer, Source, open_source, plan_oci, plan_save
 from linkd.runtime.stack.store import locked, write_atomic
 
 DEFAULT_ROOT = "/var/lib/linkd/images"
 ROOT_ENV = "LINKD_IMAGES"
-_JSON_LIMIT = 8 << 20  # manifests and configs are small; refuse to read more
 
 
 def root() -> Path:
@@ -96,230 +89,7 @@ def layer_dir(store_root: Path, diff_id: str) -> Path:
     return store_root / "layers" / diff_id.partition(":")[2]
 
 
-# -- reading sources ------------------------------------------------------------------
-
-
-class _Source:
-    """Files of a layout directory or an archive, by normalized relative name."""
-
-    label: str
-
-    def names(self) -> set[str]:
-        raise NotImplementedError
-
-    def open(self, name: str) -> IO[bytes]:
-        raise NotImplementedError
-
-    def size(self, name: str) -> int:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-    def read(self, name: str, entry: str) -> bytes:
-        if name not in self.names():
-            raise ImageError(self.label, entry, "missing blob", f"{name} is not in the image")
-        with self.open(name) as f:
-            data = f.read(_JSON_LIMIT + 1)
-        if len(data) > _JSON_LIMIT:
-            raise ImageError(self.label, entry, "size", f"{name} is larger than 8 MiB")
-        return data
-
-
-class _DirSource(_Source):
-    def __init__(self, path: Path, label: str) -> None:
-        self.path = path
-        self.label = label
-        self._names = {
-            str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and not p.is_symlink()
-        }
-
-    def names(self) -> set[str]:
-        return self._names
-
-    def open(self, name: str) -> IO[bytes]:
-        fd = os.open(self.path / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        return os.fdopen(fd, "rb")
-
-    def size(self, name: str) -> int:
-        return os.stat(self.path / name, follow_symlinks=False).st_size
-
-
-class _TarSource(_Source):
-    def __init__(self, path: Path, label: str, limits: fmt.Limits) -> None:
-        self.label = label
-        try:
-            # The bounded parser: an archive's extended headers are held to a size too.
-            self.tar = tarfile.open(path, "r:*", tarinfo=BoundedTarInfo)  # noqa: SIM115
-            listed: list[tarfile.TarInfo] = []
-            while (member := self.tar.next()) is not None:
-                listed.append(member)
-                if len(listed) > limits.entries:
-                    raise fmt.over_limit(label, str(path), "entries",
-                                         "the archive holds at least", len(listed), limits)
-        except TarRefused as exc:
-            raise ImageError(label, str(path), exc.rule, exc.detail) from None
-        except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
-            raise ImageError(label, str(path), "format", f"not a tar archive: {exc}") from None
-        self.members: dict[str, tarfile.TarInfo] = {}
-        links: dict[str, str] = {}
-        for m in listed:
-            name = fmt.archive_member(label, m.name)
-            if m.isfile():
-                self.members[name] = m
-            elif m.issym() or m.islnk():
-                # `docker save` (before 25) links a layer shared by two images.
-                base = os.path.dirname(name) if m.issym() else ""
-                target = fmt.archive_member(label, os.path.normpath(
-                    os.path.join(base, m.linkname)) if m.issym() else m.linkname)
-                links[name] = target
-        for name, target in links.items():
-            if target in self.members:
-                self.members[name] = self.members[target]
-
-    def names(self) -> set[str]:
-        return set(self.members)
-
-    def open(self, name: str) -> IO[bytes]:
-        f = self.tar.extractfile(self.members[name])
-        assert f is not None
-        return f
-
-    def size(self, name: str) -> int:
-        return self.members[name].size
-
-    def close(self) -> None:
-        self.tar.close()
-
-
-def _open_source(path: Path, label: str, limits: fmt.Limits) -> _Source:
-    if path.is_dir():
-        return _DirSource(path, label)
-    if path.is_file():
-        return _TarSource(path, label, limits)
-    raise NotFoundError(f"image {label}: no such file or directory")
-
-
-def _read_blob(src: _Source, desc: Descriptor, entry: str) -> bytes:
-    data = src.read(fmt.blob_path(desc.digest), entry)
-    check_digest(src.label, entry, "sha256:" + hashlib.sha256(data).hexdigest(), desc.digest)
-    if len(data) != desc.size:
-        raise ImageError(src.label, entry, "size mismatch",
-                         f"{len(data)} bytes, the descriptor says {desc.size}")
-    return data
-
-
-# -- the plan of a load: which config and layers, from which members -------------------
-
-
-@dataclass(frozen=True)
-class _Layer:
-    member: str
-    blob_digest: str | None  # None: a docker-save layer.tar named by no digest
-    size: int | None
-    diff_id: str
-
-
-@dataclass(frozen=True)
-class _Plan:
-    config_raw: bytes
-    config: ImageConfig
-    layers: tuple[_Layer, ...]
-    name: str
-
-
-def _plan_oci(src: _Source, source: str, name: str | None, machine: fmt.Platform) -> _Plan:
-    label = src.label
-    fmt.parse_layout_marker(label, src.read("oci-layout", "oci-layout"))
-    index_raw = src.read("index.json", "index.json")
-    descriptors = fmt.parse_index(label, "index.json", index_raw)
-    # Which blobs are referenced at all (every manifest present, any platform).
-    referenced: set[str] = set()
-    todo = list(fmt.referenced_digests(index_raw))
-    present = src.names()
-    while todo:
-        digest = todo.pop()
-        if digest in referenced:
-            continue
-        referenced.add(digest)
-        path = fmt.blob_path(digest)
-        if path in present:
-            with src.open(path) as f:
-                head = f.read(1)
-                if head == b"{":  # a JSON document (a manifest or an index)
-                    todo += fmt.referenced_digests(head + f.read(_JSON_LIMIT))
-    for blob in sorted(n for n in present if n.startswith("blobs/")):
-        alg, _, hexpart = blob[len("blobs/"):].partition("/")
-        if f"{alg}:{hexpart}" not in referenced:
-            raise ImageError(label, blob, "extra blob", "no manifest refers to it")
-    # Down the index to one manifest for this machine.
-    chosen = fmt.select_manifest(label, descriptors, machine)
-    entry = f"manifest {chosen.digest}"
-    while chosen.media_type in fmt.INDEX_TYPES:
-        nested = fmt.parse_index(label, entry, _read_blob(src, chosen, entry))
-        chosen = fmt.select_manifest(label, nested, machine)
-        entry = f"manifest {chosen.digest}"
-    manifest = fmt.parse_manifest(label, entry, _read_blob(src, chosen, entry))
-    config_raw = _read_blob(src, manifest.config, f"config {manifest.config.digest}")
-    config = fmt.parse_config(label, f"config {manifest.config.digest}", config_raw)
-    fmt.check_platform(label, f"config {manifest.config.digest}", config, machine)
-    fmt.check_layers(label, config, len(manifest.layers))
-    layers = []
-    for desc, diff_id in zip(manifest.layers, config.diff_ids, strict=True):
-        path = fmt.blob_path(desc.digest)
-        if path not in present:
-            raise ImageError(label, f"layer {desc.digest}", "missing blob",
-                             f"{path} is not in the image")
-        layers.append(_Layer(path, desc.digest, desc.size, diff_id))
-    ref = chosen.ref_name or next((d.ref_name for d in descriptors if d.ref_name), "")
-    if name is None:
-        full = ref if (":" in ref or "/" in ref) else ""
-        name = fmt.default_name((full,), source, "" if full else ref)
-    return _Plan(config_raw, config, tuple(layers), fmt.check_name(name))
-
-
-def _plan_save(src: _Source, source: str, name: str | None, machine: fmt.Platform) -> _Plan:
-    label = src.label
-    entries = fmt.parse_save_manifest(label, src.read("manifest.json", "manifest.json"))
-    if name is not None:
-        wanted = fmt.check_name(name)
-        chosen = [e for e in entries if wanted in e.repo_tags] or (
-            list(entries) if len(entries) == 1 else [])
-    else:
-        chosen = list(entries)
-    if len(chosen) != 1:
-        tags = ", ".join(t for e in entries for t in e.repo_tags) or "untagged"
-        raise ImageError(label, "manifest.json", "one image",
-                         f"the archive holds {len(entries)} images ({tags}): name one with --name")
-    save = chosen[0]
-    present = src.names()
-    referenced = {m for e in entries for m in (e.config, *e.layers)}
-    for member in sorted(present):
-        if (member.startswith("blobs/") or member.endswith("/layer.tar")) and (
-                member not in referenced):
-            raise ImageError(label, member, "extra blob", "manifest.json does not refer to it")
-    config_raw = src.read(save.config, save.config)
-    stem = os.path.basename(save.config).removesuffix(".json")
-    want = f"sha256:{stem}"
-    fmt.check_digest(label, save.config, want)  # the file name must carry the digest
-    check_digest(label, save.config, "sha256:" + hashlib.sha256(config_raw).hexdigest(), want)
-    config = fmt.parse_config(label, save.config, config_raw)
-    fmt.check_platform(label, save.config, config, machine)
-    fmt.check_layers(label, config, len(save.layers))
-    layers = []
-    for member, diff_id in zip(save.layers, config.diff_ids, strict=True):
-        if member not in present:
-            raise ImageError(label, member, "missing blob", "the layer is not in the archive")
-        blob = None
-        if member.startswith("blobs/sha256/"):
-            blob = fmt.check_digest(label, member, "sha256:" + member.rsplit("/", 1)[1])
-        layers.append(_Layer(member, blob, None, diff_id))
-    if name is None:
-        name = fmt.default_name(save.repo_tags, source)
-    return _Plan(config_raw, config, tuple(layers), fmt.check_name(name))
-
-
-def _unpack(src: _Source, layer: _Layer, budget: Budget, work: Path,
+def _unpack(src: Source, layer: LoadLayer, budget: Budget, work: Path,
             dest: Path | None) -> int:
     """Verify one layer (blob and diff_id) and, if `dest` is given, unpack the verified
     copy there (`linkd.runtime.images.layers`). Returns the size of the uncompressed tar."""
@@ -400,14 +170,14 @@ class ImageStore:
         return self._record(image_id, tuple(n for n, i in refs.items() if i == image_id))
 
     def load(self, source: str | os.PathLike[str], name: str | None = None,
-             machine: str | None = None, limits: fmt.Limits | None = None) -> StoredImage:
+             machine: str | None = None, limits: layer_rules.Limits | None = None) -> StoredImage:
         """Load an image from a layout directory or archive; returns it as stored.
         `limits` default to the environment's (`LINKD_IMAGE_MAX_*`)."""
         path = Path(source)
         label = str(source)
         target = fmt.machine_platform(machine or platform.machine())
-        limits = limits or fmt.limits_from_env(os.environ)
-        src = _open_source(path, label, limits)
+        limits = limits or layer_rules.limits_from_env(os.environ)
+        src = open_source(path, label, limits)
         try:
             with self._locked():
                 # A dead process's load: shutil.rmtree works by descriptors and follows
@@ -422,13 +192,13 @@ class ImageStore:
         finally:
             src.close()
 
-    def _load(self, src: _Source, label: str, name: str | None, machine: fmt.Platform,
+    def _load(self, src: Source, label: str, name: str | None, machine: fmt.Platform,
               work: Path, budget: Budget) -> StoredImage:
         names = src.names()
         if "index.json" in names:
-            plan = _plan_oci(src, label, name, machine)
+            plan = plan_oci(src, label, name, machine)
         elif "manifest.json" in names:
-            plan = _plan_save(src, label, name, machine)
+            plan = plan_save(src, label, name, machine)
         else:
             raise ImageError(label, "index.json", "format",
                              "neither an OCI layout (index.json) nor a docker save "

@@ -1,4 +1,4 @@
-"""Layer blobs, verified, then unpacked: the I/O half of the layer rules in `core.image_format`.
+"""Layer blobs, verified, then unpacked: the I/O half of `core.layer_rules`.
 
 A layer goes through two steps, and only bytes that passed the first reach the second:
 
@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import IO, Any, cast
 from zlib import error as zlib_error
 
-from linkd.core import image_format as fmt
+from linkd.core import layer_rules
 from linkd.errors import ImageError
 from linkd.runtime.images import beneath
 
@@ -103,9 +103,9 @@ def check_digest(label: str, entry: str, got: str, want: str,
 
 
 class Budget:
-    """What one load has used of its `fmt.Limits`, over all its layers."""
+    """What one load has used of its `layer_rules.Limits`, over all its layers."""
 
-    def __init__(self, label: str, limits: fmt.Limits) -> None:
+    def __init__(self, label: str, limits: layer_rules.Limits) -> None:
         self.label = label
         self.limits = limits
         self.size = 0  # bytes of the layer tars
@@ -114,11 +114,11 @@ class Budget:
         self.sparse = 0
 
     def over(self, entry: str, name: str, what: str, value: int) -> ImageError:
-        return fmt.over_limit(self.label, entry, name, what, value, self.limits)
+        return layer_rules.over_limit(self.label, entry, name, what, value, self.limits)
 
     def expansion(self, blob_size: int) -> int:
         """How far a layer of a blob of `blob_size` bytes may expand."""
-        return max(fmt.RATIO_FLOOR, self.limits.ratio * blob_size)
+        return max(layer_rules.RATIO_FLOOR, self.limits.ratio * blob_size)
 
 
 # -- step 1: verify --------------------------------------------------------------------
@@ -196,9 +196,9 @@ class BoundedTarInfo(tarfile.TarInfo):
     archive says they are, and follows a negative size backwards."""
 
     def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
-        if self.type in _EXTENDED and self.size > fmt.HEADER_MAX:
+        if self.type in _EXTENDED and self.size > layer_rules.HEADER_MAX:
             raise TarRefused("tar header", f"an extended header of {self.size:,} bytes "
-                           f"(at most {fmt.HEADER_MAX:,})")
+                           f"(at most {layer_rules.HEADER_MAX:,})")
         if self.type == tarfile.GNUTYPE_SPARSE:
             raise TarRefused("tar header", "old GNU sparse members (type S) are not "
                            "supported; PAX sparse members are")
@@ -215,9 +215,9 @@ class BoundedTarInfo(tarfile.TarInfo):
         fileobj = cast(IO[bytes], tarfile_.fileobj)
         start = fileobj.tell()
         count = fileobj.read(tarfile.BLOCKSIZE).split(b"\n", 1)[0]
-        if not count.isdigit() or int(count) > fmt.SPARSE_REGIONS_MAX:
+        if not count.isdigit() or int(count) > layer_rules.SPARSE_REGIONS_MAX:
             raise TarRefused("tar header", f"a sparse map of {count[:20]!r} regions "
-                           f"(at most {fmt.SPARSE_REGIONS_MAX:,})")
+                           f"(at most {layer_rules.SPARSE_REGIONS_MAX:,})")
         fileobj.seek(start)
         super()._proc_gnusparse_10(next_, pax_headers, tarfile_)  # type: ignore[misc]
 
@@ -307,8 +307,8 @@ class Unpacker:
 
     def add(self, m: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
         self._count(m)
-        e = fmt.classify_entry(self.label, self.layer, m.name, _kind(m), m.linkname,
-                               m.devmajor, m.devminor, self.budget.limits)
+        e = layer_rules.classify_entry(self.label, self.layer, m.name, _kind(m), m.linkname,
+                                       m.devmajor, m.devminor, self.budget.limits)
         if e.kind == "skip":
             return
         parts = _parts(e.path)
@@ -325,7 +325,7 @@ class Unpacker:
         finally:
             os.close(parent)
 
-    def _add(self, m: tarfile.TarInfo, tar: tarfile.TarFile, e: fmt.LayerEntry,
+    def _add(self, m: tarfile.TarInfo, tar: tarfile.TarFile, e: layer_rules.LayerEntry,
              parent: int, name: str) -> None:
         existing = beneath.lstat_at(parent, name)
         keep = existing is not None and e.kind == "dir" and stat.S_ISDIR(existing.st_mode)

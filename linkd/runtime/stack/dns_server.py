@@ -72,7 +72,7 @@ from typing import Any
 from dnslib import DNSRecord
 
 from linkd.dns.answers import UDP_MAX, Answered, Drop, answer, pick_tail, reply_table
-from linkd.dns.zone import Zone
+from linkd.dns.snapshot import Zone
 
 IPAddress = IPv4Address | IPv6Address
 Upstream = tuple[str, int]
