@@ -2,7 +2,7 @@
 
 Standalone on purpose: standard library only, never ``import linkd``, so that it starts in
 ~10 ms (no site-packages scan, no package imports; run as an imported module from its
-cached bytecode by ``linkd.runtime.containers.process.shim_argv``, and without the ``signal``
+cached bytecode by ``linkd.runtime.containers.launch.shim_argv``, and without the ``signal``
 module's enums).
 
 ``run SPEC_JSON STATUS_FD`` (spawned by ``process.start``) builds this tree::
