@@ -142,8 +142,7 @@ def run(spec_path: str, status_fd: int, gate_fd: int | None = None) -> "NoReturn
         alive_r, alive_w = os.pipe()  # both ends close-on-exec: C never holds them
         child = os.fork()
     except (base.SetupError, OSError) as e:
-        base.report(status_fd, name, str(e))
-        os._exit(e.code if isinstance(e, base.SetupError) else base.EXIT_SETUP_FAILED)
+        base.fail(status_fd, name, e)
     if child == 0:
         os.close(alive_w)
         if exit_dir_fd is not None:
@@ -201,8 +200,7 @@ def _init(spec: "dict[str, Any]", status_fd: int, alive_fd: int) -> "NoReturn":
             mounts.mask_paths(conf.get("masked") or [], conf.get("readonly") or [])
         mounts.private_tmp(spec.get("keep_dirs", []))
     except (base.SetupError, OSError) as e:
-        base.report(status_fd, name, str(e))
-        os._exit(e.code if isinstance(e, base.SetupError) else base.EXIT_SETUP_FAILED)
+        base.fail(status_fd, name, e)
 
     base.install_forwarding(base.FORWARDED_SIGNALS)
     try:

@@ -19,7 +19,7 @@ import os
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal
-    from typing import Any
+    from typing import Any, NoReturn
 else:
     import _signal as signal
 
@@ -58,24 +58,13 @@ EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 
 libc = ctypes.CDLL(None, use_errno=True)
-libc.mount.argtypes = (
-    ctypes.c_char_p,
-    ctypes.c_char_p,
-    ctypes.c_char_p,
-    ctypes.c_ulong,
-    ctypes.c_char_p,
-)
+_char_p, _ulong = ctypes.c_char_p, ctypes.c_ulong
+libc.mount.argtypes = (_char_p, _char_p, _char_p, _ulong, _char_p)
 libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
 libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
 libc.unshare.argtypes = (ctypes.c_int,)
 libc.sethostname.argtypes = (ctypes.c_char_p, ctypes.c_size_t)
-libc.prctl.argtypes = (
-    ctypes.c_int,
-    ctypes.c_ulong,
-    ctypes.c_ulong,
-    ctypes.c_ulong,
-    ctypes.c_ulong,
-)
+libc.prctl.argtypes = (ctypes.c_int, _ulong, _ulong, _ulong, _ulong)
 libc.capset.argtypes = (ctypes.c_void_p, ctypes.c_void_p)
 libc.capget.argtypes = (ctypes.c_void_p, ctypes.c_void_p)
 
@@ -139,6 +128,12 @@ def report(status_fd: int | None, name: str, message: str) -> None:
             os.write(status_fd, line.encode(errors="replace"))
     except OSError:
         pass
+
+
+def fail(status_fd: int | None, name: str, error: Exception) -> "NoReturn":
+    """Report `error` (`report`) and exit: with a SetupError's own code, else 125."""
+    report(status_fd, name, str(error))
+    os._exit(error.code if isinstance(error, SetupError) else EXIT_SETUP_FAILED)
 
 
 def exit_code(status: int) -> int:

@@ -144,8 +144,7 @@ def exec_in(init_pid: int, spec_path: str) -> "NoReturn":
         alive_r, alive_w = os.pipe()
         child = os.fork()
     except (base.SetupError, OSError) as e:
-        base.report(None, name, str(e))
-        os._exit(e.code if isinstance(e, base.SetupError) else base.EXIT_SETUP_FAILED)
+        base.fail(None, name, e)
     if child == 0:
         os.close(alive_w)
         # Killing `linkd exec` must not leave its command running in the container.
