@@ -16,7 +16,7 @@ import pytest
 from linkd.core.confinement import DEFAULT_CAPABILITIES, MASKED_PATHS, READONLY_PATHS
 from linkd.core.model import Device, Limits, Security
 from linkd.core.plan import ContainerPlan, RestartPolicy
-from linkd.runtime.containers import confine, shim_base, shim_confine
+from linkd.runtime.containers import confine, shim_base, shim_command
 from linkd.runtime.containers.process import ProcessSpec
 from linkd.runtime.containers.rootfs import bundle_config
 from linkd.runtime.stack import store
@@ -111,7 +111,7 @@ def test_the_shim_loads_the_filter_and_it_denies() -> None:
     if pid == 0:  # pragma: no cover - the child
         try:
             shim_base.prctl(shim_base.PR_SET_NO_NEW_PRIVS, 1, "nnp")
-            shim_confine.load_seccomp(program)
+            shim_command.load_seccomp(program)
             os.getpid()
             rc = shim_base.libc.unshare(shim_base.CLONE_NEWUTS)
             os._exit(ctypes.get_errno() if rc != 0 else 0)

@@ -315,7 +315,9 @@ async def start(spec: ProcessSpec, warm: WarmShim | None = None) -> ContainerPro
     if warm is not None and warm.spec_path == spec_path:
         status_r = warm.status_r
         try:
-            child = await asyncio.shield(asyncio.wrap_future(warm.spawned))
+            # Spawned long ago, as a rule: then without a round through the loop.
+            child = (warm.child if warm.spawned.done()
+                     else await asyncio.shield(asyncio.wrap_future(warm.spawned)))
         except BaseException:
             warm.discard()  # cancelled: waits for the spawn (milliseconds) and kills it
             raise

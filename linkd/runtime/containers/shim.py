@@ -66,8 +66,8 @@ them from shadowing, or being shadowed by, a standard module):
   spec) the overlay root, its /dev, /sys and cgroups, and pivot_root; for runc
   (``rootfs_pivot`` false) C is ``runc run`` on a bundle, which does the rest itself.
 * ``shim_command``: what C (and exec's child, and a health probe) does last:
-  **confinement** (``shim_confine``: bounding set, capabilities, no_new_privs, seccomp),
-  user, working directory, default signals, execve with the container's PATH.
+  **confinement** (bounding set, capabilities, no_new_privs, seccomp), user, working
+  directory, default signals, execve with the container's PATH.
 * ``shim_entry``: ``exec INIT_PID SPEC_JSON`` (``linkd exec``): joining a running
   container, the one way in that health probes take too (``health_agent.py``).
 """

@@ -1,10 +1,21 @@
 """The last steps before a container's command runs, shared by the container's own command
-(C), `linkd exec`'s child and health probes: confinement (``shim_confine``), the user and
-its groups, the working directory, default signal dispositions, and execve with the PATH
-searched in the container (standalone like the shim, see ``shim_base``).
+(C), `linkd exec`'s child and health probes: confinement (the capability bounding set,
+capabilities kept across the user switch, no_new_privs, the seccomp filter; ``confine.py``
+beside this file writes what to apply), the user and its groups, the working directory,
+default signal dispositions, and execve with the PATH searched in the container
+(standalone like the shim, see ``shim_base``).
+
+The order is runc's: the bounding set first (that needs CAP_SETPCAP, which root still
+has); without no_new_privs the seccomp filter next, while CAP_SYS_ADMIN still allows
+loading it; then the user, with PR_SET_KEEPCAPS so that a switch away from root keeps
+the permitted set until capset sets effective = permitted = the container's set and
+inheritable and ambient empty. exec then gives root the bounding set and any other user
+nothing (no file capabilities, no ambient ones), as under Docker. With no_new_privs the
+filter is loaded last, right before execve, so it only needs to allow execve. The BPF is
+compiled by libseccomp in the runtime, so nothing here imports more than ctypes.
 """
 
-import errno
+import ctypes
 import os
 
 TYPE_CHECKING = False
@@ -13,12 +24,10 @@ if TYPE_CHECKING or __package__:  # imported as part of linkd (the type checker,
     from typing import Any, NoReturn
 
     from . import shim_base as base
-    from . import shim_confine as confine
 else:  # the shim: its directory is on sys.path (and no `signal` enums: see shim_base)
     import _signal as signal
 
     import shim_base as base
-    import shim_confine as confine
 
 
 def exec_command(spec: "dict[str, Any]", alive_fd: int | None = None) -> "NoReturn":
@@ -26,20 +35,20 @@ def exec_command(spec: "dict[str, Any]", alive_fd: int | None = None) -> "NoRetu
     exec's child, or a health probe)."""
     conf = spec.get("confine") if spec.get("confine_command", True) else None
     if conf is not None:
-        confine.before_user(conf)
+        _confine_before_user(conf)
     # An image's users come from its files (`lookup_user`): the container's own spec says
     # so by its rootfs_dir, an exec spec (`linkd exec`, health probes) by image_root.
     files_only = bool(spec.get("rootfs_dir") or spec.get("image_root"))
     _become(spec.get("user"), spec.get("working_dir"), files_only)
     if conf is not None:
-        confine.after_user(conf)
+        _confine_after_user(conf)
     if alive_fd is not None:
         # After _become: changing uid/gid clears PR_SET_PDEATHSIG.
         base.die_with_parent(alive_fd, wait_for_go=True)
     env = {str(k): str(v) for k, v in spec.get("env", [])}
     _default_signals()
     if conf is not None:
-        confine.last(conf)
+        _confine_last(conf)
     _execvpe([str(a) for a in spec["argv"]], env)
 
 
@@ -159,7 +168,7 @@ def _execvpe(argv: list[str], env: dict[str, str]) -> "NoReturn":
         candidates = [cmd]
     else:
         candidates = [os.path.join(d or ".", cmd) for d in search.split(os.pathsep)]
-    absent = (errno.ENOENT, errno.ENOTDIR)
+    absent = (base.ENOENT, base.ENOTDIR)
     saved: OSError | None = None
     for candidate in candidates:
         try:
@@ -175,3 +184,68 @@ def _execvpe(argv: list[str], env: dict[str, str]) -> "NoReturn":
         raise base.SetupError(f"command {cmd!r} not found{where}", base.EXIT_NOT_FOUND)
     code = base.code_for_errno(saved.errno or 0, base.EXIT_CANNOT_EXECUTE)
     raise base.SetupError(f"cannot execute {cmd!r}: {saved.strerror}", code)
+
+
+# --- confinement ---------------------------------------------------------------------------
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = (("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32))
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+
+def _confine_before_user(conf: "dict[str, Any]") -> None:
+    keep = set(conf["caps"])
+    for cap in range(conf["last_cap"] + 1):
+        if cap not in keep:
+            base.prctl(base.PR_CAPBSET_DROP, cap,
+                       f"dropping capability {cap} from the bounding set")
+    if conf.get("seccomp") and not conf["nnp"]:
+        load_seccomp(conf["seccomp"])
+    base.prctl(base.PR_SET_KEEPCAPS, 1, "keeping capabilities across the user switch")
+
+
+def _confine_after_user(conf: "dict[str, Any]") -> None:
+    base.prctl(base.PR_SET_KEEPCAPS, 0, "clearing PR_SET_KEEPCAPS")
+    mask = 0
+    for cap in conf["caps"]:
+        mask |= 1 << cap
+    header = _CapHeader(base.LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    # Never more than we hold (privileged asks for every capability the kernel knows; the
+    # daemon itself may run without some, and capset refuses to add any).
+    if base.libc.capget(ctypes.addressof(header), ctypes.addressof(data)) == 0:
+        mask &= data[0].permitted | (data[1].permitted << 32)
+    header = _CapHeader(base.LINUX_CAPABILITY_VERSION_3, 0)
+    for i in (0, 1):
+        word = (mask >> (32 * i)) & 0xFFFFFFFF
+        data[i].effective = data[i].permitted = word
+        data[i].inheritable = 0
+    if base.libc.capset(ctypes.addressof(header), ctypes.addressof(data)) != 0:
+        raise base.SetupError(f"setting capabilities: {os.strerror(ctypes.get_errno())}",
+                              base.EXIT_SETUP_FAILED)
+    # Ambient capabilities: none (EINVAL on kernels before 4.3, which have none).
+    base.libc.prctl(base.PR_CAP_AMBIENT, base.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+
+
+def _confine_last(conf: "dict[str, Any]") -> None:
+    if conf["nnp"]:
+        base.prctl(base.PR_SET_NO_NEW_PRIVS, 1, "setting no_new_privs")
+        if conf.get("seccomp"):
+            load_seccomp(conf["seccomp"])
+
+
+def load_seccomp(program: bytes) -> None:
+    """Install a seccomp filter compiled by libseccomp (struct sock_filter[], 8 bytes each)."""
+    buf = ctypes.create_string_buffer(program, len(program))
+    prog = _SockFprog(len(program) // 8, ctypes.addressof(buf))
+    base.prctl(base.PR_SET_SECCOMP, base.SECCOMP_MODE_FILTER, "loading the seccomp filter",
+               ctypes.addressof(prog))
