@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from linkd.runtime.containers import shim
+from linkd.runtime.containers import shim_base, shim_entry
 from tests.images import Entry, Image, busybox_image, layer_tar, write_tar
 from tests.integration.conftest import Linkd
 from tests.integration.test_health import inspect
@@ -98,8 +98,8 @@ def test_no_way_in_while_runc_has_not_started_the_command(tmp_path: Path) -> Non
             while _depth(init.pid) < depth:
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
-            with pytest.raises(shim.NotStartedYet, match="runc has not started"):
-                shim.open_entry(init.pid, "web-1")
+            with pytest.raises(shim_base.NotStartedYet, match="runc has not started"):
+                shim_entry.open_entry(init.pid, "web-1")
         finally:
             init.kill()
             init.wait()

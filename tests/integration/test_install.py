@@ -28,6 +28,8 @@ CONVENTIONS = sorted(p.name for p in (REPO / "conventions").glob("*.yaml"))
 RUNTIME_FILES = [
     "linkd/py.typed",
     "linkd/runtime/containers/shim.py",
+    *(f"linkd/runtime/containers/shim_{part}.py"
+      for part in ("base", "command", "entry", "mounts")),
     "linkd/runtime/containers/health_agent.py",
     "linkd/core/seccomp_default.rules",  # the default seccomp policy (containers/confine)
     *(f"linkd/builtin_conventions/{name}" for name in CONVENTIONS),

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from linkd.errors import ContainerError
+from linkd.runtime.containers import launch
 from linkd.runtime.containers.process import (
     ContainerProcess,
     ProcessSpec,
@@ -388,12 +389,12 @@ async def test_a_warm_shim_runs_the_spec_written_after_it_started(runner: Runner
     shim = warm(spec.run_dir, spec.log_path)
     # At its gate: nothing of the container exists before start writes the spec.
     await asyncio.sleep(0.3)
-    assert shim.popen.poll() is None
+    assert shim.child.poll() is None
     assert not Path(spec.run_dir, "spec.marshal").exists()
-    assert [p for p in processes_mentioning(spec.run_dir) if p != shim.popen.pid] == []
+    assert [p for p in processes_mentioning(spec.run_dir) if p != shim.child.pid] == []
     proc = await start(spec, shim)
     runner.track(proc)
-    assert proc.pid == shim.popen.pid  # the warm shim, not a new one
+    assert proc.pid == shim.child.pid  # the warm shim, not a new one
     async with asyncio.timeout(5):
         assert await proc.wait() == 0
     assert Path(spec.log_path).read_text() == "started\nwarmed\n"
@@ -403,8 +404,36 @@ async def test_a_discarded_warm_shim_starts_nothing_and_is_gone(runner: Runner) 
     spec = runner.spec("sleep", "60", name="dropped")
     shim = warm(spec.run_dir, spec.log_path)
     shim.discard()
-    assert shim.popen.returncode is not None
+    assert shim.child.returncode is not None
     assert processes_mentioning(spec.run_dir) == []
+
+
+@pytest.mark.parametrize("closefrom", [True, False], ids=["posix_spawn", "subprocess"])
+async def test_a_shim_gets_its_stdio_status_pipe_and_gate_only(
+    runner: Runner, closefrom: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As subprocess with close_fds gave it, on both spawn paths (glibc's posix_spawn, and
+    subprocess where glibc has no closefrom): stdin /dev/null, stdout and stderr the log,
+    the status pipe and the gate, nothing else of ours; a session of its own."""
+    monkeypatch.setattr(launch, "_HAS_CLOSEFROM", closefrom)
+    leak = os.open("/dev/null", os.O_RDONLY)  # inheritable, as a careless library's fd
+    os.set_inheritable(leak, True)
+    try:
+        spec = runner.spec("true", name="fds")
+        shim = warm(spec.run_dir, spec.log_path)
+        pid = shim.child.pid
+        fds = {int(fd): os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        status, gate = sorted(fds)[3:]
+        assert sorted(fds) == [0, 1, 2, status, gate]
+        assert fds[0] == "/dev/null" and fds[1] == fds[2] == spec.log_path
+        assert fds[status].startswith("pipe:") and fds[gate].startswith("pipe:")
+        assert os.getsid(pid) == pid
+        proc = await start(spec, shim)
+        runner.track(proc)
+        async with asyncio.timeout(5):
+            assert await proc.wait() == 0
+    finally:
+        os.close(leak)
 
 
 def test_a_warm_shim_whose_starter_dies_exits_without_starting(tmp_path: Path) -> None:
@@ -414,7 +443,7 @@ import sys
 sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
 from linkd.runtime.containers.process import warm
 shim = warm({str(tmp_path / "orphan")!r}, {str(tmp_path / "orphan.log")!r})
-print(shim.popen.pid, flush=True)
+print(shim.child.pid, flush=True)
 """  # exits at once, gate still closed
     done = subprocess.run(["python3", "-c", starter], capture_output=True, text=True,
                           check=True, timeout=10)

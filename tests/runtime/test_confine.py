@@ -16,7 +16,7 @@ import pytest
 from linkd.core.confinement import DEFAULT_CAPABILITIES, MASKED_PATHS, READONLY_PATHS
 from linkd.core.model import Device, Limits, Security
 from linkd.core.plan import ContainerPlan, RestartPolicy
-from linkd.runtime.containers import confine, shim
+from linkd.runtime.containers import confine, shim_base, shim_command
 from linkd.runtime.containers.process import ProcessSpec
 from linkd.runtime.containers.rootfs import bundle_config
 from linkd.runtime.stack import store
@@ -98,7 +98,7 @@ def test_the_shims_settings_and_its_filter(tmp_path: Path) -> None:
     assert host["seccomp"] is None and host["masked"] == [] and not host["cgroupns"]
     confine.write_for_shim(tmp_path, settings)
     (tmp_path / "spec.marshal").write_bytes(marshal.dumps({"name": "x"}))
-    loaded = shim.load_spec(str(tmp_path / "spec.marshal"))
+    loaded = shim_base.load_spec(str(tmp_path / "spec.marshal"))
     assert loaded["confine"] == settings
     assert stat.S_IMODE((tmp_path / confine.CONFINE_FILE).stat().st_mode) == 0o600
 
@@ -110,10 +110,10 @@ def test_the_shim_loads_the_filter_and_it_denies() -> None:
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
-            shim._prctl(shim.PR_SET_NO_NEW_PRIVS, 1, "nnp")
-            shim._load_seccomp(program)
+            shim_base.prctl(shim_base.PR_SET_NO_NEW_PRIVS, 1, "nnp")
+            shim_command.load_seccomp(program)
             os.getpid()
-            rc = shim._libc.unshare(shim.CLONE_NEWUTS)
+            rc = shim_base.libc.unshare(shim_base.CLONE_NEWUTS)
             os._exit(ctypes.get_errno() if rc != 0 else 0)
         except BaseException:
             os._exit(99)

@@ -221,7 +221,7 @@ def host_owner(user: str | None) -> tuple[int, int]:
 
 
 def for_shim(security: Security, image: bool) -> dict[str, Any]:
-    """What the shim applies (shim.py `_confine_*`): plain values only (marshal)."""
+    """What the shim applies (shim_command.py): plain values only (marshal)."""
     privileged = security.privileged
     keep = sorted(CAP_NUMBER[c] for c in capabilities(security))
     profile = seccomp(security)

@@ -87,17 +87,18 @@ class HealthChecks:
         )
         return first
 
-    def stop_nowait(self, name: str) -> None:
+    def stop_nowait(self, name: str) -> asyncio.Task[None] | None:
+        """Cancel the probes of `name`; the cancelled task, if there was one."""
         task = self._tasks.pop(name, None)
         if task is not None:
             task.cancel()
+        return task
 
     async def stop(self, name: str) -> None:
         """End the probes of `name` (a probe in flight is killed); its health is kept
         until it starts again, for `ps` and the API to show."""
-        task = self._tasks.pop(name, None)
+        task = self.stop_nowait(name)
         if task is not None:
-            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 

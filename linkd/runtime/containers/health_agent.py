@@ -3,8 +3,9 @@
     python -I -S health_agent.py SHIM_PY INIT_PID SPEC
 
 Standalone like the shim (standard library only, never ``import linkd``), and made of
-the shim's exec mode (`shim.py exec`), not a copy of it: it loads the shim from SHIM_PY
-and does what ``exec_in`` does, with the same functions. Once: ``open_entry`` (under
+the shim's exec mode (`shim.py exec`), not a copy of it: it loads the shim's modules
+from SHIM_PY's directory and does what ``shim_entry.exec_in`` does, with the same
+functions. Once: ``open_entry`` (under
 runc the container is runc's command, not INIT_PID, the container's PID 1 as the host
 sees it; probed while runc is still creating the container, it waits up to
 STARTING_WAIT for runc's command, never settling for init's namespaces) and
@@ -46,7 +47,8 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn
 
 
-def _probe(shim: Any, spec: dict[str, Any], entry: Any, timeout: float) -> tuple[int, bytes]:
+def _probe(base: Any, entry_mod: Any, spec: dict[str, Any], entry: Any, timeout: float
+           ) -> tuple[int, bytes]:
     out_r, out_w = os.pipe()
     alive_r, alive_w = os.pipe()
     pid = os.fork()
@@ -62,7 +64,7 @@ def _probe(shim: Any, spec: dict[str, Any], entry: Any, timeout: float) -> tuple
         except BaseException as e:  # the child must never return
             os.write(2, f"linkd: starting the probe failed: {e!r}\n".encode(errors="replace"))
             os._exit(125)
-        shim.exec_child(spec, entry, alive_r)  # the cgroups, then `linkd exec`'s way
+        entry_mod.exec_child(spec, entry, alive_r)  # the cgroups, then `linkd exec`'s way
     os.close(out_w)
     os.close(alive_r)
     os.write(alive_w, b"g")
@@ -95,7 +97,7 @@ def _probe(shim: Any, spec: dict[str, Any], entry: Any, timeout: float) -> tuple
         pass
     for fd in (out_r, alive_w, pidfd):
         os.close(fd)
-    return (TIMEOUT_CODE if timed_out else shim._exit_code(status)), bytes(output)
+    return (TIMEOUT_CODE if timed_out else base.exit_code(status)), bytes(output)
 
 
 def _read(fd: int, output: bytearray) -> bool:
@@ -112,23 +114,24 @@ def main(argv: list[str]) -> NoReturn:
         sys.exit(2)
     shim_py, init_pid, spec_path = argv[1], int(argv[2]), argv[3]
     sys.path.insert(0, os.path.dirname(shim_py))
-    shim: Any = __import__("shim")
+    base: Any = __import__("shim_base")
+    shim_entry: Any = __import__("shim_entry")
 
-    shim._libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    spec = shim.load_spec(spec_path)  # with the container's confinement, read before entering
+    base.libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    spec = base.load_spec(spec_path)  # with the container's confinement, read before entering
     name = spec.get("name") or f"with init pid {init_pid}"
     try:
         waited_until = time.monotonic() + STARTING_WAIT
         while True:
             try:
-                entry = shim.open_entry(init_pid, name)
+                entry = shim_entry.open_entry(init_pid, name)
                 break
-            except shim.NotStartedYet:
+            except base.NotStartedYet:
                 if time.monotonic() > waited_until:
                     raise
                 time.sleep(0.01)
-        shim.enter_namespaces(entry)
-    except (shim.SetupError, OSError) as e:
+        shim_entry.enter_namespaces(entry)
+    except (base.SetupError, OSError) as e:
         sys.stderr.write(f"linkd health agent: container {name}: {e}\n")
         os._exit(125)
     requests = os.fdopen(0, "rb", buffering=0)
@@ -136,7 +139,7 @@ def main(argv: list[str]) -> NoReturn:
         line = requests.readline()
         if not line:
             os._exit(0)
-        code, output = _probe(shim, spec, entry, float(line))
+        code, output = _probe(base, shim_entry, spec, entry, float(line))
         os.write(1, f"{code} {len(output)}\n".encode() + output)
 
 

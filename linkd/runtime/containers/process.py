@@ -22,8 +22,8 @@ How this side talks to it, and why:
 * **pidfd instead of asyncio's child watchers.**  The default watcher in 3.11 parks a thread
   in ``waitpid`` per child (500 containers = 500 threads), and the SIGCHLD-based ones reap
   children they do not own.  ``os.pidfd_open(A)`` becomes readable when A exits; the
-  callback then reaps exactly A with ``Popen.poll()``.  Signals go through
-  ``pidfd_send_signal``, so a recycled PID can never be hit.
+  callback then reaps exactly A (``launch.ShimChild.poll``: ``waitpid(A, WNOHANG)``).
+  Signals go through ``pidfd_send_signal``, so a recycled PID can never be hit.
 * **B's pidfd.**  B is not our child, but we need it for SIGKILL when the grace period
   expires, and its exit is what guarantees the container is empty: the kernel only lets a
   PID-namespace init finish exiting once every other process in it is gone.  ``wait()``
@@ -36,8 +36,8 @@ Surviving the starter, and adoption (what a daemon restarted after ``kill -9`` b
 
 * By default the container dies with the process that called :func:`start`: A arms
   PR_SET_PDEATHSIG(SIGKILL), B follows A.  PDEATHSIG fires when the *thread* that forked A
-  exits, so call ``start`` from a thread that lives as long as the process (the event
-  loop's).  ``ProcessSpec.survive_parent`` turns that off for A (B still follows A: without
+  exits, so A is spawned by a thread that lives as long as the process (``launch``'s
+  spawner).  ``ProcessSpec.survive_parent`` turns that off for A (B still follows A: without
   A nobody could learn the exit code).  A is started in a session of its own, with no
   controlling terminal, in both cases: a terminal closing on the starter sends its SIGHUP
   to the starter's process group and session, never to a container.
@@ -52,45 +52,35 @@ Surviving the starter, and adoption (what a daemon restarted after ``kill -9`` b
   *this* spec (its command line names the spec file) and that the init pid is that shim's
   child, both after the pidfds are open, so a recycled pid is never taken for ours.
 
-Nothing here uses ``preexec_fn``: it is unsafe with threads and forces the slow fork path.
-The shim is run with ``-I -S``, which skips site-packages, so it starts in ~15 ms.
+The parts it stands on: ``launch`` starts the shim (its command line and spec files, the
+spawn off the event loop, warm shims), ``identity`` recognises a container's shim and init
+in /proc (``open_shim``, ``kill_shim``, ``running_shims``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import marshal
 import os
-import select
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from linkd.errors import ContainerError
+from linkd.runtime.containers import identity, launch
 
-SHIM_PATH = str(Path(__file__).with_name("shim.py"))
-# Runs the shim as an imported module, from its cached bytecode: `python shim.py` would
-# compile its thousand lines on every start (~7 ms of a ~14 ms start). Its directory goes
-# last on sys.path, so no module beside it can stand in for one of the standard
-# library's. SHIM_PATH stays an argument of its own, followed by the mode: that is how
-# the shim's processes are recognised in /proc (`_is_shim_for`, `running_shims`).
-SHIM_LOADER = (
-    "import sys; sys.path.append(sys.argv[1].rpartition('/')[0]); del sys.argv[0]; "
-    "import shim; shim.main(sys.argv)"
-)
+# What the supervisor, the CLI and the health checks use of the parts this module stands
+# on, by the names they have always had here.
+from linkd.runtime.containers.identity import kill_shim as kill_shim
+from linkd.runtime.containers.identity import open_shim as open_shim
+from linkd.runtime.containers.identity import running_shims as running_shims
+from linkd.runtime.containers.launch import SHIM_PATH as SHIM_PATH
+from linkd.runtime.containers.launch import SPEC_FILE as SPEC_FILE
+from linkd.runtime.containers.launch import WarmShim as WarmShim
+from linkd.runtime.containers.launch import exec_argv as exec_argv
+from linkd.runtime.containers.launch import warm as warm
+from linkd.runtime.containers.launch import write_exec_spec as write_exec_spec
 
-
-def shim_argv(*args: str) -> list[str]:
-    """The command line that runs the shim with `args` (`run ...` or `exec ...`)."""
-    return [sys.executable, "-I", "-S", "-c", SHIM_LOADER, SHIM_PATH, *args]
-
-SPEC_FILE = "spec.marshal"
 EXIT_FILE = "exit"  # in run_dir: "CODE\nshim PID\n", written by the shim as it exits
 # The exit code reported for an adopted container whose shim left no exit file: it was
 # SIGKILLed (or crashed), as 137 says for a shim that is our child.
@@ -138,10 +128,10 @@ class ContainerProcess:
     unless adopted; ``init_pid`` is the container's PID 1 (B) as the host sees it.
     """
 
-    def __init__(self, name: str, popen: subprocess.Popen[bytes]) -> None:
-        self._popen = popen
+    def __init__(self, name: str, child: launch.ShimChild) -> None:
+        self._child = child
         # A is our child and not yet reaped, so its pid cannot have been reused.
-        self._watch(name, popen.pid, os.pidfd_open(popen.pid))
+        self._watch(name, child.pid, os.pidfd_open(child.pid))
 
     def _watch(self, name: str, pid: int, pidfd: int | None) -> None:
         self.name = name
@@ -216,7 +206,7 @@ class ContainerProcess:
             return  # B already gone; A's exit alone then marks the end
         # The pid could in principle have been reaped and reused before pidfd_open; the
         # only process whose parent is A is B, so check that after opening.
-        if _parent_pid(init_pid) != self.pid:
+        if identity.parent_pid(init_pid) != self.pid:
             os.close(fd)
             return
         self._watch_init(fd)
@@ -227,7 +217,7 @@ class ContainerProcess:
 
     def _shim_exit_code(self) -> int | None:
         """A's exit code once it has exited, else None."""
-        code = self._popen.poll()  # reaps exactly A: waitpid(A, WNOHANG)
+        code = self._child.poll()  # reaps exactly A: waitpid(A, WNOHANG)
         if code is None:
             return None
         return 128 - code if code < 0 else code
@@ -286,80 +276,6 @@ class AdoptedProcess(ContainerProcess):
         self._maybe_done()
 
 
-@dataclass(eq=False)
-class WarmShim:
-    """A shim started ahead of its container (`warm`): its interpreter starts, and then
-    waits at a gate (a pipe) for `start` to have written the spec, so Python's start-up
-    (~10 ms) overlaps the runtime's network wiring instead of following it. As runc's
-    create/start split, the command never runs before `start` says so. A warm shim the
-    runtime drops (`discard`, or linkd dying) sees EOF at its gate and exits, having
-    started nothing."""
-
-    popen: subprocess.Popen[bytes]
-    status_r: int
-    gate_w: int | None
-    spec_path: str
-
-    def release(self) -> None:
-        """Let it go on: the spec is written."""
-        if self.gate_w is None:
-            return
-        with contextlib.suppress(OSError):  # it died: its status pipe will say so
-            os.write(self.gate_w, b"go")
-        os.close(self.gate_w)
-        self.gate_w = None
-
-    def discard(self) -> None:
-        if self.gate_w is not None:
-            os.close(self.gate_w)
-            self.gate_w = None
-        os.close(self.status_r)
-        self.popen.kill()  # at the gate, or still starting: nothing of a container yet
-        self.popen.wait()
-
-
-def warm(run_dir: str, log_path: str) -> WarmShim:
-    """Start the shim of the container whose files are in `run_dir`, to wait at its gate."""
-    os.makedirs(run_dir, mode=0o700, exist_ok=True)
-    spec_path = os.path.join(run_dir, SPEC_FILE)
-    popen, status_r, gate_w = _spawn(spec_path, log_path, gated=True)
-    return WarmShim(popen, status_r, gate_w, spec_path)
-
-
-def _spawn(spec_path: str, log_path: str, *, gated: bool
-           ) -> tuple[subprocess.Popen[bytes], int, int | None]:
-    """The shim for `spec_path`: its process, the read end of its status pipe, and the
-    write end of its gate (`gated`: it waits there before reading the spec)."""
-    status_r, status_w = os.pipe()  # both close-on-exec; pass_fds opens w to the shim only
-    gate_r, gate_w = os.pipe() if gated else (None, None)
-    args = ["run", spec_path, str(status_w)] + ([str(gate_r)] if gate_r is not None else [])
-    try:
-        os.set_blocking(status_r, False)
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        try:
-            popen = subprocess.Popen(
-                shim_argv(*args),
-                pass_fds=(status_w,) if gate_r is None else (status_w, gate_r),
-                stdin=subprocess.DEVNULL,
-                stdout=log_fd,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # the daemon's terminal signals are not the container's
-                close_fds=True,
-            )
-        finally:
-            os.close(log_fd)
-            os.close(status_w)  # ours must go, or EOF would never come
-            if gate_r is not None:
-                os.close(gate_r)
-    except OSError as e:
-        os.close(status_r)
-        if gate_w is not None:
-            os.close(gate_w)
-        name = os.path.basename(os.path.dirname(spec_path))
-        raise ContainerError(f"container {name}: cannot start the shim: {e}") from e
-    return popen, status_r, gate_w
-
-
 async def start(spec: ProcessSpec, warm: WarmShim | None = None) -> ContainerProcess:
     """Start the container's command; return once it has been exec'd.
 
@@ -374,7 +290,7 @@ async def start(spec: ProcessSpec, warm: WarmShim | None = None) -> ContainerPro
     exit_path = os.path.join(spec.run_dir, EXIT_FILE)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(exit_path)  # an earlier run's: it must not be taken for this one's
-    _write_spec(
+    launch.write_spec(
         spec_path,
         {
             "name": spec.name,
@@ -397,13 +313,20 @@ async def start(spec: ProcessSpec, warm: WarmShim | None = None) -> ContainerPro
         },
     )
     if warm is not None and warm.spec_path == spec_path:
-        popen, status_r = warm.popen, warm.status_r
+        status_r = warm.status_r
+        try:
+            # Spawned long ago, as a rule: then without a round through the loop.
+            child = (warm.child if warm.spawned.done()
+                     else await asyncio.shield(asyncio.wrap_future(warm.spawned)))
+        except BaseException:
+            warm.discard()  # cancelled: waits for the spawn (milliseconds) and kills it
+            raise
         warm.release()
     else:
         if warm is not None:
             warm.discard()
-        popen, status_r, _ = _spawn(spec_path, spec.log_path, gated=False)
-    proc = ContainerProcess(spec.name, popen)
+        child, status_r = await launch.spawn(spec_path, spec.log_path)
+    proc = ContainerProcess(spec.name, child)
     chunks: list[bytes] = []
     try:
         await _read_until_eof(loop, status_r, chunks)
@@ -449,9 +372,9 @@ async def adopt(spec: ProcessSpec, shim_pid: int, init_pid: int) -> ContainerPro
     """
     exit_path = os.path.join(spec.run_dir, EXIT_FILE)
     what = f"container {spec.name}"
-    shim_fd = open_shim(shim_pid, spec.run_dir)
+    shim_fd = identity.open_shim(shim_pid, spec.run_dir)
     if shim_fd is None:
-        running = _pid_runs(shim_pid)
+        running = identity.pid_runs(shim_pid)
         code = _read_exit_file(exit_path, shim_pid)
         if code is not None:  # exited while nobody watched; the pid may be reused by now
             proc = AdoptedProcess(spec.name, shim_pid, None, exit_path)
@@ -470,8 +393,8 @@ async def adopt(spec: ProcessSpec, shim_pid: int, init_pid: int) -> ContainerPro
         os.close(shim_fd)
         raise ContainerError(f"{what}: cannot watch init {init_pid}: {e.strerror}") from e
     # B (even as a zombie) has A as its parent; a live process that has not is not B.
-    if init_fd is not None and _parent_pid(init_pid) != shim_pid:
-        exited = _has_exited(init_fd)
+    if init_fd is not None and identity.parent_pid(init_pid) != shim_pid:
+        exited = identity.has_exited(init_fd)
         os.close(init_fd)
         init_fd = None
         if not exited:
@@ -481,85 +404,10 @@ async def adopt(spec: ProcessSpec, shim_pid: int, init_pid: int) -> ContainerPro
             )
     proc = AdoptedProcess(spec.name, shim_pid, shim_fd, exit_path)
     proc.init_pid = init_pid
-    proc.started_at = _start_time(shim_pid)
+    proc.started_at = identity.start_time(shim_pid)
     if init_fd is not None:
         proc._watch_init(init_fd)
     return proc
-
-
-def running_shims() -> dict[str, tuple[int, int]]:
-    """Every running linkd container on the host, by run directory: (shim PID, init
-    PID). For containers whose PIDs nobody recorded (their starter died between
-    starting them and saving the PIDs); one scan of /proc serves any number of them.
-    Each shim is identified as :func:`open_shim` identifies it (its init, a fork with the
-    same command line, is not taken for it); act on one through ``open_shim``."""
-    found: dict[str, tuple[int, int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        spec_path = _shim_spec(int(entry))
-        if spec_path is None or not spec_path.endswith(os.sep + SPEC_FILE):
-            continue
-        if _shim_role(int(entry), spec_path) == "shim":
-            children = _children(int(entry))
-            if children:
-                found[os.path.dirname(spec_path)] = (int(entry), children[0])
-    return found
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(c) for c in f.read().split()]
-    except OSError:
-        return []
-
-
-def exec_argv(init_pid: int, spec_path: str) -> list[str]:
-    """The command line that runs `spec_path`'s command inside the container of `init_pid`.
-
-    Meant to be run with inherited stdio (interactive shells work); it exits with the
-    command's exit code (127/126 if it could not be started, with a message on stderr).
-    """
-    return shim_argv("exec", str(init_pid), spec_path)
-
-
-def write_exec_spec(
-    path: str,
-    argv: Sequence[str],
-    env: Iterable[tuple[str, str]],
-    working_dir: str | None,
-    user: str | None,
-    *,
-    name: str | None = None,
-    image: bool = False,
-) -> None:
-    """Write the spec that :func:`exec_argv`'s shim (and a health agent) reads.
-
-    `env` is exactly the command's environment.  `name` (the container's) only improves
-    error messages.  `image`: the container's root is an image, whose users are read
-    from its /etc/passwd and /etc/group as files, never through its NSS configuration.
-    """
-    _write_spec(
-        path,
-        {
-            "name": name,
-            "argv": list(argv),
-            "env": [[k, v] for k, v in env],
-            "working_dir": working_dir,
-            "user": user,
-            "image_root": image,
-        },
-    )
-
-
-def _write_spec(path: str, data: dict[str, Any]) -> None:
-    # marshal, not JSON: the shim reads it with no import (`import json` alone is about a
-    # quarter of a container's start), and both sides are the same interpreter.
-    # 0600: the environment often carries credentials.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with open(fd, "wb") as f:
-        marshal.dump(data, f)
 
 
 async def _read_until_eof(loop: asyncio.AbstractEventLoop, fd: int, chunks: list[bytes]) -> None:
@@ -602,88 +450,6 @@ def _parse_status(status: bytes, proc: ContainerProcess) -> str | None:
     return error
 
 
-def open_shim(pid: int, run_dir: str, *, init: bool = False) -> int | None:
-    """A pidfd for `pid` if it is linkd's shim (A) for the container whose directory is
-    `run_dir`, or with `init` that shim's init (B); None if it is not (or is gone).
-
-    The one identity check of a container's processes. The pidfd is opened first, the
-    identity read second, and the process must not have exited after that read: so what
-    was checked is the process the pidfd refers to, and a signal sent through it
-    (``signal.pidfd_send_signal``) cannot reach a process that reused the PID.
-
-    A runs ``shim.py run <run_dir>/spec.marshal``; B is a fork of A (same command line)
-    whose parent is A. The shim's file may have moved with an upgraded linkd, so any
-    ``shim.py`` counts; the spec path is what ties it to one container.
-    """
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:  # gone (ESRCH), or not ours to see
-        return None
-    role = _shim_role(pid, os.path.join(run_dir, SPEC_FILE))
-    if role == ("init" if init else "shim") and not _has_exited(pidfd):
-        return pidfd
-    os.close(pidfd)
-    return None
-
-
-def kill_shim(pid: int, run_dir: str, *, init: bool = False) -> bool:
-    """SIGKILL `pid` through a pidfd if :func:`open_shim` identifies it; whether it did."""
-    pidfd = open_shim(pid, run_dir, init=init)
-    if pidfd is None:
-        return False
-    try:
-        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-    except ProcessLookupError:
-        return False
-    finally:
-        os.close(pidfd)
-    return True
-
-
-def _shim_spec(pid: int) -> str | None:
-    """The spec path if `pid` runs linkd's shim in run mode (shim or init), else None."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
-    except OSError:
-        return None
-    for i in range(len(argv) - 2):
-        if argv[i].endswith(b"/shim.py") and argv[i + 1] == b"run":
-            return os.fsdecode(argv[i + 2])
-    return None
-
-
-def _shim_role(pid: int, spec_path: str) -> str | None:
-    """"shim" (A) or "init" (B, whose parent is A) if `pid` runs linkd's shim for
-    `spec_path`, else None. An init whose shim is already gone counts as neither: it is
-    being killed (PDEATHSIG)."""
-    if _shim_spec(pid) != spec_path:
-        return None
-    parent = _parent_pid(pid)
-    if parent is None or _shim_spec(parent) != spec_path:
-        return "shim"
-    return "init" if _shim_role(parent, spec_path) == "shim" else None
-
-
-def _pid_runs(pid: int) -> bool:
-    """Whether any process runs as `pid` (only to word an error message)."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        return False
-    try:
-        return not _has_exited(pidfd)
-    finally:
-        os.close(pidfd)
-
-
-def _has_exited(pidfd: int) -> bool:
-    """Whether the process of `pidfd` has exited (readable pidfd), without blocking."""
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    return bool(poller.poll(0))
-
-
 def _read_exit_file(path: str, shim_pid: int) -> int | None:
     """The exit code in the exit file at `path` if shim `shim_pid` wrote it, else None."""
     try:
@@ -699,25 +465,3 @@ def _read_exit_file(path: str, shim_pid: int) -> int | None:
         return None
 
 
-def _start_time(pid: int) -> float:
-    """When `pid` started, as a Unix time (0.0 if unknown)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
-            # Field 22, counted after the parenthesised command name, which may hold spaces.
-            ticks = int(f.read().rpartition(")")[2].split()[19])
-        with open("/proc/stat", encoding="utf-8") as f:
-            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
-    except (OSError, ValueError, IndexError, StopIteration):
-        return 0.0
-    return boot + ticks / os.sysconf("SC_CLK_TCK")
-
-
-def _parent_pid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("PPid:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None

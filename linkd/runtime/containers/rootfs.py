@@ -19,7 +19,7 @@ $LINKD_RUNTIME (`runc`, `linkd` or `auto`), else `auto`: runc when it is install
 
 - linkd (its own launcher): the shim's init mounts the overlay, binds /etc/hosts,
   /etc/hostname, /etc/resolv.conf, /run/linkd, a few devices, /sys and the container's
-  cgroups into it, and pivot_roots (shim.py `_image_root`).
+  cgroups into it, and pivot_roots (shim_mounts.py `image_root`).
 - runc: the shim's init mounts the overlay and becomes `runc run` on an OCI bundle
   (<container dir>/bundle/config.json) that joins the network namespace linkd created
   (/run/netns/<netns>) and inherits the shim's UTS, IPC and PID namespaces, so the
