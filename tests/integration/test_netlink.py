@@ -6,6 +6,7 @@ import secrets
 import subprocess
 from collections.abc import AsyncIterator
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 
 import pytest
 
@@ -129,7 +130,7 @@ async def test_a_namespace_helper_that_died_is_replaced_for_the_next_request() -
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 5
-        while open(f"/proc/{pid}/stat").read().split()[2] != "Z":  # dead, not yet reaped
+        while Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":  # dead, unreaped
             assert time.monotonic() < deadline
             time.sleep(0.01)
         await kernel.ensure_netns(names.netns_name(stack, "c-1"))
