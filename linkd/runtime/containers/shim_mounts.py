@@ -39,14 +39,32 @@ def hide_namespace_mounts(keep: bytes = b"") -> None:
     """
     with open("/proc/self/mountinfo", "rb") as f:
         lines = f.read().splitlines()
-    targets = []
+    points: dict[bytes, bytes] = {}  # mount ID -> mount point
+    parents: dict[bytes, bytes] = {}  # mount ID -> its parent's
+    children: dict[bytes, list[bytes]] = {}  # mount ID -> its children's
+    nsfs: list[bytes] = []
     for line in lines:
         fields = line.split()
+        points[fields[0]] = _unescape_mountinfo(fields[4])
+        parents[fields[0]] = fields[1]
+        children.setdefault(fields[1], []).append(fields[0])
         if fields[fields.index(b"-") + 1] == b"nsfs":
-            targets.append(_unescape_mountinfo(fields[4]))
-    for target in reversed(targets):  # later (possibly stacked) mounts first
-        if target != keep:
-            base.libc.umount2(target, base.MNT_DETACH)
+            nsfs.append(fields[0])
+    # A netns directory that is a mount holding nothing but nsfs mounts (/run/netns:
+    # `ip netns` binds it onto itself) is detached whole, with everything under it, in
+    # one call: one umount per namespace made every start cost O(namespaces on the
+    # host), and `up` of N containers O(N^2).
+    kinds = set(nsfs)
+    whole = {
+        parent for parent in {parents[m] for m in nsfs}
+        if points.get(parent, b"/").endswith(b"/netns")
+        and all(c in kinds and points[c] != keep for c in children[parent])
+    }
+    for parent in whole:
+        base.libc.umount2(points[parent], base.MNT_DETACH)
+    for mount in reversed(nsfs):  # later (possibly stacked) mounts first
+        if parents[mount] not in whole and points[mount] != keep:
+            base.libc.umount2(points[mount], base.MNT_DETACH)
 
 
 def _unescape_mountinfo(field: bytes) -> bytes:

@@ -254,8 +254,8 @@ class Kernel:
     async def default_route_devices(self) -> frozenset[str]:
         """The devices the host's default routes (IPv4 and IPv6) leave through: its
         uplinks, which containers may leave through even when they are bridges."""
-        return frozenset(r.device for r in host_routes()
-                         if r.destination.prefixlen == 0 and r.device != "?")
+        return frozenset(r.device for r in host_routes(defaults_only=True)
+                         if r.device != "?")
 
     @staticmethod
     def netns_names(prefix: str) -> frozenset[str]:

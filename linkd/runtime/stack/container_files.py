@@ -30,8 +30,15 @@ def write_container_files(
 ) -> None:
     """The files bind-mounted over /etc/hosts, /etc/hostname and /etc/resolv.conf, and
     the live bindings (`running`: the containers running now)."""
-    directory.mkdir(parents=True, exist_ok=True)
     write_bindings(directory, plan, container, running)
+    write_etc_files(directory, plan, container)
+
+
+def write_etc_files(directory: Path, plan: StackPlan, container: ContainerPlan) -> None:
+    """The files bind-mounted over /etc/hosts, /etc/hostname and /etc/resolv.conf: they
+    follow from the plan alone, so nothing else writes them meanwhile (the supervisor
+    writes them in a thread, beside the container's network setup)."""
+    directory.mkdir(parents=True, exist_ok=True)
     store.write_atomic(directory / "hosts", hosts_file(plan, container).encode(), durable=False)
     store.write_atomic(directory / "hostname", f"{container.hostname}\n".encode(), durable=False)
     store.write_atomic(directory / "resolv.conf", RESOLV_CONF.encode(), durable=False)

@@ -192,22 +192,35 @@ def save(state: StackState) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _saved[path] = _identity(os.stat(path))
+
+
+# The state file each path last got from this process, by identity: a file that is
+# still that one is whole (it was renamed into place complete), so the next save need
+# not read and verify it again before keeping it (a stack of hundreds of containers is
+# saved many times a second while it comes up).
+_saved: dict[Path, tuple[int, int, int, int]] = {}
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _keep_previous(path: Path, prev: Path) -> None:
     """Make `prev` a copy of `path`, if `path` is a whole state; never leaves `prev`
     missing or half-written on the way."""
     try:
-        current = path.read_bytes()
+        ours = _identity(os.stat(path)) == _saved.get(path)
+        current = b"" if ours else path.read_bytes()
     except FileNotFoundError:
         return
-    try:
-        state_codec.verify(current)
-    except StateError as exc:
-        log.warning(
-            "%s: %s; overwriting it, and keeping %s as the last good copy", path, exc, prev.name
-        )
-        return
+    if not ours:
+        try:
+            state_codec.verify(current)
+        except StateError as exc:
+            log.warning("%s: %s; overwriting it, and keeping %s as the last good copy",
+                        path, exc, prev.name)
+            return
     with contextlib.suppress(FileNotFoundError):
         if os.path.samefile(path, prev):  # a save that crashed after step 2
             return
@@ -217,7 +230,7 @@ def _keep_previous(path: Path, prev: Path) -> None:
         os.replace(link, prev)
     except OSError:  # a file system without hard links: copy instead
         link.unlink(missing_ok=True)
-        copy = _write_temp(prev, current, 0o600, durable=False)
+        copy = _write_temp(prev, current or path.read_bytes(), 0o600, durable=False)
         try:
             os.replace(copy, prev)
         except BaseException:
@@ -285,6 +298,7 @@ def remove_stack_dir(stack: str) -> None:
     # The last good copy goes first, so that a reader racing this never falls back to it
     # as if the current state had been damaged.
     directory = stack_dir(stack)
+    _saved.pop(directory / STATE_FILE, None)
     for name in (PREV_FILE, STATE_FILE):
         with contextlib.suppress(OSError):
             (directory / name).unlink()

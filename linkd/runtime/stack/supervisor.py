@@ -55,7 +55,7 @@ from linkd.runtime.kernel import forwarding
 from linkd.runtime.kernel.firewall import StackFirewall, set_localnet
 from linkd.runtime.kernel.netlink import Kernel
 from linkd.runtime.stack import planner, recovery, store, teardown
-from linkd.runtime.stack.container_files import write_container_files
+from linkd.runtime.stack.container_files import write_bindings, write_etc_files
 from linkd.runtime.stack.containers import START_CONCURRENCY, Containers
 from linkd.runtime.stack.dns_server import DnsServer
 from linkd.runtime.stack.live import LiveStack, Report
@@ -213,44 +213,87 @@ class Supervisor:
     async def apply_all(
         self, actions: list[Action], *, before_start: Awaitable[None] | None = None
     ) -> None:
-        """Apply in order, except that the containers of one start wave start together
-        (at most START_CONCURRENCY at once): each waits for its shim, a fresh Python,
-        to report, and those waits overlap. Every start of a wave is awaited before an
-        error is raised, so none is left half-started when the stack is torn down.
-        `before_start` is awaited before the first container starts."""
+        """Apply `actions`: the network steps in order, and the container starts (the
+        plan puts them last) beside them, each as soon as its own container's network
+        is ready, so that shims start while later containers are still wired. The
+        containers of one start wave start together (at most START_CONCURRENCY at
+        once), a wave only once the one before has started; every start of a wave is
+        awaited before an error is raised, so none is left half-started when the stack
+        is torn down. `before_start` is awaited before the first container starts."""
+        first = next((i for i, a in enumerate(actions) if isinstance(a, StartContainer)),
+                     len(actions))
+        steps, starts = actions[:first], actions[first:]
+        if not all(isinstance(a, StartContainer) for a in starts):
+            raise AssertionError("the plan puts every container start last")
+        ready = {a.container.name: asyncio.Event()
+                 for a in steps if isinstance(a, ConfigureNetns)}
+        wiring: asyncio.Future[object] = asyncio.ensure_future(self._apply_steps(steps, ready))
+        try:
+            await self._start_waves(
+                [a for a in starts if isinstance(a, StartContainer)], ready, wiring,
+                before_start)
+            await wiring
+        except asyncio.CancelledError:
+            wiring.cancel()
+            raise
+        finally:
+            # A netlink request cut short would leave its reply to the next one: the
+            # steps in flight finish even when a start failed (they take milliseconds).
+            await asyncio.wait([wiring])
+            if not wiring.cancelled():
+                wiring.exception()  # retrieved: raised above, or a start's error won
+
+    async def _apply_steps(self, steps: list[Action], ready: dict[str, asyncio.Event]
+                           ) -> None:
+        for action in steps:
+            await self.apply(action)
+            if isinstance(action, ConfigureNetns):
+                ready[action.container.name].set()
+
+    async def _start_waves(
+        self, starts: list[StartContainer], ready: dict[str, asyncio.Event],
+        wiring: asyncio.Future[object], before_start: Awaitable[None] | None,
+    ) -> None:
         assert self.plan is not None
         waves = {svc: i for i, wave in enumerate(self.plan.start_waves) for svc in wave}
         gate = asyncio.Semaphore(START_CONCURRENCY)
 
         async def start(action: StartContainer) -> None:
+            await self._network_ready(action.container.name, ready, wiring)
             async with gate:
                 await self.apply(action)
 
-        batch: list[StartContainer] = []
-
-        async def flush() -> None:
-            nonlocal before_start
+        batches: list[list[StartContainer]] = []
+        for action in starts:
+            wave = waves.get(action.container.service)
+            if not batches or waves.get(batches[-1][0].container.service) != wave:
+                batches.append([])
+            batches[-1].append(action)
+        for batch in batches:
             if before_start is not None:
                 await before_start
                 before_start = None
             results = await asyncio.gather(*(start(a) for a in batch), return_exceptions=True)
-            batch.clear()
             for result in results:
                 if isinstance(result, BaseException):
                     raise result
 
-        for action in actions:
-            if isinstance(action, StartContainer):
-                wave = waves.get(action.container.service)
-                if batch and waves.get(batch[0].container.service) != wave:
-                    await flush()
-                batch.append(action)
-                continue
-            if batch:
-                await flush()
-            await self.apply(action)
-        if batch:
-            await flush()
+    @staticmethod
+    async def _network_ready(name: str, ready: dict[str, asyncio.Event],
+                             wiring: asyncio.Future[object]) -> None:
+        """Until `name`'s network is configured; a container this run does not
+        configure waits for every step. The steps' error if they failed first."""
+        event = ready.get(name)
+        if event is not None:
+            waiter: asyncio.Future[object] = asyncio.ensure_future(event.wait())
+            either: set[asyncio.Future[object]] = {waiter, wiring}
+            try:
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+            if event.is_set():
+                return
+        await asyncio.shield(wiring)  # raises the steps' error
 
     async def apply(self, action: Action) -> None:
         match action:
@@ -262,9 +305,15 @@ class Supervisor:
             case EnsureVeth(netns, interface):
                 await self.kernel.ensure_veth(netns, interface)
             case ConfigureNetns(container):
-                await self.kernel.configure_netns(container)
-                await self.serve_dns(container)
-                self.write_files(container)
+                # Its /etc files in a thread meanwhile: creating files costs 0.05-0.3 ms
+                # each, five per container, and the loop has the netlink work to do.
+                files = asyncio.ensure_future(self._write_etc_files(container))
+                try:
+                    await self.kernel.configure_netns(container)
+                    await self.serve_dns(container)
+                finally:
+                    await asyncio.wait([files])
+                files.result()
                 self.report(f"container {container.name}", "network ready")
             case StartContainer(container):
                 await self.containers.wait_for_dependencies(container)
@@ -419,10 +468,15 @@ class Supervisor:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def write_files(self, container: ContainerPlan) -> None:
-        assert self.plan is not None, "files are written after prepare()"
-        write_container_files(self.live.container_dir(container.name), self.plan, container,
-                              self.live.running())
+    async def _write_etc_files(self, container: ContainerPlan) -> None:
+        plan = self.plan
+        assert plan is not None, "files are written after prepare()"
+        directory = self.live.container_dir(container.name)
+        # The live bindings on the loop: a peer's start rewrites them there too, and a
+        # write from a thread could land after it with what was running before.
+        store.private_dirs(directory)
+        write_bindings(directory, plan, container, self.live.running())
+        await asyncio.to_thread(write_etc_files, directory, plan, container)
 
     def process_spec(self, container: ContainerPlan) -> process.ProcessSpec:
         return self.containers.process_spec(container)
