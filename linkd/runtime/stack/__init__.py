@@ -7,6 +7,7 @@
 - `containers`: the processes: start after their dependencies, monitor, restart, stop;
 - `publisher`: the one on-change hook: state file (`state_writer`, `store`), DNS zone
   (`dns_server`, answering with `linkd.dns`), live bindings, events;
+- `resolvers`: linkd's resolver at 127.0.0.11:53 inside each container;
 - `recovery`: taking a stack over from a supervisor that died;
 - `teardown`: the one removal path (`down`, a failed `up`, crash recovery, orphans);
 - `lifecycle`: a stack's life around the supervisor, in the foreground or the daemon;

@@ -63,8 +63,8 @@ async def recover(sup: Supervisor, state: StackState) -> None:
     await sup.firewall.ensure(plan, await sup.kernel.default_route_devices())
     present = observed.netns | {a.netns for a in actions if isinstance(a, EnsureNetns)}
     for container in plan.containers:
-        if not sup.serves_dns(container.name) and container.netns in present:
-            await sup.serve_dns(container)
+        if not sup.resolvers.serves(container.name) and container.netns in present:
+            await sup.resolvers.serve(container)
     live.status = "up"
     await sup.publisher.writer.flush()
     live.report(f"stack {live.name}", f"recovered ({len(handled)} containers adopted)")

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable
 from dataclasses import replace
 from pathlib import Path
 
@@ -47,7 +47,6 @@ from linkd.core.reconcile import (
     plan_up,
 )
 from linkd.core.state import ContainerState, StackState, StackStatus
-from linkd.dns.zone import forwards_for, requester_of
 from linkd.errors import TeardownError
 from linkd.runtime.containers import process
 from linkd.runtime.containers.health import HealthChecks
@@ -60,6 +59,7 @@ from linkd.runtime.stack.containers import START_CONCURRENCY, Containers
 from linkd.runtime.stack.dns_server import DnsServer
 from linkd.runtime.stack.live import LiveStack, Report
 from linkd.runtime.stack.publisher import OnEvent, Publisher
+from linkd.runtime.stack.resolvers import Resolvers
 
 
 class Supervisor:
@@ -78,7 +78,7 @@ class Supervisor:
         self.kernel = Kernel() if kernel is None else kernel
         self.firewall = StackFirewall(stack_name)  # its nft table: isolation, ports
         self._changing = asyncio.Lock()  # held by update and repair: one at a time
-        self._dns_tasks: dict[str, list[asyncio.Task[None]]] = {}  # resolvers, per container
+        self.resolvers = Resolvers(self.live, self.publisher, self.kernel)
         self.notices: list[str] = []  # changes to the host's settings, said once
 
     # -- what the daemon and the API read ----------------------------------------------
@@ -310,7 +310,7 @@ class Supervisor:
                 files = asyncio.ensure_future(self._write_etc_files(container))
                 try:
                     await self.kernel.configure_netns(container)
-                    await self.serve_dns(container)
+                    await self.resolvers.serve(container)
                 finally:
                     await asyncio.wait([files])
                 files.result()
@@ -371,7 +371,7 @@ class Supervisor:
         changed containers' namespaces go (rebuilt from the new plan)."""
         for name in reversed([c.name for c in old.containers if c.name in removed + changed]):
             await self.containers.stop(name)
-        await self.stop_dns(removed + changed)
+        await self.resolvers.stop(removed + changed)
         for name in changed:
             self.kernel.remove_netns(old.container(name).netns)
             self.user_stopped.discard(name)
@@ -433,41 +433,6 @@ class Supervisor:
 
     # -- each container's DNS and files --------------------------------------------
 
-    async def serve_dns(self, container: ContainerPlan) -> None:
-        """linkd's resolver at 127.0.0.11:53 inside the container, before it starts."""
-        dns, tasks = self.publisher.dns, self.tasks
-        if dns is None or tasks is None:
-            return
-        before = self.states.get(container.name)
-        udp, tcp = await self.kernel.dns_sockets(
-            container.netns, before.dns_ports if before is not None else None
-        )
-        ports = (udp.getsockname()[1], tcp.getsockname()[1])
-        if before is None or before.dns_ports != ports:
-            # Saved with the next state change (its start follows at once): one write
-            # of the state file per container, not two.
-            self.states[container.name] = replace(
-                before or ContainerState(container.name), dns_ports=ports
-            )
-        # Queries reach these sockets over the container's loopback: say who asks.
-        me = requester_of(self.stack, container)
-        out = forwards_for(container)
-        self._dns_tasks.setdefault(container.name, []).extend([
-            tasks.create_task(dns.serve_udp(udp, requester_override=me, forward=out)),
-            tasks.create_task(dns.serve_tcp(tcp, requester_override=me, forward=out)),
-        ])
-
-    def serves_dns(self, container: str) -> bool:
-        return container in self._dns_tasks
-
-    async def stop_dns(self, names: Iterable[str]) -> None:
-        """Close the resolver sockets of these containers: they live in the containers'
-        namespaces and would keep them, and their veths, alive after removal."""
-        tasks = [t for n in list(names) for t in self._dns_tasks.pop(n, [])]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
     async def _write_etc_files(self, container: ContainerPlan) -> None:
         plan = self.plan
         assert plan is not None, "files are written after prepare()"
@@ -497,7 +462,7 @@ class Supervisor:
         await self.containers.cancel_restarts()
         # DNS first (as netavark does): its sockets live in the containers' namespaces
         # and would keep them, and their veths, alive after they are removed.
-        await self.stop_dns(list(self._dns_tasks))
+        await self.resolvers.stop_all()
         await self.containers.health.stop_all()
         self.containers.discard_warm()
         running = frozenset(n for n, p in self.processes.items() if p.returncode is None)
