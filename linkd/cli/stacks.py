@@ -159,9 +159,11 @@ def _name_in(file: Path) -> str | None:
     top-level `name: NAME`, or no top-level `name` at all (then the directory's name, as
     Compose normalizes it); None where only the parser can tell (a quoted or
     interpolated value, flow style, a merge key at the top)."""
-    try:
-        text = file.read_text()
-    except (OSError, UnicodeError):
+    from linkd import files
+
+    try:  # a regular file only: a pipe (-f /dev/stdin) is the parser's to read, once
+        text = files.read_text(file)
+    except (OSError, UnicodeError, files.FileProblem):
         return None
     found = None
     for line in text.splitlines():

@@ -77,3 +77,21 @@ def test_never_a_name_the_parser_would_not_give(
         return
     text = SERVICES if name is None else f"name:{name}\n" + SERVICES
     check(tmp_path_factory.mktemp("d"), directory, text)
+
+
+def test_a_pipe_is_left_whole_for_the_parser(tmp_path: Path) -> None:
+    """`-f /dev/stdin`, `-f <(...)`: the quick look must not read (and so empty) a pipe,
+    nor wait for a writer that never comes."""
+    import os
+
+    fifo = tmp_path / "stack.yaml"
+    os.mkfifo(fifo)
+    assert _name_in(fifo) is None  # returns at once: no writer, nothing read
+    read, write = os.pipe()
+    os.write(write, b"name: piped\nservices: {a: {command: sleep 1}}\n")
+    try:
+        assert _name_in(Path(f"/proc/self/fd/{read}")) is None
+        assert os.read(read, 100).startswith(b"name: piped")  # still all there
+    finally:
+        os.close(read)
+        os.close(write)
