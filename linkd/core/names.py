@@ -5,7 +5,8 @@ anything else:
 
 - bridges            `lkb-` + 10 hex digits of sha256(stack, network)
 - host-side veths    `lkv-` + 10 hex digits of sha256(stack, container, network)
-- network namespaces `linkd-<stack>.<container>` (a file under /run/netns)
+- network namespaces `linkd-<stack>.<container>` (a file under /run/netns; the container
+  part hashed where the whole would be longer than a file name)
 
 Interface names are at most 15 characters (IFNAMSIZ - 1), hence the hash rather than the
 readable names. The `.` in namespace names cannot occur in a stack name, so the prefix
@@ -35,8 +36,16 @@ def host_veth_name(stack: str, container: str, network: str) -> str:
     return VETH_PREFIX + _digest("veth", stack, container, network)[:10]
 
 
+NAME_MAX = 255  # bytes of a file name: a namespace is a file under /run/netns
+
+
 def netns_name(stack: str, container: str) -> str:
-    return f"{NETNS_PREFIX}{stack}.{container}"
+    """`linkd-<stack>.<container>`; where that is longer than a file name may be, the
+    container's part is a hash (the stack's prefix stays: it selects the stack)."""
+    name = f"{NETNS_PREFIX}{stack}.{container}"
+    if len(name.encode()) <= NAME_MAX:
+        return name
+    return f"{NETNS_PREFIX}{stack}.{_digest('netns', stack, container)[:16]}"
 
 
 def netns_prefix(stack: str) -> str:

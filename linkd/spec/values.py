@@ -252,7 +252,10 @@ def parse_signal(text: str) -> str:
 
 # --- names --------------------------------------------------------------------------------
 
-STACK_NAME_MAX = 24  # kernel object names (bridges, veths, netns) derive from stack names
+# File names derive from stack names (its nftables table `linkd-<stack>`, its namespaces
+# `linkd-<stack>.<container>`, its run and cgroup directories), and a file name has at most
+# 255 bytes; interface names are hashed and need no room.
+STACK_NAME_MAX = 200
 _STACK_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _SERVICE_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
@@ -272,23 +275,28 @@ def check_stack_name(name: str) -> str:
         )
     if len(name) > STACK_NAME_MAX:
         raise Bad(
-            f"stack name {quote(name)} has {len(name)} characters; linkd limits stack names "
-            f"to {STACK_NAME_MAX} because kernel object names derive from them"
+            f"stack name {quote(name[:40] + '...')} has {len(name)} characters; linkd limits "
+            f"stack names to {STACK_NAME_MAX} because file names derive from them (a file "
+            "name has at most 255 bytes); pick a shorter one with -p or name:"
         )
     return name
 
 
 def check_service_name(name: str) -> None:
+    """Compose's rule; and since linkd resolves services by name (and their containers as
+    `<service>-<n>`), a DNS name: labels of at most 63 characters, 240 in all. `_` and
+    `.` are allowed as Docker's DNS allows them (`matomo_db`, `peer0.org1.example.com`)."""
     if not _SERVICE_NAME.fullmatch(name):
         raise Bad(
             'expected a service name of letters, digits, "_", "." and "-" that starts with a '
             f"letter or digit (Compose's rule), got {quote(name)}"
         )
-    if len(name) > 63 or not _DNS_LABEL.fullmatch(name.lower()):
+    labels = name.split(".")
+    if len(name) > 240 or not all(0 < len(x) <= 63 for x in labels):
         raise Bad(
-            f"service name {quote(name)} is not a DNS label: linkd resolves services by "
-            'name, so it allows only letters, digits and "-" (not "_" or "."), no "-" at '
-            "the end, and at most 63 characters"
+            f"service name {quote(name)} is not a DNS name: linkd resolves services by "
+            "name, so each part between dots has 1 to 63 characters, and the whole at most "
+            "240"
         )
 
 

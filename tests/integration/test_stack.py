@@ -383,3 +383,29 @@ def test_a_stack_under_tmp_sees_its_directory_but_not_the_rest_of_tmp(tmp_path: 
     finally:
         runner.run("down", "--forget", "-p", runner.project, check=False)
         secret.unlink()
+
+
+def test_compose_names_with_underscores_dots_and_a_long_project_name(linkd: Linkd) -> None:
+    """What real Compose files use: `matomo_db`, `peer0.org1.example.com`, and a project
+    named after a long directory: reached by name through the system resolver."""
+    long = Linkd(linkd.directory, linkd.project + "-" + "x" * 60)
+    long.write(f"""
+        services:
+          matomo_db:
+            command: {serve(9000)}
+          peer0.org1.example.com:
+            command: {serve(9000)}
+          client:
+            command: sleep 300
+    """)
+    try:
+        long.up()
+        long.wait_listening("matomo_db", 9000)
+        long.wait_listening("peer0.org1.example.com", 9000)
+        assert connect(long, "client", "matomo_db", "peer0.org1.example.com") == {
+            "matomo_db": "matomo_db-1",
+            "peer0.org1.example.com": "peer0.org1.example.com-1",
+        }
+    finally:
+        long.run("down", "--forget", "-p", long.project, check=False)
+    assert not any(n.startswith(f"linkd-{long.project}.") for n in snapshot().netns)

@@ -445,3 +445,22 @@ def test_srv_for_every_exposed_and_named_port_with_targets_in_additional() -> No
     assert {str(r.rdata.target) for r in back.rr} == {
         "web-1.back.shop.linkd.", "web-2.back.shop.linkd."}
     assert ask(zone, "_9999._tcp.web.shop.linkd", client, "SRV").header.rcode == 3
+
+
+@pytest.mark.parametrize("service", ["matomo_db", "peer0.org1.example.com", "Api_V2"])
+def test_service_names_with_underscores_and_dots_resolve_as_in_docker(service: str) -> None:
+    """Compose allows `_` and `.` in service names, and Docker's DNS answers them."""
+    stack = Stack(
+        name="shop",
+        services=(
+            Service(service, command=CMD, networks=(Attachment("front"),)),
+            Service("client", command=CMD, networks=(Attachment("front"),)),
+        ),
+        networks=(Network("front"),),
+    )
+    plan, zone = make(stack)
+    client = addr(plan, "client-1", "front")
+    target = str(addr(plan, f"{service}-1", "front"))
+    for name in (service, f"{service}-1", service.upper(), f"{service}.shop.linkd"):
+        reply = ask(zone, name, client)
+        assert addresses(reply) == [target], name
