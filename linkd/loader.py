@@ -14,9 +14,10 @@ Two halves, because the commands that hand a stack to the daemon must start at o
   the files the stack names (env files, seccomp profiles) read beneath the source's
   directory through `linkd.files`; `check` lets the daemon stop a parse over its budget.
 
-Everything a stack's variables come from is decided in `load`, so the project's `.env`
-file and `--env-file` (with Compose's precedence: the environment given wins over them)
-belong there, once, for every caller. How warnings are shown stays the caller's (the
+Everything a stack's variables come from is decided in `load`, once, for every caller:
+the environment given (the shell's, for the command line), over the project's `.env`
+file in the stack's directory (or the files of `--env-file` instead), as Compose does:
+the shell wins. How warnings are shown stays the caller's (the
 command line prints them, the Python API warns, the daemon answers with them).
 
 Shared ground: it may import `linkd.spec`, `linkd.files` and `linkd.errors`; every
@@ -25,6 +26,7 @@ package but the pure ones may import it (pyproject's import contracts).
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -33,7 +35,7 @@ from linkd.errors import NotFoundError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without the import (`linkd up -d` starts here)
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
     from linkd.core.model import Stack
 
@@ -45,10 +47,11 @@ class StackSource:
     Python", "request body"); `directory` is where its relative paths start;
     `project_name` overrides the file's `name:`, and `default_project` names a stack
     that gives neither (Compose: the directory's name); `environment` is what `${VAR}`
-    reads."""
+    reads, over the variables of `env_files` (None: the directory's `.env` if there is
+    one, Compose's default; relative names start in the directory)."""
 
-    __slots__ = ("default_project", "directory", "environment", "project_name", "source",
-                 "text")  # fmt: skip
+    __slots__ = ("default_project", "directory", "env_files", "environment", "project_name",
+                 "source", "text")  # fmt: skip
 
     def __init__(
         self,
@@ -59,8 +62,10 @@ class StackSource:
         project_name: str | None = None,
         default_project: str = "",
         environment: Mapping[str, str] | None = None,
+        env_files: Sequence[str] | None = None,
     ) -> None:
         self.text = text
+        self.env_files = None if env_files is None else tuple(env_files)
         self.source = source
         self.directory = directory
         self.project_name = project_name
@@ -76,6 +81,7 @@ def read_file(
     *,
     project_name: str | None = None,
     directory: str | os.PathLike[str] | None = None,
+    env_files: Sequence[str] | None = None,
 ) -> StackSource:
     """The stack file `file` as a `local_source`; its relative paths start in
     `directory` (default: the file's own directory)."""
@@ -84,11 +90,13 @@ def read_file(
     except OSError as exc:
         raise NotFoundError(f"cannot read stack file {file}: {exc.strerror}") from exc
     base = Path(directory).resolve() if directory is not None else file.resolve().parent
-    return local_source(text, source=str(file), directory=base, project_name=project_name)
+    return local_source(text, source=str(file), directory=base, project_name=project_name,
+                        env_files=env_files)
 
 
 def local_source(
-    text: str, *, source: str, directory: Path, project_name: str | None = None
+    text: str, *, source: str, directory: Path, project_name: str | None = None,
+    env_files: Sequence[str] | None = None,
 ) -> StackSource:
     """A stack this process hands in (a file it read, a stack built in Python): `${VAR}`
     reads this process's environment, and a stack that gives no name takes its
@@ -100,6 +108,7 @@ def local_source(
         project_name=project_name,
         default_project=directory.name,
         environment=dict(os.environ),
+        env_files=env_files,
     )
 
 
@@ -115,7 +124,32 @@ def load(source: StackSource, *, check: Callable[[], None] | None = None) -> Sta
         source=source.source,
         project_name=source.project_name,
         default_project=source.default_project,
-        host_env=source.environment,
+        host_env=variables(source),
         read_text=files.env_file_reader(source.directory),  # regular files, bounded
         check=check,
     )
+
+
+def variables(source: StackSource) -> dict[str, str]:
+    """What `${VAR}` reads: the source's environment over its env files' variables
+    (Compose's precedence). A missing `.env` is nothing; a missing `--env-file` is an
+    error naming it."""
+    from linkd.errors import SpecError
+    from linkd.spec.values import Bad, parse_env_file
+
+    names = source.env_files if source.env_files is not None else (".env",)
+    found: dict[str, str] = {}
+    for name in names:
+        path = source.directory / name
+        try:
+            text = files.read_text(path)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT and source.env_files is None:
+                continue  # no .env: Compose's default file is optional
+            raise SpecError([("env file", None, f"cannot read {path}: {exc.strerror}")],
+                            source.source) from None
+        try:
+            found.update(parse_env_file(text, str(path), source.environment))
+        except Bad as exc:
+            raise SpecError([("env file", None, str(exc))], source.source) from None
+    return {**found, **source.environment}

@@ -155,6 +155,9 @@ def _stack_options(p: argparse.ArgumentParser, handler: Handler, *,
     flags = ("-f", "--file") if short_file else ("--file",)
     p.add_argument(*flags, help="stack file (default: linkd.yaml, compose.yaml, ...)")
     p.add_argument("-p", "--project-name", dest="project", help="stack name")
+    p.add_argument("--env-file", action="append", metavar="FILE",
+                   help="variables for ${VAR}, instead of the stack directory's .env "
+                        "(repeatable; the shell's environment wins)")
     p.set_defaults(handler=handler)
 
 

@@ -48,8 +48,11 @@ def find_file(path: str | None) -> Path | None:
     return None
 
 
-def read_source(path: str | None, project: str | None) -> tuple[StackSource, Path]:
-    """The stack file's source, as `load_stack` loads it and `up -d` sends it."""
+def read_source(path: str | None, project: str | None,
+                env_files: Sequence[str] | None = None) -> tuple[StackSource, Path]:
+    """The stack file's source, as `load_stack` loads it and `up -d` sends it;
+    `env_files` (`--env-file`, relative to the current directory) replace the stack
+    directory's `.env`."""
     from linkd import loader
 
     file = find_file(path)
@@ -57,13 +60,15 @@ def read_source(path: str | None, project: str | None) -> tuple[StackSource, Pat
         raise NotFoundError(
             f"no stack file: pass -f FILE or create one of {', '.join(DEFAULT_FILES)}"
         )
-    return loader.read_file(file, project_name=project), file
+    named = None if env_files is None else [str(Path(f).absolute()) for f in env_files]
+    return loader.read_file(file, project_name=project, env_files=named), file
 
 
-def load_stack(path: str | None, project: str | None) -> tuple[Stack, Path]:
+def load_stack(path: str | None, project: str | None,
+               env_files: Sequence[str] | None = None) -> tuple[Stack, Path]:
     from linkd import loader
 
-    source, file = read_source(path, project)
+    source, file = read_source(path, project, env_files)
     stack = loader.load(source)
     print_warnings(file, stack.warnings)
     return stack, file
@@ -141,7 +146,8 @@ def stack_name(args: argparse.Namespace) -> str:
         return str(args.project).lower()
     file = find_file(args.file)
     if file is not None:
-        return _name_in(file) or load_stack(args.file, None)[0].name
+        env_files = getattr(args, "env_file", None)
+        return _name_in(file) or load_stack(args.file, None, env_files)[0].name
     up = paths.stacks()
     if len(up) == 1:
         return up[0]

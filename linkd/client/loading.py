@@ -47,6 +47,7 @@ def load(
             source="stack built in Python",
             directory=base,
             project_name=project_name,
+            env_files=(),  # its variables are this process's; no .env is looked for
         )
     else:
         stack_source = loader.read_file(Path(source), project_name=project_name,

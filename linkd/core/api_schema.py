@@ -49,6 +49,9 @@ class CreateStack:
     environment: dict[str, str] | None = None  # for ${VAR}; None: the daemon's own
     source: str = "request body"  # the file the text came from, for errors
     default_project: str = ""  # the name when neither `name` nor the spec gives one
+    # Files of variables for ${VAR} under `environment` (Compose's .env, --env-file),
+    # relative to `directory`; none unless named.
+    env_files: tuple[str, ...] = ()
 
 
 def parse_create(body: Any) -> CreateStack:
@@ -56,7 +59,7 @@ def parse_create(body: Any) -> CreateStack:
         raise ApiError(400, "the body must be a JSON object", [("body", "expected an object")])
     problems: list[tuple[str, str]] = []
     unknown = sorted(set(body) - {"name", "spec", "yaml", "directory", "environment",
-                                  "source", "default_project"})
+                                  "source", "default_project", "env_files"})
     problems += [(f"body.{k}", "unknown field") for k in unknown]
     name = body.get("name")
     if name is not None and not (isinstance(name, str) and _STACK_NAME.fullmatch(name)):
@@ -82,6 +85,9 @@ def parse_create(body: Any) -> CreateStack:
         problems.append(("body.source", "expected a string (the stack file's path)"))
     if not isinstance(default, str):
         problems.append(("body.default_project", "expected a string"))
+    env_files = body.get("env_files", [])
+    if not (isinstance(env_files, list) and all(isinstance(f, str) and f for f in env_files)):
+        problems.append(("body.env_files", "expected a list of file names"))
     if problems:
         raise ApiError(400, "invalid request", problems)
     return CreateStack(
@@ -91,6 +97,7 @@ def parse_create(body: Any) -> CreateStack:
         environment,
         str(source),
         str(default),
+        tuple(env_files),
     )
 
 
@@ -174,6 +181,9 @@ _CREATE = {
         "source": {"type": "string", "description": "The stack file's path, for errors"},
         "default_project": {"type": "string",
                             "description": "The stack's name when nothing else gives one"},
+        "env_files": {"type": "array", "items": {"type": "string"},
+                      "description": "Files of variables for ${VAR}, under environment "
+                                     "(Compose's .env); relative to directory"},
     },
 }
 

@@ -7,6 +7,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.integration.conftest import Linkd, settled, snapshot
 
 SERVE = (
@@ -409,3 +411,28 @@ def test_compose_names_with_underscores_dots_and_a_long_project_name(linkd: Link
     finally:
         long.run("down", "--forget", "-p", long.project, check=False)
     assert not any(n.startswith(f"linkd-{long.project}.") for n in snapshot().netns)
+
+
+def test_the_projects_env_file_reaches_the_containers_through_the_daemon(
+    linkd: Linkd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compose's `.env` beside the stack file, `--env-file` instead of it, and the shell's
+    environment over both: through `up -d` (the daemon reads the files) and `config`."""
+    linkd.write("""
+        services:
+          app:
+            command: sleep 300
+            environment: {MODE: "${MODE:?set MODE in .env}", LEVEL: "${LEVEL:-none}"}
+    """)
+    (linkd.directory / ".env").write_text("MODE=from-dotenv\nLEVEL=3\n")
+    (linkd.directory / "ci.env").write_text("MODE=from-ci\n")
+    monkeypatch.delenv("MODE", raising=False)
+    monkeypatch.delenv("LEVEL", raising=False)
+    config = linkd.run("config", "--env-file", "ci.env").stdout
+    assert "MODE: from-ci" in config and "LEVEL: none" in config
+    monkeypatch.setenv("LEVEL", "from-shell")
+    linkd.up()
+    env = linkd.exec("app", "/usr/bin/env").stdout.splitlines()
+    assert "MODE=from-dotenv" in env and "LEVEL=from-shell" in env
+    missing = linkd.run("config", "--env-file", "nowhere.env", check=False)
+    assert missing.returncode != 0 and "nowhere.env" in missing.stderr

@@ -173,6 +173,7 @@ async def _stack_from(request: web.Request, name: str | None) -> tuple[Stack, Pa
         project_name=wanted.name,
         default_project=wanted.default_project,
         environment=wanted.environment,
+        env_files=wanted.env_files,
     )
     stack = await parse_off_loop(lambda check: loader.load(source, check=check))
     return stack, source.directory
