@@ -145,6 +145,7 @@ class Service:
     working_dir: str | None = None
     user: str | None = None
     hostname: str | None = None
+    container_name: str | None = None  # Compose's: its one container's name
     expose: tuple[PortSpec, ...] = ()
     ports: tuple[PortSpec, ...] = ()
     links: tuple[Link, ...] = ()
@@ -160,6 +161,10 @@ class Service:
     limits: Limits = field(default_factory=Limits)  # cgroups (linkd.runtime.kernel.cgroups)
     runtime: str | None = None  # x-linkd: runtime: runc | linkd; None: $LINKD_RUNTIME
     security: Security = field(default_factory=Security)  # linkd.core.confinement
+
+    def container(self, replica: int) -> str:
+        """The name of its container `replica`: `container_name`, else `<service>-<n>`."""
+        return self.container_name or f"{self.name}-{replica}"
 
     def argv(self) -> tuple[str, ...]:
         """The process to run: entrypoint followed by command, as Compose joins them."""

@@ -57,10 +57,6 @@ def container_from_netns(stack: str, netns: str) -> str | None:
     return netns[len(prefix) :] if netns.startswith(prefix) else None
 
 
-def container_name(service: str, replica: int) -> str:
-    return f"{service}-{replica}"
-
-
 def bridge_mac(stack: str, network: str) -> str:
     """A fixed, locally administered unicast MAC for a bridge.
 

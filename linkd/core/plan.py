@@ -140,7 +140,7 @@ def realize(
     containers: list[ContainerPlan] = []
     for service in stack.services:
         for replica in range(1, service.replicas + 1):
-            name = names.container_name(service.name, replica)
+            name = service.container(replica)
             interfaces = _interfaces(stack, service, name, by_key, addresses)
             containers.append(
                 _container_plan(stack, service, replica, name, interfaces, workdir)
@@ -189,7 +189,7 @@ def _addresses(
                 if attachment.network != key:
                     continue
                 for replica in range(1, service.replicas + 1):
-                    owner = names.container_name(service.name, replica)
+                    owner = service.container(replica)
                     # A static address can only belong to one replica.
                     static4 = attachment.ipv4_address if replica == 1 else None
                     static6 = attachment.ipv6_address if replica == 1 else None

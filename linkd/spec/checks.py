@@ -37,7 +37,8 @@ def check_stack(r: Reader, services: Parsed) -> None:
 
 
 def check_names(r: Reader, services: Parsed) -> None:
-    """DNS names are case-insensitive, and linkd also resolves containers `<service>-<n>`."""
+    """Every name linkd resolves is one thing: a service (all its replicas) or one
+    container (`<service>-<n>`, or its `container_name`); DNS names are case-insensitive."""
     seen: dict[str, Service] = {}
     for service, origins in services:
         lower = service.name.lower()
@@ -48,22 +49,24 @@ def check_names(r: Reader, services: Parsed) -> None:
                 "case; DNS names are case-insensitive",
             )
         seen.setdefault(lower, service)
-        longest = f"{service.name}-{service.replicas}"
-        if len(longest) > 63:
-            r.fail(
-                origins.at,
-                f"container name {longest} is longer than 63 characters, the limit of a DNS "
-                "label; shorten the service name",
-            )
+    # In file order, each service's name before its containers': a clash is reported
+    # where the later of the two is written.
+    owners: dict[str, str] = {}
     for service, origins in services:
-        base, dash, number = service.name.lower().rpartition("-")
-        other = seen.get(base)
-        if dash and number.isdigit() and other and 1 <= int(number) <= other.replicas:
-            r.fail(
-                origins.at,
-                f"service name {service.name} is also the name of replica {int(number)} of "
-                f"service {other.name} (linkd names containers <service>-<n>); rename it",
-            )
+        names = [(service.name, f"service {service.name}")]
+        for replica in range(1, service.replicas + 1):
+            container = service.container(replica)
+            if len(container.rpartition(".")[2]) > 63:
+                r.fail(origins.at, f"container name {container} has a part longer than 63 "
+                                   "characters, the limit of a DNS label; shorten it")
+            names.append((container, f"the container_name of service {service.name}"
+                          if service.container_name
+                          else f"replica {replica} of service {service.name}"))
+        for name, what in names:
+            other = owners.setdefault(name.lower(), what)
+            if other != what and not other.endswith(f"service {service.name}"):
+                r.fail(origins.at, f"{name} would name both {other} and {what} (linkd "
+                                   "resolves services and containers by name); rename one")
 
 
 def check_cycles(r: Reader, services: Parsed) -> None:

@@ -133,6 +133,8 @@ def _service(s: Service) -> dict[str, Any]:
             out[key] = value
     if s.hostname is not None:
         out["hostname"] = s.hostname
+    if s.container_name is not None:
+        out["container_name"] = s.container_name
     out.update(dump_limits(s.limits))
     out.update(dump_security(s.security))
     if s.environment:

@@ -11,6 +11,7 @@ looks across the services (cycles, port clashes).
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Callable, Mapping
 
@@ -50,6 +51,8 @@ from linkd.spec.values import (
     quote,
 )
 from linkd.spec.x_linkd import read_service_x_linkd
+
+_CONTAINER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")  # Docker's rule
 
 _SERVICE_KEYS = (
     "command", "entrypoint", "environment", "env_file", "working_dir", "user", "hostname",
@@ -114,13 +117,8 @@ class ServiceReader:
         if f is None:
             return None
         origins = Origins(at)
-        if "container_name" in f:
-            r.fail(
-                f["container_name"],
-                "not supported: linkd names containers <service>-<n> (like "
-                f"{name}-1) so replicas and DNS names stay predictable; remove it",
-            )
         replicas = self._replicas(f)
+        container_name = self._container_name(given(f, "container_name"), name, replicas)
         before = len(r.problems)
         command, entrypoint = self._argv(f.get("command")), self._argv(f.get("entrypoint"))
         image = self._text(f.get("image"))
@@ -141,6 +139,7 @@ class ServiceReader:
             working_dir=self._text(f.get("working_dir")),
             user=self._text(f.get("user")),
             hostname=self._text(f.get("hostname")),
+            container_name=container_name,
             expose=self._expose(f.get("expose")),
             ports=self._ports(f.get("ports"), origins),
             links=links,
@@ -179,6 +178,26 @@ class ServiceReader:
                 'its own namespace; use "none" for loopback only, or networks: to join networks',
             )
         return ()
+
+    def _container_name(self, at: At | None, service: str, replicas: int) -> str | None:
+        """Docker's rule for container names (a leading "/" dropped, as Docker does);
+        a DNS name too, since linkd resolves containers by name."""
+        text = self._text(at)
+        if at is None or text is None:
+            return None
+        name = text.removeprefix("/")
+        if not _CONTAINER_NAME.fullmatch(name) or not all(
+                len(label) <= 63 for label in name.split(".")):
+            self.r.fail(at, "expected a container name of letters, digits, \"_\", \".\" and "
+                            "\"-\" that starts with a letter or digit (Docker's rule), each "
+                            f"part between dots at most 63 characters, got {quote(text)}")
+            return None
+        if replicas > 1:
+            self.r.fail(at, f"service {service} has {replicas} replicas and one container "
+                            "name: a name belongs to one container (Compose refuses it "
+                            "too); drop container_name or scale to 1")
+            return None
+        return name
 
     # --- simple values ---
 

@@ -436,3 +436,19 @@ def test_the_projects_env_file_reaches_the_containers_through_the_daemon(
     assert "MODE=from-dotenv" in env and "LEVEL=from-shell" in env
     missing = linkd.run("config", "--env-file", "nowhere.env", check=False)
     assert missing.returncode != 0 and "nowhere.env" in missing.stderr
+
+
+def test_container_name_names_the_container_in_dns_ps_and_its_hostname(linkd: Linkd) -> None:
+    linkd.write(f"""
+        services:
+          db:
+            command: {serve(9000)}
+            container_name: shop_mysql
+          client:
+            command: sleep 300
+    """)
+    linkd.up()
+    linkd.wait_listening("db", 9000)
+    assert connect(linkd, "client", "shop_mysql", "db") == {
+        "shop_mysql": "shop_mysql", "db": "shop_mysql"}  # nodename: the container's name
+    assert "shop_mysql" in linkd.run("ps", "-p", linkd.project).stdout

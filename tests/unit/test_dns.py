@@ -464,3 +464,29 @@ def test_service_names_with_underscores_and_dots_resolve_as_in_docker(service: s
     for name in (service, f"{service}-1", service.upper(), f"{service}.shop.linkd"):
         reply = ask(zone, name, client)
         assert addresses(reply) == [target], name
+
+
+def test_a_container_name_is_the_containers_dns_name_and_hostname() -> None:
+    """Compose's `container_name`: the container is that name (in DNS, as its hostname),
+    and its service name still resolves to it."""
+    stack = Stack(
+        name="shop",
+        services=(
+            Service("db", command=CMD, container_name="shop-mysql",
+                    networks=(Attachment("front"),)),
+            Service("cache", command=CMD, container_name="cache",
+                    networks=(Attachment("front"),)),
+            Service("client", command=CMD, networks=(Attachment("front"),)),
+        ),
+        networks=(Network("front"),),
+    )
+    plan, zone = make(stack)
+    assert [c.name for c in plan.containers] == ["shop-mysql", "cache", "client-1"]
+    assert plan.container("shop-mysql").hostname == "shop-mysql"
+    client = addr(plan, "client-1", "front")
+    for name, container in (("shop-mysql", "shop-mysql"), ("db", "shop-mysql"),
+                            ("cache", "cache")):
+        assert addresses(ask(zone, name, client)) == [str(addr(plan, container, "front"))]
+    reply = ask_raw(zone, "db-1", client)
+    assert isinstance(reply, Answered)
+    assert DNSRecord.parse(reply.data).header.rcode == RCODE.NXDOMAIN  # no <service>-1 then
