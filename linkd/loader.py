@@ -149,7 +149,8 @@ def variables(source: StackSource) -> dict[str, str]:
             raise SpecError([("env file", None, f"cannot read {path}: {exc.strerror}")],
                             source.source) from None
         try:
-            found.update(parse_env_file(text, str(path), source.environment))
+            found.update(parse_env_file(text, str(path), source.environment,
+                                        interpolation=True))
         except Bad as exc:
             raise SpecError([("env file", None, str(exc))], source.source) from None
     return {**found, **source.environment}

@@ -63,15 +63,19 @@ class Environment:
         return tuple(env.items())
 
     def _file(self, item: At) -> list[tuple[str, str]]:
-        path_at, required = item, True
+        path_at, required, raw = item, True, False
         if item.is_mapping:
-            ef = self.r.fields(item, ("path", "required")) or {}
+            ef = self.r.fields(item, ("path", "required", "format")) or {}
             if "path" not in ef:
                 self.r.fail(item, "an env_file entry needs a path")
                 return []
             path_at = ef["path"]
             if req := given(ef, "required"):
                 required = self.r.boolean(req) is not False
+            if (fmt := given(ef, "format")) and (kind := self.r.text(fmt)) is not None:
+                if kind not in ("raw", "dotenv"):
+                    self.r.fail(fmt, f'expected format "raw" or "dotenv", got {quote(kind)}')
+                raw = kind == "raw"
         name = self.r.text(path_at)
         if name is None:
             return []
@@ -93,7 +97,7 @@ class Environment:
             )
             return []
         try:
-            return parse_env_file(text, name, self.host_env)
+            return parse_env_file(text, name, self.host_env, raw=raw)
         except Bad as exc:
             self.r.fail(path_at, str(exc))
             return []

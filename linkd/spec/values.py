@@ -424,37 +424,75 @@ def _cut(text: str, limit: int = 60) -> str:
 _ENV_KEY = re.compile(r"[^\s=]+")
 
 
-def parse_env_file(text: str, name: str, host_env: Mapping[str, str]) -> list[tuple[str, str]]:
-    """`KEY=VALUE` lines (Compose's dotenv subset): blank lines and `#` comments are
-    skipped, an `export ` prefix is allowed, a value may be quoted, an unquoted value ends
-    at ` #`. A bare `KEY` takes the host's value and is dropped when the host has none.
+def parse_env_file(
+    text: str, name: str, host_env: Mapping[str, str], *, raw: bool = False,
+    interpolation: bool = False,
+) -> list[tuple[str, str]]:
+    """`KEY=VALUE` lines (Compose's dotenv): blank lines and `#` comments are skipped, an
+    `export ` prefix is allowed, a value may be quoted, an unquoted value ends at ` #`,
+    and with `interpolation` (the project's `.env`; Compose does not interpolate a
+    service's `env_file`) `${VAR}` in an unquoted or double-quoted value is expanded
+    (from the variables earlier in the file, then `host_env`; single quotes keep it; a
+    value with a `$` that starts no variable is kept as written). A bare `KEY` takes the
+    host's value and is dropped when the host has none. `raw` (Compose's `format: raw`):
+    each value is the text after the first `=`, as it stands.
     """
-    entries: list[tuple[str, str]] = []
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
+    entries: dict[str, str] = {}
+    for number, line_text in enumerate(text.splitlines(), 1):
+        line = line_text.strip()
         if not line or line.startswith("#"):
             continue
-        line = line.removeprefix("export ").lstrip()
-        key, eq, value = line.partition("=")
+        if not raw:
+            line = line.removeprefix("export ").lstrip()
+        key, eq, value = line.partition("=") if not raw else line_text.lstrip().partition("=")
         key = key.strip()
         if not _ENV_KEY.fullmatch(key):
-            raise Bad(f"env file {quote(name)} line {number}: expected KEY=VALUE, got {quote(raw)}")
+            raise Bad(f"env file {quote(name)} line {number}: expected KEY=VALUE, got "
+                      f"{quote(line_text)}")
         if not eq:
             if key in host_env:
-                entries.append((key, host_env[key]))
+                entries[key] = host_env[key]
             continue
-        entries.append((key, _env_value(value.strip())))
-    return entries
+        if raw:
+            entries[key] = value
+            continue
+        value = value.strip()
+        if (literal := _quoted(value, "'")) is not None:
+            entries[key] = literal
+            continue
+        plain = _env_value(value, interpolation)
+        if not interpolation:
+            entries[key] = plain
+            continue
+        try:
+            entries[key] = interpolate(plain, {**host_env, **entries}, lambda _: None)
+        except Bad:  # a "$" that starts no variable (a password's): kept as written
+            entries[key] = plain.replace("$$", "$")
+    return list(entries.items())
 
 
-def _env_value(value: str) -> str:
-    if len(value) >= 2 and value[0] in "'\"" and value.endswith(value[0]):
-        inner = value[1:-1]
-        if value[0] == "'":
-            return inner
-        return re.sub(r"\\([\\\"n])", lambda m: "\n" if m[1] == "n" else m[1], inner)
+def _env_value(value: str, interpolation: bool) -> str:
+    """An unquoted or double-quoted value, its quotes, escapes and comment dealt with;
+    where it is interpolated next, `\\$` stays a literal `$` (as `$$`)."""
+    if (inner := _quoted(value, '"')) is not None:
+        escapes = r"\\([\\\"n$])" if interpolation else r"\\([\\\"n])"
+        return re.sub(escapes, lambda m: {"n": "\n", "$": "$$"}.get(m[1], m[1]), inner)
     comment = re.search(r"\s#", value)
     return value[: comment.start()].rstrip() if comment else value
+
+
+def _quoted(value: str, quote_mark: str) -> str | None:
+    """What `quote_mark` quotes at the start of `value` (escaped quotes inside kept for
+    the caller), when only blanks or a `#` comment follow the closing one; else None."""
+    if not value.startswith(quote_mark):
+        return None
+    end = 1
+    while (end := value.find(quote_mark, end)) > 0 and value[end - 1] == "\\":
+        end += 1
+    if end < 0:
+        return None
+    rest = value[end + 1 :].strip()
+    return value[1:end] if not rest or rest.startswith("#") else None
 
 
 _PORT_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")

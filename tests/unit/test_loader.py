@@ -78,3 +78,38 @@ def test_the_api_takes_env_files_as_a_list_of_names() -> None:
     with pytest.raises(ApiError) as info:
         parse_create({"yaml": "x", "directory": "/", "env_files": ".env"})
     assert ("body.env_files", "expected a list of file names") in info.value.problems
+
+
+def test_the_dotenv_interpolates_as_compose_does(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(
+        "BASE=/srv\nTAG=${BASE}/app\nONLY='${BASE} kept'\n"
+        'GREETING="at \\$BASE: ${HOME_DIR:-none}"\nPASSWORD=pa$5word\n'
+    )
+    stack = loader.load(source(tmp_path, {}))
+    env = environment(stack.service("app").environment)
+    assert env == {"TAG": "/srv/app", "ONLY": "${BASE} kept", "GREETING": "at $BASE: none"}
+    assert loader.variables(source(tmp_path, {}))["PASSWORD"] == "pa$5word"  # no variable
+
+
+def test_env_file_formats(tmp_path: Path) -> None:
+    """A service's env_file is not interpolated (Compose's rule); `format: raw` keeps
+    every value as written, quotes and all."""
+    (tmp_path / "app.env").write_text('A="x" # y\nB=${A}\n')
+    text = """
+services:
+  app:
+    command: sleep 1
+    env_file:
+      - app.env
+  raw:
+    command: sleep 1
+    env_file: [{path: app.env, format: raw}]
+"""
+    stack = loader.load(loader.StackSource(text, source="s", directory=tmp_path,
+                                           project_name="t", env_files=()))
+    assert environment(stack.service("app").environment) == {"A": "x", "B": "${A}"}
+    assert environment(stack.service("raw").environment) == {"A": '"x" # y', "B": "${A}"}
+    bad = text.replace("format: raw", "format: yaml")
+    with pytest.raises(SpecError, match='expected format "raw" or "dotenv"'):
+        loader.load(loader.StackSource(bad, source="s", directory=tmp_path,
+                                       project_name="t", env_files=()))
