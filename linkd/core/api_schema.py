@@ -46,7 +46,7 @@ class CreateStack:
     text: str  # YAML (JSON is YAML too)
     name: str | None  # overrides the spec's `name:`
     directory: str  # where relative paths (env_file, convention files) are read
-    environment: dict[str, str] | None = None  # for ${VAR}; None: the daemon's own
+    environment: dict[str, str] | None = None  # for ${VAR}; None: none (not the daemon's)
     source: str = "request body"  # the file the text came from, for errors
     default_project: str = ""  # the name when neither `name` nor the spec gives one
     # Files of variables for ${VAR} under `environment` (Compose's .env, --env-file),
@@ -177,7 +177,7 @@ _CREATE = {
         "yaml": {"type": "string", "description": "A stack file's text"},
         "directory": {"type": "string", "description": "Base for relative paths"},
         "environment": {"type": "object", "additionalProperties": {"type": "string"},
-                        "description": "Variables for ${VAR} (default: the daemon's)"},
+                        "description": "Variables for ${VAR} (default: none)"},
         "source": {"type": "string", "description": "The stack file's path, for errors"},
         "default_project": {"type": "string",
                             "description": "The stack's name when nothing else gives one"},
