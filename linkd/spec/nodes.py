@@ -179,12 +179,14 @@ class Reader:
         return entries
 
     def fields(
-        self, at: At, known: Collection[str], unsupported: Collection[str] = ()
+        self, at: At, known: Collection[str],
+        unsupported: Collection[str] | Mapping[str, str] = (),
     ) -> dict[str, At] | None:
         """A mapping of field names; unknown ones are warned about, `x-*` ones skipped.
 
         `unsupported` names Compose keys linkd knows but does not implement, so the
-        warning can say so instead of suggesting a typo.
+        warning can say so instead of suggesting a typo; a mapping gives each its warning
+        (linkd.spec.compose_keys).
         """
         pairs = self.pairs(at)
         if pairs is None:
@@ -194,7 +196,8 @@ class Reader:
             if key in known:
                 fields[key] = child
             elif key in unsupported:
-                self.warn(child, "not supported by linkd, ignored")
+                self.warn(child, unsupported[key] if isinstance(unsupported, Mapping)
+                          else "not supported by linkd, ignored")
             elif not key.startswith("x-"):
                 close = difflib.get_close_matches(key, known, n=1)
                 hint = f" (did you mean {quote(close[0])}?)" if close else ""

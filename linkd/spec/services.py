@@ -15,6 +15,8 @@ import re
 import shlex
 from collections.abc import Callable, Mapping
 
+import yaml
+
 from linkd.core.model import (
     Attachment,
     Dependency,
@@ -25,6 +27,7 @@ from linkd.core.model import (
     RestartPolicy,
     Service,
 )
+from linkd.spec import compose_keys
 from linkd.spec.checks import Origins, check_stack, check_subnets
 from linkd.spec.environment import Environment
 from linkd.spec.health import read_healthcheck
@@ -58,8 +61,9 @@ _SERVICE_KEYS = (
     "command", "entrypoint", "environment", "env_file", "working_dir", "user", "hostname",
     "expose", "ports", "links", "networks", "depends_on", "healthcheck", "restart", "scale",
     "deploy", "stop_signal", "stop_grace_period", "image", "container_name", "network_mode",
-    "x-linkd", *LIMIT_KEYS, *SECURITY_KEYS,
+    "init", "x-linkd", *LIMIT_KEYS, *SECURITY_KEYS,
 )  # fmt: skip
+_SERVICE_IGNORED = compose_keys.ignored(compose_keys.SERVICE)
 _DEPLOY_UNSUPPORTED = (
     "mode", "endpoint_mode", "labels", "placement", "restart_policy",
     "rollback_config", "update_config",
@@ -113,17 +117,24 @@ class ServiceReader:
         if at.is_null:
             r.fail(at, 'a service needs "command" (or "entrypoint", or "image")')
             return None
-        f = r.fields(at, _SERVICE_KEYS)
+        f = r.fields(at, _SERVICE_KEYS, _SERVICE_IGNORED)
         if f is None:
             return None
         origins = Origins(at)
+        if init := given(f, "init"):
+            r.boolean(init)  # linkd's init is always PID 1: true or false, checked only
         replicas = self._replicas(f)
         container_name = self._container_name(given(f, "container_name"), name, replicas)
         before = len(r.problems)
         command, entrypoint = self._argv(f.get("command")), self._argv(f.get("entrypoint"))
         image = self._text(f.get("image"))
         # Only when nothing was given: a command that failed to parse is reported already.
-        if image is None and not (command or entrypoint) and len(r.problems) == before:
+        if image is None and _has_key(at, "build"):
+            # Its command is meant for the image it builds, never for the host's files.
+            r.fail(at, f'service {name} has "build" and no "image", and linkd does not build '
+                       'images yet: build it elsewhere (docker build, buildah), load it '
+                       '(linkd image load), and name it with "image"')
+        elif image is None and not (command or entrypoint) and len(r.problems) == before:
             r.fail(at, 'a service needs "command" (or "entrypoint", or "image")')
         healthcheck = None
         if health := given(f, "healthcheck"):
@@ -377,3 +388,10 @@ def _shell_split(text: str) -> list[str]:
         return shlex.split(text)
     except ValueError as exc:
         raise Bad(f"cannot split {quote(text)} into arguments: {exc}") from None
+
+
+def _has_key(at: At, key: str) -> bool:
+    """Whether the mapping at `at` writes `key` (one linkd does not read)."""
+    node = at.node
+    return isinstance(node, yaml.MappingNode) and any(
+        isinstance(k, yaml.ScalarNode) and k.value == key for k, _ in node.value)

@@ -34,7 +34,7 @@ import yaml
 
 from linkd.core.model import Network, Stack
 from linkd.errors import SpecError
-from linkd.spec import bounded_yaml
+from linkd.spec import bounded_yaml, compose_keys
 from linkd.spec.dump import stack_to_dict
 from linkd.spec.nodes import ROOT, At, Reader, given
 from linkd.spec.services import ServiceReader
@@ -80,7 +80,7 @@ def parse_stack(
         raise SpecError([(ROOT, None, f"invalid YAML: {exc}")], source) from None
     if root is None or (isinstance(root, yaml.ScalarNode) and root.tag.endswith(":null")):
         raise SpecError([(ROOT, None, 'the file is empty; a stack needs "services:"')], source)
-    top = r.fields(At.root(root), _TOP_KEYS)
+    top = r.fields(At.root(root), _TOP_KEYS, compose_keys.ignored(compose_keys.TOP_LEVEL))
     if top is None:
         raise SpecError(r.problems, source)
     name = _stack_name(r, top, project_name, default_project)

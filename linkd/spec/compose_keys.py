@@ -1,0 +1,143 @@
+"""Every key of the Compose specification (a service's and the top level's), and what
+linkd does with it: the one table behind the parser's warnings for keys it does not
+implement and behind the README's table (tests/unit/test_compose_keys.py holds the two
+together, and the list against the specification's).
+
+Each key is one of:
+
+- `supported`: read with Compose's meaning;
+- `differs`: read, with a difference the note says;
+- `ignored`: accepted with one warning that says what linkd does instead;
+- `refused`: an error that says why and what to do.
+
+A key that is none of these is unknown: a typo, warned with the closest known key.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Handling = Literal["supported", "differs", "ignored", "refused"]
+
+_NOT_YET = "linkd does not implement it yet"
+
+SERVICE: dict[str, tuple[Handling, str]] = {
+    "annotations": ("ignored", "OCI annotations: linkd's own launcher has no use for them"),
+    "attach": ("ignored", "every service's output is attached in the foreground"),
+    "blkio_config": ("ignored", "no block I/O limits (cgroups io is not set up)"),
+    "build": ("ignored", f"{_NOT_YET}: the service's `image:` runs as named (without "
+                         "one, an error: build it elsewhere and `linkd image load` it)"),
+    "cap_add": ("supported", ""),
+    "cap_drop": ("supported", ""),
+    "cgroup": ("ignored", "every container has a cgroup namespace of its own (private)"),
+    "cgroup_parent": ("ignored", "containers live under linkd's own cgroup"),
+    "command": ("supported", ""),
+    "configs": ("ignored", _NOT_YET),
+    "container_name": ("differs", "the container's name within its stack (stacks scope "
+                                  "names), also its hostname and DNS name"),
+    "cpu_count": ("ignored", "Windows only; use `cpus`"),
+    "cpu_percent": ("ignored", "Windows only; use `cpus`"),
+    "cpu_period": ("ignored", "use `cpus`"),
+    "cpu_quota": ("ignored", "use `cpus`"),
+    "cpu_rt_period": ("ignored", "no real-time scheduling"),
+    "cpu_rt_runtime": ("ignored", "no real-time scheduling"),
+    "cpu_shares": ("ignored", "use `cpus`"),
+    "cpus": ("supported", ""),
+    "cpuset": ("ignored", "no CPU pinning; use `cpus`"),
+    "credential_spec": ("ignored", "Windows only"),
+    "depends_on": ("supported", ""),
+    "deploy": ("differs", "`replicas` and `resources.limits` only; the Swarm keys are warned"),
+    "develop": ("ignored", "no `watch`: linkd runs what the file says"),
+    "device_cgroup_rules": ("ignored", "no devices cgroup"),
+    "devices": ("supported", ""),
+    "dns": ("ignored", "containers ask linkd's DNS (127.0.0.11); forward with "
+                       "`x-linkd: dns: upstreams`"),
+    "dns_opt": ("ignored", "resolv.conf is linkd's (`options ndots:0`)"),
+    "dns_search": ("ignored", "names resolve without a search domain"),
+    "domainname": ("ignored", _NOT_YET),
+    "driver_opts": ("ignored", "no network drivers"),
+    "entrypoint": ("supported", ""),
+    "env_file": ("supported", ""),
+    "environment": ("supported", ""),
+    "expose": ("supported", ""),
+    "extends": ("ignored", _NOT_YET),
+    "external_links": ("ignored", "join the other stack's network instead"),
+    "extra_hosts": ("ignored", _NOT_YET),
+    "gpus": ("ignored", "no GPU access"),
+    "group_add": ("ignored", _NOT_YET),
+    "healthcheck": ("supported", ""),
+    "hostname": ("supported", ""),
+    "image": ("supported", ""),
+    "init": ("differs", "always on: linkd's init is every container's PID 1"),
+    "ipc": ("ignored", "every container has an IPC namespace of its own"),
+    "isolation": ("ignored", "Windows only"),
+    "label_file": ("ignored", _NOT_YET),
+    "labels": ("ignored", _NOT_YET),
+    "links": ("supported", ""),
+    "logging": ("ignored", "each container logs to a file of its own (`linkd logs`)"),
+    "mac_address": ("ignored", "MAC addresses are the kernel's"),
+    "mem_limit": ("supported", ""),
+    "mem_reservation": ("ignored", "use `mem_limit`"),
+    "mem_swappiness": ("ignored", "use `mem_limit`"),
+    "memswap_limit": ("ignored", "use `mem_limit`"),
+    "models": ("ignored", "no model runner"),
+    "network_mode": ("differs", "`none` only; every other container has a namespace of "
+                                "its own"),
+    "networks": ("supported", ""),
+    "oom_kill_disable": ("ignored", "the kernel's OOM killer applies"),
+    "oom_score_adj": ("ignored", "the kernel's OOM score applies"),
+    "pid": ("ignored", "every container has a PID namespace of its own"),
+    "pids_limit": ("supported", ""),
+    "platform": ("ignored", "images run as they are"),
+    "ports": ("supported", ""),
+    "post_start": ("ignored", "no lifecycle hooks"),
+    "pre_stop": ("ignored", "no lifecycle hooks"),
+    "privileged": ("supported", ""),
+    "profiles": ("ignored", f"{_NOT_YET}: every service starts"),
+    "provider": ("ignored", "no providers"),
+    "pull_policy": ("ignored", "images come from files (`linkd image load`)"),
+    "pull_refresh_after": ("ignored", "images come from files"),
+    "read_only": ("supported", ""),
+    "restart": ("supported", ""),
+    "runtime": ("ignored", "choose with `x-linkd: runtime: runc | linkd`"),
+    "scale": ("supported", ""),
+    "secrets": ("ignored", _NOT_YET),
+    "security_opt": ("supported", ""),
+    "shm_size": ("ignored", "not applied"),
+    "stdin_open": ("ignored", "containers run without stdin; `linkd exec -it` for a shell"),
+    "stop_grace_period": ("supported", ""),
+    "stop_signal": ("supported", ""),
+    "storage_opt": ("ignored", "no storage driver options"),
+    "sysctls": ("ignored", _NOT_YET),
+    "tmpfs": ("ignored", _NOT_YET),
+    "tty": ("ignored", "containers run without a terminal; `linkd exec -it` for a shell"),
+    "ulimits": ("ignored", _NOT_YET),
+    "use_api_socket": ("ignored", "no Docker API inside containers"),
+    "user": ("supported", ""),
+    "userns_mode": ("ignored", "no user namespaces"),
+    "uts": ("ignored", "every container has a UTS namespace of its own"),
+    "volumes": ("ignored", f"{_NOT_YET}: the container starts without them"),
+    "volumes_from": ("ignored", _NOT_YET),
+    "working_dir": ("supported", ""),
+}
+
+TOP_LEVEL: dict[str, tuple[Handling, str]] = {
+    "version": ("supported", "obsolete, as in Compose: read and not used"),
+    "name": ("supported", ""),
+    "include": ("ignored", _NOT_YET),
+    "services": ("supported", ""),
+    "networks": ("supported", ""),
+    "volumes": ("ignored", _NOT_YET),
+    "secrets": ("ignored", _NOT_YET),
+    "configs": ("ignored", _NOT_YET),
+    "models": ("ignored", "no model runner"),
+}
+
+
+def ignored(table: dict[str, tuple[Handling, str]]) -> dict[str, str]:
+    """The warning for each key of `table` that linkd accepts and does not use."""
+    return {
+        key: f"not supported by linkd, ignored: {note}"
+        for key, (handling, note) in table.items()
+        if handling == "ignored"
+    }

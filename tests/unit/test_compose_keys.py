@@ -1,0 +1,104 @@
+"""Every Compose key has one answer (linkd.spec.compose_keys), the parser gives it, and the
+README and docs/compose-keys.md say it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from linkd.spec import compose_keys, services
+from linkd.spec.stack_file import parse_stack
+
+REPO = Path(__file__).resolve().parents[2]
+
+# The keys of a service and of the top level in the Compose specification
+# (compose-spec/schema/compose-spec.json, 2025).
+SPEC_SERVICE_KEYS = {
+    "annotations", "attach", "blkio_config", "build", "cap_add", "cap_drop", "cgroup",
+    "cgroup_parent", "command", "configs", "container_name", "cpu_count", "cpu_percent",
+    "cpu_period", "cpu_quota", "cpu_rt_period", "cpu_rt_runtime", "cpu_shares", "cpus",
+    "cpuset", "credential_spec", "depends_on", "deploy", "develop", "device_cgroup_rules",
+    "devices", "dns", "dns_opt", "dns_search", "domainname", "driver_opts", "entrypoint",
+    "env_file", "environment", "expose", "extends", "external_links", "extra_hosts", "gpus",
+    "group_add", "healthcheck", "hostname", "image", "init", "ipc", "isolation",
+    "label_file", "labels", "links", "logging", "mac_address", "mem_limit",
+    "mem_reservation", "mem_swappiness", "memswap_limit", "models", "network_mode",
+    "networks", "oom_kill_disable", "oom_score_adj", "pid", "pids_limit", "platform",
+    "ports", "post_start", "pre_stop", "privileged", "profiles", "provider", "pull_policy",
+    "pull_refresh_after", "read_only", "restart", "runtime", "scale", "secrets",
+    "security_opt", "shm_size", "stdin_open", "stop_grace_period", "stop_signal",
+    "storage_opt", "sysctls", "tmpfs", "tty", "ulimits", "use_api_socket", "user",
+    "userns_mode", "uts", "volumes", "volumes_from", "working_dir",
+}  # fmt: skip
+SPEC_TOP_KEYS = {"version", "name", "include", "services", "networks", "volumes", "secrets",
+                 "configs", "models"}
+
+
+def test_every_key_of_the_specification_has_one_answer() -> None:
+    assert set(compose_keys.SERVICE) == SPEC_SERVICE_KEYS
+    assert set(compose_keys.TOP_LEVEL) == SPEC_TOP_KEYS
+
+
+def test_what_the_table_calls_read_is_what_the_parser_reads() -> None:
+    read = {k for k, (h, _) in compose_keys.SERVICE.items() if h in ("supported", "differs")}
+    assert read == set(services._SERVICE_KEYS) - {"x-linkd"}
+
+
+@pytest.mark.parametrize("key", sorted(compose_keys.ignored(compose_keys.SERVICE)))
+def test_an_ignored_service_key_gets_its_one_warning(key: str) -> None:
+    stack = parse_stack(f"services:\n  a:\n    image: x\n    {key}: 1\n", source="s",
+                        project_name="t")
+    note = compose_keys.SERVICE[key][1]
+    assert stack.warnings == (f"services.a.{key} (line 4): not supported by linkd, "
+                              f"ignored: {note}",)
+
+
+@pytest.mark.parametrize("key", sorted(compose_keys.ignored(compose_keys.TOP_LEVEL)))
+def test_an_ignored_top_level_key_gets_its_one_warning(key: str) -> None:
+    stack = parse_stack(f"services: {{a: {{command: x}}}}\n{key}: {{}}\n", source="s",
+                        project_name="t")
+    assert len(stack.warnings) == 1 and compose_keys.TOP_LEVEL[key][1] in stack.warnings[0]
+
+
+def reference_table() -> str:
+    rows = ["| key | where | linkd | how, or what instead |", "|---|---|---|---|"]
+    for where, table in (("top level", compose_keys.TOP_LEVEL),
+                         ("service", compose_keys.SERVICE)):
+        for key, (handling, note) in sorted(table.items()):
+            rows.append(f"| `{key}` | {where} | {handling} | {note} |")
+    return "\n".join(rows) + "\n"
+
+
+def summary_table() -> str:
+    rows = ["| linkd | Compose keys (a service's; `top:` the top level's) |", "|---|---|"]
+    for handling in ("supported", "differs", "ignored", "refused"):
+        keys = [f"`top:{k}`" for k, (h, _) in sorted(compose_keys.TOP_LEVEL.items())
+                if h == handling]
+        keys += [f"`{k}`" for k, (h, _) in sorted(compose_keys.SERVICE.items())
+                 if h == handling]
+        rows.append(f"| {handling} | {', '.join(keys) or '-'} |")
+    return "\n".join(rows) + "\n"
+
+
+def test_the_docs_and_the_readme_say_what_the_table_says() -> None:
+    assert reference_table() in (REPO / "docs" / "compose-keys.md").read_text()
+    assert summary_table() in (REPO / "README.md").read_text()
+
+
+if __name__ == "__main__":  # print the tables, to paste after changing compose_keys
+    print(summary_table())
+    print(reference_table())
+
+
+@pytest.mark.parametrize("extra", ["", "    command: ./serve\n"])
+def test_a_service_to_build_is_refused_not_run_from_the_hosts_files(extra: str) -> None:
+    from linkd.errors import SpecError
+
+    with pytest.raises(SpecError) as info:
+        parse_stack(f"services:\n  app:\n    build: .\n{extra}", source="s", project_name="t")
+    assert 'has "build" and no "image"' in str(info.value)
+    assert "linkd image load" in str(info.value)
+    with_image = parse_stack("services:\n  app:\n    build: .\n    image: app:1\n",
+                             source="s", project_name="t")
+    assert with_image.service("app").image == "app:1"  # built elsewhere, run as named
