@@ -52,4 +52,5 @@ def hosts_file(plan: StackPlan, me: ContainerPlan) -> str:
             if theirs.address6 is not None:
                 lines.append(f"{theirs.address6}\t{' '.join(names)}")
     lines += me.extra_hosts  # what its links' conventions add (docker-links' own lines)
+    lines += [f"{address}\t{host}" for host, address in me.added_hosts]  # extra_hosts
     return "\n".join(lines) + "\n"

@@ -146,6 +146,8 @@ class Service:
     user: str | None = None
     hostname: str | None = None
     container_name: str | None = None  # Compose's: its one container's name
+    # Compose's extra_hosts: (name, address or "host-gateway"), in the file's order
+    extra_hosts: tuple[tuple[str, str], ...] = ()
     expose: tuple[PortSpec, ...] = ()
     ports: tuple[PortSpec, ...] = ()
     links: tuple[Link, ...] = ()

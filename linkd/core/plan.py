@@ -31,6 +31,7 @@ from linkd.core.model import (
 from linkd.errors import ConventionError, SpecError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+HOST_GATEWAY = "host-gateway"  # extra_hosts: the host, as Docker spells it
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,9 @@ class ContainerPlan:
     # (variable, convention, link alias) for every variable a convention gave, in order
     env_sources: tuple[tuple[str, str, str], ...] = ()
     extra_hosts: tuple[str, ...] = ()  # hosts-file lines the conventions asked for
+    # Compose's extra_hosts, "host-gateway" resolved: (name, address), for the hosts
+    # file and for linkd's DNS, which answers them to this container only
+    added_hosts: tuple[tuple[str, str], ...] = ()
     limits: Limits = field(default_factory=Limits)  # memory, CPU and PID limits (cgroups)
     runtime: str | None = None  # what runs an image: "runc", "linkd", None: the default
     security: Security = field(default_factory=Security)  # departures from confinement
@@ -252,6 +256,15 @@ def _container_plan(
     workdir: str,
 ) -> ContainerPlan:
     hostname = service.hostname or name
+    # host-gateway: the host's side of the container's first network (Docker: the
+    # host's address); a container with loopback only has none, and gets no entry.
+    gateway = str(interfaces[0].gateway) if interfaces else None
+    added: list[tuple[str, str]] = []
+    for host, address in service.extra_hosts:
+        if address != HOST_GATEWAY:
+            added.append((host, address))
+        elif gateway is not None:
+            added.append((host, gateway))
     base = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname, "HOME": "/root"}
     env = dict(base)
     env.update(dict(service.environment))
@@ -261,6 +274,7 @@ def _container_plan(
         replica=replica,
         netns=names.netns_name(stack.name, name),
         hostname=hostname,
+        added_hosts=tuple(added),
         interfaces=interfaces,
         argv=service.argv(),
         env=tuple(env.items()),

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from linkd.core.plan import ContainerPlan, StackPlan
 from linkd.dns.snapshot import Address, Entry, Record, make_entry
@@ -85,6 +85,7 @@ def loopback_names(plans: Sequence[StackPlan]) -> dict[Address, dict[str, list[A
 
 VIA_LINK = "link alias (seen by this container only)"
 _VIA_LOOPBACK = "own name of a container with no network (loopback)"
+_VIA_EXTRA_HOSTS = "extra_hosts of this container"
 
 
 def scoped_entries(
@@ -110,7 +111,24 @@ def scoped_entries(
                     )
     for requester, names in extra_entries(loopback_names(plans), _VIA_LOOPBACK).items():
         extras.setdefault(requester, {}).update(names)
+    for requester, names in extra_entries(added_host_names(plans), _VIA_EXTRA_HOSTS).items():
+        extras.setdefault(requester, {}).update(names)  # its own extra_hosts win
     return extras
+
+
+def added_host_names(plans: Sequence[StackPlan]) -> dict[Address, dict[str, list[Address]]]:
+    """A container's `extra_hosts`, answered to it alone, as its hosts file has them."""
+    extra: dict[Address, dict[str, list[Address]]] = {}
+    for plan in plans:
+        for c in plan.containers:
+            if not c.added_hosts:
+                continue
+            table: dict[str, list[Address]] = {}
+            for host, address in c.added_hosts:
+                table.setdefault(host.lower(), []).append(ip_address(address))
+            for requester in addresses_of(c):
+                extra.setdefault(requester, {}).update(table)
+    return extra
 
 
 def extra_entries(

@@ -62,7 +62,9 @@ SERVICE: dict[str, tuple[Handling, str]] = {
     "expose": ("supported", ""),
     "extends": ("ignored", _NOT_YET),
     "external_links": ("ignored", "join the other stack's network instead"),
-    "extra_hosts": ("ignored", _NOT_YET),
+    "extra_hosts": ("differs", "in the hosts file, and answered by linkd's DNS to that "
+                               "container too; `host-gateway` is the host's side of its "
+                               "first network"),
     "gpus": ("ignored", "no GPU access"),
     "group_add": ("ignored", _NOT_YET),
     "healthcheck": ("supported", ""),

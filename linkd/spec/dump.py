@@ -135,6 +135,8 @@ def _service(s: Service) -> dict[str, Any]:
         out["hostname"] = s.hostname
     if s.container_name is not None:
         out["container_name"] = s.container_name
+    if s.extra_hosts:
+        out["extra_hosts"] = [f"{host}={address}" for host, address in s.extra_hosts]
     out.update(dump_limits(s.limits))
     out.update(dump_security(s.security))
     if s.environment:

@@ -11,6 +11,7 @@ looks across the services (cycles, port clashes).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shlex
 from collections.abc import Callable, Mapping
@@ -27,6 +28,7 @@ from linkd.core.model import (
     RestartPolicy,
     Service,
 )
+from linkd.core.plan import HOST_GATEWAY
 from linkd.spec import compose_keys
 from linkd.spec.checks import Origins, check_stack, check_subnets
 from linkd.spec.environment import Environment
@@ -61,7 +63,7 @@ _SERVICE_KEYS = (
     "command", "entrypoint", "environment", "env_file", "working_dir", "user", "hostname",
     "expose", "ports", "links", "networks", "depends_on", "healthcheck", "restart", "scale",
     "deploy", "stop_signal", "stop_grace_period", "image", "container_name", "network_mode",
-    "init", "x-linkd", *LIMIT_KEYS, *SECURITY_KEYS,
+    "init", "extra_hosts", "x-linkd", *LIMIT_KEYS, *SECURITY_KEYS,
 )  # fmt: skip
 _SERVICE_IGNORED = compose_keys.ignored(compose_keys.SERVICE)
 _DEPLOY_UNSUPPORTED = (
@@ -151,6 +153,7 @@ class ServiceReader:
             user=self._text(f.get("user")),
             hostname=self._text(f.get("hostname")),
             container_name=container_name,
+            extra_hosts=self._extra_hosts(given(f, "extra_hosts")),
             expose=self._expose(f.get("expose")),
             ports=self._ports(f.get("ports"), origins),
             links=links,
@@ -209,6 +212,47 @@ class ServiceReader:
                             "too); drop container_name or scale to 1")
             return None
         return name
+
+    def _extra_hosts(self, at: At | None) -> tuple[tuple[str, str], ...]:
+        """Compose's forms: ["name:ADDR", "name=ADDR", "name:[v6]"] or {name: ADDR} (or
+        a list of addresses); ADDR an IP address or host-gateway."""
+        if at is None or at.is_null:
+            return ()
+        entries: list[tuple[str, str, At]] = []
+        if at.is_mapping:
+            for host, child in self.r.pairs(at) or []:
+                for item in (self.r.items(child) or []) if child.is_sequence else [child]:
+                    if (address := self.r.text(item)) is not None:
+                        entries.append((host, address, item))
+        else:
+            for item in self.r.items(at) or []:
+                if (text := self.r.text(item)) is None:
+                    continue
+                separator = "=" if "=" in text else ":"
+                host, found, address = text.partition(separator)
+                if not found:
+                    self.r.fail(item, f'expected "NAME:ADDRESS" or "NAME=ADDRESS", got '
+                                      f"{quote(text)}")
+                    continue
+                entries.append((host, address, item))
+        hosts: list[tuple[str, str]] = []
+        for host, address, item in entries:
+            address = address.strip()
+            if address.startswith("[") and address.endswith("]"):
+                address = address[1:-1]
+            try:
+                check_alias(host)
+                if address != HOST_GATEWAY:
+                    address = str(ipaddress.ip_address(address))
+            except Bad as exc:
+                self.r.fail(item, str(exc))
+                continue
+            except ValueError:
+                self.r.fail(item, f"expected an IP address or host-gateway for {host}, got "
+                                  f"{quote(address)}")
+                continue
+            hosts.append((host, address))
+        return tuple(hosts)
 
     # --- simple values ---
 

@@ -452,3 +452,21 @@ def test_container_name_names_the_container_in_dns_ps_and_its_hostname(linkd: Li
     assert connect(linkd, "client", "shop_mysql", "db") == {
         "shop_mysql": "shop_mysql", "db": "shop_mysql"}  # nodename: the container's name
     assert "shop_mysql" in linkd.run("ps", "-p", linkd.project).stdout
+
+
+def test_extra_hosts_resolve_inside_the_container(linkd: Linkd) -> None:
+    linkd.write("""
+        services:
+          app:
+            command: sleep 300
+            extra_hosts: ["legacy.db:10.99.0.5", "host.docker.internal:host-gateway"]
+    """)
+    linkd.up()
+    gateway = json.loads(linkd.run("inspect", "-p", linkd.project).stdout)[
+        "plan"]["containers"][0]["interfaces"][0]["gateway"]
+    out = linkd.py("app", """
+        import socket
+        for name in ("legacy.db", "host.docker.internal"):
+            print(name, socket.getaddrinfo(name, 80, socket.AF_INET)[0][4][0])
+    """).stdout.split()
+    assert out == ["legacy.db", "10.99.0.5", "host.docker.internal", gateway]

@@ -3,11 +3,14 @@ README and docs/compose-keys.md say it."""
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
+import yaml
 
 from linkd.spec import compose_keys, services
+from linkd.spec.dump import stack_to_dict
 from linkd.spec.stack_file import parse_stack
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,3 +105,77 @@ def test_a_service_to_build_is_refused_not_run_from_the_hosts_files(extra: str) 
     with_image = parse_stack("services:\n  app:\n    build: .\n    image: app:1\n",
                              source="s", project_name="t")
     assert with_image.service("app").image == "app:1"  # built elsewhere, run as named
+
+
+def test_extra_hosts_in_every_form_compose_takes() -> None:
+    from linkd.core.hosts import hosts_file
+    from tests.planning import realize
+
+    text = """
+services:
+  app:
+    command: x
+    extra_hosts:
+      - "somehost:162.242.195.82"
+      - "otherhost=50.31.209.229"
+      - "v6host:::1"
+      - "bracketed:[fd00::5]"
+      - "host.docker.internal:host-gateway"
+  peer:
+    command: x
+    extra_hosts: {db.local: 10.1.2.3, multi: ["10.1.2.4", "fd00::6"]}
+"""
+    stack = parse_stack(text, source="s", project_name="t")
+    assert stack.service("app").extra_hosts == (
+        ("somehost", "162.242.195.82"), ("otherhost", "50.31.209.229"), ("v6host", "::1"),
+        ("bracketed", "fd00::5"), ("host.docker.internal", "host-gateway"))
+    assert stack.service("peer").extra_hosts == (
+        ("db.local", "10.1.2.3"), ("multi", "10.1.2.4"), ("multi", "fd00::6"))
+    plan = realize(stack, {"default": IPv4Network("10.87.7.0/24")})
+    app = plan.container("app-1")
+    gateway = str(app.interfaces[0].gateway)
+    hosts = hosts_file(plan, app)
+    assert "162.242.195.82\tsomehost\n" in hosts and "::1\tv6host\n" in hosts
+    assert f"{gateway}\thost.docker.internal\n" in hosts  # the host, seen from the bridge
+    assert "db.local" not in hosts  # peer's, not app's
+    again = parse_stack(yaml.safe_dump(stack_to_dict(stack)), source="dumped",
+                        project_name="t")
+    assert again.service("app").extra_hosts == stack.service("app").extra_hosts
+
+
+@pytest.mark.parametrize(("entry", "fragment"), [
+    ('"nohost"', 'expected "NAME:ADDRESS"'),
+    ('"db:not-an-ip"', "expected an IP address or host-gateway for db"),
+    ('"bad host:1.2.3.4"', "expected a DNS name"),
+])
+def test_bad_extra_hosts_name_the_entry(entry: str, fragment: str) -> None:
+    from linkd.errors import SpecError
+
+    with pytest.raises(SpecError) as info:
+        parse_stack(f"services:\n  a:\n    command: x\n    extra_hosts: [{entry}]\n",
+                    source="s", project_name="t")
+    assert any(p == "services.a.extra_hosts[0]" and fragment in m
+               for p, _, m in info.value.problems), info.value.problems
+
+
+def test_extra_hosts_are_answered_by_dns_to_their_container_only() -> None:
+    from dnslib import DNSRecord
+
+    from linkd.dns.answers import Answered, Forward, answer
+    from linkd.dns.zone import build_zone
+    from tests.planning import realize
+
+    stack = parse_stack("services:\n  app:\n    command: x\n    extra_hosts: "
+                        "['legacy.db:10.9.9.9']\n  other:\n    command: x\n",
+                        source="s", project_name="t")
+    plan = realize(stack, {"default": IPv4Network("10.87.7.0/24")})
+    zone = build_zone([plan])
+
+    def ask(container: str) -> object:
+        query = DNSRecord.question("legacy.db").pack()
+        return answer(zone, query, plan.container(container).interfaces[0].address)
+
+    mine = ask("app-1")
+    assert isinstance(mine, Answered)
+    assert [str(r.rdata) for r in DNSRecord.parse(mine.data).rr] == ["10.9.9.9"]
+    assert isinstance(ask("other-1"), Forward)  # not linkd's name for it: upstream's
