@@ -192,6 +192,8 @@ def _down(p: argparse.ArgumentParser) -> None:
 def _ps(p: argparse.ArgumentParser) -> None:
     _stack_options(p, cmd_ps)
     p.add_argument("-a", "--all", action="store_true", help="every stack that is up")
+    p.add_argument("--filter", action="append", default=[], metavar="label=KEY[=VALUE]",
+                   help="only containers with this label (repeatable: all must match)")
 
 
 def _logs(p: argparse.ArgumentParser) -> None:

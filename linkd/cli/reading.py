@@ -33,6 +33,7 @@ from linkd.errors import NotFoundError, SpecError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without the 3 ms import (see linkd/__init__)
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import Any
 
     from linkd.core.plan import StackPlan
@@ -115,20 +116,34 @@ def up_detached(args: argparse.Namespace) -> int:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
+    wanted = [_label_filter(f) for f in args.filter]
     stacks = paths.stacks() if args.all else [stack_name(args)]
     if not stacks:
         print("no stack is up")
     for name in stacks:
-        print(table(plain_state(name)))
+        print(table(plain_state(name), wanted))
     return 0
 
 
-def table(state: dict[str, Any]) -> str:
-    """`linkd ps`'s table of a stack's state in its JSON form (`linkd.core.state.to_plain`)."""
+def _label_filter(text: str) -> tuple[str, str | None]:
+    kind, _, label = text.partition("=")
+    if kind != "label" or not label:
+        raise SpecError([("--filter", None, f"expected label=KEY or label=KEY=VALUE, got "
+                                            f"{text!r}")], "the command line")
+    key, eq, value = label.partition("=")
+    return key, value if eq else None
+
+
+def table(state: dict[str, Any], wanted: Sequence[tuple[str, str | None]] = ()) -> str:
+    """`linkd ps`'s table of a stack's state in its JSON form (`linkd.core.state.to_plain`);
+    `wanted`: (label, value or None for any) every container shown has."""
     rows = [("STACK", "SERVICE", "CONTAINER", "ADDRESSES", "STATE")]
     plan = state["plan"]
     current = {c["name"]: c for c in state["containers"]}
     for container in plan["containers"]:
+        labels = dict(container.get("labels") or ())
+        if not all(key in labels and value in (None, labels[key]) for key, value in wanted):
+            continue
         now = current[container["name"]]
         addresses = ", ".join(
             f"{i['network']}={i['address']}" + (f",{i['address6']}" if i["address6"] else "")

@@ -148,6 +148,7 @@ class Service:
     container_name: str | None = None  # Compose's: its one container's name
     # Compose's extra_hosts: (name, address or "host-gateway"), in the file's order
     extra_hosts: tuple[tuple[str, str], ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()  # Compose's: metadata, shown and filtered
     expose: tuple[PortSpec, ...] = ()
     ports: tuple[PortSpec, ...] = ()
     links: tuple[Link, ...] = ()

@@ -89,6 +89,7 @@ class ContainerPlan:
     # Compose's extra_hosts, "host-gateway" resolved: (name, address), for the hosts
     # file and for linkd's DNS, which answers them to this container only
     added_hosts: tuple[tuple[str, str], ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()  # the service's, for `ps --filter label=`
     limits: Limits = field(default_factory=Limits)  # memory, CPU and PID limits (cgroups)
     runtime: str | None = None  # what runs an image: "runc", "linkd", None: the default
     security: Security = field(default_factory=Security)  # departures from confinement
@@ -275,6 +276,7 @@ def _container_plan(
         netns=names.netns_name(stack.name, name),
         hostname=hostname,
         added_hosts=tuple(added),
+        labels=service.labels,
         interfaces=interfaces,
         argv=service.argv(),
         env=tuple(env.items()),

@@ -74,7 +74,8 @@ SERVICE: dict[str, tuple[Handling, str]] = {
     "ipc": ("ignored", "every container has an IPC namespace of its own"),
     "isolation": ("ignored", "Windows only"),
     "label_file": ("ignored", _NOT_YET),
-    "labels": ("ignored", _NOT_YET),
+    "labels": ("supported", "shown by `linkd inspect`, filtered by `linkd ps --filter "
+                            "label=KEY[=VALUE]`"),
     "links": ("supported", ""),
     "logging": ("ignored", "each container logs to a file of its own (`linkd logs`)"),
     "mac_address": ("ignored", "MAC addresses are the kernel's"),

@@ -135,6 +135,8 @@ def _service(s: Service) -> dict[str, Any]:
         out["hostname"] = s.hostname
     if s.container_name is not None:
         out["container_name"] = s.container_name
+    if s.labels:
+        out["labels"] = dict(s.labels)
     if s.extra_hosts:
         out["extra_hosts"] = [f"{host}={address}" for host, address in s.extra_hosts]
     out.update(dump_limits(s.limits))

@@ -63,7 +63,7 @@ _SERVICE_KEYS = (
     "command", "entrypoint", "environment", "env_file", "working_dir", "user", "hostname",
     "expose", "ports", "links", "networks", "depends_on", "healthcheck", "restart", "scale",
     "deploy", "stop_signal", "stop_grace_period", "image", "container_name", "network_mode",
-    "init", "extra_hosts", "x-linkd", *LIMIT_KEYS, *SECURITY_KEYS,
+    "init", "extra_hosts", "labels", "x-linkd", *LIMIT_KEYS, *SECURITY_KEYS,
 )  # fmt: skip
 _SERVICE_IGNORED = compose_keys.ignored(compose_keys.SERVICE)
 _DEPLOY_UNSUPPORTED = (
@@ -154,6 +154,7 @@ class ServiceReader:
             hostname=self._text(f.get("hostname")),
             container_name=container_name,
             extra_hosts=self._extra_hosts(given(f, "extra_hosts")),
+            labels=self._labels(given(f, "labels")),
             expose=self._expose(f.get("expose")),
             ports=self._ports(f.get("ports"), origins),
             links=links,
@@ -212,6 +213,26 @@ class ServiceReader:
                             "too); drop container_name or scale to 1")
             return None
         return name
+
+    def _labels(self, at: At | None) -> tuple[tuple[str, str], ...]:
+        """Compose's forms: {KEY: VALUE} or ["KEY=VALUE", "KEY"] (a bare KEY: "")."""
+        if at is None or at.is_null:
+            return ()
+        labels: dict[str, str] = {}
+        if at.is_mapping:
+            for key, child in self.r.pairs(at) or []:
+                value = "" if child.is_null else self.r.raw(child)
+                if value is not None:
+                    labels[key] = value
+        else:
+            for item in self.r.items(at) or []:
+                if (text := self.r.text(item)) is not None:
+                    key, _, value = text.partition("=")
+                    if not key:
+                        self.r.fail(item, f"expected KEY=VALUE or KEY, got {quote(text)}")
+                        continue
+                    labels[key] = value
+        return tuple(labels.items())
 
     def _extra_hosts(self, at: At | None) -> tuple[tuple[str, str], ...]:
         """Compose's forms: ["name:ADDR", "name=ADDR", "name:[v6]"] or {name: ADDR} (or

@@ -470,3 +470,18 @@ def test_extra_hosts_resolve_inside_the_container(linkd: Linkd) -> None:
             print(name, socket.getaddrinfo(name, 80, socket.AF_INET)[0][4][0])
     """).stdout.split()
     assert out == ["legacy.db", "10.99.0.5", "host.docker.internal", gateway]
+
+
+def test_ps_filters_containers_by_label(linkd: Linkd) -> None:
+    linkd.write("""
+        services:
+          web: {command: sleep 300, labels: {tier: front}}
+          db: {command: sleep 300, labels: [tier=back]}
+    """)
+    linkd.up()
+    front = linkd.run("ps", "-p", linkd.project, "--filter", "label=tier=front").stdout
+    assert "web-1" in front and "db-1" not in front
+    assert json.loads(linkd.run("inspect", "-p", linkd.project).stdout)["plan"][
+        "containers"][1]["labels"] == [["tier", "back"]]
+    bad = linkd.run("ps", "-p", linkd.project, "--filter", "status=running", check=False)
+    assert bad.returncode != 0 and "expected label=KEY" in bad.stderr

@@ -179,3 +179,26 @@ def test_extra_hosts_are_answered_by_dns_to_their_container_only() -> None:
     assert isinstance(mine, Answered)
     assert [str(r.rdata) for r in DNSRecord.parse(mine.data).rr] == ["10.9.9.9"]
     assert isinstance(ask("other-1"), Forward)  # not linkd's name for it: upstream's
+
+
+def test_labels_in_both_forms_reach_the_plan_and_filter_ps() -> None:
+    from linkd.cli.reading import table
+    from linkd.core.state import ContainerState, StackState, to_plain
+    from tests.planning import realize
+
+    stack = parse_stack(
+        "services:\n"
+        "  web:\n    command: x\n    labels: {tier: front, com.example.owner: ops}\n"
+        "  db:\n    command: x\n    labels: [tier=back, backup]\n",
+        source="s", project_name="t")
+    assert stack.service("db").labels == (("tier", "back"), ("backup", ""))
+    plan = realize(stack, {"default": IPv4Network("10.87.7.0/24")})
+    assert plan.container("web-1").labels == (("tier", "front"), ("com.example.owner", "ops"))
+    state = to_plain(StackState(plan, "s", "up", 1, tuple(
+        ContainerState(c.name, status="running") for c in plan.containers)))
+    assert "web-1" in table(state) and "db-1" in table(state)
+    front = table(state, [("tier", "front")])
+    assert "web-1" in front and "db-1" not in front
+    assert "db-1" in table(state, [("backup", None)]) and "web-1" not in table(
+        state, [("backup", None)])
+    assert "web-1" not in table(state, [("tier", "front"), ("backup", None)])
