@@ -104,6 +104,9 @@ class Limits:
     memory: int | None = None  # bytes
     cpus: float | None = None
     pids: int | None = None
+    # `ulimits`: (Docker's name, soft, hard), -1 for unlimited; set by the shim (or runc)
+    # on the container's command, as setrlimit does
+    ulimits: tuple[tuple[str, int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

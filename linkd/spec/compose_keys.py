@@ -114,7 +114,7 @@ SERVICE: dict[str, tuple[Handling, str]] = {
     "sysctls": ("ignored", _NOT_YET),
     "tmpfs": ("ignored", _NOT_YET),
     "tty": ("ignored", "containers run without a terminal; `linkd exec -it` for a shell"),
-    "ulimits": ("ignored", _NOT_YET),
+    "ulimits": ("supported", ""),
     "use_api_socket": ("ignored", "no Docker API inside containers"),
     "user": ("supported", ""),
     "userns_mode": ("ignored", "no user namespaces"),

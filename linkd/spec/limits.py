@@ -16,7 +16,10 @@ from linkd.core.model import Limits
 from linkd.spec.nodes import At, Reader, given
 from linkd.spec.values import quote
 
-KEYS = ("mem_limit", "cpus", "pids_limit")
+KEYS = ("mem_limit", "cpus", "pids_limit", "ulimits")
+# Docker's ulimit names (they are RLIMIT_<NAME.upper()>, "as" being RLIMIT_AS)
+ULIMITS = ("as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice",
+           "nofile", "nproc", "rss", "rtprio", "rttime", "sigpending", "stack")
 _LIMIT_KEYS = ("cpus", "memory", "pids")
 _MIN_MEMORY = 6 << 20
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -68,6 +71,9 @@ def read_limits(r: Reader, fields: dict[str, At]) -> Limits:
     if resources is not None:
         rf = r.fields(resources, ("limits",), ("reservations", "devices")) or {}
         limits_at = given(rf, "limits")
+    ulimits = _ulimits(r, at) if (at := given(fields, "ulimits")) else ()
+    if ulimits:
+        short = Limits(short.memory, short.cpus, short.pids, ulimits)
     if limits_at is None:
         return short
     f = r.fields(limits_at, _LIMIT_KEYS) or {}
@@ -85,7 +91,41 @@ def read_limits(r: Reader, fields: dict[str, At]) -> Limits:
         memory=short.memory if short.memory is not None else long.memory,
         cpus=short.cpus if short.cpus is not None else long.cpus,
         pids=short.pids if short.pids is not None else long.pids,
+        ulimits=ulimits,
     )
+
+
+def _ulimits(r: Reader, at: At) -> tuple[tuple[str, int, int], ...]:
+    """`{nofile: {soft: 20000, hard: 40000}, nproc: 65535}`: a number sets both; -1 is
+    unlimited; soft at most hard."""
+    found: list[tuple[str, int, int]] = []
+    for name, child in r.pairs(at) or []:
+        if name not in ULIMITS:
+            r.fail(child, f"unknown ulimit {name!r}; linkd knows {', '.join(ULIMITS)}")
+            continue
+        if child.is_mapping:
+            f = r.fields(child, ("soft", "hard")) or {}
+            if "soft" not in f or "hard" not in f:
+                r.fail(child, f"ulimit {name} needs both soft and hard (or one number)")
+                continue
+            soft, hard = _rlimit(r, f["soft"]), _rlimit(r, f["hard"])
+        else:
+            soft = hard = _rlimit(r, child)
+        if soft is None or hard is None:
+            continue
+        if hard != -1 and (soft == -1 or soft > hard):
+            r.fail(child, f"ulimit {name}: soft {soft} is above hard {hard}")
+            continue
+        found.append((name, soft, hard))
+    return tuple(sorted(found))  # by name: the file's order means nothing
+
+
+def _rlimit(r: Reader, at: At) -> int | None:
+    value = r.integer(at)
+    if value is not None and value < -1:
+        r.fail(at, f"expected a limit of 0 or more, or -1 for unlimited, got {value}")
+        return None
+    return value
 
 
 def _child(r: Reader, at: At, key: str) -> At | None:
@@ -107,6 +147,9 @@ def dump_limits(limits: Limits) -> dict[str, object]:
         out["cpus"] = limits.cpus
     if limits.pids is not None:
         out["pids_limit"] = limits.pids
+    if limits.ulimits:
+        out["ulimits"] = {name: {"soft": soft, "hard": hard}
+                          for name, soft, hard in limits.ulimits}
     return out
 
 

@@ -485,3 +485,22 @@ def test_ps_filters_containers_by_label(linkd: Linkd) -> None:
         "containers"][1]["labels"] == [["tier", "back"]]
     bad = linkd.run("ps", "-p", linkd.project, "--filter", "status=running", check=False)
     assert bad.returncode != 0 and "expected label=KEY" in bad.stderr
+
+
+def test_ulimits_apply_to_the_containers_command(linkd: Linkd) -> None:
+    show = ("import resource as r, time; print(r.getrlimit(r.RLIMIT_NOFILE), "
+            "r.getrlimit(r.RLIMIT_CORE), flush=True); time.sleep(300)")
+    linkd.write(f"""
+        services:
+          app:
+            command: ["/usr/bin/python3", "-c", "{show}"]
+            ulimits:
+              nofile: {{soft: 1234, hard: 4321}}
+              core: -1
+    """)
+    linkd.up()
+    deadline = time.monotonic() + 10
+    while "(1234" not in (log := linkd.run("logs", "-p", linkd.project, "app").stdout):
+        assert time.monotonic() < deadline, log
+        time.sleep(0.05)
+    assert "(1234, 4321) (-1, -1)" in log

@@ -42,7 +42,7 @@ def _container(**over: object) -> ContainerPlan:
         interfaces=(), argv=("/entry.sh", "serve"), env=(("PATH", "/bin"), ("A", "1")),
         working_dir="/srv", user="app", restart=RestartPolicy(), stop_signal="SIGTERM",
         stop_grace_period=10.0, healthcheck=None, image="sha256:" + "ab" * 32,
-        limits=Limits(64 << 20, 0.5, 50),
+        limits=Limits(64 << 20, 0.5, 50, (("nofile", 1024, 4096), ("core", -1, -1))),
     )
     fields.update(over)
     return ContainerPlan(**fields)  # type: ignore[arg-type]
@@ -63,6 +63,9 @@ def test_the_bundle_joins_linkds_network_namespace_and_nests_its_cgroups(
     assert process["args"] == ["/entry.sh", "serve"] and process["cwd"] == "/srv"
     assert process["env"] == ["PATH=/bin", "A=1"]
     assert process["user"] == {"uid": 1000, "gid": 1001, "additionalGids": [33]}
+    assert process["rlimits"] == [  # ulimits; -1 (unlimited) as RLIM_INFINITY
+        {"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 4096},
+        {"type": "RLIMIT_CORE", "soft": (1 << 64) - 1, "hard": (1 << 64) - 1}]
     assert config["root"] == {"path": str(tmp_path / "rootfs/merged"), "readonly": False}
     linux = config["linux"]
     assert isinstance(linux, dict)

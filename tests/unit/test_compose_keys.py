@@ -3,6 +3,7 @@ README and docs/compose-keys.md say it."""
 
 from __future__ import annotations
 
+import re
 from ipaddress import IPv4Network
 from pathlib import Path
 
@@ -202,3 +203,22 @@ def test_labels_in_both_forms_reach_the_plan_and_filter_ps() -> None:
     assert "db-1" in table(state, [("backup", None)]) and "web-1" not in table(
         state, [("backup", None)])
     assert "web-1" not in table(state, [("tier", "front"), ("backup", None)])
+
+
+def test_ulimits_in_compose_forms() -> None:
+    from linkd.errors import SpecError
+
+    stack = parse_stack("services:\n  a:\n    command: x\n    ulimits:\n      nproc: 65535\n"
+                        "      nofile: {soft: 20000, hard: 40000}\n      core: -1\n",
+                        source="s", project_name="t")
+    assert stack.service("a").limits.ulimits == (
+        ("core", -1, -1), ("nofile", 20000, 40000), ("nproc", 65535, 65535))
+    again = parse_stack(yaml.safe_dump(stack_to_dict(stack)), source="d", project_name="t")
+    assert again.service("a").limits.ulimits == stack.service("a").limits.ulimits
+    for bad, fragment in (("nofiles: 10", "unknown ulimit 'nofiles'"),
+                          ("nofile: {soft: 10}", "needs both soft and hard"),
+                          ("nofile: {soft: 20, hard: 10}", "soft 20 is above hard 10"),
+                          ("nofile: -5", "0 or more, or -1")):
+        with pytest.raises(SpecError, match=re.escape(fragment)):
+            parse_stack(f"services:\n  a:\n    command: x\n    ulimits: {{{bad}}}\n",
+                        source="s", project_name="t")

@@ -119,6 +119,7 @@ class ProcessSpec:
     rootfs_dir: str | None = None
     rootfs_pivot: bool = True  # False: mount the overlay only (runc pivots into it)
     cgroups: tuple[str, ...] = ()  # cgroup directories init joins (limits), one per controller
+    rlimits: tuple[tuple[str, int, int], ...] = ()  # `ulimits`: set on the command (C)
 
 
 class ContainerProcess:
@@ -310,6 +311,7 @@ async def start(spec: ProcessSpec, warm: WarmShim | None = None) -> ContainerPro
             "rootfs_dir": spec.rootfs_dir,
             "rootfs_pivot": spec.rootfs_pivot,
             "cgroups": list(spec.cgroups),
+            "rlimits": [list(r) for r in spec.rlimits],
         },
     )
     if warm is not None and warm.spec_path == spec_path:

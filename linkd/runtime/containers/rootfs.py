@@ -174,6 +174,8 @@ def bundle_config(spec: ProcessSpec, container: ContainerPlan, stack: str,
             "args": list(container.argv),
             "env": [f"{k}={v}" for k, v in container.env],
             "cwd": container.working_dir or "/",
+            "rlimits": [{"type": f"RLIMIT_{name.upper()}", "soft": _rlimit(soft),
+                         "hard": _rlimit(hard)} for name, soft, hard in limits.ulimits],
             **confine.oci_process(security),
         },
         "root": {"path": str(Path(spec.rootfs_dir or "") / "merged"),
@@ -191,6 +193,11 @@ def bundle_config(spec: ProcessSpec, container: ContainerPlan, stack: str,
             **linux,
         },
     }
+
+
+def _rlimit(value: int) -> int:
+    """An rlimit as runc takes it: unsigned, -1 (unlimited) as RLIM_INFINITY."""
+    return (1 << 64) - 1 if value == -1 else value
 
 
 def resolve_user(layers: list[Path], user: str | None) -> tuple[int, int, list[int]]:

@@ -34,6 +34,8 @@ def exec_command(spec: "dict[str, Any]", alive_fd: int | None = None) -> "NoRetu
     """Apply confinement, user and working directory, then become the command (C, or
     exec's child, or a health probe)."""
     conf = spec.get("confine") if spec.get("confine_command", True) else None
+    if spec.get("rlimits"):
+        _set_rlimits(spec["rlimits"])  # while root and capable: raising a hard limit needs it
     if conf is not None:
         _confine_before_user(conf)
     # An image's users come from its files (`lookup_user`): the container's own spec says
@@ -50,6 +52,20 @@ def exec_command(spec: "dict[str, Any]", alive_fd: int | None = None) -> "NoRetu
     if conf is not None:
         _confine_last(conf)
     _execvpe([str(a) for a in spec["argv"]], env)
+
+
+def _set_rlimits(rlimits: "list[list[Any]]") -> None:
+    """`ulimits`: (Docker's name, soft, hard), -1 unlimited. `resource` only here: most
+    containers set none, and the shim's start pays for every import."""
+    import resource
+
+    for name, soft, hard in rlimits:
+        which = getattr(resource, f"RLIMIT_{str(name).upper()}")
+        try:
+            resource.setrlimit(which, (int(soft), int(hard)))  # -1 is RLIM_INFINITY
+        except (ValueError, OSError) as exc:
+            raise base.SetupError(f"ulimit {name} ({soft}:{hard}): {exc}",
+                                  base.EXIT_SETUP_FAILED) from None
 
 
 def lookup_user(spec: str, files_only: bool = False) -> tuple[int, int, list[int]]:

@@ -77,6 +77,7 @@ def process_spec(
         run_dir=str(directory),
         keep_dirs=keep_dirs,
         bind_dirs=((str(directory / "bindings"), bindings.DIRECTORY),),
+        rlimits=container.limits.ulimits,
     )
 
 
