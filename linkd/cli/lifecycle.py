@@ -35,7 +35,7 @@ from linkd.runtime.stack import lifecycle, store, supervisor, teardown
 
 def cmd_up(args: argparse.Namespace) -> int:
     """`up` in the foreground: the stack runs in this process."""
-    stack, file = load_stack(args.file, args.project, args.env_file)
+    stack, file = load_stack(args.file, args.project, args.env_file, args.profile)
     dry_plan(stack, file)
     abort = frozenset(s.name for s in stack.services) if args.abort_on_container_exit else None
     if args.exit_code_from:

@@ -158,6 +158,9 @@ def _stack_options(p: argparse.ArgumentParser, handler: Handler, *,
     p.add_argument("--env-file", action="append", metavar="FILE",
                    help="variables for ${VAR}, instead of the stack directory's .env "
                         "(repeatable; the shell's environment wins)")
+    p.add_argument("--profile", action="append", metavar="NAME",
+                   help="start the services of this profile too (repeatable; instead of "
+                        "COMPOSE_PROFILES)")
     p.set_defaults(handler=handler)
 
 

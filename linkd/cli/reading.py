@@ -44,7 +44,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
     from linkd.spec.dump import stack_to_dict
 
-    stack, file = load_stack(args.file, args.project, args.env_file)
+    stack, file = load_stack(args.file, args.project, args.env_file, args.profile)
     dry_plan(stack, file)
     print(yaml.safe_dump(stack_to_dict(stack), sort_keys=False), end="")
     return 0
@@ -58,7 +58,7 @@ def cmd_env(args: argparse.Namespace) -> int:
     if args.file is None and (args.project or find_file(None) is None):
         plan = load_state(stack_name(args)).plan
     else:
-        stack, file = load_stack(args.file, args.project, args.env_file)
+        stack, file = load_stack(args.file, args.project, args.env_file, args.profile)
         if stack.name in paths.stacks():
             plan = load_state(stack.name).plan
         else:
@@ -83,7 +83,7 @@ def up_detached(args: argparse.Namespace) -> int:
     `${VAR}` and the file's directory for relative paths, and answers with its warnings
     and errors: this command imports no parser or planner, and starts at once.
     """
-    source, file = read_source(args.file, args.project, args.env_file)
+    source, file = read_source(args.file, args.project, args.env_file, args.profile)
     body = {
         "yaml": source.text, "name": source.project_name, "directory": str(source.directory),
         "source": source.source, "default_project": source.default_project,

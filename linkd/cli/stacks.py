@@ -49,7 +49,8 @@ def find_file(path: str | None) -> Path | None:
 
 
 def read_source(path: str | None, project: str | None,
-                env_files: Sequence[str] | None = None) -> tuple[StackSource, Path]:
+                env_files: Sequence[str] | None = None,
+                profiles: Sequence[str] | None = None) -> tuple[StackSource, Path]:
     """The stack file's source, as `load_stack` loads it and `up -d` sends it;
     `env_files` (`--env-file`, relative to the current directory) replace the stack
     directory's `.env`."""
@@ -61,14 +62,18 @@ def read_source(path: str | None, project: str | None,
             f"no stack file: pass -f FILE or create one of {', '.join(DEFAULT_FILES)}"
         )
     named = None if env_files is None else [str(Path(f).absolute()) for f in env_files]
-    return loader.read_file(file, project_name=project, env_files=named), file
+    source = loader.read_file(file, project_name=project, env_files=named)
+    if profiles:  # as Compose: the flags say which profiles, COMPOSE_PROFILES otherwise
+        source.environment = {**source.environment, "COMPOSE_PROFILES": ",".join(profiles)}
+    return source, file
 
 
 def load_stack(path: str | None, project: str | None,
-               env_files: Sequence[str] | None = None) -> tuple[Stack, Path]:
+               env_files: Sequence[str] | None = None,
+               profiles: Sequence[str] | None = None) -> tuple[Stack, Path]:
     from linkd import loader
 
-    source, file = read_source(path, project, env_files)
+    source, file = read_source(path, project, env_files, profiles)
     stack = loader.load(source)
     print_warnings(file, stack.warnings)
     return stack, file
@@ -146,8 +151,8 @@ def stack_name(args: argparse.Namespace) -> str:
         return str(args.project).lower()
     file = find_file(args.file)
     if file is not None:
-        env_files = getattr(args, "env_file", None)
-        return _name_in(file) or load_stack(args.file, None, env_files)[0].name
+        env_files, profiles = getattr(args, "env_file", None), getattr(args, "profile", None)
+        return _name_in(file) or load_stack(args.file, None, env_files, profiles)[0].name
     up = paths.stacks()
     if len(up) == 1:
         return up[0]

@@ -96,7 +96,7 @@ SERVICE: dict[str, tuple[Handling, str]] = {
     "post_start": ("ignored", "no lifecycle hooks"),
     "pre_stop": ("ignored", "no lifecycle hooks"),
     "privileged": ("supported", ""),
-    "profiles": ("ignored", f"{_NOT_YET}: every service starts"),
+    "profiles": ("supported", "active ones from `--profile` or COMPOSE_PROFILES"),
     "provider": ("ignored", "no providers"),
     "pull_policy": ("ignored", "images come from files (`linkd image load`)"),
     "pull_refresh_after": ("ignored", "images come from files"),

@@ -63,7 +63,7 @@ _SERVICE_KEYS = (
     "command", "entrypoint", "environment", "env_file", "working_dir", "user", "hostname",
     "expose", "ports", "links", "networks", "depends_on", "healthcheck", "restart", "scale",
     "deploy", "stop_signal", "stop_grace_period", "image", "container_name", "network_mode",
-    "init", "extra_hosts", "labels", "x-linkd", *LIMIT_KEYS, *SECURITY_KEYS,
+    "init", "extra_hosts", "labels", "profiles", "x-linkd", *LIMIT_KEYS, *SECURITY_KEYS,
 )  # fmt: skip
 _SERVICE_IGNORED = compose_keys.ignored(compose_keys.SERVICE)
 _DEPLOY_UNSUPPORTED = (
@@ -87,6 +87,7 @@ class ServiceReader:
         self.env = Environment(r, host_env, read_text)
         self.nets = NetworkReader(r)
         self.names: set[str] = set()
+        self.off: set[str] = set()  # services of profiles that are not active
 
     def networks(self, at: At | None) -> tuple[Network, ...]:
         pairs = self.r.pairs(at) if at is not None else []
@@ -104,8 +105,11 @@ class ServiceReader:
             return ()
         if not pairs:
             self.r.fail(at, _NO_SERVICES)
-        self.names = {name for name, _ in pairs}
-        parsed = [self.service(name, child) for name, child in pairs]
+        active = {p.strip() for p in self.env.host_env.get("COMPOSE_PROFILES", "").split(",")}
+        wanted = [(name, child) for name, child in pairs if self._enabled(child, active)]
+        self.off = {name for name, _ in pairs} - {name for name, _ in wanted}
+        self.names = {name for name, _ in wanted}
+        parsed = [self.service(name, child) for name, child in wanted]
         done = [p for p in parsed if p is not None]
         check_stack(self.r, done)
         return tuple(service for service, _ in done)
@@ -394,7 +398,23 @@ class ServiceReader:
             return False
         return True
 
+    def _enabled(self, at: At, active: set[str]) -> bool:
+        """Compose's profiles: a service that names some starts only when one of them is
+        active (`--profile`, COMPOSE_PROFILES; `*` is every profile)."""
+        if not at.is_mapping:
+            return True
+        profiles_at = next((child for key, child in self.r.pairs(at) or []
+                            if key == "profiles"), None)
+        if profiles_at is None:
+            return True
+        profiles = self.r.texts(profiles_at) or []
+        return not profiles or "*" in active or bool(active & set(profiles))
+
     def _known_service(self, at: At, service: str) -> bool:
+        if service in self.off:
+            self.r.fail(at, f"service {quote(service)} is in a profile that is not active; "
+                            "activate it with --profile (or COMPOSE_PROFILES)")
+            return False
         if service not in self.names:
             known = ", ".join(sorted(self.names))
             self.r.fail(at, f"unknown service {quote(service)}; the services are {known}")

@@ -504,3 +504,20 @@ def test_ulimits_apply_to_the_containers_command(linkd: Linkd) -> None:
         assert time.monotonic() < deadline, log
         time.sleep(0.05)
     assert "(1234, 4321) (-1, -1)" in log
+
+
+def test_profiles_from_the_command_line_and_the_environment(
+    linkd: Linkd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    linkd.write("""
+        services:
+          web: {command: sleep 300}
+          debug: {command: sleep 300, profiles: [debug]}
+    """)
+    monkeypatch.delenv("COMPOSE_PROFILES", raising=False)
+    assert "debug:" not in linkd.run("config").stdout
+    assert "debug:" in linkd.run("config", "--profile", "debug").stdout
+    monkeypatch.setenv("COMPOSE_PROFILES", "debug")
+    linkd.up()  # through the daemon: the environment carries the profiles
+    ps = linkd.run("ps", "-p", linkd.project).stdout
+    assert "debug-1" in ps and "web-1" in ps

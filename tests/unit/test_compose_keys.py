@@ -222,3 +222,31 @@ def test_ulimits_in_compose_forms() -> None:
         with pytest.raises(SpecError, match=re.escape(fragment)):
             parse_stack(f"services:\n  a:\n    command: x\n    ulimits: {{{bad}}}\n",
                         source="s", project_name="t")
+
+
+PROFILED = """
+services:
+  web: {command: x, depends_on: {db: {condition: service_started, required: false}}}
+  db: {command: x, profiles: [storage]}
+  debug: {command: x, profiles: [debug, tools]}
+"""
+
+
+@pytest.mark.parametrize(("active", "started"), [
+    ("", {"web"}),
+    ("storage", {"web", "db"}),
+    ("tools,storage", {"web", "db", "debug"}),
+    ("*", {"web", "db", "debug"}),
+])
+def test_profiles_start_only_the_active_ones(active: str, started: set[str]) -> None:
+    stack = parse_stack(PROFILED, source="s", project_name="t",
+                        host_env={"COMPOSE_PROFILES": active})
+    assert {s.name for s in stack.services} == started
+
+
+def test_a_needed_service_of_an_inactive_profile_is_named() -> None:
+    from linkd.errors import SpecError
+
+    text = PROFILED.replace(", required: false", "")
+    with pytest.raises(SpecError, match="in a profile that is not active; activate it"):
+        parse_stack(text, source="s", project_name="t")
