@@ -152,6 +152,8 @@ class Service:
     # Compose's extra_hosts: (name, address or "host-gateway"), in the file's order
     extra_hosts: tuple[tuple[str, str], ...] = ()
     labels: tuple[tuple[str, str], ...] = ()  # Compose's: metadata, shown and filtered
+    # Compose's tmpfs: (target, mount flags, tmpfs data "size=..,mode=.."), in file order
+    tmpfs: tuple[tuple[str, tuple[str, ...], str], ...] = ()
     expose: tuple[PortSpec, ...] = ()
     ports: tuple[PortSpec, ...] = ()
     links: tuple[Link, ...] = ()

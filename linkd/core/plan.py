@@ -90,6 +90,7 @@ class ContainerPlan:
     # file and for linkd's DNS, which answers them to this container only
     added_hosts: tuple[tuple[str, str], ...] = ()
     labels: tuple[tuple[str, str], ...] = ()  # the service's, for `ps --filter label=`
+    tmpfs: tuple[tuple[str, tuple[str, ...], str], ...] = ()  # the service's tmpfs mounts
     limits: Limits = field(default_factory=Limits)  # memory, CPU and PID limits (cgroups)
     runtime: str | None = None  # what runs an image: "runc", "linkd", None: the default
     security: Security = field(default_factory=Security)  # departures from confinement
@@ -277,6 +278,7 @@ def _container_plan(
         hostname=hostname,
         added_hosts=tuple(added),
         labels=service.labels,
+        tmpfs=service.tmpfs,
         interfaces=interfaces,
         argv=service.argv(),
         env=tuple(env.items()),

@@ -112,7 +112,8 @@ SERVICE: dict[str, tuple[Handling, str]] = {
     "stop_signal": ("supported", ""),
     "storage_opt": ("ignored", "no storage driver options"),
     "sysctls": ("ignored", _NOT_YET),
-    "tmpfs": ("ignored", _NOT_YET),
+    "tmpfs": ("differs", "a host command's target must exist on the host (linkd creates "
+                         "nothing there); Docker's defaults noexec, nosuid, nodev"),
     "tty": ("ignored", "containers run without a terminal; `linkd exec -it` for a shell"),
     "ulimits": ("supported", ""),
     "use_api_socket": ("ignored", "no Docker API inside containers"),

@@ -63,7 +63,7 @@ _SERVICE_KEYS = (
     "command", "entrypoint", "environment", "env_file", "working_dir", "user", "hostname",
     "expose", "ports", "links", "networks", "depends_on", "healthcheck", "restart", "scale",
     "deploy", "stop_signal", "stop_grace_period", "image", "container_name", "network_mode",
-    "init", "extra_hosts", "labels", "profiles", "x-linkd", *LIMIT_KEYS, *SECURITY_KEYS,
+    "init", "extra_hosts", "labels", "profiles", "tmpfs", "x-linkd", *LIMIT_KEYS, *SECURITY_KEYS,
 )  # fmt: skip
 _SERVICE_IGNORED = compose_keys.ignored(compose_keys.SERVICE)
 _DEPLOY_UNSUPPORTED = (
@@ -159,6 +159,7 @@ class ServiceReader:
             container_name=container_name,
             extra_hosts=self._extra_hosts(given(f, "extra_hosts")),
             labels=self._labels(given(f, "labels")),
+            tmpfs=self._tmpfs(given(f, "tmpfs")),
             expose=self._expose(f.get("expose")),
             ports=self._ports(f.get("ports"), origins),
             links=links,
@@ -217,6 +218,24 @@ class ServiceReader:
                             "too); drop container_name or scale to 1")
             return None
         return name
+
+    def _tmpfs(self, at: At | None) -> tuple[tuple[str, tuple[str, ...], str], ...]:
+        """Compose's `tmpfs: /run` or a list of `TARGET[:OPTIONS]`; OPTIONS are mount
+        flags (ro, exec, ...) and size=, mode=, uid=, gid=, nr_inodes= (Docker's
+        default: noexec, nosuid, nodev)."""
+        if at is None or at.is_null:
+            return ()
+        items = (self.r.items(at) or []) if at.is_sequence else [at]
+        mounts: list[tuple[str, tuple[str, ...], str]] = []
+        for item in items:
+            text = self.r.text(item)
+            if text is None:
+                continue
+            try:
+                mounts.append(parse_tmpfs(text))
+            except Bad as exc:
+                self.r.fail(item, str(exc))
+        return tuple(mounts)
 
     def _labels(self, at: At | None) -> tuple[tuple[str, str], ...]:
         """Compose's forms: {KEY: VALUE} or ["KEY=VALUE", "KEY"] (a bare KEY: "")."""
@@ -480,3 +499,36 @@ def _has_key(at: At, key: str) -> bool:
     node = at.node
     return isinstance(node, yaml.MappingNode) and any(
         isinstance(k, yaml.ScalarNode) and k.value == key for k, _ in node.value)
+
+
+_TMPFS_FLAGS = {"ro", "rw", "exec", "noexec", "suid", "nosuid", "dev", "nodev"}
+_TMPFS_DATA = ("size", "mode", "uid", "gid", "nr_inodes")
+_TMPFS_OFF_LIMITS = ("/proc", "/sys", "/dev")
+
+
+def parse_tmpfs(text: str) -> tuple[str, tuple[str, ...], str]:
+    """`TARGET[:OPTIONS]` as (target, flags, data)."""
+    target, _, options = text.partition(":")
+    target = target.rstrip("/") or "/"
+    if not target.startswith("/") or target == "/" or "/../" in f"{target}/":
+        raise Bad(f"expected an absolute path other than / for a tmpfs, got {quote(target)}")
+    if any(target == p or target.startswith(p + "/") for p in _TMPFS_OFF_LIMITS):
+        raise Bad(f"a tmpfs at {target} would hide what linkd mounts there (/proc, /sys, "
+                  "/dev are the container's own); pick another path")
+    flags = {"noexec", "nosuid", "nodev"}
+    data: list[str] = []
+    for option in filter(None, options.split(",")):
+        key, eq, value = option.partition("=")
+        if eq and key in _TMPFS_DATA and value:
+            data.append(f"{key}={value}")
+        elif not eq and option in ("ro", "rw"):
+            flags.discard("ro")
+            if option == "ro":
+                flags.add("ro")
+        elif not eq and option in _TMPFS_FLAGS:
+            flags.discard(option[2:] if option.startswith("no") else "no" + option)
+            flags.add(option)
+        else:
+            raise Bad(f"unknown tmpfs option {quote(option)} in {quote(text)}; linkd takes "
+                      f"{', '.join(sorted(_TMPFS_FLAGS))} and {', '.join(_TMPFS_DATA)}=")
+    return target, tuple(sorted(flags)), ",".join(data)

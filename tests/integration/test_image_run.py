@@ -71,6 +71,7 @@ services:
     image: ./app.oci.tar
     x-linkd: {runtime: RUNTIME}
     links: [db]
+    tmpfs: ["/cache:size=1m"]
     environment: {GREETING: from-stack}
     deploy:
       resources:
@@ -169,6 +170,9 @@ def test_image_services_beside_host_commands(linkd: Linkd, images: ImageStore,
     # directory it can only traverse; on the host, nothing above them opens to others.
     mine = linkd.exec("app", "stat", "-c", "%u %a", "/run/linkd/links.env", "/run/linkd")
     assert mine.stdout.split("\n")[:2] == ["65534 400", "0 711"], mine.stdout
+    # tmpfs: made inside the image's root, by linkd's launcher or by runc.
+    cache = linkd.exec("app", "sh", "-c", "grep ' /cache ' /proc/self/mounts").stdout
+    assert cache.startswith("tmpfs /cache tmpfs") and "size=1024k" in cache, cache
     hosts = linkd.exec("app", "cat", "/etc/hosts").stdout
     assert f"{db_addr}\tdb" in hosts or db_addr in hosts
 

@@ -521,3 +521,28 @@ def test_profiles_from_the_command_line_and_the_environment(
     linkd.up()  # through the daemon: the environment carries the profiles
     ps = linkd.run("ps", "-p", linkd.project).stdout
     assert "debug-1" in ps and "web-1" in ps
+
+
+def test_tmpfs_is_the_containers_own_and_a_missing_host_target_is_named(
+    linkd: Linkd,
+) -> None:
+    """A host command's tmpfs hides the host's directory in the container alone."""
+    linkd.write("""
+        services:
+          app:
+            command: sleep 300
+            tmpfs: ["/mnt:size=1m,mode=0700"]
+    """)
+    linkd.up()
+    inside = linkd.exec("app", "/bin/sh", "-c",
+                        "echo hi > /mnt/linkd-test && grep ' /mnt ' /proc/self/mounts").stdout
+    assert "tmpfs /mnt tmpfs" in inside and "size=1024k" in inside and "noexec" in inside
+    assert not Path("/mnt/linkd-test").exists()  # written in the container's tmpfs only
+    linkd.write("""
+        services:
+          app:
+            command: sleep 300
+            tmpfs: ["/linkd-no-such-dir"]
+    """)
+    failed = linkd.run("up", "-d", "-p", linkd.project, check=False)
+    assert failed.returncode != 0 and "/linkd-no-such-dir is not a directory" in failed.stderr

@@ -43,6 +43,7 @@ def _container(**over: object) -> ContainerPlan:
         working_dir="/srv", user="app", restart=RestartPolicy(), stop_signal="SIGTERM",
         stop_grace_period=10.0, healthcheck=None, image="sha256:" + "ab" * 32,
         limits=Limits(64 << 20, 0.5, 50, (("nofile", 1024, 4096), ("core", -1, -1))),
+        tmpfs=(("/run", ("nodev", "noexec", "nosuid"), "size=1m"),),
     )
     fields.update(over)
     return ContainerPlan(**fields)  # type: ignore[arg-type]
@@ -81,6 +82,8 @@ def test_the_bundle_joins_linkds_network_namespace_and_nests_its_cgroups(
     mounts = config["mounts"]
     assert isinstance(mounts, list)
     binds = {m["destination"]: m["source"] for m in mounts if m["type"] == "bind"}
+    assert {"destination": "/run", "type": "tmpfs", "source": "tmpfs",
+            "options": ["nodev", "noexec", "nosuid", "size=1m"]} in mounts
     assert binds == {"/etc/hosts": "/run/linkd/x/hosts", "/run/linkd": "/run/linkd/x/bindings"}
 
 

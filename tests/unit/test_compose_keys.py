@@ -250,3 +250,22 @@ def test_a_needed_service_of_an_inactive_profile_is_named() -> None:
     text = PROFILED.replace(", required: false", "")
     with pytest.raises(SpecError, match="in a profile that is not active; activate it"):
         parse_stack(text, source="s", project_name="t")
+
+
+def test_tmpfs_in_compose_forms() -> None:
+    from linkd.errors import SpecError
+
+    stack = parse_stack("services:\n  a:\n    command: x\n    tmpfs: [/run, "
+                        "'/cache:size=64m,mode=1777,exec', '/ro:ro']\n  b:\n    command: x\n"
+                        "    tmpfs: /scratch\n", source="s", project_name="t")
+    assert stack.service("a").tmpfs == (
+        ("/run", ("nodev", "noexec", "nosuid"), ""),
+        ("/cache", ("exec", "nodev", "nosuid"), "size=64m,mode=1777"),
+        ("/ro", ("nodev", "noexec", "nosuid", "ro"), ""))
+    assert stack.service("b").tmpfs == (("/scratch", ("nodev", "noexec", "nosuid"), ""),)
+    for bad, fragment in (("/proc/x", "would hide what linkd mounts"),
+                          ("relative", "an absolute path"),
+                          ("/run:size", "unknown tmpfs option")):
+        with pytest.raises(SpecError, match=re.escape(fragment)):
+            parse_stack(f"services:\n  a:\n    command: x\n    tmpfs: ['{bad}']\n",
+                        source="s", project_name="t")

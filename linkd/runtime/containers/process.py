@@ -120,6 +120,7 @@ class ProcessSpec:
     rootfs_pivot: bool = True  # False: mount the overlay only (runc pivots into it)
     cgroups: tuple[str, ...] = ()  # cgroup directories init joins (limits), one per controller
     rlimits: tuple[tuple[str, int, int], ...] = ()  # `ulimits`: set on the command (C)
+    tmpfs: tuple[tuple[str, tuple[str, ...], str], ...] = ()  # (target, flags, data)
 
 
 class ContainerProcess:
@@ -312,6 +313,7 @@ async def start(spec: ProcessSpec, warm: WarmShim | None = None) -> ContainerPro
             "rootfs_pivot": spec.rootfs_pivot,
             "cgroups": list(spec.cgroups),
             "rlimits": [list(r) for r in spec.rlimits],
+            "tmpfs": [[t, list(flags), data] for t, flags, data in spec.tmpfs],
         },
     )
     if warm is not None and warm.spec_path == spec_path:

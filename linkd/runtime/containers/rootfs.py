@@ -153,6 +153,9 @@ def bundle_config(spec: ProcessSpec, container: ContainerPlan, stack: str,
     for source, target in (*spec.bind_files, *spec.bind_dirs):
         mounts.append({"destination": target, "type": "bind", "source": source,
                        "options": ["rbind", "ro", "nosuid"]})
+    for target, flags, data in container.tmpfs:
+        mounts.append({"destination": target, "type": "tmpfs", "source": "tmpfs",
+                       "options": [*flags, *filter(None, data.split(","))]})
     resources: dict[str, object] = {}
     limits = container.limits
     if limits.memory is not None:

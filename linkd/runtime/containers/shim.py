@@ -199,6 +199,8 @@ def _init(spec: "dict[str, Any]", status_fd: int, alive_fd: int) -> "NoReturn":
         if not runc:
             mounts.mask_paths(conf.get("masked") or [], conf.get("readonly") or [])
         mounts.private_tmp(spec.get("keep_dirs", []))
+        if spec.get("tmpfs") and not runc:  # runc mounts its bundle's
+            mounts.tmpfs_mounts(spec["tmpfs"], image=bool(spec.get("rootfs_dir")))
     except (base.SetupError, OSError) as e:
         base.fail(status_fd, name, e)
 

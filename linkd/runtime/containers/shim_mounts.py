@@ -118,6 +118,25 @@ def private_tmp(keep_dirs: list[str]) -> None:
         os.close(fd)
 
 
+_TMPFS_FLAGS = {"ro": base.MS_RDONLY, "nosuid": base.MS_NOSUID, "nodev": base.MS_NODEV,
+                "noexec": base.MS_NOEXEC}
+
+
+def tmpfs_mounts(mounts: "list[list[Any]]", image: bool) -> None:
+    """Compose's `tmpfs`: (target, flags, data). An image's mount points were made in its
+    root; a host command's must exist on the host: linkd creates nothing there."""
+    for target, flags, data in mounts:
+        if not image and not os.path.isdir(target):
+            raise base.SetupError(
+                f"tmpfs target {target} is not a directory on the host; this service runs "
+                "a host command on the host's files, where linkd creates nothing: make the "
+                "directory, or use an image", base.EXIT_SETUP_FAILED)
+        bits = 0
+        for flag in flags:
+            bits |= _TMPFS_FLAGS.get(flag, 0)
+        base.mount("tmpfs", target, "tmpfs", bits, data or None)
+
+
 def mask_paths(masked: list[str], readonly: list[str]) -> None:
     """runc's maskedPaths and readonlyPaths, in the container's /proc and /sys: a masked
     file reads as /dev/null, a masked directory as an empty read-only tmpfs, a read-only
@@ -237,7 +256,7 @@ def image_root(spec: "dict[str, Any]") -> None:
     mount("sysfs", sys_dir, "sysfs", sys_ro | base.MS_NOSUID | base.MS_NODEV | base.MS_NOEXEC,
           None)
     _image_cgroups(spec.get("cgroups") or [], sys_dir + "/fs/cgroup", privileged)
-    for d in ("/proc", "/tmp"):
+    for d in ("/proc", "/tmp", *(t for t, _, _ in spec.get("tmpfs") or [])):
         _mount_point(root, d, True)
     if conf.get("read_only"):
         # read_only: the image's root, with every mount point made above; /tmp, /dev and

@@ -78,6 +78,7 @@ def process_spec(
         keep_dirs=keep_dirs,
         bind_dirs=((str(directory / "bindings"), bindings.DIRECTORY),),
         rlimits=container.limits.ulimits,
+        tmpfs=container.tmpfs,
     )
 
 
