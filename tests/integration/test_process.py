@@ -154,8 +154,10 @@ class Runner:
     def track(self, proc: ContainerProcess) -> None:
         try:
             ns = pid_ns(proc.init_pid)
-        except FileNotFoundError:
-            ns = None  # a short command on a busy machine: init is already dead
+        except (FileNotFoundError, PermissionError):
+            # A short command on a busy machine: init is already dead, or dying (the
+            # kernel refuses to show a dying task's namespaces: EACCES).
+            ns = None
         self.started.append((proc, ns))
 
     async def run(self, spec: ProcessSpec) -> tuple[int, str]:
