@@ -129,17 +129,16 @@ class Publisher:
         if plan is None or self.live.status == "stopping":
             return
         service = plan.container(changed).service
-        for c in plan.containers:
-            if any(s == service for _, s in c.links):
-                write_bindings(self.live.container_dir(c.name), plan, c, self.live.running())
+        self.rewrite_bindings([c.name for c in plan.containers
+                               if any(s == service for _, s in c.links)])
 
     def rewrite_bindings(self, names: list[str]) -> None:
         """The live bindings of these containers, anew (their peers may have changed)."""
         plan = self.live.plan
         assert plan is not None
+        running = self.live.running()
         for name in names:
-            write_bindings(self.live.container_dir(name), plan, plan.container(name),
-                           self.live.running())
+            write_bindings(self.live.container_dir(name), plan, plan.container(name), running)
 
 
 def upstreams(plan: StackPlan) -> list[tuple[str, int]]:

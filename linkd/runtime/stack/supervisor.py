@@ -443,9 +443,6 @@ class Supervisor:
         write_bindings(directory, plan, container, self.live.running())
         await asyncio.to_thread(write_etc_files, directory, plan, container)
 
-    def process_spec(self, container: ContainerPlan) -> process.ProcessSpec:
-        return self.containers.process_spec(container)
-
     async def start(self, container: ContainerPlan) -> None:
         await self.containers.start(container)
 
