@@ -127,6 +127,7 @@ def load(source: StackSource, *, check: Callable[[], None] | None = None) -> Sta
         host_env=variables(source),
         read_text=files.env_file_reader(source.directory),  # regular files, bounded
         check=check,
+        directory=str(source.directory),
     )
 
 

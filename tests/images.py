@@ -40,6 +40,8 @@ class Entry:
     mode: int = 0o644
     major: int = 0
     minor: int = 0
+    uid: int = 0
+    gid: int = 0
 
 
 _TYPES = {
@@ -59,6 +61,7 @@ def layer_tar(entries: Iterable[Entry]) -> bytes:
             info.mtime = 1_700_000_000
             info.linkname = e.target
             info.devmajor, info.devminor = e.major, e.minor
+            info.uid, info.gid = e.uid, e.gid
             info.size = len(e.data) if e.kind == "file" else 0
             tar.addfile(info, io.BytesIO(e.data) if e.kind == "file" else None)
     return out.getvalue()

@@ -96,6 +96,8 @@ def enter_session_host() -> None:
     _mount("tmpfs", SESSION_RUN_DIR, "tmpfs", 0)
     os.chmod(SESSION_RUN_DIR, 0o700)
     os.environ.setdefault("LINKD_RUN_DIR", SESSION_RUN_DIR)
+    # Volumes too: what the session's stacks keep goes with the session.
+    os.environ.setdefault("LINKD_VOLUMES", SESSION_RUN_DIR + "/volumes")
     os.environ[ENTERED] = "session"
 
 

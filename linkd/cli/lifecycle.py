@@ -97,10 +97,16 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     name = stack_name(args)
     try:
-        return _down(name)
+        code = _down(name)
     finally:
         if args.forget:
             store.forget_lease(name)
+    if args.volumes:
+        from linkd.cli.volumes import remove_stack_volumes
+
+        for kept in remove_stack_volumes(name):
+            print(f"warning: {kept}", file=sys.stderr)
+    return code
 
 
 def _down(name: str) -> int:

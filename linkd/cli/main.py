@@ -190,6 +190,8 @@ def _down(p: argparse.ArgumentParser) -> None:
     _stack_options(p, _later("lifecycle", "cmd_down"))
     p.add_argument("--forget", action="store_true",
                    help="also forget the stack's subnets and addresses (its lease)")
+    p.add_argument("-v", "--volumes", action="store_true",
+                   help="also remove the stack's named and anonymous volumes")
 
 
 def _ps(p: argparse.ArgumentParser) -> None:
@@ -257,6 +259,32 @@ def _image(p: argparse.ArgumentParser) -> None:
     rm.set_defaults(handler=_later("images", "cmd_rm"))
 
 
+def _volume(p: argparse.ArgumentParser) -> None:
+    p.description = ("create, list, inspect and remove volumes (store: $LINKD_VOLUMES or "
+                     "/var/lib/linkd/volumes)")
+    vsub = p.add_subparsers(dest="volume_command", required=True)
+    create = vsub.add_parser("create", help="make a volume (one that stacks name external)")
+    create.add_argument("name")
+    create.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    create.set_defaults(handler=_later("volumes", "cmd_create"))
+    ls = vsub.add_parser("ls", help="list volumes")
+    ls.add_argument("-q", "--quiet", action="store_true", help="names only")
+    ls.add_argument("--filter", action="append", default=[],
+                    metavar="dangling=true|stack=NAME|name=TEXT|label=KEY[=VALUE]")
+    ls.set_defaults(handler=_later("volumes", "cmd_ls"))
+    inspect = vsub.add_parser("inspect", help="show volumes as JSON")
+    inspect.add_argument("name", nargs="+")
+    inspect.set_defaults(handler=_later("volumes", "cmd_inspect"))
+    rm = vsub.add_parser("rm", help="remove volumes no stack that is up mounts")
+    rm.add_argument("name", nargs="+")
+    rm.add_argument("-f", "--force", action="store_true", help="no error for a missing one")
+    rm.set_defaults(handler=_later("volumes", "cmd_rm"))
+    prune = vsub.add_parser("prune", help="remove unused anonymous volumes")
+    prune.add_argument("-a", "--all", action="store_true", help="unused named ones too")
+    prune.add_argument("-f", "--force", action="store_true", help="do not ask")
+    prune.set_defaults(handler=_later("volumes", "cmd_prune"))
+
+
 # name: (help, what declares its arguments), in the order `linkd --help` lists them
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "up": ("create and start the stack, and supervise it", _up),
@@ -271,4 +299,5 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "dns": ("what a container's DNS lookup of NAME gives, and why", _dns),
     "port": ("the host address and port a container port is published on", _port),
     "image": ("load, list and remove images", _image),
+    "volume": ("create, list, inspect and remove volumes", _volume),
 }

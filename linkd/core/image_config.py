@@ -13,6 +13,8 @@ file had spelled out what the image config gives, with the stack file winning:
 - StopSignal: the image's, unless the service names a signal other than SIGTERM (the
   parsed stack cannot tell an explicit `stop_signal: SIGTERM` from the default).
 - Healthcheck: the service's, else the image's (Docker's defaults for missing times).
+- Volumes: each VOLUME path the service mounts nothing at becomes an anonymous volume
+  (Docker's rule), seeded with what the image has there.
 
 `image` becomes the image id (`sha256:...`): the plan then names exactly the content the
 container runs, whatever happens to the name in the store later.
@@ -20,10 +22,11 @@ container runs, whatever happens to the name in the store later.
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import replace
 
 from linkd.core.image_format import ImageConfig
-from linkd.core.model import Healthcheck, PortSpec, Protocol, Service, Stack
+from linkd.core.model import Healthcheck, Mount, PortSpec, Protocol, Service, Stack
 from linkd.errors import SpecError
 
 _NS = 1e-9
@@ -95,7 +98,21 @@ def with_image(service: Service, image_id: str, config: ImageConfig) -> Service:
         expose=service.expose + extra,
         stop_signal=stop_signal,
         healthcheck=service.healthcheck or healthcheck_of(config),
+        volumes=service.volumes + image_volumes(service, config),
     )
+
+
+def image_volumes(service: Service, config: ImageConfig) -> tuple[Mount, ...]:
+    taken = {m.target for m in service.volumes} | {t for t, _, _ in service.tmpfs}
+    extra = []
+    for target in config.volumes:
+        path = posixpath.normpath(target)
+        if not path.startswith("/") or path == "/" or path.startswith(("/proc", "/sys")):
+            continue  # not a place a volume can go; Docker would fail the start instead
+        if path not in taken:
+            taken.add(path)
+            extra.append(Mount("volume", path))
+    return tuple(extra)
 
 
 def with_images(stack: Stack, resolved: dict[str, tuple[str, ImageConfig]]) -> Stack:

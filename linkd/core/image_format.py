@@ -129,6 +129,7 @@ class ImageConfig:
     stop_signal: str = ""
     healthcheck: Healthcheck | None = None
     labels: tuple[tuple[str, str], ...] = field(default=())
+    volumes: tuple[str, ...] = ()  # VOLUME paths: each an anonymous volume unless mounted
 
     @property
     def platform(self) -> Platform:
@@ -255,6 +256,9 @@ def _ns(value: Any) -> int:
     return value if isinstance(value, int) and value > 0 else 0
 
 
+MAX_IMAGE_VOLUMES = 64  # each is a directory linkd makes for every container of the image
+
+
 def parse_config(image: str, entry: str, data: bytes) -> ImageConfig:
     doc = _obj(image, entry, _json(image, entry, data), "an image config")
     rootfs = _obj(image, entry, doc.get("rootfs"), "rootfs")
@@ -275,6 +279,10 @@ def parse_config(image: str, entry: str, data: bytes) -> ImageConfig:
         )
     labels = c.get("Labels") or {}
     exposed = c.get("ExposedPorts") or {}
+    volumes = c.get("Volumes") or {}
+    if not isinstance(volumes, dict) or len(volumes) > MAX_IMAGE_VOLUMES:
+        raise ImageError(image, entry, "format", "config.Volumes must be a mapping of at "
+                         f"most {MAX_IMAGE_VOLUMES} paths")
     return ImageConfig(
         architecture=str(doc.get("architecture", "")),
         os=str(doc.get("os", "")),
@@ -290,6 +298,7 @@ def parse_config(image: str, entry: str, data: bytes) -> ImageConfig:
         healthcheck=health,
         labels=tuple(sorted((str(k), str(v)) for k, v in labels.items()))
         if isinstance(labels, dict) else (),
+        volumes=tuple(sorted(str(v) for v in volumes)),
     )
 
 

@@ -138,6 +138,45 @@ class Security:
 DEFAULT_CONVENTIONS = ("linkd",)
 
 
+MountKind = Literal["bind", "volume", "tmpfs"]
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """One entry of a service's `volumes:` (or one its `volumes_from:` or its image's
+    VOLUME gave it), targets absolute and normalized.
+
+    - bind: `source` is an absolute host path (a relative one started in the stack
+      file's directory); `create_host_path` makes a missing directory there (the short
+      form's rule);
+    - volume: `source` is the volume's key in the top-level `volumes:` (the stack's
+      `Volume`), or "" for an anonymous volume, which belongs to the container named by
+      `owner` ("": the one mounting it; `volumes_from` shares another's);
+    - tmpfs: `data` is the tmpfs options ("size=..,mode=..").
+    """
+
+    kind: MountKind
+    target: str
+    source: str = ""
+    read_only: bool = False
+    create_host_path: bool = False
+    nocopy: bool = False  # volume: not seeded with what the image has at `target`
+    owner: str = ""
+    data: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Volume:
+    """One entry of the top-level `volumes:`: `key` as the file names it, `name` as it
+    is stored (Compose's `<stack>_<key>`, or `name:`, or an external volume's own)."""
+
+    key: str
+    name: str
+    external: bool = False
+    device: str | None = None  # driver_opts {type: none, o: bind, device: PATH}
+    labels: tuple[tuple[str, str], ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class Service:
     name: str
@@ -154,6 +193,7 @@ class Service:
     labels: tuple[tuple[str, str], ...] = ()  # Compose's: metadata, shown and filtered
     # Compose's tmpfs: (target, mount flags, tmpfs data "size=..,mode=.."), in file order
     tmpfs: tuple[tuple[str, tuple[str, ...], str], ...] = ()
+    volumes: tuple[Mount, ...] = ()  # `volumes:` and `volumes_from:`, in file order
     expose: tuple[PortSpec, ...] = ()
     ports: tuple[PortSpec, ...] = ()
     links: tuple[Link, ...] = ()
@@ -234,6 +274,13 @@ class Stack:
     dns: DnsSettings = field(default_factory=DnsSettings)
     conventions: tuple[str, ...] = DEFAULT_CONVENTIONS  # x-linkd: conventions:
     host_access: tuple[HostAccess, ...] = ()  # x-linkd: host:
+    volumes: tuple[Volume, ...] = ()  # the top-level `volumes:`
+
+    def volume(self, key: str) -> Volume:
+        for volume in self.volumes:
+            if volume.key == key:
+                return volume
+        raise KeyError(key)
 
     def service(self, name: str) -> Service:
         for service in self.services:

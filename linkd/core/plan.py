@@ -9,6 +9,7 @@ when it is written (`linkd.core.hosts`), and its DNS view likewise (`linkd.dns.z
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -22,11 +23,13 @@ from linkd.core.model import (
     HostAccess,
     Limits,
     LinkSettings,
+    Mount,
     PortSpec,
     RestartPolicy,
     Security,
     Service,
     Stack,
+    Volume,
 )
 from linkd.errors import ConventionError, SpecError
 
@@ -91,6 +94,9 @@ class ContainerPlan:
     added_hosts: tuple[tuple[str, str], ...] = ()
     labels: tuple[tuple[str, str], ...] = ()  # the service's, for `ps --filter label=`
     tmpfs: tuple[tuple[str, tuple[str, ...], str], ...] = ()  # the service's tmpfs mounts
+    # `volumes:`, sources settled: a bind's host path, a volume's stored name (one of
+    # the plan's `volumes`), sorted by target so a mount inside another goes after it
+    mounts: tuple[Mount, ...] = ()
     limits: Limits = field(default_factory=Limits)  # memory, CPU and PID limits (cgroups)
     runtime: str | None = None  # what runs an image: "runc", "linkd", None: the default
     security: Security = field(default_factory=Security)  # departures from confinement
@@ -104,6 +110,8 @@ class StackPlan:
     start_waves: tuple[tuple[str, ...], ...]  # services; each wave needs only earlier ones
     dns: DnsSettings = field(default_factory=DnsSettings)
     host_access: tuple[HostAccess, ...] = ()  # host ports its containers may reach
+    # every volume its containers mount: the stack file's, and the anonymous ones (key "")
+    volumes: tuple[Volume, ...] = ()
 
     def container(self, name: str) -> ContainerPlan:
         for container in self.containers:
@@ -154,8 +162,38 @@ def realize(
     resolve = _resolver(conventions or {})
     linked = tuple(_with_links(stack, containers, c, resolve) for c in containers)
     return StackPlan(
-        stack.name, networks, linked, start_waves(stack), stack.dns, stack.host_access
+        stack.name, networks, linked, start_waves(stack), stack.dns, stack.host_access,
+        _volumes_used(stack, linked),
     )
+
+
+def anonymous_volume(stack: str, container: str, target: str) -> str:
+    """An anonymous volume's name: 64 hex digits as Docker's, from what it belongs to, so
+    the container finds it again after a restart, a crash of linkd, or `down` and `up`."""
+    key = f"linkd-anonymous\0{stack}\0{container}\0{target}".encode()
+    return hashlib.sha256(key).hexdigest()
+
+
+def _mounts(stack: Stack, service: Service, container: str) -> tuple[Mount, ...]:
+    """The service's mounts with each volume's stored name as its source, by target."""
+    mounts = []
+    for mount in service.volumes:
+        if mount.kind == "volume":
+            name = (stack.volume(mount.source).name if mount.source
+                    else anonymous_volume(stack.name, mount.owner or container, mount.target))
+            mount = replace(mount, source=name, owner="")
+        mounts.append(mount)
+    return tuple(sorted(mounts, key=lambda m: (m.target.count("/"), m.target)))
+
+
+def _volumes_used(stack: Stack, containers: Sequence[ContainerPlan]) -> tuple[Volume, ...]:
+    """The declared volumes (Compose makes each, used or not), then the anonymous ones."""
+    used = {v.name: v for v in stack.volumes}
+    for container in containers:
+        for mount in container.mounts:
+            if mount.kind == "volume" and mount.source not in used:
+                used[mount.source] = Volume("", mount.source)
+    return tuple(used.values())
 
 
 def _network_plan(stack: Stack, key: str, subnet: IPv4Network) -> NetworkPlan:
@@ -279,6 +317,7 @@ def _container_plan(
         added_hosts=tuple(added),
         labels=service.labels,
         tmpfs=service.tmpfs,
+        mounts=_mounts(stack, service, name),
         interfaces=interfaces,
         argv=service.argv(),
         env=tuple(env.items()),

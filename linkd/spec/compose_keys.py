@@ -120,8 +120,12 @@ SERVICE: dict[str, tuple[Handling, str]] = {
     "user": ("supported", ""),
     "userns_mode": ("ignored", "no user namespaces"),
     "uts": ("ignored", "every container has a UTS namespace of its own"),
-    "volumes": ("ignored", f"{_NOT_YET}: the container starts without them"),
-    "volumes_from": ("ignored", _NOT_YET),
+    "volumes": ("differs", "bind mounts, named and anonymous volumes (kept under "
+                           "/var/lib/linkd/volumes), tmpfs; SELinux `z`/`Z`, consistency "
+                           "and propagation flags are accepted and have no effect; an "
+                           "anonymous volume is named after its stack, container and path, "
+                           "so `down` then `up` finds it again (`down -v` removes it)"),
+    "volumes_from": ("supported", "a service, or `container:NAME` of the same stack"),
     "working_dir": ("supported", ""),
 }
 
@@ -131,7 +135,8 @@ TOP_LEVEL: dict[str, tuple[Handling, str]] = {
     "include": ("ignored", _NOT_YET),
     "services": ("supported", ""),
     "networks": ("supported", ""),
-    "volumes": ("ignored", _NOT_YET),
+    "volumes": ("differs", "every volume is a directory (the local driver); other "
+                           "drivers and `driver_opts` other than a bind are warned"),
     "secrets": ("ignored", _NOT_YET),
     "configs": ("ignored", _NOT_YET),
     "models": ("ignored", "no model runner"),

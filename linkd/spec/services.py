@@ -55,6 +55,7 @@ from linkd.spec.values import (
     parse_signal,
     quote,
 )
+from linkd.spec.volumes import VolumeReader
 from linkd.spec.x_linkd import read_service_x_linkd
 
 _CONTAINER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")  # Docker's rule
@@ -63,7 +64,8 @@ _SERVICE_KEYS = (
     "command", "entrypoint", "environment", "env_file", "working_dir", "user", "hostname",
     "expose", "ports", "links", "networks", "depends_on", "healthcheck", "restart", "scale",
     "deploy", "stop_signal", "stop_grace_period", "image", "container_name", "network_mode",
-    "init", "extra_hosts", "labels", "profiles", "tmpfs", "x-linkd", *LIMIT_KEYS, *SECURITY_KEYS,
+    "init", "extra_hosts", "labels", "profiles", "tmpfs", "volumes", "volumes_from", "x-linkd",
+    *LIMIT_KEYS, *SECURITY_KEYS,
 )  # fmt: skip
 _SERVICE_IGNORED = compose_keys.ignored(compose_keys.SERVICE)
 _DEPLOY_UNSUPPORTED = (
@@ -81,9 +83,11 @@ class ServiceReader:
     """Reads `services:` once `networks:` is known (attachments check against it)."""
 
     def __init__(
-        self, r: Reader, host_env: Mapping[str, str], read_text: Callable[[str], str] | None
+        self, r: Reader, host_env: Mapping[str, str], read_text: Callable[[str], str] | None,
+        volumes: VolumeReader | None = None,
     ) -> None:
         self.r = r
+        self.volumes = volumes or VolumeReader(r, "", "/", host_env.get("HOME"))
         self.env = Environment(r, host_env, read_text)
         self.nets = NetworkReader(r)
         self.names: set[str] = set()
@@ -111,6 +115,8 @@ class ServiceReader:
         self.names = {name for name, _ in wanted}
         parsed = [self.service(name, child) for name, child in wanted]
         done = [p for p in parsed if p is not None]
+        shared = self.volumes.with_volumes_from([service for service, _ in done])
+        done = [(service, origins) for service, (_, origins) in zip(shared, done, strict=True)]
         check_stack(self.r, done)
         return tuple(service for service, _ in done)
 
@@ -146,6 +152,7 @@ class ServiceReader:
         if health := given(f, "healthcheck"):
             healthcheck = read_healthcheck(self.r, health)
         links = self._links(f.get("links"), origins)
+        self.volumes.read_from(name, given(f, "volumes_from"))
         conventions, link_settings = read_service_x_linkd(r, given(f, "x-linkd"), links)
         return Service(
             name=name,
@@ -160,6 +167,7 @@ class ServiceReader:
             extra_hosts=self._extra_hosts(given(f, "extra_hosts")),
             labels=self._labels(given(f, "labels")),
             tmpfs=self._tmpfs(given(f, "tmpfs")),
+            volumes=self.volumes.mounts(name, given(f, "volumes")),
             expose=self._expose(f.get("expose")),
             ports=self._ports(f.get("ports"), origins),
             links=links,

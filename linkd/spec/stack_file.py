@@ -39,11 +39,12 @@ from linkd.spec.dump import stack_to_dict
 from linkd.spec.nodes import ROOT, At, Reader, given
 from linkd.spec.services import ServiceReader
 from linkd.spec.values import Bad, check_stack_name, normalize_project_name, quote
+from linkd.spec.volumes import VolumeReader
 from linkd.spec.x_linkd import read_x_linkd
 
 __all__ = ["parse_stack", "stack_to_dict"]
 
-_TOP_KEYS = ("name", "services", "networks", "version", "x-linkd")
+_TOP_KEYS = ("name", "services", "networks", "volumes", "version", "x-linkd")
 
 
 def parse_stack(
@@ -55,11 +56,13 @@ def parse_stack(
     host_env: Mapping[str, str] = {},  # read only, never mutated
     read_text: Callable[[str], str] | None = None,
     check: Callable[[], None] | None = None,
+    directory: str = "/",
 ) -> Stack:
     """Parse and validate a stack file; raise `SpecError` listing every problem.
 
     The stack name is `project_name`, else the file's `name:`, else `default_project`
     (the caller passes the stack directory's name) normalized as Compose does.
+    `directory` is where relative bind-mount sources start (the stack file's).
     `read_text(name)` returns an env file's text or raises `OSError` (its `strerror` is
     reported) or `UnicodeError`.
     """
@@ -84,7 +87,9 @@ def parse_stack(
     if top is None:
         raise SpecError(r.problems, source)
     name = _stack_name(r, top, project_name, default_project)
-    parser = ServiceReader(r, host_env, read_text)
+    volumes = VolumeReader(r, name or "", directory, host_env.get("HOME"))
+    declared = volumes.volumes(given(top, "volumes"))
+    parser = ServiceReader(r, host_env, read_text, volumes)
     networks = parser.networks(given(top, "networks"))
     services = parser.services(top.get("services"))
     extension = read_x_linkd(r, given(top, "x-linkd"))
@@ -102,6 +107,7 @@ def parse_stack(
         extension.dns,
         extension.conventions,
         extension.host_access,
+        declared,
     )
 
 

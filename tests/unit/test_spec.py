@@ -542,14 +542,13 @@ def test_explicit_project_name_error_has_no_line() -> None:
 
 WARNINGS: list[tuple[str, str, list[str]]] = [
     ("unknown-service-key",
-     "services:\n  web:\n    command: x\n    volumes: [a]\n",
-     ["services.web.volumes (line 4): not supported by linkd, ignored: linkd does not "
-      "implement it yet: the container starts without them"]),
+     "services:\n  web:\n    command: x\n    gpus: all\n",
+     ["services.web.gpus (line 4): not supported by linkd, ignored: no GPU access"]),
     ("typo-hint",
      "services:\n  web:\n    command: x\n    enviroment: {}\n",
      ['services.web.enviroment (line 4): unknown key, ignored (did you mean "environment"?)']),
-    ("top-level", "services: {a: {command: x}}\nvolumes:\n  data:\n",
-     ["volumes (line 2): not supported by linkd, ignored: linkd does not implement it yet"]),
+    ("top-level", "services: {a: {command: x}}\nmodels:\n  llm: {}\n",
+     ["models (line 2): not supported by linkd, ignored: no model runner"]),
     ("extensions-are-silent",
      "x-top: 1\nservices:\n  a:\n    command: x\n    x-mine: {}\n"
      "    networks: {n: {x-y: 1}}\nnetworks:\n  n: {x-z: 2}\n", []),

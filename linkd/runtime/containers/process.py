@@ -121,6 +121,8 @@ class ProcessSpec:
     cgroups: tuple[str, ...] = ()  # cgroup directories init joins (limits), one per controller
     rlimits: tuple[tuple[str, int, int], ...] = ()  # `ulimits`: set on the command (C)
     tmpfs: tuple[tuple[str, tuple[str, ...], str], ...] = ()  # (target, flags, data)
+    # `volumes:` (linkd.runtime.volumes.mounts.HostMount.for_shim), by target depth
+    mounts: tuple[tuple[str, str, str, bool, bool, str], ...] = ()
 
 
 class ContainerProcess:
@@ -314,6 +316,7 @@ async def start(spec: ProcessSpec, warm: WarmShim | None = None) -> ContainerPro
             "cgroups": list(spec.cgroups),
             "rlimits": [list(r) for r in spec.rlimits],
             "tmpfs": [[t, list(flags), data] for t, flags, data in spec.tmpfs],
+            "mounts": [list(m) for m in spec.mounts],
         },
     )
     if warm is not None and warm.spec_path == spec_path:

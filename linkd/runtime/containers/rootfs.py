@@ -153,9 +153,22 @@ def bundle_config(spec: ProcessSpec, container: ContainerPlan, stack: str,
     for source, target in (*spec.bind_files, *spec.bind_dirs):
         mounts.append({"destination": target, "type": "bind", "source": source,
                        "options": ["rbind", "ro", "nosuid"]})
-    for target, flags, data in container.tmpfs:
-        mounts.append({"destination": target, "type": "tmpfs", "source": "tmpfs",
-                       "options": [*flags, *filter(None, data.split(","))]})
+    users: list[tuple[str, dict[str, object]]] = [
+        (target, {"destination": target, "type": "tmpfs", "source": "tmpfs",
+                  "options": [*flags, *filter(None, data.split(","))]})
+        for target, flags, data in container.tmpfs]
+    for kind, source, target, read_only, _seed, data in spec.mounts:
+        options = ["ro" if read_only else "rw"]
+        if kind == "tmpfs":
+            users.append((target, {"destination": target, "type": "tmpfs",
+                                   "source": "tmpfs", "options": [
+                                       "nosuid", "nodev", *options,
+                                       *filter(None, data.split(","))]}))
+        else:
+            users.append((target, {"destination": target, "type": "bind",
+                                        "source": source, "options": ["rbind", *options]}))
+    # A mount inside another after it, whichever key gave it (Docker sorts them so too).
+    mounts.extend(m for _, m in sorted(users, key=lambda u: (u[0].count("/"), u[0])))
     resources: dict[str, object] = {}
     limits = container.limits
     if limits.memory is not None:

@@ -65,6 +65,8 @@ them from shadowing, or being shadowed by, a standard module):
   private /tmp, masked /proc and /sys paths, and for **images** (``rootfs_dir`` in the
   spec) the overlay root, its /dev, /sys and cgroups, and pivot_root; for runc
   (``rootfs_pivot`` false) C is ``runc run`` on a bundle, which does the rest itself.
+* ``shim_volumes``: the container's `volumes:` and `tmpfs`: sources opened before
+  anything hides them, volumes seeded from the image, everything mounted by depth.
 * ``shim_command``: what C (and exec's child, and a health probe) does last:
   **confinement** (bounding set, capabilities, no_new_privs, seccomp), user, working
   directory, default signals, execve with the container's PATH.
@@ -186,9 +188,12 @@ def _init(spec: "dict[str, Any]", status_fd: int, alive_fd: int) -> "NoReturn":
         elif conf.get("cgroupns"):
             # The container's cgroup is the root of what it sees (/proc/self/cgroup says /).
             base.check(base.libc.unshare(base.CLONE_NEWCGROUP), "creating a cgroup namespace")
+        volumes = _volumes() if spec.get("mounts") or spec.get("tmpfs") else None
+        # Opened before pivot_root or the private /tmp can hide them.
+        sources = volumes.open_sources(spec) if volumes else []
         if spec.get("rootfs_dir"):
             # An image: overlay root, files bound in, pivot_root; /proc and /tmp below.
-            mounts.image_root(spec)
+            mounts.image_root(spec, _volume_points(spec, sources) if sources else None)
         # Bind files first: their sources are host paths, possibly under /tmp or /proc,
         # which the mounts below hide.
         mounts.bind_host_paths(spec)
@@ -199,8 +204,8 @@ def _init(spec: "dict[str, Any]", status_fd: int, alive_fd: int) -> "NoReturn":
         if not runc:
             mounts.mask_paths(conf.get("masked") or [], conf.get("readonly") or [])
         mounts.private_tmp(spec.get("keep_dirs", []))
-        if spec.get("tmpfs") and not runc:  # runc mounts its bundle's
-            mounts.tmpfs_mounts(spec["tmpfs"], image=bool(spec.get("rootfs_dir")))
+        if volumes and not runc:  # runc mounts its bundle's
+            volumes.mount_all(spec, sources, image=bool(spec.get("rootfs_dir")))
     except (base.SetupError, OSError) as e:
         base.fail(status_fd, name, e)
 
@@ -224,6 +229,28 @@ def _init(spec: "dict[str, Any]", status_fd: int, alive_fd: int) -> "NoReturn":
         if pid == child and (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
             # Exiting as PID 1 makes the kernel SIGKILL whatever is left in the namespace.
             os._exit(base.exit_code(status))
+
+
+def _volumes() -> "Any":
+    """shim_volumes, imported only by a container with something to mount (start-up)."""
+    if TYPE_CHECKING or __package__:
+        from . import shim_volumes as volumes
+    else:
+        import shim_volumes as volumes
+    return volumes
+
+
+def _volume_points(spec: "dict[str, Any]", sources: "list[int | None]") -> "Any":
+    """What `image_root` does with the image's root before covering it: the volumes'
+    seeds copied, their mount points made (a file for a file, as the source is)."""
+    volumes = _volumes()
+
+    def on_root(root: str) -> None:
+        volumes.seed(spec, sources, lambda target: mounts.in_root(root, target))
+        for entry, fd in zip(spec["mounts"], sources, strict=True):
+            mounts.mount_point(root, entry[2], volumes.is_dir(fd))
+
+    return on_root
 
 
 def _join_cgroup(directory: str) -> None:

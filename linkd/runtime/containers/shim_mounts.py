@@ -5,7 +5,7 @@ the overlay root with a minimal /dev, /sys and the cgroup directories bound into
 pivot_root (standalone like the shim, see ``shim_base``; ``rootfs.py`` beside this file
 prepares the image's directories).
 
-Every mount point inside an image root is resolved inside it (``_in_root``): the
+Every mount point inside an image root is resolved inside it (``in_root``): the
 image's symlinks cannot point a mount outside the root. For runc (``rootfs_pivot``
 false) only the overlay is mounted here; ``runc run`` does the rest in a mount namespace
 of its own. linkd's own launcher mounts the root, /dev, /tmp and /dev/shm nodev (there
@@ -118,25 +118,6 @@ def private_tmp(keep_dirs: list[str]) -> None:
         os.close(fd)
 
 
-_TMPFS_FLAGS = {"ro": base.MS_RDONLY, "nosuid": base.MS_NOSUID, "nodev": base.MS_NODEV,
-                "noexec": base.MS_NOEXEC}
-
-
-def tmpfs_mounts(mounts: "list[list[Any]]", image: bool) -> None:
-    """Compose's `tmpfs`: (target, flags, data). An image's mount points were made in its
-    root; a host command's must exist on the host: linkd creates nothing there."""
-    for target, flags, data in mounts:
-        if not image and not os.path.isdir(target):
-            raise base.SetupError(
-                f"tmpfs target {target} is not a directory on the host; this service runs "
-                "a host command on the host's files, where linkd creates nothing: make the "
-                "directory, or use an image", base.EXIT_SETUP_FAILED)
-        bits = 0
-        for flag in flags:
-            bits |= _TMPFS_FLAGS.get(flag, 0)
-        base.mount("tmpfs", target, "tmpfs", bits, data or None)
-
-
 def mask_paths(masked: list[str], readonly: list[str]) -> None:
     """runc's maskedPaths and readonlyPaths, in the container's /proc and /sys: a masked
     file reads as /dev/null, a masked directory as an empty read-only tmpfs, a read-only
@@ -164,7 +145,7 @@ def mask_paths(masked: list[str], readonly: list[str]) -> None:
 # --- image roots ---------------------------------------------------------------------------
 
 
-def _in_root(root: str, path: str) -> str:
+def in_root(root: str, path: str) -> str:
     """`path` as the container will see it, as a host path under `root`: the image's
     symlinks are followed the way the container would follow them (an absolute target
     starts again at the root, `..` stops there), so no mount point leaves the root."""
@@ -192,10 +173,10 @@ def _in_root(root: str, path: str) -> str:
     return root + "".join("/" + p for p in done)
 
 
-def _mount_point(root: str, path: str, is_dir: bool) -> str:
+def mount_point(root: str, path: str, is_dir: bool) -> str:
     """Create the mount point for `path` inside the image root (in the container's upper
     layer) and return its host path."""
-    real = _in_root(root, path)
+    real = in_root(root, path)
     if is_dir:
         os.makedirs(real, exist_ok=True)
     elif not os.path.isfile(real):
@@ -211,13 +192,15 @@ def _bind_ro(source: str, target: str, read_only: bool = True) -> None:
         base.mount(None, target, None, _RO_REMOUNT, None)
 
 
-def image_root(spec: "dict[str, Any]") -> None:
+def image_root(spec: "dict[str, Any]", on_root: "Any" = None) -> None:
     """B: make the image's overlay the root. Everything bound from the host (the hosts,
     hostname and resolv.conf files, the bindings directory, device nodes, the cgroup
     directories) is mounted into the new root before pivot_root hides the host's.
 
     The overlay mount lives only in this mount namespace: it goes when the container's
     last process does, and nothing of it shows in the host's mount table.
+    `on_root(root)` is called once the overlay is mounted at `root`, before anything
+    covers it or makes it read-only (the volumes: seeded, their mount points made).
     """
     mount = base.mount
     rootfs = spec["rootfs_dir"]
@@ -233,16 +216,18 @@ def image_root(spec: "dict[str, Any]") -> None:
     runc = not spec.get("rootfs_pivot", True)  # runc has a devices cgroup instead
     nodev = 0 if privileged or runc else base.MS_NODEV
     mount("overlay", root, "overlay", nodev, f"lowerdir={lower},upperdir={upper},workdir={work}")
+    if on_root is not None:
+        on_root(root)
     if not spec.get("rootfs_pivot", True):
         # runc: the command (runc run) binds what its bundle lists and pivots itself.
         spec["bind_files"], spec["bind_dirs"], spec["keep_dirs"] = [], [], []
         return
     for source, target in spec.get("bind_files", []):
         _check_source(source, False)
-        _bind_ro(source, _mount_point(root, target, False))
+        _bind_ro(source, mount_point(root, target, False))
     for source, target in spec.get("bind_dirs", []):
-        _bind_ro(source, _mount_point(root, target, True))
-    dev = _mount_point(root, "/dev", True)
+        _bind_ro(source, mount_point(root, target, True))
+    dev = mount_point(root, "/dev", True)
     _image_dev(dev, privileged)
     for source, target, _permissions in conf.get("devices") or []:
         # `devices:` (their permissions are for runc's devices cgroup; here a bound node
@@ -250,14 +235,14 @@ def image_root(spec: "dict[str, Any]") -> None:
         if not os.path.exists(source):
             raise base.SetupError(f"device {source} does not exist on the host",
                                   base.EXIT_SETUP_FAILED)
-        mount(source, _mount_point(root, target, False), None, base.MS_BIND, None)
-    sys_dir = _mount_point(root, "/sys", True)
+        mount(source, mount_point(root, target, False), None, base.MS_BIND, None)
+    sys_dir = mount_point(root, "/sys", True)
     sys_ro = 0 if privileged else base.MS_RDONLY
     mount("sysfs", sys_dir, "sysfs", sys_ro | base.MS_NOSUID | base.MS_NODEV | base.MS_NOEXEC,
           None)
     _image_cgroups(spec.get("cgroups") or [], sys_dir + "/fs/cgroup", privileged)
     for d in ("/proc", "/tmp", *(t for t, _, _ in spec.get("tmpfs") or [])):
-        _mount_point(root, d, True)
+        mount_point(root, d, True)
     if conf.get("read_only"):
         # read_only: the image's root, with every mount point made above; /tmp, /dev and
         # the bound files are mounts of their own and keep their modes.

@@ -26,6 +26,7 @@ from linkd.runtime.stack import store
 from linkd.runtime.stack.container_files import process_spec, under_tmp
 from linkd.runtime.stack.live import LiveStack
 from linkd.runtime.stack.publisher import Publisher
+from linkd.runtime.volumes.mounts import host_mounts
 
 START_CONCURRENCY = 8  # containers of one wave starting at once
 
@@ -49,9 +50,12 @@ class Containers:
             container,
             keep_dirs=under_tmp(str(self.live.base)),
         )
+        assert self.live.plan is not None, "containers start from a plan"
+        # Its volumes made if they are not yet (linkd.runtime.volumes).
+        mounts = tuple(m.for_shim() for m in host_mounts(self.live.plan, container))
         # Limits, and an image's root filesystem and runtime (linkd.runtime.containers.rootfs).
-        return rootfs.prepare(replace(spec, survive_parent=self.survive), container,
-                              self.live.name)
+        return rootfs.prepare(replace(spec, survive_parent=self.survive, mounts=mounts),
+                              container, self.live.name)
 
     # -- warm shims ----------------------------------------------------------------------
 

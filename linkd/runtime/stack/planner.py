@@ -27,16 +27,18 @@ from linkd.runtime.kernel.firewall import publish_ports
 from linkd.runtime.kernel.netlink import Kernel
 from linkd.runtime.stack import store
 from linkd.runtime.stack.conventions import load_conventions
+from linkd.runtime.volumes.mounts import check_stack as check_mounts
 
 Conventions = dict[str, Convention]  # by name, as linkd.core.plan.realize takes them
 
 
 async def resolve(stack: Stack, base: Path) -> tuple[Stack, Conventions]:
-    """`stack` with its images merged in (loaded into the store if they are paths) and
-    the conventions it uses, read off the event loop and before the global lock is
-    taken: a long image load must not hold up every other stack's `up`."""
+    """`stack` with its images merged in (loaded into the store if they are paths), its
+    mounts checked, and the conventions it uses, read off the event loop and before the
+    global lock is taken: a long image load must not hold up every other stack's `up`."""
     def read() -> tuple[Stack, Conventions]:
         resolved = image_store.resolve_stack(stack, base)
+        check_mounts(resolved)  # external volumes, bind sources: before anything is made
         return resolved, load_conventions(resolved, base)
 
     return await asyncio.to_thread(read)
