@@ -128,6 +128,7 @@ def load(source: StackSource, *, check: Callable[[], None] | None = None) -> Sta
         read_text=files.env_file_reader(source.directory),  # regular files, bounded
         check=check,
         directory=str(source.directory),
+        home=os.path.expanduser("~"),  # `~` in a bind source, when the environment has no HOME
     )
 
 

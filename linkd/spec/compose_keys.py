@@ -134,7 +134,9 @@ TOP_LEVEL: dict[str, tuple[Handling, str]] = {
     "name": ("supported", ""),
     "include": ("ignored", _NOT_YET),
     "services": ("supported", ""),
-    "networks": ("supported", ""),
+    "networks": ("differs", "bridges on this host: a Swarm file's `driver: overlay` is made a "
+                            "bridge (warned); `attachable`, `labels` and `driver_opts` are "
+                            "warned and ignored"),
     "volumes": ("differs", "every volume is a directory (the local driver); other "
                            "drivers and `driver_opts` other than a bind are warned"),
     "secrets": ("ignored", _NOT_YET),

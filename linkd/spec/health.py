@@ -31,7 +31,13 @@ def read_healthcheck(r: Reader, at: At) -> Healthcheck | None:
             if disabled:
                 r.fail(test_at, "a test is given but disable is true; remove one of them")
     elif not disabled:
-        r.fail(at, 'a healthcheck needs a "test" (or "disable: true")')
+        # Compose keeps the image's test; linkd keeps the image's whole HEALTHCHECK.
+        timings = [k for k in f if k not in ("test", "disable")]
+        if timings:
+            r.warn(at, f"a healthcheck without a test: the image's HEALTHCHECK applies as "
+                       f"the image gives it ({', '.join(timings)} not applied); write the "
+                       "test here to change them")
+        return None
     retries_at = given(f, "retries")
     retries = r.integer(retries_at, 1) if retries_at else None
     return Healthcheck(

@@ -70,7 +70,12 @@ class NetworkReader:
     def _network_fields(self, name: str, f: dict[str, At], where: dict[int, At]) -> Network:
         r = self.r
         if (driver := given(f, "driver")) and (text := r.text(driver)) not in ("bridge", None):
-            r.fail(driver, f'expected driver "bridge" (the only one linkd has), got {quote(text)}')
+            if text == "overlay":  # a Swarm file's: one host's share of it is a bridge
+                r.warn(driver, "driver overlay spans Swarm nodes; linkd makes a bridge on "
+                               "this host")
+            else:
+                r.fail(driver, f'expected driver "bridge" (the only one linkd has), got '
+                               f"{quote(text)}")
         internal = r.boolean(f["internal"]) if given(f, "internal") else False
         ipv6 = r.boolean(f["enable_ipv6"]) if given(f, "enable_ipv6") else False
         subnets: dict[int, tuple[IPNetwork, IPAddress | None]] = {}

@@ -370,7 +370,11 @@ class ServiceReader:
         range ("8000-8010") so that `stack_to_dict` can write a range back in one entry.
         """
         r = self.r
-        f = r.fields(at, ("target", "published", "host_ip", "protocol", "name"))
+        f = r.fields(at, ("target", "published", "host_ip", "protocol", "name", "mode",
+                          "app_protocol"))
+        if (mode := given(f or {}, "mode")) and r.text(mode) not in ("host", "ingress"):
+            r.fail(mode, 'expected mode "host" or "ingress" (a Swarm mode; linkd publishes '
+                         "on this host either way)")
         if f is None:
             return None
         target_at = given(f, "target")

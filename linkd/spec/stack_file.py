@@ -57,12 +57,14 @@ def parse_stack(
     read_text: Callable[[str], str] | None = None,
     check: Callable[[], None] | None = None,
     directory: str = "/",
+    home: str | None = None,
 ) -> Stack:
     """Parse and validate a stack file; raise `SpecError` listing every problem.
 
     The stack name is `project_name`, else the file's `name:`, else `default_project`
     (the caller passes the stack directory's name) normalized as Compose does.
-    `directory` is where relative bind-mount sources start (the stack file's).
+    `directory` is where relative bind-mount sources start (the stack file's); `~` in
+    one is $HOME of `host_env`, else `home`.
     `read_text(name)` returns an env file's text or raises `OSError` (its `strerror` is
     reported) or `UnicodeError`.
     """
@@ -87,7 +89,7 @@ def parse_stack(
     if top is None:
         raise SpecError(r.problems, source)
     name = _stack_name(r, top, project_name, default_project)
-    volumes = VolumeReader(r, name or "", directory, host_env.get("HOME"))
+    volumes = VolumeReader(r, name or "", directory, host_env.get("HOME") or home)
     declared = volumes.volumes(given(top, "volumes"))
     parser = ServiceReader(r, host_env, read_text, volumes)
     networks = parser.networks(given(top, "networks"))

@@ -322,7 +322,8 @@ def interpolate(
     text: str, env: Mapping[str, str], unset: Callable[[str], None], _depth: int = 0
 ) -> str:
     """Compose interpolation: `$VAR`, `${VAR}`, `${VAR:-default}`, `${VAR-default}`,
-    `${VAR:?error}`, `${VAR?error}`, `${VAR:+alt}`, `${VAR+alt}` and `$$` for a literal `$`.
+    `${VAR:?error}`, `${VAR?error}`, `${VAR:+alt}`, `${VAR+alt}` and `$$` for a literal `$`;
+    a `$` that starts neither a name nor `{` stays as it is.
 
     Defaults may nest (`${A:-${B}}`), up to `INTERPOLATION_DEPTH` levels (deeper is an
     error, not a RecursionError), and are only expanded when used. `unset(name)` is
@@ -350,7 +351,10 @@ def interpolate(
         else:
             match = _VAR.match(text, dollar + 1)
             if match is None:
-                raise Bad(f'invalid "$" in {_excerpt(text)}; write "$$" for a literal "$"')
+                # Not a variable ("$2a$14$...", "cost: 5$"): kept as written, as Compose does.
+                out.append("$")
+                pos = dollar + 1
+                continue
             out.append(_lookup(match[0], env, unset))
             pos = match.end()
     out.append(text[pos:])

@@ -20,8 +20,9 @@ from linkd.spec.nodes import At, Reader, given
 from linkd.spec.values import Bad, quote
 
 _VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")  # Docker's rule
-# Targets that would hide or replace what linkd mounts for the kernel's interfaces.
-_KERNEL_TARGETS = ("/proc", "/sys")
+# A mount in /proc would cover what the kernel says about the container's own processes
+# (Docker refuses it too); /sys may be covered, as monitoring agents do with the host's.
+_KERNEL_TARGETS = ("/proc",)
 # Short-syntax modes: ro/rw; SELinux relabelling (z, Z: no SELinux labels here, nothing
 # to do); macOS consistency and propagation flags (bind mounts here are private).
 _MODES = {"ro", "rw", "z", "Z", "nocopy", "consistent", "cached", "delegated",
@@ -35,6 +36,7 @@ class VolumeReader:
     """Reads the top-level `volumes:` first, then each service's mounts against it."""
 
     def __init__(self, r: Reader, stack: str, directory: str, home: str | None) -> None:
+        # `home`: what `~` in a bind source is ($HOME)
         self.r = r
         self.stack = stack
         self.directory = directory or "/"
@@ -308,7 +310,7 @@ class VolumeReader:
 
 
 def check_target(target: str) -> str:
-    """A mount's target: an absolute path other than /, and not in /proc or /sys."""
+    """A mount's target: an absolute path other than /, and not in /proc."""
     if not target.startswith("/"):
         raise Bad(f"the target {quote(target)} is not an absolute path; write where in the "
                   "container it goes, from /")
@@ -318,8 +320,8 @@ def check_target(target: str) -> str:
     if path == "/":
         raise Bad("a volume cannot be mounted at /, the container's root")
     if any(path == k or path.startswith(k + "/") for k in _KERNEL_TARGETS):
-        raise Bad(f"the target {path} is inside /proc or /sys, the kernel's interfaces "
-                  "that linkd mounts; mount it elsewhere")
+        raise Bad(f"the target {path} is inside /proc, which shows the container's own "
+                  "processes; mount it elsewhere (a host's /proc goes at /host/proc, say)")
     return path
 
 
