@@ -233,14 +233,16 @@ def cmd_dns(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from linkd.core.plan import hide_secrets
     from linkd.core.state import to_plain
 
     state = load_state(stack_name(args))
     if args.target is None:
-        print(json.dumps(to_plain(state), indent=2))
+        print(json.dumps(hide_secrets(to_plain(state)), indent=2))
         return 0
     result = [
-        {"plan": to_plain(state.plan.container(c)), "state": to_plain(state.container(c))}
+        {"plan": hide_secrets(to_plain(state.plan.container(c))),
+         "state": to_plain(state.container(c))}
         for c in containers(state, args.target)
     ]
     print(json.dumps(result, indent=2))

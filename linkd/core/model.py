@@ -166,6 +166,22 @@ class Mount:
 
 
 @dataclass(frozen=True, slots=True)
+class FileMount:
+    """A secret or config given to a container as a read-only file at `target`: a host
+    file's (`source`, an absolute path), or `content` (an `environment:` variable's value
+    or a config's `content:`). With `uid`, `gid` or `mode` the container gets a copy with
+    them; otherwise a file source is bound as it is, and edits show through."""
+
+    target: str
+    source: str = ""
+    content: str | None = None
+    uid: int | None = None
+    gid: int | None = None
+    mode: int | None = None
+    secret: bool = False  # its content is not shown by `linkd inspect`
+
+
+@dataclass(frozen=True, slots=True)
 class Volume:
     """One entry of the top-level `volumes:`: `key` as the file names it, `name` as it
     is stored (Compose's `<stack>_<key>`, or `name:`, or an external volume's own)."""
@@ -194,6 +210,7 @@ class Service:
     # Compose's tmpfs: (target, mount flags, tmpfs data "size=..,mode=.."), in file order
     tmpfs: tuple[tuple[str, tuple[str, ...], str], ...] = ()
     volumes: tuple[Mount, ...] = ()  # `volumes:` and `volumes_from:`, in file order
+    files: tuple[FileMount, ...] = ()  # `secrets:` and `configs:`
     expose: tuple[PortSpec, ...] = ()
     ports: tuple[PortSpec, ...] = ()
     links: tuple[Link, ...] = ()

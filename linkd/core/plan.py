@@ -13,12 +13,14 @@ import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Any
 
 from linkd.conventions.render import Convention, LinkTarget, combine, render
 from linkd.core import ipam, names
 from linkd.core.model import (
     Dependency,
     DnsSettings,
+    FileMount,
     Healthcheck,
     HostAccess,
     Limits,
@@ -97,6 +99,7 @@ class ContainerPlan:
     # `volumes:`, sources settled: a bind's host path, a volume's stored name (one of
     # the plan's `volumes`), sorted by target so a mount inside another goes after it
     mounts: tuple[Mount, ...] = ()
+    files: tuple[FileMount, ...] = ()  # `secrets:` and `configs:`
     limits: Limits = field(default_factory=Limits)  # memory, CPU and PID limits (cgroups)
     runtime: str | None = None  # what runs an image: "runc", "linkd", None: the default
     security: Security = field(default_factory=Security)  # departures from confinement
@@ -165,6 +168,18 @@ def realize(
         stack.name, networks, linked, start_waves(stack), stack.dns, stack.host_access,
         _volumes_used(stack, linked),
     )
+
+
+def hide_secrets(plain: Any) -> Any:
+    """A plan (or state, or container plan) as `to_plain` gives it, with the content of
+    every secret replaced: what `linkd inspect` and the API show."""
+    if isinstance(plain, dict):
+        if plain.get("secret") is True and plain.get("content") is not None:
+            return {**plain, "content": "(hidden: a secret)"}
+        return {k: hide_secrets(v) for k, v in plain.items()}
+    if isinstance(plain, list):
+        return [hide_secrets(v) for v in plain]
+    return plain
 
 
 def anonymous_volume(stack: str, container: str, target: str) -> str:
@@ -318,6 +333,7 @@ def _container_plan(
         labels=service.labels,
         tmpfs=service.tmpfs,
         mounts=_mounts(stack, service, name),
+        files=service.files,
         interfaces=interfaces,
         argv=service.argv(),
         env=tuple(env.items()),

@@ -32,7 +32,7 @@ SERVICE: dict[str, tuple[Handling, str]] = {
     "cgroup": ("ignored", "every container has a cgroup namespace of its own (private)"),
     "cgroup_parent": ("ignored", "containers live under linkd's own cgroup"),
     "command": ("supported", ""),
-    "configs": ("ignored", _NOT_YET),
+    "configs": ("supported", "a read-only file at the target (default /NAME)"),
     "container_name": ("differs", "the container's name within its stack (stacks scope "
                                   "names), also its hostname and DNS name"),
     "cpu_count": ("ignored", "Windows only; use `cpus`"),
@@ -104,7 +104,7 @@ SERVICE: dict[str, tuple[Handling, str]] = {
     "restart": ("supported", ""),
     "runtime": ("ignored", "choose with `x-linkd: runtime: runc | linkd`"),
     "scale": ("supported", ""),
-    "secrets": ("ignored", _NOT_YET),
+    "secrets": ("supported", "a read-only file at /run/secrets/NAME (or the target)"),
     "security_opt": ("supported", ""),
     "shm_size": ("ignored", "not applied"),
     "stdin_open": ("ignored", "containers run without stdin; `linkd exec -it` for a shell"),
@@ -139,8 +139,10 @@ TOP_LEVEL: dict[str, tuple[Handling, str]] = {
                             "warned and ignored"),
     "volumes": ("differs", "every volume is a directory (the local driver); other "
                            "drivers and `driver_opts` other than a bind are warned"),
-    "secrets": ("ignored", _NOT_YET),
-    "configs": ("ignored", _NOT_YET),
+    "secrets": ("differs", "`file:` and `environment:`; `external:` ones live in a Swarm's "
+                           "store: warned, and services start without them"),
+    "configs": ("differs", "`file:`, `environment:` and `content:`; `external:` ones live "
+                           "in a Swarm's store: warned, and services start without them"),
     "models": ("ignored", "no model runner"),
 }
 

@@ -37,6 +37,7 @@ from linkd.spec.limits import KEYS as LIMIT_KEYS
 from linkd.spec.limits import read_limits, read_runtime
 from linkd.spec.networks import NetworkReader
 from linkd.spec.nodes import At, Reader, given
+from linkd.spec.secrets import FileReader
 from linkd.spec.security import KEYS as SECURITY_KEYS
 from linkd.spec.security import read_security
 from linkd.spec.values import (
@@ -64,7 +65,8 @@ _SERVICE_KEYS = (
     "command", "entrypoint", "environment", "env_file", "working_dir", "user", "hostname",
     "expose", "ports", "links", "networks", "depends_on", "healthcheck", "restart", "scale",
     "deploy", "stop_signal", "stop_grace_period", "image", "container_name", "network_mode",
-    "init", "extra_hosts", "labels", "profiles", "tmpfs", "volumes", "volumes_from", "x-linkd",
+    "init", "extra_hosts", "labels", "profiles", "tmpfs", "volumes", "volumes_from", "secrets",
+    "configs", "x-linkd",
     *LIMIT_KEYS, *SECURITY_KEYS,
 )  # fmt: skip
 _SERVICE_IGNORED = compose_keys.ignored(compose_keys.SERVICE)
@@ -84,10 +86,11 @@ class ServiceReader:
 
     def __init__(
         self, r: Reader, host_env: Mapping[str, str], read_text: Callable[[str], str] | None,
-        volumes: VolumeReader | None = None,
+        volumes: VolumeReader | None = None, files: FileReader | None = None,
     ) -> None:
         self.r = r
         self.volumes = volumes or VolumeReader(r, "", "/", host_env.get("HOME"))
+        self.files = files or FileReader(r, host_env, "/")
         self.env = Environment(r, host_env, read_text)
         self.nets = NetworkReader(r)
         self.names: set[str] = set()
@@ -168,6 +171,8 @@ class ServiceReader:
             labels=self._labels(given(f, "labels")),
             tmpfs=self._tmpfs(given(f, "tmpfs")),
             volumes=self.volumes.mounts(name, given(f, "volumes")),
+            files=self.files.mounts("secrets", given(f, "secrets"))
+            + self.files.mounts("configs", given(f, "configs")),
             expose=self._expose(f.get("expose")),
             ports=self._ports(f.get("ports"), origins),
             links=links,

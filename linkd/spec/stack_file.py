@@ -37,6 +37,7 @@ from linkd.errors import SpecError
 from linkd.spec import bounded_yaml, compose_keys
 from linkd.spec.dump import stack_to_dict
 from linkd.spec.nodes import ROOT, At, Reader, given
+from linkd.spec.secrets import FileReader
 from linkd.spec.services import ServiceReader
 from linkd.spec.values import Bad, check_stack_name, normalize_project_name, quote
 from linkd.spec.volumes import VolumeReader
@@ -44,7 +45,8 @@ from linkd.spec.x_linkd import read_x_linkd
 
 __all__ = ["parse_stack", "stack_to_dict"]
 
-_TOP_KEYS = ("name", "services", "networks", "volumes", "version", "x-linkd")
+_TOP_KEYS = ("name", "services", "networks", "volumes", "secrets", "configs", "version",
+             "x-linkd")
 
 
 def parse_stack(
@@ -91,7 +93,10 @@ def parse_stack(
     name = _stack_name(r, top, project_name, default_project)
     volumes = VolumeReader(r, name or "", directory, host_env.get("HOME") or home)
     declared = volumes.volumes(given(top, "volumes"))
-    parser = ServiceReader(r, host_env, read_text, volumes)
+    files = FileReader(r, host_env, directory)
+    files.top("secrets", given(top, "secrets"))
+    files.top("configs", given(top, "configs"))
+    parser = ServiceReader(r, host_env, read_text, volumes, files)
     networks = parser.networks(given(top, "networks"))
     services = parser.services(top.get("services"))
     extension = read_x_linkd(r, given(top, "x-linkd"))

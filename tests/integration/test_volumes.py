@@ -236,3 +236,51 @@ def test_prune_removes_anonymous_volumes_no_stack_mounts(linkd: Linkd) -> None:
     linkd.down()
     assert f"removed {anonymous[0]}" in linkd.run("volume", "prune", "-f").stdout
     assert not [v for v in VolumeStore().volumes() if v.stack == linkd.project]
+
+
+SECRETS_STACK = """
+services:
+  app:
+    image: linkd-test/db:1
+    command: ["sleep", "600"]
+    x-linkd: {runtime: RUNTIME}
+    secrets:
+      - db_password
+      - source: token
+        target: api_token
+        uid: "1000"
+        mode: 0400
+    configs:
+      - source: settings
+        target: /etc/app/settings.ini
+secrets:
+  db_password: {file: ./db_password.txt}
+  token: {environment: LINKD_TEST_TOKEN}
+configs:
+  settings:
+    content: "debug = true\\n"
+"""
+
+
+@pytest.mark.parametrize("runtime", ["linkd", "runc"])
+def test_secrets_and_configs_are_read_only_files_and_not_shown(
+        linkd: Linkd, db_image: None, runtime: str) -> None:
+    (linkd.directory / "db_password.txt").write_text("hunter2\n")
+    linkd.run("image", "load", "db.oci.tar")
+    linkd.write(SECRETS_STACK.replace("RUNTIME", runtime))
+    os.environ["LINKD_TEST_TOKEN"] = "t0ken"
+    try:
+        linkd.up()
+    finally:
+        del os.environ["LINKD_TEST_TOKEN"]
+    seen = linkd.exec("app", "sh", "-c", "cat /run/secrets/db_password /run/secrets/api_token "
+                      "/etc/app/settings.ini; stat -c '%u %a' /run/secrets/api_token "
+                      "/etc/app/settings.ini")
+    assert seen.stdout == "hunter2\nt0kendebug = true\n1000 400\n0 444\n", seen
+    refused = linkd.exec("app", "sh", "-c", "echo x > /run/secrets/db_password", check=False)
+    assert refused.returncode != 0
+    # The file source is bound as it is: an edit on the host shows through.
+    (linkd.directory / "db_password.txt").write_text("changed\n")
+    assert linkd.exec("app", "cat", "/run/secrets/db_password").stdout == "changed\n"
+    shown = linkd.run("inspect", "-p", linkd.project, "app").stdout
+    assert "t0ken" not in shown and "(hidden: a secret)" in shown

@@ -34,6 +34,7 @@ from linkd import loader
 from linkd.core import health
 from linkd.core.api_schema import ROUTES, ApiError, openapi, parse_create, parse_flag
 from linkd.core.model import Stack
+from linkd.core.plan import hide_secrets
 from linkd.core.state import to_plain
 from linkd.dns import answers
 from linkd.dns.zone import build_zone, requester_of
@@ -229,7 +230,8 @@ async def create_stack(request: web.Request) -> web.Response:
     stack, directory = await _stack_from(request, None)
     daemon = request.app[DAEMON]
     state = await daemon.create(stack, str(directory / "api.yaml"))
-    return web.json_response(_with_notices(daemon, stack.name, to_plain(state)), status=201)
+    body = _with_notices(daemon, stack.name, hide_secrets(to_plain(state)))
+    return web.json_response(body, status=201)
 
 
 async def put_stack(request: web.Request) -> web.Response:
@@ -250,9 +252,9 @@ async def _create_or_update(daemon: Daemon, stack: Stack, directory: Path
                             ) -> tuple[dict[str, Any], int]:
     if stack.name not in daemon.stacks:
         state = await daemon.create(stack, str(directory / "api.yaml"))
-        return _with_notices(daemon, stack.name, to_plain(state)), 201
+        return _with_notices(daemon, stack.name, hide_secrets(to_plain(state))), 201
     summary = await daemon.update(stack)
-    body = {**to_plain(daemon.state(stack.name)), "changes": summary}
+    body = {**hide_secrets(to_plain(daemon.state(stack.name))), "changes": summary}
     return _with_notices(daemon, stack.name, body), 200
 
 
@@ -262,7 +264,8 @@ def _with_notices(daemon: Daemon, name: str, body: dict[str, Any]) -> dict[str, 
 
 
 async def get_stack(request: web.Request) -> web.Response:
-    return web.json_response(to_plain(request.app[DAEMON].state(request.match_info["stack"])))
+    return web.json_response(
+        hide_secrets(to_plain(request.app[DAEMON].state(request.match_info["stack"]))))
 
 
 async def delete_stack(request: web.Request) -> web.Response:
@@ -297,7 +300,7 @@ async def get_container(request: web.Request) -> web.Response:
     request.app[DAEMON]._container(hosted, name)
     probes = hosted.supervisor.health.current.get(name)  # live: streak and last probes
     return web.json_response({
-        "plan": to_plain(state.plan.container(name)),
+        "plan": hide_secrets(to_plain(state.plan.container(name))),
         "state": to_plain(state.container(name)),
         "health": health.to_plain(probes) if probes is not None else None,
     })

@@ -52,7 +52,8 @@ class Containers:
         )
         assert self.live.plan is not None, "containers start from a plan"
         # Its volumes made if they are not yet (linkd.runtime.volumes).
-        mounts = tuple(m.for_shim() for m in host_mounts(self.live.plan, container))
+        files = self.live.container_dir(container.name) / "files"
+        mounts = tuple(m.for_shim() for m in host_mounts(self.live.plan, container, files))
         # Limits, and an image's root filesystem and runtime (linkd.runtime.containers.rootfs).
         return rootfs.prepare(replace(spec, survive_parent=self.survive, mounts=mounts),
                               container, self.live.name)

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
 from dataclasses import dataclass
+from pathlib import Path
 
-from linkd.core.model import Mount, Stack, Volume
+from linkd.core.model import FileMount, Mount, Stack, Volume
 from linkd.core.plan import ContainerPlan, StackPlan
 from linkd.errors import ContainerError, NotFoundError, SpecError
 from linkd.runtime.volumes.store import VolumeStore
@@ -36,10 +38,12 @@ class HostMount:
         return (self.kind, self.source, self.target, self.read_only, self.seed, self.data)
 
 
-def host_mounts(plan: StackPlan, container: ContainerPlan,
+def host_mounts(plan: StackPlan, container: ContainerPlan, files: Path,
                 store: VolumeStore | None = None) -> tuple[HostMount, ...]:
-    """`container`'s mounts with host sources, its volumes made if they are not there."""
-    if not container.mounts:
+    """`container`'s mounts with host sources, its volumes made if they are not there,
+    and its secrets and configs (written into `files`, a directory of the container's,
+    where one needs a copy of its own)."""
+    if not container.mounts and not container.files:
         return ()
     volumes = store or VolumeStore()
     declared = {v.name: v for v in plan.volumes}
@@ -62,7 +66,34 @@ def host_mounts(plan: StackPlan, container: ContainerPlan,
         seed = not mount.nocopy and stored.device is None and container.image is not None
         result.append(HostMount("volume", str(stored.path), mount.target, mount.read_only,
                                 seed))
+    for index, file in enumerate(container.files):
+        result.append(HostMount("bind", _file_source(container.name, file, files, index),
+                                file.target, True, False))
     return tuple(result)
+
+
+def _file_source(container: str, file: FileMount, files: Path, index: int) -> str:
+    """The host file a secret or config is bound from: its own source, or a copy with
+    the owner and mode it asks for (0444 and root's, Compose's defaults)."""
+    if file.content is None and file.uid is None and file.gid is None and file.mode is None:
+        if not os.path.isfile(file.source):
+            raise ContainerError(f"container {container}: {file.target}: the source "
+                                 f"{file.source} is not a file")
+        return file.source
+    files.mkdir(mode=0o700, exist_ok=True)
+    copy = files / str(index)
+    try:
+        if file.content is not None:
+            copy.unlink(missing_ok=True)
+            with open(copy, "x", encoding="utf-8") as f:
+                f.write(file.content)
+        else:
+            shutil.copyfile(file.source, copy, follow_symlinks=True)
+        os.chown(copy, file.uid or 0, file.gid or 0)
+        os.chmod(copy, 0o444 if file.mode is None else file.mode)
+    except OSError as exc:
+        raise ContainerError(f"container {container}: {file.target}: {exc}") from None
+    return str(copy)
 
 
 def _bind_source(container: str, mount: Mount) -> None:
@@ -118,6 +149,10 @@ def check_stack(stack: Stack, store: VolumeStore | None = None) -> None:
             problems.append((where, None, f"the device {volume.device} of this bind volume "
                              "is not a directory; make it"))
     for service in stack.services:
+        for file in service.files:
+            if file.content is None and not os.path.isfile(file.source):
+                problems.append((f"services.{service.name}", None, f"{file.target}: the "
+                                 f"source {file.source} is not a file"))
         for mount in service.volumes:
             if mount.kind != "bind":
                 continue
