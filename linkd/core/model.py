@@ -179,6 +179,7 @@ class FileMount:
     gid: int | None = None
     mode: int | None = None
     secret: bool = False  # its content is not shown by `linkd inspect`
+    unset: str = ""  # its `environment:` variable, which was not set: `up` refuses it
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ class _Source:
     file: str = ""
     content: str | None = None
     external: bool = False
+    unset: str = ""
 
 
 class FileReader:
@@ -81,9 +82,11 @@ class FileReader:
             return _Source(file=posixpath.normpath(posixpath.join(self.directory, text)))
         if which == "environment":
             if text not in self.env:
-                r.fail(f[which], f"variable {text} is not set: {kind[:-1]} {key} takes its "
-                                 "content from it; set it (or put it in .env)")
-                return None
+                # As Compose: said here, refused by `up` (`config` shows the file).
+                r.warn(f[which], f"variable {text} is not set: {kind[:-1]} {key} takes its "
+                                 "content from it, and up refuses to start without it; set it "
+                                 "(or put it in .env)")
+                return _Source(unset=text)
             text = self.env[text]
         if len(text) > MAX_CONTENT:
             r.fail(f[which], f"{kind[:-1]} {key} is {len(text)} characters; linkd takes at "
@@ -137,7 +140,8 @@ class FileReader:
         except Bad as exc:
             self.r.fail(at, str(exc))
             return None
-        mount = FileMount(target, source.file, source.content, secret=kind == "secrets")
+        mount = FileMount(target, source.file, source.content, secret=kind == "secrets",
+                          unset=source.unset)
         if at_uid := given(f, "uid"):
             mount = replace(mount, uid=self.r.integer(at_uid, 0))
         if at_gid := given(f, "gid"):

@@ -83,8 +83,6 @@ def test_inspect_shows_no_secrets_content() -> None:
     ("services: {a: {image: x}}\nsecrets: {s: {file: a, environment: B}}",
      "secret s needs exactly one of file or environment (or external), got file, "
      "environment"),
-    ("services: {a: {image: x}}\nsecrets: {s: {environment: UNSET_HERE}}",
-     "variable UNSET_HERE is not set"),
     ("services: {a: {image: x, configs: [{target: /x}]}}\nconfigs: {c: {content: x}}",
      'needs "source"'),
     ("services: {a: {image: x, configs: [{source: c, target: /proc/x}]}}\n"
@@ -104,3 +102,13 @@ def test_external_ones_are_warned_and_left_out() -> None:
     """)
     assert stack.service("a").files == ()
     assert len(stack.warnings) == 1 and "live in a Swarm's store" in stack.warnings[0]
+
+
+def test_an_unset_variable_is_warned_and_kept_for_up_to_refuse() -> None:
+    stack = parse("""
+        services: {a: {image: x, secrets: [s]}}
+        secrets: {s: {environment: UNSET_HERE}}
+    """)
+    assert stack.service("a").files == (FileMount("/run/secrets/s", secret=True,
+                                                  unset="UNSET_HERE"),)
+    assert "variable UNSET_HERE is not set" in stack.warnings[0]

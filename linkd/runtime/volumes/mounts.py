@@ -75,6 +75,8 @@ def host_mounts(plan: StackPlan, container: ContainerPlan, files: Path,
 def _file_source(container: str, file: FileMount, files: Path, index: int) -> str:
     """The host file a secret or config is bound from: its own source, or a copy with
     the owner and mode it asks for (0444 and root's, Compose's defaults)."""
+    if file.unset:
+        raise ContainerError(f"container {container}: {file.target}: {_unset(file)}")
     if file.content is None and file.uid is None and file.gid is None and file.mode is None:
         if not os.path.isfile(file.source):
             raise ContainerError(f"container {container}: {file.target}: the source "
@@ -150,7 +152,10 @@ def check_stack(stack: Stack, store: VolumeStore | None = None) -> None:
                              "is not a directory; make it"))
     for service in stack.services:
         for file in service.files:
-            if file.content is None and not os.path.isfile(file.source):
+            if file.unset:
+                problems.append((f"services.{service.name}", None,
+                                 f"{file.target}: {_unset(file)}"))
+            elif file.content is None and not os.path.isfile(file.source):
                 problems.append((f"services.{service.name}", None, f"{file.target}: the "
                                  f"source {file.source} is not a file"))
         for mount in service.volumes:
@@ -162,6 +167,11 @@ def check_stack(stack: Stack, store: VolumeStore | None = None) -> None:
                                  f"{mount.source} -> {mount.target}: {problem}"))
     if problems:
         raise SpecError(problems)
+
+
+def _unset(file: FileMount) -> str:
+    return (f"its content comes from the variable {file.unset}, which was not set when the "
+            "stack was read; set it (or put it in .env beside the stack file)")
 
 
 def users(name: str, plans: list[tuple[StackPlan, list[str]]]) -> list[str]:
