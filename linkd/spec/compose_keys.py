@@ -60,7 +60,7 @@ SERVICE: dict[str, tuple[Handling, str]] = {
     "env_file": ("supported", ""),
     "environment": ("supported", ""),
     "expose": ("supported", ""),
-    "extends": ("ignored", _NOT_YET),
+    "extends": ("supported", "same file or `file:`; resolved before the stack is read"),
     "external_links": ("ignored", "join the other stack's network instead"),
     "extra_hosts": ("differs", "in the hosts file, and answered by linkd's DNS to that "
                                "container too; `host-gateway` is the host's side of its "
@@ -128,7 +128,8 @@ SERVICE: dict[str, tuple[Handling, str]] = {
 TOP_LEVEL: dict[str, tuple[Handling, str]] = {
     "version": ("supported", "obsolete, as in Compose: read and not used"),
     "name": ("supported", ""),
-    "include": ("ignored", _NOT_YET),
+    "include": ("supported", "over the daemon's API (`up -d`), only files beneath the "
+                             "stack's directory"),
     "services": ("supported", ""),
     "networks": ("supported", ""),
     "volumes": ("ignored", _NOT_YET),
