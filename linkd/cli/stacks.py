@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from linkd.core.state import StackState
     from linkd.loader import StackSource
 
+    Files = str | Sequence[str] | None  # what -f gave: nothing, or one path or more
+
 # linkd's own name first, then Compose's, in Compose's order of preference
 DEFAULT_FILES = (
     "linkd.yaml",
@@ -46,8 +48,6 @@ OVERRIDE_FILES = (
     "docker-compose.override.yml",
     "docker-compose.override.yaml",
 )
-
-Files = str | Sequence[str] | None  # what -f gave: nothing, or one path or more
 
 
 def find_files(paths: Files) -> list[Path]:

@@ -60,7 +60,8 @@ SERVICE: dict[str, tuple[Handling, str]] = {
     "env_file": ("supported", ""),
     "environment": ("supported", ""),
     "expose": ("supported", ""),
-    "extends": ("supported", "same file or `file:`; resolved before the stack is read"),
+    "extends": ("differs", "as Compose (same file, or `file:`); `up -d` reads that file "
+                           "only beneath the stack's directory"),
     "external_links": ("ignored", "join the other stack's network instead"),
     "extra_hosts": ("differs", "in the hosts file, and answered by linkd's DNS to that "
                                "container too; `host-gateway` is the host's side of its "
@@ -128,8 +129,8 @@ SERVICE: dict[str, tuple[Handling, str]] = {
 TOP_LEVEL: dict[str, tuple[Handling, str]] = {
     "version": ("supported", "obsolete, as in Compose: read and not used"),
     "name": ("supported", ""),
-    "include": ("supported", "over the daemon's API (`up -d`), only files beneath the "
-                             "stack's directory"),
+    "include": ("differs", "as Compose; `up -d` reads the files only beneath the stack's "
+                           "directory"),
     "services": ("supported", ""),
     "networks": ("supported", ""),
     "volumes": ("ignored", _NOT_YET),
