@@ -146,13 +146,7 @@ def _include(r: Reader, entry: At, place: Place, files: Files,
     if not paths:
         return None
     names = [join("", p) for p in paths]
-    base = join("", directory) if directory is not None else posixpath.dirname(names[0])
-    env = _variables(r, entry, files, base, env_files, place.env)
-    if env is None:
-        return None
-    inner = Place(base, env)
-    merger = Merger(r)
-    model: yaml.Node | None = None
+    roots: list[tuple[str, yaml.Node]] = []
     for name in names:
         if name in chain:
             r.fail(entry, "include makes a cycle: " + " -> ".join([*chain, name]))
@@ -165,8 +159,16 @@ def _include(r: Reader, entry: At, place: Place, files: Files,
         except Unreadable as exc:
             r.fail(entry, str(exc))
             return None
-        if root is None:
-            continue
+        if root is not None:
+            roots.append((name, root))
+    base = join("", directory) if directory is not None else posixpath.dirname(names[0])
+    env = _variables(r, entry, files, base, env_files, place.env)
+    if env is None:
+        return None
+    inner = Place(base, env)
+    merger = Merger(r)
+    model: yaml.Node | None = None
+    for name, root in roots:
         doc = _document(r, root, inner, files, (*chain, name))
         model = doc if model is None else merger.merge(At.root(model), At.root(doc), ())
     return None if model is None else clean(model)
