@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 import yaml
 
 from linkd.spec import bounded_yaml
-from linkd.spec.merge import OVERRIDE, STR, Pattern, child_pattern, strip
+from linkd.spec.merge import OVERRIDE, STR, Pattern, Work, child_pattern, strip
 from linkd.spec.nodes import At, Origin, Reader
 from linkd.spec.values import Bad, interpolate
 
@@ -113,6 +113,7 @@ class Files:
         self.chars = 0
         self.nodes: dict[str, yaml.Node | None] = {}
         self.texts: dict[str, str] = {}
+        self.work = Work()  # the stack's merging, counted in one place
 
     def count_text(self, text: str, name: str) -> None:
         """Count a file of the stack against its bounds (`Unreadable` over them)."""

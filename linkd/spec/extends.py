@@ -20,7 +20,7 @@ from collections.abc import Callable
 import yaml
 
 from linkd.spec.documents import MAX_DEPTH, Unreadable, join
-from linkd.spec.merge import Merger, clean, mapping
+from linkd.spec.merge import Merger, Work, clean, mapping
 from linkd.spec.nodes import At, Reader, given
 from linkd.spec.values import quote
 
@@ -31,12 +31,14 @@ Step = tuple[str, str]  # (file, service)
 class Extends:
     """Resolves the `extends:` of one document's services."""
 
-    def __init__(self, r: Reader, load: Callable[[str], yaml.Node | None]) -> None:
+    def __init__(self, r: Reader, load: Callable[[str], yaml.Node | None],
+                 work: Work | None = None) -> None:
         self.r = r
         self.load = load  # the document of a file a service names, ready to read
-        self.merger = Merger(r)
+        self.merger = Merger(r, work)
         self.files: dict[str, dict[str, At]] = {}  # file -> its services by name
         self.done: dict[Step, yaml.Node] = {}
+        self.bases: dict[Step, yaml.Node] = {}  # resolved, cleaned: what others extend
 
     def resolve(self, services: At) -> yaml.Node:
         """The mapping `services` with each service's `extends:` resolved and removed."""
@@ -77,9 +79,10 @@ class Extends:
             self.r.fail(ext, f"extends goes more than {MAX_DEPTH} services deep (linkd's "
                              "limit)")
             return own
-        base = self.service(target, (*chain, step))
-        return self.merger.merge(At(clean(base), at.path, at.line), At(own, at.path, at.line),
-                                 ("services", "*"))
+        if target not in self.bases:  # cleaned once, however many extend it
+            self.bases[target] = clean(self.service(target, (*chain, step)))
+        return self.merger.merge(At(self.bases[target], at.path, at.line),
+                                 At(own, at.path, at.line), ("services", "*"))
 
     def _target(self, file: str, ext: At) -> Step | None:
         """The service `ext` names, its file read; None (said) when there is none."""

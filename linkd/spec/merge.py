@@ -31,7 +31,10 @@ merge a tombstone is nothing and an `!override` is a plain value.
 
 Keys are read with the `Reader` (its `<<` merge keys, its problems); the identity of an
 entry (the target of a volume...) is read from its text interpolated with the stack's
-variables, as Compose merges after interpolating.
+variables, as Compose merges after interpolating. The entries merged for one stack are
+counted (`Work`): a file within its own bounds can still ask for much merging (a
+thousand services extending one with a thousand variables), and that is refused before
+it is done, not after.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from typing import Any
 
 import yaml
 
+from linkd.spec import bounded_yaml
 from linkd.spec.nodes import At, Reader, describe, origin
 from linkd.spec.values import Bad, interpolate, parse_port
 
@@ -58,6 +62,24 @@ _NAMED = {
     ("services", "*", "networks"), ("services", "*", "ulimits"),
     ("services", "*", "depends_on"), ("services", "*", "models"),
 }  # fmt: skip
+
+
+MAX_WORK = 4 * bounded_yaml.MAX_NODES  # entries merged for one stack
+
+
+class Work:
+    """The entries merged so far for one stack, within `MAX_WORK`."""
+
+    def __init__(self) -> None:
+        self.done = 0
+
+    def spend(self, entries: int, at: At) -> None:
+        self.done += entries
+        if self.done > MAX_WORK:
+            raise bounded_yaml.Limit(
+                f"merging the stack's files (-f, include, extends) takes more than "
+                f"{MAX_WORK} entries (linkd's limit); extend smaller services, or fewer",
+                None if origin(at.node) else at.line)
 
 
 def child_pattern(pattern: Pattern, key: str) -> Pattern:
@@ -136,11 +158,13 @@ def _null(node: yaml.Node) -> bool:
 class Merger:
     """Merges nodes by Compose's rules; problems (two forms that cannot merge) go to `r`."""
 
-    def __init__(self, r: Reader) -> None:
+    def __init__(self, r: Reader, work: Work | None = None) -> None:
         self.r = r
+        self.work = work or Work()
 
     def merge(self, base: At, over: At, pattern: Pattern) -> yaml.Node:
         """`over` merged onto `base`, both at `pattern` (see the module's docstring)."""
+        self.work.spend(1, over)
         b, o = base.node, over.node
         if o.tag in (RESET, OVERRIDE) or b.tag == RESET:
             return o
@@ -158,6 +182,7 @@ class Merger:
         if isinstance(b, yaml.MappingNode) and isinstance(o, yaml.MappingNode):
             return self.mappings(base, over, pattern)
         if isinstance(b, yaml.SequenceNode) and isinstance(o, yaml.SequenceNode):
+            self.work.spend(len(b.value) + len(o.value), over)
             return sequence(b, [*b.value, *o.value])
         if isinstance(b, (yaml.MappingNode, yaml.SequenceNode)) or isinstance(
                 o, (yaml.MappingNode, yaml.SequenceNode)):
@@ -177,7 +202,9 @@ class Merger:
 
     def mappings(self, base: At, over: At, pattern: Pattern) -> yaml.MappingNode:
         out: dict[str, tuple[int, yaml.Node]] = {k: (c.line, c.node) for k, c in self.pairs(base)}
-        for key, child in self.pairs(over):
+        pairs = self.pairs(over)
+        self.work.spend(len(out) + len(pairs), over)
+        for key, child in pairs:
             if key in out:
                 line, node = out[key]
                 merged = self.merge(At(node, child.path, line), child,
@@ -210,6 +237,8 @@ class Merger:
                ) -> list[yaml.Node]:
         """`items` with a later entry in the place of an earlier one of the same identity
         (None: no identity, kept)."""
+        if items:
+            self.work.spend(len(items), At.root(items[0]))
         out: list[yaml.Node] = []
         index: dict[str, int] = {}
         for item in items:
@@ -264,7 +293,9 @@ def _by_key(m: Merger, base: At, over: At, pattern: Pattern) -> yaml.Node:
     a null too (a bare KEY)."""
     if base.is_mapping and over.is_mapping:
         out = {k: (c.line, c.node) for k, c in m.pairs(base)}
-        for key, child in m.pairs(over):
+        pairs = m.pairs(over)
+        m.work.spend(len(out) + len(pairs), over)
+        for key, child in pairs:
             line = out[key][0] if key in out and child.node.tag != RESET else child.line
             out[key] = (line, child.node)
         return mapping(base.node, ((k, line, v) for k, (line, v) in out.items()))
@@ -477,6 +508,7 @@ _RULES: dict[Pattern, Rule] = {
 }
 
 
-def merge(r: Reader, base: yaml.Node, over: yaml.Node, pattern: Pattern = ()) -> yaml.Node:
+def merge(r: Reader, base: yaml.Node, over: yaml.Node, pattern: Pattern = (),
+          work: Work | None = None) -> yaml.Node:
     """`over` merged onto `base` (two documents, or two nodes at `pattern`)."""
-    return Merger(r).merge(At.root(base), At.root(over), pattern)
+    return Merger(r, work).merge(At.root(base), At.root(over), pattern)

@@ -60,7 +60,7 @@ def assemble(
     """The stack the documents (name, root) make together; None when all are empty."""
     place = Place("", r.host_env)
     model: yaml.Node | None = None
-    merger = Merger(r)
+    merger = Merger(r, files.work)
     for name, root in documents:
         if root is None:
             continue  # an empty file adds nothing (Compose)
@@ -108,7 +108,7 @@ def _document(r: Reader, root: yaml.Node, place: Place, files: Files,
     if services is not None:
         key, line, node = entries[services]
         load = _extends_loader(r, place, files)
-        entries[services] = (key, line, Extends(r, load).resolve(At(node, key, line)))
+        entries[services] = (key, line, Extends(r, load, files.work).resolve(At(node, key, line)))
     return mapping(root, entries)
 
 
@@ -166,7 +166,7 @@ def _include(r: Reader, entry: At, place: Place, files: Files,
     if env is None:
         return None
     inner = Place(base, env)
-    merger = Merger(r)
+    merger = Merger(r, files.work)
     model: yaml.Node | None = None
     for name, root in roots:
         doc = _document(r, root, inner, files, (*chain, name))

@@ -459,6 +459,17 @@ def test_extends_cannot_multiply_a_large_service_past_the_documents_bounds() -> 
     assert "more than 100000 YAML nodes" in problems(text)
 
 
+def test_merging_is_bounded_before_it_is_done() -> None:
+    """Two thousand services extending one with two thousand variables: a file well
+    within its own bounds, asking for four million entries merged: refused when the
+    count passes the bound (after it, the merged document would be refused for its size;
+    this message says the merging itself stopped)."""
+    env = "".join(f"      V{i}: '{i}'\n" for i in range(2000))
+    text = f"services:\n  base:\n    image: x\n    environment:\n{env}" + "".join(
+        f"  s{i}: {{extends: base, environment: {{V0: x}}}}\n" for i in range(2000))
+    assert "merging the stack's files (-f, include, extends) takes more than" in problems(text)
+
+
 # --- the files of the command line, and of the daemon's API ------------------------------
 
 
