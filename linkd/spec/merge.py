@@ -186,14 +186,17 @@ class Merger:
             return sequence(b, [*b.value, *o.value])
         if isinstance(b, (yaml.MappingNode, yaml.SequenceNode)) or isinstance(
                 o, (yaml.MappingNode, yaml.SequenceNode)):
-            self.mismatch(base, over)
+            return self.mismatch(base, over)
         return o
 
-    def mismatch(self, base: At, over: At) -> None:
+    def mismatch(self, base: At, over: At) -> yaml.Node:
+        """Said: `over` cannot merge onto `base`; the stack keeps `base` (the one problem
+        said is this one)."""
         file = origin(base.node)
         where = f"{file}, line {base.line}" if file else f"line {base.line}"
         self.r.fail(over, f"cannot merge {describe(over.node)} onto {describe(base.node)} "
                           f"({where}); write the same form, or !override to replace it")
+        return base.node
 
     def pairs(self, at: At) -> list[tuple[str, At]]:
         if not at.is_mapping:
@@ -301,8 +304,7 @@ def _by_key(m: Merger, base: At, over: At, pattern: Pattern) -> yaml.Node:
         return mapping(base.node, ((k, line, v) for k, (line, v) in out.items()))
     items = [_items(m, side, _key_value_items) for side in (base, over)]
     if items[0] is None or items[1] is None:
-        m.mismatch(base, over)
-        return over.node
+        return m.mismatch(base, over)
 
     def identity(item: yaml.Node) -> str | None:
         text = m.text(item)
@@ -319,8 +321,7 @@ def _listed(identity: Callable[[Merger, yaml.Node], str | None],
     def rule(m: Merger, base: At, over: At, pattern: Pattern) -> yaml.Node:
         items = [_items(m, side, pairs_as) for side in (base, over)]
         if items[0] is None or items[1] is None:
-            m.mismatch(base, over)
-            return over.node
+            return m.mismatch(base, over)
         return sequence(base.node, m.unique([*items[0], *items[1]],
                                             lambda item: identity(m, item)))
 
@@ -332,8 +333,7 @@ def _unique(identity: Callable[[Merger, yaml.Node], str | None]) -> Rule:
 
     def rule(m: Merger, base: At, over: At, pattern: Pattern) -> yaml.Node:
         if not (base.is_sequence and over.is_sequence):
-            m.mismatch(base, over)
-            return over.node
+            return m.mismatch(base, over)
         return sequence(base.node, m.unique([*base.node.value, *over.node.value],
                                             lambda item: identity(m, item)))
 
@@ -410,8 +410,7 @@ def _as_mapping(value: Callable[[yaml.Node], yaml.Node]) -> Rule:
                 side = At(mapping(side.node, entries), side.path, side.line)
             sides.append(side)
         if not (sides[0].is_mapping and sides[1].is_mapping):
-            m.mismatch(base, over)
-            return over.node
+            return m.mismatch(base, over)
         return m.mappings(sides[0], sides[1], pattern)
 
     return rule
@@ -436,8 +435,7 @@ def _build(m: Merger, base: At, over: At, pattern: Pattern) -> yaml.Node:
         for side in (base, over)
     ]
     if not (sides[0].is_mapping and sides[1].is_mapping):
-        m.mismatch(base, over)
-        return over.node
+        return m.mismatch(base, over)
     return m.mappings(sides[0], sides[1], pattern)
 
 
@@ -453,8 +451,7 @@ def _logging(m: Merger, base: At, over: At, pattern: Pattern) -> yaml.Node:
 def _ipam_config(m: Merger, base: At, over: At, pattern: Pattern) -> yaml.Node:
     """Entries merge by subnet; an entry of a new subnet is added."""
     if not (base.is_sequence and over.is_sequence):
-        m.mismatch(base, over)
-        return over.node
+        return m.mismatch(base, over)
     out: list[yaml.Node] = list(base.node.value)
     for item in over.node.value:
         subnet = m.field(item, "subnet") if isinstance(item, yaml.MappingNode) else None

@@ -4,7 +4,11 @@ How it works, in three steps:
 
 1. `linkd.spec.bounded_yaml.compose` turns the text into nodes, which keep line numbers, within
    bounds: nesting depth, and the size the document expands to once aliases (`*name`)
-   and merge keys (`<<`) are resolved, so no text makes the parser slow or deep.
+   and merge keys (`<<`) are resolved, so no text makes the parser slow or deep. A
+   stack of several files (`overrides`, and the files `include:` and `extends:` name,
+   read through `read_file`) becomes one document here (`linkd.spec.project`, with
+   Compose's merge rules), held to the same bounds; its nodes keep the file they came
+   from, so a problem names it.
 2. `linkd.spec.nodes.Reader` walks the nodes the schema expects (the top level here,
    `networks:` and `services:` in `linkd.spec.services`) and turns each into a value
    (`linkd.spec.values` parses the scalar syntaxes: ports, durations, signals, `${VAR}`).
