@@ -96,10 +96,10 @@ class Extends:
                 return None
             service = self.r.text(named)
             if (file_at := given(fields, "file")) is not None:
-                name = self.r.text(file_at)
-                if name is None or not self._read(file_at, name := join("", name)):
+                text = self.r.text(file_at)
+                if text is None or not self._read(file_at, join("", text)):
                     return None
-                file = name
+                file = join("", text)
         elif ext.is_sequence:
             self.r.fail(ext, "expected a service's name, or {service: NAME, file: FILE}")
             return None

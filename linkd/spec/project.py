@@ -97,11 +97,13 @@ def _document(r: Reader, root: yaml.Node, place: Place, files: Files,
         if key == "include":
             continue
         node = child.node
-        if key in resources:
+        if key in resources and (child.is_mapping or child.is_null):  # else the Reader says
             found = resources.pop(key)
             node = mapping(child.node, ((n, line, v) for n, (line, v) in found.items()))
         entries.append((key, child.line, node))
     for key, found in resources.items():  # only included projects define them
+        if key in fields:
+            continue  # not a mapping here: the Reader says so
         entries.append((key, include.line if include else 1,
                         mapping(root, ((n, line, v) for n, (line, v) in found.items()))))
     services = next((i for i, (key, _, _) in enumerate(entries) if key == "services"), None)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 from pathlib import Path
@@ -294,6 +295,52 @@ def test_a_service_merged_onto_itself_keeps_its_unique_entries(service: dict[str
     twice = merged(*[_as_yaml({"services": {"s": service}})] * 2)["services"]["s"]
     for key in ("ports", "environment", "command", "image", "depends_on"):
         assert twice.get(key) == once.get(key)
+
+
+_names = st.sampled_from(["a.yml", "b.yml", "sub/c.yml", "../d.yml", "/abs.yml", "gone.yml"])
+_refs = st.one_of(
+    st.sampled_from(["s1", "s2", "s3", "nope"]),
+    st.fixed_dictionaries({"service": st.sampled_from(["s1", "s2", "s3"])},
+                          optional={"file": _names}),
+)
+_fuzz_service = st.fixed_dictionaries({}, optional={
+    "image": st.just("x"),
+    "extends": _refs,
+    "ports": st.lists(st.sampled_from(["80", "8080:80", "${P}:80"]), max_size=2),
+    "environment": st.one_of(st.dictionaries(st.sampled_from(["A", "B"]), st.just("v")),
+                             st.lists(st.sampled_from(["A=1", "B"]), max_size=2)),
+    "command": st.one_of(st.just("run"), st.lists(st.just("x"), max_size=2)),
+    "env_file": st.sampled_from(["e.env", "./e.env", "../e.env"]),
+    "volumes": st.lists(st.sampled_from(["./d:/d", "v:/d", "/h:/h:ro"]), max_size=2),
+    "depends_on": st.one_of(st.lists(st.sampled_from(["s1", "s2"]), max_size=2),
+                            st.just({"s1": {"condition": "service_started"}})),
+})
+_fuzz_doc = st.fixed_dictionaries({}, optional={
+    "services": st.dictionaries(st.sampled_from(["s1", "s2", "s3"]), _fuzz_service,
+                                max_size=3),
+    "include": st.lists(st.one_of(_names, st.fixed_dictionaries(
+        {"path": st.one_of(_names, st.lists(_names, max_size=2))},
+        optional={"project_directory": st.sampled_from([".", "sub", ".."]),
+                  "env_file": st.sampled_from([".env", "sub/x.env"])})), max_size=2),
+})
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_fuzz_doc, min_size=1, max_size=3),
+       st.dictionaries(_names, _fuzz_doc, max_size=4),
+       st.sampled_from(["", "ports: !reset []", "ports: !override ['1:1']", "image: !reset"]))
+def test_any_files_give_a_stack_or_a_spec_error(given_docs: list[dict[str, Any]],
+                                                named: dict[str, dict[str, Any]],
+                                                tag: str) -> None:
+    """Whatever the files say of each other (cycles, missing files and services, paths
+    out of the directory), the parse ends with a stack or a `SpecError`."""
+    texts = [_as_yaml(d) for d in given_docs]
+    if tag:
+        texts.append(f"services:\n  s1:\n    {tag}\n")
+    files = {posixpath.normpath(n): _as_yaml(d) for n, d in named.items()}
+    files |= {"e.env": "E=1\n", "sub/x.env": "P=9\n"}
+    with contextlib.suppress(SpecError):
+        stack(*texts, env={"P": "80"}, files=files)
 
 
 # --- extends -----------------------------------------------------------------------------
