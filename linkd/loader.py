@@ -8,11 +8,18 @@ Two halves, because the commands that hand a stack to the daemon must start at o
 
 - `read_file` reads a stack file as every caller does (bounded, UTF-8, a regular file
   or a pipe, `linkd up -f /dev/stdin`) into a `StackSource`, and says "cannot read stack
-  file ..." when it cannot; `local_source` is the same for text this process has. They
-  import no parser: `linkd up -d` sends the source as it is, to be loaded by the daemon.
+  file ..." when it cannot; `read_files` reads several (`-f a.yml -f b.yml`, or a file
+  and the override file beside it), merged in order, the first one's directory being the
+  stack's; `local_source` is the same for text this process has. They import no parser:
+  `linkd up -d` sends the source as it is (the texts of all the files given), to be
+  loaded by the daemon.
 - `load` turns a `StackSource` into a `Stack` with `linkd.spec.stack_file.parse_stack`,
-  the files the stack names (env files, seccomp profiles) read beneath the source's
-  directory through `linkd.files`; `check` lets the daemon stop a parse over its budget.
+  the files the stack names (env files, seccomp profiles, the files of `include:` and
+  `extends: file:`) read relative to the source's directory through `linkd.files`;
+  `check` lets the daemon stop a parse over its budget. A source from the daemon's API
+  is `confined`: the files of `include:` and `extends:` it names are read only beneath
+  its directory (`../common.yml` is refused, saying so), where the command line, reading
+  files of its own user, follows Compose and reads them wherever they are.
 
 Everything a stack's variables come from is decided in `load`, once, for every caller:
 the environment given (the shell's, for the command line), over the project's `.env`
@@ -48,10 +55,12 @@ class StackSource:
     `project_name` overrides the file's `name:`, and `default_project` names a stack
     that gives neither (Compose: the directory's name); `environment` is what `${VAR}`
     reads, over the variables of `env_files` (None: the directory's `.env` if there is
-    one, Compose's default; relative names start in the directory)."""
+    one, Compose's default; relative names start in the directory). `overrides` are the
+    other files given, (name, text), merged onto this one in order; `confined`: the
+    files the stack names are read only beneath `directory` (a stack from the API)."""
 
-    __slots__ = ("default_project", "directory", "env_files", "environment", "project_name",
-                 "source", "text")  # fmt: skip
+    __slots__ = ("confined", "default_project", "directory", "env_files", "environment",
+                 "overrides", "project_name", "source", "text")  # fmt: skip
 
     def __init__(
         self,
@@ -63,8 +72,12 @@ class StackSource:
         default_project: str = "",
         environment: Mapping[str, str] | None = None,
         env_files: Sequence[str] | None = None,
+        overrides: Sequence[tuple[str, str]] = (),
+        confined: bool = False,
     ) -> None:
         self.text = text
+        self.overrides = tuple(overrides)
+        self.confined = confined
         self.env_files = None if env_files is None else tuple(env_files)
         self.source = source
         self.directory = directory
@@ -92,6 +105,26 @@ def read_file(
     base = Path(directory).resolve() if directory is not None else file.resolve().parent
     return local_source(text, source=str(file), directory=base, project_name=project_name,
                         env_files=env_files)
+
+
+def read_files(
+    paths: Sequence[Path],
+    *,
+    project_name: str | None = None,
+    env_files: Sequence[str] | None = None,
+) -> StackSource:
+    """The stack files `paths` (at least one) as one `local_source`: the first one's, its
+    directory the stack's, with the others to merge onto it in order (Compose's `-f a.yml
+    -f b.yml`: their relative paths start in the first one's directory too)."""
+    source = read_file(paths[0], project_name=project_name, env_files=env_files)
+    overrides = []
+    for path in paths[1:]:
+        try:
+            overrides.append((str(path), files.read_text(path, pipes=True)))
+        except OSError as exc:
+            raise NotFoundError(f"cannot read stack file {path}: {exc.strerror}") from exc
+    source.overrides = tuple(overrides)
+    return source
 
 
 def local_source(
@@ -129,7 +162,31 @@ def load(source: StackSource, *, check: Callable[[], None] | None = None) -> Sta
         check=check,
         directory=str(source.directory),
         home=os.path.expanduser("~"),  # `~` in a bind source, when the environment has no HOME
+        overrides=source.overrides,
+        read_file=stack_file_reader(source.directory, confined=source.confined),
     )
+
+
+def stack_file_reader(base: Path, *, confined: bool) -> Callable[[str], str]:
+    """How a stack's `include:` and `extends: file:` files (and an include's env files)
+    are read: bounded regular files, by names relative to the stack's directory `base`.
+    `confined`, only beneath it: a name that is absolute, climbs out with `..` or leads
+    out through a symlink is refused (the daemon's API)."""
+    root = base.resolve() if confined else base
+
+    def read(name: str) -> str:
+        path = base / name
+        if confined and not path.resolve().is_relative_to(root):
+            raise files.FileProblem(
+                errno.EACCES,
+                f"is outside the stack's directory {base}, and a stack sent to the daemon "
+                "is read only beneath its directory; move the file there (or run `linkd "
+                "up` in the foreground)",
+                name,
+            )
+        return files.read_text(path)
+
+    return read
 
 
 def variables(source: StackSource) -> dict[str, str]:

@@ -1,9 +1,11 @@
 """The `linkd` command line: parse arguments, run the command, say its error.
 
 Commands follow `docker compose`: `up`, `down`, `ps`, `logs`, `exec`, `inspect`,
-`config`. A stack is named by `-p NAME`, else by its stack file (`-f FILE`, else the
-first of linkd.yaml, compose.yaml, compose.yml, docker-compose.yaml, docker-compose.yml
-in the current directory), else it is the only stack that is up (linkd.cli.stacks).
+`config`. A stack is named by `-p NAME`, else by its stack files (`-f FILE`, repeatable,
+merged in order as Compose merges them; else the first of linkd.yaml, compose.yaml,
+compose.yml, docker-compose.yml, docker-compose.yaml in the current directory, with an
+override file beside it, compose.override.yaml and the like, merged onto it), else it is
+the only stack that is up (linkd.cli.stacks).
 
 A command people type all day has to answer at once, so this module imports nothing
 costly up front. The commands that read (`ps`, `logs`, `env`, `config`, `port`, `dns`,
@@ -153,7 +155,9 @@ def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 def _stack_options(p: argparse.ArgumentParser, handler: Handler, *,
                    short_file: bool = True) -> None:
     flags = ("-f", "--file") if short_file else ("--file",)
-    p.add_argument(*flags, help="stack file (default: linkd.yaml, compose.yaml, ...)")
+    p.add_argument(*flags, action="append", metavar="FILE",
+                   help="stack file (repeatable: merged in order, as Compose does; default: "
+                        "linkd.yaml, compose.yaml, ..., and compose.override.yaml ...)")
     p.add_argument("-p", "--project-name", dest="project", help="stack name")
     p.add_argument("--env-file", action="append", metavar="FILE",
                    help="variables for ${VAR}, instead of the stack directory's .env "

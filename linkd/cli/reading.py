@@ -5,8 +5,8 @@ They answer at once: each imports, inside the command, the pure code it uses, an
 imports the runtime's daemon, supervisor or netlink (pyproject's import contracts;
 tests/unit/test_cli_imports.py checks what a run really imports). They talk to the
 daemon over its unix socket (linkd.client.api), and `ps` prints the daemon's JSON as it
-comes, without decoding it into the state's classes. `up -d` sends the stack file's text
-with what loading it needs (linkd.loader.StackSource), and the daemon loads it.
+comes, without decoding it into the state's classes. `up -d` sends the stack files' texts
+with what loading them needs (linkd.loader.StackSource), and the daemon loads them.
 """
 
 from __future__ import annotations
@@ -91,6 +91,8 @@ def up_detached(args: argparse.Namespace) -> int:
         # The daemon reads them beside the file, as `linkd config` does here.
         "env_files": list(source.env_files) if source.env_files is not None
         else [".env"] if (source.directory / ".env").is_file() else [],
+        # the other files given (-f b.yml, compose.override.yaml), merged by the daemon
+        "overrides": [{"source": name, "yaml": text} for name, text in source.overrides],
     }
     try:
         try:

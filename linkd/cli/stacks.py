@@ -1,8 +1,10 @@
 """The stack a command means, and what the command line knows of it: its stack file
 found and loaded (linkd.loader), or its state as the daemon or the state file has it.
 
-A stack is named by `-p NAME`, else by its stack file (`-f FILE`, else the first of
-`DEFAULT_FILES` in the current directory), else it is the only stack that is up. `ps`
+A stack is named by `-p NAME`, else by its stack files (`-f FILE`, repeatable: the files
+are merged in order, as Compose merges them; else the first of `DEFAULT_FILES` in the
+current directory, with the first of `OVERRIDE_FILES` there merged onto it, as Compose
+does with `compose.override.yaml`), else it is the only stack that is up. `ps`
 and the other reading commands name it without the parser where the file says its name
 plainly (`_name_in`), and read the state as JSON where they only print it
 (`plain_state`): the parser and the state codec are imported only by what needs them.
@@ -29,46 +31,68 @@ if TYPE_CHECKING:
     from linkd.core.state import StackState
     from linkd.loader import StackSource
 
+    Files = str | Sequence[str] | None  # what -f gave: nothing, or one path or more
+
+# linkd's own name first, then Compose's, in Compose's order of preference
 DEFAULT_FILES = (
     "linkd.yaml",
     "compose.yaml",
     "compose.yml",
-    "docker-compose.yaml",
     "docker-compose.yml",
+    "docker-compose.yaml",
+)
+OVERRIDE_FILES = (
+    "linkd.override.yaml",
+    "compose.override.yml",
+    "compose.override.yaml",
+    "docker-compose.override.yml",
+    "docker-compose.override.yaml",
 )
 
 
-def find_file(path: str | None) -> Path | None:
-    """The stack file `-f` names, else the first default file here, else None."""
-    if path is not None:
-        return Path(path)
+def find_files(paths: Files) -> list[Path]:
+    """The stack files `-f` names, in order; else the first default file here and the
+    first override file beside it, if any; else none."""
+    if isinstance(paths, str):
+        paths = [paths]
+    if paths:
+        return [Path(p) for p in paths]
     for name in DEFAULT_FILES:
         if Path(name).exists():
-            return Path(name)
-    return None
+            found = [Path(name)]
+            found += [Path(o) for o in OVERRIDE_FILES if Path(o).exists()][:1]
+            return found
+    return []
 
 
-def read_source(path: str | None, project: str | None,
+def find_file(paths: Files) -> Path | None:
+    """The stack's (first) file, or None."""
+    found = find_files(paths)
+    return found[0] if found else None
+
+
+def read_source(paths: Files, project: str | None,
                 env_files: Sequence[str] | None = None,
                 profiles: Sequence[str] | None = None) -> tuple[StackSource, Path]:
-    """The stack file's source, as `load_stack` loads it and `up -d` sends it;
-    `env_files` (`--env-file`, relative to the current directory) replace the stack
-    directory's `.env`."""
+    """The stack files' source, as `load_stack` loads it and `up -d` sends it, and the
+    first file; `env_files` (`--env-file`, relative to the current directory) replace the
+    stack directory's `.env`."""
     from linkd import loader
 
-    file = find_file(path)
-    if file is None:
+    found = find_files(paths)
+    if not found:
         raise NotFoundError(
             f"no stack file: pass -f FILE or create one of {', '.join(DEFAULT_FILES)}"
         )
+    file = found[0]
     named = None if env_files is None else [str(Path(f).absolute()) for f in env_files]
-    source = loader.read_file(file, project_name=project, env_files=named)
+    source = loader.read_files(found, project_name=project, env_files=named)
     if profiles:  # as Compose: the flags say which profiles, COMPOSE_PROFILES otherwise
         source.environment = {**source.environment, "COMPOSE_PROFILES": ",".join(profiles)}
     return source, file
 
 
-def load_stack(path: str | None, project: str | None,
+def load_stack(path: Files, project: str | None,
                env_files: Sequence[str] | None = None,
                profiles: Sequence[str] | None = None) -> tuple[Stack, Path]:
     from linkd import loader
@@ -149,10 +173,10 @@ def plain_state(name: str) -> dict[str, Any]:
 def stack_name(args: argparse.Namespace) -> str:
     if args.project:
         return str(args.project).lower()
-    file = find_file(args.file)
-    if file is not None:
+    found = find_files(args.file)
+    if found:
         env_files, profiles = getattr(args, "env_file", None), getattr(args, "profile", None)
-        return _name_in(file) or load_stack(args.file, None, env_files, profiles)[0].name
+        return _name_of(found) or load_stack(args.file, None, env_files, profiles)[0].name
     up = paths.stacks()
     if len(up) == 1:
         return up[0]
@@ -170,6 +194,27 @@ def _name_in(file: Path) -> str | None:
     top-level `name: NAME`, or no top-level `name` at all (then the directory's name, as
     Compose normalizes it); None where only the parser can tell (a quoted or
     interpolated value, flow style, a merge key at the top)."""
+    return _name_of([file])
+
+
+def _name_of(found: Sequence[Path]) -> str | None:
+    """`_name_in` for files merged in order: the last `name:` given, else the first
+    file's directory's name."""
+    name = None
+    for file in found:
+        said = _said_name(file)
+        if said is None:
+            return None
+        name = said[0] or name
+    if name is not None:
+        return name
+    base = re.sub(r"[^a-z0-9_-]", "", found[0].resolve().parent.name.lower()).lstrip("_-")
+    return base if base and len(base) <= 24 else None  # else the parser says what is wrong
+
+
+def _said_name(file: Path) -> tuple[str | None] | None:
+    """(the top-level `name:` of `file`, or None when it has none), or None when only
+    the parser can tell."""
     from linkd import files
 
     try:  # a regular file only: a pipe (-f /dev/stdin) is the parser's to read, once
@@ -183,10 +228,7 @@ def _name_in(file: Path) -> str | None:
             if match is None or match["value"] is None or found is not None:
                 return None
             found = match["value"]
-    if found is not None:
-        return found
-    name = re.sub(r"[^a-z0-9_-]", "", file.resolve().parent.name.lower()).lstrip("_-")
-    return name if name and len(name) <= 24 else None  # else the parser says what is wrong
+    return (found,)
 
 
 def containers(state: StackState, target: str) -> list[str]:

@@ -52,6 +52,12 @@ class CreateStack:
     # Files of variables for ${VAR} under `environment` (Compose's .env, --env-file),
     # relative to `directory`; none unless named.
     env_files: tuple[str, ...] = ()
+    # More stack files, (source, text), merged onto `text` in order (`-f a -f b`, or
+    # the override file beside the stack file).
+    overrides: tuple[tuple[str, str], ...] = ()
+
+
+MAX_OVERRIDES = 31  # with the stack file, the 32 files a stack may be made of
 
 
 def parse_create(body: Any) -> CreateStack:
@@ -59,7 +65,7 @@ def parse_create(body: Any) -> CreateStack:
         raise ApiError(400, "the body must be a JSON object", [("body", "expected an object")])
     problems: list[tuple[str, str]] = []
     unknown = sorted(set(body) - {"name", "spec", "yaml", "directory", "environment",
-                                  "source", "default_project", "env_files"})
+                                  "source", "default_project", "env_files", "overrides"})
     problems += [(f"body.{k}", "unknown field") for k in unknown]
     name = body.get("name")
     if name is not None and not (isinstance(name, str) and _STACK_NAME.fullmatch(name)):
@@ -88,6 +94,13 @@ def parse_create(body: Any) -> CreateStack:
     env_files = body.get("env_files", [])
     if not (isinstance(env_files, list) and all(isinstance(f, str) and f for f in env_files)):
         problems.append(("body.env_files", "expected a list of file names"))
+    overrides = body.get("overrides", [])
+    if not (isinstance(overrides, list) and len(overrides) <= MAX_OVERRIDES and all(
+            isinstance(o, dict) and set(o) == {"source", "yaml"}
+            and isinstance(o["source"], str) and isinstance(o["yaml"], str)
+            for o in overrides)):
+        problems.append(("body.overrides", f'expected a list of {{"source": NAME, "yaml": '
+                                           f'TEXT}}, at most {MAX_OVERRIDES}'))
     if problems:
         raise ApiError(400, "invalid request", problems)
     return CreateStack(
@@ -98,6 +111,7 @@ def parse_create(body: Any) -> CreateStack:
         str(source),
         str(default),
         tuple(env_files),
+        tuple((o["source"], o["yaml"]) for o in overrides),
     )
 
 
@@ -184,6 +198,15 @@ _CREATE = {
         "env_files": {"type": "array", "items": {"type": "string"},
                       "description": "Files of variables for ${VAR}, under environment "
                                      "(Compose's .env); relative to directory"},
+        "overrides": {
+            "type": "array", "maxItems": MAX_OVERRIDES,
+            "items": {"type": "object", "required": ["source", "yaml"],
+                      "additionalProperties": False,
+                      "properties": {"source": {"type": "string"}, "yaml": {"type": "string"}}},
+            "description": "More stack files merged onto this one in order, with Compose's "
+                           "merge rules (-f a.yml -f b.yml); the files their include: and "
+                           "extends: name are read beneath directory only",
+        },
     },
 }
 

@@ -1,6 +1,8 @@
 """The stack file: YAML text in, a validated `linkd.core.model.Stack` out.
 
-`stack_file` is the entry (`parse_stack`); the other modules read one part of the file
+`stack_file` is the entry (`parse_stack`); `project` first makes one document of the
+stack's files (`-f` files, `include:`, `extends:`: `documents`, `extends`, with
+Compose's merge rules in `merge`); the other modules read one part of the document
 each (`services`, `environment`, `networks`, `health`, `limits`, `security`, `x_linkd`),
 on the bounded YAML composer (`bounded_yaml`) and the node reader (`nodes`, `values`);
 `checks` checks the whole, `dump` writes a stack back out as plain data.

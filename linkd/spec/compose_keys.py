@@ -60,7 +60,8 @@ SERVICE: dict[str, tuple[Handling, str]] = {
     "env_file": ("supported", ""),
     "environment": ("supported", ""),
     "expose": ("supported", ""),
-    "extends": ("ignored", _NOT_YET),
+    "extends": ("differs", "as Compose (same file, or `file:`); `up -d` reads that file "
+                           "only beneath the stack's directory"),
     "external_links": ("ignored", "join the other stack's network instead"),
     "extra_hosts": ("differs", "in the hosts file, and answered by linkd's DNS to that "
                                "container too; `host-gateway` is the host's side of its "
@@ -132,7 +133,8 @@ SERVICE: dict[str, tuple[Handling, str]] = {
 TOP_LEVEL: dict[str, tuple[Handling, str]] = {
     "version": ("supported", "obsolete, as in Compose: read and not used"),
     "name": ("supported", ""),
-    "include": ("ignored", _NOT_YET),
+    "include": ("differs", "as Compose; `up -d` reads the files only beneath the stack's "
+                           "directory"),
     "services": ("supported", ""),
     "networks": ("differs", "bridges on this host: a Swarm file's `driver: overlay` is made a "
                             "bridge (warned); `attachable`, `labels` and `driver_opts` are "

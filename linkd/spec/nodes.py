@@ -67,6 +67,16 @@ class At:
         return isinstance(self.node, yaml.SequenceNode)
 
 
+class Origin(str):
+    """The file a node was read from, as its marks' `name`, when that is not the stack's
+    first file (linkd.spec.documents marks the others): problems name it."""
+
+
+def origin(node: yaml.Node) -> str | None:
+    name = node.start_mark.name
+    return name if isinstance(name, Origin) else None
+
+
 def _nothing() -> None:
     return None
 
@@ -101,15 +111,22 @@ class Reader:
         self.problems: list[Problem] = []
         self.warnings: list[str] = []
         self._unset: set[str] = set()
-        self._merges: dict[int, list[tuple[str, int, yaml.Node]]] = {}
+        # id -> (the node, its entries): holding the node keeps its id from being reused
+        # by a node made later (linkd.spec.merge makes and drops nodes as it goes)
+        self._merges: dict[int, tuple[yaml.Node, list[tuple[str, int, yaml.Node]]]] = {}
 
     # --- reporting ---
 
     def fail(self, at: At, message: str) -> None:
-        self.problems.append((at.path or ROOT, at.line, message))
+        if (file := origin(at.node)) is not None:  # its line is that file's
+            self.problems.append((at.path or ROOT, None, f"in {file}, line {at.line}: {message}"))
+        else:
+            self.problems.append((at.path or ROOT, at.line, message))
 
     def warn(self, at: At, message: str) -> None:
-        self.warnings.append(f"{at.path} (line {at.line}): {message}")
+        file = origin(at.node)
+        where = f"{file}, line {at.line}" if file is not None else f"line {at.line}"
+        self.warnings.append(f"{at.path} ({where}): {message}")
 
     def parsed(self, at: At, parse: Callable[[str], T]) -> T | None:
         """The node's text run through `parse`; a `Bad` from it becomes a problem."""
@@ -147,7 +164,7 @@ class Reader:
         """
         done = self._merges.get(id(node))
         if done is not None:
-            return done
+            return done[1]
         merged: dict[str, tuple[int, yaml.Node]] = {}
         explicit: dict[str, tuple[int, yaml.Node]] = {}
         for key_node, value in node.value:
@@ -175,7 +192,7 @@ class Reader:
         # Explicit keys override merged ones in place: the order and values PyYAML's own
         # merge gives.
         entries = [(key, line, child) for key, (line, child) in (merged | explicit).items()]
-        self._merges[id(node)] = entries
+        self._merges[id(node)] = (node, entries)
         return entries
 
     def fields(

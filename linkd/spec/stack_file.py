@@ -4,7 +4,11 @@ How it works, in three steps:
 
 1. `linkd.spec.bounded_yaml.compose` turns the text into nodes, which keep line numbers, within
    bounds: nesting depth, and the size the document expands to once aliases (`*name`)
-   and merge keys (`<<`) are resolved, so no text makes the parser slow or deep.
+   and merge keys (`<<`) are resolved, so no text makes the parser slow or deep. A
+   stack of several files (`overrides`, and the files `include:` and `extends:` name,
+   read through `read_file`) becomes one document here (`linkd.spec.project`, with
+   Compose's merge rules), held to the same bounds; its nodes keep the file they came
+   from, so a problem names it.
 2. `linkd.spec.nodes.Reader` walks the nodes the schema expects (the top level here,
    `networks:` and `services:` in `linkd.spec.services`) and turns each into a value
    (`linkd.spec.values` parses the scalar syntaxes: ports, durations, signals, `${VAR}`).
@@ -28,13 +32,14 @@ to stop a parse that takes too long (this module keeps no clock). `stack_to_dict
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import yaml
 
 from linkd.core.model import Network, Stack
 from linkd.errors import SpecError
-from linkd.spec import bounded_yaml, compose_keys
+from linkd.spec import bounded_yaml, compose_keys, documents, project
+from linkd.spec.documents import Files
 from linkd.spec.dump import stack_to_dict
 from linkd.spec.nodes import ROOT, At, Reader, given
 from linkd.spec.secrets import FileReader
@@ -60,6 +65,8 @@ def parse_stack(
     check: Callable[[], None] | None = None,
     directory: str = "/",
     home: str | None = None,
+    overrides: Sequence[tuple[str, str]] = (),
+    read_file: Callable[[str], str] | None = None,
 ) -> Stack:
     """Parse and validate a stack file; raise `SpecError` listing every problem.
 
@@ -68,25 +75,12 @@ def parse_stack(
     `directory` is where relative bind-mount sources start (the stack file's); `~` in
     one is $HOME of `host_env`, else `home`.
     `read_text(name)` returns an env file's text or raises `OSError` (its `strerror` is
-    reported) or `UnicodeError`.
+    reported) or `UnicodeError`. `overrides` are more files, (name, text), merged onto
+    this one in order (`-f a.yml -f b.yml`); `read_file` reads the files `include:` and
+    `extends:` name, as `read_text` does (by default, `read_text` itself).
     """
     r = Reader(host_env, check)
-    try:
-        root = bounded_yaml.compose(text, check)
-    except bounded_yaml.Limit as exc:
-        raise SpecError([(ROOT, exc.line, str(exc))], source) from None
-    except UnicodeError as exc:
-        message = f"the text is not valid Unicode ({exc}); save the file as UTF-8"
-        raise SpecError([(ROOT, None, message)], source) from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        context = f" ({exc.context})" if exc.context else ""
-        raise SpecError([(ROOT, line, f"invalid YAML: {exc.problem}{context}")], source) from None
-    except yaml.YAMLError as exc:
-        raise SpecError([(ROOT, None, f"invalid YAML: {exc}")], source) from None
-    if root is None or (isinstance(root, yaml.ScalarNode) and root.tag.endswith(":null")):
-        raise SpecError([(ROOT, None, 'the file is empty; a stack needs "services:"')], source)
+    root = _document(r, text, source, overrides, Files(read_file or read_text, check), check)
     top = r.fields(At.root(root), _TOP_KEYS, compose_keys.ignored(compose_keys.TOP_LEVEL))
     if top is None:
         raise SpecError(r.problems, source)
@@ -116,6 +110,35 @@ def parse_stack(
         extension.host_access,
         declared,
     )
+
+
+def _document(r: Reader, text: str, source: str, overrides: Sequence[tuple[str, str]],
+              files: Files, check: Callable[[], None] | None) -> yaml.Node:
+    """The stack's files read and put together (linkd.spec.project) as one document."""
+    roots: list[tuple[str, yaml.Node | None]] = []
+    for name, content in ((source, text), *overrides):
+        try:
+            files.count_text(content, name)
+        except documents.Unreadable as exc:
+            raise SpecError([(ROOT, None, str(exc))], source) from None
+        try:
+            root = documents.compose(content, check)
+        except documents.Unreadable as exc:
+            if not roots:  # the stack's own file: its lines are the ones errors give
+                raise SpecError([(ROOT, exc.line, str(exc))], source) from None
+            line = f", line {exc.line}" if exc.line is not None else ""
+            raise SpecError([(ROOT, None, f"in {name}{line}: {exc}")], source) from None
+        if root is not None and roots:
+            documents.mark(root, name)
+        empty = root is None or (isinstance(root, yaml.ScalarNode) and root.tag.endswith(":null"))
+        roots.append((name, None if empty else root))
+    try:
+        model = project.assemble(r, roots, files)
+    except bounded_yaml.Limit as exc:
+        raise SpecError([(ROOT, exc.line, str(exc))], source) from None
+    if model is None:
+        raise SpecError([(ROOT, None, 'the file is empty; a stack needs "services:"')], source)
+    return model
 
 
 def _stack_name(

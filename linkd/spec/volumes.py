@@ -139,6 +139,9 @@ class VolumeReader:
             return self._checked(at, Mount("volume", parts[0]))
         source, target = parts[0], parts[1]
         modes = parts[2].split(",") if len(parts) == 3 else []
+        # "roz", "rwZ": Docker's parser takes a relabel flag written onto ro/rw too.
+        modes = [half for m in modes for half in
+                 ((m[:2], m[2:]) if m[:2] in ("ro", "rw") and m[2:] in ("z", "Z") else (m,))]
         unknown = [m for m in modes if m not in _MODES]
         if unknown:
             self.r.fail(at, f"unknown volume mode {quote(unknown[0])} in {quote(text)}; "

@@ -9,7 +9,8 @@ requests refused. A wrong `--tcp` stops the daemon before it recovers any stack.
 Stack files arrive in request bodies from whoever holds that power, and are parsed off
 the event loop (`parse_off_loop`), within a time budget, so DNS, supervision and other
 requests go on meanwhile; they are loaded as the command line and the Python API load
-theirs (linkd.loader), env files they name read as bounded regular files.
+theirs (linkd.loader), env files they name read as bounded regular files, the files
+their `include:` and `extends:` name only beneath the stack's directory.
 """
 
 from __future__ import annotations
@@ -175,6 +176,8 @@ async def _stack_from(request: web.Request, name: str | None) -> tuple[Stack, Pa
         default_project=wanted.default_project,
         environment=wanted.environment,
         env_files=wanted.env_files,
+        overrides=wanted.overrides,
+        confined=True,  # include: and extends: files only beneath `directory`
     )
     stack = await parse_off_loop(lambda check: loader.load(source, check=check))
     return stack, source.directory
