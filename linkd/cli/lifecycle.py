@@ -176,7 +176,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     spec_path = store.container_dir(name, target) / f"exec-{os.getpid()}.spec"
     process.write_exec_spec(
         str(spec_path), tuple(argv), container.env, container.working_dir, container.user,
-        name=target, image=container.image is not None,
+        name=target, image=container.image is not None, group_add=container.group_add,
     )
     try:
         return subprocess.call(process.exec_argv(current.init_pid, str(spec_path)))

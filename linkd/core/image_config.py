@@ -13,6 +13,8 @@ file had spelled out what the image config gives, with the stack file winning:
 - StopSignal: the image's, unless the service names a signal other than SIGTERM (the
   parsed stack cannot tell an explicit `stop_signal: SIGTERM` from the default).
 - Healthcheck: the service's, else the image's (Docker's defaults for missing times).
+- Platform: the service's `platform:` must be the image's (os, architecture, and the
+  variant when both say one); linkd runs images as they are, without emulation.
 - Volumes: each VOLUME path the service mounts nothing at becomes an anonymous volume
   (Docker's rule), seeded with what the image has there.
 
@@ -25,7 +27,7 @@ from __future__ import annotations
 import posixpath
 from dataclasses import replace
 
-from linkd.core.image_format import ImageConfig
+from linkd.core.image_format import ImageConfig, Platform
 from linkd.core.model import Healthcheck, Mount, PortSpec, Protocol, Service, Stack
 from linkd.errors import SpecError
 
@@ -70,6 +72,13 @@ def exposed_ports(image: str, config: ImageConfig) -> tuple[PortSpec, ...]:
 
 
 def with_image(service: Service, image_id: str, config: ImageConfig) -> Service:
+    if service.platform is not None:
+        wanted = Platform(*[*service.platform.split("/"), ""][:3])
+        if not config.platform.runs_on(wanted):
+            raise SpecError([(f"services.{service.name}.platform", None,
+                              f"the service asks for {service.platform}, and its image is "
+                              f"{config.platform}: load the image built for "
+                              f"{service.platform}, or drop platform")])
     entrypoint: tuple[str, ...] | None
     command: tuple[str, ...] | None
     if service.entrypoint is not None:

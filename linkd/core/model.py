@@ -203,6 +203,8 @@ class Service:
     environment: tuple[tuple[str, str], ...] = ()
     working_dir: str | None = None
     user: str | None = None
+    group_add: tuple[str, ...] = ()  # supplementary groups: names (of the image's) or gids
+    platform: str | None = None  # "os/arch[/variant]": the image must be of it
     hostname: str | None = None
     container_name: str | None = None  # Compose's: its one container's name
     # Compose's extra_hosts: (name, address or "host-gateway"), in the file's order

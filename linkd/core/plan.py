@@ -100,6 +100,7 @@ class ContainerPlan:
     # the plan's `volumes`), sorted by target so a mount inside another goes after it
     mounts: tuple[Mount, ...] = ()
     files: tuple[FileMount, ...] = ()  # `secrets:` and `configs:`
+    group_add: tuple[str, ...] = ()  # supplementary groups, beside the user's own
     limits: Limits = field(default_factory=Limits)  # memory, CPU and PID limits (cgroups)
     runtime: str | None = None  # what runs an image: "runc", "linkd", None: the default
     security: Security = field(default_factory=Security)  # departures from confinement
@@ -339,6 +340,7 @@ def _container_plan(
         env=tuple(env.items()),
         working_dir=service.working_dir or workdir,
         user=service.user,
+        group_add=service.group_add,
         restart=service.restart,
         stop_signal=service.stop_signal,
         stop_grace_period=service.stop_grace_period,

@@ -67,7 +67,8 @@ SERVICE: dict[str, tuple[Handling, str]] = {
                                "container too; `host-gateway` is the host's side of its "
                                "first network"),
     "gpus": ("ignored", "no GPU access"),
-    "group_add": ("ignored", _NOT_YET),
+    "group_add": ("supported", "names from the image's /etc/group (the host's for a host "
+                               "command), or numbers"),
     "healthcheck": ("supported", ""),
     "hostname": ("supported", ""),
     "image": ("supported", ""),
@@ -92,7 +93,8 @@ SERVICE: dict[str, tuple[Handling, str]] = {
     "oom_score_adj": ("ignored", "the kernel's OOM score applies"),
     "pid": ("ignored", "every container has a PID namespace of its own"),
     "pids_limit": ("supported", ""),
-    "platform": ("ignored", "images run as they are"),
+    "platform": ("differs", "checked against the image's: linkd runs images as they are, "
+                            "without emulation"),
     "ports": ("supported", ""),
     "post_start": ("ignored", "no lifecycle hooks"),
     "pre_stop": ("ignored", "no lifecycle hooks"),

@@ -49,6 +49,7 @@ from linkd.spec.values import (
     check_service_name,
     parse_expose,
     parse_host_ip,
+    parse_platform,
     parse_port,
     parse_port_range,
     parse_protocol,
@@ -66,7 +67,7 @@ _SERVICE_KEYS = (
     "expose", "ports", "links", "networks", "depends_on", "healthcheck", "restart", "scale",
     "deploy", "stop_signal", "stop_grace_period", "image", "container_name", "network_mode",
     "init", "extra_hosts", "labels", "profiles", "tmpfs", "volumes", "volumes_from", "secrets",
-    "configs", "x-linkd",
+    "configs", "group_add", "platform", "x-linkd",
     *LIMIT_KEYS, *SECURITY_KEYS,
 )  # fmt: skip
 _SERVICE_IGNORED = compose_keys.ignored(compose_keys.SERVICE)
@@ -165,6 +166,8 @@ class ServiceReader:
             environment=self.env.of(f),
             working_dir=self._text(f.get("working_dir")),
             user=self._text(f.get("user")),
+            group_add=self._group_add(given(f, "group_add")),
+            platform=self._value(f.get("platform"), parse_platform),
             hostname=self._text(f.get("hostname")),
             container_name=container_name,
             extra_hosts=self._extra_hosts(given(f, "extra_hosts")),
@@ -231,6 +234,21 @@ class ServiceReader:
                             "too); drop container_name or scale to 1")
             return None
         return name
+
+    def _group_add(self, at: At | None) -> tuple[str, ...]:
+        """Group names or gids (Compose: `[mail, 42]`)."""
+        if at is None or at.is_null:
+            return ()
+        groups = []
+        for item in self.r.items(at) or []:
+            text = self.r.text(item)
+            if text is None:
+                continue
+            if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?", text):
+                self.r.fail(item, f"expected a group name or number, got {quote(text)}")
+                continue
+            groups.append(text)
+        return tuple(groups)
 
     def _tmpfs(self, at: At | None) -> tuple[tuple[str, tuple[str, ...], str], ...]:
         """Compose's `tmpfs: /run` or a list of `TARGET[:OPTIONS]`; OPTIONS are mount

@@ -511,3 +511,19 @@ def check_port_name(name: str) -> str:
             f"least one letter (RFC 6335, usable as an SRV label), got {quote(name)}"
         )
     return name
+
+
+# Docker's names for the machine's architecture (uname -m gives the kernel's)
+ARCH_NAMES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386",
+              "i386": "386", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
+
+
+def parse_platform(text: str) -> str:
+    """Compose's `platform: os/arch[/variant]` ("linux/amd64", "linux/arm64/v8"),
+    architecture names as Docker writes them."""
+    parts = text.lower().split("/")
+    if len(parts) not in (2, 3) or not all(re.fullmatch(r"[a-z0-9_]+", p) for p in parts):
+        raise Bad(f'expected a platform like "linux/amd64" or "linux/arm64/v8", got '
+                  f"{quote(text)}")
+    parts[1] = ARCH_NAMES.get(parts[1], parts[1])
+    return "/".join(parts)

@@ -80,6 +80,7 @@ class HealthChecks:
         process.write_exec_spec(
             str(spec), check.test, container.env, container.working_dir, container.user,
             name=container.name, image=container.image is not None,
+            group_add=container.group_add,
         )
         self._tasks[container.name] = tasks.create_task(
             self._loop(container.name, check, str(spec), init_pid, started_at),

@@ -81,6 +81,7 @@ def write_exec_spec(
     *,
     name: str | None = None,
     image: bool = False,
+    group_add: Sequence[str] = (),
 ) -> None:
     """Write the spec that :func:`exec_argv`'s shim (and a health agent) reads.
 
@@ -96,6 +97,7 @@ def write_exec_spec(
             "env": [[k, v] for k, v in env],
             "working_dir": working_dir,
             "user": user,
+            "group_add": list(group_add),
             "image_root": image,
         },
     )

@@ -123,6 +123,7 @@ class ProcessSpec:
     tmpfs: tuple[tuple[str, tuple[str, ...], str], ...] = ()  # (target, flags, data)
     # `volumes:` (linkd.runtime.volumes.mounts.HostMount.for_shim), by target depth
     mounts: tuple[tuple[str, str, str, bool, bool, str], ...] = ()
+    group_add: tuple[str, ...] = ()  # supplementary groups beside the user's (names, gids)
 
 
 class ContainerProcess:
@@ -317,6 +318,7 @@ async def start(spec: ProcessSpec, warm: WarmShim | None = None) -> ContainerPro
             "rlimits": [list(r) for r in spec.rlimits],
             "tmpfs": [[t, list(flags), data] for t, flags, data in spec.tmpfs],
             "mounts": [list(m) for m in spec.mounts],
+            "group_add": list(spec.group_add),
         },
     )
     if warm is not None and warm.spec_path == spec_path:

@@ -130,6 +130,7 @@ def bundle_config(spec: ProcessSpec, container: ContainerPlan, stack: str,
                   layers: list[Path]) -> dict[str, object]:
     """The OCI runtime config (runtime-spec config.md) of an image container."""
     uid, gid, groups = resolve_user(layers, container.user)
+    groups += [g for g in group_ids(layers, container.group_add) if g not in groups]
     security = container.security
     ro = [] if security.privileged else ["ro"]  # privileged: a writable /sys, as Docker's
     mounts: list[dict[str, object]] = [
@@ -244,6 +245,25 @@ def resolve_user(layers: list[Path], user: str | None) -> tuple[int, int, list[i
 
 
 _TABLE_LIMIT = 8 << 20  # bytes of an image's /etc/passwd or /etc/group
+
+
+def group_ids(layers: list[Path], names: tuple[str, ...]) -> list[int]:
+    """`group_add` as gids: numbers as they are, names from the image's /etc/group."""
+    if not names:
+        return []
+    table = _table(layers, "etc/group")
+    found = []
+    for name in names:
+        if name.isdigit():
+            found.append(int(name))
+            continue
+        entry = next((g for g in table if g[0] == name and len(g) > 2 and g[2].isdigit()),
+                     None)
+        if entry is None:
+            raise ContainerError(f"group_add: group {name!r} not found in the image's "
+                                 "/etc/group")
+        found.append(int(entry[2]))
+    return found
 
 
 def _table(layers: list[Path], path: str) -> list[list[str]]:

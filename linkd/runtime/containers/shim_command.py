@@ -41,7 +41,7 @@ def exec_command(spec: "dict[str, Any]", alive_fd: int | None = None) -> "NoRetu
     # An image's users come from its files (`lookup_user`): the container's own spec says
     # so by its rootfs_dir, an exec spec (`linkd exec`, health probes) by image_root.
     files_only = bool(spec.get("rootfs_dir") or spec.get("image_root"))
-    _become(spec.get("user"), spec.get("working_dir"), files_only)
+    _become(spec.get("user"), spec.get("working_dir"), files_only, spec.get("group_add") or [])
     if conf is not None:
         _confine_after_user(conf)
     if alive_fd is not None:
@@ -120,6 +120,25 @@ def lookup_user(spec: str, files_only: bool = False) -> tuple[int, int, list[int
     return uid, gid, os.getgrouplist(entry[0], gid)
 
 
+def _gids(names: "list[str] | tuple[str, ...]", files_only: bool) -> "list[int]":
+    """`group_add`: gids as they are, names from /etc/group (the image's, as files)."""
+    import grp
+
+    groups_db = _files_db()[1] if files_only else None
+    found = []
+    for name in names:
+        if name.isdigit():
+            found.append(int(name))
+            continue
+        try:
+            found.append(next(g[1] for g in groups_db if g[0] == name)
+                         if groups_db is not None else grp.getgrnam(name).gr_gid)
+        except (KeyError, StopIteration):
+            raise base.SetupError(f"group_add: group {name!r} not found in /etc/group",
+                                  base.EXIT_NOT_FOUND) from None
+    return found
+
+
 def _files_db() -> tuple[list[tuple[str, int, int]], list[tuple[str, int, list[str]]]]:
     """(name, uid, gid) of /etc/passwd and (name, gid, members) of /etc/group, as files."""
     def lines(path: str) -> list[list[str]]:
@@ -137,9 +156,11 @@ def _files_db() -> tuple[list[tuple[str, int, int]], list[tuple[str, int, list[s
     return users, groups
 
 
-def _become(user: str | None, working_dir: str | None, files_only: bool = False) -> None:
-    if user is not None:
-        uid, gid, groups = lookup_user(user, files_only)
+def _become(user: str | None, working_dir: str | None, files_only: bool = False,
+            group_add: "list[str] | tuple[str, ...]" = ()) -> None:
+    if user is not None or group_add:
+        uid, gid, groups = lookup_user(user, files_only) if user is not None else (0, 0, [0])
+        groups = [*groups, *(g for g in _gids(group_add, files_only) if g not in groups)]
         try:
             # Groups first: once the uid is not 0 they can no longer be changed.
             os.setgroups(groups)

@@ -68,6 +68,7 @@ def process_spec(
         env=container.env,
         working_dir=container.working_dir,
         user=container.user,
+        group_add=container.group_add,
         bind_files=(
             (str(directory / "hosts"), "/etc/hosts"),
             (str(directory / "hostname"), "/etc/hostname"),
