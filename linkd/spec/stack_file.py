@@ -91,7 +91,7 @@ def parse_stack(
     name = _stack_name(r, top, project_name, default_project)
     volumes = VolumeReader(r, name or "", directory, host_env.get("HOME") or home)
     declared = volumes.volumes(given(top, "volumes"))
-    parser = ServiceReader(r, host_env, read_text, volumes)
+    parser = ServiceReader(r, host_env, read_text, volumes, name or "")
     networks = parser.networks(given(top, "networks"))
     services = parser.services(top.get("services"))
     extension = read_x_linkd(r, given(top, "x-linkd"))
