@@ -138,7 +138,13 @@ def test_up_builds_the_missing_image_and_runs_it(builder: Builder, linkd: Linkd,
     again = linkd.up()
     assert "building" not in again.stdout and "no change" in again.stdout
 
-    # --build builds again; a new image replaces the container.
+    # --build builds again; from an unchanged source it keeps the image (buildah's new
+    # timestamps aside, the same image), so nothing is recreated.
+    same = linkd.up("--build")
+    assert "building app" in same.stdout and "no change" in same.stdout, same.stdout
+    assert ImageStore().get(builder.image("app")).id == stored.id
+
+    # A changed argument: a new image replaces the container.
     monkeypatch.setenv("WHO", "a-rebuild")
     rebuilt = linkd.up("--build")
     assert "building app" in rebuilt.stdout and "changed: app-1" in rebuilt.stdout
@@ -249,5 +255,34 @@ def test_without_buildah_the_error_names_the_package(builder: Builder, linkd: Li
         assert result.returncode == 1, result.stdout + result.stderr
         assert "needs buildah, which is not installed: apt-get install buildah" \
             in result.stderr
+    stacks = Path(os.environ.get("LINKD_RUN_DIR", "/run/linkd")) / "stacks"
+    assert not (stacks / linkd.project).exists()
+
+
+def test_a_build_detaches_what_a_killed_build_left_mounted(builder: Builder,
+                                                           linkd: Linkd) -> None:
+    """A build killed (SIGKILL) mid-step leaves its mounts beneath the storage; the next
+    build, holding the storage's lock, detaches them before it starts."""
+    linkd.write("services:\n  app:\n    build: ./app\n")
+    leftover = builder.storage / "overlay" / "dead-build" / "merged"
+    leftover.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "linkd-test-leftover", str(leftover)], check=True)
+    try:
+        assert mounts_beneath(builder.storage) == [str(leftover)]
+        linkd.run("build", "-p", linkd.project)
+        assert mounts_beneath(builder.storage) == []
+    finally:
+        subprocess.run(["umount", "-l", str(leftover)], check=False, capture_output=True)
+
+
+def test_the_daemon_never_builds(builder: Builder, linkd: Linkd) -> None:
+    """`up -d --no-build` hands the daemon a stack whose image was never built: it says
+    how to build it, and creates nothing."""
+    linkd.write("services:\n  app:\n    build: ./app\n")
+    refused = linkd.run("up", "-d", "-p", linkd.project, "--no-build", check=False)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert (f"image {linkd.project}-app of service app is not built yet: `linkd build app`"
+            in refused.stderr)
+    assert "building" not in refused.stdout
     stacks = Path(os.environ.get("LINKD_RUN_DIR", "/run/linkd")) / "stacks"
     assert not (stacks / linkd.project).exists()

@@ -304,3 +304,57 @@ def test_linkd_config_accepts_a_build_and_does_not_build(tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr
     app = yaml.safe_load(result.stdout)["services"]["app"]
     assert app["image"] == "proj-app" and app["build"] == {"context": "./nowhere"}
+
+
+# --- what buildah is asked, and what `up` builds (linkd.runtime.images.build) -------------
+
+
+def test_buildah_is_asked_for_every_key() -> None:
+    from linkd.runtime.images.build import build_options
+
+    build = parse("""
+        services:
+          app:
+            build:
+              target: prod
+              args: [A=1, B=two words]
+              labels: {k: v}
+              extra_hosts: ["h:10.0.0.1"]
+              shm_size: 64m
+              ulimits: {nofile: {soft: 10, hard: 20}}
+              network: none
+              no_cache: true
+              pull: true
+    """).service("app").build
+    assert build is not None
+    assert build_options(build, Path("/ctx/Dockerfile.x"), Path("/work/image.tar")) == [
+        "--layers", "--force-rm", "--pull=always", "--network", "none",
+        "-t", "oci-archive:/work/image.tar", "-f", "/ctx/Dockerfile.x", "--no-cache",
+        "--target", "prod", "--build-arg", "A=1", "--build-arg", "B=two words",
+        "--label", "k=v", "--add-host", "h:10.0.0.1", "--shm-size", f"{64 << 20}b",
+        "--ulimit", "nofile=10:20",
+    ]
+    # The defaults: the host's network, FROM images pulled only when missing, buildah
+    # finds Dockerfile or Containerfile itself.
+    assert build_options(Build(), None, Path("/w/i.tar")) == [
+        "--layers", "--force-rm", "--pull=false", "--network", "host",
+        "-t", "oci-archive:/w/i.tar"]
+
+
+def test_up_builds_what_is_missing_once_per_image(tmp_path: Path) -> None:
+    from linkd.errors import NotFoundError
+    from linkd.runtime.images.build import to_build
+    from linkd.runtime.images.image_store import ImageStore
+
+    stack = parse("""
+        services:
+          app: {build: ., image: shared:1}
+          worker: {build: ., image: shared:1, command: work}
+          always: {build: ., pull_policy: build}
+          named: {image: elsewhere:1}
+    """)
+    store = ImageStore(tmp_path / "store")  # empty: every image is missing
+    assert [s.name for s in to_build(stack, store)] == ["app", "always"]
+    assert [s.name for s in to_build(stack, store, services=["worker"])] == ["worker"]
+    with pytest.raises(NotFoundError, match="no service nosuch"):
+        to_build(stack, store, services=["nosuch"])

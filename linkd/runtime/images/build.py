@@ -133,11 +133,19 @@ def build_service(service: Service, directory: Path, emit: Emit,
             raise BuildError(f"service {service.name}: building image {image} failed "
                              f"(buildah exited {code}); its last lines:\n{shown}")
         images = store or ImageStore()
-        before = {_stored_id(images, name) for name in (image, *build.tags)}
-        stored = images.load(archive, image)
+        before = {name: _stored_id(images, name) for name in (image, *build.tags)}
+        previous = images.get(image) if before[image] is not None else None
+        built = images.load(archive, image)
+        stored = built
+        if previous is not None and previous.config == built.config:
+            # A build that changed nothing differs from the last one only in buildah's
+            # timestamps: keeping the last image keeps its containers running (Compose
+            # recreates nothing then either).
+            stored = images.tag(previous.id, image)
         for tag in build.tags:
             stored = images.tag(stored.id, tag)
-        _drop_replaced(images, {i for i in before if i is not None} - {stored.id})
+        replaced = {i for i in before.values() if i is not None} | {built.id}
+        _drop_replaced(images, replaced - {stored.id})
         return stored
 
 

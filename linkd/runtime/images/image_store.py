@@ -257,10 +257,11 @@ class ImageStore:
                 shutil.rmtree(d)
 
     def tag(self, image_id: str, name: str) -> StoredImage:
-        """One more name for an image in the store (a build's `tags`)."""
+        """A name for an image in the store (a build's `tags`), taken from the image
+        that had it."""
         with self._locked():
             refs = self._refs()
-            if image_id not in refs.values():
+            if not (self.root / "images" / (image_id.partition(":")[2] + ".json")).is_file():
                 raise NotFoundError(f"image {image_id} is not in the store ({self.root})")
             refs[fmt.check_name(name)] = image_id
             self._save_refs(refs)
