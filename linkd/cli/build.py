@@ -38,11 +38,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     stack = loader.load(source)
     print_warnings(file, stack.warnings)
     chosen = to_build(stack, ImageStore(), services=args.service, always=True)
-    if args.service and len(chosen) < len(set(args.service)):
-        built = {s.name for s in chosen}
-        without = [name for name in args.service if name not in built]
-        raise UsageError(f"service {', '.join(without)} has no build: section (or shares "
-                         f"its image with one built here) in {file}")
+    if without := [s.name for s in stack.services
+                   if s.name in args.service and s.build is None]:
+        raise UsageError(f"service {', '.join(without)} has no build: section in {file}")
     if not chosen:
         print(f"nothing to build: no service of {file} has a build: section")
     build_all(chosen, source.directory, no_cache=args.no_cache, pull=args.pull)

@@ -1,10 +1,11 @@
 """`build:` with the real buildah: images built `FROM scratch` with Debian's busybox-static
 copied in (no registry), loaded into linkd's store and run in stacks.
 
-Each test gives buildah a storage of its own (`$LINKD_BUILD`, a temporary directory) and
-checks, after it, that nothing of buildah's is mounted, that no build container is left
-in that storage, and that the host's default storage (/var/lib/containers) was never
-made; the image names a test built leave the store with it.
+Each test gives linkd's builds a directory of their own (`$LINKD_BUILD`, a temporary
+directory: buildah's storage is beneath it) and checks, after it, that nothing of
+buildah's is mounted, that no build container is left in that storage, and that the
+host's default storage (/var/lib/containers/storage) was never made; the image names a
+test built leave the store with it.
 """
 
 from __future__ import annotations
@@ -55,14 +56,16 @@ services:
       network: none
 """
 
-HOST_STORAGE = Path("/var/lib/containers")
+# The storage of the host's own buildah and podman. (buildah 1.28 writes its blob-info
+# cache in /var/lib/containers/cache whatever its options: docs/images.md says so.)
+HOST_STORAGE = Path("/var/lib/containers/storage")
 
 
 @dataclass
 class Builder:
     """A test's buildah storage, and the image names it built."""
 
-    storage: Path
+    root: Path  # $LINKD_BUILD
     linkd: Linkd
     buildah: str  # found before a test hides it
 
@@ -71,13 +74,14 @@ class Builder:
 
     def containers(self) -> str:
         """buildah's containers in the test's storage (none if nothing was built)."""
-        if not (self.storage / "containers.conf").exists():
+        if not (self.root / "containers.conf").exists():
             return ""
         return subprocess.run(
-            [self.buildah, "--root", str(self.storage), "--runroot", str(self.runroot()),
+            [self.buildah, "--root", str(self.root / "storage"), "--runroot",
+             str(self.runroot()),
              "--storage-driver", "overlay", "containers", "--all", "--quiet"],
             capture_output=True, text=True, check=True,
-            env={**os.environ, "CONTAINERS_CONF": str(self.storage / "containers.conf")},
+            env={**os.environ, "CONTAINERS_CONF": str(self.root / "containers.conf")},
         ).stdout
 
     def runroot(self) -> Path:
@@ -93,8 +97,8 @@ def mounts_beneath(path: Path) -> list[str]:
 @pytest.fixture
 def builder(linkd: Linkd, monkeypatch: pytest.MonkeyPatch) -> Iterator[Builder]:
     host_storage_before = HOST_STORAGE.exists()
-    storage = Path(tempfile.mkdtemp(prefix="linkd-test-build-", dir="/var/tmp"))
-    monkeypatch.setenv("LINKD_BUILD", str(storage))
+    root = Path(tempfile.mkdtemp(prefix="linkd-test-build-", dir="/var/tmp"))
+    monkeypatch.setenv("LINKD_BUILD", str(root))
     (linkd.directory / "app").mkdir()
     shutil.copy(BUSYBOX, linkd.directory / "app" / "busybox")
     (linkd.directory / "app" / "Dockerfile").write_text(DOCKERFILE)
@@ -102,18 +106,18 @@ def builder(linkd: Linkd, monkeypatch: pytest.MonkeyPatch) -> Iterator[Builder]:
     before = {n for i in store.list() for n in i.names}
     found = shutil.which("buildah")
     assert found is not None, "the build tests need buildah: apt-get install buildah"
-    result = Builder(storage, linkd, found)
+    result = Builder(root, linkd, found)
     try:
         yield result
         linkd.run("down", "-p", linkd.project, check=False)
-        assert mounts_beneath(storage) == []
+        assert mounts_beneath(root) == []
         assert result.containers() == ""  # --force-rm: none, built or failed
         assert HOST_STORAGE.exists() == host_storage_before  # never the host's storage
     finally:
         for name in {n for i in store.list() for n in i.names} - before:
             if name.startswith(f"{linkd.project}-") or name.startswith("linkd-test/built"):
                 store.remove(name)
-        shutil.rmtree(storage, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_up_builds_the_missing_image_and_runs_it(builder: Builder, linkd: Linkd,
@@ -132,7 +136,8 @@ def test_up_builds_the_missing_image_and_runs_it(builder: Builder, linkd: Linkd,
     plan = json.loads(linkd.run("inspect", "-p", linkd.project, "app").stdout)[0]["plan"]
     assert plan["image"] == stored.id
     # buildah's storage is the test's own; nothing of the build stays mounted.
-    assert (builder.storage / "overlay").is_dir() and mounts_beneath(builder.storage) == []
+    assert (builder.root / "storage" / "overlay").is_dir()
+    assert mounts_beneath(builder.root) == []
 
     # The image is there: `up` builds nothing again.
     again = linkd.up()
@@ -150,7 +155,7 @@ def test_up_builds_the_missing_image_and_runs_it(builder: Builder, linkd: Linkd,
     assert "building app" in rebuilt.stdout and "changed: app-1" in rebuilt.stdout
     assert linkd.exec("app", "cat", "/greeting").stdout == "built with a-rebuild and-an-arg\n"
     # The replaced image waited while app-1 ran it; the next build removes it.
-    replaced = json.loads((builder.storage / "replaced.json").read_text())["stores"]
+    replaced = json.loads((builder.root / "replaced.json").read_text())["stores"]
     assert list(replaced.values()) == [[stored.id]]
     linkd.run("build", "-p", linkd.project)
     assert stored.id not in {i.id for i in ImageStore().list()}
@@ -231,7 +236,7 @@ def test_a_failed_build_says_which_service_and_creates_nothing(builder: Builder,
         assert not (stacks / linkd.project).exists()
     with pytest.raises(NotFoundError):
         ImageStore().get(builder.image("app"))
-    assert not list((builder.storage / "tmp").iterdir())  # the work directory went
+    assert not list((builder.root / "work").iterdir())  # the work directory went
 
 
 def test_a_missing_context_or_dockerfile_is_said_before_building(builder: Builder,
@@ -264,13 +269,13 @@ def test_a_build_detaches_what_a_killed_build_left_mounted(builder: Builder,
     """A build killed (SIGKILL) mid-step leaves its mounts beneath the storage; the next
     build, holding the storage's lock, detaches them before it starts."""
     linkd.write("services:\n  app:\n    build: ./app\n")
-    leftover = builder.storage / "overlay" / "dead-build" / "merged"
+    leftover = builder.root / "storage" / "overlay" / "dead-build" / "merged"
     leftover.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "linkd-test-leftover", str(leftover)], check=True)
     try:
-        assert mounts_beneath(builder.storage) == [str(leftover)]
+        assert mounts_beneath(builder.root) == [str(leftover)]
         linkd.run("build", "-p", linkd.project)
-        assert mounts_beneath(builder.storage) == []
+        assert mounts_beneath(builder.root) == []
     finally:
         subprocess.run(["umount", "-l", str(leftover)], check=False, capture_output=True)
 

@@ -2,21 +2,31 @@
 
 buildah (Debian's `buildah`) builds without a daemon: linkd runs `buildah build` once
 per image, which writes the image as an OCI archive into a work directory of linkd's,
-and loads that archive into the store (`ImageStore.load`, which verifies and unpacks
-it as it does any archive) under the service's image name and its `tags`; the work
-directory goes after.
+and loads that archive into the store (`ImageStore.load`, which verifies and unpacks it
+as it does any archive) under the service's image name and its `tags`.
 
-Where buildah keeps things: its storage (base images pulled for `FROM`, and the layers
-of earlier builds, its cache: `--layers`) is linkd's own, `--root /var/lib/linkd/build`
-(or `$LINKD_BUILD`), with its run state in linkd's run directory (`--runroot
-<run dir>/build`), so a build never reads or changes the storage of the user's own
-buildah or podman (`/var/lib/containers`). Built images are not kept there: `-t
+Layout (the root is /var/lib/linkd/build, or $LINKD_BUILD):
+
+    <root>/lock             flock: one build at a time
+    <root>/storage/         buildah's storage (`--root`): the images `FROM` pulled and
+                            the layers of earlier builds (its cache, `--layers`)
+    <root>/containers.conf  buildah's configuration, linkd's own (CONTAINERS_CONF): its
+                            network configuration in <root>/networks/, and none of the
+                            user's podman settings
+    <root>/work/build-*/    a build in progress: the archive, an inline Dockerfile,
+                            buildah's temporary files (TMPDIR); removed after it, and
+                            by the next build if a process died
+    <root>/replaced.json    {"v": 1, "stores": {STORE: [IMAGE_ID]}}: images builds
+                            took the names of, kept while a container runs them
+
+buildah's run state is in linkd's run directory (`--runroot <run dir>/build`), so a
+build never reads or changes the storage of the user's own buildah or podman
+(`/var/lib/containers/storage`). Built images are not kept in buildah's storage: `-t
 oci-archive:` writes the result straight to the archive, and `--force-rm` removes the
 build's containers whether it succeeds or fails. The storage driver is overlay: measured
-here, a build that ends, fails or is interrupted (SIGINT) leaves no mount; a build that is
-killed can, so each build first detaches what a dead one left mounted beneath the
-storage and removes its containers, under `<storage>/lock`, which one build holds at a
-time.
+here, a build that ends, fails or is interrupted (SIGINT) leaves no mount; a killed one
+can, so each build first detaches whatever is mounted beneath the root (the lock says no
+build runs) and then removes buildah's containers.
 
 RUN steps use the host's network (`--network host`: linkd makes no build network, so no
 bridge and no firewall rule is added for a build), or none with `network: none`.
@@ -55,12 +65,8 @@ class BuildError(LinkdError):
     lines."""
 
 
-def storage_root() -> Path:
+def build_root() -> Path:
     return Path(os.environ.get(ROOT_ENV) or DEFAULT_ROOT)
-
-
-def run_root() -> Path:
-    return paths.root() / "build"
 
 
 def to_build(stack: Stack, store: ImageStore, *, services: Sequence[str] = (),
@@ -114,18 +120,18 @@ def build_service(service: Service, directory: Path, emit: Emit,
         raise BuildError(f"service {service.name}: the build context {context} is not a "
                          "directory")
     dockerfile = _dockerfile(service.name, build, context)
-    root, runroot = storage_root(), run_root()
+    root = build_root()
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     with locked(root / "lock"), _work_dir(root) as work:
         env = {**os.environ, "TMPDIR": str(work), "CONTAINERS_CONF": str(_config(root))}
         if _detach_leftovers(root):
-            subprocess.run([program, *_global(root, runroot), "rm", "--all"], env=env,
+            subprocess.run([program, *_global(root), "rm", "--all"], env=env,
                            stdin=subprocess.DEVNULL, capture_output=True, check=False)
         if build.dockerfile_inline is not None:
             dockerfile = work / "Dockerfile"
             dockerfile.write_text(build.dockerfile_inline)
         archive = work / "image.tar"
-        argv = [program, *_global(root, runroot), "build",
+        argv = [program, *_global(root), "build",
                 *build_options(build, dockerfile, archive), str(context)]
         code, last = _stream(argv, emit, env)
         if code != 0:
@@ -152,9 +158,9 @@ def build_service(service: Service, directory: Path, emit: Emit,
 def _drop_replaced(images: ImageStore, replaced: set[str]) -> None:
     """Remove the images builds gave the names of (`replaced`, and those kept at earlier
     builds) that no container runs; those that one runs wait, in
-    `<storage>/replaced.json`, for a later build. Only what a build replaced is
+    `<root>/replaced.json`, for a later build. Only what a build replaced is
     removed: an image that lost its name otherwise is not a build's to remove."""
-    path = storage_root() / "replaced.json"
+    path = build_root() / "replaced.json"
     try:
         waiting: dict[str, list[str]] = json.loads(path.read_bytes())["stores"]
     except (FileNotFoundError, ValueError, KeyError, TypeError):
@@ -203,8 +209,10 @@ def _config(root: Path) -> Path:
     return path
 
 
-def _global(root: Path, runroot: Path) -> list[str]:
-    return ["--root", str(root), "--runroot", str(runroot), "--storage-driver", DRIVER]
+def _global(root: Path) -> list[str]:
+    """buildah's options before its command: linkd's storage."""
+    return ["--root", str(root / "storage"), "--runroot", str(paths.root() / "build"),
+            "--storage-driver", DRIVER]
 
 
 def _dockerfile(service: str, build: Build, context: Path) -> Path | None:
@@ -225,9 +233,11 @@ def _dockerfile(service: str, build: Build, context: Path) -> Path | None:
 
 @contextlib.contextmanager
 def _work_dir(root: Path) -> Iterator[Path]:
-    """A private directory for one build's archive and buildah's temporary files."""
-    base = root / "tmp"
-    base.mkdir(exist_ok=True, mode=0o700)
+    """A private directory for one build's archive and buildah's temporary files; a
+    dead build's go first (the caller holds the lock: no other build runs)."""
+    base = root / "work"
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(mode=0o700)
     work = Path(tempfile.mkdtemp(prefix="build-", dir=base))
     try:
         yield work
