@@ -140,7 +140,7 @@ class Build:
     """Compose's `build:` of a service (linkd.spec.build), built by buildah
     (linkd.runtime.images.build) into the store under the service's `image`."""
 
-    context: str = "."  # as written: relative to the stack file's directory
+    context: str = "."  # absolute: a relative one started in the stack file's directory
     dockerfile: str | None = None  # relative to the context; None: Dockerfile/Containerfile
     dockerfile_inline: str | None = None
     args: tuple[tuple[str, str], ...] = ()

@@ -11,9 +11,9 @@ context, a `network` other than the host's or none).
 The image is stored under the service's `image:` when it has one, else under Compose's
 default name `<project>-<service>` (with `:latest`), which `default_image` gives; that
 name becomes the service's `image`, so everything after the parser runs a built
-service as it runs any image service. Paths stay as written: the context is relative
-to the stack file's directory and the Dockerfile to the context, resolved by the
-runtime, which has the directory (the parser reads no file).
+service as it runs any image service. The context becomes an absolute path (a relative
+one starts in the stack file's directory, as a bind mount's source does); the
+Dockerfile stays relative to it, as written (the parser reads no file).
 
 `pull_policy`: linkd pulls from no registry. `build` builds at every `up`; `missing`,
 `if_not_present` and `never` use the store's image (built when missing, as Compose
@@ -23,6 +23,7 @@ same.
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Callable
 
@@ -71,10 +72,11 @@ def default_image(project: str, service: str) -> str:
 
 def read_build(
     r: Reader, at: At, *, image: str, env: Environment, labels: Callable[[At | None], Pairs],
-    extra_hosts: HostsReader,
+    extra_hosts: HostsReader, directory: str, home: str | None,
 ) -> Build | None:
     """The service's `build:`, built under `image` (its `image:` or the default name);
-    `labels` and `extra_hosts` read those forms as the service's own keys do."""
+    `labels` and `extra_hosts` read those forms as the service's own keys do; a relative
+    context starts in `directory` (the stack file's), `~` is `home`."""
     try:
         check_name(image)
     except ImageError:
@@ -83,7 +85,7 @@ def read_build(
                    "'-', '/' and ':TAG'); set image: to one")
         return None
     if not at.is_mapping:
-        context = _context(r, at)
+        context = _context(r, at, directory, home)
         return None if context is None else Build(context=context)
     f = r.fields(at, (*_KEYS, *_REFUSED), _IGNORED)
     if f is None:
@@ -91,7 +93,8 @@ def read_build(
     for key, reason in _REFUSED.items():
         if refused := given(f, key):
             r.fail(refused, f"{key} is not supported: {reason}")
-    context = _context(r, f["context"]) if given(f, "context") else "."
+    context = _context(r, f["context"], directory, home) if given(f, "context") else \
+        posixpath.normpath(directory)
     text = {key: r.text(value) if (value := given(f, key)) else None
             for key in ("dockerfile", "dockerfile_inline", "target")}
     if text["dockerfile"] is not None and text["dockerfile_inline"] is not None:
@@ -99,7 +102,7 @@ def read_build(
                                        "given (Compose refuses it too); keep one")
     flags = {key: _flag(r, f, key) for key in ("no_cache", "pull")}
     build = Build(
-        context=context or ".",
+        context=context or posixpath.normpath(directory),
         dockerfile=text["dockerfile"],
         dockerfile_inline=text["dockerfile_inline"],
         args=env.of({"environment": f["args"]}) if given(f, "args") else (),
@@ -170,7 +173,7 @@ def dump_build(build: Build | None) -> dict[str, object]:
     return dumped
 
 
-def _context(r: Reader, at: At) -> str | None:
+def _context(r: Reader, at: At, directory: str, home: str | None) -> str | None:
     text = r.text(at)
     if text is None:
         return None
@@ -179,12 +182,11 @@ def _context(r: Reader, at: At) -> str | None:
                    "from a directory; clone the repository and give its path")
         return None
     if text == "~" or text.startswith("~/"):  # Compose expands the home directory
-        home = r.host_env.get("HOME")
-        if home is None:
+        if not home:
             r.fail(at, f"{quote(text)} starts with ~ and HOME is not set; give the path")
             return None
         text = home + text[1:]
-    return text or "."
+    return posixpath.normpath(posixpath.join(directory, text))
 
 
 def _flag(r: Reader, f: dict[str, At], key: str) -> bool:

@@ -146,7 +146,8 @@ class ServiceReader:
         if build_at := given(f, "build"):  # its image: the service's command runs in it
             image = image or default_image(self.project, name)
             build = read_build(r, build_at, image=image, env=self.env, labels=self._labels,
-                               extra_hosts=self._extra_hosts)
+                               extra_hosts=self._extra_hosts, directory=self.volumes.directory,
+                               home=self.volumes.home)
             if build is not None and read_pull_policy(r, given(f, "pull_policy"), True):
                 build = dataclasses.replace(build, always=True)
         else:

@@ -26,9 +26,12 @@ from linkd.spec.stack_file import parse_stack
 REPO = Path(__file__).resolve().parents[2]
 
 
+STACK_DIR = "/srv/stack"  # where the stack file is
+
+
 def parse(text: str, env: dict[str, str] | None = None, project: str = "proj") -> Stack:
     return parse_stack(textwrap.dedent(text), source="s.yaml", project_name=project,
-                       host_env=env or {})
+                       host_env=env or {}, directory=STACK_DIR)
 
 
 def problems(text: str, env: dict[str, str] | None = None) -> str:
@@ -47,7 +50,7 @@ def round_trip(stack: Stack) -> Stack:
 def test_the_short_form_is_the_context_and_the_image_gets_composes_default_name() -> None:
     stack = parse("services:\n  app:\n    build: ./app\n")
     app = stack.service("app")
-    assert app.build == Build(context="./app")
+    assert app.build == Build(context="/srv/stack/app")  # from the stack's directory
     assert app.image == "proj-app"  # Compose: <project>-<service>, stored as :latest
     assert app.command is None and stack.warnings == ()
 
@@ -61,7 +64,7 @@ def test_a_service_that_only_builds_is_accepted_and_its_command_runs_in_the_imag
     assert stack.service("app").image == "proj-app"
     assert stack.service("app").command == ("./serve", "--port", "80")
     assert stack.service("Worker").image == "proj-worker"  # image names are lower-case
-    assert stack.service("Worker").build == Build(context="worker")
+    assert stack.service("Worker").build == Build(context="/srv/stack/worker")
 
 
 def test_the_services_image_names_the_build() -> None:
@@ -95,7 +98,7 @@ def test_the_long_form_passes_each_key_on() -> None:
     """)
     assert stack.warnings == ()
     assert stack.service("app").build == Build(
-        context="./src", dockerfile="docker/Dockerfile.prod",
+        context="/srv/stack/src", dockerfile="docker/Dockerfile.prod",
         args=(("VERSION", "1.2"), ("DEBUG", "false"), ("EMPTY", "")), target="runtime",
         labels=(("com.example.team", "web"), ("bare", "")),
         tags=("example/app:1", "example/app:latest"),
@@ -115,7 +118,7 @@ def test_a_long_form_without_context_builds_the_stack_directory() -> None:
                 COPY app /app
     """)
     build = stack.service("app").build
-    assert build is not None and build.context == "."
+    assert build is not None and build.context == STACK_DIR
     assert build.dockerfile_inline == "FROM scratch\nCOPY app /app\n"
 
 
@@ -138,10 +141,12 @@ def test_args_as_a_list_or_mapping_with_interpolation_and_values_from_the_shell(
     assert mapped.args == (("VERSION", "v7"), ("FROM_SHELL", "shell-value"), ("N", "3"))
 
 
-def test_a_context_in_the_home_directory() -> None:
+def test_a_context_in_the_home_directory_or_an_absolute_one() -> None:
     stack = parse("services:\n  app:\n    build: ~/src/app\n", {"HOME": "/home/me"})
     assert stack.service("app").build == Build(context="/home/me/src/app")
     assert "HOME is not set" in problems("services:\n  app:\n    build: ~/app\n")
+    stack = parse("services:\n  app:\n    build: /opt/app/../src\n")
+    assert stack.service("app").build == Build(context="/opt/src")
 
 
 # --- what is refused, and what is warned --------------------------------------------------
@@ -303,7 +308,8 @@ def test_linkd_config_accepts_a_build_and_does_not_build(tmp_path: Path) -> None
     )
     assert result.returncode == 0, result.stderr
     app = yaml.safe_load(result.stdout)["services"]["app"]
-    assert app["image"] == "proj-app" and app["build"] == {"context": "./nowhere"}
+    assert app["image"] == "proj-app"
+    assert app["build"] == {"context": str(tmp_path / "nowhere")}
 
 
 # --- what buildah is asked, and what `up` builds (linkd.runtime.images.build) -------------
