@@ -9,9 +9,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from linkd.errors import ConflictError, LinkdError
-from linkd.runtime.images.image_store import ImageStore
-from linkd.runtime.stack import store
+from linkd.errors import ConflictError
+from linkd.runtime.images.image_store import ImageStore, containers_using
 
 
 def _mb(size: int) -> str:
@@ -43,22 +42,10 @@ def cmd_rm(args: argparse.Namespace) -> int:
     images = ImageStore()
     for name in args.name:
         image = images.get(name)
-        users = _containers_using(image.id)
+        users = [name for name, _ in containers_using(image.id)]
         if users and len(image.names) == 1:
             raise ConflictError(f"image {name} is used by {', '.join(users)}: its layers are "
                                 "their root filesystems; take those stacks down first")
         images.remove(name)
         print(f"removed {name}")
     return 0
-
-
-def _containers_using(image_id: str) -> list[str]:
-    """Containers of stacks that are up whose root filesystem is this image."""
-    users = []
-    for stack in store.stacks():
-        try:
-            plan = store.load(stack).plan
-        except LinkdError:
-            continue
-        users += [f"{stack}/{c.name}" for c in plan.containers if c.image == image_id]
-    return users

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from linkd import paths
+from linkd.cli.build import before_up
 from linkd.cli.progress import Progress
 from linkd.cli.reading import table
 from linkd.cli.stacks import containers, dry_plan, load_stack, load_state, stack_name
@@ -37,6 +38,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     """`up` in the foreground: the stack runs in this process."""
     stack, file = load_stack(args.file, args.project, args.env_file, args.profile)
     dry_plan(stack, file)
+    before_up(stack, file.resolve().parent, build=args.build, no_build=args.no_build)
     abort = frozenset(s.name for s in stack.services) if args.abort_on_container_exit else None
     if args.exit_code_from:
         if args.exit_code_from not in {s.name for s in stack.services}:

@@ -12,8 +12,8 @@ costly up front. The commands that read (`ps`, `logs`, `env`, `config`, `port`, 
 `inspect`) and `up -d` live in linkd.cli.reading, which imports, inside each command,
 the pure code it uses. `up` in the foreground, `down`, `exec` and `daemon` drive the
 runtime (asyncio, pyroute2, aiohttp) and live in linkd.cli.lifecycle, `image` in
-linkd.cli.images: each is imported only when its command runs, and only the parser of
-the command given is built. tests/unit/test_cli_imports.py and
+linkd.cli.images, `build` in linkd.cli.build: each is imported only when its command
+runs, and only the parser of the command given is built. tests/unit/test_cli_imports.py and
 tests/integration/test_cli_imports.py hold the commands to this; `bench/run cli`
 measures it.
 """
@@ -176,6 +176,19 @@ def _up(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exit-code-from", metavar="SERVICE",
                    help="take the stack down when SERVICE exits and exit with its code")
     p.add_argument("--no-attach", action="store_true", help="do not print container output")
+    p.add_argument("--build", action="store_true",
+                   help="build the images of the services with build: first (else only "
+                        "those missing from the store, and pull_policy: build)")
+    p.add_argument("--no-build", action="store_true",
+                   help="build nothing, even an image that is missing")
+
+
+def _build(p: argparse.ArgumentParser) -> None:
+    _stack_options(p, _later("build", "cmd_build"))
+    p.add_argument("service", nargs="*", help="only these services (default: every one "
+                                              "with build:)")
+    p.add_argument("--no-cache", action="store_true", help="build every step again")
+    p.add_argument("--pull", action="store_true", help="pull the FROM images again")
 
 
 def _daemon(p: argparse.ArgumentParser) -> None:
@@ -304,4 +317,5 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "port": ("the host address and port a container port is published on", _port),
     "image": ("load, list and remove images", _image),
     "volume": ("create, list, inspect and remove volumes", _volume),
+    "build": ("build the images of the services with build: (with buildah)", _build),
 }

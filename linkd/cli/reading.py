@@ -84,6 +84,10 @@ def up_detached(args: argparse.Namespace) -> int:
     and errors: this command imports no parser or planner, and starts at once.
     """
     source, file = read_source(args.file, args.project, args.env_file, args.profile)
+    if args.build or args.no_build or "build" in source.text:  # else nothing to build
+        from linkd.cli.build import before_up_detached
+
+        before_up_detached(args, source)  # here, with the terminal; the daemon only loads
     body = {
         "yaml": source.text, "name": source.project_name, "directory": str(source.directory),
         "source": source.source, "default_project": source.default_project,

@@ -135,6 +135,27 @@ class Security:
     devices: tuple[Device, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Build:
+    """Compose's `build:` of a service (linkd.spec.build), built by buildah
+    (linkd.runtime.images.build) into the store under the service's `image`."""
+
+    context: str = "."  # absolute: a relative one started in the stack file's directory
+    dockerfile: str | None = None  # relative to the context; None: Dockerfile/Containerfile
+    dockerfile_inline: str | None = None
+    args: tuple[tuple[str, str], ...] = ()
+    target: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    tags: tuple[str, ...] = ()  # more names for the image in the store
+    extra_hosts: tuple[tuple[str, str], ...] = ()
+    shm_size: int | None = None  # bytes
+    ulimits: tuple[tuple[str, int, int], ...] = ()
+    no_network: bool = False  # `network: none`; else RUN steps use the host's network
+    no_cache: bool = False
+    pull: bool = False
+    always: bool = False  # `pull_policy: build`: built at every `up`, not only when missing
+
+
 DEFAULT_CONVENTIONS = ("linkd",)
 
 
@@ -229,6 +250,7 @@ class Service:
     limits: Limits = field(default_factory=Limits)  # cgroups (linkd.runtime.kernel.cgroups)
     runtime: str | None = None  # x-linkd: runtime: runc | linkd; None: $LINKD_RUNTIME
     security: Security = field(default_factory=Security)  # linkd.core.confinement
+    build: Build | None = None  # `build:`; `image` is the name it is built under
 
     def container(self, replica: int) -> str:
         """The name of its container `replica`: `container_name`, else `<service>-<n>`."""

@@ -25,8 +25,9 @@ SERVICE: dict[str, tuple[Handling, str]] = {
     "annotations": ("ignored", "OCI annotations: linkd's own launcher has no use for them"),
     "attach": ("ignored", "every service's output is attached in the foreground"),
     "blkio_config": ("ignored", "no block I/O limits (cgroups io is not set up)"),
-    "build": ("ignored", f"{_NOT_YET}: the service's `image:` runs as named (without "
-                         "one, an error: build it elsewhere and `linkd image load` it)"),
+    "build": ("differs", "built with buildah into linkd's store (under `image:`, else "
+                         "`<project>-<service>`) when missing, by `linkd build` and `up "
+                         "--build`; no remote context; docs/images.md lists its keys"),
     "cap_add": ("supported", ""),
     "cap_drop": ("supported", ""),
     "cgroup": ("ignored", "every container has a cgroup namespace of its own (private)"),
@@ -101,7 +102,9 @@ SERVICE: dict[str, tuple[Handling, str]] = {
     "privileged": ("supported", ""),
     "profiles": ("supported", "active ones from `--profile` or COMPOSE_PROFILES"),
     "provider": ("ignored", "no providers"),
-    "pull_policy": ("ignored", "images come from files (`linkd image load`)"),
+    "pull_policy": ("differs", "no registry: `build` builds at every `up`, the others "
+                               "use the store's image (built when missing); `always`, "
+                               "`daily`, `weekly`, `every_*` warned"),
     "pull_refresh_after": ("ignored", "images come from files"),
     "read_only": ("supported", ""),
     "restart": ("supported", ""),

@@ -30,6 +30,7 @@ from linkd.core.model import (
     Service,
     Stack,
 )
+from linkd.spec.build import dump_build
 from linkd.spec.limits import dump_limits
 from linkd.spec.security import dump_security
 from linkd.spec.values import format_duration
@@ -141,6 +142,7 @@ def _service(s: Service) -> dict[str, Any]:
         out["extra_hosts"] = [f"{host}={address}" for host, address in s.extra_hosts]
     out.update(dump_limits(s.limits))
     out.update(dump_security(s.security))
+    out.update(dump_build(s.build))
     if s.environment:
         out["environment"] = dict(s.environment)
     if s.expose:

@@ -11,12 +11,11 @@ looks across the services (cycles, port clashes).
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import shlex
 from collections.abc import Callable, Mapping
-
-import yaml
 
 from linkd.core.model import (
     Attachment,
@@ -30,6 +29,7 @@ from linkd.core.model import (
 )
 from linkd.core.plan import HOST_GATEWAY
 from linkd.spec import compose_keys
+from linkd.spec.build import default_image, read_build, read_pull_policy
 from linkd.spec.checks import Origins, check_stack, check_subnets
 from linkd.spec.environment import Environment
 from linkd.spec.health import read_healthcheck
@@ -67,7 +67,7 @@ _SERVICE_KEYS = (
     "expose", "ports", "links", "networks", "depends_on", "healthcheck", "restart", "scale",
     "deploy", "stop_signal", "stop_grace_period", "image", "container_name", "network_mode",
     "init", "extra_hosts", "labels", "profiles", "tmpfs", "volumes", "volumes_from", "secrets",
-    "configs", "group_add", "platform", "x-linkd",
+    "configs", "group_add", "platform", "build", "pull_policy", "x-linkd",
     *LIMIT_KEYS, *SECURITY_KEYS,
 )  # fmt: skip
 _SERVICE_IGNORED = compose_keys.ignored(compose_keys.SERVICE)
@@ -88,10 +88,12 @@ class ServiceReader:
     def __init__(
         self, r: Reader, host_env: Mapping[str, str], read_text: Callable[[str], str] | None,
         volumes: VolumeReader | None = None, files: FileReader | None = None,
+        project: str = "",
     ) -> None:
         self.r = r
         self.volumes = volumes or VolumeReader(r, "", "/", host_env.get("HOME"))
         self.files = files or FileReader(r, host_env, "/")
+        self.project = project  # the stack's name: a built image's default name
         self.env = Environment(r, host_env, read_text)
         self.nets = NetworkReader(r)
         self.names: set[str] = set()
@@ -131,7 +133,7 @@ class ServiceReader:
         except Bad as exc:
             r.fail(at, str(exc))
         if at.is_null:
-            r.fail(at, 'a service needs "command" (or "entrypoint", or "image")')
+            r.fail(at, 'a service needs "command" (or "entrypoint", or "image", or "build")')
             return None
         f = r.fields(at, _SERVICE_KEYS, _SERVICE_IGNORED)
         if f is None:
@@ -144,14 +146,19 @@ class ServiceReader:
         before = len(r.problems)
         command, entrypoint = self._argv(f.get("command")), self._argv(f.get("entrypoint"))
         image = self._text(f.get("image"))
+        build = None
+        if build_at := given(f, "build"):  # its image: the service's command runs in it
+            image = image or default_image(self.project, name)
+            build = read_build(r, build_at, image=image, env=self.env, labels=self._labels,
+                               extra_hosts=self._extra_hosts, directory=self.volumes.directory,
+                               home=self.volumes.home)
+            if build is not None and read_pull_policy(r, given(f, "pull_policy"), True):
+                build = dataclasses.replace(build, always=True)
+        else:
+            read_pull_policy(r, given(f, "pull_policy"), False)
         # Only when nothing was given: a command that failed to parse is reported already.
-        if image is None and _has_key(at, "build"):
-            # Its command is meant for the image it builds, never for the host's files.
-            r.fail(at, f'service {name} has "build" and no "image", and linkd does not build '
-                       'images yet: build it elsewhere (docker build, buildah), load it '
-                       '(linkd image load), and name it with "image"')
-        elif image is None and not (command or entrypoint) and len(r.problems) == before:
-            r.fail(at, 'a service needs "command" (or "entrypoint", or "image")')
+        if image is None and not (command or entrypoint) and len(r.problems) == before:
+            r.fail(at, 'a service needs "command" (or "entrypoint", or "image", or "build")')
         healthcheck = None
         if health := given(f, "healthcheck"):
             healthcheck = read_healthcheck(self.r, health)
@@ -191,6 +198,7 @@ class ServiceReader:
             limits=read_limits(r, f),
             runtime=read_runtime(r, given(f, "x-linkd")),
             security=read_security(r, f, image is not None, self.env.read),
+            build=build,
         ), origins
 
     def _networks(self, f: dict[str, At], name: str, replicas: int) -> tuple[Attachment, ...]:
@@ -527,13 +535,6 @@ def _shell_split(text: str) -> list[str]:
         return shlex.split(text)
     except ValueError as exc:
         raise Bad(f"cannot split {quote(text)} into arguments: {exc}") from None
-
-
-def _has_key(at: At, key: str) -> bool:
-    """Whether the mapping at `at` writes `key` (one linkd does not read)."""
-    node = at.node
-    return isinstance(node, yaml.MappingNode) and any(
-        isinstance(k, yaml.ScalarNode) and k.value == key for k, _ in node.value)
 
 
 _TMPFS_FLAGS = {"ro", "rw", "exec", "noexec", "suid", "nosuid", "dev", "nodev"}

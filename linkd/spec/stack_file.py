@@ -90,7 +90,7 @@ def parse_stack(
     files = FileReader(r, host_env, directory)
     files.top("secrets", given(top, "secrets"))
     files.top("configs", given(top, "configs"))
-    parser = ServiceReader(r, host_env, read_text, volumes, files)
+    parser = ServiceReader(r, host_env, read_text, volumes, files, name or "")
     networks = parser.networks(given(top, "networks"))
     services = parser.services(top.get("services"))
     extension = read_x_linkd(r, given(top, "x-linkd"))

@@ -97,16 +97,15 @@ if __name__ == "__main__":  # print the tables, to paste after changing compose_
 
 
 @pytest.mark.parametrize("extra", ["", "    command: ./serve\n"])
-def test_a_service_to_build_is_refused_not_run_from_the_hosts_files(extra: str) -> None:
-    from linkd.errors import SpecError
-
-    with pytest.raises(SpecError) as info:
-        parse_stack(f"services:\n  app:\n    build: .\n{extra}", source="s", project_name="t")
-    assert 'has "build" and no "image"' in str(info.value)
-    assert "linkd image load" in str(info.value)
+def test_a_service_to_build_runs_its_image_never_the_hosts_files(extra: str) -> None:
+    """Its command is meant for the image it builds (tests/unit/test_build_spec.py has
+    the rest of `build:`)."""
+    stack = parse_stack(f"services:\n  app:\n    build: .\n{extra}", source="s",
+                        project_name="t")
+    assert stack.service("app").image == "t-app" and stack.service("app").build is not None
     with_image = parse_stack("services:\n  app:\n    build: .\n    image: app:1\n",
                              source="s", project_name="t")
-    assert with_image.service("app").image == "app:1"  # built elsewhere, run as named
+    assert with_image.service("app").image == "app:1"
 
 
 def test_extra_hosts_in_every_form_compose_takes() -> None:

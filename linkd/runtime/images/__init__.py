@@ -1,5 +1,6 @@
 """The OCI image store: `image_store` (load, list, remove, resolve a stack's images),
 `sources` (read a layout or archive, and plan what a load stores), `layers` (verify, then
-unpack layer blobs) and `beneath` (openat2 RESOLVE_BENEATH: every path of a layer
-resolved beneath its root).
+unpack layer blobs), `beneath` (openat2 RESOLVE_BENEATH: every path of a layer
+resolved beneath its root) and `build` (a service's `build:` built with buildah, then
+loaded like any archive).
 """

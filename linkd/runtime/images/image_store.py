@@ -57,9 +57,10 @@ from linkd.core import layer_rules
 from linkd.core.image_config import with_images
 from linkd.core.image_format import ImageConfig
 from linkd.core.model import Stack
-from linkd.errors import ImageError, NotFoundError
+from linkd.errors import ImageError, LinkdError, NotFoundError
 from linkd.runtime.images.layers import Budget, unpack_layer, verify_layer
 from linkd.runtime.images.sources import LoadLayer, Source, open_source, plan_oci, plan_save
+from linkd.runtime.stack import store as stack_store
 from linkd.runtime.stack.store import locked, write_atomic
 
 DEFAULT_ROOT = "/var/lib/linkd/images"
@@ -255,6 +256,34 @@ class ImageStore:
             if "sha256:" + d.name not in keep:
                 shutil.rmtree(d)
 
+    def tag(self, image_id: str, name: str) -> StoredImage:
+        """A name for an image in the store (a build's `tags`), taken from the image
+        that had it."""
+        with self._locked():
+            refs = self._refs()
+            if not (self.root / "images" / (image_id.partition(":")[2] + ".json")).is_file():
+                raise NotFoundError(f"image {image_id} is not in the store ({self.root})")
+            refs[fmt.check_name(name)] = image_id
+            self._save_refs(refs)
+            return self._record(image_id, tuple(n for n, i in refs.items() if i == image_id))
+
+    def drop_unnamed(self, candidates: set[str], in_use: set[str]) -> set[str]:
+        """Remove the images of `candidates` that no name points at any more (a build
+        gave their names to newer ones) and no container runs (`in_use`), with the
+        layers no remaining image uses; the candidates kept for now (named or in use)."""
+        with self._locked():
+            named = set(self._refs().values())
+            records = {"sha256:" + r.stem: r for r in (self.root / "images").glob("*.json")}
+            gone = {i for i in candidates if i in records and i not in named | in_use}
+            layers = {i: set(json.loads(r.read_bytes())["layers"]) for i, r in records.items()}
+            freed = set().union(*(layers[i] for i in gone)).difference(
+                *(layers[i] for i in records if i not in gone))
+            for image_id in gone:
+                records[image_id].unlink()
+            for diff_id in freed:
+                shutil.rmtree(layer_dir(self.root, diff_id), ignore_errors=True)
+            return {i for i in candidates if i in records and i not in gone}
+
     def resolve(self, ref: str, base: Path | None = None) -> StoredImage:
         """`image:` of a stack file: a path to a layout or archive (loaded, and stored
         under its own name), else a name in the store."""
@@ -274,6 +303,9 @@ def resolve_stack(stack: Stack, base: Path, store: ImageStore | None = None, *,
     refs = {s.image for s in stack.services if s.image is not None}
     if not refs:
         return stack
+    # A built image is a name in the store, never a path (its context may be a
+    # directory of that name).
+    built = {s.image: s.name for s in stack.services if s.build is not None and s.image}
     images = store or ImageStore()
     resolved = {}
     for ref in sorted(refs):
@@ -282,7 +314,28 @@ def resolve_stack(stack: Stack, base: Path, store: ImageStore | None = None, *,
                 image = images.get(ref)
             except (NotFoundError, OSError, ValueError):
                 continue
+        elif ref in built:
+            try:
+                image = images.get(ref)
+            except NotFoundError:
+                raise NotFoundError(
+                    f"image {ref} of service {built[ref]} is not built yet: `linkd build "
+                    f"{built[ref]}` (or `linkd up`, which builds it) builds it") from None
         else:
             image = images.resolve(ref, base)
         resolved[ref] = (image.id, image.config)
     return with_images(stack, resolved)
+
+
+def containers_using(image_id: str | None = None) -> list[tuple[str, str]]:
+    """(`stack/container`, image id) of the containers of the stacks that are up whose
+    root filesystem is an image (`image_id`, or any)."""
+    users = []
+    for stack in stack_store.stacks():
+        try:
+            plan = stack_store.load(stack).plan
+        except LinkdError:
+            continue
+        users += [(f"{stack}/{c.name}", c.image) for c in plan.containers
+                  if c.image is not None and image_id in (None, c.image)]
+    return users
