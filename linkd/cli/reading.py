@@ -84,7 +84,11 @@ def up_detached(args: argparse.Namespace) -> int:
     and errors: this command imports no parser or planner, and starts at once.
     """
     source, file = read_source(args.file, args.project, args.env_file, args.profile)
-    if args.build or args.no_build or "build" in source.text:  # else nothing to build
+    # A stack whose texts never say "build", nor include or extend other files that
+    # might, has nothing to build: no parse here then.
+    texts = [source.text, *(text for _, text in source.overrides)]
+    if args.build or args.no_build or any(
+            word in text for text in texts for word in ("build", "include", "extends")):
         from linkd.cli.build import before_up_detached
 
         before_up_detached(args, source)  # here, with the terminal; the daemon only loads

@@ -82,7 +82,7 @@ WARNING_GAPS: dict[str, str] = {
 }
 
 # The share of the corpus that loads, as measured; raise it when more loads.
-ACCEPTANCE_FLOOR = 155 / 162
+ACCEPTANCE_FLOOR = 158 / 162
 
 _UNSET = re.compile(r"variable \w+ is not set, using an empty string")
 # "(line 4)", or "(other.yml, line 4)" for a line of an included or extended file
