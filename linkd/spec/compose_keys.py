@@ -76,7 +76,7 @@ SERVICE: dict[str, tuple[Handling, str]] = {
     "init": ("differs", "always on: linkd's init is every container's PID 1"),
     "ipc": ("ignored", "every container has an IPC namespace of its own"),
     "isolation": ("ignored", "Windows only"),
-    "label_file": ("ignored", _NOT_YET),
+    "label_file": ("supported", "KEY=VALUE lines, as an env file's; `labels:` wins"),
     "labels": ("supported", "shown by `linkd inspect`, filtered by `linkd ps --filter "
                             "label=KEY[=VALUE]`"),
     "links": ("supported", ""),

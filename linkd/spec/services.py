@@ -47,6 +47,7 @@ from linkd.spec.values import (
     check_port_name,
     check_range_lengths,
     check_service_name,
+    parse_env_file,
     parse_expose,
     parse_host_ip,
     parse_platform,
@@ -67,7 +68,7 @@ _SERVICE_KEYS = (
     "expose", "ports", "links", "networks", "depends_on", "healthcheck", "restart", "scale",
     "deploy", "stop_signal", "stop_grace_period", "image", "container_name", "network_mode",
     "init", "extra_hosts", "labels", "profiles", "tmpfs", "volumes", "volumes_from", "secrets",
-    "configs", "group_add", "platform", "build", "pull_policy", "x-linkd",
+    "configs", "group_add", "platform", "build", "pull_policy", "label_file", "x-linkd",
     *LIMIT_KEYS, *SECURITY_KEYS,
 )  # fmt: skip
 _SERVICE_IGNORED = compose_keys.ignored(compose_keys.SERVICE)
@@ -178,7 +179,8 @@ class ServiceReader:
             hostname=self._text(f.get("hostname")),
             container_name=container_name,
             extra_hosts=self._extra_hosts(given(f, "extra_hosts")),
-            labels=self._labels(given(f, "labels")),
+            labels=tuple({**dict(self._label_files(given(f, "label_file"))),
+                          **dict(self._labels(given(f, "labels")))}.items()),
             tmpfs=self._tmpfs(given(f, "tmpfs")),
             volumes=self.volumes.mounts(name, given(f, "volumes")),
             files=self.files.mounts("secrets", given(f, "secrets"))
@@ -275,6 +277,27 @@ class ServiceReader:
             except Bad as exc:
                 self.r.fail(item, str(exc))
         return tuple(mounts)
+
+    def _label_files(self, at: At | None) -> tuple[tuple[str, str], ...]:
+        """Compose's `label_file`: one file or a list, KEY=VALUE lines as in an env file,
+        relative to the stack file's directory; `labels:` wins over them."""
+        if at is None or at.is_null:
+            return ()
+        labels: dict[str, str] = {}
+        for item in (self.r.items(at) or []) if at.is_sequence else [at]:
+            name = self.r.text(item)
+            if name is None:
+                continue
+            text = self.env.read(name)
+            if isinstance(text, Exception):
+                why = text.strerror if isinstance(text, OSError) else str(text)
+                self.r.fail(item, f"cannot read label file {quote(name)}: {why}")
+                continue
+            try:
+                labels.update(parse_env_file(text, name, {}, raw=True))
+            except Bad as exc:
+                self.r.fail(item, str(exc))
+        return tuple(labels.items())
 
     def _labels(self, at: At | None) -> tuple[tuple[str, str], ...]:
         """Compose's forms: {KEY: VALUE} or ["KEY=VALUE", "KEY"] (a bare KEY: "")."""

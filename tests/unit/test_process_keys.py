@@ -50,3 +50,22 @@ def test_the_image_must_be_of_the_platform_asked_for() -> None:
     assert with_image(b, "sha256:" + "0" * 64, amd64).image
     v8 = ImageConfig("arm64", "linux", (), variant="v8")
     assert with_image(a, "sha256:" + "0" * 64, v8).image
+
+
+def test_label_file_is_read_under_labels() -> None:
+    files = {"app.labels": "# team labels\ncom.example.team=core\ncom.example.tier=web\n"}
+    stack = parse_stack(
+        "services:\n  a:\n    image: x\n    label_file: app.labels\n"
+        "    labels: {com.example.tier: api}\n", source="s", project_name="p",
+        read_text=files.__getitem__)
+    assert dict(stack.service("a").labels) == {"com.example.team": "core",
+                                               "com.example.tier": "api"}
+
+
+def test_a_missing_label_file_is_named() -> None:
+    def missing(name: str) -> str:
+        raise FileNotFoundError(2, "No such file or directory")
+
+    with pytest.raises(SpecError, match=r'cannot read label file "nope\.labels": No such file'):
+        parse_stack("services:\n  a:\n    image: x\n    label_file: [nope.labels]\n",
+                    source="s", project_name="p", read_text=missing)
