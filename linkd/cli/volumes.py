@@ -12,26 +12,14 @@ import argparse
 import json
 import sys
 
-from linkd.core.plan import StackPlan
 from linkd.errors import ConflictError, LinkdError, NotFoundError, UsageError
 from linkd.runtime.stack import store
 from linkd.runtime.volumes import mounts
 from linkd.runtime.volumes.store import StoredVolume, VolumeStore
 
 
-def _plans() -> list[tuple[StackPlan, list[str]]]:
-    plans = []
-    for stack in store.stacks():
-        try:
-            plan = store.load(stack).plan
-        except LinkdError:
-            continue
-        plans.append((plan, [c.name for c in plan.containers]))
-    return plans
-
-
 def _users(name: str) -> list[str]:
-    return mounts.users(name, _plans())
+    return mounts.users(name, store.plans())
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -132,7 +120,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             return 0
     volumes = VolumeStore()
-    plans = _plans()
+    plans = store.plans()
     for volume in volumes.volumes():
         if (volume.anonymous or args.all) and not mounts.users(volume.name, plans):
             volumes.remove(volume.name, [])
@@ -144,7 +132,7 @@ def remove_stack_volumes(stack: str) -> list[str]:
     """`down -v`: the volumes `stack` made (its named and anonymous ones; never an
     external one), unless another stack that is up mounts one. Returns what was kept."""
     volumes = VolumeStore()
-    plans = _plans()
+    plans = store.plans()
     kept = []
     for volume in volumes.volumes():
         if volume.stack != stack:

@@ -57,7 +57,7 @@ from linkd.core import layer_rules
 from linkd.core.image_config import with_images
 from linkd.core.image_format import ImageConfig
 from linkd.core.model import Stack
-from linkd.errors import ImageError, LinkdError, NotFoundError
+from linkd.errors import ImageError, NotFoundError
 from linkd.runtime.images.layers import Budget, unpack_layer, verify_layer
 from linkd.runtime.images.sources import LoadLayer, Source, open_source, plan_oci, plan_save
 from linkd.runtime.stack import store as stack_store
@@ -330,12 +330,5 @@ def resolve_stack(stack: Stack, base: Path, store: ImageStore | None = None, *,
 def containers_using(image_id: str | None = None) -> list[tuple[str, str]]:
     """(`stack/container`, image id) of the containers of the stacks that are up whose
     root filesystem is an image (`image_id`, or any)."""
-    users = []
-    for stack in stack_store.stacks():
-        try:
-            plan = stack_store.load(stack).plan
-        except LinkdError:
-            continue
-        users += [(f"{stack}/{c.name}", c.image) for c in plan.containers
-                  if c.image is not None and image_id in (None, c.image)]
-    return users
+    return [(f"{plan.stack}/{c.name}", c.image) for plan in stack_store.plans()
+            for c in plan.containers if c.image is not None and image_id in (None, c.image)]

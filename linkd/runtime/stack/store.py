@@ -62,8 +62,9 @@ from pathlib import Path
 
 from linkd.core import state as state_codec
 from linkd.core.ipam import Lease
+from linkd.core.plan import StackPlan
 from linkd.core.state import StackState, StateError
-from linkd.errors import NotFoundError
+from linkd.errors import LinkdError, NotFoundError
 
 # The places are named in linkd.paths, which `linkd ps` imports without this
 # module (and its state codec and asyncio); re-exported for this module's users.
@@ -274,6 +275,18 @@ def load(stack: str) -> StackState:
         prev,
     )
     return state
+
+
+def plans() -> list[StackPlan]:
+    """The plans of the stacks that are up (a state file that cannot be read is skipped):
+    what uses an image or a volume now."""
+    found = []
+    for stack in stacks():
+        try:
+            found.append(load(stack).plan)
+        except LinkdError:
+            continue
+    return found
 
 
 def _read(path: Path) -> StackState:

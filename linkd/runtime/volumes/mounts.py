@@ -174,9 +174,8 @@ def _unset(file: FileMount) -> str:
             "stack was read; set it (or put it in .env beside the stack file)")
 
 
-def users(name: str, plans: list[tuple[StackPlan, list[str]]]) -> list[str]:
-    """The containers (`stack/container`) of `plans` (each with its live containers)
-    that mount the volume `name`."""
-    return [f"{plan.stack}/{c.name}" for plan, live in plans for c in plan.containers
-            if c.name in live and any(m.kind == "volume" and m.source == name
-                                      for m in c.mounts)]
+def users(name: str, plans: list[StackPlan]) -> list[str]:
+    """The containers (`stack/container`) of `plans`, the stacks that are up, that mount
+    the volume `name`: stopped ones too, as Docker counts them."""
+    return [f"{plan.stack}/{c.name}" for plan in plans for c in plan.containers
+            if any(m.kind == "volume" and m.source == name for m in c.mounts)]
