@@ -189,6 +189,10 @@ class Network:
     enable_ipv6: bool = False
     subnet6: ipaddress.IPv6Network | None = None
     gateway6: ipaddress.IPv6Address | None = None
+    # Compose's `name:`: the network's own name (None: `<stack>_<name>`); with
+    # `external`, the name of another stack's network this one joins (None: `name`)
+    real_name: str | None = None
+    external: bool = False  # another stack's network (linkd.core.shared_networks)
 
 
 @dataclass(frozen=True, slots=True)

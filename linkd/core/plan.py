@@ -9,7 +9,7 @@ when it is written (`linkd.core.hosts`), and its DNS view likewise (`linkd.dns.z
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
@@ -45,6 +45,9 @@ class NetworkPlan:
     internal: bool
     subnet6: IPv6Network | None = None
     gateway6: IPv6Address | None = None
+    # An external network: (stack, key) of the network it joins, whose bridge and subnet
+    # these are (linkd.core.shared_networks); None: the stack's own
+    owner: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +130,8 @@ def realize(
     workdir: str = "/",
     conventions: Mapping[str, Convention] | None = None,
     lease: ipam.Lease | None = None,
+    joined: Mapping[str, NetworkPlan] | None = None,
+    held: Mapping[str, Collection[IPv4Address | IPv6Address]] | None = None,
 ) -> StackPlan:
     """The desired state of `stack`, given the IPv4 subnet of each of its networks.
 
@@ -138,10 +143,19 @@ def realize(
     files by path, read by the caller (`linkd.runtime.stack.conventions.load_conventions`):
     planning reads no files.
     `lease` (the stack's last addresses) keeps containers at the addresses they had.
+    `joined`: each external network's plan, the owner's as this stack joins it
+    (`linkd.core.shared_networks.join`); one not given is planned like one of the stack's
+    own, on `subnets` (a dry plan: `linkd config` does not look for the owner). `held`:
+    by network, the addresses other stacks' containers have there (a network shared with
+    them), which this stack's avoid.
     """
-    networks = tuple(_network_plan(stack, n.name, subnets[n.name]) for n in stack.networks)
+    joined = joined or {}
+    networks = tuple(
+        joined[n.name] if n.name in joined else _network_plan(stack, n.name, subnets[n.name])
+        for n in stack.networks
+    )
     by_key = {n.key: n for n in networks}
-    addresses = _addresses(stack, by_key, lease or ipam.Lease(stack.name))
+    addresses = _addresses(stack, by_key, lease or ipam.Lease(stack.name), held or {})
     _check_links(stack)
     containers: list[ContainerPlan] = []
     for service in stack.services:
@@ -167,7 +181,7 @@ def _network_plan(stack: Stack, key: str, subnet: IPv4Network) -> NetworkPlan:
         gateway6 = network.gateway6 or IPv6Address(ipam.gateway_of(subnet6))
     return NetworkPlan(
         key=key,
-        name=f"{stack.name}_{key}",
+        name=network.real_name or f"{stack.name}_{key}",
         bridge=names.bridge_name(stack.name, key),
         bridge_mac=names.bridge_mac(stack.name, key),
         subnet=subnet,
@@ -182,11 +196,15 @@ Addresses = dict[tuple[str, str], tuple[IPv4Address, IPv6Address | None]]
 
 
 def _addresses(
-    stack: Stack, networks: Mapping[str, NetworkPlan], lease: ipam.Lease
+    stack: Stack,
+    networks: Mapping[str, NetworkPlan],
+    lease: ipam.Lease,
+    held: Mapping[str, Collection[IPv4Address | IPv6Address]],
 ) -> Addresses:
     """(container, network) -> addresses: static ones first, then leased, then in file
-    order."""
+    order; none that another stack's container has (`held`)."""
     result: Addresses = {}
+    _check_joined_statics(stack, networks)
     for key, net in networks.items():
         wanted4: list[tuple[str, IPv4Address | IPv6Address | None]] = []
         wanted6: list[tuple[str, IPv4Address | IPv6Address | None]] = []
@@ -201,9 +219,12 @@ def _addresses(
                     static6 = attachment.ipv6_address if replica == 1 else None
                     wanted4.append((owner, static4))
                     wanted6.append((owner, static6))
-        got4 = ipam.assign(net.subnet, {net.gateway}, wanted4, lease.addresses_on(key, 4))
+        others = set(held.get(key, ()))
+        got4 = ipam.assign(
+            net.subnet, {net.gateway, *others}, wanted4, lease.addresses_on(key, 4))
         got6 = (
-            ipam.assign(net.subnet6, {net.gateway6}, wanted6, lease.addresses_on(key, 6))
+            ipam.assign(net.subnet6, {net.gateway6, *others}, wanted6,
+                        lease.addresses_on(key, 6))
             if net.subnet6 is not None and net.gateway6 is not None
             else {}
         )
@@ -214,6 +235,32 @@ def _addresses(
                 IPv6Address(six) if six is not None else None,
             )
     return result
+
+
+def _check_joined_statics(stack: Stack, networks: Mapping[str, NetworkPlan]) -> None:
+    """A static address on an external network lies in the owner's subnet: only known now
+    (the parser checks the others against the subnets the file declares)."""
+    problems: list[tuple[str, int | None, str]] = []
+    for service in stack.services:
+        for a in service.networks:
+            net = networks[a.network]
+            if net.owner is None:
+                continue
+            for address, subnet in ((a.ipv4_address, net.subnet), (a.ipv6_address, net.subnet6)):
+                if address is None:
+                    continue
+                if subnet is None or address not in subnet or address in (
+                    subnet.network_address, subnet.broadcast_address, net.gateway, net.gateway6
+                ):
+                    where = f"subnet {subnet}" if subnet is not None else "no such subnet"
+                    problems.append((
+                        f"services.{service.name}.networks.{a.network}", None,
+                        f"{address} is not a free address of network {net.name} ({where}, "
+                        f"gateway {net.gateway}, made by stack {net.owner[0]}); pick "
+                        "another, or leave the address to linkd",
+                    ))
+    if problems:
+        raise SpecError(problems)
 
 
 def _interfaces(
@@ -321,7 +368,8 @@ def lease_of(plan: StackPlan) -> ipam.Lease:
     """What `plan` holds, to be given back next time."""
     return ipam.Lease(
         plan.stack,
-        tuple((n.key, n.subnet) for n in plan.networks),
+        # An external network's subnet is its owner's to hold, not this stack's.
+        tuple((n.key, n.subnet) for n in plan.networks if n.owner is None),
         tuple(
             (i.network, c.name, i.address, i.address6)
             for c in plan.containers

@@ -130,7 +130,9 @@ TOP_LEVEL: dict[str, tuple[Handling, str]] = {
     "name": ("supported", ""),
     "include": ("ignored", _NOT_YET),
     "services": ("supported", ""),
-    "networks": ("supported", ""),
+    "networks": ("differs", "`external: true` joins a network another linkd stack made, "
+                            "by its `name:` (a network made outside linkd cannot be "
+                            "joined); the `bridge` driver only"),
     "volumes": ("ignored", _NOT_YET),
     "secrets": ("ignored", _NOT_YET),
     "configs": ("ignored", _NOT_YET),

@@ -191,7 +191,11 @@ def _link_settings(settings: LinkSettings) -> dict[str, Any]:
 
 
 def _network(n: Network) -> dict[str, Any]:
+    named = {"name": n.real_name} if n.real_name is not None else {}
+    if n.external:
+        return {"external": True, **named}
     out: dict[str, Any] = {
+        **named,
         "driver": n.driver,
         "internal": n.internal,
         "enable_ipv6": n.enable_ipv6,

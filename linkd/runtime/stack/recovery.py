@@ -30,7 +30,9 @@ async def recover(sup: Supervisor, state: StackState) -> None:
     plan = state.plan
     live.plan = plan
     live.states = {c.name: c for c in state.containers}
+    sup.neighbours.refresh()
     sup.publisher.serve(plan)
+    sup.neighbours.start()
     sup.publisher.publish_zone()
     observed = await sup.observe()
     leftovers = Leftovers()

@@ -1,0 +1,318 @@
+"""Compose's networking keys (issue 16 §5): external networks shared between stacks,
+network modes, and the per-container DNS, sysctl and link keys — parsing, planning and
+the DNS zone, without a kernel (tests/integration/test_network_keys.py has the kernel's
+side)."""
+
+from __future__ import annotations
+
+import textwrap
+from ipaddress import IPv4Address, IPv4Network, ip_address
+from typing import Any
+
+import pytest
+import yaml
+from dnslib import RCODE
+
+from linkd.core import shared_networks
+from linkd.core.model import Network, Stack
+from linkd.core.plan import StackPlan, lease_of
+from linkd.dns.zone import build_zone
+from linkd.errors import ConflictError, NotFoundError, SpecError
+from linkd.spec.stack_file import parse_stack, stack_to_dict
+from tests.planning import realize
+from tests.unit.test_dns import addresses, ask
+
+
+def parse(text: str, name: str = "p", **kw: Any) -> Stack:
+    return parse_stack(textwrap.dedent(text), source="t.yaml", project_name=name, **kw)
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(SpecError) as caught:
+        parse(text)
+    return [f"{path}: {message}" for path, _, message in caught.value.problems]
+
+
+# --- external networks: the file ------------------------------------------------------
+
+
+def test_external_network_is_read_with_its_real_name() -> None:
+    stack = parse("""
+        services:
+          a: {command: x, networks: [shared, default]}
+        networks:
+          shared: {external: true, name: shop_default}
+          other: {external: true}
+          mine: {name: fixed-name}
+    """)
+    nets = {n.name: n for n in stack.networks}
+    assert nets["shared"] == Network("shared", real_name="shop_default", external=True)
+    assert nets["other"] == Network("other", external=True)
+    assert nets["mine"].real_name == "fixed-name" and not nets["mine"].external
+    assert shared_networks.real_name("p", nets["shared"]) == "shop_default"
+    assert shared_networks.real_name("p", nets["other"]) == "other"
+    assert shared_networks.real_name("p", nets["mine"]) == "fixed-name"
+    assert shared_networks.real_name("p", nets["default"]) == "p_default"
+    assert not stack.warnings
+
+
+def test_the_default_network_may_be_external() -> None:
+    stack = parse("""
+        services: {a: {command: x}}
+        networks:
+          default: {external: true, name: proxy}
+    """)
+    assert stack.networks == (Network("default", real_name="proxy", external=True),)
+
+
+def test_the_old_external_name_form() -> None:
+    stack = parse("""
+        services: {a: {command: x, networks: [n]}}
+        networks:
+          n: {external: {name: traefik}}
+    """)
+    assert stack.networks == (Network("n", real_name="traefik", external=True),)
+    found = problems("""
+        services: {a: {command: x, networks: [n]}}
+        networks:
+          n: {external: {name: one}, name: two}
+    """)
+    assert found == ['networks.n.external.name: both "external.name" (deprecated) and '
+                     '"name" are given (Compose refuses it too); keep "name"']
+
+
+def test_settings_of_an_external_network_are_the_owners() -> None:
+    stack = parse("""
+        services: {a: {command: x, networks: [n]}}
+        networks:
+          n: {external: true, driver: bridge, ipam: {config: [{subnet: 10.9.0.0/24}]}}
+    """)
+    assert stack.networks == (Network("n", external=True),)
+    assert [w.split(":")[0] for w in stack.warnings] == [
+        "networks.n.driver (line 4)", "networks.n.ipam (line 4)"]
+    assert all("the stack that creates the network decides it" in w for w in stack.warnings)
+
+
+@pytest.mark.parametrize(("network", "fragment"), [
+    ("{external: maybe}", "expected true or false"),
+    ("{name: '-bad'}", "expected a network name of letters"),
+    ("{name: 'a b'}", "expected a network name of letters"),
+    ("{external: true, name: ''}", "expected a network name of letters"),
+])
+def test_bad_external_or_name(network: str, fragment: str) -> None:
+    found = problems(f"services: {{a: {{command: x, networks: [n]}}}}\n"
+                     f"networks:\n  n: {network}\n")
+    assert any(fragment in p for p in found), found
+
+
+def test_a_static_address_on_an_external_network_waits_for_its_subnet() -> None:
+    stack = parse("""
+        services:
+          a: {command: x, networks: {n: {ipv4_address: 10.9.0.7}}}
+        networks:
+          n: {external: true}
+    """)
+    assert stack.services[0].networks[0].ipv4_address == IPv4Address("10.9.0.7")
+    found = problems("""
+        services:
+          a: {command: x, networks: {n: {ipv4_address: 10.9.0.7}}}
+          b: {command: x, networks: {n: {ipv4_address: 10.9.0.7}}}
+        networks:
+          n: {external: true}
+    """)
+    assert found == ["services.b.networks.n.ipv4_address: 10.9.0.7 on network n is already "
+                     "taken by service a"]
+
+
+def test_config_writes_external_networks_back() -> None:
+    stack = parse("""
+        services: {a: {command: x, networks: [n, m]}}
+        networks:
+          n: {external: true, name: shop_default}
+          m: {name: fixed}
+    """)
+    written = stack_to_dict(stack)
+    assert written["networks"]["n"] == {"external": True, "name": "shop_default"}
+    assert written["networks"]["m"]["name"] == "fixed"
+    again = parse(yaml.safe_dump(written, sort_keys=False))
+    assert again.networks == stack.networks
+
+
+# --- external networks: planning ------------------------------------------------------
+
+SHOP = """
+    services:
+      web: {command: x, scale: 2}
+      db: {command: x, networks: [back]}
+    networks:
+      back: {}
+"""
+JOINER = """
+    services:
+      client: {command: x, networks: [shop, own]}
+      lone: {command: x, networks: [own]}
+    networks:
+      shop: {external: true, name: shop_default}
+      own: {}
+"""
+
+
+def shop_plan() -> StackPlan:
+    stack = parse(SHOP, "shop")
+    return realize(stack, {"default": IPv4Network("10.87.0.0/24"),
+                           "back": IPv4Network("10.87.1.0/24")})
+
+
+def joined_plan(shop: StackPlan, text: str = JOINER, name: str = "app") -> StackPlan:
+    stack = parse(text, name)
+    joined = shared_networks.join(stack, [shop])
+    networks = [joined.get(n.name) or (stack.name, n.name) for n in stack.networks]
+    held = shared_networks.held(stack.name, networks, [shop])
+    own = {n.name: IPv4Network("10.87.5.0/24") for n in stack.networks if not n.external}
+    return realize(stack, own, joined=joined, held=held)
+
+
+def test_joining_takes_the_owners_bridge_and_subnet_and_avoids_its_addresses() -> None:
+    shop = shop_plan()
+    app = joined_plan(shop)
+    net = next(n for n in app.networks if n.key == "shop")
+    owner = next(n for n in shop.networks if n.key == "default")
+    assert (net.key, net.name, net.owner) == ("shop", "shop_default", ("shop", "default"))
+    assert (net.bridge, net.subnet, net.gateway) == (owner.bridge, owner.subnet, owner.gateway)
+    client = app.container("client-1").interfaces[0]
+    assert client.bridge == owner.bridge and client.address in owner.subnet
+    theirs = {i.address for c in shop.containers for i in c.interfaces}
+    assert client.address not in theirs | {owner.gateway}
+    assert client.host_ifname not in {i.host_ifname for c in shop.containers
+                                      for i in c.interfaces}
+    # The owner, planned again, keeps away from the joiner's address (both sides avoid).
+    held = shared_networks.held("shop", [("shop", "default"), ("shop", "back")], [app])
+    assert held == {"default": frozenset({client.address})}
+    again = realize(parse(SHOP, "shop"), {"default": IPv4Network("10.87.0.0/24"),
+                                          "back": IPv4Network("10.87.1.0/24")}, held=held)
+    assert client.address not in {i.address for c in again.containers for i in c.interfaces}
+
+
+def test_held_addresses_push_the_owner_elsewhere() -> None:
+    shop = shop_plan()
+    first = shop.container("web-1").interfaces[0].address
+    held = {"default": frozenset({first})}
+    again = realize(parse(SHOP, "shop"), {"default": IPv4Network("10.87.0.0/24"),
+                                          "back": IPv4Network("10.87.1.0/24")}, held=held)
+    assert first not in {i.address for c in again.containers for i in c.interfaces}
+
+
+def test_a_joiners_lease_never_holds_the_owners_subnet() -> None:
+    app = joined_plan(shop_plan())
+    lease = lease_of(app)
+    assert [key for key, _ in lease.subnets] == ["own"]
+    assert {(key, c) for key, c, _, _ in lease.addresses} >= {("shop", "client-1")}
+
+
+def test_a_missing_external_network_is_an_error_naming_what_exists() -> None:
+    stack = parse("""
+        services: {a: {command: x, networks: [n]}}
+        networks:
+          n: {external: true, name: nowhere}
+    """, "app")
+    with pytest.raises(NotFoundError) as caught:
+        shared_networks.join(stack, [shop_plan()])
+    message = str(caught.value)
+    assert message.startswith("network nowhere declared as external, but could not be "
+                              "found: create it with another stack first")
+    assert "shop_back, shop_default" in message
+
+
+def test_only_networks_a_stack_made_can_be_joined() -> None:
+    shop = shop_plan()
+    app = joined_plan(shop)
+    # A third stack naming the joiner's copy's name finds the owner's network, once.
+    third = parse("""
+        services: {t: {command: x, networks: [n]}}
+        networks:
+          n: {external: true, name: shop_default}
+    """, "third")
+    joined = shared_networks.join(third, [app, shop])
+    assert joined["n"].owner == ("shop", "default")
+    # Its own external key is not a network anyone can join by `<stack>_<key>`.
+    with pytest.raises(NotFoundError):
+        shared_networks.join(parse(
+            "services: {t: {command: x, networks: [n]}}\n"
+            "networks:\n  n: {external: true, name: app_shop}\n", "third"), [app, shop])
+
+
+def test_two_stacks_cannot_make_one_network_name() -> None:
+    shop = shop_plan()
+    clash = parse("""
+        services: {a: {command: x, networks: [n]}}
+        networks:
+          n: {name: shop_default}
+    """, "other")
+    with pytest.raises(ConflictError, match="network shop_default exists already"):
+        shared_networks.check_names(clash, [shop])
+    shared_networks.check_names(parse(JOINER, "app"), [shop])  # joining is fine
+
+
+def test_a_static_address_outside_the_owners_subnet() -> None:
+    text = JOINER.replace("client: {command: x, networks: [shop, own]}",
+                          "client: {command: x, networks: {shop: {ipv4_address: 10.99.0.5}}}")
+    with pytest.raises(SpecError, match=r"10\.99\.0\.5 is not a free address of network "
+                                        "shop_default"):
+        joined_plan(shop_plan(), text)
+    taken = str(shop_plan().container("web-1").interfaces[0].address)
+    text = text.replace("10.99.0.5", taken)
+    with pytest.raises(ConflictError, match="another stack's container"):
+        joined_plan(shop_plan(), text)
+
+
+def test_users_of_a_bridge() -> None:
+    shop = shop_plan()
+    app = joined_plan(shop)
+    bridge = next(n.bridge for n in shop.networks if n.key == "default")
+    back = next(n.bridge for n in shop.networks if n.key == "back")
+    assert shared_networks.users(bridge, [shop, app], "shop") == ("app",)
+    assert shared_networks.users(bridge, [shop, app], "app") == ("shop",)
+    assert shared_networks.users(back, [shop, app], "shop") == ()
+    # A joiner with no container on it does not keep it.
+    idle = app.without([c.name for c in app.containers if c.service == "client"])
+    assert shared_networks.users(bridge, [shop, idle], "shop") == ()
+
+
+# --- external networks: DNS across the two stacks -------------------------------------
+
+
+def test_names_answer_both_ways_on_the_shared_network_only() -> None:
+    shop = shop_plan()
+    app = joined_plan(shop)
+    web1 = shop.container("web-1").interfaces[0].address
+    db = shop.container("db-1").interfaces[0].address
+    client = app.container("client-1")
+    # The joiner's server: its own plan and the owner's containers there.
+    near = shared_networks.neighbours(app, [shop])
+    assert [c.name for p in near for c in p.containers] == ["web-1", "web-2"]
+    zone = build_zone([app, *near])
+    me = client.interfaces[0].address
+    assert sorted(addresses(ask(zone, "web", me))) == sorted(
+        str(shop.container(f"web-{n}").interfaces[0].address) for n in (1, 2))
+    assert addresses(ask(zone, "web-1.shop.linkd", me)) == [str(web1)]
+    assert addresses(ask(zone, "web-1.default", me)) == [str(web1)]
+    assert ask(zone, "db", me).header.rcode == RCODE.NXDOMAIN  # not on the shared network
+    lone = app.container("lone-1").interfaces[0].address
+    assert ask(zone, "web", lone).header.rcode == RCODE.NXDOMAIN  # not on it either
+    # The owner's server: the joiner's container on its network, and no other.
+    theirs = build_zone([shop, *shared_networks.neighbours(shop, [app])])
+    assert addresses(ask(theirs, "client", web1)) == [str(me)]
+    assert addresses(ask(theirs, "client-1.app.linkd", web1)) == [str(me)]
+    assert ask(theirs, "client", db).header.rcode == RCODE.NXDOMAIN
+    assert ask(theirs, "lone", web1).header.rcode == RCODE.NXDOMAIN
+    # Reverse lookups of the joiner's address answer on the owner's side too.
+    ptr = ask(theirs, ip_address(me).reverse_pointer, web1, "PTR")
+    assert [str(rr.rdata) for rr in ptr.rr] == ["client-1.shop.app.linkd."]
+
+
+def test_neighbours_of_stacks_sharing_nothing_are_none() -> None:
+    shop = shop_plan()
+    other = realize(parse("services: {x: {command: y}}\n", "other"),
+                    {"default": IPv4Network("10.87.9.0/24")})
+    assert shared_networks.neighbours(shop, [other]) == ()
+    assert shared_networks.neighbours(other, [shop]) == ()
