@@ -169,6 +169,9 @@ class Service:
     limits: Limits = field(default_factory=Limits)  # cgroups (linkd.runtime.kernel.cgroups)
     runtime: str | None = None  # x-linkd: runtime: runc | linkd; None: $LINKD_RUNTIME
     security: Security = field(default_factory=Security)  # linkd.core.confinement
+    # Compose's network_mode other than `none` (which is `networks=()`): "host",
+    # "service:X" or "container:NAME", whose network namespace it shares (no networks)
+    network_mode: str | None = None
 
     def container(self, replica: int) -> str:
         """The name of its container `replica`: `container_name`, else `<service>-<n>`."""

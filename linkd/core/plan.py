@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Literal
 
 from linkd.conventions.render import Convention, LinkTarget, combine, render
 from linkd.core import ipam, names
@@ -97,6 +98,14 @@ class ContainerPlan:
     limits: Limits = field(default_factory=Limits)  # memory, CPU and PID limits (cgroups)
     runtime: str | None = None  # what runs an image: "runc", "linkd", None: the default
     security: Security = field(default_factory=Security)  # departures from confinement
+    # Compose's network_mode: "" a network namespace of its own (`netns`); "container"
+    # another container's, shared (`netns` is that one's: service:X, container:NAME);
+    # "host" the host's (`netns` is "")
+    network_mode: Literal["", "container", "host"] = ""
+
+    def owns_netns(self) -> bool:
+        """Whether `netns` is its own: made, wired and served a resolver for it."""
+        return self.network_mode == ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +141,7 @@ def realize(
     lease: ipam.Lease | None = None,
     joined: Mapping[str, NetworkPlan] | None = None,
     held: Mapping[str, Collection[IPv4Address | IPv6Address]] | None = None,
+    foreign: Mapping[str, str] | None = None,
 ) -> StackPlan:
     """The desired state of `stack`, given the IPv4 subnet of each of its networks.
 
@@ -147,7 +157,9 @@ def realize(
     (`linkd.core.shared_networks.join`); one not given is planned like one of the stack's
     own, on `subnets` (a dry plan: `linkd config` does not look for the owner). `held`:
     by network, the addresses other stacks' containers have there (a network shared with
-    them), which this stack's avoid.
+    them), which this stack's avoid. `foreign`: other stacks' containers by name, to
+    their namespaces, for `network_mode: container:NAME` naming none of this stack's
+    (None: a dry plan, which does not look).
     """
     joined = joined or {}
     networks = tuple(
@@ -165,6 +177,7 @@ def realize(
             containers.append(
                 _container_plan(stack, service, replica, name, interfaces, workdir)
             )
+    containers = _shared_namespaces(stack, containers, foreign)
     resolve = _resolver(conventions or {})
     linked = tuple(_with_links(stack, containers, c, resolve) for c in containers)
     return StackPlan(
@@ -343,6 +356,54 @@ def _container_plan(
         runtime=service.runtime,
         security=service.security,
     )
+
+
+def _shared_namespaces(
+    stack: Stack, containers: list[ContainerPlan], foreign: Mapping[str, str] | None
+) -> list[ContainerPlan]:
+    """`network_mode` applied: a container sharing another's namespace takes that one's
+    `netns` and hostname (the one it shares, followed to the container that owns it); on
+    the host's, it has none. Ports it would publish on the host's network are dropped
+    (Docker discards them too; the parser warned)."""
+    by_name = {c.name: c for c in containers}
+    targets: dict[str, str] = {}
+    for service in stack.services:
+        kind, _, target = (service.network_mode or "").partition(":")
+        for replica in range(1, service.replicas + 1):
+            name = service.container(replica)
+            if kind == "service":
+                targets[name] = stack.service(target).container(1)
+            elif kind == "container":
+                targets[name] = target
+            elif kind == "host":
+                by_name[name] = replace(
+                    by_name[name], network_mode="host", netns="",
+                    ports=tuple(p for p in by_name[name].ports if not p.published))
+    mode: Literal["container", "host"]
+    for name in targets:
+        seen = [name]
+        target = targets[name]
+        while target in targets and target not in seen:  # service:X where X shares too
+            seen.append(target)
+            target = targets[target]
+        owner = by_name.get(target)
+        if owner is not None and owner.network_mode == "host":
+            netns, hostname, mode = "", owner.hostname, "host"
+        elif owner is not None and target not in targets:
+            netns, hostname, mode = owner.netns, owner.hostname, "container"
+        elif target in targets or (foreign is not None and target not in foreign):
+            raise SpecError([(f"services.{by_name[name].service}.network_mode", None,
+                              f"no container {target} to share a network namespace with, "
+                              "in this stack or another stack that is up")])
+        else:  # another stack's container, or (a dry plan) as if it were
+            netns = (foreign or {}).get(target) or names.netns_name(stack.name, target)
+            hostname, mode = by_name[name].hostname, "container"
+        before = by_name[name].hostname
+        env = tuple((k, hostname if k == "HOSTNAME" and v == before else v)
+                    for k, v in by_name[name].env)
+        by_name[name] = replace(by_name[name], network_mode=mode, netns=netns,
+                                hostname=hostname, env=env)
+    return [by_name[c.name] for c in containers]
 
 
 def _check_links(stack: Stack) -> None:

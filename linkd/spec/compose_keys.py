@@ -84,8 +84,10 @@ SERVICE: dict[str, tuple[Handling, str]] = {
     "mem_swappiness": ("ignored", "use `mem_limit`"),
     "memswap_limit": ("ignored", "use `mem_limit`"),
     "models": ("ignored", "no model runner"),
-    "network_mode": ("differs", "`none` only; every other container has a namespace of "
-                                "its own"),
+    "network_mode": ("differs", "`service:X` and `container:NAME` share that namespace (X "
+                                "restarting keeps it: the namespace is linkd's, so the "
+                                "sharer is not restarted); `host` is warned (no linkd DNS); "
+                                "`bridge` is the stack's default network"),
     "networks": ("supported", ""),
     "oom_kill_disable": ("ignored", "the kernel's OOM killer applies"),
     "oom_score_adj": ("ignored", "the kernel's OOM score applies"),

@@ -152,7 +152,7 @@ def _service(s: Service) -> dict[str, Any]:
     if s.networks:
         out["networks"] = {a.network: _attachment(a) for a in s.networks}
     else:
-        out["network_mode"] = "none"
+        out["network_mode"] = s.network_mode or "none"
     if s.depends_on:
         out["depends_on"] = {
             d.service: {"condition": d.condition, "required": d.required, "restart": d.restart}

@@ -19,7 +19,6 @@ from collections.abc import Callable, Mapping
 import yaml
 
 from linkd.core.model import (
-    Attachment,
     Dependency,
     DependsCondition,
     Link,
@@ -35,6 +34,7 @@ from linkd.spec.environment import Environment
 from linkd.spec.health import read_healthcheck
 from linkd.spec.limits import KEYS as LIMIT_KEYS
 from linkd.spec.limits import read_limits, read_runtime
+from linkd.spec.network_mode import read_network_mode
 from linkd.spec.networks import NetworkReader
 from linkd.spec.nodes import At, Reader, given
 from linkd.spec.security import KEYS as SECURITY_KEYS
@@ -146,6 +146,12 @@ class ServiceReader:
         if health := given(f, "healthcheck"):
             healthcheck = read_healthcheck(self.r, health)
         links = self._links(f.get("links"), origins)
+        mode, networks, implied = read_network_mode(r, f, self.nets, name, replicas,
+                                                    self.names, self.off)
+        depends_on = self._depends(f.get("depends_on"), origins)
+        if implied is not None and all(d.service != implied.service for d in depends_on):
+            depends_on += (implied,)  # network_mode: service:X starts after X, as in Compose
+            origins.edges.setdefault(implied.service, f["network_mode"])
         conventions, link_settings = read_service_x_linkd(r, given(f, "x-linkd"), links)
         return Service(
             name=name,
@@ -163,8 +169,9 @@ class ServiceReader:
             expose=self._expose(f.get("expose")),
             ports=self._ports(f.get("ports"), origins),
             links=links,
-            networks=self._networks(f, name, replicas),
-            depends_on=self._depends(f.get("depends_on"), origins),
+            networks=networks,
+            network_mode=mode,
+            depends_on=depends_on,
             healthcheck=healthcheck,
             restart=self._restart(f.get("restart")),
             replicas=replicas,
@@ -176,28 +183,6 @@ class ServiceReader:
             runtime=read_runtime(r, given(f, "x-linkd")),
             security=read_security(r, f, image is not None, self.env.read),
         ), origins
-
-    def _networks(self, f: dict[str, At], name: str, replicas: int) -> tuple[Attachment, ...]:
-        """`networks:`, or none at all for `network_mode: none` (loopback only)."""
-        mode_at = given(f, "network_mode")
-        if mode_at is None:
-            return self.nets.attachments(f.get("networks"), name, replicas)
-        mode = self.r.text(mode_at)
-        if mode == "none":
-            if given(f, "networks") is not None:
-                self.r.fail(
-                    mode_at,
-                    '"network_mode: none" and "networks" cannot be combined (Compose refuses '
-                    "it too); keep one",
-                )
-            return ()
-        if mode is not None:
-            self.r.fail(
-                mode_at,
-                f"network_mode {quote(mode)} is not supported: linkd gives every container "
-                'its own namespace; use "none" for loopback only, or networks: to join networks',
-            )
-        return ()
 
     def _container_name(self, at: At | None, service: str, replicas: int) -> str | None:
         """Docker's rule for container names (a leading "/" dropped, as Docker does);

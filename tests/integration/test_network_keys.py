@@ -5,10 +5,14 @@ keys, seen from inside the containers."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 
 import pytest
 
+from linkd.client.api import Client
+from linkd.runtime.images.image_store import ImageStore
+from tests.images import busybox_image, write_tar
 from tests.integration.conftest import Linkd, fresh_linkd, snapshot
 from tests.integration.test_stack import serve
 
@@ -188,3 +192,162 @@ def test_a_missing_external_network_is_an_error_that_creates_nothing(joiner: Lin
     assert after.netns == before.netns and after.links == before.links
     ps = joiner.run("ps", "-p", joiner.project, check=False)
     assert "a-1" not in ps.stdout
+
+
+# --- network_mode ---------------------------------------------------------------------
+
+# A TCP server on loopback only: reachable from its own network namespace, nowhere else.
+LOCAL_SERVER = (
+    "/usr/bin/python3 -c \"import socket,os;"
+    "s=socket.create_server(('127.0.0.1',PORT));"
+    "[c.sendall(os.uname().nodename.encode()) or c.close() for c in iter(lambda:s.accept()[0],0)]\""
+)
+
+SAME_NAMESPACE = """
+import json, os, socket
+print(json.dumps({
+    "netns": os.readlink("/proc/self/ns/net"),
+    "links": sorted(os.listdir("/sys/class/net")),
+    "hostname": socket.gethostname(),
+    "resolv": open("/etc/resolv.conf").read(),
+}))
+"""
+
+
+def inside(stack: Linkd, service: str) -> dict[str, object]:
+    out = stack.exec(service, "/usr/bin/python3", "-c", SAME_NAMESPACE).stdout
+    result: dict[str, object] = json.loads(out)
+    return result
+
+
+def test_a_sidecar_shares_its_services_namespace(linkd: Linkd) -> None:
+    linkd.write(f"""
+        services:
+          app:
+            command: {LOCAL_SERVER.replace("PORT", "9100")}
+          side:
+            command: sleep 300
+            network_mode: "service:app"
+          peer:
+            command: {serve(9000)}
+    """)
+    up = linkd.up()
+    linkd.wait_listening("app", 9100)
+    # The same namespace: the same interfaces and addresses, localhost between them.
+    app, side = inside(linkd, "app"), inside(linkd, "side")
+    assert side["netns"] == app["netns"] and side["links"] == app["links"]
+    assert side["hostname"] == app["hostname"] == "app-1"
+    got = linkd.exec("side", "/usr/bin/python3", "-c", CONNECT, "127.0.0.1", "9100")
+    assert got.stdout.strip() == "app-1"
+    # The same resolver: the stack's names resolve from the sidecar as from app.
+    peer = addresses(linkd, "peer-1")["default"]
+    assert resolve(linkd, "side", "peer", "app") == {
+        "peer": [peer], "app": [addresses(linkd, "app-1")["default"]]}
+    # It has no address of its own, and others reach its ports at app's address.
+    assert "side-1" in up.stdout
+    (doc,) = json.loads(linkd.run("inspect", "-p", linkd.project, "side-1").stdout)
+    assert doc["plan"]["interfaces"] == [] and doc["plan"]["network_mode"] == "container"
+    assert isinstance(resolve(linkd, "peer", "side")["side"], str)
+    # app restarting (its process anew) leaves the namespace, linkd's, where it was: the
+    # sidecar, still running, reaches the new process.
+    Client().request("POST", f"/v1/stacks/{linkd.project}/containers/app-1/restart")
+    linkd.wait_listening("app", 9100)
+    got = linkd.exec("side", "/usr/bin/python3", "-c", CONNECT, "127.0.0.1", "9100")
+    assert got.stdout.strip() == "app-1"
+
+
+def test_network_mode_host_is_the_hosts_network(linkd: Linkd) -> None:
+    import socket
+    import time
+
+    with socket.socket() as probe:  # a free port of the (simulated) host
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    linkd.write(f"""
+        services:
+          web:
+            command: {LOCAL_SERVER.replace("PORT", str(port))}
+            network_mode: host
+          other:
+            command: sleep 300
+    """)
+    up = linkd.up()
+    assert "network_mode host" in up.stderr, up.stderr
+    # Its server listens on the host's loopback: this test's process reaches it.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as c:
+                assert c.recv(100) == b"web-1"
+            break
+        except ConnectionRefusedError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    web = inside(linkd, "web")
+    assert web["netns"] == os.readlink("/proc/self/ns/net")
+    assert any(str(link).startswith("lkb-") for link in web["links"])  # the host's bridges
+    with open("/etc/resolv.conf") as host_resolv:
+        assert web["resolv"] == host_resolv.read()
+    assert "127.0.0.11" in str(inside(linkd, "other")["resolv"])
+
+
+def test_container_mode_joins_another_stacks_container(owner: Linkd, joiner: Linkd) -> None:
+    owner.write(f"""
+        services:
+          db:
+            command: {LOCAL_SERVER.replace("PORT", "9200")}
+    """)
+    joiner.write("""
+        services:
+          tool:
+            command: sleep 300
+            network_mode: "container:db-1"
+    """)
+    owner.up()
+    owner.wait_listening("db", 9200)
+    joiner.up()
+    got = joiner.exec("tool", "/usr/bin/python3", "-c", CONNECT, "127.0.0.1", "9200")
+    assert got.stdout.strip() == "db-1"
+    assert inside(joiner, "tool")["netns"] == inside(owner, "db")["netns"]
+    joiner.down()
+    owner.down()
+
+
+@pytest.mark.parametrize("runtime", ["linkd", "runc"])
+def test_network_modes_of_image_containers(linkd: Linkd, runtime: str) -> None:
+    name = "linkd-test/netmode:1"
+    image = busybox_image(Cmd=["sleep", "300"])
+    image.name = name
+    write_tar(image.oci_files(), linkd.directory / "bb.oci.tar")
+    store = ImageStore()
+    before = {n for i in store.list() for n in i.names}
+    linkd.write(f"""
+        services:
+          web:
+            image: ./bb.oci.tar
+            x-linkd: {{runtime: {runtime}}}
+          side:
+            image: ./bb.oci.tar
+            network_mode: "service:web"
+            x-linkd: {{runtime: {runtime}}}
+          hosty:
+            image: ./bb.oci.tar
+            network_mode: host
+            x-linkd: {{runtime: {runtime}}}
+    """)
+    try:
+        linkd.up()
+
+        def netns(service: str) -> str:
+            return linkd.exec(service, "readlink", "/proc/self/ns/net").stdout.strip()
+
+        assert netns("side") == netns("web") != netns("hosty")
+        assert netns("hosty") == os.readlink("/proc/self/ns/net")
+        links = linkd.exec("hosty", "ls", "/sys/class/net").stdout.split()
+        assert any(link.startswith("lkb-") for link in links), links
+        mac = linkd.exec("web", "cat", "/sys/class/net/eth0/address").stdout
+        assert linkd.exec("side", "cat", "/sys/class/net/eth0/address").stdout == mac
+        linkd.down()
+    finally:
+        if name not in before and name in {n for i in store.list() for n in i.names}:
+            store.remove(name)

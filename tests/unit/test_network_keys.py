@@ -14,8 +14,9 @@ import yaml
 from dnslib import RCODE
 
 from linkd.core import shared_networks
-from linkd.core.model import Network, Stack
+from linkd.core.model import Attachment, Dependency, Network, Stack
 from linkd.core.plan import StackPlan, lease_of
+from linkd.core.reconcile import ConfigureNetns, EnsureNetns, Observed, plan_up
 from linkd.dns.zone import build_zone
 from linkd.errors import ConflictError, NotFoundError, SpecError
 from linkd.spec.stack_file import parse_stack, stack_to_dict
@@ -316,3 +317,113 @@ def test_neighbours_of_stacks_sharing_nothing_are_none() -> None:
                     {"default": IPv4Network("10.87.9.0/24")})
     assert shared_networks.neighbours(shop, [other]) == ()
     assert shared_networks.neighbours(other, [shop]) == ()
+
+
+# --- network_mode -----------------------------------------------------------------------
+
+MODES = """
+    services:
+      vpn: {command: x, ports: ["8080:80"]}
+      app: {command: y, network_mode: "service:vpn"}
+      chained: {command: y, network_mode: "service:app", scale: 2}
+      named: {command: y, network_mode: "container:vpn-1"}
+      hosty: {command: z, network_mode: host, ports: ["80"]}
+      plain: {command: z, network_mode: bridge}
+"""
+
+
+def test_network_modes_are_read_with_the_implied_dependency() -> None:
+    stack = parse(MODES)
+    modes = {s.name: (s.network_mode, s.networks, s.depends_on) for s in stack.services}
+    assert modes["app"][0] == "service:vpn" and modes["app"][1] == ()
+    assert modes["app"][2] == (Dependency("vpn", restart=True),)  # as Compose adds it
+    assert modes["named"] == ("container:vpn-1", (), ())  # none for container:, as Compose
+    assert modes["hosty"][:2] == ("host", ())
+    assert modes["plain"] == (None, (Attachment("default"),), ())
+    assert [w.split(": ", 1)[0] for w in stack.warnings] == [
+        "services.hosty.ports (line 7)", "services.hosty.network_mode (line 7)",
+        "services.plain.network_mode (line 8)"]
+    assert "without linkd's DNS" in stack.warnings[1]
+    # A dependency written by hand stays as written.
+    kept = parse("""
+        services:
+          vpn: {command: x}
+          app:
+            command: y
+            network_mode: "service:vpn"
+            depends_on: {vpn: {condition: service_started}}
+    """)
+    assert kept.service("app").depends_on == (Dependency("vpn"),)
+    again = parse(yaml.safe_dump(stack_to_dict(stack), sort_keys=False))
+    assert {s.name: s.network_mode for s in again.services} == {
+        s.name: s.network_mode for s in stack.services}
+
+
+@pytest.mark.parametrize(("body", "fragment"), [
+    ('network_mode: "service:vpn", ports: ["80:80"]',
+     '"ports" cannot go with network_mode "service:vpn": ports are published by the '
+     "container that owns the namespace"),
+    ('network_mode: "service:vpn", networks: [default]', '"networks" cannot go with'),
+    ('network_mode: "container:x", expose: ["80"]', '"expose" cannot go with'),
+    ('network_mode: "service:vpn", links: [vpn]', '"links" cannot go with'),
+    ('network_mode: "service:vpn", hostname: h', '"hostname" cannot go with'),
+    ('network_mode: "service:vpn", extra_hosts: ["a:1.2.3.4"]', '"extra_hosts" cannot go'),
+    ("network_mode: host, networks: [default]", '"networks" cannot go with network_mode '
+                                                '"host"'),
+    ("network_mode: host, links: [vpn]", '"links" cannot go with network_mode "host"'),
+    ('network_mode: "service:nope"', 'unknown service "nope"'),
+    ('network_mode: "service:app"', "service app cannot share its own network namespace"),
+    ('network_mode: "container:-x"', "expected container:NAME with a container name"),
+    ('network_mode: "service:"', 'expected network_mode "none", "host"'),
+    ("network_mode: bridge, networks: [default]", '"network_mode: bridge" and "networks" '
+                                                  "cannot be combined"),
+])
+def test_what_cannot_go_with_a_network_mode(body: str, fragment: str) -> None:
+    found = problems(f"services:\n  vpn: {{command: x}}\n  app: {{command: y, {body}}}\n")
+    assert any(fragment in p for p in found), found
+
+
+def test_a_sharing_cycle_is_a_dependency_cycle() -> None:
+    found = problems("""
+        services:
+          a: {command: x, network_mode: "service:b"}
+          b: {command: x, network_mode: "service:a"}
+    """)
+    assert any("cycle" in p for p in found), found
+
+
+def test_the_plan_of_shared_and_host_namespaces() -> None:
+    stack = parse(MODES)
+    plan = realize(stack, {"default": IPv4Network("10.87.0.0/24")})
+    vpn = plan.container("vpn-1")
+    for name in ("app-1", "chained-1", "chained-2", "named-1"):
+        c = plan.container(name)
+        assert (c.network_mode, c.netns, c.hostname, c.interfaces) == (
+            "container", vpn.netns, "vpn-1", ()), name
+        assert dict(c.env)["HOSTNAME"] == "vpn-1"
+        assert not c.owns_netns()
+    host = plan.container("hosty-1")
+    assert (host.network_mode, host.netns, host.ports) == ("host", "", ())
+    assert plan.container("plain-1").interfaces[0].network == "default"
+    # Only owners get a namespace made and wired; the others' files are written.
+    actions = plan_up(plan, Observed({}, frozenset(), frozenset()))
+    made = {a.netns for a in actions if isinstance(a, EnsureNetns)}
+    assert made == {vpn.netns, plan.container("plain-1").netns}
+    configured = {a.container.name for a in actions if isinstance(a, ConfigureNetns)}
+    assert configured == {c.name for c in plan.containers}
+    # Running already: nothing to do for them.
+    running = frozenset(c.name for c in plan.containers)
+    observed = Observed({}, frozenset(made), running)
+    assert not [a for a in plan_up(plan, observed)
+                if isinstance(a, ConfigureNetns) and not a.container.owns_netns()]
+
+
+def test_container_mode_finds_another_stacks_container_or_says_none_is_there() -> None:
+    stack = parse("services: {tool: {command: x, network_mode: 'container:db-1'}}\n", "app")
+    plan = realize(stack, {}, foreign={"db-1": "linkd-shop.db-1"})
+    assert plan.container("tool-1").netns == "linkd-shop.db-1"
+    with pytest.raises(SpecError, match="no container db-1 to share a network namespace "
+                                        "with, in this stack or another stack that is up"):
+        realize(stack, {}, foreign={})
+    dry = realize(stack, {})  # `linkd config`: not looked for
+    assert dry.container("tool-1").network_mode == "container"

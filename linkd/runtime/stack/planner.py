@@ -98,8 +98,19 @@ async def _plan(
     networks = [joined.get(n.name) or (stack.name, n.name) for n in stack.networks]
     theirs = shared_networks.held(stack.name, networks, others)
     plan = realize(stack, subnets, workdir=str(base), conventions=conventions, lease=lease,
-                   joined=joined, held=theirs)
+                   joined=joined, held=theirs, foreign=_containers(joinable))
     return publish_ports(plan, previous)  # host ports decided, or refused
+
+
+def _containers(plans: list[StackPlan]) -> dict[str, str]:
+    """Other stacks' containers with a namespace of their own, by name, to that namespace
+    (`network_mode: container:NAME`); a name two stacks have is left out: ambiguous."""
+    found: dict[str, list[str]] = {}
+    for plan in plans:
+        for c in plan.containers:
+            if c.owns_netns():
+                found.setdefault(c.name, []).append(c.netns)
+    return {name: netns[0] for name, netns in found.items() if len(netns) == 1}
 
 
 async def _taken_subnets(

@@ -319,8 +319,9 @@ class Supervisor:
                 # each, five per container, and the loop has the netlink work to do.
                 files = asyncio.ensure_future(self._write_etc_files(container))
                 try:
-                    await self.kernel.configure_netns(container)
-                    await self.resolvers.serve(container)
+                    if container.owns_netns():  # else another's, or the host's
+                        await self.kernel.configure_netns(container)
+                        await self.resolvers.serve(container)
                 finally:
                     await asyncio.wait([files])
                 files.result()
@@ -357,8 +358,12 @@ class Supervisor:
             after = {c.name: c for c in new.containers}
             removed = [n for n in before if n not in after]
             changed = [n for n in before if n in after and before[n] != after[n]]
+            # A container sharing a changed one's namespace would keep the old one.
+            changed += [n for n in before if n in after and n not in changed
+                        and not after[n].owns_netns() and after[n].netns
+                        and any(after[c].netns == after[n].netns for c in changed)]
             added = [n for n in after if n not in before]
-            kept = [n for n in before if n in after and before[n] == after[n]]
+            kept = [n for n in before if n in after and n not in changed]
             await self._remove_replaced(old, removed, changed)
             self.live.plan = new
             await self.publisher.writer.flush()
@@ -384,7 +389,8 @@ class Supervisor:
             await self.containers.stop(name)
         await self.resolvers.stop(removed + changed)
         for name in changed:
-            self.kernel.remove_netns(old.container(name).netns)
+            if old.container(name).owns_netns():  # never the namespace it shares
+                self.kernel.remove_netns(old.container(name).netns)
             self.user_stopped.discard(name)
             self.states.pop(name, None)
         await self._veths_gone(
