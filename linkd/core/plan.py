@@ -23,6 +23,7 @@ from linkd.core.model import (
     HostAccess,
     Limits,
     LinkSettings,
+    NetSettings,
     PortSpec,
     RestartPolicy,
     Security,
@@ -65,6 +66,7 @@ class InterfacePlan:
     gateway6: IPv6Address | None = None
     default_route: bool = False  # the first non-internal network carries it
     aliases: tuple[str, ...] = ()  # the service's network aliases on this network
+    mac_address: str | None = None  # its end's, inside; None: the kernel picks one
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +104,7 @@ class ContainerPlan:
     # another container's, shared (`netns` is that one's: service:X, container:NAME);
     # "host" the host's (`netns` is "")
     network_mode: Literal["", "container", "host"] = ""
+    net: NetSettings = field(default_factory=NetSettings)  # dns, sysctls, domainname
 
     def owns_netns(self) -> bool:
         """Whether `netns` is its own: made, wired and served a resolver for it."""
@@ -304,6 +307,10 @@ def _interfaces(
                 gateway6=net.gateway6,
                 default_route=default_route,
                 aliases=attachment.aliases,
+                # The service's mac_address is its first network's (Docker: the one its
+                # network mode names).
+                mac_address=attachment.mac_address or (
+                    service.net.mac_address if index == 0 else None),
             )
         )
     return tuple(interfaces)
@@ -355,6 +362,7 @@ def _container_plan(
         limits=service.limits,
         runtime=service.runtime,
         security=service.security,
+        net=service.net,
     )
 
 

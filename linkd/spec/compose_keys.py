@@ -50,11 +50,12 @@ SERVICE: dict[str, tuple[Handling, str]] = {
     "develop": ("ignored", "no `watch`: linkd runs what the file says"),
     "device_cgroup_rules": ("ignored", "no devices cgroup"),
     "devices": ("supported", ""),
-    "dns": ("ignored", "containers ask linkd's DNS (127.0.0.11); forward with "
-                       "`x-linkd: dns: upstreams`"),
-    "dns_opt": ("ignored", "resolv.conf is linkd's (`options ndots:0`)"),
-    "dns_search": ("ignored", "names resolve without a search domain"),
-    "domainname": ("ignored", _NOT_YET),
+    "dns": ("differs", "linkd's DNS (127.0.0.11) stays the resolver, answering the "
+                       "stack's names, and forwards the container's other names to these "
+                       "servers (on the host's network: its resolv.conf's servers)"),
+    "dns_opt": ("supported", "in its resolv.conf; one given replaces linkd's `ndots:0`"),
+    "dns_search": ("supported", ""),
+    "domainname": ("supported", ""),
     "driver_opts": ("ignored", "no network drivers"),
     "entrypoint": ("supported", ""),
     "env_file": ("supported", ""),
@@ -78,7 +79,8 @@ SERVICE: dict[str, tuple[Handling, str]] = {
                             "label=KEY[=VALUE]`"),
     "links": ("supported", ""),
     "logging": ("ignored", "each container logs to a file of its own (`linkd logs`)"),
-    "mac_address": ("ignored", "MAC addresses are the kernel's"),
+    "mac_address": ("supported", "its first network's interface (or "
+                                 "`networks.N.mac_address`)"),
     "mem_limit": ("supported", ""),
     "mem_reservation": ("ignored", "use `mem_limit`"),
     "mem_swappiness": ("ignored", "use `mem_limit`"),
@@ -113,7 +115,9 @@ SERVICE: dict[str, tuple[Handling, str]] = {
     "stop_grace_period": ("supported", ""),
     "stop_signal": ("supported", ""),
     "storage_opt": ("ignored", "no storage driver options"),
-    "sysctls": ("ignored", _NOT_YET),
+    "sysctls": ("differs", "namespaced ones only (`net.*` with a network namespace of its "
+                           "own, `kernel.shm*`, `kernel.msg*`, `kernel.sem`, `fs.mqueue.*`); "
+                           "others refused, as Docker refuses them"),
     "tmpfs": ("differs", "a host command's target must exist on the host (linkd creates "
                          "nothing there); Docker's defaults noexec, nosuid, nodev"),
     "tty": ("ignored", "containers run without a terminal; `linkd exec -it` for a shell"),

@@ -19,6 +19,7 @@ import re
 from dataclasses import replace
 
 from linkd.core.model import Attachment, Network
+from linkd.spec.net_keys import parse_mac
 from linkd.spec.nodes import At, Reader, given
 from linkd.spec.values import Bad, check_alias, quote
 
@@ -26,9 +27,9 @@ _NETWORK_KEYS = ("driver", "internal", "enable_ipv6", "ipam", "external", "name"
 _NETWORK_UNSUPPORTED = ("labels", "driver_opts", "attachable")
 # What the stack that makes a network decides; an external network takes the owner's.
 _OWNERS_KEYS = ("driver", "internal", "enable_ipv6", "ipam")
-_ATTACH_KEYS = ("aliases", "ipv4_address", "ipv6_address")
+_ATTACH_KEYS = ("aliases", "ipv4_address", "ipv6_address", "mac_address")
 _ATTACH_UNSUPPORTED = (
-    "priority", "gw_priority", "mac_address", "link_local_ips", "driver_opts", "interface_name",
+    "priority", "gw_priority", "link_local_ips", "driver_opts", "interface_name",
 )  # fmt: skip
 _NETWORK_NAME = re.compile(r"[a-zA-Z0-9._-]+")  # Compose's rule for network keys
 _REAL_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9._-]{0,127}")  # Docker's, for `name:`
@@ -213,7 +214,14 @@ class NetworkReader:
             v6 = v6 if v6 is None else self._static(v6_at, name, v6, service, replicas)
         assert v4 is None or isinstance(v4, ipaddress.IPv4Address)
         assert v6 is None or isinstance(v6, ipaddress.IPv6Address)
-        return Attachment(name, tuple(aliases), v4, v6)
+        mac = None
+        if mac_at := given(f, "mac_address"):
+            mac = r.parsed(mac_at, parse_mac)
+            if mac is not None and replicas > 1:
+                r.fail(mac_at, f"service {service} has {replicas} replicas and one MAC "
+                               "address; an address fits one container")
+                mac = None
+        return Attachment(name, tuple(aliases), v4, v6, mac)
 
     def _static(
         self, at: At, name: str, address: IPAddress, service: str, replicas: int

@@ -34,6 +34,8 @@ from linkd.spec.environment import Environment
 from linkd.spec.health import read_healthcheck
 from linkd.spec.limits import KEYS as LIMIT_KEYS
 from linkd.spec.limits import read_limits, read_runtime
+from linkd.spec.net_keys import KEYS as NET_KEYS
+from linkd.spec.net_keys import check_hostname, read_net_settings
 from linkd.spec.network_mode import read_network_mode
 from linkd.spec.networks import NetworkReader
 from linkd.spec.nodes import At, Reader, given
@@ -64,6 +66,7 @@ _SERVICE_KEYS = (
     "expose", "ports", "links", "networks", "depends_on", "healthcheck", "restart", "scale",
     "deploy", "stop_signal", "stop_grace_period", "image", "container_name", "network_mode",
     "init", "extra_hosts", "labels", "profiles", "tmpfs", "x-linkd", *LIMIT_KEYS, *SECURITY_KEYS,
+    *NET_KEYS,
 )  # fmt: skip
 _SERVICE_IGNORED = compose_keys.ignored(compose_keys.SERVICE)
 _DEPLOY_UNSUPPORTED = (
@@ -161,7 +164,7 @@ class ServiceReader:
             environment=self.env.of(f),
             working_dir=self._text(f.get("working_dir")),
             user=self._text(f.get("user")),
-            hostname=self._text(f.get("hostname")),
+            hostname=check_hostname(r, given(f, "hostname")),
             container_name=container_name,
             extra_hosts=self._extra_hosts(given(f, "extra_hosts")),
             labels=self._labels(given(f, "labels")),
@@ -171,6 +174,7 @@ class ServiceReader:
             links=links,
             networks=networks,
             network_mode=mode,
+            net=read_net_settings(r, f, name, replicas, mode),
             depends_on=depends_on,
             healthcheck=healthcheck,
             restart=self._restart(f.get("restart")),

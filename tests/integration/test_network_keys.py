@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -14,6 +16,7 @@ from linkd.client.api import Client
 from linkd.runtime.images.image_store import ImageStore
 from tests.images import busybox_image, write_tar
 from tests.integration.conftest import Linkd, fresh_linkd, snapshot
+from tests.integration.test_dns_settings import Upstream
 from tests.integration.test_stack import serve
 
 # Inside a container: each name's IPv4 addresses through the system resolver (glibc:
@@ -207,7 +210,7 @@ SAME_NAMESPACE = """
 import json, os, socket
 print(json.dumps({
     "netns": os.readlink("/proc/self/ns/net"),
-    "links": sorted(os.listdir("/sys/class/net")),
+    "links": sorted(name for _, name in socket.if_nameindex()),
     "hostname": socket.gethostname(),
     "resolv": open("/etc/resolv.conf").read(),
 }))
@@ -235,7 +238,7 @@ def test_a_sidecar_shares_its_services_namespace(linkd: Linkd) -> None:
     linkd.wait_listening("app", 9100)
     # The same namespace: the same interfaces and addresses, localhost between them.
     app, side = inside(linkd, "app"), inside(linkd, "side")
-    assert side["netns"] == app["netns"] and side["links"] == app["links"]
+    assert side["netns"] == app["netns"] and side["links"] == app["links"] == ["eth0", "lo"]
     assert side["hostname"] == app["hostname"] == "app-1"
     got = linkd.exec("side", "/usr/bin/python3", "-c", CONNECT, "127.0.0.1", "9100")
     assert got.stdout.strip() == "app-1"
@@ -347,6 +350,159 @@ def test_network_modes_of_image_containers(linkd: Linkd, runtime: str) -> None:
         assert any(link.startswith("lkb-") for link in links), links
         mac = linkd.exec("web", "cat", "/sys/class/net/eth0/address").stdout
         assert linkd.exec("side", "cat", "/sys/class/net/eth0/address").stdout == mac
+        linkd.down()
+    finally:
+        if name not in before and name in {n for i in store.list() for n in i.names}:
+            store.remove(name)
+
+
+# --- dns, dns_search, dns_opt, sysctls, domainname, mac_address, hostname ---------------
+
+READ = """
+import fcntl, json, os, socket, struct
+def read(path):
+    with open(path) as f:
+        return f.read().strip()
+def mac(ifname):  # SIOCGIFHWADDR: the namespace's own (a host command's /sys is the host's)
+    with socket.socket() as s:
+        raw = fcntl.ioctl(s, 0x8927, struct.pack("256s", ifname.encode()))[18:24]
+    return ":".join(f"{b:02x}" for b in raw)
+print(json.dumps({
+    "resolv": read("/etc/resolv.conf"),
+    "somaxconn": read("/proc/sys/net/core/somaxconn"),
+    "shmmni": read("/proc/sys/kernel/shmmni"),
+    "msg_max": read("/proc/sys/fs/mqueue/msg_max"),
+    "hostname": socket.gethostname(),
+    "etc_hostname": read("/etc/hostname"),
+    "domainname": read("/proc/sys/kernel/domainname"),
+    "fqdn": socket.getfqdn(),
+    "mac": mac("eth0"),
+}))
+"""
+
+
+def test_resolver_sysctls_names_and_mac_inside_a_container(linkd: Linkd) -> None:
+    linkd.write("""
+        services:
+          web:
+            command: sleep 300
+            hostname: web-host
+            domainname: example.test
+            dns_search: [svc.test, example.test]
+            dns_opt: ["ndots:2", edns0]
+            sysctls:
+              net.core.somaxconn: 1234
+              kernel.shmmni: 1111
+            mac_address: "02:42:ac:11:00:42"
+          plain:
+            command: sleep 300
+            sysctls: ["fs.mqueue.msg_max=33"]
+    """)
+    linkd.up()
+    web = json.loads(linkd.py("web", READ).stdout)
+    assert web["resolv"].splitlines()[2:] == [
+        "nameserver 127.0.0.11", "search svc.test example.test", "options ndots:2 edns0"]
+    assert (web["somaxconn"], web["shmmni"]) == ("1234", "1111")
+    assert web["hostname"] == web["etc_hostname"] == "web-host"
+    assert web["domainname"] == "example.test"
+    assert web["fqdn"] == "web-host.example.test"
+    assert web["mac"] == "02:42:ac:11:00:42"
+    plain = json.loads(linkd.py("plain", READ).stdout)
+    # Each container's own namespaces: web's settings are not plain's, nor the host's.
+    assert plain["msg_max"] == "33" and web["msg_max"] != "33"
+    assert plain["somaxconn"] != "1234" and plain["shmmni"] != "1111"
+    with open("/proc/sys/fs/mqueue/msg_max") as host:
+        assert host.read().strip() != "33"
+    assert plain["resolv"].splitlines()[2:] == ["nameserver 127.0.0.11", "options ndots:0"]
+    assert plain["domainname"] in ("(none)", "")
+
+
+def test_a_sysctl_the_kernel_does_not_have_fails_the_start(linkd: Linkd) -> None:
+    linkd.write("""
+        services:
+          a:
+            command: sleep 300
+            sysctls: {net.core.no_such_setting: 1}
+    """)
+    failed = linkd.run("up", "-d", "-p", linkd.project, check=False)
+    assert failed.returncode != 0
+    assert "sysctl net.core.no_such_setting=1" in failed.stdout + failed.stderr, failed
+
+
+def test_a_containers_dns_servers_get_its_names_outside_the_zone(linkd: Linkd) -> None:
+    stack_upstream = Upstream("192.0.2.10")
+    own = FixedUpstream("192.0.2.20", ("127.0.0.77", 53))  # `dns:` takes addresses, port 53
+    try:
+        linkd.write(f"""
+            x-linkd: {{dns: {{upstreams: ["127.0.0.1:{stack_upstream.port}"]}}}}
+            services:
+              mine:
+                command: sleep 300
+                dns: 127.0.0.77
+              other:
+                command: sleep 300
+        """)
+        linkd.up()
+        lookup = """
+            import socket
+            print(socket.getaddrinfo('api.example.test', 443, socket.AF_INET)[0][4][0])
+        """
+        assert linkd.py("mine", lookup).stdout.strip() == "192.0.2.20"
+        assert linkd.py("other", lookup).stdout.strip() == "192.0.2.10"
+        # The stack's names still answer from linkd's DNS, which stays the resolver.
+        assert resolve(linkd, "mine", "other")["other"] == [
+            addresses(linkd, "other-1")["default"]]
+        assert "api.example.test." in own.seen
+        assert "127.0.0.11" in linkd.exec("mine", "cat", "/etc/resolv.conf").stdout
+    finally:
+        own.close()
+        stack_upstream.close()
+
+
+class FixedUpstream(Upstream):
+    """The test's upstream DNS server, on a given address (of the simulated host)."""
+
+    def __init__(self, address: str, where: tuple[str, int]) -> None:
+        self.address = address
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(where)
+        self.port = where[1]
+        self.sock.settimeout(0.05)
+        self.seen: list[str] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+
+@pytest.mark.parametrize("runtime", ["linkd", "runc"])
+def test_per_container_keys_in_image_containers(linkd: Linkd, runtime: str) -> None:
+    name = "linkd-test/netkeys:1"
+    image = busybox_image(Cmd=["sleep", "300"])
+    image.name = name
+    write_tar(image.oci_files(), linkd.directory / "bb.oci.tar")
+    store = ImageStore()
+    before = {n for i in store.list() for n in i.names}
+    linkd.write(f"""
+        services:
+          web:
+            image: ./bb.oci.tar
+            x-linkd: {{runtime: {runtime}}}
+            domainname: example.test
+            dns_search: [svc.test]
+            sysctls: {{net.ipv4.ip_default_ttl: 33, kernel.msgmax: 4321}}
+            mac_address: 02:42:ac:11:00:43
+    """)
+    try:
+        linkd.up()
+
+        def cat(path: str) -> str:
+            return linkd.exec("web", "cat", path).stdout.strip()
+
+        assert cat("/proc/sys/net/ipv4/ip_default_ttl") == "33"
+        assert cat("/proc/sys/kernel/msgmax") == "4321"
+        assert cat("/proc/sys/kernel/domainname") == "example.test"
+        assert cat("/sys/class/net/eth0/address") == "02:42:ac:11:00:43"
+        assert "search svc.test" in cat("/etc/resolv.conf")
         linkd.down()
     finally:
         if name not in before and name in {n for i in store.list() for n in i.names}:

@@ -14,6 +14,7 @@ import yaml
 from dnslib import RCODE
 
 from linkd.core import shared_networks
+from linkd.core.hosts import hosts_file, resolv_conf
 from linkd.core.model import Attachment, Dependency, Network, Stack
 from linkd.core.plan import StackPlan, lease_of
 from linkd.core.reconcile import ConfigureNetns, EnsureNetns, Observed, plan_up
@@ -427,3 +428,133 @@ def test_container_mode_finds_another_stacks_container_or_says_none_is_there() -
         realize(stack, {}, foreign={})
     dry = realize(stack, {})  # `linkd config`: not looked for
     assert dry.container("tool-1").network_mode == "container"
+
+
+# --- dns, dns_search, dns_opt, sysctls, domainname, mac_address, hostname ---------------
+
+NET_KEYS = """
+    services:
+      web:
+        command: x
+        hostname: web.internal
+        domainname: example.com
+        dns: [1.1.1.1, "2606:4700::1111"]
+        dns_search: [svc.local, example.com]
+        dns_opt: ["ndots:2", edns0]
+        sysctls: {net.core.somaxconn: 1024, kernel.shmmax: "68719476736",
+                  fs.mqueue.msg_max: 20, net/ipv4/ip_forward: 1}
+        mac_address: "02-42-AC-11-00-02"
+        networks: [front, back]
+      db:
+        command: x
+        dns: 9.9.9.9
+        dns_search: .
+        sysctls: ["kernel.sem=250 32000 100 128", "kernel.msgmax=65536"]
+        networks:
+          back: {mac_address: "02:42:ac:11:00:09"}
+    networks: {front: {}, back: {}}
+"""
+
+
+def test_per_container_network_keys_are_read() -> None:
+    stack = parse(NET_KEYS)
+    web, db = stack.service("web"), stack.service("db")
+    assert web.hostname == "web.internal"
+    assert web.net.domainname == "example.com"
+    assert web.net.dns == ("1.1.1.1", "2606:4700::1111")
+    assert web.net.dns_search == ("svc.local", "example.com")
+    assert web.net.dns_opt == ("ndots:2", "edns0")
+    assert web.net.sysctls == (("net.core.somaxconn", "1024"),
+                               ("kernel.shmmax", "68719476736"),
+                               ("fs.mqueue.msg_max", "20"), ("net.ipv4.ip_forward", "1"))
+    assert web.net.mac_address == "02:42:ac:11:00:02"
+    assert db.net.dns == ("9.9.9.9",) and db.net.dns_search == ()  # "." is no search line
+    assert db.net.sysctls == (("kernel.sem", "250 32000 100 128"), ("kernel.msgmax", "65536"))
+    assert db.networks[0].mac_address == "02:42:ac:11:00:09"
+    assert not stack.warnings
+    again = parse(yaml.safe_dump(stack_to_dict(stack), sort_keys=False))
+    assert again.service("web").net == web.net
+    assert again.service("db").networks == db.networks
+
+
+@pytest.mark.parametrize(("body", "fragment"), [
+    ("sysctls: {kernel.pid_max: 100}", "sysctl kernel.pid_max is not namespaced: setting it "
+                                       "would change the host (Docker refuses it too)"),
+    ("sysctls: [vm.swappiness=10]", "sysctl vm.swappiness is not namespaced"),
+    ("sysctls: [net.core.somaxconn]", "expected KEY=VALUE"),
+    ("sysctls: {'net/../x': 1}", "expected a sysctl name like net.core.somaxconn"),
+    ("sysctls: {net.core.somaxconn: 1}\n    network_mode: host",
+     "sysctl net.core.somaxconn would change the host's network"),
+    ("dns: [not-an-ip]", "expected a DNS server's IP address"),
+    ("dns_search: ['bad domain']", "expected a search domain"),
+    ("dns_opt: ['ndots 2']", "expected a resolv.conf option"),
+    ("domainname: 'a b'", "expected a domain name"),
+    ("hostname: " + "h" * 65, "at most 64 characters"),
+    ("hostname: 'has space'", "expected a host name"),
+    ("mac_address: 01:00:5e:00:00:01", "multicast"),
+    ("mac_address: 00:00:00:00:00:00", "no interface's address"),
+    ("mac_address: 02:42:ac:11:00", "expected a MAC address"),
+    ("mac_address: 02:42:ac:11:00:02\n    scale: 2", "2 replicas and one MAC address"),
+    ("networks: {default: {mac_address: 02:42:ac:11:00:02}}\n    scale: 2",
+     "2 replicas and one MAC address"),
+])
+def test_bad_per_container_network_keys(body: str, fragment: str) -> None:
+    found = problems(f"services:\n  a:\n    command: x\n    {body}\n")
+    assert any(fragment in p for p in found), found
+
+
+def test_net_sysctls_wait_for_the_namespace_owner() -> None:
+    found = problems("""
+        services:
+          vpn: {command: x}
+          app: {command: y, network_mode: "service:vpn", sysctls: {net.core.somaxconn: 1}}
+    """)
+    assert any("would change the network namespace of the container it shares" in p
+               for p in found), found
+    stack = parse("""
+        services:
+          vpn: {command: x}
+          app: {command: y, network_mode: "service:vpn", sysctls: {kernel.shmmni: 8}}
+    """)
+    assert stack.service("app").net.sysctls == (("kernel.shmmni", "8"),)
+
+
+def test_the_plan_carries_them_and_the_mac_goes_to_the_first_network() -> None:
+    stack = parse(NET_KEYS)
+    plan = realize(stack, {"front": IPv4Network("10.87.0.0/24"),
+                           "back": IPv4Network("10.87.1.0/24")})
+    web, db = plan.container("web-1"), plan.container("db-1")
+    assert [i.mac_address for i in web.interfaces] == ["02:42:ac:11:00:02", None]
+    assert [i.mac_address for i in db.interfaces] == ["02:42:ac:11:00:09"]
+    assert web.net == stack.service("web").net and web.hostname == "web.internal"
+    hosts = hosts_file(plan, web)
+    assert f"{web.interfaces[0].address}\tweb.internal.example.com web.internal web-1.front" \
+        in hosts.splitlines()
+
+
+def test_resolv_conf_of_a_container() -> None:
+    plan = realize(parse(NET_KEYS), {"front": IPv4Network("10.87.0.0/24"),
+                                     "back": IPv4Network("10.87.1.0/24")})
+    web = resolv_conf(plan.container("web-1")).splitlines()
+    assert web[2:] == ["nameserver 127.0.0.11", "search svc.local example.com",
+                       "options ndots:2 edns0"]  # ndots:2 replaces linkd's ndots:0
+    assert "servers of its dns: key" in web[1]
+    db = resolv_conf(plan.container("db-1")).splitlines()
+    assert db[2:] == ["nameserver 127.0.0.11", "options ndots:0"]
+    plain = realize(parse("services: {a: {command: x}}\n"),
+                    {"default": IPv4Network("10.87.0.0/24")}).container("a-1")
+    assert resolv_conf(plain).splitlines()[2:] == ["nameserver 127.0.0.11", "options ndots:0"]
+
+
+def test_resolv_conf_on_the_hosts_network() -> None:
+    host = "nameserver 10.0.0.1\nsearch corp.example\noptions timeout:2\n"
+    stack = parse("""
+        services:
+          a: {command: x, network_mode: host}
+          b: {command: x, network_mode: host, dns: [8.8.8.8], dns_search: [x.test],
+              dns_opt: [rotate]}
+    """)
+    plan = realize(stack, {})
+    assert resolv_conf(plan.container("a-1"), host) == host
+    assert resolv_conf(plan.container("b-1"), host) == (
+        "nameserver 8.8.8.8\nsearch x.test\noptions rotate\n")

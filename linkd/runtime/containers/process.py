@@ -121,6 +121,8 @@ class ProcessSpec:
     cgroups: tuple[str, ...] = ()  # cgroup directories init joins (limits), one per controller
     rlimits: tuple[tuple[str, int, int], ...] = ()  # `ulimits`: set on the command (C)
     tmpfs: tuple[tuple[str, tuple[str, ...], str], ...] = ()  # (target, flags, data)
+    domainname: str | None = None  # the UTS domain name (Compose's domainname)
+    sysctls: tuple[tuple[str, str], ...] = ()  # namespaced ones, set in its namespaces
 
 
 class ContainerProcess:
@@ -314,6 +316,8 @@ async def start(spec: ProcessSpec, warm: WarmShim | None = None) -> ContainerPro
             "cgroups": list(spec.cgroups),
             "rlimits": [list(r) for r in spec.rlimits],
             "tmpfs": [[t, list(flags), data] for t, flags, data in spec.tmpfs],
+            "domainname": spec.domainname,
+            "sysctls": [list(kv) for kv in spec.sysctls],
         },
     )
     if warm is not None and warm.spec_path == spec_path:

@@ -127,6 +127,7 @@ def run(spec_path: str, status_fd: int, gate_fd: int | None = None) -> "NoReturn
         hostname = os.fsencode(spec["hostname"])
         base.check(base.libc.sethostname(hostname, len(hostname)),
                    f"setting hostname {spec['hostname']!r}")
+        _domain_and_sysctls(spec)
         alive_r, alive_w = os.pipe()  # both ends close-on-exec: C never holds them
         child = os.fork()
     except (base.SetupError, OSError) as e:
@@ -173,6 +174,28 @@ def _join_netns(netns: str) -> None:
                    f"entering network namespace {netns_path}")
     finally:
         os.close(ns_fd)
+
+
+def _domain_and_sysctls(spec: "dict[str, Any]") -> None:
+    """Compose's domainname and sysctls, in the namespaces A has just joined or made
+    (UTS; network and IPC: /proc/sys/net and kernel.shm*, ... show the writer's own), for
+    both launchers: runc would refuse them in namespaces it did not make."""
+    domain = spec.get("domainname")
+    if domain:
+        import ctypes  # loaded already, by shim_base
+
+        base.libc.setdomainname.argtypes = (ctypes.c_char_p, ctypes.c_size_t)
+        name = os.fsencode(domain)
+        base.check(base.libc.setdomainname(name, len(name)),
+                   f"setting domainname {domain!r}")
+    for key, value in spec.get("sysctls") or []:
+        path = "/proc/sys/" + key.replace(".", "/")
+        try:
+            with open(path, "w") as f:
+                f.write(value)
+        except OSError as e:
+            raise base.SetupError(f"sysctl {key}={value}: {e.strerror}",
+                                  base.EXIT_SETUP_FAILED) from None
 
 
 def _init(spec: "dict[str, Any]", status_fd: int, alive_fd: int) -> "NoReturn":

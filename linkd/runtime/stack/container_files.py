@@ -12,19 +12,13 @@ from collections.abc import Collection
 from pathlib import Path
 
 from linkd.core import bindings
-from linkd.core.hosts import hosts_file
+from linkd.core.hosts import hosts_file, resolv_conf
 from linkd.core.plan import ContainerPlan, StackPlan
 from linkd.runtime.containers import process
 from linkd.runtime.stack import store
 
 HOST_HOSTS = "/etc/hosts"
 HOST_RESOLV_CONF = "/etc/resolv.conf"
-RESOLV_CONF = (
-    "# linkd's DNS server: the stack's names (also in /etc/hosts), others forwarded\n"
-    "# to the host's resolvers.\n"
-    "nameserver 127.0.0.11\n"
-    "options ndots:0\n"
-)
 
 
 def write_container_files(
@@ -54,10 +48,10 @@ def _hosts_and_resolver(plan: StackPlan, container: ContainerPlan) -> tuple[str,
     if container.network_mode == "host":
         hosts = _host_file(HOST_HOSTS) + "".join(
             f"{address}\t{host}\n" for host, address in container.added_hosts)
-        return hosts, _host_file(HOST_RESOLV_CONF)
+        return hosts, resolv_conf(container, _host_file(HOST_RESOLV_CONF))
     shared = next((c for c in plan.containers
                    if c.owns_netns() and c.netns == container.netns), container)
-    return hosts_file(plan, shared), RESOLV_CONF
+    return hosts_file(plan, shared), resolv_conf(container)
 
 
 def _host_file(path: str) -> str:
@@ -103,6 +97,8 @@ def process_spec(
         bind_dirs=((str(directory / "bindings"), bindings.DIRECTORY),),
         rlimits=container.limits.ulimits,
         tmpfs=container.tmpfs,
+        domainname=container.net.domainname,
+        sysctls=container.net.sysctls,
     )
 
 
