@@ -9,6 +9,7 @@ import os
 import socket
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -217,9 +218,9 @@ print(json.dumps({
 """
 
 
-def inside(stack: Linkd, service: str) -> dict[str, object]:
+def inside(stack: Linkd, service: str) -> dict[str, Any]:
     out = stack.exec(service, "/usr/bin/python3", "-c", SAME_NAMESPACE).stdout
-    result: dict[str, object] = json.loads(out)
+    result: dict[str, Any] = json.loads(out)
     return result
 
 
@@ -507,3 +508,26 @@ def test_per_container_keys_in_image_containers(linkd: Linkd, runtime: str) -> N
     finally:
         if name not in before and name in {n for i in store.list() for n in i.names}:
             store.remove(name)
+
+
+def test_recreating_the_namespace_owner_recreates_its_sharers(linkd: Linkd) -> None:
+    text = f"""
+        services:
+          app:
+            command: {LOCAL_SERVER.replace("PORT", "9100")}
+            environment: {{VERSION: "1"}}
+          side:
+            command: sleep 300
+            network_mode: "service:app"
+    """
+    linkd.write(text)
+    linkd.up()
+    before = inside(linkd, "side")["netns"]
+    linkd.write(text.replace('VERSION: "1"', 'VERSION: "2"'))
+    updated = linkd.up()
+    assert "side-1" in updated.stdout, updated.stdout  # changed with app
+    linkd.wait_listening("app", 9100)
+    side, app = inside(linkd, "side"), inside(linkd, "app")
+    assert side["netns"] == app["netns"] != before
+    got = linkd.exec("side", "/usr/bin/python3", "-c", CONNECT, "127.0.0.1", "9100")
+    assert got.stdout.strip() == "app-1"

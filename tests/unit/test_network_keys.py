@@ -5,6 +5,7 @@ side)."""
 
 from __future__ import annotations
 
+import re
 import textwrap
 from ipaddress import IPv4Address, IPv4Network, ip_address
 from typing import Any
@@ -12,6 +13,8 @@ from typing import Any
 import pytest
 import yaml
 from dnslib import RCODE
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from linkd.core import shared_networks
 from linkd.core.hosts import hosts_file, resolv_conf
@@ -20,7 +23,9 @@ from linkd.core.plan import StackPlan, lease_of
 from linkd.core.reconcile import ConfigureNetns, EnsureNetns, Observed, plan_up
 from linkd.dns.zone import build_zone
 from linkd.errors import ConflictError, NotFoundError, SpecError
+from linkd.spec import net_keys
 from linkd.spec.stack_file import parse_stack, stack_to_dict
+from linkd.spec.values import Bad
 from tests.planning import realize
 from tests.unit.test_dns import addresses, ask
 
@@ -558,3 +563,34 @@ def test_resolv_conf_on_the_hosts_network() -> None:
     assert resolv_conf(plan.container("a-1"), host) == host
     assert resolv_conf(plan.container("b-1"), host) == (
         "nameserver 8.8.8.8\nsearch x.test\noptions rotate\n")
+
+
+# --- hostile input: a sysctl name becomes a path under /proc/sys ------------------------
+
+_SAFE_PART = re.compile(r"[A-Za-z0-9_-]+")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.sampled_from("net.kernel/fsmqueueshm._-/..\\0 x9%$"), max_size=40)
+       | st.text(max_size=40))
+def test_a_sysctl_name_is_a_path_beneath_proc_sys_or_refused(text: str) -> None:
+    try:
+        name = net_keys._sysctl(text, None)
+    except Bad:
+        return
+    parts = name.split(".")
+    assert all(_SAFE_PART.fullmatch(p) for p in parts), name  # no "..", "/", "" or NUL
+    assert name.startswith(("net.", "kernel.shm", "kernel.msg", "fs.mqueue.")) or (
+        name == "kernel.sem")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=24))
+def test_a_mac_is_six_unicast_octets_or_refused(text: str) -> None:
+    try:
+        mac = net_keys.parse_mac(text)
+    except Bad:
+        return
+    octets = mac.split(":")
+    assert len(octets) == 6 and all(len(o) == 2 for o in octets)
+    assert int(octets[0], 16) & 1 == 0 and mac == mac.lower()
