@@ -116,7 +116,9 @@ def _down(name: str) -> int:
     if store.supervised(name) and client.available():
         hosted = {s["name"] for s in client.request("GET", "/v1/stacks")}
         if name in hosted:
-            client.request("DELETE", f"/v1/stacks/{name}")
+            answer = client.request("DELETE", f"/v1/stacks/{name}")
+            for notice in answer.get("notices", []):
+                print(notice)
             print(f"stack {name} removed")
             return 0
     if not store.supervised(name):

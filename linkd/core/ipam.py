@@ -169,7 +169,8 @@ def assign(
         if static is None:
             continue
         if static in taken:
-            clash = next((o for o, a in result.items() if a == static), "the gateway")
+            clash = next((o for o, a in result.items() if a == static),
+                         "the gateway, or another stack's container on the network")
             raise ConflictError(f"{owner}: address {static} is already used by {clash}")
         taken.add(static)
         result[owner] = static

@@ -85,6 +85,20 @@ class Attachment:
     aliases: tuple[str, ...] = ()
     ipv4_address: ipaddress.IPv4Address | None = None
     ipv6_address: ipaddress.IPv6Address | None = None
+    mac_address: str | None = None  # its interface's, "02:42:ac:11:00:02" (lower case)
+
+
+@dataclass(frozen=True, slots=True)
+class NetSettings:
+    """A service's `dns`, `dns_search`, `dns_opt`, `sysctls`, `domainname` and
+    `mac_address` (linkd.spec.net_keys)."""
+
+    dns: tuple[str, ...] = ()  # servers its names outside linkd's zone are forwarded to
+    dns_search: tuple[str, ...] = ()  # resolv.conf's search line
+    dns_opt: tuple[str, ...] = ()  # resolv.conf's options
+    sysctls: tuple[tuple[str, str], ...] = ()  # namespaced ones only, set in its namespaces
+    domainname: str | None = None  # its UTS domain name
+    mac_address: str | None = None  # its first network's interface's
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +265,10 @@ class Service:
     runtime: str | None = None  # x-linkd: runtime: runc | linkd; None: $LINKD_RUNTIME
     security: Security = field(default_factory=Security)  # linkd.core.confinement
     build: Build | None = None  # `build:`; `image` is the name it is built under
+    # Compose's network_mode other than `none` (which is `networks=()`): "host",
+    # "service:X" or "container:NAME", whose network namespace it shares (no networks)
+    network_mode: str | None = None
+    net: NetSettings = field(default_factory=NetSettings)
 
     def container(self, replica: int) -> str:
         """The name of its container `replica`: `container_name`, else `<service>-<n>`."""
@@ -271,6 +289,10 @@ class Network:
     enable_ipv6: bool = False
     subnet6: ipaddress.IPv6Network | None = None
     gateway6: ipaddress.IPv6Address | None = None
+    # Compose's `name:`: the network's own name (None: `<stack>_<name>`); with
+    # `external`, the name of another stack's network this one joins (None: `name`)
+    real_name: str | None = None
+    external: bool = False  # another stack's network (linkd.core.shared_networks)
 
 
 @dataclass(frozen=True, slots=True)

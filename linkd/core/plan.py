@@ -10,10 +10,10 @@ when it is written (`linkd.core.hosts`), and its DNS view likewise (`linkd.dns.z
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Any
+from typing import Any, Literal
 
 from linkd.conventions.render import Convention, LinkTarget, combine, render
 from linkd.core import ipam, names
@@ -26,6 +26,7 @@ from linkd.core.model import (
     Limits,
     LinkSettings,
     Mount,
+    NetSettings,
     PortSpec,
     RestartPolicy,
     Security,
@@ -50,6 +51,9 @@ class NetworkPlan:
     internal: bool
     subnet6: IPv6Network | None = None
     gateway6: IPv6Address | None = None
+    # An external network: (stack, key) of the network it joins, whose bridge and subnet
+    # these are (linkd.core.shared_networks); None: the stack's own
+    owner: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,7 @@ class InterfacePlan:
     gateway6: IPv6Address | None = None
     default_route: bool = False  # the first non-internal network carries it
     aliases: tuple[str, ...] = ()  # the service's network aliases on this network
+    mac_address: str | None = None  # its end's, inside; None: the kernel picks one
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +109,15 @@ class ContainerPlan:
     limits: Limits = field(default_factory=Limits)  # memory, CPU and PID limits (cgroups)
     runtime: str | None = None  # what runs an image: "runc", "linkd", None: the default
     security: Security = field(default_factory=Security)  # departures from confinement
+    # Compose's network_mode: "" a network namespace of its own (`netns`); "container"
+    # another container's, shared (`netns` is that one's: service:X, container:NAME);
+    # "host" the host's (`netns` is "")
+    network_mode: Literal["", "container", "host"] = ""
+    net: NetSettings = field(default_factory=NetSettings)  # dns, sysctls, domainname
+
+    def owns_netns(self) -> bool:
+        """Whether `netns` is its own: made, wired and served a resolver for it."""
+        return self.network_mode == ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +153,9 @@ def realize(
     workdir: str = "/",
     conventions: Mapping[str, Convention] | None = None,
     lease: ipam.Lease | None = None,
+    joined: Mapping[str, NetworkPlan] | None = None,
+    held: Mapping[str, Collection[IPv4Address | IPv6Address]] | None = None,
+    foreign: Mapping[str, str] | None = None,
 ) -> StackPlan:
     """The desired state of `stack`, given the IPv4 subnet of each of its networks.
 
@@ -150,10 +167,21 @@ def realize(
     files by path, read by the caller (`linkd.runtime.stack.conventions.load_conventions`):
     planning reads no files.
     `lease` (the stack's last addresses) keeps containers at the addresses they had.
+    `joined`: each external network's plan, the owner's as this stack joins it
+    (`linkd.core.shared_networks.join`); one not given is planned like one of the stack's
+    own, on `subnets` (a dry plan: `linkd config` does not look for the owner). `held`:
+    by network, the addresses other stacks' containers have there (a network shared with
+    them), which this stack's avoid. `foreign`: other stacks' containers by name, to
+    their namespaces, for `network_mode: container:NAME` naming none of this stack's
+    (None: a dry plan, which does not look).
     """
-    networks = tuple(_network_plan(stack, n.name, subnets[n.name]) for n in stack.networks)
+    joined = joined or {}
+    networks = tuple(
+        joined[n.name] if n.name in joined else _network_plan(stack, n.name, subnets[n.name])
+        for n in stack.networks
+    )
     by_key = {n.key: n for n in networks}
-    addresses = _addresses(stack, by_key, lease or ipam.Lease(stack.name))
+    addresses = _addresses(stack, by_key, lease or ipam.Lease(stack.name), held or {})
     _check_links(stack)
     containers: list[ContainerPlan] = []
     for service in stack.services:
@@ -163,6 +191,7 @@ def realize(
             containers.append(
                 _container_plan(stack, service, replica, name, interfaces, workdir)
             )
+    containers = _shared_namespaces(stack, containers, foreign)
     resolve = _resolver(conventions or {})
     linked = tuple(_with_links(stack, containers, c, resolve) for c in containers)
     return StackPlan(
@@ -221,7 +250,7 @@ def _network_plan(stack: Stack, key: str, subnet: IPv4Network) -> NetworkPlan:
         gateway6 = network.gateway6 or IPv6Address(ipam.gateway_of(subnet6))
     return NetworkPlan(
         key=key,
-        name=f"{stack.name}_{key}",
+        name=network.real_name or f"{stack.name}_{key}",
         bridge=names.bridge_name(stack.name, key),
         bridge_mac=names.bridge_mac(stack.name, key),
         subnet=subnet,
@@ -236,11 +265,15 @@ Addresses = dict[tuple[str, str], tuple[IPv4Address, IPv6Address | None]]
 
 
 def _addresses(
-    stack: Stack, networks: Mapping[str, NetworkPlan], lease: ipam.Lease
+    stack: Stack,
+    networks: Mapping[str, NetworkPlan],
+    lease: ipam.Lease,
+    held: Mapping[str, Collection[IPv4Address | IPv6Address]],
 ) -> Addresses:
     """(container, network) -> addresses: static ones first, then leased, then in file
-    order."""
+    order; none that another stack's container has (`held`)."""
     result: Addresses = {}
+    _check_joined_statics(stack, networks)
     for key, net in networks.items():
         wanted4: list[tuple[str, IPv4Address | IPv6Address | None]] = []
         wanted6: list[tuple[str, IPv4Address | IPv6Address | None]] = []
@@ -255,9 +288,12 @@ def _addresses(
                     static6 = attachment.ipv6_address if replica == 1 else None
                     wanted4.append((owner, static4))
                     wanted6.append((owner, static6))
-        got4 = ipam.assign(net.subnet, {net.gateway}, wanted4, lease.addresses_on(key, 4))
+        others = set(held.get(key, ()))
+        got4 = ipam.assign(
+            net.subnet, {net.gateway, *others}, wanted4, lease.addresses_on(key, 4))
         got6 = (
-            ipam.assign(net.subnet6, {net.gateway6}, wanted6, lease.addresses_on(key, 6))
+            ipam.assign(net.subnet6, {net.gateway6, *others}, wanted6,
+                        lease.addresses_on(key, 6))
             if net.subnet6 is not None and net.gateway6 is not None
             else {}
         )
@@ -268,6 +304,32 @@ def _addresses(
                 IPv6Address(six) if six is not None else None,
             )
     return result
+
+
+def _check_joined_statics(stack: Stack, networks: Mapping[str, NetworkPlan]) -> None:
+    """A static address on an external network lies in the owner's subnet: only known now
+    (the parser checks the others against the subnets the file declares)."""
+    problems: list[tuple[str, int | None, str]] = []
+    for service in stack.services:
+        for a in service.networks:
+            net = networks[a.network]
+            if net.owner is None:
+                continue
+            for address, subnet in ((a.ipv4_address, net.subnet), (a.ipv6_address, net.subnet6)):
+                if address is None:
+                    continue
+                if subnet is None or address not in subnet or address in (
+                    subnet.network_address, subnet.broadcast_address, net.gateway, net.gateway6
+                ):
+                    where = f"subnet {subnet}" if subnet is not None else "no such subnet"
+                    problems.append((
+                        f"services.{service.name}.networks.{a.network}", None,
+                        f"{address} is not a free address of network {net.name} ({where}, "
+                        f"gateway {net.gateway}, made by stack {net.owner[0]}); pick "
+                        "another, or leave the address to linkd",
+                    ))
+    if problems:
+        raise SpecError(problems)
 
 
 def _interfaces(
@@ -298,6 +360,10 @@ def _interfaces(
                 gateway6=net.gateway6,
                 default_route=default_route,
                 aliases=attachment.aliases,
+                # The service's mac_address is its first network's (Docker: the one its
+                # network mode names).
+                mac_address=attachment.mac_address or (
+                    service.net.mac_address if index == 0 else None),
             )
         )
     return tuple(interfaces)
@@ -352,7 +418,56 @@ def _container_plan(
         limits=service.limits,
         runtime=service.runtime,
         security=service.security,
+        net=service.net,
     )
+
+
+def _shared_namespaces(
+    stack: Stack, containers: list[ContainerPlan], foreign: Mapping[str, str] | None
+) -> list[ContainerPlan]:
+    """`network_mode` applied: a container sharing another's namespace takes that one's
+    `netns` and hostname (the one it shares, followed to the container that owns it); on
+    the host's, it has none. Ports it would publish on the host's network are dropped
+    (Docker discards them too; the parser warned)."""
+    by_name = {c.name: c for c in containers}
+    targets: dict[str, str] = {}
+    for service in stack.services:
+        kind, _, target = (service.network_mode or "").partition(":")
+        for replica in range(1, service.replicas + 1):
+            name = service.container(replica)
+            if kind == "service":
+                targets[name] = stack.service(target).container(1)
+            elif kind == "container":
+                targets[name] = target
+            elif kind == "host":
+                by_name[name] = replace(
+                    by_name[name], network_mode="host", netns="",
+                    ports=tuple(p for p in by_name[name].ports if not p.published))
+    mode: Literal["container", "host"]
+    for name in targets:
+        seen = [name]
+        target = targets[name]
+        while target in targets and target not in seen:  # service:X where X shares too
+            seen.append(target)
+            target = targets[target]
+        owner = by_name.get(target)
+        if owner is not None and owner.network_mode == "host":
+            netns, hostname, mode = "", owner.hostname, "host"
+        elif owner is not None and target not in targets:
+            netns, hostname, mode = owner.netns, owner.hostname, "container"
+        elif target in targets or (foreign is not None and target not in foreign):
+            raise SpecError([(f"services.{by_name[name].service}.network_mode", None,
+                              f"no container {target} to share a network namespace with, "
+                              "in this stack or another stack that is up")])
+        else:  # another stack's container, or (a dry plan) as if it were
+            netns = (foreign or {}).get(target) or names.netns_name(stack.name, target)
+            hostname, mode = by_name[name].hostname, "container"
+        before = by_name[name].hostname
+        env = tuple((k, hostname if k == "HOSTNAME" and v == before else v)
+                    for k, v in by_name[name].env)
+        by_name[name] = replace(by_name[name], network_mode=mode, netns=netns,
+                                hostname=hostname, env=env)
+    return [by_name[c.name] for c in containers]
 
 
 def _check_links(stack: Stack) -> None:
@@ -378,7 +493,8 @@ def lease_of(plan: StackPlan) -> ipam.Lease:
     """What `plan` holds, to be given back next time."""
     return ipam.Lease(
         plan.stack,
-        tuple((n.key, n.subnet) for n in plan.networks),
+        # An external network's subnet is its owner's to hold, not this stack's.
+        tuple((n.key, n.subnet) for n in plan.networks if n.owner is None),
         tuple(
             (i.network, c.name, i.address, i.address6)
             for c in plan.containers

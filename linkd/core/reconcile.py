@@ -127,6 +127,12 @@ def plan_up(
         if link is None or link.kind != "bridge":
             actions.append(EnsureBridge(network))
     for container in desired.containers:
+        if not container.owns_netns():
+            # Another's namespace, or the host's: nothing to make; its files are written
+            # before it starts (ConfigureNetns), once the one it shares is wired.
+            if container.name not in observed.running:
+                actions.append(ConfigureNetns(container))
+            continue
         fresh = container.netns not in observed.netns
         if fresh:
             actions.append(EnsureNetns(container.netns))

@@ -17,13 +17,16 @@ stack `shop`, attached to network `front` with alias `www`:
 NXDOMAIN, RFC 8020). A service name covers all its replicas.
 
 Scoping: names live per network, and a network belongs to one stack (`front` of two
-stacks are two networks). A requester is identified by its source address: the address
-gives the container and so the networks it is attached to, in interface order (its
-*view*). It sees only names of networks in its view, like Docker's embedded DNS and
-aardvark-dns. A name present on several of its networks is answered from the first of
-them (per record type) in interface order, as Docker's sandbox resolver does, so a
-replica on two shared networks is not counted twice in the round robin. An unknown
-source sees no names at all.
+stacks are two networks), unless another stack joins it (`external: true`): then both
+stacks' containers on it share its names, under the network's one id, the owner's
+(`linkd.core.shared_networks.network_id`), and each stack's server is given the other
+stack's containers there (`neighbours`). A requester is identified by its source
+address: the address gives the container and so the networks it is attached to, in
+interface order (its *view*). It sees only names of networks in its view, like Docker's
+embedded DNS and aardvark-dns. A name present on several of its networks is answered
+from the first of them (per record type) in interface order, as Docker's sandbox
+resolver does, so a replica on two shared networks is not counted twice in the round
+robin. An unknown source sees no names at all.
 
 SRV names (`_PORT._PROTO.SERVICE`, and `_NAME._PROTO.SERVICE` for named ports) come
 from the ports each ContainerPlan carries.
@@ -50,6 +53,7 @@ from ipaddress import IPv4Network, IPv6Network
 from linkd.core import health
 from linkd.core.model import PortSpec, Stack
 from linkd.core.plan import ContainerPlan, StackPlan
+from linkd.core.shared_networks import network_id
 from linkd.core.state import ContainerState, StackState
 from linkd.dns.requesters import (
     VIA_LINK,
@@ -136,20 +140,22 @@ def build_zone(
     held: dict[NetId, dict[str, list[Record]]] = {}
     reverse: dict[str, Pointer] = {}
     memberships: dict[Address, list[tuple[str, tuple[NetId, ...]]]] = {}
+    ids = _shared_ids(plans)
     for plan in plans:
-        for netid in _network_ids(plan):
-            table = names.setdefault(netid, {})
-            for name in _empty_non_terminals(netid, apex):
+        for net in plan.networks:
+            table = names.setdefault(_netid(ids, plan.stack, net.key), {})
+            for name in _empty_non_terminals((plan.stack, net.key), apex):
                 table.setdefault(name, [])
         for c in plan.containers:
             sick = (plan.stack, c.name) in pending
-            for netid, name, record, hold in _names_of(plan.stack, c, apex, aliases, sick):
+            for netid, name, record, hold in _names_of(plan.stack, c, apex, aliases, sick,
+                                                       ids):
                 names.setdefault(netid, {}).setdefault(name, [])
                 (held if hold else names).setdefault(netid, {}).setdefault(name, []).append(
                     record
                 )
-            reverse.update(_pointers_of(plan.stack, c, apex))
-            who, nets = _membership_of(plan.stack, c)
+            reverse.update(_pointers_of(plan.stack, c, apex, ids))
+            who, nets = _membership_of(plan.stack, c, ids)
             for address in addresses_of(c):
                 memberships.setdefault(address, []).append((who, nets))
     frozen = {
@@ -211,8 +217,9 @@ def rezone(
 
     reverse = dict(zone.reverse)
     views = dict(zone.views)
+    shared = _shared_ids(after)  # the same networks as before's, or a full build above
     for stack, c in went:
-        for netid, name, _, _ in _names_of(stack, c, apex, None, False):
+        for netid, name, _, _ in _names_of(stack, c, apex, None, False, shared):
             t = table(netid)
             entry = t.get(name)
             if entry is None:
@@ -223,7 +230,7 @@ def rezone(
                 t[name] = make_entry(rest, held)
             else:
                 del t[name]
-        for key, pointer in _pointers_of(stack, c, apex).items():
+        for key, pointer in _pointers_of(stack, c, apex, shared).items():
             if reverse.get(key) == pointer:
                 del reverse[key]
         for address in addresses_of(c):
@@ -232,7 +239,7 @@ def rezone(
     for stack, c in came:
         added: dict[tuple[NetId, str], tuple[list[Record], list[Record]]] = {}
         sick = (stack, c.name) in pending
-        for netid, name, record, hold in _names_of(stack, c, apex, None, sick):
+        for netid, name, record, hold in _names_of(stack, c, apex, None, sick, shared):
             added.setdefault((netid, name), ([], []))[hold].append(record)
         for (netid, name), (records, held) in added.items():
             t = table(netid)
@@ -240,8 +247,8 @@ def rezone(
             if entry is not None:
                 records, held = [*entry.records, *records], [*entry.held, *held]
             t[name] = make_entry(records, held)
-        reverse.update(_pointers_of(stack, c, apex))
-        who, nets = _membership_of(stack, c)
+        reverse.update(_pointers_of(stack, c, apex, shared))
+        who, nets = _membership_of(stack, c, shared)
         view = View(ids.setdefault(nets, max(ids.values(), default=-1) + 1), who, nets)
         for address in addresses_of(c):
             views[address] = view
@@ -258,7 +265,17 @@ def rezone(
 
 
 def _network_ids(plan: StackPlan) -> list[NetId]:
-    return [(plan.stack, net.key) for net in plan.networks]
+    return [network_id(plan.stack, net) for net in plan.networks]
+
+
+def _shared_ids(plans: Sequence[StackPlan]) -> dict[NetId, NetId]:
+    """(stack, key) -> the network's id, for the networks a stack joined; the others'
+    ids are their (stack, key)."""
+    return {(p.stack, n.key): n.owner for p in plans for n in p.networks if n.owner}
+
+
+def _netid(ids: Mapping[NetId, NetId], stack: str, network: str) -> NetId:
+    return ids.get((stack, network), (stack, network))
 
 
 def _network_keys(plans: Sequence[StackPlan]) -> list[NetId]:
@@ -287,13 +304,14 @@ def _names_of(
     apex: str,
     aliases: Mapping[AliasKey, Sequence[str]] | None,
     sick: bool,
+    ids: Mapping[NetId, NetId],
 ) -> Iterator[tuple[NetId, str, Record, bool]]:
     """Every (network, name, record, held) one container puts in the zone; `sick`: the
     container is not healthy yet, so its records under shared names are held.
 
     Aliases come from the container's interfaces unless `aliases` says otherwise."""
     for iface in c.interfaces:
-        netid = (stack, iface.network)
+        netid = _netid(ids, stack, iface.network)
         key = (stack, c.service, iface.network)
         mine = iface.aliases if aliases is None else aliases.get(key, ())
         bases = [(c.service, "service name", sick), (c.name, "container name", False)]
@@ -322,20 +340,24 @@ def _names_of(
                 yield netid, form.lower(), record, sick
 
 
-def _pointers_of(stack: str, c: ContainerPlan, apex: str) -> dict[str, Pointer]:
+def _pointers_of(
+    stack: str, c: ContainerPlan, apex: str, ids: Mapping[NetId, NetId]
+) -> dict[str, Pointer]:
     pointers: dict[str, Pointer] = {}
     for iface in c.interfaces:
         target = f"{c.name}.{iface.network}.{stack}.{apex}."
         for address in (iface.address, iface.address6):
             if address is not None:
                 pointers[address.reverse_pointer.lower()] = Pointer(
-                    address, (stack, iface.network), target
+                    address, _netid(ids, stack, iface.network), target
                 )
     return pointers
 
 
-def _membership_of(stack: str, c: ContainerPlan) -> tuple[str, tuple[NetId, ...]]:
-    return f"{stack}/{c.name}", tuple((stack, i.network) for i in c.interfaces)
+def _membership_of(
+    stack: str, c: ContainerPlan, ids: Mapping[NetId, NetId]
+) -> tuple[str, tuple[NetId, ...]]:
+    return f"{stack}/{c.name}", tuple(_netid(ids, stack, i.network) for i in c.interfaces)
 
 
 def _views(

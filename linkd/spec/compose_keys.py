@@ -51,11 +51,12 @@ SERVICE: dict[str, tuple[Handling, str]] = {
     "develop": ("ignored", "no `watch`: linkd runs what the file says"),
     "device_cgroup_rules": ("ignored", "no devices cgroup"),
     "devices": ("supported", ""),
-    "dns": ("ignored", "containers ask linkd's DNS (127.0.0.11); forward with "
-                       "`x-linkd: dns: upstreams`"),
-    "dns_opt": ("ignored", "resolv.conf is linkd's (`options ndots:0`)"),
-    "dns_search": ("ignored", "names resolve without a search domain"),
-    "domainname": ("ignored", _NOT_YET),
+    "dns": ("differs", "linkd's DNS (127.0.0.11) stays the resolver, answering the "
+                       "stack's names, and forwards the container's other names to these "
+                       "servers (on the host's network: its resolv.conf's servers)"),
+    "dns_opt": ("supported", "in its resolv.conf; one given replaces linkd's `ndots:0`"),
+    "dns_search": ("supported", ""),
+    "domainname": ("supported", ""),
     "driver_opts": ("ignored", "no network drivers"),
     "entrypoint": ("supported", ""),
     "env_file": ("supported", ""),
@@ -81,14 +82,17 @@ SERVICE: dict[str, tuple[Handling, str]] = {
                             "label=KEY[=VALUE]`"),
     "links": ("supported", ""),
     "logging": ("ignored", "each container logs to a file of its own (`linkd logs`)"),
-    "mac_address": ("ignored", "MAC addresses are the kernel's"),
+    "mac_address": ("supported", "its first network's interface (or "
+                                 "`networks.N.mac_address`)"),
     "mem_limit": ("supported", ""),
     "mem_reservation": ("ignored", "use `mem_limit`"),
     "mem_swappiness": ("ignored", "use `mem_limit`"),
     "memswap_limit": ("ignored", "use `mem_limit`"),
     "models": ("ignored", "no model runner"),
-    "network_mode": ("differs", "`none` only; every other container has a namespace of "
-                                "its own"),
+    "network_mode": ("differs", "`service:X` and `container:NAME` share that namespace (X "
+                                "restarting keeps it: the namespace is linkd's, so the "
+                                "sharer is not restarted); `host` is warned (no linkd DNS); "
+                                "`bridge` is the stack's default network"),
     "networks": ("supported", ""),
     "oom_kill_disable": ("ignored", "the kernel's OOM killer applies"),
     "oom_score_adj": ("ignored", "the kernel's OOM score applies"),
@@ -117,7 +121,9 @@ SERVICE: dict[str, tuple[Handling, str]] = {
     "stop_grace_period": ("supported", ""),
     "stop_signal": ("supported", ""),
     "storage_opt": ("ignored", "no storage driver options"),
-    "sysctls": ("ignored", _NOT_YET),
+    "sysctls": ("differs", "namespaced ones only (`net.*` with a network namespace of its "
+                           "own, `kernel.shm*`, `kernel.msg*`, `kernel.sem`, `fs.mqueue.*`); "
+                           "others refused, as Docker refuses them"),
     "tmpfs": ("differs", "a host command's target must exist on the host (linkd creates "
                          "nothing there); Docker's defaults noexec, nosuid, nodev"),
     "tty": ("ignored", "containers run without a terminal; `linkd exec -it` for a shell"),
@@ -141,9 +147,11 @@ TOP_LEVEL: dict[str, tuple[Handling, str]] = {
     "include": ("differs", "as Compose; `up -d` reads the files only beneath the stack's "
                            "directory"),
     "services": ("supported", ""),
-    "networks": ("differs", "bridges on this host: a Swarm file's `driver: overlay` is made a "
-                            "bridge (warned); `attachable`, `labels` and `driver_opts` are "
-                            "warned and ignored"),
+    "networks": ("differs", "`external: true` joins a network another linkd stack made, "
+                            "by its `name:` (a network made outside linkd cannot be "
+                            "joined); bridges on this host: a Swarm file's `driver: overlay` "
+                            "is made a bridge (warned); `attachable`, `labels` and "
+                            "`driver_opts` are warned and ignored"),
     "volumes": ("differs", "every volume is a directory (the local driver); other "
                            "drivers and `driver_opts` other than a bind are warned"),
     "secrets": ("differs", "`file:` and `environment:`; `external:` ones live in a Swarm's "

@@ -118,6 +118,8 @@ def _attachment(a: Attachment) -> dict[str, Any] | None:
         out["ipv4_address"] = str(a.ipv4_address)
     if a.ipv6_address is not None:
         out["ipv6_address"] = str(a.ipv6_address)
+    if a.mac_address is not None:
+        out["mac_address"] = a.mac_address
     return out or None  # Compose writes a plain attachment as `name: null`
 
 
@@ -154,7 +156,18 @@ def _service(s: Service) -> dict[str, Any]:
     if s.networks:
         out["networks"] = {a.network: _attachment(a) for a in s.networks}
     else:
-        out["network_mode"] = "none"
+        out["network_mode"] = s.network_mode or "none"
+    net = s.net
+    for key, items in (("dns", net.dns), ("dns_search", net.dns_search),
+                       ("dns_opt", net.dns_opt)):
+        if items:
+            out[key] = list(items)
+    if net.sysctls:
+        out["sysctls"] = dict(net.sysctls)
+    if net.domainname is not None:
+        out["domainname"] = net.domainname
+    if net.mac_address is not None:
+        out["mac_address"] = net.mac_address
     if s.depends_on:
         out["depends_on"] = {
             d.service: {"condition": d.condition, "required": d.required, "restart": d.restart}
@@ -193,7 +206,11 @@ def _link_settings(settings: LinkSettings) -> dict[str, Any]:
 
 
 def _network(n: Network) -> dict[str, Any]:
+    named = {"name": n.real_name} if n.real_name is not None else {}
+    if n.external:
+        return {"external": True, **named}
     out: dict[str, Any] = {
+        **named,
         "driver": n.driver,
         "internal": n.internal,
         "enable_ipv6": n.enable_ipv6,

@@ -4,24 +4,35 @@ Networks are read before services because an attachment is checked against its n
 the network must exist, and a static `ipv4_address` must lie inside the subnet the network
 declares (Compose refuses a static address on a network without a declared subnet) and
 must not be its gateway. Only the `bridge` driver exists in linkd.
+
+`external: true` declares a network another stack made: it is found by its name (`name:`,
+else the key) when the stack comes up (linkd.core.shared_networks), so here it has no
+subnet and its settings are the owner's (warned and ignored if given). `name:` on a
+network of the stack's own gives it that name instead of `<stack>_<key>`, the name other
+stacks join it by.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import replace
 
 from linkd.core.model import Attachment, Network
+from linkd.spec.net_keys import parse_mac
 from linkd.spec.nodes import At, Reader, given
 from linkd.spec.values import Bad, check_alias, quote
 
-_NETWORK_KEYS = ("driver", "internal", "enable_ipv6", "ipam")
-_NETWORK_UNSUPPORTED = ("external", "name", "labels", "driver_opts", "attachable")
-_ATTACH_KEYS = ("aliases", "ipv4_address", "ipv6_address")
+_NETWORK_KEYS = ("driver", "internal", "enable_ipv6", "ipam", "external", "name")
+_NETWORK_UNSUPPORTED = ("labels", "driver_opts", "attachable")
+# What the stack that makes a network decides; an external network takes the owner's.
+_OWNERS_KEYS = ("driver", "internal", "enable_ipv6", "ipam")
+_ATTACH_KEYS = ("aliases", "ipv4_address", "ipv6_address", "mac_address")
 _ATTACH_UNSUPPORTED = (
-    "priority", "gw_priority", "mac_address", "link_local_ips", "driver_opts", "interface_name",
+    "priority", "gw_priority", "link_local_ips", "driver_opts", "interface_name",
 )  # fmt: skip
 _NETWORK_NAME = re.compile(r"[a-zA-Z0-9._-]+")  # Compose's rule for network keys
+_REAL_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9._-]{0,127}")  # Docker's, for `name:`
 _V4_PREFIX = (8, 29)  # a /29 leaves 5 addresses for containers after network, gateway, broadcast
 _V6_PREFIX_MAX = 124
 
@@ -60,12 +71,41 @@ class NetworkReader:
         network = Network(name)
         where: dict[int, At] = {}
         if f is not None:
-            network = self._network_fields(name, f, where)
+            external, real_name = self._identity(f)
+            if external:
+                for key in _OWNERS_KEYS:
+                    if owners := given(f, key):
+                        r.warn(owners, "ignored on an external network: the stack that "
+                                       "creates the network decides it")
+                network = Network(name, real_name=real_name, external=True)
+            else:
+                network = replace(self._network_fields(name, f, where), real_name=real_name)
         if f is None or len(r.problems) > found:
             self.broken.add(name)
             return None
         self.declared[name] = network
         return network, where
+
+    def _identity(self, f: dict[str, At]) -> tuple[bool, str | None]:
+        """`external` (true, or Compose's old `external: {name: N}`) and `name`."""
+        r = self.r
+        external: bool | None = False
+        real_name = None
+        if (name_at := given(f, "name")) is not None:
+            real_name = r.parsed(name_at, _real_name)
+        if (ext := given(f, "external")) is not None:
+            if ext.is_mapping:
+                e = r.fields(ext, ("name",)) or {}
+                external = True
+                if (old := given(e, "name")) is not None:
+                    if name_at is not None:
+                        r.fail(old, 'both "external.name" (deprecated) and "name" are given '
+                                    '(Compose refuses it too); keep "name"')
+                    else:
+                        real_name = r.parsed(old, _real_name)
+            else:
+                external = r.boolean(ext)
+        return bool(external), real_name
 
     def _network_fields(self, name: str, f: dict[str, At], where: dict[int, At]) -> Network:
         r = self.r
@@ -179,7 +219,14 @@ class NetworkReader:
             v6 = v6 if v6 is None else self._static(v6_at, name, v6, service, replicas)
         assert v4 is None or isinstance(v4, ipaddress.IPv4Address)
         assert v6 is None or isinstance(v6, ipaddress.IPv6Address)
-        return Attachment(name, tuple(aliases), v4, v6)
+        mac = None
+        if mac_at := given(f, "mac_address"):
+            mac = r.parsed(mac_at, parse_mac)
+            if mac is not None and replicas > 1:
+                r.fail(mac_at, f"service {service} has {replicas} replicas and one MAC "
+                               "address; an address fits one container")
+                mac = None
+        return Attachment(name, tuple(aliases), v4, v6, mac)
 
     def _static(
         self, at: At, name: str, address: IPAddress, service: str, replicas: int
@@ -187,6 +234,8 @@ class NetworkReader:
         if name in self.broken:  # its subnet already has a problem of its own
             return address
         network = self.declared.get(name, Network(name))  # `default` may be implicit
+        if network.external:  # its subnet is known at `up`, from the stack that owns it
+            return self._claimed(at, name, address, service, replicas)
         subnet = network.subnet if address.version == 4 else network.subnet6
         key = "subnet" if address.version == 4 else "IPv6 subnet"
         problem = None
@@ -203,7 +252,16 @@ class NetworkReader:
             problem = f"{address} is the network or broadcast address of subnet {subnet}"
         elif address == gateway_of(network, address.version):
             problem = f"{address} is the gateway of network {name}; pick another address"
-        elif (name, address) in self.static:
+        if problem:
+            self.r.fail(at, problem)
+            return None
+        return self._claimed(at, name, address, service, replicas)
+
+    def _claimed(
+        self, at: At, name: str, address: IPAddress, service: str, replicas: int
+    ) -> IPAddress | None:
+        problem = None
+        if (name, address) in self.static:
             owner = self.static[(name, address)]
             problem = f"{address} on network {name} is already taken by service {owner}"
         elif replicas > 1:
@@ -216,6 +274,13 @@ class NetworkReader:
             return None
         self.static[(name, address)] = service
         return address
+
+
+def _real_name(text: str) -> str:
+    if not _REAL_NAME.fullmatch(text):
+        raise Bad(f'expected a network name of letters, digits, ".", "_" and "-" that starts '
+                  f"with a letter or digit (Docker's rule), got {quote(text)}")
+    return text
 
 
 def _alias(text: str) -> str:

@@ -18,7 +18,6 @@ import shlex
 from collections.abc import Callable, Mapping
 
 from linkd.core.model import (
-    Attachment,
     Dependency,
     DependsCondition,
     Link,
@@ -35,6 +34,9 @@ from linkd.spec.environment import Environment
 from linkd.spec.health import read_healthcheck
 from linkd.spec.limits import KEYS as LIMIT_KEYS
 from linkd.spec.limits import read_limits, read_runtime
+from linkd.spec.net_keys import KEYS as NET_KEYS
+from linkd.spec.net_keys import check_hostname, read_net_settings
+from linkd.spec.network_mode import read_network_mode
 from linkd.spec.networks import NetworkReader
 from linkd.spec.nodes import At, Reader, given
 from linkd.spec.secrets import FileReader
@@ -69,7 +71,7 @@ _SERVICE_KEYS = (
     "deploy", "stop_signal", "stop_grace_period", "image", "container_name", "network_mode",
     "init", "extra_hosts", "labels", "profiles", "tmpfs", "volumes", "volumes_from", "secrets",
     "configs", "group_add", "platform", "build", "pull_policy", "label_file", "x-linkd",
-    *LIMIT_KEYS, *SECURITY_KEYS,
+    *LIMIT_KEYS, *SECURITY_KEYS, *NET_KEYS,
 )  # fmt: skip
 _SERVICE_IGNORED = compose_keys.ignored(compose_keys.SERVICE)
 _DEPLOY_UNSUPPORTED = (
@@ -165,6 +167,12 @@ class ServiceReader:
             healthcheck = read_healthcheck(self.r, health)
         links = self._links(f.get("links"), origins)
         self.volumes.read_from(name, given(f, "volumes_from"))
+        mode, networks, implied = read_network_mode(r, f, self.nets, name, replicas,
+                                                    self.names, self.off)
+        depends_on = self._depends(f.get("depends_on"), origins)
+        if implied is not None and all(d.service != implied.service for d in depends_on):
+            depends_on += (implied,)  # network_mode: service:X starts after X, as in Compose
+            origins.edges.setdefault(implied.service, f["network_mode"])
         conventions, link_settings = read_service_x_linkd(r, given(f, "x-linkd"), links)
         return Service(
             name=name,
@@ -176,7 +184,7 @@ class ServiceReader:
             user=self._text(f.get("user")),
             group_add=self._group_add(given(f, "group_add")),
             platform=self._value(f.get("platform"), parse_platform),
-            hostname=self._text(f.get("hostname")),
+            hostname=check_hostname(r, given(f, "hostname")),
             container_name=container_name,
             extra_hosts=self._extra_hosts(given(f, "extra_hosts")),
             labels=tuple({**dict(self._label_files(given(f, "label_file"))),
@@ -188,8 +196,10 @@ class ServiceReader:
             expose=self._expose(f.get("expose")),
             ports=self._ports(f.get("ports"), origins),
             links=links,
-            networks=self._networks(f, name, replicas),
-            depends_on=self._depends(f.get("depends_on"), origins),
+            networks=networks,
+            network_mode=mode,
+            net=read_net_settings(r, f, name, replicas, mode),
+            depends_on=depends_on,
             healthcheck=healthcheck,
             restart=self._restart(f.get("restart")),
             replicas=replicas,
@@ -202,28 +212,6 @@ class ServiceReader:
             security=read_security(r, f, image is not None, self.env.read),
             build=build,
         ), origins
-
-    def _networks(self, f: dict[str, At], name: str, replicas: int) -> tuple[Attachment, ...]:
-        """`networks:`, or none at all for `network_mode: none` (loopback only)."""
-        mode_at = given(f, "network_mode")
-        if mode_at is None:
-            return self.nets.attachments(f.get("networks"), name, replicas)
-        mode = self.r.text(mode_at)
-        if mode == "none":
-            if given(f, "networks") is not None:
-                self.r.fail(
-                    mode_at,
-                    '"network_mode: none" and "networks" cannot be combined (Compose refuses '
-                    "it too); keep one",
-                )
-            return ()
-        if mode is not None:
-            self.r.fail(
-                mode_at,
-                f"network_mode {quote(mode)} is not supported: linkd gives every container "
-                'its own namespace; use "none" for loopback only, or networks: to join networks',
-            )
-        return ()
 
     def _container_name(self, at: At | None, service: str, replicas: int) -> str | None:
         """Docker's rule for container names (a leading "/" dropped, as Docker does);

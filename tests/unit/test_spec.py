@@ -549,8 +549,8 @@ WARNINGS: list[tuple[str, str, list[str]]] = [
      "x-top: 1\nservices:\n  a:\n    command: x\n    x-mine: {}\n"
      "    networks: {n: {x-y: 1}}\nnetworks:\n  n: {x-z: 2}\n", []),
     ("network-unsupported",
-     "services: {a: {command: x}}\nnetworks:\n  n:\n    external: true\n    labels: [a]\n",
-     ["networks.n.external (line 4): not supported by linkd, ignored",
+     "services: {a: {command: x}}\nnetworks:\n  n:\n    attachable: true\n    labels: [a]\n",
+     ["networks.n.attachable (line 4): not supported by linkd, ignored",
       "networks.n.labels (line 5): not supported by linkd, ignored"]),
     ("deploy-keys",
      "services:\n  a:\n    command: x\n    deploy:\n      replicas: 2\n      placement: {}\n",

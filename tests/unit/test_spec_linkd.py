@@ -107,11 +107,13 @@ services:
     [
         ('{command: ["a"], network_mode: none, networks: [default]}',
          '"network_mode: none" and "networks" cannot be combined'),
-        ('{command: ["a"], network_mode: host}', 'network_mode "host" is not supported'),
-        ('{command: ["a"], network_mode: "service:web"}', 'use "none" for loopback only'),
+        ('{command: ["a"], network_mode: overlay}', 'expected network_mode "none", "host", '
+                                                     '"bridge", "service:NAME" or '
+                                                     '"container:NAME"'),
+        ('{command: ["a"], network_mode: "service:web"}', 'unknown service "web"'),
     ],
 )
-def test_other_network_modes_are_refused(service: str, message: str) -> None:
+def test_unknown_network_modes_are_refused(service: str, message: str) -> None:
     found = problems(f"services:\n  solo: {service}\n")
     assert any(p.startswith("services.solo.network_mode (line 2): ") for p in found), found
     assert any(message in p for p in found), found

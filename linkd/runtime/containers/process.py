@@ -124,6 +124,8 @@ class ProcessSpec:
     # `volumes:` (linkd.runtime.volumes.mounts.HostMount.for_shim), by target depth
     mounts: tuple[tuple[str, str, str, bool, bool, str], ...] = ()
     group_add: tuple[str, ...] = ()  # supplementary groups beside the user's (names, gids)
+    domainname: str | None = None  # the UTS domain name (Compose's domainname)
+    sysctls: tuple[tuple[str, str], ...] = ()  # namespaced ones, set in its namespaces
 
 
 class ContainerProcess:
@@ -319,6 +321,8 @@ async def start(spec: ProcessSpec, warm: WarmShim | None = None) -> ContainerPro
             "tmpfs": [[t, list(flags), data] for t, flags, data in spec.tmpfs],
             "mounts": [list(m) for m in spec.mounts],
             "group_add": list(spec.group_add),
+            "domainname": spec.domainname,
+            "sysctls": [list(kv) for kv in spec.sysctls],
         },
     )
     if warm is not None and warm.spec_path == spec_path:

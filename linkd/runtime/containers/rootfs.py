@@ -204,12 +204,17 @@ def bundle_config(spec: ProcessSpec, container: ContainerPlan, stack: str,
             "resources": resources,
             # UTS, IPC and PID are the shim's (it made them); mount, network and cgroup
             # are the container's own.
-            "namespaces": [{"type": "mount"},
-                           {"type": "network", "path": f"/run/netns/{container.netns}"},
+            "namespaces": [{"type": "mount"}, *_network_namespace(container.netns),
                            {"type": "cgroup"}],
             **linux,
         },
     }
+
+
+def _network_namespace(netns: str) -> list[dict[str, str]]:
+    """The container's network namespace, or none to join: network_mode host runs in
+    runc's, the host's."""
+    return [{"type": "network", "path": f"/run/netns/{netns}"}] if netns else []
 
 
 def _rlimit(value: int) -> int:

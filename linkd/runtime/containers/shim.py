@@ -119,20 +119,8 @@ def run(spec_path: str, status_fd: int, gate_fd: int | None = None) -> "NoReturn
     # it).
     signal.pthread_sigmask(signal.SIG_BLOCK, base.FORWARDED_SIGNALS)
     base.set_comm(b"linkd-shim")
-    netns_path = os.path.join("/run/netns", spec["netns"])
     try:
-        try:
-            ns_fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as e:
-            raise base.SetupError(
-                f"network namespace {spec['netns']!r} ({netns_path}): {e.strerror}",
-                base.EXIT_SETUP_FAILED,
-            ) from None
-        try:
-            base.check(base.libc.setns(ns_fd, base.CLONE_NEWNET),
-                       f"entering network namespace {netns_path}")
-        finally:
-            os.close(ns_fd)
+        _join_netns(spec["netns"])
         base.check(
             base.libc.unshare(base.CLONE_NEWUTS | base.CLONE_NEWIPC | base.CLONE_NEWNS
                               | base.CLONE_NEWPID),
@@ -141,6 +129,7 @@ def run(spec_path: str, status_fd: int, gate_fd: int | None = None) -> "NoReturn
         hostname = os.fsencode(spec["hostname"])
         base.check(base.libc.sethostname(hostname, len(hostname)),
                    f"setting hostname {spec['hostname']!r}")
+        _domain_and_sysctls(spec)
         alive_r, alive_w = os.pipe()  # both ends close-on-exec: C never holds them
         child = os.fork()
     except (base.SetupError, OSError) as e:
@@ -168,6 +157,49 @@ def run(spec_path: str, status_fd: int, gate_fd: int | None = None) -> "NoReturn
     os._exit(code)
 
 
+def _join_netns(netns: str) -> None:
+    """Enter /run/netns/<netns>: the container's (wired), or the one it shares
+    (network_mode service:/container:). "" is network_mode host: the shim's own, the
+    host's, stays."""
+    if not netns:
+        return
+    netns_path = os.path.join("/run/netns", netns)
+    try:
+        ns_fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise base.SetupError(
+            f"network namespace {netns!r} ({netns_path}): {e.strerror}",
+            base.EXIT_SETUP_FAILED,
+        ) from None
+    try:
+        base.check(base.libc.setns(ns_fd, base.CLONE_NEWNET),
+                   f"entering network namespace {netns_path}")
+    finally:
+        os.close(ns_fd)
+
+
+def _domain_and_sysctls(spec: "dict[str, Any]") -> None:
+    """Compose's domainname and sysctls, in the namespaces A has just joined or made
+    (UTS; network and IPC: /proc/sys/net and kernel.shm*, ... show the writer's own), for
+    both launchers: runc would refuse them in namespaces it did not make."""
+    domain = spec.get("domainname")
+    if domain:
+        import ctypes  # loaded already, by shim_base
+
+        base.libc.setdomainname.argtypes = (ctypes.c_char_p, ctypes.c_size_t)
+        name = os.fsencode(domain)
+        base.check(base.libc.setdomainname(name, len(name)),
+                   f"setting domainname {domain!r}")
+    for key, value in spec.get("sysctls") or []:
+        path = "/proc/sys/" + key.replace(".", "/")
+        try:
+            with open(path, "w") as f:
+                f.write(value)
+        except OSError as e:
+            raise base.SetupError(f"sysctl {key}={value}: {e.strerror}",
+                                  base.EXIT_SETUP_FAILED) from None
+
+
 def _init(spec: "dict[str, Any]", status_fd: int, alive_fd: int) -> "NoReturn":
     """B: PID 1 of the container."""
     name = spec["name"]
@@ -179,7 +211,8 @@ def _init(spec: "dict[str, Any]", status_fd: int, alive_fd: int) -> "NoReturn":
         base.mount(None, "/", None, base.MS_REC | base.MS_PRIVATE, None)
         # runc joins the container's network namespace by its /run/netns path: keep it.
         runc = spec.get("rootfs_dir") and not spec.get("rootfs_pivot", True)
-        mounts.hide_namespace_mounts(os.fsencode("/run/netns/" + spec["netns"]) if runc else b"")
+        keep = os.fsencode("/run/netns/" + spec["netns"]) if runc and spec["netns"] else b""
+        mounts.hide_namespace_mounts(keep)
         for cgroup in spec.get("cgroups") or []:  # limits: before anything is allocated
             _join_cgroup(cgroup)
         conf = spec.get("confine") or {}

@@ -273,8 +273,10 @@ async def get_stack(request: web.Request) -> web.Response:
 
 async def delete_stack(request: web.Request) -> web.Response:
     name = request.match_info["stack"]
+    supervisor = request.app[DAEMON].hosted(name).supervisor
     await request.app[DAEMON].delete(name)
-    return web.json_response({"removed": name})
+    # What its down left on purpose (a bridge another stack's containers are on).
+    return web.json_response({"removed": name, "notices": supervisor.take_notices()})
 
 
 def _summary(daemon: Daemon, name: str) -> dict[str, Any]:

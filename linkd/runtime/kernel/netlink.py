@@ -340,9 +340,11 @@ class Kernel:
         bridge = self._bridges.get(interface.bridge) or await _index(
             ipr, interface.bridge, f"bridge {interface.bridge}")
         # Enslaved and up in the same request that creates it: one round trip, not three.
+        peer = {"ifname": interface.ifname, "net_ns_fd": netns}
+        if interface.mac_address is not None:  # Compose's mac_address: the container's end
+            peer["address"] = interface.mac_address
         created = await _add_link(ipr, what, ifname=interface.host_ifname, kind="veth",
-                                  peer={"ifname": interface.ifname, "net_ns_fd": netns},
-                                  master=bridge, state="up")
+                                  peer=peer, master=bridge, state="up")
         if not created:
             index = await _index(ipr, interface.host_ifname, what)
             await _call(f"attach {what} to bridge {interface.bridge}",

@@ -12,17 +12,13 @@ from collections.abc import Collection
 from pathlib import Path
 
 from linkd.core import bindings
-from linkd.core.hosts import hosts_file
+from linkd.core.hosts import hosts_file, resolv_conf
 from linkd.core.plan import ContainerPlan, StackPlan
 from linkd.runtime.containers import process
 from linkd.runtime.stack import store
 
-RESOLV_CONF = (
-    "# linkd's DNS server: the stack's names (also in /etc/hosts), others forwarded\n"
-    "# to the host's resolvers.\n"
-    "nameserver 127.0.0.11\n"
-    "options ndots:0\n"
-)
+HOST_HOSTS = "/etc/hosts"
+HOST_RESOLV_CONF = "/etc/resolv.conf"
 
 
 def write_container_files(
@@ -39,9 +35,31 @@ def write_etc_files(directory: Path, plan: StackPlan, container: ContainerPlan) 
     follow from the plan alone, so nothing else writes them meanwhile (the supervisor
     writes them in a thread, beside the container's network setup)."""
     directory.mkdir(parents=True, exist_ok=True)
-    store.write_atomic(directory / "hosts", hosts_file(plan, container).encode(), durable=False)
+    hosts, resolv = _hosts_and_resolver(plan, container)
+    store.write_atomic(directory / "hosts", hosts.encode(), durable=False)
     store.write_atomic(directory / "hostname", f"{container.hostname}\n".encode(), durable=False)
-    store.write_atomic(directory / "resolv.conf", RESOLV_CONF.encode(), durable=False)
+    store.write_atomic(directory / "resolv.conf", resolv.encode(), durable=False)
+
+
+def _hosts_and_resolver(plan: StackPlan, container: ContainerPlan) -> tuple[str, str]:
+    """Its hosts file and resolv.conf. A container on the host's network gets the host's
+    (no linkd DNS there), with its extra_hosts; one sharing another container's
+    namespace gets that one's hosts file (Docker shares the very file)."""
+    if container.network_mode == "host":
+        hosts = _host_file(HOST_HOSTS) + "".join(
+            f"{address}\t{host}\n" for host, address in container.added_hosts)
+        return hosts, resolv_conf(container, _host_file(HOST_RESOLV_CONF))
+    shared = next((c for c in plan.containers
+                   if c.owns_netns() and c.netns == container.netns), container)
+    return hosts_file(plan, shared), resolv_conf(container)
+
+
+def _host_file(path: str) -> str:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+    return text if not text or text.endswith("\n") else text + "\n"
 
 
 def write_bindings(
@@ -80,6 +98,8 @@ def process_spec(
         bind_dirs=((str(directory / "bindings"), bindings.DIRECTORY),),
         rlimits=container.limits.ulimits,
         tmpfs=container.tmpfs,
+        domainname=container.net.domainname,
+        sysctls=container.net.sysctls,
     )
 
 

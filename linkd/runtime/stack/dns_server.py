@@ -142,17 +142,21 @@ class DnsServer:
         *,
         requester_override: IPAddress | None = None,
         forward: bool = True,
+        upstreams: Sequence[Upstream] | None = None,
     ) -> None:
         """Serve queries arriving on the bound UDP `sock` until cancelled.
 
         `forward=False`: names outside the zone are REFUSED instead of forwarded (a
-        container with no route out must not reach outside through linkd's resolver)."""
+        container with no route out must not reach outside through linkd's resolver).
+        `upstreams`: where this socket's names outside the zone go (a container's `dns:`),
+        instead of the server's."""
         loop = asyncio.get_running_loop()
         tasks: set[asyncio.Task[None]] = set()
         sock.setblocking(False)
         fd = sock.fileno()
         tasks_or_none = tasks if forward else None
-        loop.add_reader(fd, self._drain_udp, sock, requester_override, tasks_or_none)
+        loop.add_reader(fd, self._drain_udp, sock, requester_override, tasks_or_none,
+                        upstreams)
         try:
             await loop.create_future()  # until cancelled
         finally:
@@ -165,6 +169,7 @@ class DnsServer:
         sock: socket.socket,
         override: IPAddress | None,
         tasks: set[asyncio.Task[None]] | None,
+        upstreams: Sequence[Upstream] | None = None,
     ) -> None:
         """Answer what is queued on `sock`, up to UDP_BATCH datagrams per wakeup.
 
@@ -190,7 +195,8 @@ class DnsServer:
                 reply = data[:2] + pick_tail(zone, tails)
                 stats.answered += 1
             else:
-                reply = self._answer_datagram(zone, data, addr, override, sock, tasks)
+                reply = self._answer_datagram(zone, data, addr, override, sock, tasks,
+                                              upstreams)
                 if reply is None:
                     continue
             try:
@@ -206,6 +212,7 @@ class DnsServer:
         override: IPAddress | None,
         sock: socket.socket,
         tasks: set[asyncio.Task[None]] | None,
+        upstreams: Sequence[Upstream] | None = None,
     ) -> bytes | None:
         """The reply to send at once, or None (dropped, or a forward task will reply).
 
@@ -227,16 +234,18 @@ class DnsServer:
             return error_reply(data, RCODE_REFUSED)
         self.inflight += 1
         self.stats.forwarded += 1
-        task = asyncio.get_running_loop().create_task(self._forward_udp_task(sock, data, addr))
+        task = asyncio.get_running_loop().create_task(
+            self._forward_udp_task(sock, data, addr, upstreams))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         return None
 
     async def _forward_udp_task(
-        self, sock: socket.socket, query: bytes, addr: tuple[Any, ...]
+        self, sock: socket.socket, query: bytes, addr: tuple[Any, ...],
+        upstreams: Sequence[Upstream] | None = None,
     ) -> None:
         try:
-            reply = await self.forward(query, tcp=False)
+            reply = await self.forward(query, tcp=False, upstreams=upstreams)
         finally:
             self.inflight -= 1
         try:
@@ -252,9 +261,10 @@ class DnsServer:
         *,
         requester_override: IPAddress | None = None,
         forward: bool = True,
+        upstreams: Sequence[Upstream] | None = None,
     ) -> None:
         """Serve TCP connections accepted on the bound (not yet listening) `sock`;
-        `forward` as for `serve_udp`."""
+        `forward` and `upstreams` as for `serve_udp`."""
         connections: set[asyncio.Task[object]] = set()
 
         async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -264,7 +274,8 @@ class DnsServer:
                 return
             connections.add(task)
             try:
-                await self._serve_connection(reader, writer, requester_override, forward)
+                await self._serve_connection(reader, writer, requester_override, forward,
+                                             upstreams)
             except (OSError, ValueError, asyncio.IncompleteReadError, TimeoutError):
                 pass  # the client went away or went quiet: nothing to answer
             finally:
@@ -285,6 +296,7 @@ class DnsServer:
         writer: asyncio.StreamWriter,
         override: IPAddress | None,
         forward: bool,
+        upstreams: Sequence[Upstream] | None = None,
     ) -> None:
         peer = writer.get_extra_info("peername")
         requester = override or _source(peer[0])
@@ -299,7 +311,7 @@ class DnsServer:
                 (size,) = struct.unpack("!H", prefix)
                 query = await reader.readexactly(size)
             self.stats.queries += 1
-            reply = await self._answer_tcp(query, requester, forward)
+            reply = await self._answer_tcp(query, requester, forward, upstreams)
             if reply is None:
                 continue
             writer.write(struct.pack("!H", len(reply)) + reply)
@@ -307,7 +319,8 @@ class DnsServer:
                 await writer.drain()
 
     async def _answer_tcp(
-        self, query: bytes, requester: IPAddress, forward: bool
+        self, query: bytes, requester: IPAddress, forward: bool,
+        upstreams: Sequence[Upstream] | None = None,
     ) -> bytes | None:
         result = answer(self.zone, query, requester, max_size=None)
         if isinstance(result, Answered):
@@ -323,7 +336,7 @@ class DnsServer:
             self.inflight += 1
             self.stats.forwarded += 1
             try:
-                data = await self.forward(query, tcp=True)
+                data = await self.forward(query, tcp=True, upstreams=upstreams)
             finally:
                 self.inflight -= 1
         if len(data) > TCP_MAX_MESSAGE:
@@ -332,9 +345,12 @@ class DnsServer:
 
     # -- forwarding ---------------------------------------------------------------------------
 
-    async def forward(self, query: bytes, *, tcp: bool) -> bytes:
-        """The upstreams' reply to `query` with its own ID, or a SERVFAIL of ours."""
-        upstreams = list(self.upstreams)
+    async def forward(
+        self, query: bytes, *, tcp: bool, upstreams: Sequence[Upstream] | None = None
+    ) -> bytes:
+        """The upstreams' reply to `query` with its own ID, or a SERVFAIL of ours; the
+        server's upstreams unless others are given."""
+        upstreams = list(self.upstreams if upstreams is None else upstreams)[:MAX_UPSTREAMS]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         for i, upstream in enumerate(upstreams):

@@ -8,6 +8,12 @@ down) and the host's routes. Two stacks picking at once would take the same subn
 `claim` holds `<root>/lock` from the pick until the caller has recorded the plan (its
 state file) and the lease is saved; a caller that has more to do before it can record
 (an update stopping what it replaces) does it inside, and the lock waits.
+
+Networks shared between stacks (`external: true`, linkd.core.shared_networks) are
+decided here too, under the same lock: an external network is found among the networks
+the other stacks made (or the `up` fails before anything is created), and every
+network's addresses avoid those other stacks' containers have on it, so neither side of
+a shared network ever takes an address of the other's.
 """
 
 from __future__ import annotations
@@ -18,14 +24,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from linkd.conventions.schema import Convention
-from linkd.core import ipam
+from linkd.core import ipam, names, shared_networks
 from linkd.core.model import Stack
 from linkd.core.plan import StackPlan, lease_of, realize
-from linkd.errors import LinkdError
 from linkd.runtime.images import image_store
 from linkd.runtime.kernel.firewall import publish_ports
 from linkd.runtime.kernel.netlink import Kernel
-from linkd.runtime.stack import store
+from linkd.runtime.stack import shared, store
 from linkd.runtime.stack.conventions import load_conventions
 from linkd.runtime.volumes.mounts import check_stack as check_mounts
 
@@ -64,10 +69,18 @@ async def _plan(
     previous: StackPlan | None,
 ) -> StackPlan:
     """Its lease's subnets and addresses where still free, others' leases avoided."""
+    states = shared.other_states(stack.name)
+    others = [s.plan for s in states]
+    joinable = [s.plan for s in states if s.status in ("starting", "up")]
+    shared_networks.check_names(stack, others)
+    joined = shared_networks.join(stack, joinable)  # before anything is made
     own = {n.bridge for n in previous.networks} if previous is not None else set()
+    own |= {n.bridge for n in joined.values()}  # routes of the bridges it joins: no clash
+    # Its own bridges, kept while it was down because a joiner's containers are on them.
+    own |= {names.bridge_name(stack.name, n.name) for n in stack.networks if not n.external}
     taken = [
         (net, who)
-        for net, who in await _taken_subnets(kernel, stack.name)
+        for net, who in await _taken_subnets(kernel, others)
         if not any(who == f"host route via {bridge}" for bridge in own)
     ]
     lease = store.load_lease(stack.name)
@@ -79,24 +92,35 @@ async def _plan(
         for _, subnet in other.subnets
     ]
     subnets = ipam.pick_subnets(
-        stack.networks,
+        [n for n in stack.networks if not n.external],
         taken,
         previous=lease.subnet_map() if lease else None,
         reserved=held,
     )
-    plan = realize(stack, subnets, workdir=str(base), conventions=conventions, lease=lease)
+    networks = [joined.get(n.name) or (stack.name, n.name) for n in stack.networks]
+    theirs = shared_networks.held(stack.name, networks, others)
+    plan = realize(stack, subnets, workdir=str(base), conventions=conventions, lease=lease,
+                   joined=joined, held=theirs, foreign=_containers(joinable))
     return publish_ports(plan, previous)  # host ports decided, or refused
 
 
-async def _taken_subnets(kernel: Kernel, stack: str) -> list[tuple[ipam.IPNetwork, str]]:
+def _containers(plans: list[StackPlan]) -> dict[str, str]:
+    """Other stacks' containers with a namespace of their own, by name, to that namespace
+    (`network_mode: container:NAME`); a name two stacks have is left out: ambiguous."""
+    found: dict[str, list[str]] = {}
+    for plan in plans:
+        for c in plan.containers:
+            if c.owns_netns():
+                found.setdefault(c.name, []).append(c.netns)
+    return {name: netns[0] for name, netns in found.items() if len(netns) == 1}
+
+
+async def _taken_subnets(
+    kernel: Kernel, others: list[StackPlan]
+) -> list[tuple[ipam.IPNetwork, str]]:
     taken = list(await kernel.routes())
-    for other in store.stacks():
-        if other == stack:
-            continue
-        try:
-            other_state = store.load(other)
-        except LinkdError:
-            continue
-        for net in other_state.plan.networks:
-            taken.append((net.subnet, f"stack {other} network {net.key}"))
+    for other in others:
+        for net in other.networks:
+            if net.owner is None:  # a network it joined is its owner's (counted there)
+                taken.append((net.subnet, f"stack {other.stack} network {net.key}"))
     return taken

@@ -38,6 +38,10 @@ class Publisher:
         self.writer = StateWriter(live.snapshot)
         self.dns: DnsServer | None = None
         self._served: StackPlan | None = None  # what the DNS zone serves: plan less the gone
+        # Other stacks' containers on networks this one shares (linkd.runtime.stack.shared),
+        # and those of them not healthy yet: served beside its own.
+        self.neighbours: tuple[StackPlan, ...] = ()
+        self._neighbours_pending: frozenset[tuple[str, str]] = frozenset()
         # Called with every lifecycle and DNS change (the daemon's event stream).
         self.on_event: OnEvent | None = None
         # Wakes whoever waits for a change of state (dependency waits); set by the owner.
@@ -73,8 +77,8 @@ class Publisher:
 
     def serve(self, plan: StackPlan) -> DnsServer:
         """The stack's DNS server for `plan`, with what is not yet healthy held back."""
-        zone = build_zone([plan], domain=plan.dns.domain, pending=held_back(plan,
-                                                                           self.live.states))
+        zone = build_zone([plan, *self.neighbours], domain=plan.dns.domain,
+                          pending=self._pending(plan))
         self.dns = DnsServer(zone, upstreams(plan))
         self._served = plan
         return self.dns
@@ -98,12 +102,31 @@ class Publisher:
             return  # during teardown DNS is already off; rebuilding per stop is waste
         gone = [n for n, st in self.live.states.items() if st.status in ("exited", "failed")]
         served = plan.without(gone)
-        zone = rezone(self.dns.zone, [self._served or plan], [served],
-                      held_back(served, self.live.states))
+        near = list(self.neighbours)
+        zone = rezone(self.dns.zone, [self._served or plan, *near], [served, *near],
+                      self._pending(served))
         self._served = served
         if zone is not self.dns.zone:
             self.dns.set_zone(zone)
             self.emit(type="dns", serial=zone.serial, gone=sorted(gone))
+
+    def set_neighbours(self, plans: tuple[StackPlan, ...],
+                       pending: frozenset[tuple[str, str]]) -> None:
+        """Serve these containers of other stacks too (the networks it shares with them);
+        `pending`: those of them not healthy yet."""
+        if plans == self.neighbours and pending == self._neighbours_pending:
+            return
+        self.neighbours, self._neighbours_pending = plans, pending
+        plan = self.live.plan
+        if self.dns is None or plan is None or self.live.status == "stopping":
+            return
+        served = self._served or plan
+        zone = build_zone([served, *plans], domain=plan.dns.domain, pending=self._pending(served))
+        self.dns.set_zone(zone)
+        self.emit(type="dns", serial=zone.serial, gone=[])
+
+    def _pending(self, served: StackPlan) -> frozenset[tuple[str, str]]:
+        return held_back(served, self.live.states) | self._neighbours_pending
 
     def on_probe(self, name: str, before: health.Health | None, now: health.Health) -> None:
         """After every probe: a change of health is saved, served and announced."""

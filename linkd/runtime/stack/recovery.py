@@ -30,7 +30,9 @@ async def recover(sup: Supervisor, state: StackState) -> None:
     plan = state.plan
     live.plan = plan
     live.states = {c.name: c for c in state.containers}
+    sup.neighbours.refresh()
     sup.publisher.serve(plan)
+    sup.neighbours.start()
     sup.publisher.publish_zone()
     observed = await sup.observe()
     leftovers = Leftovers()
@@ -40,7 +42,7 @@ async def recover(sup: Supervisor, state: StackState) -> None:
         if current.status in ("exited", "failed"):
             handled.add(container.name)  # stopped for good before: stays so
             continue
-        if container.netns not in observed.netns:
+        if container.netns and container.netns not in observed.netns:
             continue  # its namespace is gone: a process left in it reaches no one
         proc = await _adopt(sup, container, current, leftovers)
         if proc is not None:
@@ -63,7 +65,8 @@ async def recover(sup: Supervisor, state: StackState) -> None:
     await sup.firewall.ensure(plan, await sup.kernel.default_route_devices())
     present = observed.netns | {a.netns for a in actions if isinstance(a, EnsureNetns)}
     for container in plan.containers:
-        if not sup.resolvers.serves(container.name) and container.netns in present:
+        if (container.owns_netns() and not sup.resolvers.serves(container.name)
+                and container.netns in present):
             await sup.resolvers.serve(container)
     live.status = "up"
     await sup.publisher.writer.flush()

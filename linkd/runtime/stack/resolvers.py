@@ -46,9 +46,13 @@ class Resolvers:
             )
         me = requester_of(self.live.name, container)
         out = forwards_for(container)
+        # Compose's dns: this container's names outside the zone go to its own servers.
+        theirs = [(server, 53) for server in container.net.dns] or None
         self._tasks.setdefault(container.name, []).extend([
-            tasks.create_task(dns.serve_udp(udp, requester_override=me, forward=out)),
-            tasks.create_task(dns.serve_tcp(tcp, requester_override=me, forward=out)),
+            tasks.create_task(dns.serve_udp(udp, requester_override=me, forward=out,
+                                            upstreams=theirs)),
+            tasks.create_task(dns.serve_tcp(tcp, requester_override=me, forward=out,
+                                            upstreams=theirs)),
         ])
 
     def serves(self, container: str) -> bool:

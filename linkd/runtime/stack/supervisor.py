@@ -60,6 +60,7 @@ from linkd.runtime.stack.dns_server import DnsServer
 from linkd.runtime.stack.live import LiveStack, Report
 from linkd.runtime.stack.publisher import OnEvent, Publisher
 from linkd.runtime.stack.resolvers import Resolvers
+from linkd.runtime.stack.shared import Neighbours
 
 
 class Supervisor:
@@ -79,6 +80,8 @@ class Supervisor:
         self.firewall = StackFirewall(stack_name)  # its nft table: isolation, ports
         self._changing = asyncio.Lock()  # held by update and repair: one at a time
         self.resolvers = Resolvers(self.live, self.publisher, self.kernel)
+        # Other stacks' containers on the networks it shares, in its DNS (external networks)
+        self.neighbours = Neighbours(self.live, self.publisher)
         self.notices: list[str] = []  # changes to the host's settings, said once
 
     # -- what the daemon and the API read ----------------------------------------------
@@ -143,6 +146,11 @@ class Supervisor:
         """The stack's state as it is now (what the state file will hold)."""
         return self.live.snapshot()
 
+    def _notice(self, subject: str, message: str) -> None:
+        """Said in the output, and handed to the command that caused it (the daemon's)."""
+        self.notices.append(f"{subject}: {message}")
+        self.report(subject, message)
+
     def take_notices(self) -> list[str]:
         """The notices since the last call (the daemon hands them to the `up` that
         caused them)."""
@@ -160,7 +168,9 @@ class Supervisor:
             await self.publisher.writer.flush()  # on disk before the kernel is touched
         # The mount point of every container's live bindings (it hides the host's copy).
         Path(bindings.DIRECTORY).mkdir(parents=True, exist_ok=True)
+        self.neighbours.refresh()
         self.publisher.serve(plan)
+        self.neighbours.start()
         return plan
 
     async def up(self, stack: Stack) -> None:
@@ -309,8 +319,9 @@ class Supervisor:
                 # each, five per container, and the loop has the netlink work to do.
                 files = asyncio.ensure_future(self._write_etc_files(container))
                 try:
-                    await self.kernel.configure_netns(container)
-                    await self.resolvers.serve(container)
+                    if container.owns_netns():  # else another's, or the host's
+                        await self.kernel.configure_netns(container)
+                        await self.resolvers.serve(container)
                 finally:
                     await asyncio.wait([files])
                 files.result()
@@ -321,7 +332,7 @@ class Supervisor:
             case StopContainer(name):
                 await self.containers.stop(name)
             case RemoveNetns() | RemoveLink() | RemoveBridge():
-                await teardown.remove(self.kernel, action)
+                await teardown.remove(self.kernel, action, self.stack, self._notice)
 
     # -- update --------------------------------------------------------------------
 
@@ -347,8 +358,12 @@ class Supervisor:
             after = {c.name: c for c in new.containers}
             removed = [n for n in before if n not in after]
             changed = [n for n in before if n in after and before[n] != after[n]]
+            # A container sharing a changed one's namespace would keep the old one.
+            changed += [n for n in before if n in after and n not in changed
+                        and not after[n].owns_netns() and after[n].netns
+                        and any(after[c].netns == after[n].netns for c in changed)]
             added = [n for n in after if n not in before]
-            kept = [n for n in before if n in after and before[n] == after[n]]
+            kept = [n for n in before if n in after and n not in changed]
             await self._remove_replaced(old, removed, changed)
             self.live.plan = new
             await self.publisher.writer.flush()
@@ -356,6 +371,7 @@ class Supervisor:
         running = frozenset(n for n, p in self.processes.items() if p.returncode is None)
         actions = plan_up(new, replace(observed, running=running), previous=old)
         self.publisher.follow(old, new)  # the zone follows the new plan from here
+        self.neighbours.refresh()  # its networks may have changed
         await self._bring_up(new, actions)
         self.publisher.rewrite_bindings(kept)  # their peers may have changed
         self.live.status = "up"
@@ -373,7 +389,8 @@ class Supervisor:
             await self.containers.stop(name)
         await self.resolvers.stop(removed + changed)
         for name in changed:
-            self.kernel.remove_netns(old.container(name).netns)
+            if old.container(name).owns_netns():  # never the namespace it shares
+                self.kernel.remove_netns(old.container(name).netns)
             self.user_stopped.discard(name)
             self.states.pop(name, None)
         await self._veths_gone(
@@ -457,6 +474,7 @@ class Supervisor:
         self.live.status = "stopping"
         self.publisher.save()
         await self.containers.cancel_restarts()
+        await self.neighbours.stop()
         # DNS first (as netavark does): its sockets live in the containers' namespaces
         # and would keep them, and their veths, alive after they are removed.
         await self.resolvers.stop_all()

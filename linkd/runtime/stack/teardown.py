@@ -7,6 +7,11 @@ bridges, its nftables table, linkd's forwarding chain once no bridge of linkd's 
 and its cgroups. Every step runs; the failures are collected and returned together, so
 one that fails never leaves the rest in place.
 
+A bridge another stack still uses stays (`shared.kept`): a network the stack made that
+another stack joined keeps running for that stack's containers (Compose's `down` leaves
+a network with active endpoints too), and one it joined is left to its owner; whichever
+stack leaves it last removes it.
+
 What differs is only how the processes end and what names the stack's objects:
 
 * its supervisor is alive (`down`, a failed `up`): the supervisor stops its own
@@ -45,7 +50,7 @@ from linkd.runtime.kernel import cgroups, forwarding
 from linkd.runtime.kernel.firewall import remove_table
 from linkd.runtime.kernel.firewall import tables as firewall_tables
 from linkd.runtime.kernel.netlink import Kernel
-from linkd.runtime.stack import store
+from linkd.runtime.stack import shared, store
 from linkd.runtime.stack.live import Report
 
 log = logging.getLogger("linkd")
@@ -59,6 +64,7 @@ async def remove_stack(
     running: frozenset[str] = frozenset(),
     apply: Apply | None = None,
     release: bool = True,
+    report: Report | None = None,
 ) -> list[BaseException]:
     """Remove what the kernel has of `stack`, in order and best effort; the failures.
     `running` are the containers whose processes `apply` stops (StopContainer); the
@@ -70,7 +76,8 @@ async def remove_stack(
     observed = Observed(
         links=await kernel.links(), netns=kernel.netns_names(prefix), running=running
     )
-    step = apply if apply is not None else (lambda action: remove(kernel, action))
+    step = apply if apply is not None else (
+        lambda action: remove(kernel, action, stack, report))
     errors: list[BaseException] = []
     for group in stop_groups(plan_down(stack, plan, observed, lease)):
         results = await asyncio.gather(*(_logged(step, a) for a in group),
@@ -87,14 +94,23 @@ async def remove_stack(
     return errors
 
 
-async def remove(kernel: Kernel, action: Action) -> None:
-    """One removal step of `plan_down`, for a stack no supervisor of ours runs."""
+async def remove(
+    kernel: Kernel, action: Action, stack: str, report: Report | None = None
+) -> None:
+    """One removal step of `plan_down` (or of an update) of `stack`."""
     match action:
         case RemoveNetns(netns):
             kernel.remove_netns(netns)
         case RemoveLink(name):
             await kernel.remove_link(name)
         case RemoveBridge(name):
+            reason = shared.kept(stack, name)
+            if reason is not None:
+                log.info("stack %s: bridge %s kept: %s", stack, name, reason)
+                if report is not None:
+                    report(f"stack {stack}", f"bridge {name} kept: {reason} (it goes with "
+                                             "the last stack on it)")
+                return
             await kernel.remove_bridge(name)
         case _:  # a stop: the caller's to apply, and none is asked for without one
             raise KernelError(f"{type(action).__name__} needs the stack's supervisor")
@@ -182,7 +198,7 @@ async def down_unsupervised(stack: str, report: Report) -> None:
     kernel = Kernel()
     try:
         errors += await remove_stack(kernel, stack, previous.plan if previous else None,
-                                     lease=store.load_lease(stack))
+                                     lease=store.load_lease(stack), report=report)
     finally:
         kernel.close()
     if errors:

@@ -1,0 +1,146 @@
+"""The runtime's side of networks shared between stacks (linkd.core.shared_networks): the
+other stacks' state, read from their state files, for the planner, teardown and DNS.
+
+Stacks run in different processes (a foreground `linkd up`, the daemon), so what one
+knows of the others is their state files. `other_states` reads them, each decoded again
+only when its file changed (a stack's file is replaced on every change of a container's
+state; the others are read from a cache keyed by inode, mtime and size).
+
+`Neighbours` keeps one stack's DNS zone told of the other stacks' containers on the
+networks they share: level-based, it looks at the state files' signatures every
+FOLLOW_INTERVAL and rebuilds the zone when what it would add changed. A container of
+another stack starting on a shared network is answered here within about that interval
+(after its own stack has saved its state).
+
+`kept` says why a bridge must stay when a stack goes: another stack up made it, or has
+containers on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+
+from linkd.core import shared_networks
+from linkd.core.plan import StackPlan
+from linkd.core.state import StackState
+from linkd.dns.zone import held_back
+from linkd.errors import LinkdError
+from linkd.runtime.stack import store
+from linkd.runtime.stack.live import LiveStack
+from linkd.runtime.stack.publisher import Publisher
+
+log = logging.getLogger("linkd")
+
+FOLLOW_INTERVAL = 0.5  # seconds between looks at the other stacks' state files
+
+Signature = tuple[tuple[str, int, int, int], ...]
+
+_decoded: dict[str, tuple[tuple[int, int, int], StackState]] = {}
+_signature: tuple[float, Signature] | None = None  # (when, what): one look per interval
+
+
+def _stat(stack: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(store.state_path(stack))
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def other_states(stack: str) -> list[StackState]:
+    """The states of the stacks up other than `stack` (unreadable ones left out)."""
+    found = []
+    for other in store.stacks():
+        if other == stack:
+            continue
+        key = _stat(other)
+        cached = _decoded.get(other)
+        if key is not None and cached is not None and cached[0] == key:
+            found.append(cached[1])
+            continue
+        try:
+            state = store.load(other)
+        except LinkdError:
+            continue
+        if key is not None:
+            _decoded[other] = (key, state)
+        found.append(state)
+    for gone in set(_decoded) - set(store.stacks()):
+        _decoded.pop(gone, None)
+    return found
+
+
+def signature(stack: str) -> Signature:
+    """What changes when another stack's state does: its files' identities. Taken at
+    most once per FOLLOW_INTERVAL in a process (the daemon's stacks share it)."""
+    global _signature
+    now = time.monotonic()
+    if _signature is None or now - _signature[0] >= FOLLOW_INTERVAL / 2:
+        _signature = (now, tuple((s, *(_stat(s) or (0, 0, 0))) for s in store.stacks()))
+    return tuple(entry for entry in _signature[1] if entry[0] != stack)
+
+
+def kept(stack: str, bridge: str) -> str | None:
+    """Why `bridge` must outlive `stack`'s removal: the other stacks that made it or have
+    containers on it; None when `stack` may remove it."""
+    users = shared_networks.users(bridge, (s.plan for s in other_states(stack)), stack)
+    if not users:
+        return None
+    return f"in use by stack{'s' if len(users) > 1 else ''} {', '.join(users)}"
+
+
+class Neighbours:
+    """Other stacks' containers on the networks one stack shares with them, kept in its
+    DNS zone (linkd.dns.zone scopes them to the shared networks)."""
+
+    def __init__(self, live: LiveStack, publisher: Publisher) -> None:
+        self.live = live
+        self.publisher = publisher
+        self._task: asyncio.Task[None] | None = None
+
+    def refresh(self) -> None:
+        plan = self.live.plan
+        if plan is None:
+            return
+        served: list[StackPlan] = []
+        pending: set[tuple[str, str]] = set()
+        for state in other_states(self.live.name):
+            gone = [c.name for c in state.containers if c.status in ("exited", "failed")]
+            theirs = state.plan.without(gone)
+            served.append(theirs)
+            pending |= held_back(theirs, {c.name: c for c in state.containers})
+        near = shared_networks.neighbours(plan, served)
+        ids = {(p.stack, c.name) for p in near for c in p.containers}
+        self.publisher.set_neighbours(near, frozenset(pending & ids))
+
+    def start(self) -> None:
+        """Follow the other stacks from now on (in the stack's task group)."""
+        tasks = self.live.tasks
+        if tasks is None or self._task is not None:
+            return
+        self._task = tasks.create_task(self._follow())
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _follow(self) -> None:
+        seen = signature(self.live.name)
+        while True:
+            await asyncio.sleep(FOLLOW_INTERVAL)
+            now = signature(self.live.name)
+            if now == seen:
+                continue
+            seen = now
+            try:
+                self.refresh()
+            except Exception:  # a bad state file of another stack: try again next time
+                log.exception("stack %s: reading the other stacks' state failed",
+                              self.live.name)
