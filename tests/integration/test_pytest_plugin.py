@@ -175,7 +175,16 @@ def test_ctrl_c_and_a_killed_run(linkd: Linkd) -> None:
     run, name = start_sleeper(linkd, marker)
     assert name in hosted()
     run.send_signal(signal.SIGINT)
-    output, _ = run.communicate(timeout=60)
+    try:
+        output, _ = run.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        run.kill()
+        output, _ = run.communicate()
+        state = Client().request("GET", f"/v1/stacks/{name}") if name in hosted() else None
+        if state is not None:
+            Client().request("DELETE", f"/v1/stacks/{name}")  # no leftovers for the others
+        raise AssertionError(f"the nested run did not end within 60 s of Ctrl-C; its "
+                             f"output:\n{output}\nthe daemon's view of {name}: {state}")
     assert "KeyboardInterrupt" in output, output
     assert name not in hosted() and not lease_path(name).exists()
 
