@@ -184,7 +184,7 @@ def test_ctrl_c_and_a_killed_run(linkd: Linkd) -> None:
         if state is not None:
             Client().request("DELETE", f"/v1/stacks/{name}")  # no leftovers for the others
         raise AssertionError(f"the nested run did not end within 60 s of Ctrl-C; its "
-                             f"output:\n{output}\nthe daemon's view of {name}: {state}")
+                             f"output:\n{output}\nthe daemon's view of {name}: {state}") from None
     assert "KeyboardInterrupt" in output, output
     assert name not in hosted() and not lease_path(name).exists()
 
