@@ -155,11 +155,18 @@ def test_sleeps(up):
 '''
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_sleeper(linkd: Linkd, marker: Path) -> tuple[subprocess.Popen[str], str]:
     marker.unlink(missing_ok=True)
     (linkd.directory / "test_sleeper.py").write_text(SLEEPER.replace("{marker}", str(marker)))
+    # Ctrl-C as at a terminal: a suite started in the background by a shell without job
+    # control inherits SIGINT ignored, and Python then leaves it ignored.
     run = subprocess.Popen(pytest_argv("-q", "test_sleeper.py"), cwd=linkd.directory, env=env(),
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           preexec_fn=_default_sigint)
     deadline = time.monotonic() + 60
     while not marker.exists() or not marker.read_text():
         assert run.poll() is None, run.communicate()[0]
