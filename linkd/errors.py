@@ -106,6 +106,19 @@ class TeardownError(LinkdError):
         )
 
 
+class ReferenceFormatError(LinkdError):
+    """An image reference (`redis:7`, `host:5000/a/b@sha256:...`) that breaks Docker's
+    grammar (linkd.core.reference); names the reference and the rule."""
+
+    status = 400
+    exit_code = 2
+
+    def __init__(self, reference: str, rule: str, detail: str) -> None:
+        self.reference = reference
+        self.rule = rule
+        super().__init__(f"image reference {reference!r}: {detail} (rule: {rule})")
+
+
 class ImageError(LinkdError):
     """An image archive or layout breaks a rule.
 
