@@ -119,6 +119,19 @@ class ReferenceFormatError(LinkdError):
         super().__init__(f"image reference {reference!r}: {detail} (rule: {rule})")
 
 
+class RegistryError(LinkdError):
+    """A pull failed on the registry's side or on the way there (unreachable, an HTTP
+    error, a refused manifest); names the registry, the reference and what went wrong."""
+
+    status = 502
+
+    def __init__(self, registry: str, reference: str, detail: str) -> None:
+        self.registry = registry
+        self.reference = reference
+        self.detail = detail
+        super().__init__(f"pull {reference} from {registry}: {detail}")
+
+
 class ImageError(LinkdError):
     """An image archive or layout breaks a rule.
 

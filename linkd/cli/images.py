@@ -1,4 +1,4 @@
-"""`linkd image load|ls|rm`: the image store (linkd.runtime.images) from the command line.
+"""`linkd image pull|load|ls|rm`: the image store (linkd.runtime.images) from the command line.
 
 Its arguments are declared in linkd.cli.main, which imports this module only when an `image`
 command runs.
@@ -7,6 +7,7 @@ command runs.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import time
 
 from linkd.errors import ConflictError
@@ -23,6 +24,21 @@ def cmd_load(args: argparse.Namespace) -> int:
     took = time.monotonic() - start
     print(f"loaded {', '.join(image.names)} ({image.id[:19]}, {len(image.layers)} layers, "
           f"{_mb(image.size)}) in {took:.2f} s")
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    # The pull's module imports aiohttp: only this command pays for it.
+    from linkd.runtime.images.pull import parse_platform, pull
+
+    start = time.monotonic()
+    target = parse_platform(args.platform) if args.platform else None
+    pulled = asyncio.run(pull(args.reference, ImageStore(), target=target))
+    image = pulled.image
+    took = time.monotonic() - start
+    print(f"pulled {', '.join(image.names)} ({image.id[:19]}, {len(image.layers)} layers, "
+          f"{_mb(image.size)}; fetched {pulled.fetched} layers, {_mb(pulled.fetched_bytes)}) "
+          f"in {took:.2f} s")
     return 0
 
 

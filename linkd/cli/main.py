@@ -263,8 +263,13 @@ def _port(p: argparse.ArgumentParser) -> None:
 
 
 def _image(p: argparse.ArgumentParser) -> None:
-    p.description = "load, list and remove images (store: $LINKD_IMAGES or /var/lib/linkd/images)"
+    p.description = ("pull, load, list and remove images (store: $LINKD_IMAGES or "
+                     "/var/lib/linkd/images)")
     isub = p.add_subparsers(dest="image_command", required=True)
+    pull = isub.add_parser("pull", help="pull an image from its registry (anonymously)")
+    pull.add_argument("reference", help="NAME[:TAG][@DIGEST], e.g. 127.0.0.1:5000/app:1")
+    pull.add_argument("--platform", help="OS/ARCH[/VARIANT] (default: this machine's)")
+    pull.set_defaults(handler=_later("images", "cmd_pull"))
     load = isub.add_parser("load", help="load an OCI layout, OCI archive or docker save archive")
     load.add_argument("file")
     load.add_argument("--name", help="store it under NAME[:TAG] (default: its own tag)")
@@ -315,7 +320,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "env": ("the environment a service's containers get, and why", _env),
     "dns": ("what a container's DNS lookup of NAME gives, and why", _dns),
     "port": ("the host address and port a container port is published on", _port),
-    "image": ("load, list and remove images", _image),
+    "image": ("pull, load, list and remove images", _image),
     "volume": ("create, list, inspect and remove volumes", _volume),
     "build": ("build the images of the services with build: (with buildah)", _build),
 }
