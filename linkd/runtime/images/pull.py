@@ -42,7 +42,7 @@ from linkd.core import image_format as fmt
 from linkd.core import reference
 from linkd.core.image_format import Descriptor, Platform
 from linkd.core.model import Stack
-from linkd.errors import NotFoundError, RegistryError, UsageError
+from linkd.errors import LinkdError, NotFoundError, RegistryError, UsageError
 from linkd.runtime.images.image_store import ImageStore, StoredImage, layer_dir
 from linkd.runtime.images.registry import Repository
 
@@ -141,9 +141,16 @@ async def _pull(repo: Repository, store: ImageStore, ref: reference.Reference,
         async with limit:
             await repo.blob(desc, blobs / desc.digest.partition(":")[2], f"layer {desc.digest}")
 
-    async with asyncio.TaskGroup() as group:
-        for desc in wanted:
-            group.create_task(fetch(desc))
+    try:
+        async with asyncio.TaskGroup() as group:
+            for desc in wanted:
+                group.create_task(fetch(desc))
+    except BaseExceptionGroup as failed:
+        # The first layer that failed says why; the others were cancelled by it.
+        first = next((e for e in failed.exceptions if isinstance(e, LinkdError)), None)
+        if first is None:
+            raise
+        raise first from None
     _write_layout(work, body, media, config_raw, chosen)
     job = asyncio.ensure_future(asyncio.to_thread(
         store.load, work, label, target=target, label=label, partial=True))

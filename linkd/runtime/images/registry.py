@@ -128,16 +128,16 @@ class Repository:
     """One repository (`path`) on one registry (`host`), for one pull (`label`: the
     reference, for messages). Holds the anonymous token once one was asked for."""
 
+    attempts = 4
+    backoff = 0.25  # seconds before the second attempt, doubling after each
+
     def __init__(self, session: aiohttp.ClientSession, host: str, path: str, label: str, *,
-                 env: Mapping[str, str] = os.environ, attempts: int = 4,
-                 backoff: float = 0.25) -> None:
+                 env: Mapping[str, str] = os.environ) -> None:
         self.session = session
         self.host = host
         self.path = path
         self.label = label
         self.base = f"{scheme(host, env)}://{host}/v2/{path}"
-        self.attempts = attempts
-        self.backoff = backoff
         self.token: str | None = None
 
     def error(self, detail: str) -> RegistryError:
