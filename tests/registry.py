@@ -206,7 +206,7 @@ def push(layout: Path, dest: str, *, all_images: bool = False) -> None:
     if all_images:
         args.append("--all")
     subprocess.run([*args, f"oci:{layout}", f"docker://{dest}"], check=True,
-                   capture_output=True, timeout=120, env={**os.environ, "HOME": str(layout)})
+                   capture_output=True, timeout=120)
 
 
 def index_files(images: list[tuple[Any, str]], tag: str = "1") -> dict[str, bytes]:
