@@ -270,3 +270,29 @@ def test_platforms_are_parsed() -> None:
     assert pull_mod.parse_platform("linux/arm/v7") == Platform("linux", "arm", "v7")
     with pytest.raises(Exception, match="OS/ARCH"):
         pull_mod.parse_platform("amd64")
+
+
+async def test_up_pulls_what_is_missing_for_the_services_platform(
+        tiny: TinyRegistry, store: ImageStore, tmp_path: Path) -> None:
+    mine = small_image(("arch", HOST_ARCH.encode()), arch=HOST_ARCH)
+    other = small_image(("arch", OTHER_ARCH.encode()), arch=OTHER_ARCH)
+    d_other = tiny.add_layout("test/multi", "other", other.oci_files())
+    d_mine = tiny.add_layout("test/multi", "mine", mine.oci_files())
+    tiny.add_index("test/multi", "1", [({"os": "linux", "architecture": HOST_ARCH}, d_mine),
+                                       ({"os": "linux", "architecture": OTHER_ARCH}, d_other)])
+    stack = parse_stack(f"""
+services:
+  a: {{image: "{tiny.host}/test/multi:1", platform: "linux/{OTHER_ARCH}"}}
+""", source="t.yaml", default_project="t")
+    await pull_mod.pull_missing(stack, tmp_path, store)
+    assert store.get(f"{tiny.host}/test/multi:1").layers == tuple(other.diff_ids())
+    tiny.requests.clear()
+    await pull_mod.pull_missing(stack, tmp_path, store)  # in the store: no request
+    assert tiny.requests == []
+    missing = parse_stack(f"""
+services:
+  web: {{image: "{tiny.host}/test/none:1"}}
+  app: {{image: "{tiny.host}/test/none:1"}}
+""", source="t.yaml", default_project="t")
+    with pytest.raises(RegistryError, match=r"HTTP 404 .* \(the image of app, web\)$"):
+        await pull_mod.pull_missing(missing, tmp_path, store)

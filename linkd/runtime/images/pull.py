@@ -203,12 +203,17 @@ def to_pull(stack: Stack, base: Path, store: ImageStore) -> list[str]:
 
 
 async def pull_missing(stack: Stack, base: Path, store: ImageStore | None = None) -> None:
-    """Pull the images `to_pull` names, one after another, before anything is made;
-    the first that fails stops the `up`, saying which service it is for."""
+    """Pull the images `to_pull` names, one after another, before anything is made
+    (for a service's `platform:` if it has one); the first that fails stops the `up`,
+    saying which service it is for."""
     store = store or ImageStore()
     for ref in to_pull(stack, base, store):
+        # `platform:` of a service picks from an index (its check against the image's
+        # config is linkd.core.image_config's, as for loaded images).
+        asked = next((s.platform for s in stack.services if s.image == ref and s.platform),
+                     None)
         try:
-            await pull(ref, store)
+            await pull(ref, store, target=parse_platform(asked) if asked else None)
         except RegistryError as exc:
             users = ", ".join(sorted(s.name for s in stack.services if s.image == ref))
             raise RegistryError(exc.registry, exc.reference,
