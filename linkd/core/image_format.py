@@ -414,6 +414,7 @@ def check_name(name: str) -> str:
         ref = reference.parse(name)
     except ReferenceFormatError:
         raise ImageError(name, "name", "image name",
-                         "use lower-case letters, digits, '.', '_', '-', '/' and ':TAG'"
+                         "use lower-case letters, digits, '.', '_', '-', '/' and ':TAG', "
+                         "after an optional REGISTRY[:PORT]/"
                          ) from None
     return name if tagged or ref.digest else f"{name}:latest"

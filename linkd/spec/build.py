@@ -82,7 +82,7 @@ def read_build(
     except ImageError:
         r.fail(at, f"the image is built under the name {quote(image)}, which is not an "
                    "image name linkd's store takes (lower-case letters, digits, '.', '_', "
-                   "'-', '/' and ':TAG'); set image: to one")
+                   "'-', '/' and ':TAG', after a REGISTRY[:PORT]/); set image: to one")
         return None
     if not at.is_mapping:
         context = _context(r, at, directory, home)

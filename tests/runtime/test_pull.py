@@ -296,3 +296,19 @@ services:
 """, source="t.yaml", default_project="t")
     with pytest.raises(RegistryError, match=r"HTTP 404 .* \(the image of app, web\)$"):
         await pull_mod.pull_missing(missing, tmp_path, store)
+
+
+def test_a_name_in_the_store_matches_in_either_form(store: ImageStore, tmp_path: Path) -> None:
+    from tests.images import write_dir
+    image = small_image(("x", b"x"))
+    image.name = "busybox:1"
+    store.load(write_dir(image.oci_files(), tmp_path / "bb"))
+    for name in ("busybox:1", "docker.io/library/busybox:1", "index.docker.io/busybox:1",
+                 "library/busybox:1"):
+        assert store.get(name).layers == tuple(image.diff_ids()), name
+    with pytest.raises(NotFoundError, match="`linkd image pull busybox` pulls it"):
+        store.get("busybox")
+    assert fmt.check_name("127.0.0.1:5000/a/b") == "127.0.0.1:5000/a/b:latest"
+    assert fmt.check_name(f"a/b@sha256:{'0' * 64}") == f"a/b@sha256:{'0' * 64}"
+    with pytest.raises(ImageError, match="REGISTRY"):
+        fmt.check_name("host:x/b")

@@ -72,7 +72,12 @@ def test_the_services_image_names_the_build() -> None:
     assert stack.service("app").image == "example/app:2"
 
 
-@pytest.mark.parametrize("image", ["./app.tar", "Example/App", "registry:5000/app"])
+def test_a_registrys_name_names_the_build() -> None:
+    stack = parse("services:\n  app:\n    build: .\n    image: registry:5000/app\n")
+    assert stack.service("app").image == "registry:5000/app"
+
+
+@pytest.mark.parametrize("image", ["./app.tar", "Example/App", "registry:x/app"])
 def test_an_image_the_store_cannot_name_is_refused_for_a_build(image: str) -> None:
     said = problems(f"services:\n  app:\n    build: .\n    image: {image}\n")
     assert "services.app.build" in said and f'"{image}"' in said and "set image:" in said
