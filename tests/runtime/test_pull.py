@@ -24,7 +24,7 @@ from linkd.runtime.images import registry
 from linkd.runtime.images.image_store import ImageStore
 from linkd.runtime.images.pull import pull, to_pull
 from linkd.spec.stack_file import parse_stack
-from tests.images import Entry, Image, layer_tar
+from tests.images import Entry, Image, layer_tar, write_dir
 from tests.registry import TinyRegistry, serving
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="layers need root: owners")
@@ -142,6 +142,19 @@ async def test_a_layer_with_the_wrong_digest_is_refused(tiny: TinyRegistry,
                        f"{bad} \\(rule: digest mismatch\\)") as info:
         await pull(f"{tiny.host}/test/bb:1", store)
     assert f"{tiny.host}/test/bb:1" in str(info.value)
+    assert contents(store) == set()
+
+
+async def test_a_manifest_with_other_bytes_than_its_digest_is_refused(
+        tiny: TinyRegistry, store: ImageStore) -> None:
+    image = small_image(("x", b"x"))
+    digest = tiny.add_layout("test/bb", "1", image.oci_files())
+    tiny.tampered.add(digest)
+    for ref in ("1", digest):
+        with pytest.raises(ImageError, match=f"manifest {ref}: content is sha256:.*, "
+                           f"expected {digest}"):
+            await pull(f"{tiny.host}/test/bb{'@' if ':' in ref else ':'}{ref}", store)
+    assert tiny.layer_requests() == []
     assert contents(store) == set()
 
 
@@ -299,7 +312,6 @@ services:
 
 
 def test_a_name_in_the_store_matches_in_either_form(store: ImageStore, tmp_path: Path) -> None:
-    from tests.images import write_dir
     image = small_image(("x", b"x"))
     image.name = "busybox:1"
     store.load(write_dir(image.oci_files(), tmp_path / "bb"))

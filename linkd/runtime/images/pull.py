@@ -102,7 +102,8 @@ async def pull(text: str, store: ImageStore | None = None, *, target: Platform |
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
     async with aiohttp.ClientSession(timeout=timeout, trust_env=False) as session:
         repo = Repository(session, ref.api_host, ref.path, label, env=env)
-        work = Path(tempfile.mkdtemp(prefix=f"pull-{os.getpid()}-", dir=_pulls_dir(store)))
+        pulls = await asyncio.to_thread(_pulls_dir, store)
+        work = Path(tempfile.mkdtemp(prefix=f"pull-{os.getpid()}-", dir=pulls))
         try:
             return await _pull(repo, store, ref, target, work, concurrency)
         finally:

@@ -229,18 +229,19 @@ class Repository:
         `ref` when it is a digest, and against `expect` (a descriptor from an index)."""
         what = f"manifest {ref}"
 
-        async def attempt() -> tuple[str, bytes]:
+        async def attempt() -> tuple[str, bytes, str]:
             resp = await self._open(f"{self.base}/manifests/{ref}", what, MANIFEST_ACCEPT)
             try:
                 body = await _read(resp, MANIFEST_LIMIT)
                 header = resp.headers.get("Content-Type")
+                said = resp.headers.get("Docker-Content-Digest", "")
             finally:
                 resp.release()
             if len(body) > MANIFEST_LIMIT:
                 raise ImageError(self.label, what, "size", "a manifest larger than 8 MiB")
-            return _media_type(header, body), body
+            return _media_type(header, body), body, said
 
-        media, body = await self._retrying(what, attempt)
+        media, body, said = await self._retrying(what, attempt)
         if media in SCHEMA1_TYPES:
             raise self.error(f"{what} is a schema 1 manifest ({media}), which linkd does "
                              "not read: it has no config to check layers against; push the "
@@ -250,6 +251,8 @@ class Repository:
         got = "sha256:" + hashlib.sha256(body).hexdigest()
         if ref.startswith("sha256:"):
             check_digest(self.label, what, got, ref)
+        elif said.startswith("sha256:"):  # by tag: the digest the registry says it has
+            check_digest(self.label, what, got, said)
         if expect is not None and len(body) != expect.size:
             raise ImageError(self.label, what, "size mismatch",
                              f"{len(body)} bytes, the index says {expect.size}")
