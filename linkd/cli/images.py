@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import time
 
-from linkd.errors import ConflictError
+from linkd.errors import ConflictError, UsageError
 from linkd.runtime.images.image_store import ImageStore, containers_using
 
 
@@ -39,6 +39,36 @@ def cmd_pull(args: argparse.Namespace) -> int:
     print(f"pulled {', '.join(image.names)} ({image.id[:19]}, {len(image.layers)} layers, "
           f"{_mb(image.size)}; fetched {pulled.fetched} layers, {_mb(pulled.fetched_bytes)}) "
           f"in {took:.2f} s")
+    return 0
+
+
+def cmd_pull_stack(args: argparse.Namespace) -> int:
+    """`linkd pull [SERVICE...]`: pull the images of a stack's services again (a name
+    without a registry, `redis:7`, from Docker Hub); files and built images are not
+    pulled."""
+    from linkd import loader
+    from linkd.cli.stacks import print_warnings, read_source
+    from linkd.runtime.images.pull import parse_platform, pull, pullable
+
+    source, file = read_source(args.file, args.project, args.env_file, args.profile)
+    stack = loader.load(source)
+    print_warnings(file, stack.warnings)
+    if unknown := set(args.service) - {s.name for s in stack.services}:
+        raise UsageError(f"no service {', '.join(sorted(unknown))} in {file}")
+    chosen = [s for s in stack.services if not args.service or s.name in args.service]
+    refs = pullable(chosen, source.directory)
+    if not refs:
+        print(f"nothing to pull: no image of {file} is a registry's")
+
+    async def pull_all() -> None:
+        for ref, platform in refs:
+            start = time.monotonic()
+            target = parse_platform(platform) if platform else None
+            pulled = await pull(ref, ImageStore(), target=target)
+            print(f"pulled {ref} ({pulled.image.id[:19]}; fetched {pulled.fetched} layers, "
+                  f"{_mb(pulled.fetched_bytes)}) in {time.monotonic() - start:.2f} s")
+
+    asyncio.run(pull_all())
     return 0
 
 

@@ -191,6 +191,12 @@ def _build(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pull", action="store_true", help="pull the FROM images again")
 
 
+def _pull(p: argparse.ArgumentParser) -> None:
+    _stack_options(p, _later("images", "cmd_pull_stack"))
+    p.add_argument("service", nargs="*", help="only these services (default: every one "
+                                              "whose image is a registry's)")
+
+
 def _daemon(p: argparse.ArgumentParser) -> None:
     p.add_argument("--socket", help="unix socket (default: $LINKD_SOCKET or "
                    "/run/linkd/linkd.sock)")
@@ -323,4 +329,5 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "image": ("pull, load, list and remove images", _image),
     "volume": ("create, list, inspect and remove volumes", _volume),
     "build": ("build the images of the services with build: (with buildah)", _build),
+    "pull": ("pull the images of the services from their registries", _pull),
 }

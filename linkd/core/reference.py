@@ -182,12 +182,3 @@ def _why(text: str, remainder: str) -> str:
     if slash and has_domain(text) and not re.fullmatch(_DOMAIN, first):
         return "domain"
     return "component"
-
-
-def is_name(text: str) -> bool:
-    """Whether `text` parses as a reference (without raising)."""
-    try:
-        parse(text)
-    except ReferenceError:
-        return False
-    return True

@@ -97,6 +97,10 @@ def test_up_pulls_an_image_by_reference_and_runs_it(linkd: Linkd, pushed: str,
     pulled = linkd.run("image", "pull", pushed)
     assert pulled.stdout.startswith(f"pulled {pushed} (sha256:"), pulled.stdout
     assert "fetched 0 layers" in pulled.stdout
+    # `linkd pull`: the stack's images (web's; client runs a host command).
+    stack_pull = linkd.run("pull", "-p", linkd.project)
+    assert stack_pull.stdout.startswith(f"pulled {pushed} (sha256:"), stack_pull.stdout
+    assert len(stack_pull.stdout.splitlines()) == 1
 
 
 def test_a_failed_pull_makes_nothing_and_says_why(linkd: Linkd, pushed: str,

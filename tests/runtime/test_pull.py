@@ -18,7 +18,7 @@ import pytest
 
 from linkd.core import image_format as fmt
 from linkd.core.image_format import Platform
-from linkd.errors import ImageError, NotFoundError, RegistryError
+from linkd.errors import ImageError, NotFoundError, RegistryError, SpecError
 from linkd.runtime.images import pull as pull_mod
 from linkd.runtime.images import registry
 from linkd.runtime.images.image_store import ImageStore
@@ -276,7 +276,16 @@ services:
   e: {image: "127.0.0.1:5000/test/e:1", build: .}
 """ % ("ab" * 32), source="t.yaml", default_project="t")
     assert to_pull(stack, tmp_path, store) == [
-        "127.0.0.1:5000/test/a:1", f"ghcr.io/org/d@sha256:{'ab' * 32}"]
+        ("127.0.0.1:5000/test/a:1", None), (f"ghcr.io/org/d@sha256:{'ab' * 32}", None)]
+    assert pull_mod.pullable(stack.services, tmp_path) == [
+        ("127.0.0.1:5000/test/a:1", None), (f"ghcr.io/org/d@sha256:{'ab' * 32}", None),
+        ("redis:7", None)]
+    bad = parse_stack('services:\n  web: {image: "127.0.0.1:5000/Test/a:1"}\n',
+                      source="t.yaml", default_project="t")
+    with pytest.raises(SpecError, match=r"services.web.image: image reference "
+                       r"'127.0.0.1:5000/Test/a:1': the repository name 'Test/a' must be "
+                       r"lower case \(rule: lower case\)"):
+        to_pull(bad, tmp_path, store)
 
 
 def test_platforms_are_parsed() -> None:

@@ -31,7 +31,7 @@ import os
 import platform as platform_mod
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,8 +41,15 @@ import aiohttp
 from linkd.core import image_format as fmt
 from linkd.core import reference
 from linkd.core.image_format import Descriptor, Platform
-from linkd.core.model import Stack
-from linkd.errors import LinkdError, NotFoundError, RegistryError, UsageError
+from linkd.core.model import Service, Stack
+from linkd.errors import (
+    LinkdError,
+    NotFoundError,
+    ReferenceFormatError,
+    RegistryError,
+    SpecError,
+    UsageError,
+)
 from linkd.runtime.images.image_store import ImageStore, StoredImage, layer_dir
 from linkd.runtime.images.registry import Repository
 
@@ -186,20 +193,37 @@ def _write_layout(work: Path, manifest: bytes, media: str, config: bytes,
 # -- a stack's images --------------------------------------------------------------------
 
 
-def to_pull(stack: Stack, base: Path, store: ImageStore) -> list[str]:
-    """The `image:` references of `stack` to pull before it comes up: those that name
-    their registry (`host[:port]/...`), are not a path in the stack's directory and are
-    not in the store. A name without a registry (`redis:7`) is pulled only by `linkd image
-    pull` so far; built images never."""
-    built = {s.image for s in stack.services if s.build is not None}
+def pullable(services: Iterable[Service], base: Path) -> list[tuple[str, str | None]]:
+    """(reference, platform) of the images of `services` that come from a registry:
+    not built, not a path in the stack's directory (`base`), and references. A name that
+    names a registry but breaks the grammar is the stack file's error."""
+    found: dict[str, str | None] = {}
+    for s in services:
+        if s.image is None or s.build is not None or (base / s.image).exists():
+            continue
+        try:
+            reference.parse(s.image)
+        except ReferenceFormatError as exc:
+            if reference.has_domain(s.image):
+                raise SpecError([(f"services.{s.name}.image", None, str(exc))]) from None
+            continue  # a file that is not there, say: the store's lookup says so
+        found[s.image] = found.get(s.image) or s.platform
+    return sorted(found.items())
+
+
+def to_pull(stack: Stack, base: Path, store: ImageStore) -> list[tuple[str, str | None]]:
+    """(reference, platform) of the `image:`s of `stack` to pull before it comes up:
+    those `pullable` that name their registry (`host[:port]/...`) and are not in the
+    store. A name without a registry (`redis:7`) is pulled only by `linkd pull` and
+    `linkd image pull` so far."""
     missing = []
-    for ref in sorted({s.image for s in stack.services if s.image is not None} - built):
-        if (base / ref).exists() or not reference.has_domain(ref):
+    for ref, platform in pullable(stack.services, base):
+        if not reference.has_domain(ref):
             continue
         try:
             store.get(ref)
         except NotFoundError:
-            missing.append(ref)
+            missing.append((ref, platform))
     return missing
 
 
@@ -208,11 +232,9 @@ async def pull_missing(stack: Stack, base: Path, store: ImageStore | None = None
     (for a service's `platform:` if it has one); the first that fails stops the `up`,
     saying which service it is for."""
     store = store or ImageStore()
-    for ref in to_pull(stack, base, store):
+    for ref, asked in to_pull(stack, base, store):
         # `platform:` of a service picks from an index (its check against the image's
         # config is linkd.core.image_config's, as for loaded images).
-        asked = next((s.platform for s in stack.services if s.image == ref and s.platform),
-                     None)
         try:
             await pull(ref, store, target=parse_platform(asked) if asked else None)
         except RegistryError as exc:
