@@ -42,6 +42,7 @@ class TinyRegistry:
     failures: dict[str, int] = field(default_factory=dict)  # path -> 500s still to give
     truncated: set[str] = field(default_factory=set)  # digests served cut short
     tampered: set[str] = field(default_factory=set)  # digests served with a byte flipped
+    cut_once: set[str] = field(default_factory=set)  # cut short once, then ranges served
     token: str = ""  # non-empty: every /v2/ request needs "Bearer <token>"
     port: int = 0
 
@@ -108,7 +109,11 @@ class TinyRegistry:
             data = self.blobs[ref]
             if ref in self.tampered:
                 data = data[:-1] + bytes([data[-1] ^ 1])
-            if ref in self.truncated:
+            if ref in self.cut_once and request.headers.get("Range"):
+                start = int(request.headers["Range"].removeprefix("bytes=").rstrip("-"))
+                return web.Response(status=206, body=data[start:], headers={
+                    "Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"})
+            if ref in self.truncated or ref in self.cut_once:
                 # The length the blob has, then the connection closes early.
                 resp = web.StreamResponse(headers={"Content-Length": str(len(data))})
                 await resp.prepare(request)
@@ -125,7 +130,10 @@ class TinyRegistry:
 @contextlib.asynccontextmanager
 async def serving(registry: TinyRegistry) -> AsyncIterator[TinyRegistry]:
     app = web.Application()
-    app.router.add_route("GET", "/{tail:.*}", registry.handle)
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await registry.handle(request)  # looked up per request: a test may wrap it
+
+    app.router.add_route("GET", "/{tail:.*}", handle)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

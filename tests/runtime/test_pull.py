@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from linkd.core import image_format as fmt
 from linkd.core.image_format import Platform
@@ -173,6 +174,27 @@ async def test_a_truncated_blob_is_retried_then_refused(tiny: TinyRegistry,
         await pull(f"{tiny.host}/test/bb:1", store)
     assert tiny.layer_requests().count(f"/v2/test/bb/blobs/{layer}") == 3
     assert contents(store) == set()
+
+
+async def test_a_broken_download_resumes_where_it_broke_off(tiny: TinyRegistry,
+                                                            store: ImageStore) -> None:
+    image = small_image(("x", os.urandom(300_000)))
+    tiny.add_layout("test/bb", "1", image.oci_files(gzip_layers=False))
+    layer = json.loads(tiny.manifests["test/bb:1"][1])["layers"][0]["digest"]
+    tiny.cut_once.add(layer)
+    seen: list[str | None] = []
+    handle = tiny.handle
+
+    async def watching(request: web.Request) -> web.StreamResponse:
+        if request.path.endswith(layer):
+            seen.append(request.headers.get("Range"))
+        return await handle(request)
+
+    tiny.handle = watching  # type: ignore[method-assign]
+    pulled = await pull(f"{tiny.host}/test/bb:1", store)
+    assert pulled.image.layers == tuple(image.diff_ids())
+    assert len(seen) == 2 and seen[0] is None
+    assert seen[1] is not None and int(seen[1].removeprefix("bytes=").rstrip("-")) > 0
 
 
 async def test_500s_are_retried(tiny: TinyRegistry, store: ImageStore) -> None:

@@ -16,8 +16,8 @@ schema-1 manifest (`application/vnd.docker.distribution.manifest.v1+*`, Docker b
 Transport: `http://` only for a registry on a loopback address (or `localhost`) or
 listed in `LINKD_INSECURE_REGISTRIES` (comma-separated host[:port]); every other
 registry over HTTPS, verified against the system's trust store. 5xx, 429 and broken
-connections are retried with exponential backoff, a blob from its start (HTTP Range
-resumption is left for later). A 401 with a `WWW-Authenticate: Bearer realm=...`
+connections are retried with exponential backoff, a blob from where it broke off (HTTP
+Range) when the registry serves ranges. A 401 with a `WWW-Authenticate: Bearer realm=...`
 challenge is answered with an anonymous token from the realm (the token flow of Docker's
 registry auth spec), once per repository; credentials are not read yet.
 """
@@ -124,6 +124,21 @@ def _media_type(header: str | None, body: bytes) -> str:
     return fmt.OCI_MANIFEST if media in ("", "application/json") else media
 
 
+class _Received:
+    """What a blob's download has received so far: its length and running hash."""
+
+    def __init__(self) -> None:
+        self.restart()
+
+    def restart(self) -> None:
+        self.count = 0
+        self.hash = hashlib.sha256()
+
+    def add(self, chunk: bytes) -> None:
+        self.count += len(chunk)
+        self.hash.update(chunk)
+
+
 class Repository:
     """One repository (`path`) on one registry (`host`), for one pull (`label`: the
     reference, for messages). Holds the anonymous token once one was asked for."""
@@ -159,22 +174,23 @@ class Repository:
             await asyncio.sleep(self.backoff * 2 ** n)
         raise AssertionError("unreachable")
 
-    def _headers(self, accept: str | None) -> dict[str, str]:
+    def _headers(self, accept: str | None, extra: Mapping[str, str]) -> dict[str, str]:
         headers = {"Accept": accept} if accept else {}
+        headers.update(extra)
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         return headers
 
-    async def _open(self, url: str, what: str, accept: str | None = None
-                    ) -> aiohttp.ClientResponse:
+    async def _open(self, url: str, what: str, accept: str | None = None, *,
+                    extra: Mapping[str, str] | None = None) -> aiohttp.ClientResponse:
         """The response to a GET, 2xx; the caller releases it. Raises _Retry for what
         may pass, RegistryError for what will not."""
-        resp = await self.session.get(url, headers=self._headers(accept))
+        resp = await self.session.get(url, headers=self._headers(accept, extra or {}))
         if resp.status == 401 and self.token is None:
             challenge = resp.headers.get("WWW-Authenticate", "")
             resp.release()
             await self._authenticate(challenge)
-            resp = await self.session.get(url, headers=self._headers(accept))
+            resp = await self.session.get(url, headers=self._headers(accept, extra or {}))
         if resp.status >= 500 or resp.status == 429:
             resp.release()
             raise _Retry(f"HTTP {resp.status} {resp.reason}")
@@ -259,34 +275,45 @@ class Repository:
         return media, body
 
     async def blob(self, desc: Descriptor, dest: Path, entry: str) -> None:
-        """Stream the blob `desc` into `dest` (made or emptied), checking its size as it
-        comes and its digest at the end; nothing is kept of a blob that fails."""
+        """Stream the blob `desc` into `dest`, checking its size as it comes and its
+        digest at the end; nothing is kept of a blob that fails. A retry after a broken
+        connection asks only for the rest (HTTP Range), and starts again if the registry
+        sends the whole blob instead (a 200, not a 206)."""
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600)
+        got = _Received()
 
         async def attempt() -> None:
-            resp = await self._open(f"{self.base}/blobs/{desc.digest}", entry)
+            extra = {"Range": f"bytes={got.count}-"} if got.count else {}
+            resp = await self._open(f"{self.base}/blobs/{desc.digest}", entry, extra=extra)
             try:
-                digest = hashlib.sha256()
-                count = 0
-                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-                             | os.O_CLOEXEC, 0o600)
-                with os.fdopen(fd, "wb") as out:
-                    async for chunk in resp.content.iter_chunked(_CHUNK):
-                        count += len(chunk)
-                        if count > desc.size:
-                            raise ImageError(self.label, entry, "size mismatch",
-                                             f"more than {desc.size} bytes, the size its "
-                                             "descriptor says")
-                        digest.update(chunk)
-                        out.write(chunk)
+                if got.count and (resp.status != 206 or not resp.headers.get(
+                        "Content-Range", "").startswith(f"bytes {got.count}-")):
+                    # The whole blob again (200), or another range: start over.
+                    os.ftruncate(fd, 0)
+                    os.lseek(fd, 0, os.SEEK_SET)
+                    got.restart()
+                    if resp.status == 206:
+                        raise _Retry("the registry sent another range than asked for")
+                async for chunk in resp.content.iter_chunked(_CHUNK):
+                    if got.count + len(chunk) > desc.size:
+                        raise ImageError(self.label, entry, "size mismatch",
+                                         f"more than {desc.size} bytes, the size its "
+                                         "descriptor says")
+                    os.write(fd, chunk)
+                    got.add(chunk)
             finally:
                 resp.release()
-            if count != desc.size:
-                raise ImageError(self.label, entry, "size mismatch",
-                                 f"{count} bytes, the descriptor says {desc.size}")
-            check_digest(self.label, entry, "sha256:" + digest.hexdigest(), desc.digest)
 
         try:
-            await self._retrying(entry, attempt)
+            try:
+                await self._retrying(entry, attempt)
+            finally:
+                os.close(fd)
+            if got.count != desc.size:
+                raise ImageError(self.label, entry, "size mismatch",
+                                 f"{got.count} bytes, the descriptor says {desc.size}")
+            check_digest(self.label, entry, "sha256:" + got.hash.hexdigest(), desc.digest)
         except BaseException:
             dest.unlink(missing_ok=True)
             raise
