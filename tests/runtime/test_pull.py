@@ -26,7 +26,7 @@ from linkd.runtime.images.image_store import ImageStore
 from linkd.runtime.images.pull import pull, to_pull
 from linkd.spec.stack_file import parse_stack
 from tests.images import Entry, Image, layer_tar, write_dir
-from tests.registry import TinyRegistry, serving
+from tests.registry import TinyRegistry, free_port, serving
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="layers need root: owners")
 
@@ -224,6 +224,16 @@ async def test_an_unknown_tag_says_so(tiny: TinyRegistry, store: ImageStore) -> 
     with pytest.raises(RegistryError, match=f"pull {tiny.host}/test/none:1 from {tiny.host}: "
                        "manifest 1: HTTP 404 .*MANIFEST_UNKNOWN.*does not know"):
         await pull(f"{tiny.host}/test/none:1", store)
+
+
+async def test_an_unreachable_registry_says_so(store: ImageStore,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry.Repository, "backoff", 0.01)
+    host = f"127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(RegistryError, match=f"pull {host}/test/bb:1 from {host}: manifest 1: "
+                       "ClientConnectorError: .*gave up after 4 attempts"):
+        await pull(f"{host}/test/bb:1", store)
+    assert contents(store) == set()
 
 
 async def test_an_anonymous_token_is_asked_for_once(tiny: TinyRegistry,

@@ -208,7 +208,7 @@ class Repository:
             said = "; ".join(f"{e.get('code', '')}: {e.get('message', '')}" for e in errors
                              if isinstance(e, dict))
         except (ValueError, AttributeError, aiohttp.ClientError, UnicodeDecodeError):
-            return ""
+            said = ""
         hint = (" (the registry does not know this repository or tag)"
                 if resp.status == 404 else
                 " (this registry wants credentials; linkd pulls anonymously so far)"
