@@ -320,6 +320,27 @@ services:
         to_pull(bad, tmp_path, store)
 
 
+async def test_pull_policy_always_and_never(tiny: TinyRegistry, store: ImageStore,
+                                            tmp_path: Path) -> None:
+    image = small_image(("x", b"x"))
+    tiny.add_layout("test/bb", "1", image.oci_files())
+    ref = f"{tiny.host}/test/bb:1"
+    never = parse_stack(f'services:\n  a: {{image: "{ref}", pull_policy: never}}\n',
+                        source="t.yaml", default_project="t")
+    assert never.service("a").pull_policy == "never"
+    await pull_mod.pull_missing(never, tmp_path, store)
+    assert tiny.requests == []  # never: not pulled, `up` then says it is not in the store
+    always = parse_stack(f'services:\n  a: {{image: "{ref}", pull_policy: always}}\n'
+                         '  b: {image: "redis:7", pull_policy: never}\n',
+                         source="t.yaml", default_project="t")
+    for _ in range(2):  # every up, though it is in the store the second time
+        tiny.requests.clear()
+        await pull_mod.pull_missing(always, tmp_path, store)
+        assert "/v2/test/bb/manifests/1" in tiny.requests
+    assert len(tiny.layer_requests()) == 1  # the config only: the layer is in the store
+    assert to_pull(always, tmp_path, store) == [(ref, None)]
+
+
 def test_platforms_are_parsed() -> None:
     assert pull_mod.parse_platform("linux/arm/v7") == Platform("linux", "arm", "v7")
     with pytest.raises(Exception, match="OS/ARCH"):

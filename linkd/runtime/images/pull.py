@@ -213,18 +213,26 @@ def pullable(services: Iterable[Service], base: Path) -> list[tuple[str, str | N
 
 def to_pull(stack: Stack, base: Path, store: ImageStore) -> list[tuple[str, str | None]]:
     """(reference, platform) of the `image:`s of `stack` to pull before it comes up:
-    those `pullable` that name their registry (`host[:port]/...`) and are not in the
-    store. A name without a registry (`redis:7`) is pulled only by `linkd pull` and
-    `linkd image pull` so far."""
-    missing = []
+    those `pullable` whose services' `pull_policy` is `always`, and those that name
+    their registry (`host[:port]/...`), are not in the store and whose policy is not
+    `never`. A name without a registry (`redis:7`) is pulled by `up` only with
+    `pull_policy: always`, else by `linkd pull` and `linkd image pull`."""
+    policies: dict[str, set[str]] = {}
+    for s in stack.services:
+        if s.image is not None:
+            policies.setdefault(s.image, set()).add(s.pull_policy)
+    wanted = []
     for ref, platform in pullable(stack.services, base):
-        if not reference.has_domain(ref):
+        if "always" in policies[ref]:
+            wanted.append((ref, platform))
+            continue
+        if not reference.has_domain(ref) or policies[ref] == {"never"}:
             continue
         try:
             store.get(ref)
         except NotFoundError:
-            missing.append((ref, platform))
-    return missing
+            wanted.append((ref, platform))
+    return wanted
 
 
 async def pull_missing(stack: Stack, base: Path, store: ImageStore | None = None) -> None:
