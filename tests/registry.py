@@ -44,6 +44,8 @@ class TinyRegistry:
     tampered: set[str] = field(default_factory=set)  # digests served with a byte flipped
     cut_once: set[str] = field(default_factory=set)  # cut short once, then ranges served
     token: str = ""  # non-empty: every /v2/ request needs "Bearer <token>"
+    redirect: str = ""  # non-empty: blobs are a redirect to this host[:port]
+    authorizations: list[str | None] = field(default_factory=list)  # as each request had
     port: int = 0
 
     @property
@@ -85,6 +87,7 @@ class TinyRegistry:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         self.requests.append(path)
+        self.authorizations.append(request.headers.get("Authorization"))
         if path == "/token":
             return web.json_response({"token": self.token})
         if self.token and request.headers.get("Authorization") != f"Bearer {self.token}":
@@ -105,6 +108,8 @@ class TinyRegistry:
                 body = body.replace(b'"schemaVersion": 2', b'"schemaVersion":  2')
             return web.Response(body=body, content_type=media,
                                 headers={"Docker-Content-Digest": digest})
+        if kind == "blobs" and self.redirect:
+            raise web.HTTPTemporaryRedirect(f"http://{self.redirect}{path}")
         if kind == "blobs" and ref in self.blobs:
             data = self.blobs[ref]
             if ref in self.tampered:

@@ -246,6 +246,21 @@ async def test_an_anonymous_token_is_asked_for_once(tiny: TinyRegistry,
     assert tiny.requests.count("/token") == 1
 
 
+async def test_a_token_does_not_follow_a_redirect_to_other_storage(
+        tiny: TinyRegistry, store: ImageStore) -> None:
+    tiny.token = "anonymous-456"
+    image = small_image(("x", b"x"), base=BASE)
+    files = image.oci_files()
+    tiny.add_layout("test/bb", "1", files)
+    async with serving(TinyRegistry()) as storage:
+        storage.add_layout("test/bb", "1", files)
+        tiny.redirect = storage.host
+        pulled = await pull(f"{tiny.host}/test/bb:1", store)
+    assert pulled.image.layers == tuple(image.diff_ids())
+    assert len(storage.layer_requests()) == 3  # the config and two layers
+    assert storage.authorizations == [None, None, None]
+
+
 async def test_a_cancelled_pull_leaves_the_store_as_it_was(tiny: TinyRegistry,
                                                            store: ImageStore) -> None:
     first = small_image(("a", b"a"), base=BASE)

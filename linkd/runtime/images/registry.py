@@ -19,7 +19,9 @@ registry over HTTPS, verified against the system's trust store. 5xx, 429 and bro
 connections are retried with exponential backoff, a blob from where it broke off (HTTP
 Range) when the registry serves ranges. A 401 with a `WWW-Authenticate: Bearer realm=...`
 challenge is answered with an anonymous token from the realm (the token flow of Docker's
-registry auth spec), once per repository; credentials are not read yet.
+registry auth spec), once per repository; credentials are not read yet. The token goes
+only to the registry: a blob's redirect to other storage is followed without it (aiohttp
+drops `Authorization` across origins), and no message carries it.
 """
 
 from __future__ import annotations
