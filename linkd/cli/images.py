@@ -1,4 +1,5 @@
-"""`linkd image pull|load|ls|rm`: the image store (linkd.runtime.images) from the command line.
+"""`linkd image pull|load|ls|inspect|rm` and `linkd pull`: the image store
+(linkd.runtime.images) from the command line.
 
 Its arguments are declared in linkd.cli.main, which imports this module only when an `image`
 command runs.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import time
 
 from linkd.errors import ConflictError, UsageError
@@ -81,6 +84,18 @@ def cmd_ls(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    store = ImageStore()
+    shown = []
+    for name in args.name:
+        image = store.get(name)
+        shown.append({"id": image.id, "names": list(image.names),
+                      "platform": str(image.config.platform), "size": image.size,
+                      "layers": list(image.layers), "config": dataclasses.asdict(image.config)})
+    print(json.dumps(shown, indent=2))
     return 0
 
 

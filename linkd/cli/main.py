@@ -269,8 +269,8 @@ def _port(p: argparse.ArgumentParser) -> None:
 
 
 def _image(p: argparse.ArgumentParser) -> None:
-    p.description = ("pull, load, list and remove images (store: $LINKD_IMAGES or "
-                     "/var/lib/linkd/images)")
+    p.description = ("pull, load, list, inspect and remove images (store: $LINKD_IMAGES "
+                     "or /var/lib/linkd/images)")
     isub = p.add_subparsers(dest="image_command", required=True)
     pull = isub.add_parser("pull", help="pull an image from its registry (anonymously)")
     pull.add_argument("reference", help="NAME[:TAG][@DIGEST], e.g. 127.0.0.1:5000/app:1")
@@ -282,6 +282,10 @@ def _image(p: argparse.ArgumentParser) -> None:
     load.set_defaults(handler=_later("images", "cmd_load"))
     ls = isub.add_parser("ls", help="list the images in the store")
     ls.set_defaults(handler=_later("images", "cmd_ls"))
+    inspect = isub.add_parser("inspect", help="an image as stored, as JSON (by name, "
+                                               "reference or id)")
+    inspect.add_argument("name", nargs="+")
+    inspect.set_defaults(handler=_later("images", "cmd_inspect"))
     rm = isub.add_parser("rm", help="remove an image name (and layers nothing else uses)")
     rm.add_argument("name", nargs="+")
     rm.set_defaults(handler=_later("images", "cmd_rm"))

@@ -12,6 +12,7 @@ names leave the store and the registry its process after the test.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,6 +89,10 @@ def test_up_pulls_an_image_by_reference_and_runs_it(linkd: Linkd, pushed: str,
     assert "client got: hello, pulled" in out, out
     listed = linkd.run("image", "ls").stdout
     assert pushed in listed
+    shown = json.loads(linkd.run("image", "inspect", pushed).stdout)[0]
+    assert shown["names"] == [pushed] and len(shown["layers"]) == 3
+    assert shown["config"]["cmd"] == ["httpd", "-f", "-p", "8080", "-h", "/www"]
+    assert json.loads(linkd.run("image", "inspect", shown["id"]).stdout)[0]["id"] == shown["id"]
     # Up again: in the store, nothing fetched.
     gets = registry.blob_gets()
     linkd.down()
