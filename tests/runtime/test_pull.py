@@ -397,6 +397,11 @@ def test_a_name_in_the_store_matches_in_either_form(store: ImageStore, tmp_path:
         assert store.get(name).layers == tuple(image.diff_ids()), name
     with pytest.raises(NotFoundError, match="`linkd image pull busybox` pulls it"):
         store.get("busybox")
+    image_id = store.get("busybox:1").id
+    with pytest.raises(NotFoundError, match=r"remove it by one of its names \(busybox:1\)"):
+        store.remove(image_id)
+    store.remove("docker.io/library/busybox:1")  # the name as loaded goes
+    assert store.list() == []
     assert fmt.check_name("127.0.0.1:5000/a/b") == "127.0.0.1:5000/a/b:latest"
     assert fmt.check_name(f"a/b@sha256:{'0' * 64}") == f"a/b@sha256:{'0' * 64}"
     with pytest.raises(ImageError, match="REGISTRY"):

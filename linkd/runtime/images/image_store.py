@@ -267,7 +267,9 @@ class ImageStore:
             image = self.get(name)
             refs = self._refs()
             key = _key(name, refs)
-            assert key is not None  # get() found it, under the same lock
+            if key is None:  # an id: which of its names is meant?
+                raise NotFoundError(f"image {name}: remove it by one of its names "
+                                    f"({', '.join(image.names)})")
             del refs[key]
             self._save_refs(refs)
             self._collect(refs)
