@@ -6,6 +6,10 @@
   symlinks, two layers) into an empty private store, as an OCI archive (gzip layers) and
   as a `docker save` archive (plain layers); and again into a store that has the layers
   (every blob still hashed, nothing unpacked).
+- pull: `linkd.runtime.images.pull` from Debian's docker-registry on loopback, a 3-layer
+  ~20 MB image cold and warm (a second image sharing two of its layers), beside
+  `skopeo copy docker://... oci:` of the same image (issue 17; `docker pull` from the
+  same registry is not measured yet).
 - start: from `process.start` until the container's command has written its first line
   to the log (so both runtimes are timed to the same point: runc's `start` returns when
   runc is exec'd, before the command runs), for linkd's own launcher and for runc, with a
@@ -81,6 +85,49 @@ def bench_load(work: Path, runs: int) -> list[tuple[str, list[float]]]:
     ]
 
 
+def bench_pull(work: Path, runs: int) -> list[tuple[str, list[float]]]:
+    """Pulls from Debian's docker-registry on loopback (plain HTTP): a 3-layer image of
+    ~20 MB of random data (gzip layers), into an empty store and, as a second image
+    sharing its two lower layers, into a store that has them; beside `skopeo copy` of
+    the same image into an OCI layout (which unpacks nothing)."""
+    from linkd.runtime.images.pull import pull
+    from tests.images import Entry, Image, layer_tar, write_dir
+    from tests.registry import docker_registry, push
+
+    layers = [layer_tar([Entry(f"data{i}", data=os.urandom(size))])
+              for i, size in enumerate((12 << 20, 6 << 20, 2 << 20))]
+    image = Image(layers, name="bench/pull:1")
+    other = Image([*layers[:2], layer_tar([Entry("other", data=os.urandom(2 << 20))])],
+                  name="bench/other:1")
+    cold: list[float] = []
+    warm: list[float] = []
+    skopeo: list[float] = []
+    with docker_registry(work / "registry") as reg:
+        push(write_dir(image.oci_files(), work / "pull-oci"), f"{reg.host}/bench/pull:1")
+        push(write_dir(other.oci_files(), work / "other-oci"), f"{reg.host}/bench/other:1")
+        for n in range(runs):
+            store = ImageStore(work / f"pull-store-{n}")
+            start = time.perf_counter()
+            asyncio.run(pull(f"{reg.host}/bench/pull:1", store))
+            cold.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            pulled = asyncio.run(pull(f"{reg.host}/bench/other:1", store))
+            warm.append(time.perf_counter() - start)
+            assert pulled.fetched == 1
+            shutil.rmtree(store.root)
+            dest = work / f"skopeo-{n}"
+            start = time.perf_counter()
+            common.run(["skopeo", "copy", "--quiet", "--src-tls-verify=false",
+                        f"docker://{reg.host}/bench/pull:1", f"oci:{dest}"])
+            skopeo.append(time.perf_counter() - start)
+            shutil.rmtree(dest)
+    return [
+        ("pull, 3 layers ~20 MB, empty store (fetch, verify, unpack)", cold),
+        ("pull, a second image sharing 2 of its 3 layers (one fetched)", warm),
+        ("`skopeo copy docker://... oci:` of the first (fetch only)", skopeo),
+    ]
+
+
 def _container(image: str | None, runtime: str | None) -> ContainerPlan:
     argv = ("sh", "-c", "echo ready; exec sleep 600") if image else (
         "/bin/sh", "-c", "echo ready; exec sleep 600")
@@ -146,7 +193,8 @@ def main(args: argparse.Namespace, work: Path, cleanup: contextlib.ExitStack) ->
     from linkd.runtime.kernel import cgroups
 
     cleanup.callback(cgroups.remove_stack, "lkbench")
-    rows = bench_load(work, args.runs) + asyncio.run(bench_start(work, args.runs))
+    rows = (bench_load(work, args.runs) + bench_pull(work, args.runs)
+            + asyncio.run(bench_start(work, args.runs)))
     lines = [f"Images: a busybox image, median of {args.runs} runs (min-max ms)", "",
              "| what | median | range |", "|---|---|---|"]
     lines += [f"| {what} | {_ms(values)} | {_range(values)} |" for what, values in rows]

@@ -106,6 +106,32 @@ class TeardownError(LinkdError):
         )
 
 
+class ReferenceFormatError(LinkdError):
+    """An image reference (`redis:7`, `host:5000/a/b@sha256:...`) that breaks Docker's
+    grammar (linkd.core.reference); names the reference and the rule."""
+
+    status = 400
+    exit_code = 2
+
+    def __init__(self, reference: str, rule: str, detail: str) -> None:
+        self.reference = reference
+        self.rule = rule
+        super().__init__(f"image reference {reference!r}: {detail} (rule: {rule})")
+
+
+class RegistryError(LinkdError):
+    """A pull failed on the registry's side or on the way there (unreachable, an HTTP
+    error, a refused manifest); names the registry, the reference and what went wrong."""
+
+    status = 502
+
+    def __init__(self, registry: str, reference: str, detail: str) -> None:
+        self.registry = registry
+        self.reference = reference
+        self.detail = detail
+        super().__init__(f"pull {reference} from {registry}: {detail}")
+
+
 class ImageError(LinkdError):
     """An image archive or layout breaks a rule.
 

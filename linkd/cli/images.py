@@ -1,4 +1,5 @@
-"""`linkd image load|ls|rm`: the image store (linkd.runtime.images) from the command line.
+"""`linkd image pull|load|ls|inspect|rm` and `linkd pull`: the image store
+(linkd.runtime.images) from the command line.
 
 Its arguments are declared in linkd.cli.main, which imports this module only when an `image`
 command runs.
@@ -7,9 +8,12 @@ command runs.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
+import json
 import time
 
-from linkd.errors import ConflictError
+from linkd.errors import ConflictError, UsageError
 from linkd.runtime.images.image_store import ImageStore, containers_using
 
 
@@ -26,6 +30,51 @@ def cmd_load(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pull(args: argparse.Namespace) -> int:
+    # The pull's module imports aiohttp: only this command pays for it.
+    from linkd.runtime.images.pull import parse_platform, pull
+
+    start = time.monotonic()
+    target = parse_platform(args.platform) if args.platform else None
+    pulled = asyncio.run(pull(args.reference, ImageStore(), target=target))
+    image = pulled.image
+    took = time.monotonic() - start
+    print(f"pulled {', '.join(image.names)} ({image.id[:19]}, {len(image.layers)} layers, "
+          f"{_mb(image.size)}; fetched {pulled.fetched} layers, {_mb(pulled.fetched_bytes)}) "
+          f"in {took:.2f} s")
+    return 0
+
+
+def cmd_pull_stack(args: argparse.Namespace) -> int:
+    """`linkd pull [SERVICE...]`: pull the images of a stack's services again (a name
+    without a registry, `redis:7`, from Docker Hub); files and built images are not
+    pulled."""
+    from linkd import loader
+    from linkd.cli.stacks import print_warnings, read_source
+    from linkd.runtime.images.pull import parse_platform, pull, pullable
+
+    source, file = read_source(args.file, args.project, args.env_file, args.profile)
+    stack = loader.load(source)
+    print_warnings(file, stack.warnings)
+    if unknown := set(args.service) - {s.name for s in stack.services}:
+        raise UsageError(f"no service {', '.join(sorted(unknown))} in {file}")
+    chosen = [s for s in stack.services if not args.service or s.name in args.service]
+    refs = pullable(chosen, source.directory)
+    if not refs:
+        print(f"nothing to pull: no image of {file} is a registry's")
+
+    async def pull_all() -> None:
+        for ref, platform in refs:
+            start = time.monotonic()
+            target = parse_platform(platform) if platform else None
+            pulled = await pull(ref, ImageStore(), target=target)
+            print(f"pulled {ref} ({pulled.image.id[:19]}; fetched {pulled.fetched} layers, "
+                  f"{_mb(pulled.fetched_bytes)}) in {time.monotonic() - start:.2f} s")
+
+    asyncio.run(pull_all())
+    return 0
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     rows = [("NAME", "ID", "PLATFORM", "LAYERS", "SIZE")]
     for image in ImageStore().list():
@@ -35,6 +84,18 @@ def cmd_ls(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    store = ImageStore()
+    shown = []
+    for name in args.name:
+        image = store.get(name)
+        shown.append({"id": image.id, "names": list(image.names),
+                      "platform": str(image.config.platform), "size": image.size,
+                      "layers": list(image.layers), "config": dataclasses.asdict(image.config)})
+    print(json.dumps(shown, indent=2))
     return 0
 
 

@@ -191,6 +191,12 @@ def _build(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pull", action="store_true", help="pull the FROM images again")
 
 
+def _pull(p: argparse.ArgumentParser) -> None:
+    _stack_options(p, _later("images", "cmd_pull_stack"))
+    p.add_argument("service", nargs="*", help="only these services (default: every one "
+                                              "whose image is a registry's)")
+
+
 def _daemon(p: argparse.ArgumentParser) -> None:
     p.add_argument("--socket", help="unix socket (default: $LINKD_SOCKET or "
                    "/run/linkd/linkd.sock)")
@@ -263,14 +269,23 @@ def _port(p: argparse.ArgumentParser) -> None:
 
 
 def _image(p: argparse.ArgumentParser) -> None:
-    p.description = "load, list and remove images (store: $LINKD_IMAGES or /var/lib/linkd/images)"
+    p.description = ("pull, load, list, inspect and remove images (store: $LINKD_IMAGES "
+                     "or /var/lib/linkd/images)")
     isub = p.add_subparsers(dest="image_command", required=True)
+    pull = isub.add_parser("pull", help="pull an image from its registry (anonymously)")
+    pull.add_argument("reference", help="NAME[:TAG][@DIGEST], e.g. 127.0.0.1:5000/app:1")
+    pull.add_argument("--platform", help="OS/ARCH[/VARIANT] (default: this machine's)")
+    pull.set_defaults(handler=_later("images", "cmd_pull"))
     load = isub.add_parser("load", help="load an OCI layout, OCI archive or docker save archive")
     load.add_argument("file")
     load.add_argument("--name", help="store it under NAME[:TAG] (default: its own tag)")
     load.set_defaults(handler=_later("images", "cmd_load"))
     ls = isub.add_parser("ls", help="list the images in the store")
     ls.set_defaults(handler=_later("images", "cmd_ls"))
+    inspect = isub.add_parser("inspect", help="an image as stored, as JSON (by name, "
+                                               "reference or id)")
+    inspect.add_argument("name", nargs="+")
+    inspect.set_defaults(handler=_later("images", "cmd_inspect"))
     rm = isub.add_parser("rm", help="remove an image name (and layers nothing else uses)")
     rm.add_argument("name", nargs="+")
     rm.set_defaults(handler=_later("images", "cmd_rm"))
@@ -315,7 +330,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "env": ("the environment a service's containers get, and why", _env),
     "dns": ("what a container's DNS lookup of NAME gives, and why", _dns),
     "port": ("the host address and port a container port is published on", _port),
-    "image": ("load, list and remove images", _image),
+    "image": ("pull, load, list and remove images", _image),
     "volume": ("create, list, inspect and remove volumes", _volume),
     "build": ("build the images of the services with build: (with buildah)", _build),
+    "pull": ("pull the images of the services from their registries", _pull),
 }

@@ -25,7 +25,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from linkd.errors import ImageError
+from linkd.core import reference
+from linkd.errors import ImageError, ReferenceFormatError
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -406,7 +407,14 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?
 def check_name(name: str) -> str:
     """An image name as Docker spells references (lower-case repository, optional tag);
     `:latest` is added when no tag is given."""
-    if not _NAME.match(name) or ".." in name or "//" in name:
+    tagged = ":" in name.rsplit("/", 1)[-1]
+    if _NAME.match(name) and ".." not in name and "//" not in name:
+        return name if tagged else f"{name}:latest"
+    try:  # a registry's name (`host:5000/a/b`), a digest (`a/b@sha256:...`): pulls
+        ref = reference.parse(name)
+    except ReferenceFormatError:
         raise ImageError(name, "name", "image name",
-                         "use lower-case letters, digits, '.', '_', '-', '/' and ':TAG'")
-    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+                         "use lower-case letters, digits, '.', '_', '-', '/' and ':TAG', "
+                         "after an optional REGISTRY[:PORT]/"
+                         ) from None
+    return name if tagged or ref.digest else f"{name}:latest"

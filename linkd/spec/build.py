@@ -15,10 +15,12 @@ service as it runs any image service. The context becomes an absolute path (a re
 one starts in the stack file's directory, as a bind mount's source does); the
 Dockerfile stays relative to it, as written (the parser reads no file).
 
-`pull_policy`: linkd pulls from no registry. `build` builds at every `up`; `missing`,
-`if_not_present` and `never` use the store's image (built when missing, as Compose
-does); `always`, `daily`, `weekly` and `every_<duration>` are warned about and do the
-same.
+`pull_policy`: `build` builds at every `up`; `missing`, `if_not_present` and `never`
+use the store's image (built when missing, as Compose does); for a built image,
+`always`, `daily`, `weekly` and `every_<duration>` are warned about and do the same.
+For an image from a registry (`pull_policy_of`), `always` pulls at every `up`, `never`
+never pulls, and `daily`, `weekly` and `every_<duration>` are warned about and pull
+when missing (linkd keeps no pull times yet).
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ def read_build(
     except ImageError:
         r.fail(at, f"the image is built under the name {quote(image)}, which is not an "
                    "image name linkd's store takes (lower-case letters, digits, '.', '_', "
-                   "'-', '/' and ':TAG'); set image: to one")
+                   "'-', '/' and ':TAG', after a REGISTRY[:PORT]/); set image: to one")
         return None
     if not at.is_mapping:
         context = _context(r, at, directory, home)
@@ -119,25 +121,35 @@ def read_build(
     return None if context is None else build
 
 
-def read_pull_policy(r: Reader, at: At | None, has_build: bool) -> bool:
-    """Whether `pull_policy` says to build at every `up` (`build`)."""
+def read_pull_policy(r: Reader, at: At | None, has_build: bool) -> str:
+    """`pull_policy` as written, once checked ("" when absent or refused); `build` (build
+    at every `up`) only with a build: section."""
     if at is None:
-        return False
+        return ""
     policy = r.text(at)
     if policy is None:
-        return False
+        return ""
     if policy == "build":
         if not has_build:
             r.fail(at, 'pull_policy "build" needs a build: section to build the image from')
-        return has_build
-    if policy in ("always", "daily", "weekly") or _EVERY.fullmatch(policy):
-        r.warn(at, f"pull_policy {quote(policy)}: linkd pulls from no registry; the "
-                   "image in linkd's store is used" + (", built when missing" if has_build
-                                                       else ""))
+        return policy if has_build else ""
+    if has_build and (policy in ("always", "daily", "weekly") or _EVERY.fullmatch(policy)):
+        r.warn(at, f"pull_policy {quote(policy)}: linkd pulls no built image; the image in "
+                   "linkd's store is used, built when missing")
+    elif not has_build and (policy in ("daily", "weekly") or _EVERY.fullmatch(policy)):
+        r.warn(at, f"pull_policy {quote(policy)}: linkd keeps no pull times yet; the image "
+                   "is pulled when it is missing from linkd's store")
     elif policy not in _PULL_POLICIES:
         r.fail(at, f"expected a pull_policy of {', '.join(_PULL_POLICIES)} or "
                    f"every_<duration>, got {quote(policy)}")
-    return False
+        return ""
+    return policy
+
+
+def pull_policy_of(policy: str) -> str:
+    """What a pull makes of a (checked) pull_policy: "always", "never" or "" (when
+    missing)."""
+    return policy if policy in ("always", "never") else ""
 
 
 def dump_build(build: Build | None) -> dict[str, object]:

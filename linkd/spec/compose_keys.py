@@ -106,9 +106,10 @@ SERVICE: dict[str, tuple[Handling, str]] = {
     "privileged": ("supported", ""),
     "profiles": ("supported", "active ones from `--profile` or COMPOSE_PROFILES"),
     "provider": ("ignored", "no providers"),
-    "pull_policy": ("differs", "no registry: `build` builds at every `up`, the others "
-                               "use the store's image (built when missing); `always`, "
-                               "`daily`, `weekly`, `every_*` warned"),
+    "pull_policy": ("differs", "`build` builds at every `up`; an image from a registry is "
+                               "pulled when missing (`always`: at every `up`, `never`: not "
+                               "at all), a built one built when missing; `daily`, `weekly`, "
+                               "`every_*` warned: pulled when missing"),
     "pull_refresh_after": ("ignored", "images come from files"),
     "read_only": ("supported", ""),
     "restart": ("supported", ""),

@@ -145,6 +145,8 @@ def _service(s: Service) -> dict[str, Any]:
     out.update(dump_limits(s.limits))
     out.update(dump_security(s.security))
     out.update(dump_build(s.build))
+    if s.pull_policy:
+        out["pull_policy"] = s.pull_policy
     if s.environment:
         out["environment"] = dict(s.environment)
     if s.expose:

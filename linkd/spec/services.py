@@ -28,7 +28,7 @@ from linkd.core.model import (
 )
 from linkd.core.plan import HOST_GATEWAY
 from linkd.spec import compose_keys
-from linkd.spec.build import default_image, read_build, read_pull_policy
+from linkd.spec.build import default_image, pull_policy_of, read_build, read_pull_policy
 from linkd.spec.checks import Origins, check_stack, check_subnets
 from linkd.spec.environment import Environment
 from linkd.spec.health import read_healthcheck
@@ -155,10 +155,12 @@ class ServiceReader:
             build = read_build(r, build_at, image=image, env=self.env, labels=self._labels,
                                extra_hosts=self._extra_hosts, directory=self.volumes.directory,
                                home=self.volumes.home)
-            if build is not None and read_pull_policy(r, given(f, "pull_policy"), True):
+            if build is not None and read_pull_policy(r, given(f, "pull_policy"),
+                                                      True) == "build":
                 build = dataclasses.replace(build, always=True)
+            pull_policy = ""
         else:
-            read_pull_policy(r, given(f, "pull_policy"), False)
+            pull_policy = pull_policy_of(read_pull_policy(r, given(f, "pull_policy"), False))
         # Only when nothing was given: a command that failed to parse is reported already.
         if image is None and not (command or entrypoint) and len(r.problems) == before:
             r.fail(at, 'a service needs "command" (or "entrypoint", or "image", or "build")')
@@ -184,6 +186,7 @@ class ServiceReader:
             user=self._text(f.get("user")),
             group_add=self._group_add(given(f, "group_add")),
             platform=self._value(f.get("platform"), parse_platform),
+            pull_policy=pull_policy,
             hostname=check_hostname(r, given(f, "hostname")),
             container_name=container_name,
             extra_hosts=self._extra_hosts(given(f, "extra_hosts")),

@@ -34,6 +34,8 @@ def test_the_suite_left_no_image_root_cgroup_or_half_loaded_image() -> None:
     assert not cgroups.leftovers(), f"cgroups left: {cgroups.leftovers()}"
     tmp = Path(store) / "tmp"
     assert not tmp.is_dir() or not list(tmp.iterdir()), f"half-loaded images in {tmp}"
+    pulls = Path(store) / "pulls"
+    assert not pulls.is_dir() or not list(pulls.iterdir()), f"half-pulled images in {pulls}"
 
 
 def test_the_suite_left_no_nftables_table_of_linkd() -> None:

@@ -72,7 +72,12 @@ def test_the_services_image_names_the_build() -> None:
     assert stack.service("app").image == "example/app:2"
 
 
-@pytest.mark.parametrize("image", ["./app.tar", "Example/App", "registry:5000/app"])
+def test_a_registrys_name_names_the_build() -> None:
+    stack = parse("services:\n  app:\n    build: .\n    image: registry:5000/app\n")
+    assert stack.service("app").image == "registry:5000/app"
+
+
+@pytest.mark.parametrize("image", ["./app.tar", "Example/App", "registry:x/app"])
 def test_an_image_the_store_cannot_name_is_refused_for_a_build(image: str) -> None:
     said = problems(f"services:\n  app:\n    build: .\n    image: {image}\n")
     assert "services.app.build" in said and f'"{image}"' in said and "set image:" in said
@@ -248,8 +253,20 @@ def test_the_policies_that_use_what_is_there_are_silent(policy: str) -> None:
 def test_the_policies_that_would_pull_are_warned(policy: str) -> None:
     stack = parse(f"services:\n  app:\n    build: .\n    pull_policy: {policy}\n")
     assert len(stack.warnings) == 1
-    assert "linkd pulls from no registry" in stack.warnings[0]
+    assert "linkd pulls no built image" in stack.warnings[0]
     assert "built when missing" in stack.warnings[0]
+
+
+@pytest.mark.parametrize(("policy", "kept", "warned"), [
+    ("always", "always", False), ("never", "never", False), ("missing", "", False),
+    ("if_not_present", "", False), ("daily", "", True), ("every_2h", "", True)])
+def test_an_images_pull_policy(policy: str, kept: str, warned: bool) -> None:
+    stack = parse(f"services:\n  app:\n    image: r.io/app:1\n    pull_policy: {policy}\n")
+    assert stack.service("app").pull_policy == kept
+    assert bool(stack.warnings) == warned
+    assert not warned or "keeps no pull times" in stack.warnings[0]
+    dumped = stack_to_dict(stack)["services"]["app"]
+    assert dumped.get("pull_policy", "") == kept
 
 
 def test_pull_policy_build_without_a_build_and_an_unknown_policy_are_refused() -> None:

@@ -53,11 +53,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from linkd.core import image_format as fmt
-from linkd.core import layer_rules
+from linkd.core import layer_rules, reference
 from linkd.core.image_config import with_images
 from linkd.core.image_format import ImageConfig
 from linkd.core.model import Stack
-from linkd.errors import ImageError, NotFoundError
+from linkd.errors import ImageError, NotFoundError, ReferenceFormatError
 from linkd.runtime.images.layers import Budget, unpack_layer, verify_layer
 from linkd.runtime.images.sources import LoadLayer, Source, open_source, plan_oci, plan_save
 from linkd.runtime.stack import store as stack_store
@@ -108,6 +108,17 @@ def _unpack(src: Source, layer: LoadLayer, budget: Budget, work: Path,
             copy.seek(0)
             unpack_layer(budget, name, copy, dest, size)
         return tar_size
+
+
+def _key(name: str, refs: dict[str, str]) -> str | None:
+    """The name in `refs` that `name` means: as written, with `:latest`, or as the
+    reference it is in full (`docker.io/library/redis:7`) or familiar (`redis:7`) form,
+    so a name loaded from an archive and the same name pulled are one image."""
+    candidates = [name, f"{name}:latest"]
+    with contextlib.suppress(ReferenceFormatError):
+        ref = reference.parse(name)
+        candidates += [str(ref), ref.familiar]
+    return next((c for c in candidates if c in refs), None)
 
 
 # -- the store -------------------------------------------------------------------------
@@ -163,20 +174,25 @@ class ImageStore:
         refs = self._refs()
         if name.startswith("sha256:") and name in refs.values():
             return self._record(name, tuple(n for n, i in refs.items() if i == name))
-        key = name if name in refs else (name + ":latest" if ":" not in name else name)
-        if key not in refs:
+        key = _key(name, refs)
+        if key is None:
             raise NotFoundError(f"image {name} is not in the store ({self.root}): "
-                                f"load it with `linkd image load FILE`")
+                                f"`linkd image pull {name}` pulls it from its registry, "
+                                "`linkd image load FILE` loads it from a file")
         image_id = refs[key]
         return self._record(image_id, tuple(n for n, i in refs.items() if i == image_id))
 
     def load(self, source: str | os.PathLike[str], name: str | None = None,
-             machine: str | None = None, limits: layer_rules.Limits | None = None) -> StoredImage:
+             machine: str | None = None, limits: layer_rules.Limits | None = None, *,
+             target: fmt.Platform | None = None, label: str | None = None,
+             partial: bool = False) -> StoredImage:
         """Load an image from a layout directory or archive; returns it as stored.
-        `limits` default to the environment's (`LINKD_IMAGE_MAX_*`)."""
+        `limits` default to the environment's (`LINKD_IMAGE_MAX_*`). A pull
+        (`linkd.runtime.images.pull`) loads the layout it fetched, `partial`: without the
+        blobs of layers the store has, and for the platform it chose (`target`)."""
         path = Path(source)
-        label = str(source)
-        target = fmt.machine_platform(machine or platform.machine())
+        label = label or str(source)
+        target = target or fmt.machine_platform(machine or platform.machine())
         limits = limits or layer_rules.limits_from_env(os.environ)
         src = open_source(path, label, limits)
         try:
@@ -187,17 +203,19 @@ class ImageStore:
                 tmp_root = self._private_dir("tmp")
                 work = Path(tempfile.mkdtemp(prefix="load-", dir=tmp_root))
                 try:
-                    return self._load(src, label, name, target, work, Budget(label, limits))
+                    return self._load(src, label, name, target, work, Budget(label, limits),
+                                      partial)
                 finally:
                     shutil.rmtree(work, ignore_errors=True)
         finally:
             src.close()
 
     def _load(self, src: Source, label: str, name: str | None, machine: fmt.Platform,
-              work: Path, budget: Budget) -> StoredImage:
+              work: Path, budget: Budget, partial: bool = False) -> StoredImage:
         names = src.names()
         if "index.json" in names:
-            plan = plan_oci(src, label, name, machine)
+            stored = (lambda d: layer_dir(self.root, d).is_dir()) if partial else None
+            plan = plan_oci(src, label, name, machine, stored)
         elif "manifest.json" in names:
             plan = plan_save(src, label, name, machine)
         else:
@@ -205,13 +223,17 @@ class ImageStore:
                              "neither an OCI layout (index.json) nor a docker save "
                              "archive (manifest.json)")
         fresh: list[tuple[Path, Path]] = []
-        size = 0
+        sizes = []
         for n, layer in enumerate(plan.layers):
             final = layer_dir(self.root, layer.diff_id)
+            if not layer.member:  # checked under the lock: still there
+                sizes.append(self._layer_size(layer.diff_id))
+                continue
             dest = None if final.is_dir() else work / str(n)
-            size += _unpack(src, layer, budget, work, dest)
+            sizes.append(_unpack(src, layer, budget, work, dest))
             if dest is not None:
                 fresh.append((dest, final))
+        size = sum(sizes)
         # Every digest held: move the new layers in, then the record, then the name.
         self._private_dir("layers")
         for dest, final in fresh:
@@ -220,7 +242,7 @@ class ImageStore:
         image_id = "sha256:" + hashlib.sha256(plan.config_raw).hexdigest()
         (self.root / "images").mkdir(exist_ok=True)
         record = {"v": 1, "id": image_id, "layers": list(plan.config.diff_ids),
-                  "config": plan.config_raw.decode(), "size": size,
+                  "config": plan.config_raw.decode(), "size": size, "layer_sizes": sizes,
                   "loaded": int(time.time())}
         write_atomic(self.root / "images" / (image_id.partition(":")[2] + ".json"),
                      json.dumps(record).encode())
@@ -229,12 +251,25 @@ class ImageStore:
         self._save_refs(refs)
         return self._record(image_id, tuple(n for n, i in refs.items() if i == image_id))
 
+    def _layer_size(self, diff_id: str) -> int:
+        """The tar size of a stored layer, from a record that has it (records older
+        than pulls have no `layer_sizes`: then 0, the image's size is then low)."""
+        for record in (self.root / "images").glob("*.json"):
+            doc = json.loads(record.read_bytes())
+            sizes = doc.get("layer_sizes")
+            if sizes and diff_id in doc["layers"]:
+                return int(sizes[doc["layers"].index(diff_id)])
+        return 0
+
     def remove(self, name: str) -> StoredImage:
         """Forget a name; the image and layers nothing else uses go with it."""
         with self._locked():
             image = self.get(name)
             refs = self._refs()
-            key = name if name in refs else name + ":latest"
+            key = _key(name, refs)
+            if key is None:  # an id: which of its names is meant?
+                raise NotFoundError(f"image {name}: remove it by one of its names "
+                                    f"({', '.join(image.names)})")
             del refs[key]
             self._save_refs(refs)
             self._collect(refs)

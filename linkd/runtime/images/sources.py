@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -150,7 +151,8 @@ def _read_blob(src: Source, desc: Descriptor, entry: str) -> bytes:
 
 @dataclass(frozen=True)
 class LoadLayer:
-    """One layer to load: the source's member holding it, and what it must hash to."""
+    """One layer to load: the source's member holding it ("": a pull found it in the
+    store already), and what it must hash to."""
 
     member: str
     blob_digest: str | None  # None: a docker-save layer.tar named by no digest
@@ -169,8 +171,11 @@ class LoadPlan:
     name: str
 
 
-def plan_oci(src: Source, source: str, name: str | None, machine: fmt.Platform) -> LoadPlan:
-    """The plan of an OCI layout: down its index to the manifest for `machine`."""
+def plan_oci(src: Source, source: str, name: str | None, machine: fmt.Platform,
+             stored: Callable[[str], bool] | None = None) -> LoadPlan:
+    """The plan of an OCI layout: down its index to the manifest for `machine`. With
+    `stored` (a pull, which fetches only the layers the store lacks), a layer whose blob
+    is absent is taken from the store if `stored(diff_id)` says it is there."""
     label = src.label
     fmt.parse_layout_marker(label, src.read("oci-layout", "oci-layout"))
     index_raw = src.read("index.json", "index.json")
@@ -209,6 +214,9 @@ def plan_oci(src: Source, source: str, name: str | None, machine: fmt.Platform) 
     layers = []
     for desc, diff_id in zip(manifest.layers, config.diff_ids, strict=True):
         path = fmt.blob_path(desc.digest)
+        if path not in present and stored is not None and stored(diff_id):
+            layers.append(LoadLayer("", desc.digest, desc.size, diff_id))
+            continue
         if path not in present:
             raise ImageError(label, f"layer {desc.digest}", "missing blob",
                              f"{path} is not in the image")

@@ -27,7 +27,7 @@ from linkd.conventions.schema import Convention
 from linkd.core import ipam, names, shared_networks
 from linkd.core.model import Stack
 from linkd.core.plan import StackPlan, lease_of, realize
-from linkd.runtime.images import image_store
+from linkd.runtime.images import image_store, pull
 from linkd.runtime.kernel.firewall import publish_ports
 from linkd.runtime.kernel.netlink import Kernel
 from linkd.runtime.stack import shared, store
@@ -38,9 +38,12 @@ Conventions = dict[str, Convention]  # by name, as linkd.core.plan.realize takes
 
 
 async def resolve(stack: Stack, base: Path) -> tuple[Stack, Conventions]:
-    """`stack` with its images merged in (loaded into the store if they are paths), its
-    mounts checked, and the conventions it uses, read off the event loop and before the
-    global lock is taken: a long image load must not hold up every other stack's `up`."""
+    """`stack` with its images merged in (pulled from their registries, or loaded into
+    the store if they are paths), its mounts checked, and the conventions it uses, read
+    off the event loop and before the global lock is taken: a long image pull or load
+    must not hold up every other stack's `up`, and a failed one has made nothing."""
+    await pull.pull_missing(stack, base)
+
     def read() -> tuple[Stack, Conventions]:
         resolved = image_store.resolve_stack(stack, base)
         check_mounts(resolved)  # external volumes, bind sources: before anything is made

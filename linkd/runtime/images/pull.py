@@ -1,0 +1,251 @@
+"""Pull an image by reference from its registry into the image store.
+
+A pull fetches an OCI image layout and loads it the way `linkd image load` loads one,
+so the store has one way in and checks everything once more on the way:
+
+1. the manifest the reference names (`linkd.runtime.images.registry`); an index (OCI
+   index, Docker manifest list) is followed down to the manifest for the platform asked
+   for (this machine's by default), by digest;
+2. the config: its platform must be the one asked for, its diff_ids pair with the
+   layers;
+3. the layers the store does not have yet (by diff_id), at most `concurrency` at once,
+   each streamed into `<store>/pulls/pull-<pid>-*/blobs/` and checked against its
+   descriptor as it comes;
+4. `ImageStore.load(..., partial=True)`: the layout (a one-manifest index, the manifest,
+   the config and the fetched blobs) verified again, unpacked and named under the
+   store's lock, the layers it already had taken from it.
+
+Nothing reaches the store before step 4, which moves layers in only once every one of
+them passed; the download directory is removed when the pull ends, however it ends, and
+the next pull removes those of pulls whose process died. So an interrupted or failed pull
+leaves the store as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import platform as platform_mod
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from linkd.core import image_format as fmt
+from linkd.core import reference
+from linkd.core.image_format import Descriptor, Platform
+from linkd.core.model import Service, Stack
+from linkd.errors import (
+    LinkdError,
+    NotFoundError,
+    ReferenceFormatError,
+    RegistryError,
+    SpecError,
+    UsageError,
+)
+from linkd.runtime.images.image_store import ImageStore, StoredImage, layer_dir
+from linkd.runtime.images.registry import Repository
+
+CONCURRENCY = 3
+_MAX_NESTING = 4  # an index in an index in ...: registries nest at most one level
+
+
+@dataclass(frozen=True)
+class Pulled:
+    """A pull's result: the image as stored, and how many of its layers (and bytes of
+    blobs) came over the network."""
+
+    image: StoredImage
+    fetched: int
+    fetched_bytes: int
+
+
+def parse_platform(text: str) -> Platform:
+    """`os/arch[/variant]`, as `--platform` and Compose's `platform:` write it."""
+    parts = text.split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise UsageError(f"platform {text!r}: write OS/ARCH or OS/ARCH/VARIANT "
+                         "(linux/amd64, linux/arm/v7)")
+    return Platform(*parts)
+
+
+def _pulls_dir(store: ImageStore) -> Path:
+    """`<store>/pulls`, 0700, without the directories of pulls whose process died."""
+    store.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = store.root / "pulls"
+    path.mkdir(exist_ok=True, mode=0o700)
+    for old in path.iterdir():
+        pid = old.name.split("-")[1] if old.name.count("-") >= 2 else ""
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def pull(text: str, store: ImageStore | None = None, *, target: Platform | None = None,
+               concurrency: int = CONCURRENCY, env: Mapping[str, str] = os.environ
+               ) -> Pulled:
+    """Pull `text` (a reference as written) for `target` (this machine by default)."""
+    ref = reference.parse(text)
+    store = store or ImageStore()
+    target = target or fmt.machine_platform(platform_mod.machine())
+    label = str(ref)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
+    async with aiohttp.ClientSession(timeout=timeout, trust_env=False) as session:
+        repo = Repository(session, ref.api_host, ref.path, label, env=env)
+        pulls = await asyncio.to_thread(_pulls_dir, store)
+        work = Path(tempfile.mkdtemp(prefix=f"pull-{os.getpid()}-", dir=pulls))
+        try:
+            return await _pull(repo, store, ref, target, work, concurrency)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+async def _pull(repo: Repository, store: ImageStore, ref: reference.Reference,
+                target: Platform, work: Path, concurrency: int) -> Pulled:
+    label = repo.label
+    blobs = work / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    media, body = await repo.manifest(ref.ref)
+    chosen: Descriptor | None = None
+    for _ in range(_MAX_NESTING):
+        if media not in fmt.INDEX_TYPES:
+            break
+        entry = f"index {chosen.digest if chosen else ref.ref}"
+        chosen = fmt.select_manifest(label, fmt.parse_index(label, entry, body), target)
+        media, body = await repo.manifest(chosen.digest, chosen)
+    else:
+        raise repo.error(f"indexes nested more than {_MAX_NESTING} deep")
+    manifest_entry = f"manifest {chosen.digest if chosen else ref.ref}"
+    manifest = fmt.parse_manifest(label, manifest_entry, body)
+    config_entry = f"config {manifest.config.digest}"
+    config_raw = await repo.small_blob(manifest.config, config_entry)
+    config = fmt.parse_config(label, config_entry, config_raw)
+    fmt.check_platform(label, config_entry, config, target)
+    fmt.check_layers(label, config, len(manifest.layers))
+    # Only what the store lacks; `load` checks again under its lock.
+    wanted = [d for d, diff_id in zip(manifest.layers, config.diff_ids, strict=True)
+              if not layer_dir(store.root, diff_id).is_dir()]
+    wanted = list({d.digest: d for d in wanted}.values())  # one fetch per blob
+    limit = asyncio.Semaphore(max(1, concurrency))
+
+    async def fetch(desc: Descriptor) -> None:
+        async with limit:
+            await repo.blob(desc, blobs / desc.digest.partition(":")[2], f"layer {desc.digest}")
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for desc in wanted:
+                group.create_task(fetch(desc))
+    except BaseExceptionGroup as failed:
+        # The first layer that failed says why; the others were cancelled by it.
+        first = next((e for e in failed.exceptions if isinstance(e, LinkdError)), None)
+        if first is None:
+            raise
+        raise first from None
+    _write_layout(work, body, media, config_raw, chosen)
+    job = asyncio.ensure_future(asyncio.to_thread(
+        store.load, work, label, target=target, label=label, partial=True))
+    try:
+        image = await asyncio.shield(job)
+    except asyncio.CancelledError:
+        # The load runs on in its thread; the layout it reads goes only once it is done.
+        with contextlib.suppress(Exception):
+            await job
+        raise
+    return Pulled(image, len(wanted), sum(d.size for d in wanted))
+
+
+def _write_layout(work: Path, manifest: bytes, media: str, config: bytes,
+                  chosen: Descriptor | None) -> None:
+    """The OCI layout `load` reads: the manifest (with its platform, when an index gave
+    one) as the only entry of index.json, its blob and the config's."""
+    blobs = work / "blobs" / "sha256"
+    manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+    for data in (manifest, config):
+        (blobs / hashlib.sha256(data).hexdigest()).write_bytes(data)
+    desc: dict[str, Any] = {"mediaType": media, "digest": manifest_digest,
+                            "size": len(manifest)}
+    if chosen is not None and chosen.platform is not None:
+        p = chosen.platform
+        desc["platform"] = {"os": p.os, "architecture": p.architecture,
+                            **({"variant": p.variant} if p.variant else {})}
+    (work / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [desc]}))
+    (work / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+
+
+# -- a stack's images --------------------------------------------------------------------
+
+
+def pullable(services: Iterable[Service], base: Path) -> list[tuple[str, str | None]]:
+    """(reference, platform) of the images of `services` that come from a registry:
+    not built, not a path in the stack's directory (`base`), and references. A name that
+    names a registry but breaks the grammar is the stack file's error."""
+    found: dict[str, str | None] = {}
+    for s in services:
+        if s.image is None or s.build is not None or (base / s.image).exists():
+            continue
+        try:
+            reference.parse(s.image)
+        except ReferenceFormatError as exc:
+            if reference.has_domain(s.image):
+                raise SpecError([(f"services.{s.name}.image", None, str(exc))]) from None
+            continue  # a file that is not there, say: the store's lookup says so
+        found[s.image] = found.get(s.image) or s.platform
+    return sorted(found.items())
+
+
+def to_pull(stack: Stack, base: Path, store: ImageStore) -> list[tuple[str, str | None]]:
+    """(reference, platform) of the `image:`s of `stack` to pull before it comes up:
+    those `pullable` whose services' `pull_policy` is `always`, and those that name
+    their registry (`host[:port]/...`), are not in the store and whose policy is not
+    `never`. A name without a registry (`redis:7`) is pulled by `up` only with
+    `pull_policy: always`, else by `linkd pull` and `linkd image pull`."""
+    policies: dict[str, set[str]] = {}
+    for s in stack.services:
+        if s.image is not None:
+            policies.setdefault(s.image, set()).add(s.pull_policy)
+    wanted = []
+    for ref, platform in pullable(stack.services, base):
+        if "always" in policies[ref]:
+            wanted.append((ref, platform))
+            continue
+        if not reference.has_domain(ref) or policies[ref] == {"never"}:
+            continue
+        try:
+            store.get(ref)
+        except NotFoundError:
+            wanted.append((ref, platform))
+    return wanted
+
+
+async def pull_missing(stack: Stack, base: Path, store: ImageStore | None = None) -> None:
+    """Pull the images `to_pull` names, one after another, before anything is made
+    (for a service's `platform:` if it has one); the first that fails stops the `up`,
+    saying which service it is for."""
+    store = store or ImageStore()
+    for ref, asked in to_pull(stack, base, store):
+        # `platform:` of a service picks from an index (its check against the image's
+        # config is linkd.core.image_config's, as for loaded images).
+        try:
+            await pull(ref, store, target=parse_platform(asked) if asked else None)
+        except RegistryError as exc:
+            users = ", ".join(sorted(s.name for s in stack.services if s.image == ref))
+            raise RegistryError(exc.registry, exc.reference,
+                                f"{exc.detail} (the image of {users})") from None

@@ -1,0 +1,341 @@
+"""One repository of an OCI distribution registry, over its /v2/ HTTP API (aiohttp).
+
+What a pull asks (distribution-spec, "Pulling manifests" and "Pulling blobs"):
+
+    GET /v2/<path>/manifests/<tag or digest>   Accept: the four manifest types below;
+                                               a registry answers 404 to a request for
+                                               an OCI manifest that does not accept it
+    GET /v2/<path>/blobs/<digest>              the config and each layer (often a
+                                               redirect to other storage, followed)
+
+Manifests are read whole, at most 8 MiB; blobs are streamed into a file, hashed and
+counted as they come, and refused the moment they run past their descriptor's size. A
+schema-1 manifest (`application/vnd.docker.distribution.manifest.v1+*`, Docker before
+1.10) is refused: it carries no config and no diff_ids to check layers against.
+
+Transport: `http://` only for a registry on a loopback address (or `localhost`) or
+listed in `LINKD_INSECURE_REGISTRIES` (comma-separated host[:port]); every other
+registry over HTTPS, verified against the system's trust store. 5xx, 429 and broken
+connections are retried with exponential backoff, a blob from where it broke off (HTTP
+Range) when the registry serves ranges. A 401 with a `WWW-Authenticate: Bearer realm=...`
+challenge is answered with an anonymous token from the realm (the token flow of Docker's
+registry auth spec), once per repository; credentials are not read yet. The token goes
+only to the registry: a blob's redirect to other storage is followed without it (aiohttp
+drops `Authorization` across origins), and no message carries it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import json
+import os
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import TypeVar
+
+import aiohttp
+
+from linkd.core import image_format as fmt
+from linkd.core.image_format import Descriptor
+from linkd.errors import ImageError, RegistryError
+from linkd.runtime.images.layers import check_digest
+
+INSECURE_ENV = "LINKD_INSECURE_REGISTRIES"
+SCHEMA1_TYPES = frozenset({
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+})
+MANIFEST_ACCEPT = ", ".join(
+    [fmt.OCI_INDEX, fmt.OCI_MANIFEST, fmt.DOCKER_LIST, fmt.DOCKER_MANIFEST])
+MANIFEST_LIMIT = 8 << 20
+_CHUNK = 1 << 16
+_T = TypeVar("_T")
+
+
+def host_name(host: str) -> str:
+    """`host[:port]` without the port (an IPv6 address without its brackets)."""
+    if host.startswith("["):
+        return host[1:host.index("]")] if "]" in host else host
+    return host.rpartition(":")[0] if ":" in host else host
+
+
+def is_loopback(host: str) -> bool:
+    name = host_name(host)
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def scheme(host: str, env: Mapping[str, str] = os.environ) -> str:
+    """`http` for a loopback or listed-insecure registry, else `https`."""
+    listed = {h.strip() for h in env.get(INSECURE_ENV, "").split(",") if h.strip()}
+    if is_loopback(host) or host in listed or host_name(host) in listed:
+        return "http"
+    return "https"
+
+
+_PARAM = re.compile(r'([A-Za-z_]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """(scheme lower-cased, parameters) of a `WWW-Authenticate` header (RFC 7235)."""
+    kind, _, rest = header.strip().partition(" ")
+    params = {m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3))
+              for m in _PARAM.finditer(rest)}
+    return kind.lower(), {k: v.replace('\\"', '"') for k, v in params.items()}
+
+
+async def _read(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, but never more than `limit` + 1 bytes of it (so an oversized one is
+    known as such without being held)."""
+    parts: list[bytes] = []
+    count = 0
+    async for chunk in resp.content.iter_chunked(_CHUNK):
+        parts.append(chunk)
+        count += len(chunk)
+        if count > limit:
+            break
+    return b"".join(parts)[:limit + 1]
+
+
+class _Retry(Exception):
+    """A failure worth another attempt: a 5xx, a 429, a broken connection."""
+
+
+def _media_type(header: str | None, body: bytes) -> str:
+    media = (header or "").partition(";")[0].strip()
+    if media and media not in ("application/json", "text/plain"):
+        return media
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return media
+    if isinstance(doc, dict):
+        if doc.get("schemaVersion") == 1:
+            return next(iter(SCHEMA1_TYPES))
+        if isinstance(doc.get("mediaType"), str):
+            return str(doc["mediaType"])
+        if "manifests" in doc:
+            return fmt.OCI_INDEX
+    return fmt.OCI_MANIFEST if media in ("", "application/json") else media
+
+
+class _Received:
+    """What a blob's download has received so far: its length and running hash."""
+
+    def __init__(self) -> None:
+        self.restart()
+
+    def restart(self) -> None:
+        self.count = 0
+        self.hash = hashlib.sha256()
+
+    def add(self, chunk: bytes) -> None:
+        self.count += len(chunk)
+        self.hash.update(chunk)
+
+
+class Repository:
+    """One repository (`path`) on one registry (`host`), for one pull (`label`: the
+    reference, for messages). Holds the anonymous token once one was asked for."""
+
+    attempts = 4
+    backoff = 0.25  # seconds before the second attempt, doubling after each
+
+    def __init__(self, session: aiohttp.ClientSession, host: str, path: str, label: str, *,
+                 env: Mapping[str, str] = os.environ) -> None:
+        self.session = session
+        self.host = host
+        self.path = path
+        self.label = label
+        self.base = f"{scheme(host, env)}://{host}/v2/{path}"
+        self.token: str | None = None
+
+    def error(self, detail: str) -> RegistryError:
+        return RegistryError(self.host, self.label, detail)
+
+    async def _retrying(self, what: str, attempt: Callable[[], Awaitable[_T]]) -> _T:
+        for n in range(self.attempts):
+            try:
+                return await attempt()
+            except _Retry as exc:
+                if n + 1 == self.attempts:
+                    raise self.error(f"{what}: {exc} (gave up after {self.attempts} "
+                                     "attempts)") from None
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError,
+                    TimeoutError) as exc:
+                if n + 1 == self.attempts:
+                    raise self.error(f"{what}: {type(exc).__name__}: {exc or 'timed out'} "
+                                     f"(gave up after {self.attempts} attempts)") from None
+            await asyncio.sleep(self.backoff * 2 ** n)
+        raise AssertionError("unreachable")
+
+    def _headers(self, accept: str | None, extra: Mapping[str, str]) -> dict[str, str]:
+        headers = {"Accept": accept} if accept else {}
+        headers.update(extra)
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
+    async def _open(self, url: str, what: str, accept: str | None = None, *,
+                    extra: Mapping[str, str] | None = None) -> aiohttp.ClientResponse:
+        """The response to a GET, 2xx; the caller releases it. Raises _Retry for what
+        may pass, RegistryError for what will not."""
+        resp = await self.session.get(url, headers=self._headers(accept, extra or {}))
+        if resp.status == 401 and self.token is None:
+            challenge = resp.headers.get("WWW-Authenticate", "")
+            resp.release()
+            await self._authenticate(challenge)
+            resp = await self.session.get(url, headers=self._headers(accept, extra or {}))
+        if resp.status >= 500 or resp.status == 429:
+            resp.release()
+            raise _Retry(f"HTTP {resp.status} {resp.reason}")
+        if resp.status >= 300:
+            detail = await self._explain(resp)
+            resp.release()
+            raise self.error(f"{what}: HTTP {resp.status} {resp.reason}{detail}")
+        return resp
+
+    async def _explain(self, resp: aiohttp.ClientResponse) -> str:
+        """The registry's own words (distribution-spec error codes), if it gave any."""
+        try:
+            doc = json.loads(await _read(resp, 64 << 10))
+            errors = doc.get("errors") or []
+            said = "; ".join(f"{e.get('code', '')}: {e.get('message', '')}" for e in errors
+                             if isinstance(e, dict))
+        except (ValueError, AttributeError, aiohttp.ClientError, UnicodeDecodeError):
+            said = ""
+        hint = (" (the registry does not know this repository or tag)"
+                if resp.status == 404 else
+                " (this registry wants credentials; linkd pulls anonymously so far)"
+                if resp.status in (401, 403) else "")
+        return f" ({said}){hint}" if said else hint
+
+    async def _authenticate(self, challenge: str) -> None:
+        """An anonymous token for pulling this repository, from the challenge's realm."""
+        kind, params = parse_challenge(challenge)
+        realm = params.get("realm", "")
+        if kind != "bearer" or not realm.startswith(("https://", "http://")):
+            raise self.error("the registry wants credentials (HTTP 401"
+                             f"{', ' + kind.capitalize() if kind else ''}); linkd pulls "
+                             "anonymously so far")
+        query = {"scope": params.get("scope") or f"repository:{self.path}:pull"}
+        if "service" in params:
+            query["service"] = params["service"]
+        try:
+            async with self.session.get(realm, params=query) as resp:
+                if resp.status != 200:
+                    raise self.error(f"token from {realm}: HTTP {resp.status} {resp.reason}"
+                                     " (an anonymous pull was refused: the repository may be "
+                                     "private, or not exist)")
+                doc = json.loads(await _read(resp, 64 << 10))
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise self.error(f"token from {realm}: {exc}") from None
+        token = doc.get("token") or doc.get("access_token") if isinstance(doc, dict) else None
+        if not isinstance(token, str) or not token:
+            raise self.error(f"token from {realm}: the answer holds no token")
+        self.token = token
+
+    async def manifest(self, ref: str, expect: Descriptor | None = None) -> tuple[str, bytes]:
+        """(media type, bytes) of the manifest or index `ref` names; checked against
+        `ref` when it is a digest, and against `expect` (a descriptor from an index)."""
+        what = f"manifest {ref}"
+
+        async def attempt() -> tuple[str, bytes, str]:
+            resp = await self._open(f"{self.base}/manifests/{ref}", what, MANIFEST_ACCEPT)
+            try:
+                body = await _read(resp, MANIFEST_LIMIT)
+                header = resp.headers.get("Content-Type")
+                said = resp.headers.get("Docker-Content-Digest", "")
+            finally:
+                resp.release()
+            if len(body) > MANIFEST_LIMIT:
+                raise ImageError(self.label, what, "size", "a manifest larger than 8 MiB")
+            return _media_type(header, body), body, said
+
+        media, body, said = await self._retrying(what, attempt)
+        if media in SCHEMA1_TYPES:
+            raise self.error(f"{what} is a schema 1 manifest ({media}), which linkd does "
+                             "not read: it has no config to check layers against; push the "
+                             "image again with a current tool (it writes schema 2 or OCI)")
+        if media not in fmt.INDEX_TYPES | fmt.MANIFEST_TYPES:
+            raise self.error(f"{what}: not an image manifest or index: {media or 'no type'}")
+        got = "sha256:" + hashlib.sha256(body).hexdigest()
+        if ref.startswith("sha256:"):
+            check_digest(self.label, what, got, ref)
+        elif said.startswith("sha256:"):  # by tag: the digest the registry says it has
+            check_digest(self.label, what, got, said)
+        if expect is not None and len(body) != expect.size:
+            raise ImageError(self.label, what, "size mismatch",
+                             f"{len(body)} bytes, the index says {expect.size}")
+        return media, body
+
+    async def blob(self, desc: Descriptor, dest: Path, entry: str) -> None:
+        """Stream the blob `desc` into `dest`, checking its size as it comes and its
+        digest at the end; nothing is kept of a blob that fails. A retry after a broken
+        connection asks only for the rest (HTTP Range), and starts again if the registry
+        sends the whole blob instead (a 200, not a 206)."""
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600)
+        got = _Received()
+
+        async def attempt() -> None:
+            extra = {"Range": f"bytes={got.count}-"} if got.count else {}
+            resp = await self._open(f"{self.base}/blobs/{desc.digest}", entry, extra=extra)
+            try:
+                if got.count and (resp.status != 206 or not resp.headers.get(
+                        "Content-Range", "").startswith(f"bytes {got.count}-")):
+                    # The whole blob again (200), or another range: start over.
+                    os.ftruncate(fd, 0)
+                    os.lseek(fd, 0, os.SEEK_SET)
+                    got.restart()
+                    if resp.status == 206:
+                        raise _Retry("the registry sent another range than asked for")
+                async for chunk in resp.content.iter_chunked(_CHUNK):
+                    if got.count + len(chunk) > desc.size:
+                        raise ImageError(self.label, entry, "size mismatch",
+                                         f"more than {desc.size} bytes, the size its "
+                                         "descriptor says")
+                    os.write(fd, chunk)
+                    got.add(chunk)
+            finally:
+                resp.release()
+
+        try:
+            try:
+                await self._retrying(entry, attempt)
+            finally:
+                os.close(fd)
+            if got.count != desc.size:
+                raise ImageError(self.label, entry, "size mismatch",
+                                 f"{got.count} bytes, the descriptor says {desc.size}")
+            check_digest(self.label, entry, "sha256:" + got.hash.hexdigest(), desc.digest)
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise
+
+    async def small_blob(self, desc: Descriptor, entry: str) -> bytes:
+        """A config blob, read whole (at most 8 MiB) and checked."""
+        if desc.size > MANIFEST_LIMIT:
+            raise ImageError(self.label, entry, "size", "a config larger than 8 MiB")
+
+        async def attempt() -> bytes:
+            resp = await self._open(f"{self.base}/blobs/{desc.digest}", entry)
+            try:
+                return await _read(resp, desc.size)
+            finally:
+                resp.release()
+
+        data = await self._retrying(entry, attempt)
+        if len(data) != desc.size:
+            raise ImageError(self.label, entry, "size mismatch",
+                             f"{len(data)} bytes, the descriptor says {desc.size}")
+        check_digest(self.label, entry, "sha256:" + hashlib.sha256(data).hexdigest(),
+                     desc.digest)
+        return data
