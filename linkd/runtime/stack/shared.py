@@ -51,10 +51,11 @@ def _stat(stack: str) -> tuple[int, int, int] | None:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
-def other_states(stack: str) -> list[StackState]:
-    """The states of the stacks up other than `stack` (unreadable ones left out)."""
+def other_states(stack: str, only: str | None = None) -> list[StackState]:
+    """The states of the stacks up other than `stack` (unreadable ones left out); `only`:
+    of that one stack alone."""
     found = []
-    for other in store.stacks():
+    for other in [only] if only is not None else store.stacks():
         if other == stack:
             continue
         key = _stat(other)
@@ -69,9 +70,18 @@ def other_states(stack: str) -> list[StackState]:
         if key is not None:
             _decoded[other] = (key, state)
         found.append(state)
-    for gone in set(_decoded) - set(store.stacks()):
-        _decoded.pop(gone, None)
+    if only is None:
+        for gone in set(_decoded) - set(store.stacks()):
+            _decoded.pop(gone, None)
     return found
+
+
+def _lease_stat(stack: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(store.lease_path(stack))
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def signature(stack: str) -> Signature:
@@ -101,14 +111,19 @@ class Neighbours:
         self.live = live
         self.publisher = publisher
         self._task: asyncio.Task[None] | None = None
+        # other stacks sharing no network with this one, by their lease file's identity
+        self._apart: dict[str, tuple[int, int, int]] = {}
+        self._apart_of: StackPlan | None = None
 
     def refresh(self) -> None:
         plan = self.live.plan
         if plan is None:
             return
+        if plan is not self._apart_of:
+            self._apart, self._apart_of = {}, plan  # an update: every stack looked at anew
         served: list[StackPlan] = []
         pending: set[tuple[str, str]] = set()
-        for state in other_states(self.live.name):
+        for state in self._sharing(plan):
             gone = [c.name for c in state.containers if c.status in ("exited", "failed")]
             theirs = state.plan.without(gone)
             served.append(theirs)
@@ -116,6 +131,26 @@ class Neighbours:
         near = shared_networks.neighbours(plan, served)
         ids = {(p.stack, c.name) for p in near for c in p.containers}
         self.publisher.set_neighbours(near, frozenset(pending & ids))
+
+    def _sharing(self, plan: StackPlan) -> list[StackState]:
+        """The states of the other stacks that share a network with `plan`. A stack found
+        to share none is not decoded again until its plan changes, which saves its lease
+        (under the planner's lock): its state file changes with every container's state,
+        and decoding every other stack's, every interval, made `up` of many stacks slow."""
+        found = []
+        for other in store.stacks():
+            if other == self.live.name:
+                continue
+            lease = _lease_stat(other)
+            if lease is not None and self._apart.get(other) == lease:
+                continue
+            for state in other_states(self.live.name, only=other):
+                if shared_networks.neighbours(plan, [state.plan]):
+                    found.append(state)
+                    self._apart.pop(other, None)
+                elif lease is not None:
+                    self._apart[other] = lease
+        return found
 
     def start(self) -> None:
         """Follow the other stacks from now on (in the stack's task group)."""
