@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 
 from linkd.core import shared_networks
@@ -37,18 +36,10 @@ log = logging.getLogger("linkd")
 
 FOLLOW_INTERVAL = 0.5  # seconds between looks at the other stacks' state files
 
-Signature = tuple[tuple[str, int, int, int], ...]
+Signature = tuple[tuple[str, int, int, int, int], ...]
 
-_decoded: dict[str, tuple[tuple[int, int, int], StackState]] = {}
+_decoded: dict[str, tuple[tuple[int, int, int, int], StackState]] = {}
 _signature: tuple[float, Signature] | None = None  # (when, what): one look per interval
-
-
-def _stat(stack: str) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(store.state_path(stack))
-    except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def other_states(stack: str, only: str | None = None) -> list[StackState]:
@@ -58,7 +49,7 @@ def other_states(stack: str, only: str | None = None) -> list[StackState]:
     for other in [only] if only is not None else store.stacks():
         if other == stack:
             continue
-        key = _stat(other)
+        key = store.file_identity(store.state_path(other))
         cached = _decoded.get(other)
         if key is not None and cached is not None and cached[0] == key:
             found.append(cached[1])
@@ -76,21 +67,14 @@ def other_states(stack: str, only: str | None = None) -> list[StackState]:
     return found
 
 
-def _lease_stat(stack: str) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(store.lease_path(stack))
-    except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
-
-
 def signature(stack: str) -> Signature:
     """What changes when another stack's state does: its files' identities. Taken at
     most once per FOLLOW_INTERVAL in a process (the daemon's stacks share it)."""
     global _signature
     now = time.monotonic()
     if _signature is None or now - _signature[0] >= FOLLOW_INTERVAL / 2:
-        _signature = (now, tuple((s, *(_stat(s) or (0, 0, 0))) for s in store.stacks()))
+        _signature = (now, tuple((s, *(store.file_identity(store.state_path(s))
+                                       or (0, 0, 0, 0))) for s in store.stacks()))
     return tuple(entry for entry in _signature[1] if entry[0] != stack)
 
 
@@ -112,7 +96,7 @@ class Neighbours:
         self.publisher = publisher
         self._task: asyncio.Task[None] | None = None
         # other stacks sharing no network with this one, by their lease file's identity
-        self._apart: dict[str, tuple[int, int, int]] = {}
+        self._apart: dict[str, tuple[int, int, int, int]] = {}
         self._apart_of: StackPlan | None = None
 
     def refresh(self) -> None:
@@ -141,7 +125,7 @@ class Neighbours:
         for other in store.stacks():
             if other == self.live.name:
                 continue
-            lease = _lease_stat(other)
+            lease = store.file_identity(store.lease_path(other))
             if lease is not None and self._apart.get(other) == lease:
                 continue
             for state in other_states(self.live.name, only=other):

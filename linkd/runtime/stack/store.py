@@ -207,6 +207,15 @@ def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def file_identity(path: Path) -> tuple[int, int, int, int] | None:
+    """What changes when `path` is replaced or written (None: it is not there): files of
+    this store are replaced whole, so a reader keeps what it decoded while this holds."""
+    try:
+        return _identity(os.stat(path))
+    except OSError:
+        return None
+
+
 def _keep_previous(path: Path, prev: Path) -> None:
     """Make `prev` a copy of `path`, if `path` is a whole state; never leaves `prev`
     missing or half-written on the way."""
