@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Mapping
 from fractions import Fraction
 
+from linkd.core.image_format import machine_platform
 from linkd.core.model import PortSpec, Protocol, RestartPolicy
 
 
@@ -513,11 +514,6 @@ def check_port_name(name: str) -> str:
     return name
 
 
-# Docker's names for the machine's architecture (uname -m gives the kernel's)
-ARCH_NAMES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386",
-              "i386": "386", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
-
-
 def parse_platform(text: str) -> str:
     """Compose's `platform: os/arch[/variant]` ("linux/amd64", "linux/arm64/v8"),
     architecture names as Docker writes them."""
@@ -525,5 +521,5 @@ def parse_platform(text: str) -> str:
     if len(parts) not in (2, 3) or not all(re.fullmatch(r"[a-z0-9_]+", p) for p in parts):
         raise Bad(f'expected a platform like "linux/amd64" or "linux/arm64/v8", got '
                   f"{quote(text)}")
-    parts[1] = ARCH_NAMES.get(parts[1], parts[1])
+    parts[1] = machine_platform(parts[1]).architecture  # x86_64 -> amd64, as images say
     return "/".join(parts)
