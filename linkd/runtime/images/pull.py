@@ -52,6 +52,8 @@ from linkd.errors import (
 )
 from linkd.runtime.images.image_store import ImageStore, StoredImage, layer_dir
 from linkd.runtime.images.registry import Repository
+from linkd.spec import values
+from linkd.spec.values import Bad
 
 CONCURRENCY = 3
 _MAX_NESTING = 4  # an index in an index in ...: registries nest at most one level
@@ -68,12 +70,12 @@ class Pulled:
 
 
 def parse_platform(text: str) -> Platform:
-    """`os/arch[/variant]`, as `--platform` and Compose's `platform:` write it."""
-    parts = text.split("/")
-    if len(parts) not in (2, 3) or not all(parts):
-        raise UsageError(f"platform {text!r}: write OS/ARCH or OS/ARCH/VARIANT "
-                         "(linux/amd64, linux/arm/v7)")
-    return Platform(*parts)
+    """`os/arch[/variant]`, as `--platform` and Compose's `platform:` write it, read as
+    the stack file's `platform:` is (linkd.spec.values.parse_platform)."""
+    try:
+        return Platform(*values.parse_platform(text).split("/"))
+    except Bad as exc:
+        raise UsageError(f"--platform: {exc} (OS/ARCH or OS/ARCH/VARIANT)") from None
 
 
 def _pulls_dir(store: ImageStore) -> Path:
