@@ -16,7 +16,7 @@ import pytest
 
 from linkd.core.ipam import Lease
 from linkd.core.plan import StackPlan
-from linkd.core.state import ContainerState, StackState
+from linkd.core.state import ContainerState, ContainerStatus, StackState
 from linkd.runtime.stack import shared, store
 from linkd.runtime.stack.live import LiveStack
 from linkd.spec.stack_file import parse_stack
@@ -33,7 +33,7 @@ def plan_of(stack: str, subnet: str, joins: str | None = None) -> StackPlan:
     return plan
 
 
-def save(plan: StackPlan, status: str) -> None:
+def save(plan: StackPlan, status: ContainerStatus) -> None:
     containers = tuple(ContainerState(c.name, status=status, pid=1234)
                        for c in plan.containers)
     store.save(StackState(plan, "/x/linkd.yaml", "up", 1, containers))
