@@ -92,8 +92,9 @@ def cmd_pull_stack(args: argparse.Namespace) -> int:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     rows = [("NAME", "ID", "PLATFORM", "LAYERS", "SIZE")]
-    for image in ImageStore().list():
-        for name in image.names:
+    images = ImageStore()
+    for image in [*images.list(), *images.unnamed()]:
+        for name in image.names or ("<none>",):
             rows.append((name, image.id[7:19], str(image.config.platform),
                          str(len(image.layers)), _mb(image.size)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -124,4 +125,21 @@ def cmd_rm(args: argparse.Namespace) -> int:
                                 "their root filesystems; take those stacks down first")
         images.remove(name)
         print(f"removed {name}")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Docker's rule: the images without a name that no container of a stack up runs;
+    with --all, every image none runs."""
+    if not args.force and sys.stdin.isatty():
+        what = "all images" if args.all else "images without a name"
+        answer = input(f"This removes {what} that no container of a stack that is up runs. "
+                       "Go on? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            return 0
+    in_use = {image_id for _, image_id in containers_using()}
+    removed, freed = ImageStore().prune(in_use, named=args.all)
+    for image in removed:
+        print(f"removed {', '.join(image.names) or '<none>'} ({image.id[:19]})")
+    print(f"reclaimed {_mb(freed)}")
     return 0

@@ -289,6 +289,12 @@ def _image(p: argparse.ArgumentParser) -> None:
     rm = isub.add_parser("rm", help="remove an image name (and layers nothing else uses)")
     rm.add_argument("name", nargs="+")
     rm.set_defaults(handler=_later("images", "cmd_rm"))
+    prune = isub.add_parser("prune", help="remove images without a name that no container "
+                                           "of a stack that is up runs (-a: every image "
+                                           "none runs)")
+    prune.add_argument("-a", "--all", action="store_true", help="named images too")
+    prune.add_argument("-f", "--force", action="store_true", help="do not ask")
+    prune.set_defaults(handler=_later("images", "cmd_prune"))
 
 
 def _volume(p: argparse.ArgumentParser) -> None:

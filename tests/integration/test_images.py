@@ -282,3 +282,31 @@ def test_cli_image_load_ls_rm(busybox: Image, tmp_path: Path) -> None:
     (tmp_path / "bad.tar").write_bytes(b"nope")
     bad = linkd("load", str(tmp_path / "bad.tar"))
     assert bad.returncode == 2 and bad.stderr.startswith(f"linkd: image {tmp_path}/bad.tar: ")
+    assert linkd("load", str(source), "--name", "bb").returncode == 0
+    assert linkd("prune", "-f").stdout == "reclaimed 0.0 MB\n"  # bb has its name
+    pruned = linkd("prune", "--all", "--force")
+    assert pruned.stdout.startswith("removed bb:latest (sha256:"), pruned.stdout
+    assert linkd("ls").stdout.splitlines()[1:] == []
+
+
+def test_prune_removes_what_no_name_or_container_keeps(busybox: Image, store: ImageStore,
+                                                       tmp_path: Path) -> None:
+    """`linkd image prune`: images without a name go (a newer one took theirs), the
+    layers only they had with them; `--all`: every image no container runs."""
+    old = Image([*busybox.layers, layer_tar([Entry("v", data=b"1")])], name="app:1")
+    new = Image([*busybox.layers, layer_tar([Entry("v", data=b"2")])], name="app:2")
+    first = store.load(write_tar(old.save_files(), tmp_path / "old.tar"))
+    second = store.load(write_tar(new.save_files(), tmp_path / "new.tar"))
+    store.tag(second.id, "app:1")  # app:1 moves on: the first image has no name left
+    assert [i.id for i in store.unnamed()] == [first.id]
+    assert store.prune({first.id}) == ((), 0)  # a container runs it: kept
+    removed, freed = store.prune(set())
+    assert [(i.id, i.names) for i in removed] == [(first.id, ())]
+    assert freed == len(old.layers[-1])  # its own layer's archive; the shared ones stay
+    assert not layer_dir(store.root, first.layers[-1]).exists()
+    assert all(layer_dir(store.root, d).is_dir() for d in second.layers)
+    assert store.prune(set()) == ((), 0)  # a named image stays without --all
+    assert store.prune({second.id}, named=True) == ((), 0)
+    removed, _ = store.prune(set(), named=True)
+    assert [(i.id, i.names) for i in removed] == [(second.id, ("app:1", "app:2"))]
+    assert store.list() == [] and os.listdir(store.root / "layers") == []

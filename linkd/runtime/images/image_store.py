@@ -170,6 +170,12 @@ class ImageStore:
             by_id.setdefault(image_id, []).append(name)
         return [self._record(i, tuple(n)) for i, n in by_id.items()]
 
+    def unnamed(self) -> tuple[StoredImage, ...]:
+        """The images no name points at (kept while a container runs them, or until
+        `prune`)."""
+        named = set(self._refs().values())
+        return tuple(self._record(i, ()) for i in sorted(self._records()) if i not in named)
+
     def get(self, name: str) -> StoredImage:
         refs = self._refs()
         if name.startswith("sha256:") and name in refs.values():
@@ -308,16 +314,45 @@ class ImageStore:
         layers no remaining image uses; the candidates kept for now (named or in use)."""
         with self._locked():
             named = set(self._refs().values())
-            records = {"sha256:" + r.stem: r for r in (self.root / "images").glob("*.json")}
+            records = self._records()
             gone = {i for i in candidates if i in records and i not in named | in_use}
-            layers = {i: set(json.loads(r.read_bytes())["layers"]) for i, r in records.items()}
-            freed = set().union(*(layers[i] for i in gone)).difference(
-                *(layers[i] for i in records if i not in gone))
-            for image_id in gone:
-                records[image_id].unlink()
-            for diff_id in freed:
-                shutil.rmtree(layer_dir(self.root, diff_id), ignore_errors=True)
+            self._drop(gone, records)
             return {i for i in candidates if i in records and i not in gone}
+
+    def prune(self, in_use: set[str], *, named: bool = False
+              ) -> tuple[tuple[StoredImage, ...], int]:
+        """`docker image prune [-a]`: remove the images no container runs (`in_use`)
+        that have no name (a pull, load or build gave theirs to a newer image), and
+        with `named` the named ones too; then the layers no image left uses. What went
+        (its names as they were) and the bytes of the layers freed."""
+        with self._locked():
+            refs = self._refs()
+            records = self._records()
+            names: dict[str, list[str]] = {}
+            for name, image_id in sorted(refs.items()):
+                names.setdefault(image_id, []).append(name)
+            gone = {i for i in records if i not in in_use and (named or i not in names)}
+            removed = tuple(self._record(i, tuple(names.get(i, ()))) for i in sorted(gone))
+            if named:
+                self._save_refs({n: i for n, i in refs.items() if i not in gone})
+            return removed, self._drop(gone, records)
+
+    def _records(self) -> dict[str, Path]:
+        images = self.root / "images"
+        return {"sha256:" + r.stem: r for r in images.glob("*.json")} if images.is_dir() else {}
+
+    def _drop(self, gone: set[str], records: dict[str, Path]) -> int:
+        """Remove the records of `gone` and the layers no other record uses (under the
+        lock); the bytes those layers' archives had."""
+        layers = {i: set(json.loads(r.read_bytes())["layers"]) for i, r in records.items()}
+        freed = set().union(*(layers[i] for i in gone)).difference(
+            *(layers[i] for i in records if i not in gone))
+        size = sum(self._layer_size(d) for d in freed)
+        for image_id in gone:
+            records[image_id].unlink()
+        for diff_id in freed:
+            shutil.rmtree(layer_dir(self.root, diff_id), ignore_errors=True)
+        return size
 
     def resolve(self, ref: str, base: Path | None = None) -> StoredImage:
         """`image:` of a stack file: a path to a layout or archive (loaded, and stored
