@@ -190,13 +190,14 @@ http:
 
 
 @contextlib.contextmanager
-def docker_registry(tmp: Path) -> Iterator[RealRegistry]:
+def docker_registry(tmp: Path, auth: str = "") -> Iterator[RealRegistry]:
     """docker-registry serving plain HTTP on 127.0.0.1:<free port>, storage under
-    `tmp`; killed by its PID when done."""
+    `tmp`; killed by its PID when done. `auth`: the config's `auth:` section (YAML,
+    `htpasswd_auth` and `token_auth` write it), anonymous without."""
     port = free_port()
     (tmp / "storage").mkdir(parents=True)
     config = tmp / "config.yml"
-    config.write_text(CONFIG.format(root=tmp / "storage", port=port))
+    config.write_text(CONFIG.format(root=tmp / "storage", port=port) + auth)
     log = tmp / "registry.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([str(REGISTRY), "serve", str(config)], stdout=out,
@@ -217,11 +218,14 @@ def docker_registry(tmp: Path) -> Iterator[RealRegistry]:
         proc.wait()
 
 
-def push(layout: Path, dest: str, *, all_images: bool = False) -> None:
-    """skopeo copy of an OCI layout directory to `dest` (host/repo:tag), plain HTTP."""
+def push(layout: Path, dest: str, *, all_images: bool = False, creds: str = "") -> None:
+    """skopeo copy of an OCI layout directory to `dest` (host/repo:tag), plain HTTP;
+    `creds` ("user:password") for a registry that wants them."""
     args: list[str] = ["skopeo", "copy", "--quiet", "--dest-tls-verify=false"]
     if all_images:
         args.append("--all")
+    if creds:
+        args.append(f"--dest-creds={creds}")
     subprocess.run([*args, f"oci:{layout}", f"docker://{dest}"], check=True,
                    capture_output=True, timeout=120)
 
