@@ -1,0 +1,94 @@
+"""The answers to a registry's challenge that need no server (linkd.runtime.images.auth):
+what is refused before anything is sent, and the messages, which never hold a secret.
+The flows against a real registry and token server are in tests/runtime/test_pull_auth.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import pytest
+
+from linkd.core.docker_config import Credentials
+from linkd.runtime.images.auth import Auth, AuthFailure, parse_challenge
+from linkd.runtime.images.credentials import Found
+from linkd.runtime.images.registry import scheme
+
+
+class NoNetwork:
+    """A session that fails the test if anything is sent."""
+
+    def get(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise AssertionError(f"sent a request: {args}")
+
+    post = get
+
+
+def auth_with(creds: Credentials | None, server: str = "reg.example") -> Auth:
+    async def lookup() -> Found | None:
+        return Found(creds, "/cfg/config.json") if creds else None
+
+    return Auth(server, lookup, plain_http_ok=lambda host: scheme(host, {}) == "http")
+
+
+async def answer(auth: Auth, challenge: str) -> str:
+    return await auth.answer(NoNetwork(), challenge, "repository:a/b:pull")  # type: ignore[arg-type]
+
+
+async def test_credentials_go_to_no_plain_http_realm_elsewhere() -> None:
+    auth = auth_with(Credentials("alice", "hunter2"))
+    with pytest.raises(AuthFailure) as caught:
+        await answer(auth, 'Bearer realm="http://auth.example/token",service="x"')
+    assert "plain HTTP on another host; linkd sends no credentials there" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
+async def test_basic_is_answered_from_the_credentials_alone() -> None:
+    got = await answer(auth_with(Credentials("alice", "pw")), 'Basic realm="r"')
+    assert got == "Basic YWxpY2U6cHc="
+    with pytest.raises(AuthFailure, match="linkd has none for reg.example; run `linkd login "
+                       "reg.example`"):
+        await answer(auth_with(None), 'Basic realm="r"')
+    with pytest.raises(AuthFailure, match="only an identity token"):
+        await answer(auth_with(Credentials(identity_token="tok")), 'Basic realm="r"')
+
+
+@pytest.mark.parametrize("challenge", ["", "Negotiate", 'Bearer service="x"',
+                                       'Bearer realm="file:///etc/passwd"'])
+async def test_a_challenge_linkd_does_not_answer(challenge: str) -> None:
+    with pytest.raises(AuthFailure, match="HTTP 401 with a challenge linkd does not answer"):
+        await answer(auth_with(Credentials("a", "b")), challenge)
+
+
+async def test_hints_say_whether_credentials_were_sent_and_what_to_run() -> None:
+    none = auth_with(None, "docker.io")
+    await none.found()
+    assert none.hint() == ("the registry wants credentials, and linkd has none for "
+                           "docker.io; run `linkd login docker.io`")
+    some = auth_with(Credentials("bob", "secret-pw"))
+    await some.found()
+    assert some.hint() == ("the registry refused the credentials for reg.example (user bob) "
+                           "from /cfg/config.json; check them and run `linkd login "
+                           "reg.example`")
+    token = auth_with(Credentials(identity_token="secret-tok"))
+    await token.found()
+    assert "(an identity token)" in token.hint() and "secret-tok" not in token.hint()
+
+
+async def test_credentials_are_looked_up_once() -> None:
+    calls = []
+
+    async def lookup() -> Found | None:
+        calls.append(1)
+        return None
+
+    auth = Auth("r", lookup, plain_http_ok=lambda host: False)
+    await auth.found()
+    await auth.found()
+    assert calls == [1] and auth.used() is None
+
+
+def test_challenges_are_parsed() -> None:
+    assert parse_challenge('Bearer realm="https://a/token",service="s",scope="x:y:pull"') == (
+        "bearer", {"realm": "https://a/token", "service": "s", "scope": "x:y:pull"})
+    assert parse_challenge('basic realm="x \\"y\\""') == ("basic", {"realm": 'x "y"'})
