@@ -5,7 +5,8 @@ command line on 127.0.0.1 with a config and storage of the test's own.
 The tiny one answers the /v2/ requests a pull makes (manifests by tag or digest, blobs by
 digest), logs each request's path, and can: fail a path with 500s a number of times,
 serve a blob truncated or with other content than its digest, ask for an anonymous
-Bearer token first (its own realm), and serve a schema-1 manifest.
+Bearer token first (its own realm) or for Basic credentials, and serve a schema-1
+manifest.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class TinyRegistry:
     tampered: set[str] = field(default_factory=set)  # digests served with a byte flipped
     cut_once: set[str] = field(default_factory=set)  # cut short once, then ranges served
     token: str = ""  # non-empty: every /v2/ request needs "Bearer <token>"
+    basic: str = ""  # non-empty: every /v2/ request needs "Basic <basic>"
     redirect: str = ""  # non-empty: blobs are a redirect to this host[:port]
     authorizations: list[str | None] = field(default_factory=list)  # as each request had
     port: int = 0
@@ -94,6 +96,8 @@ class TinyRegistry:
             return web.Response(status=401, headers={"WWW-Authenticate": (
                 f'Bearer realm="http://{self.host}/token",service="tiny",'
                 'scope="repository:test/bb:pull"')})
+        if self.basic and request.headers.get("Authorization") != f"Basic {self.basic}":
+            return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="tiny"'})
         if self.failures.get(path, 0) > 0:
             self.failures[path] -= 1
             return web.Response(status=500, text="try again")

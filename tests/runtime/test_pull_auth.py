@@ -25,8 +25,8 @@ import pytest
 from linkd.errors import CredentialError, RegistryError
 from linkd.runtime.images.image_store import ImageStore
 from linkd.runtime.images.pull import pull
-from tests.images import busybox_image, write_dir
-from tests.registry import RealRegistry, docker_registry, push
+from tests.images import Entry, Image, busybox_image, layer_tar, write_dir
+from tests.registry import RealRegistry, TinyRegistry, docker_registry, push, serving
 from tests.registry_auth import (
     Helper,
     TokenServer,
@@ -135,6 +135,23 @@ async def test_basic_auth_with_a_wrong_password(basic_reg: RealRegistry, store: 
             f"them and run `linkd login {basic_reg.host}`)") in message, message
     assert WRONG not in message
     assert layers(store) == []
+
+
+async def test_basic_credentials_do_not_follow_a_redirect_to_other_storage(
+        store: ImageStore, env: dict[str, str]) -> None:
+    image = Image([layer_tar([Entry("x", data=b"x")])], name="test/bb:1")
+    files = image.oci_files()
+    async with serving(TinyRegistry()) as tiny, serving(TinyRegistry()) as storage:
+        tiny.basic = auth_entry(USER, PASSWORD)["auth"]
+        tiny.add_layout("test/bb", "1", files)
+        storage.add_layout("test/bb", "1", files)
+        tiny.redirect = storage.host
+        write_config(env, {"auths": {tiny.host: auth_entry(USER, PASSWORD)}})
+        await pull(f"{tiny.host}/test/bb:1", store, env=env)
+    assert tiny.authorizations[0] is None  # anonymous first: the 401 asks
+    assert set(tiny.authorizations[1:]) == {f"Basic {tiny.basic}"}
+    assert len(storage.layer_requests()) == 2  # the config and the layer
+    assert storage.authorizations == [None, None]
 
 
 # -- Bearer tokens ---------------------------------------------------------------------

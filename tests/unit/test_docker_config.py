@@ -96,8 +96,8 @@ def test_secrets_stay_out_of_reprs() -> None:
      "not base64 of"),
     (doc(credsStore=["x"]), f"{SRC}: credsStore: a list, not a helper's name"),
     (doc(credsStore="../../bin/sh"), f"{SRC}: credsStore: '../../bin/sh' is not a credential"),
-    (doc(credHelpers={"r.example": "a b"}), f'credHelpers\\["r.example"\\]: \'a b\' is not'),
-    (doc(credHelpers={"r.example": None}), f'credHelpers\\["r.example"\\]: null, not'),
+    (doc(credHelpers={"r.example": "a b"}), 'credHelpers\\["r.example"\\]: \'a b\' is not'),
+    (doc(credHelpers={"r.example": None}), 'credHelpers\\["r.example"\\]: null, not'),
 ])
 def test_a_garbled_file_is_named_with_its_key(text: str, message: str) -> None:
     with pytest.raises(CredentialError, match=message):

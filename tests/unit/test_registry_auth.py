@@ -5,13 +5,16 @@ The flows against a real registry and token server are in tests/runtime/test_pul
 
 from __future__ import annotations
 
+import re
 from typing import Any, NoReturn
 
 import pytest
 
 from linkd.core.docker_config import Credentials
+from linkd.errors import UsageError
 from linkd.runtime.images.auth import Auth, AuthFailure, parse_challenge
 from linkd.runtime.images.credentials import Found
+from linkd.runtime.images.login import api_host, server_name
 from linkd.runtime.images.registry import scheme
 
 
@@ -46,8 +49,8 @@ async def test_credentials_go_to_no_plain_http_realm_elsewhere() -> None:
 async def test_basic_is_answered_from_the_credentials_alone() -> None:
     got = await answer(auth_with(Credentials("alice", "pw")), 'Basic realm="r"')
     assert got == "Basic YWxpY2U6cHc="
-    with pytest.raises(AuthFailure, match="linkd has none for reg.example; run `linkd login "
-                       "reg.example`"):
+    with pytest.raises(AuthFailure, match=re.escape(
+            "linkd has none for reg.example; run `linkd login reg.example`")):
         await answer(auth_with(None), 'Basic realm="r"')
     with pytest.raises(AuthFailure, match="only an identity token"):
         await answer(auth_with(Credentials(identity_token="tok")), 'Basic realm="r"')
@@ -92,3 +95,28 @@ def test_challenges_are_parsed() -> None:
     assert parse_challenge('Bearer realm="https://a/token",service="s",scope="x:y:pull"') == (
         "bearer", {"realm": "https://a/token", "service": "s", "scope": "x:y:pull"})
     assert parse_challenge('basic realm="x \\"y\\""') == ("basic", {"realm": 'x "y"'})
+
+
+@pytest.mark.parametrize(("given", "server"), [
+    (None, "docker.io"), ("docker.io", "docker.io"), ("https://index.docker.io/v1/",
+                                                      "docker.io"),
+    ("index.docker.io", "docker.io"), ("127.0.0.1:5000", "127.0.0.1:5000"),
+    ("http://127.0.0.1:5000/v2/", "127.0.0.1:5000"), ("Reg.Example", "reg.example"),
+])
+def test_login_names_servers_as_docker_does(given: str | None, server: str) -> None:
+    assert server_name(given) == server
+
+
+def test_login_to_hub_asks_its_api_host_and_refuses_what_is_no_host() -> None:
+    assert api_host("docker.io") == "registry-1.docker.io"  # not contacted here
+    assert api_host("127.0.0.1:5000") == "127.0.0.1:5000"
+    for bad in ("", "a b", "user@host"):
+        with pytest.raises(UsageError, match="not a registry host"):
+            server_name(bad) if bad else server_name("https:///")
+
+
+async def test_a_403_with_credentials_says_they_are_not_allowed() -> None:
+    auth = auth_with(Credentials("bob", "pw"))
+    await auth.found()
+    assert auth.hint(403).startswith("the credentials for reg.example (user bob) from "
+                                     "/cfg/config.json are not allowed this")

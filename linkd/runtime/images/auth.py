@@ -83,13 +83,17 @@ class Auth:
         """The credentials looked up so far (None when none were, or there are none)."""
         return self._found
 
-    def hint(self) -> str:
-        """What a 401/403 means and what to run, given what was sent."""
+    def hint(self, status: int = 401) -> str:
+        """What a 401 (or 403) means and what to run, given what was sent."""
         if self._found is None:
             return (f"the registry wants credentials, and linkd has none for "
                     f"{self.server}; run `linkd login {self.server}`")
         user = self._found.credentials.username
         who = f" (user {user})" if user else " (an identity token)"
+        if status == 403:
+            return (f"the credentials for {self.server}{who} from {self._found.origin} "
+                    "are not allowed this; log in as a user who may pull it "
+                    f"(`linkd login {self.server}`)")
         return (f"the registry refused the credentials for {self.server}{who} from "
                 f"{self._found.origin}; check them and run `linkd login {self.server}`")
 

@@ -240,7 +240,7 @@ class Repository:
             said = ""
         hint = (" (the registry does not know this repository or tag)"
                 if resp.status == 404 else
-                f" ({self.auth.hint()})" if resp.status in (401, 403) else "")
+                f" ({self.auth.hint(resp.status)})" if resp.status in (401, 403) else "")
         return f" ({said}){hint}" if said else hint
 
     async def manifest(self, ref: str, expect: Descriptor | None = None) -> tuple[str, bytes]:
