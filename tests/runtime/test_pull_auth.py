@@ -21,8 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from linkd.errors import CredentialError, RegistryError
+from linkd.runtime.images import registry
 from linkd.runtime.images.image_store import ImageStore
 from linkd.runtime.images.pull import pull
 from tests.images import Entry, Image, busybox_image, layer_tar, write_dir
@@ -152,6 +154,25 @@ async def test_basic_credentials_do_not_follow_a_redirect_to_other_storage(
     assert set(tiny.authorizations[1:]) == {f"Basic {tiny.basic}"}
     assert len(storage.layer_requests()) == 2  # the config and the layer
     assert storage.authorizations == [None, None]
+
+
+async def test_an_expired_token_is_renewed_once_mid_pull(
+        store: ImageStore, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry.Repository, "renew_after", 0.0)
+    image = Image([layer_tar([Entry("x", data=b"x")])], name="test/bb:1")
+    async with serving(TinyRegistry(token="first")) as tiny:
+        tiny.add_layout("test/bb", "1", image.oci_files())
+        handle = tiny.handle
+
+        async def expiring(request: web.Request) -> web.StreamResponse:
+            if "/blobs/" in request.path:
+                tiny.token = "second"  # the first expired with the manifest
+            return await handle(request)
+
+        tiny.handle = expiring  # type: ignore[method-assign]
+        await pull(f"{tiny.host}/test/bb:1", store, env=env)
+    assert tiny.requests.count("/token") == 2
+    assert tiny.authorizations[-1] == "Bearer second"
 
 
 # -- Bearer tokens ---------------------------------------------------------------------

@@ -33,6 +33,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
@@ -155,6 +156,7 @@ class Repository:
 
     attempts = 4
     backoff = 0.25  # seconds before the second attempt, doubling after each
+    renew_after = 60.0  # seconds after which a 401 to a Bearer token asks for a new one
 
     def __init__(self, session: aiohttp.ClientSession, host: str, path: str, label: str, *,
                  env: Mapping[str, str] = os.environ, auth: Auth | None = None) -> None:
@@ -167,6 +169,7 @@ class Repository:
                                  plain_http_ok=lambda h: scheme(h, env) == "http")
         self.authorization: str | None = None
         self._challenged = False
+        self._answered_at = 0.0
         self._auth_lock = asyncio.Lock()
 
     def error(self, detail: str) -> RegistryError:
@@ -201,11 +204,10 @@ class Repository:
         may pass, RegistryError for what will not."""
         headers = self._headers(accept, extra or {})
         resp = await self.session.get(url, headers=headers)
-        if resp.status == 401 and (not self._challenged or headers.get(
-                "Authorization") != self.authorization):  # else sent before the answer
+        if resp.status == 401 and self._may_answer(headers.get("Authorization")):
             challenge = resp.headers.get("WWW-Authenticate", "")
             resp.release()
-            await self._authenticate(challenge)
+            await self._authenticate(challenge, headers.get("Authorization"))
             resp = await self.session.get(url, headers=self._headers(accept, extra or {}))
         if resp.status >= 500 or resp.status == 429:
             resp.release()
@@ -216,18 +218,28 @@ class Repository:
             raise self.error(f"{what}: HTTP {resp.status} {resp.reason}{detail}")
         return resp
 
-    async def _authenticate(self, challenge: str) -> None:
+    def _may_answer(self, sent: str | None) -> bool:
+        """Whether a 401 to a request that carried `sent` is worth answering: the first
+        of the pull, one sent before the answer came, or a Bearer token old enough to
+        have expired (Docker Hub's last 5 minutes; a pull of large layers lasts more)."""
+        if not self._challenged or sent != self.authorization:
+            return True
+        return bool(sent and sent.startswith("Bearer ")
+                    and time.monotonic() - self._answered_at > self.renew_after)
+
+    async def _authenticate(self, challenge: str, sent: str | None) -> None:
         """Answer the registry's challenge, once for the pull: the layers fetched at
         once wait for the first of them to do it."""
         async with self._auth_lock:
-            if self._challenged:
-                return
+            if self._challenged and self.authorization != sent:
+                return  # answered while this request was under way
             try:
                 self.authorization = await self.auth.answer(
                     self.session, challenge, f"repository:{self.path}:pull")
             except AuthFailure as exc:
                 raise self.error(str(exc)) from None
             self._challenged = True
+            self._answered_at = time.monotonic()
 
     async def _explain(self, resp: aiohttp.ClientResponse) -> str:
         """The registry's own words (distribution-spec error codes), if it gave any."""
