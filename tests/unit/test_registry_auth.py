@@ -6,6 +6,7 @@ The flows against a real registry and token server are in tests/runtime/test_pul
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from linkd.core.docker_config import Credentials
 from linkd.errors import UsageError
 from linkd.runtime.images.auth import Auth, AuthFailure, parse_challenge
-from linkd.runtime.images.credentials import Found
+from linkd.runtime.images.credentials import Found, config_path
 from linkd.runtime.images.login import api_host, server_name
 from linkd.runtime.images.registry import scheme
 
@@ -120,3 +121,9 @@ async def test_a_403_with_credentials_says_they_are_not_allowed() -> None:
     await auth.found()
     assert auth.hint(403).startswith("the credentials for reg.example (user bob) from "
                                      "/cfg/config.json are not allowed this")
+
+
+def test_the_config_file_is_docker_configs_else_homes() -> None:
+    assert config_path({"DOCKER_CONFIG": "/etc/d", "HOME": "/h"}) == Path("/etc/d/config.json")
+    assert config_path({"HOME": "/home/u"}) == Path("/home/u/.docker/config.json")
+    assert config_path({}).name == "config.json"  # the user's home in the passwd file

@@ -51,7 +51,14 @@ class Found:
 def config_path(env: Mapping[str, str] = os.environ) -> Path:
     if env.get("DOCKER_CONFIG"):
         return Path(env["DOCKER_CONFIG"]) / "config.json"
-    home = env.get("HOME") or pwd.getpwuid(os.geteuid()).pw_dir
+    home = env.get("HOME")
+    if not home:
+        try:
+            home = pwd.getpwuid(os.geteuid()).pw_dir
+        except KeyError:
+            raise CredentialError(f"no HOME, and user {os.geteuid()} has no home in the "
+                                  "password database: set DOCKER_CONFIG to the directory "
+                                  "of config.json") from None
     return Path(home) / ".docker" / "config.json"
 
 
