@@ -86,6 +86,11 @@ def private_dirs(directory: Path) -> None:
     """Make `directory` and its missing parents; under the run root they are 0700 (the
     root too: other local users reach nothing of linkd's), elsewhere as the umask says."""
     top = root()
+    if directory.is_dir():
+        # Made before, with its modes: two stats, not a resolve of every component of
+        # both paths, as each container's start and each file written ask for one.
+        chmod_dir(top, 0o700)
+        return
     try:
         inside = directory.resolve().is_relative_to(top.resolve())
     except OSError:

@@ -11,14 +11,23 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import sys
 import time
 
+from linkd.cli.progress import Progress
 from linkd.errors import ConflictError, UsageError
 from linkd.runtime.images.image_store import ImageStore, containers_using
 
 
 def _mb(size: int) -> str:
     return f"{size / 1e6:.1f} MB"
+
+
+def _progress() -> Progress:
+    """A pull's layers, each a line redrawn in place on a terminal; on a pipe only the
+    steps, a line each, on stderr (stdout says what was pulled)."""
+    live = sys.stdout.isatty()
+    return Progress(sys.stdout if live else sys.stderr, live=live)
 
 
 def cmd_load(args: argparse.Namespace) -> int:
@@ -36,7 +45,10 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
     start = time.monotonic()
     target = parse_platform(args.platform) if args.platform else None
-    pulled = asyncio.run(pull(args.reference, ImageStore(), target=target))
+    progress = _progress()
+    pulled = asyncio.run(pull(args.reference, ImageStore(), target=target,
+                              report=progress.event, transfer=progress.transfer))
+    progress.finish()
     image = pulled.image
     took = time.monotonic() - start
     print(f"pulled {', '.join(image.names)} ({image.id[:19]}, {len(image.layers)} layers, "
@@ -67,7 +79,10 @@ def cmd_pull_stack(args: argparse.Namespace) -> int:
         for ref, platform in refs:
             start = time.monotonic()
             target = parse_platform(platform) if platform else None
-            pulled = await pull(ref, ImageStore(), target=target)
+            progress = _progress()
+            pulled = await pull(ref, ImageStore(), target=target, report=progress.event,
+                                transfer=progress.transfer)
+            progress.finish()
             print(f"pulled {ref} ({pulled.image.id[:19]}; fetched {pulled.fetched} layers, "
                   f"{_mb(pulled.fetched_bytes)}) in {time.monotonic() - start:.2f} s")
 

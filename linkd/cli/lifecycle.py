@@ -75,7 +75,8 @@ async def _up(
 
     try:
         return await lifecycle.run(
-            stack, source, options, progress.event, on_up=on_up, before_down=before_down
+            stack, source, options, progress.event, on_up=on_up, before_down=before_down,
+            transfer=progress.transfer,
         )
     finally:
         stop_logs.set()

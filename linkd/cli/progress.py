@@ -10,6 +10,12 @@ from __future__ import annotations
 import time
 from typing import TextIO
 
+BAR = 30  # characters of a download's bar
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f}MB"
+
 
 class Progress:
     def __init__(self, out: TextIO, *, live: bool) -> None:
@@ -25,6 +31,16 @@ class Progress:
             print(f"{subject}: {what}", file=self.out, flush=True)
             return
         self.lines[subject] = f"{what} ({elapsed:.1f}s)"
+        self._draw()
+
+    def transfer(self, subject: str, got: int, total: int) -> None:
+        """A layer's download so far, as a bar: on a terminal only (a log gets the
+        milestones `event` is told)."""
+        if not self.live:
+            return
+        filled = BAR * got // total if total else BAR
+        self.lines[subject] = (f"[{'=' * filled}{'>' if filled < BAR else ''}"
+                               f"{' ' * (BAR - filled - 1)}] {_mb(got)}/{_mb(total)}")
         self._draw()
 
     def _draw(self) -> None:

@@ -12,8 +12,11 @@ with what loading them needs (linkd.loader.StackSource), and the daemon loads th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
+from typing import Any
 
 from linkd import paths
 from linkd.cli.stacks import (
@@ -103,10 +106,15 @@ def up_detached(args: argparse.Namespace) -> int:
         "overrides": [{"source": name, "yaml": text} for name, text in source.overrides],
     }
     try:
-        try:
-            answer = Client().request("PUT", "/v1/stacks", body)
-        except (FileNotFoundError, ConnectionRefusedError):  # no daemon yet: start one
-            answer = ensure_daemon(Client()).request("PUT", "/v1/stacks", body)
+        if sys.stdout.isatty():
+            client = ensure_daemon(Client())  # its events are drawn from the start
+            with _drawn(client, source.project_name or source.default_project):
+                answer = client.request("PUT", "/v1/stacks", body)
+        else:
+            try:
+                answer = Client().request("PUT", "/v1/stacks", body)
+            except (FileNotFoundError, ConnectionRefusedError):  # no daemon yet: start one
+                answer = ensure_daemon(Client()).request("PUT", "/v1/stacks", body)
     except DaemonError as exc:
         if exc.status == 422:  # the stack file: said as `linkd config` says it
             raise SpecError(exc.problems, str(file)) from None
@@ -123,6 +131,36 @@ def up_detached(args: argparse.Namespace) -> int:
         print("no change: the stack already runs as the file says")
     print(table(answer))  # the state the stack is in now, as `ps` shows it
     return 0
+
+
+@contextlib.contextmanager
+def _drawn(client: Client, stack: str) -> Iterator[None]:
+    """What the daemon does for `stack` meanwhile (image pulls layer by layer, networks,
+    containers), drawn on the terminal as a foreground `up` draws it. (In a pipe
+    `up -d` draws nothing: the daemon's log has it, and a failure shows its last
+    steps.)"""
+    from linkd.cli.progress import Progress
+    from linkd.client.events import StackEvents
+
+    progress = Progress(sys.stdout, live=True)
+
+    def draw(event: dict[str, Any]) -> None:
+        if event.get("type") == "progress":
+            progress.event(str(event.get("subject")), str(event.get("message")))
+        elif event.get("type") == "transfer":
+            progress.transfer(str(event.get("subject")), int(event.get("bytes", 0)),
+                              int(event.get("total", 0)))
+
+    try:
+        events = StackEvents(client.path, stack, draw)
+    except OSError:  # no stream: the answer alone, as in a pipe
+        yield
+        return
+    try:
+        yield
+    finally:
+        events.close()
+        progress.finish()
 
 
 def cmd_ps(args: argparse.Namespace) -> int:

@@ -152,8 +152,8 @@ ROUTES: tuple[tuple[str, str, str, str, int], ...] = (
     ("GET", "/v1/stacks/{stack}/networks", "listNetworks", "A stack's networks", 200),
     ("GET", "/v1/stacks/{stack}/containers/{container}/dns", "getDns",
      "What the container's lookup of `name` gets, and why", 200),
-    ("GET", "/v1/events", "events", "Server-sent events: lifecycle, DNS and stack changes",
-     200),
+    ("GET", "/v1/events", "events", "Server-sent events: lifecycle, DNS and stack changes, "
+     "progress of an up and its image pulls", 200),
 )
 
 _ERROR = {

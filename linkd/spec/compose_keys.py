@@ -110,7 +110,8 @@ SERVICE: dict[str, tuple[Handling, str]] = {
                                "pulled when missing (`always`: at every `up`, `never`: not "
                                "at all), a built one built when missing; `daily`, `weekly`, "
                                "`every_*` warned: pulled when missing"),
-    "pull_refresh_after": ("ignored", "images come from files"),
+    "pull_refresh_after": ("ignored", "linkd keeps no pull times: an image is pulled when "
+                                      "missing"),
     "read_only": ("supported", ""),
     "restart": ("supported", ""),
     "runtime": ("ignored", "choose with `x-linkd: runtime: runc | linkd`"),

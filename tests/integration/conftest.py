@@ -15,12 +15,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import pty
 import secrets
+import select
 import shutil
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,6 +225,39 @@ class Linkd:
                 f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
             )
         return result
+
+    def run_on_terminal(self, *args: str, timeout: float = 60) -> tuple[int, str]:
+        """`linkd ARGS` with its stdout and stderr a terminal (a pty): its exit code and
+        everything it wrote there, escape sequences and all."""
+        main, side = pty.openpty()
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "linkd", *args], cwd=self.directory,
+                                    stdin=subprocess.DEVNULL, stdout=side, stderr=side,
+                                    env={**os.environ, "PYTHONPATH": str(REPO)})
+            os.close(side)
+            side = -1
+            out = bytearray()
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                ready, _, _ = select.select([main], [], [], 0.5)
+                try:
+                    chunk = os.read(main, 65536) if ready else b""
+                except OSError:  # EIO: the command has ended and closed its side
+                    break
+                if ready and not chunk:
+                    break
+                out += chunk
+            try:
+                code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise
+            return code, out.decode(errors="replace")
+        finally:
+            os.close(main)
+            if side >= 0:
+                os.close(side)
 
     def up(self, *extra: str) -> subprocess.CompletedProcess[str]:
         return self.run("up", "-d", "-p", self.project, *extra)

@@ -13,6 +13,7 @@ names leave the store and the registry its process after the test.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,3 +123,28 @@ def test_a_failed_pull_makes_nothing_and_says_why(linkd: Linkd, pushed: str,
     assert "client" not in ps.stdout and "web" not in ps.stdout, ps.stdout
     cli = linkd.run("image", "pull", missing, check=False)
     assert cli.returncode != 0 and f"pull {missing} from {registry.host}" in cli.stderr
+
+
+def test_a_pull_is_drawn_layer_by_layer_on_a_terminal(linkd: Linkd, pushed: str) -> None:
+    """`up -d` on a terminal draws what the daemon does meanwhile, the pull's layers
+    each on a line rewritten in place; `linkd image pull` in a pipe writes each step a
+    line (on stderr: stdout says what was pulled)."""
+    (linkd.directory / "client.py").write_text(CLIENT)
+    linkd.write(STACK.replace("REF", pushed))
+    code, out = linkd.run_on_terminal("up", "-d", "-p", linkd.project)
+    assert code == 0, out
+    manifest_layers = ImageStore().get(pushed).layers
+    assert len(manifest_layers) == 3
+    assert f"image {pushed}" in out and "3 layers, 3 to fetch" in out, out
+    verified = set(re.findall(r"layer ([0-9a-f]{12}) +verified", out))
+    assert len(verified) == 3, out  # each layer's line, drawn to its end
+    assert "\x1b[2K" in out  # lines rewritten in place, not appended
+    assert "container client-1" in out  # and the rest of the `up`, as a foreground one
+    linkd.down()
+    ImageStore().remove(pushed)
+    pulled = linkd.run("image", "pull", pushed)
+    assert pulled.stdout.startswith(f"pulled {pushed}"), pulled.stdout
+    steps = pulled.stderr.splitlines()
+    assert steps[0] == f"image {pushed}: pulling", steps
+    assert sum(1 for s in steps if s.startswith("layer ") and s.endswith(": verified")) == 3
+    assert "\x1b" not in pulled.stderr

@@ -99,6 +99,37 @@ async def test_a_second_image_fetches_only_the_layers_the_store_lacks(
     assert pulled.image.size == len(BASE) + len(two.layers[1])
 
 
+async def test_a_pull_reports_each_step_and_each_layers_bytes(
+        tiny: TinyRegistry, store: ImageStore) -> None:
+    """What `up` and `linkd image pull` draw: the image's steps, each fetched layer's
+    (by its 12 first hex digits, as Docker shows them), and its bytes to the last."""
+    one = small_image(("one", b"1" * 300_000), base=BASE)
+    two = small_image(("two", b"2\n"), base=BASE)
+    tiny.add_layout("test/one", "1", one.oci_files())
+    tiny.add_layout("test/two", "1", two.oci_files())
+    steps: list[tuple[str, str]] = []
+    counts: dict[str, list[tuple[int, int]]] = {}
+    await pull(f"{tiny.host}/test/one:1", store, report=lambda s, w: steps.append((s, w)),
+               transfer=lambda s, got, total: counts.setdefault(s, []).append((got, total)))
+    image = f"image {tiny.host}/test/one:1"
+    manifest = json.loads(tiny.manifests["test/one:1"][1])
+    layers = [f"layer {d['digest'][7:19]}" for d in manifest["layers"]]
+    sizes = [d["size"] for d in manifest["layers"]]
+    assert [w for s, w in steps if s == image][:2] == [
+        "pulling", f"2 layers, 2 to fetch ({sum(sizes) / 1e6:.1f} MB)"]
+    assert [w for s, w in steps if s == image][2] == "unpacking"
+    assert [w for s, w in steps if s == image][3].startswith("pulled sha256:")
+    for layer, size in zip(layers, sizes, strict=True):
+        assert [w for s, w in steps if s == layer] == [
+            "waiting", f"downloading {size / 1e6:.1f} MB", "verified"]
+        assert counts[layer][-1] == (size, size)  # the last count is the whole layer
+        assert all(got <= size for got, _ in counts[layer])
+    steps.clear()
+    await pull(f"{tiny.host}/test/two:1", store, report=lambda s, w: steps.append((s, w)))
+    assert ("image " + f"{tiny.host}/test/two:1", "2 layers, 1 to fetch "
+            f"({len(two.layers[1]) / 1e6:.1f} MB)") in steps  # the base was there
+
+
 async def test_an_index_gives_this_machines_image(tiny: TinyRegistry,
                                                   store: ImageStore) -> None:
     mine = small_image(("arch", HOST_ARCH.encode()), arch=HOST_ARCH)
@@ -311,7 +342,7 @@ def test_challenges_are_parsed() -> None:
     assert registry.parse_challenge('Basic realm="x y"') == ("basic", {"realm": "x y"})
 
 
-def test_a_stack_pulls_only_missing_images_named_by_registry(tmp_path: Path,
+def test_a_stack_pulls_the_registries_images_it_lacks(tmp_path: Path,
                                                              store: ImageStore) -> None:
     (tmp_path / "local.tar").write_bytes(b"")
     stack = parse_stack("""
@@ -322,11 +353,13 @@ services:
   d: {image: "ghcr.io/org/d@sha256:%s"}
   e: {image: "127.0.0.1:5000/test/e:1", build: .}
 """ % ("ab" * 32), source="t.yaml", default_project="t")
-    assert to_pull(stack, tmp_path, store) == [
-        ("127.0.0.1:5000/test/a:1", None), (f"ghcr.io/org/d@sha256:{'ab' * 32}", None)]
-    assert pull_mod.pullable(stack.services, tmp_path) == [
+    # Compose's `missing`: every registry's image the store lacks, Docker Hub's too.
+    assert to_pull(stack, tmp_path, store) == pull_mod.pullable(stack.services, tmp_path) == [
         ("127.0.0.1:5000/test/a:1", None), (f"ghcr.io/org/d@sha256:{'ab' * 32}", None),
         ("redis:7", None)]
+    archive = parse_stack('services:\n  a: {image: "gone.tar"}\n  b: {image: "x.tar.gz"}\n',
+                          source="t.yaml", default_project="t")
+    assert to_pull(archive, tmp_path, store) == []  # files not there: never pulled
     bad = parse_stack('services:\n  web: {image: "127.0.0.1:5000/Test/a:1"}\n',
                       source="t.yaml", default_project="t")
     with pytest.raises(SpecError, match=r"services.web.image: image reference "
@@ -384,8 +417,19 @@ services:
   web: {{image: "{tiny.host}/test/none:1"}}
   app: {{image: "{tiny.host}/test/none:1"}}
 """, source="t.yaml", default_project="t")
-    with pytest.raises(RegistryError, match=r"HTTP 404 .* \(the image of app, web\)$"):
+    with pytest.raises(NotFoundError, match=(
+            rf"^image {tiny.host}/test/none:1 is not in the store, and pulling it failed: "
+            rf"pull {tiny.host}/test/none:1 from {tiny.host}: manifest 1: HTTP 404 .* "
+            r"\(the image of app, web\); `linkd image load FILE` loads it")):
         await pull_mod.pull_missing(missing, tmp_path, store)
+    # In the store, with `always`: the failed pull is the error, said as the registry's.
+    tiny.add_layout("test/none", "1", mine.oci_files())
+    await pull_mod.pull_missing(missing, tmp_path, store)
+    del tiny.manifests["test/none:1"]
+    always = parse_stack(f'services:\n  web: {{image: "{tiny.host}/test/none:1", '
+                         'pull_policy: always}\n', source="t.yaml", default_project="t")
+    with pytest.raises(RegistryError, match=r"HTTP 404 .* \(the image of web\)$"):
+        await pull_mod.pull_missing(always, tmp_path, store)
 
 
 def test_a_name_in_the_store_matches_in_either_form(store: ImageStore, tmp_path: Path) -> None:

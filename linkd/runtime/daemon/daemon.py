@@ -263,6 +263,12 @@ class Daemon:
         hosted = Hosted(name, sup, asyncio.Event())
         sup.report = self._reporter(hosted)
         sup.on_event = self.events.publish
+
+        def transfer(subject: str, got: int, total: int) -> None:
+            self.events.publish({"type": "transfer", "stack": name, "subject": subject,
+                                 "bytes": got, "total": total})
+
+        sup.transfer = transfer
         self.stacks[name] = hosted
         return hosted
 
@@ -302,6 +308,9 @@ class Daemon:
             hosted.progress.append(line)
             del hosted.progress[:-200]
             log.info("%s", line)
+            # `up -d` on a terminal draws them as `up` does (linkd.cli.follow)
+            self.events.publish({"type": "progress", "stack": hosted.name,
+                                 "subject": subject, "message": message})
 
         return report
 

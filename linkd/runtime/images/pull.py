@@ -31,7 +31,8 @@ import os
 import platform as platform_mod
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,11 @@ from linkd.spec import values
 from linkd.spec.values import Bad
 
 CONCURRENCY = 3
+TRANSFER_EVERY = 0.1  # seconds between two byte counts of one layer told to `transfer`
+
+Report = Callable[[str, str], None]  # (subject, what happened): milestones
+Transfer = Callable[[str, int, int], None]  # (subject, bytes so far, of): a live display
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst")  # image: a file, never a name
 _MAX_NESTING = 4  # an index in an index in ...: registries nest at most one level
 
 
@@ -100,10 +106,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def quiet(subject: str, what: str) -> None:
+    return None
+
+
 async def pull(text: str, store: ImageStore | None = None, *, target: Platform | None = None,
-               concurrency: int = CONCURRENCY, env: Mapping[str, str] = os.environ
-               ) -> Pulled:
-    """Pull `text` (a reference as written) for `target` (this machine by default)."""
+               concurrency: int = CONCURRENCY, env: Mapping[str, str] = os.environ,
+               report: Report = quiet, transfer: Transfer | None = None) -> Pulled:
+    """Pull `text` (a reference as written) for `target` (this machine by default).
+    `report` hears each step of the image (subject `image NAME`) and of each layer it
+    fetches (subject `layer <12 hex digits>`, as Docker shows them); `transfer`, when
+    given, each layer's bytes so far, at most every TRANSFER_EVERY seconds."""
     ref = reference.parse(text)
     store = store or ImageStore()
     target = target or fmt.machine_platform(platform_mod.machine())
@@ -115,14 +128,19 @@ async def pull(text: str, store: ImageStore | None = None, *, target: Platform |
         pulls = await asyncio.to_thread(_pulls_dir, store)
         work = Path(tempfile.mkdtemp(prefix=f"pull-{os.getpid()}-", dir=pulls))
         try:
-            return await _pull(repo, store, ref, target, work, concurrency)
+            return await _pull(repo, store, ref, target, work, concurrency, report,
+                               transfer)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
 
 async def _pull(repo: Repository, store: ImageStore, ref: reference.Reference,
-                target: Platform, work: Path, concurrency: int) -> Pulled:
+                target: Platform, work: Path, concurrency: int, report: Report,
+                transfer: Transfer | None) -> Pulled:
     label = repo.label
+    started = time.monotonic()
+    subject = f"image {label}"
+    report(subject, "pulling")
     blobs = work / "blobs" / "sha256"
     blobs.mkdir(parents=True)
     media, body = await repo.manifest(ref.ref)
@@ -146,11 +164,19 @@ async def _pull(repo: Repository, store: ImageStore, ref: reference.Reference,
     wanted = [d for d, diff_id in zip(manifest.layers, config.diff_ids, strict=True)
               if not layer_dir(store.root, diff_id).is_dir()]
     wanted = list({d.digest: d for d in wanted}.values())  # one fetch per blob
+    fetched_bytes = sum(d.size for d in wanted)
+    report(subject, f"{len(manifest.layers)} layers, {len(wanted)} to fetch "
+                    f"({fetched_bytes / 1e6:.1f} MB)")
     limit = asyncio.Semaphore(max(1, concurrency))
 
     async def fetch(desc: Descriptor) -> None:
+        layer = f"layer {desc.digest.partition(':')[2][:12]}"
+        report(layer, "waiting")
         async with limit:
-            await repo.blob(desc, blobs / desc.digest.partition(":")[2], f"layer {desc.digest}")
+            report(layer, f"downloading {desc.size / 1e6:.1f} MB")
+            await repo.blob(desc, blobs / desc.digest.partition(":")[2], f"layer {desc.digest}",
+                            _throttled(transfer, layer, desc.size))
+        report(layer, "verified")
 
     try:
         async with asyncio.TaskGroup() as group:
@@ -163,6 +189,7 @@ async def _pull(repo: Repository, store: ImageStore, ref: reference.Reference,
             raise
         raise first from None
     _write_layout(work, body, media, config_raw, chosen)
+    report(subject, "unpacking")
     job = asyncio.ensure_future(asyncio.to_thread(
         store.load, work, label, target=target, label=label, partial=True))
     try:
@@ -172,7 +199,26 @@ async def _pull(repo: Repository, store: ImageStore, ref: reference.Reference,
         with contextlib.suppress(Exception):
             await job
         raise
-    return Pulled(image, len(wanted), sum(d.size for d in wanted))
+    report(subject, f"pulled {image.id[:19]} in {time.monotonic() - started:.1f} s")
+    return Pulled(image, len(wanted), fetched_bytes)
+
+
+def _throttled(transfer: Transfer | None, subject: str, size: int
+               ) -> Callable[[int], None] | None:
+    """`transfer` for one layer, told at most every TRANSFER_EVERY seconds and at the
+    end."""
+    if transfer is None:
+        return None
+    last = 0.0
+
+    def received(count: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if count == size or now - last >= TRANSFER_EVERY:
+            last = now
+            transfer(subject, count, size)
+
+    return received
 
 
 def _write_layout(work: Path, manifest: bytes, media: str, config: bytes,
@@ -198,12 +244,15 @@ def _write_layout(work: Path, manifest: bytes, media: str, config: bytes,
 
 def pullable(services: Iterable[Service], base: Path) -> list[tuple[str, str | None]]:
     """(reference, platform) of the images of `services` that come from a registry:
-    not built, not a path in the stack's directory (`base`), and references. A name that
-    names a registry but breaks the grammar is the stack file's error."""
+    not built, not a path in the stack's directory (`base`) nor named like an archive,
+    and references. A name that names a registry but breaks the grammar is the stack
+    file's error."""
     found: dict[str, str | None] = {}
     for s in services:
         if s.image is None or s.build is not None or (base / s.image).exists():
             continue
+        if s.image.endswith(ARCHIVE_SUFFIXES):
+            continue  # a file that is not there: the store's lookup says so
         try:
             reference.parse(s.image)
         except ReferenceFormatError as exc:
@@ -215,11 +264,11 @@ def pullable(services: Iterable[Service], base: Path) -> list[tuple[str, str | N
 
 
 def to_pull(stack: Stack, base: Path, store: ImageStore) -> list[tuple[str, str | None]]:
-    """(reference, platform) of the `image:`s of `stack` to pull before it comes up:
-    those `pullable` whose services' `pull_policy` is `always`, and those that name
-    their registry (`host[:port]/...`), are not in the store and whose policy is not
-    `never`. A name without a registry (`redis:7`) is pulled by `up` only with
-    `pull_policy: always`, else by `linkd pull` and `linkd image pull`."""
+    """(reference, platform) of the `image:`s of `stack` to pull before it comes up, as
+    Compose pulls them: those `pullable` that a service's `pull_policy` says to pull
+    `always`, and those not in the store unless every service of the image says
+    `never` (`missing`, the default, and Compose's other policies pull what is
+    missing). A name without a registry (`redis:7`) is Docker Hub's."""
     policies: dict[str, set[str]] = {}
     for s in stack.services:
         if s.image is not None:
@@ -229,7 +278,7 @@ def to_pull(stack: Stack, base: Path, store: ImageStore) -> list[tuple[str, str 
         if "always" in policies[ref]:
             wanted.append((ref, platform))
             continue
-        if not reference.has_domain(ref) or policies[ref] == {"never"}:
+        if policies[ref] == {"never"}:
             continue
         try:
             store.get(ref)
@@ -238,17 +287,26 @@ def to_pull(stack: Stack, base: Path, store: ImageStore) -> list[tuple[str, str 
     return wanted
 
 
-async def pull_missing(stack: Stack, base: Path, store: ImageStore | None = None) -> None:
+async def pull_missing(stack: Stack, base: Path, store: ImageStore | None = None, *,
+                       report: Report = quiet, transfer: Transfer | None = None) -> None:
     """Pull the images `to_pull` names, one after another, before anything is made
     (for a service's `platform:` if it has one); the first that fails stops the `up`,
-    saying which service it is for."""
+    saying which services it is for, and, if the store lacks it, that it does."""
     store = store or ImageStore()
     for ref, asked in to_pull(stack, base, store):
         # `platform:` of a service picks from an index (its check against the image's
         # config is linkd.core.image_config's, as for loaded images).
         try:
-            await pull(ref, store, target=parse_platform(asked) if asked else None)
+            await pull(ref, store, target=parse_platform(asked) if asked else None,
+                       report=report, transfer=transfer)
         except RegistryError as exc:
             users = ", ".join(sorted(s.name for s in stack.services if s.image == ref))
+            try:
+                store.get(ref)
+            except NotFoundError:
+                raise NotFoundError(
+                    f"image {ref} is not in the store, and pulling it failed: {exc} (the "
+                    f"image of {users}); `linkd image load FILE` loads it from a file, "
+                    "`pull_policy: never` stops `up` trying its registry") from None
             raise RegistryError(exc.registry, exc.reference,
                                 f"{exc.detail} (the image of {users})") from None

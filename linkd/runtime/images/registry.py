@@ -289,11 +289,13 @@ class Repository:
                              f"{len(body)} bytes, the index says {expect.size}")
         return media, body
 
-    async def blob(self, desc: Descriptor, dest: Path, entry: str) -> None:
+    async def blob(self, desc: Descriptor, dest: Path, entry: str,
+                   received: Callable[[int], None] | None = None) -> None:
         """Stream the blob `desc` into `dest`, checking its size as it comes and its
         digest at the end; nothing is kept of a blob that fails. A retry after a broken
         connection asks only for the rest (HTTP Range), and starts again if the registry
-        sends the whole blob instead (a 200, not a 206)."""
+        sends the whole blob instead (a 200, not a 206). `received` is told the bytes
+        held so far after each chunk (a progress display)."""
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
                      | os.O_CLOEXEC, 0o600)
         got = _Received()
@@ -317,6 +319,8 @@ class Repository:
                                          "descriptor says")
                     os.write(fd, chunk)
                     got.add(chunk)
+                    if received is not None:
+                        received(got.count)
             finally:
                 resp.release()
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from linkd.core import names
 from linkd.core.model import Stack
 from linkd.errors import ConflictError, LinkdError
+from linkd.runtime.images.pull import Transfer
 from linkd.runtime.kernel.netlink import Kernel
 from linkd.runtime.stack import store
 from linkd.runtime.stack.live import Report
@@ -40,11 +41,13 @@ async def run(
     *,
     on_up: Callable[[Supervisor], None] | None = None,
     before_down: Callable[[], Awaitable[None]] | None = None,
+    transfer: Transfer | None = None,
 ) -> int:
     """`linkd up` in the foreground: up, supervise until stopped, then always down.
 
     `on_up` runs once everything is started; `before_down` before teardown begins (the
-    CLI uses it to show the last output of the containers before they are stopped).
+    CLI uses it to show the last output of the containers before they are stopped);
+    `transfer` hears the bytes of each layer an image pull fetches (a live display).
     """
     try:
         lock = store.locked(store.supervisor_lock(stack.name), wait=False)
@@ -55,7 +58,8 @@ async def run(
             "or pick another name with -p"
         ) from None
     try:
-        return await _supervised(stack, source, options, report, on_up, before_down)
+        return await _supervised(stack, source, options, report, on_up, before_down,
+                                 transfer)
     finally:
         lock.__exit__(None, None, None)
 
@@ -67,8 +71,10 @@ async def _supervised(
     report: Report,
     on_up: Callable[[Supervisor], None] | None,
     before_down: Callable[[], Awaitable[None]] | None,
+    transfer: Transfer | None,
 ) -> int:
     supervisor = Supervisor(stack.name, source, report)
+    supervisor.transfer = transfer
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     received: list[str] = []

@@ -37,12 +37,13 @@ from linkd.runtime.volumes.mounts import check_stack as check_mounts
 Conventions = dict[str, Convention]  # by name, as linkd.core.plan.realize takes them
 
 
-async def resolve(stack: Stack, base: Path) -> tuple[Stack, Conventions]:
+async def resolve(stack: Stack, base: Path, report: pull.Report = pull.quiet,
+                  transfer: pull.Transfer | None = None) -> tuple[Stack, Conventions]:
     """`stack` with its images merged in (pulled from their registries, or loaded into
     the store if they are paths), its mounts checked, and the conventions it uses, read
     off the event loop and before the global lock is taken: a long image pull or load
     must not hold up every other stack's `up`, and a failed one has made nothing."""
-    await pull.pull_missing(stack, base)
+    await pull.pull_missing(stack, base, report=report, transfer=transfer)
 
     def read() -> tuple[Stack, Conventions]:
         resolved = image_store.resolve_stack(stack, base)

@@ -50,6 +50,7 @@ from linkd.core.state import ContainerState, StackState, StackStatus
 from linkd.errors import TeardownError
 from linkd.runtime.containers import process
 from linkd.runtime.containers.health import HealthChecks
+from linkd.runtime.images.pull import Transfer
 from linkd.runtime.kernel import forwarding
 from linkd.runtime.kernel.firewall import StackFirewall, set_localnet
 from linkd.runtime.kernel.netlink import Kernel
@@ -83,6 +84,7 @@ class Supervisor:
         # Other stacks' containers on the networks it shares, in its DNS (external networks)
         self.neighbours = Neighbours(self.live, self.publisher)
         self.notices: list[str] = []  # changes to the host's settings, said once
+        self.transfer: Transfer | None = None  # a live display of image pulls' bytes
 
     # -- what the daemon and the API read ----------------------------------------------
 
@@ -161,7 +163,8 @@ class Supervisor:
 
     async def prepare(self, stack: Stack) -> StackPlan:
         """Plan the stack and record the plan, holding the global lock meanwhile."""
-        stack, conventions = await planner.resolve(stack, self.live.base)
+        stack, conventions = await planner.resolve(stack, self.live.base, self.report,
+                                                   self.transfer)
         async with planner.claim(self.kernel, stack, conventions, self.live.base,
                                  self.live.plan) as plan:
             self.live.plan = plan
@@ -348,7 +351,8 @@ class Supervisor:
     async def _update(self, stack: Stack) -> dict[str, list[str]]:
         old = self.plan
         assert old is not None and self.dns is not None
-        stack, conventions = await planner.resolve(stack, self.live.base)
+        stack, conventions = await planner.resolve(stack, self.live.base, self.report,
+                                                   self.transfer)
         # The global lock from the plan to its record: no other stack may take the
         # subnets and ports this one is about to move to. What the new plan replaces is
         # stopped first, under it: recorded before then, a crash would leave the state
