@@ -132,6 +132,14 @@ class RegistryError(LinkdError):
         super().__init__(f"pull {reference} from {registry}: {detail}")
 
 
+class CredentialError(LinkdError):
+    """Registry credentials that cannot be had: a Docker config file that is not one
+    (names the file and the key), a credential helper that failed, a login the registry
+    refused. Never carries a password or a token."""
+
+    status = 400
+
+
 class ImageError(LinkdError):
     """An image archive or layout breaks a rule.
 

@@ -5,7 +5,8 @@ command line on 127.0.0.1 with a config and storage of the test's own.
 The tiny one answers the /v2/ requests a pull makes (manifests by tag or digest, blobs by
 digest), logs each request's path, and can: fail a path with 500s a number of times,
 serve a blob truncated or with other content than its digest, ask for an anonymous
-Bearer token first (its own realm), and serve a schema-1 manifest.
+Bearer token first (its own realm) or for Basic credentials, and serve a schema-1
+manifest.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class TinyRegistry:
     tampered: set[str] = field(default_factory=set)  # digests served with a byte flipped
     cut_once: set[str] = field(default_factory=set)  # cut short once, then ranges served
     token: str = ""  # non-empty: every /v2/ request needs "Bearer <token>"
+    basic: str = ""  # non-empty: every /v2/ request needs "Basic <basic>"
     redirect: str = ""  # non-empty: blobs are a redirect to this host[:port]
     authorizations: list[str | None] = field(default_factory=list)  # as each request had
     port: int = 0
@@ -94,6 +96,8 @@ class TinyRegistry:
             return web.Response(status=401, headers={"WWW-Authenticate": (
                 f'Bearer realm="http://{self.host}/token",service="tiny",'
                 'scope="repository:test/bb:pull"')})
+        if self.basic and request.headers.get("Authorization") != f"Basic {self.basic}":
+            return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="tiny"'})
         if self.failures.get(path, 0) > 0:
             self.failures[path] -= 1
             return web.Response(status=500, text="try again")
@@ -190,13 +194,14 @@ http:
 
 
 @contextlib.contextmanager
-def docker_registry(tmp: Path) -> Iterator[RealRegistry]:
+def docker_registry(tmp: Path, auth: str = "") -> Iterator[RealRegistry]:
     """docker-registry serving plain HTTP on 127.0.0.1:<free port>, storage under
-    `tmp`; killed by its PID when done."""
+    `tmp`; killed by its PID when done. `auth`: the config's `auth:` section (YAML,
+    `htpasswd_auth` and `token_auth` write it), anonymous without."""
     port = free_port()
     (tmp / "storage").mkdir(parents=True)
     config = tmp / "config.yml"
-    config.write_text(CONFIG.format(root=tmp / "storage", port=port))
+    config.write_text(CONFIG.format(root=tmp / "storage", port=port) + auth)
     log = tmp / "registry.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([str(REGISTRY), "serve", str(config)], stdout=out,
@@ -217,11 +222,14 @@ def docker_registry(tmp: Path) -> Iterator[RealRegistry]:
         proc.wait()
 
 
-def push(layout: Path, dest: str, *, all_images: bool = False) -> None:
-    """skopeo copy of an OCI layout directory to `dest` (host/repo:tag), plain HTTP."""
+def push(layout: Path, dest: str, *, all_images: bool = False, creds: str = "") -> None:
+    """skopeo copy of an OCI layout directory to `dest` (host/repo:tag), plain HTTP;
+    `creds` ("user:password") for a registry that wants them."""
     args: list[str] = ["skopeo", "copy", "--quiet", "--dest-tls-verify=false"]
     if all_images:
         args.append("--all")
+    if creds:
+        args.append(f"--dest-creds={creds}")
     subprocess.run([*args, f"oci:{layout}", f"docker://{dest}"], check=True,
                    capture_output=True, timeout=120)
 

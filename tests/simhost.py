@@ -98,6 +98,9 @@ def enter_session_host() -> None:
     os.environ.setdefault("LINKD_RUN_DIR", SESSION_RUN_DIR)
     # Volumes too: what the session's stacks keep goes with the session.
     os.environ.setdefault("LINKD_VOLUMES", SESSION_RUN_DIR + "/volumes")
+    # Registry credentials: the session's own Docker config (none until a test writes
+    # one), never root's ~/.docker; the daemon `up -d` starts inherits it.
+    os.environ["DOCKER_CONFIG"] = SESSION_RUN_DIR + "/docker"
     os.environ[ENTERED] = "session"
 
 

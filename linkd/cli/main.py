@@ -12,10 +12,10 @@ costly up front. The commands that read (`ps`, `logs`, `env`, `config`, `port`, 
 `inspect`) and `up -d` live in linkd.cli.reading, which imports, inside each command,
 the pure code it uses. `up` in the foreground, `down`, `exec` and `daemon` drive the
 runtime (asyncio, pyroute2, aiohttp) and live in linkd.cli.lifecycle, `image` in
-linkd.cli.images, `build` in linkd.cli.build: each is imported only when its command
-runs, and only the parser of the command given is built. tests/unit/test_cli_imports.py and
-tests/integration/test_cli_imports.py hold the commands to this; `bench/run cli`
-measures it.
+linkd.cli.images, `build` in linkd.cli.build, `login` and `logout` in linkd.cli.login:
+each is imported only when its command runs, and only the parser of the command given
+is built. tests/unit/test_cli_imports.py and tests/integration/test_cli_imports.py hold
+the commands to this; `bench/run cli` measures it.
 """
 
 from __future__ import annotations
@@ -272,7 +272,8 @@ def _image(p: argparse.ArgumentParser) -> None:
     p.description = ("pull, load, list, inspect and remove images (store: $LINKD_IMAGES "
                      "or /var/lib/linkd/images)")
     isub = p.add_subparsers(dest="image_command", required=True)
-    pull = isub.add_parser("pull", help="pull an image from its registry (anonymously)")
+    pull = isub.add_parser("pull", help="pull an image from its registry (with the "
+                                         "credentials of `linkd login`, if any)")
     pull.add_argument("reference", help="NAME[:TAG][@DIGEST], e.g. 127.0.0.1:5000/app:1")
     pull.add_argument("--platform", help="OS/ARCH[/VARIANT] (default: this machine's)")
     pull.set_defaults(handler=_later("images", "cmd_pull"))
@@ -295,6 +296,22 @@ def _image(p: argparse.ArgumentParser) -> None:
     prune.add_argument("-a", "--all", action="store_true", help="named images too")
     prune.add_argument("-f", "--force", action="store_true", help="do not ask")
     prune.set_defaults(handler=_later("images", "cmd_prune"))
+
+
+def _login(p: argparse.ArgumentParser) -> None:
+    p.add_argument("server", nargs="?", help="registry HOST[:PORT] (default: docker.io)")
+    p.add_argument("-u", "--username", help="user name (asked on a terminal if not given)")
+    secret = p.add_mutually_exclusive_group()
+    secret.add_argument("-p", "--password", help="password (visible to other users: "
+                                                 "prefer --password-stdin)")
+    secret.add_argument("--password-stdin", action="store_true",
+                        help="read the password from standard input")
+    p.set_defaults(handler=_later("login", "cmd_login"))
+
+
+def _logout(p: argparse.ArgumentParser) -> None:
+    p.add_argument("server", nargs="?", help="registry HOST[:PORT] (default: docker.io)")
+    p.set_defaults(handler=_later("login", "cmd_logout"))
 
 
 def _volume(p: argparse.ArgumentParser) -> None:
@@ -340,4 +357,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "volume": ("create, list, inspect and remove volumes", _volume),
     "build": ("build the images of the services with build: (with buildah)", _build),
     "pull": ("pull the images of the services from their registries", _pull),
+    "login": ("check credentials for a registry and keep them in Docker's config.json",
+              _login),
+    "logout": ("forget the credentials for a registry", _logout),
 }

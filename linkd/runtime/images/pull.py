@@ -52,7 +52,7 @@ from linkd.errors import (
     UsageError,
 )
 from linkd.runtime.images.image_store import ImageStore, StoredImage, layer_dir
-from linkd.runtime.images.registry import Repository
+from linkd.runtime.images.registry import Repository, auth_for
 from linkd.spec import values
 from linkd.spec.values import Bad
 
@@ -123,7 +123,8 @@ async def pull(text: str, store: ImageStore | None = None, *, target: Platform |
     label = str(ref)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
     async with aiohttp.ClientSession(timeout=timeout, trust_env=False) as session:
-        repo = Repository(session, ref.api_host, ref.path, label, env=env)
+        repo = Repository(session, ref.api_host, ref.path, label, env=env,
+                          auth=auth_for(ref.domain, env))
         pulls = await asyncio.to_thread(_pulls_dir, store)
         work = Path(tempfile.mkdtemp(prefix=f"pull-{os.getpid()}-", dir=pulls))
         try:

@@ -17,11 +17,13 @@ Transport: `http://` only for a registry on a loopback address (or `localhost`) 
 listed in `LINKD_INSECURE_REGISTRIES` (comma-separated host[:port]); every other
 registry over HTTPS, verified against the system's trust store. 5xx, 429 and broken
 connections are retried with exponential backoff, a blob from where it broke off (HTTP
-Range) when the registry serves ranges. A 401 with a `WWW-Authenticate: Bearer realm=...`
-challenge is answered with an anonymous token from the realm (the token flow of Docker's
-registry auth spec), once per repository; credentials are not read yet. The token goes
-only to the registry: a blob's redirect to other storage is followed without it (aiohttp
-drops `Authorization` across origins), and no message carries it.
+Range) when the registry serves ranges. A 401 is answered once per pull by the challenge
+flow of Docker's registry auth spec (linkd.runtime.images.auth: a Bearer token from the
+challenge's realm, anonymous or with the credentials Docker's config.json holds for the
+registry, or Basic); a 401 or 403 after that says which registry, whether credentials
+were sent, and to run `linkd login HOST`. A token goes only to the registry: a blob's
+redirect to other storage is followed without it (aiohttp drops `Authorization` across
+origins), and no message carries it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import hashlib
 import ipaddress
 import json
 import os
-import re
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
@@ -41,6 +43,9 @@ import aiohttp
 from linkd.core import image_format as fmt
 from linkd.core.image_format import Descriptor
 from linkd.errors import ImageError, RegistryError
+from linkd.runtime.images import credentials
+from linkd.runtime.images.auth import Auth, AuthFailure
+from linkd.runtime.images.auth import parse_challenge as parse_challenge  # tests use it here
 from linkd.runtime.images.layers import check_digest
 
 INSECURE_ENV = "LINKD_INSECURE_REGISTRIES"
@@ -80,15 +85,18 @@ def scheme(host: str, env: Mapping[str, str] = os.environ) -> str:
     return "https"
 
 
-_PARAM = re.compile(r'([A-Za-z_]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
+async def _no_credentials() -> credentials.Found | None:
+    return None
 
 
-def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
-    """(scheme lower-cased, parameters) of a `WWW-Authenticate` header (RFC 7235)."""
-    kind, _, rest = header.strip().partition(" ")
-    params = {m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3))
-              for m in _PARAM.finditer(rest)}
-    return kind.lower(), {k: v.replace('\\"', '"') for k, v in params.items()}
+def auth_for(server: str, env: Mapping[str, str] = os.environ) -> Auth:
+    """The credentials Docker's config holds for `server` (a reference's domain, as
+    `linkd login` names it), looked up when a registry first asks."""
+
+    async def lookup() -> credentials.Found | None:
+        return await credentials.lookup(server, env)
+
+    return Auth(server, lookup, plain_http_ok=lambda host: scheme(host, env) == "http")
 
 
 async def _read(resp: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -143,19 +151,26 @@ class _Received:
 
 class Repository:
     """One repository (`path`) on one registry (`host`), for one pull (`label`: the
-    reference, for messages). Holds the anonymous token once one was asked for."""
+    reference, for messages). `auth` answers the registry's challenge (anonymously
+    when it holds no credentials); the answer is kept for the pull's other requests."""
 
     attempts = 4
     backoff = 0.25  # seconds before the second attempt, doubling after each
+    renew_after = 60.0  # seconds after which a 401 to a Bearer token asks for a new one
 
     def __init__(self, session: aiohttp.ClientSession, host: str, path: str, label: str, *,
-                 env: Mapping[str, str] = os.environ) -> None:
+                 env: Mapping[str, str] = os.environ, auth: Auth | None = None) -> None:
         self.session = session
         self.host = host
         self.path = path
         self.label = label
         self.base = f"{scheme(host, env)}://{host}/v2/{path}"
-        self.token: str | None = None
+        self.auth = auth or Auth(host, _no_credentials,
+                                 plain_http_ok=lambda h: scheme(h, env) == "http")
+        self.authorization: str | None = None
+        self._challenged = False
+        self._answered_at = 0.0
+        self._auth_lock = asyncio.Lock()
 
     def error(self, detail: str) -> RegistryError:
         return RegistryError(self.host, self.label, detail)
@@ -179,19 +194,20 @@ class Repository:
     def _headers(self, accept: str | None, extra: Mapping[str, str]) -> dict[str, str]:
         headers = {"Accept": accept} if accept else {}
         headers.update(extra)
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+        if self.authorization:
+            headers["Authorization"] = self.authorization
         return headers
 
     async def _open(self, url: str, what: str, accept: str | None = None, *,
                     extra: Mapping[str, str] | None = None) -> aiohttp.ClientResponse:
         """The response to a GET, 2xx; the caller releases it. Raises _Retry for what
         may pass, RegistryError for what will not."""
-        resp = await self.session.get(url, headers=self._headers(accept, extra or {}))
-        if resp.status == 401 and self.token is None:
+        headers = self._headers(accept, extra or {})
+        resp = await self.session.get(url, headers=headers)
+        if resp.status == 401 and self._may_answer(headers.get("Authorization")):
             challenge = resp.headers.get("WWW-Authenticate", "")
             resp.release()
-            await self._authenticate(challenge)
+            await self._authenticate(challenge, headers.get("Authorization"))
             resp = await self.session.get(url, headers=self._headers(accept, extra or {}))
         if resp.status >= 500 or resp.status == 429:
             resp.release()
@@ -201,6 +217,29 @@ class Repository:
             resp.release()
             raise self.error(f"{what}: HTTP {resp.status} {resp.reason}{detail}")
         return resp
+
+    def _may_answer(self, sent: str | None) -> bool:
+        """Whether a 401 to a request that carried `sent` is worth answering: the first
+        of the pull, one sent before the answer came, or a Bearer token old enough to
+        have expired (Docker Hub's last 5 minutes; a pull of large layers lasts more)."""
+        if not self._challenged or sent != self.authorization:
+            return True
+        return bool(sent and sent.startswith("Bearer ")
+                    and time.monotonic() - self._answered_at > self.renew_after)
+
+    async def _authenticate(self, challenge: str, sent: str | None) -> None:
+        """Answer the registry's challenge, once for the pull: the layers fetched at
+        once wait for the first of them to do it."""
+        async with self._auth_lock:
+            if self._challenged and self.authorization != sent:
+                return  # answered while this request was under way
+            try:
+                self.authorization = await self.auth.answer(
+                    self.session, challenge, f"repository:{self.path}:pull")
+            except AuthFailure as exc:
+                raise self.error(str(exc)) from None
+            self._challenged = True
+            self._answered_at = time.monotonic()
 
     async def _explain(self, resp: aiohttp.ClientResponse) -> str:
         """The registry's own words (distribution-spec error codes), if it gave any."""
@@ -213,34 +252,8 @@ class Repository:
             said = ""
         hint = (" (the registry does not know this repository or tag)"
                 if resp.status == 404 else
-                " (this registry wants credentials; linkd pulls anonymously so far)"
-                if resp.status in (401, 403) else "")
+                f" ({self.auth.hint(resp.status)})" if resp.status in (401, 403) else "")
         return f" ({said}){hint}" if said else hint
-
-    async def _authenticate(self, challenge: str) -> None:
-        """An anonymous token for pulling this repository, from the challenge's realm."""
-        kind, params = parse_challenge(challenge)
-        realm = params.get("realm", "")
-        if kind != "bearer" or not realm.startswith(("https://", "http://")):
-            raise self.error("the registry wants credentials (HTTP 401"
-                             f"{', ' + kind.capitalize() if kind else ''}); linkd pulls "
-                             "anonymously so far")
-        query = {"scope": params.get("scope") or f"repository:{self.path}:pull"}
-        if "service" in params:
-            query["service"] = params["service"]
-        try:
-            async with self.session.get(realm, params=query) as resp:
-                if resp.status != 200:
-                    raise self.error(f"token from {realm}: HTTP {resp.status} {resp.reason}"
-                                     " (an anonymous pull was refused: the repository may be "
-                                     "private, or not exist)")
-                doc = json.loads(await _read(resp, 64 << 10))
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise self.error(f"token from {realm}: {exc}") from None
-        token = doc.get("token") or doc.get("access_token") if isinstance(doc, dict) else None
-        if not isinstance(token, str) or not token:
-            raise self.error(f"token from {realm}: the answer holds no token")
-        self.token = token
 
     async def manifest(self, ref: str, expect: Descriptor | None = None) -> tuple[str, bytes]:
         """(media type, bytes) of the manifest or index `ref` names; checked against
