@@ -42,6 +42,7 @@ from linkd.core import image_format as fmt
 from linkd.core import reference
 from linkd.core.image_format import Descriptor, Platform
 from linkd.core.model import Service, Stack
+from linkd.core.registry_config import Endpoint, endpoints
 from linkd.errors import (
     LinkdError,
     NotFoundError,
@@ -50,6 +51,7 @@ from linkd.errors import (
     SpecError,
     UsageError,
 )
+from linkd.runtime.images import transport
 from linkd.runtime.images.image_store import ImageStore, StoredImage, layer_dir
 from linkd.runtime.images.registry import Repository
 from linkd.spec import values
@@ -109,14 +111,20 @@ async def pull(text: str, store: ImageStore | None = None, *, target: Platform |
     target = target or fmt.machine_platform(platform_mod.machine())
     label = str(ref)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
-    async with aiohttp.ClientSession(timeout=timeout, trust_env=False) as session:
-        repo = Repository(session, ref.api_host, ref.path, label, env=env)
-        pulls = await asyncio.to_thread(_pulls_dir, store)
+    config = await asyncio.to_thread(transport.load_config, env)
+    pulls = await asyncio.to_thread(_pulls_dir, store)
+
+    async def attempt(endpoint: Endpoint, session: aiohttp.ClientSession) -> Pulled:
+        repo = Repository(session, endpoint.host, ref.path, label, env=env)
+        repo.base = endpoint.base(ref.path)  # a mirror's, or HTTPS/HTTP as tried
         work = Path(tempfile.mkdtemp(prefix=f"pull-{os.getpid()}-", dir=pulls))
         try:
             return await _pull(repo, store, ref, target, work, concurrency)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    return await transport.pull_from(endpoints(ref.domain, config), attempt, label, config,
+                                     timeout=timeout, env=env)
 
 
 async def _pull(repo: Repository, store: ImageStore, ref: reference.Reference,
