@@ -190,13 +190,14 @@ http:
 
 
 @contextlib.contextmanager
-def docker_registry(tmp: Path) -> Iterator[RealRegistry]:
+def docker_registry(tmp: Path, *, http_extra: str = "") -> Iterator[RealRegistry]:
     """docker-registry serving plain HTTP on 127.0.0.1:<free port>, storage under
-    `tmp`; killed by its PID when done."""
+    `tmp`; killed by its PID when done. `http_extra`: more of its `http:` section
+    (`  tls:` ... for HTTPS), indented by two."""
     port = free_port()
     (tmp / "storage").mkdir(parents=True)
     config = tmp / "config.yml"
-    config.write_text(CONFIG.format(root=tmp / "storage", port=port))
+    config.write_text(CONFIG.format(root=tmp / "storage", port=port) + http_extra)
     log = tmp / "registry.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([str(REGISTRY), "serve", str(config)], stdout=out,
