@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -57,6 +58,7 @@ CERTS_DIRS = (Path("/etc/linkd/certs.d"), Path("/etc/docker/certs.d"))
 FILE_LIMIT = 1 << 20
 CONFIG_LIMIT = 1 << 20
 _T = TypeVar("_T")
+log = logging.getLogger("linkd")
 
 
 def load_config(env: Mapping[str, str] = os.environ) -> RegistryConfig:
@@ -71,7 +73,10 @@ def load_config(env: Mapping[str, str] = os.environ) -> RegistryConfig:
             raise UsageError(f"registry configuration: {exc} (fix it, or point "
                              f"{registry_config.CONFIG_ENV} at another file)") from None
         text = None
-    return registry_config.parse(text, env, path)
+    config = registry_config.parse(text, env, path)
+    for warning in config.warnings:
+        log.warning("registry configuration: %s", warning)
+    return config
 
 
 def certs_dirs(env: Mapping[str, str] = os.environ) -> tuple[Path, ...]:
