@@ -3,7 +3,9 @@
 A pull fetches an OCI image layout and loads it the way `linkd image load` loads one,
 so the store has one way in and checks everything once more on the way:
 
-1. the manifest the reference names (`linkd.runtime.images.registry`); an index (OCI
+1. the manifest the reference names (`linkd.runtime.images.registry`), from the first
+   of the registry's endpoints that can serve it (`linkd.runtime.images.transport`:
+   docker.io's mirrors in order; HTTPS before plain HTTP); an index (OCI
    index, Docker manifest list) is followed down to the manifest for the platform asked
    for (this machine's by default), by digest;
 2. the config: its platform must be the one asked for, its diff_ids pair with the
