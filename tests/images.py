@@ -108,8 +108,8 @@ class Image:
     def config_bytes(self) -> bytes:
         return json.dumps(default_config(self.diff_ids(), self.arch, **self.run)).encode()
 
-    def oci_files(self, gzip_layers: bool = True, platform_arch: str | None = None
-                  ) -> dict[str, bytes]:
+    def oci_files(self, gzip_layers: bool = True, platform_arch: str | None = None,
+                  zstd_layers: bool = False) -> dict[str, bytes]:
         files: dict[str, bytes] = {}
 
         def blob(data: bytes, media_type: str) -> dict[str, Any]:
@@ -118,7 +118,10 @@ class Image:
 
         layer_descs = []
         for layer in self.layers:
-            if gzip_layers:
+            if zstd_layers:
+                data = zstd_compress(layer)
+                layer_descs.append(blob(data, "application/vnd.oci.image.layer.v1.tar+zstd"))
+            elif gzip_layers:
                 data = gzip.compress(layer, mtime=0)
                 layer_descs.append(blob(data, "application/vnd.oci.image.layer.v1.tar+gzip"))
             else:
@@ -152,6 +155,12 @@ class Image:
         ).encode()
         files["repositories"] = b"{}"
         return files
+
+
+def zstd_compress(data: bytes) -> bytes:
+    """`data` compressed by the zstd command (Debian's zstd package)."""
+    return subprocess.run(["zstd", "-q", "-c"], input=data, capture_output=True, check=True,
+                          timeout=60).stdout
 
 
 def write_dir(files: dict[str, bytes], path: Path) -> Path:

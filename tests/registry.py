@@ -194,14 +194,16 @@ http:
 
 
 @contextlib.contextmanager
-def docker_registry(tmp: Path, auth: str = "") -> Iterator[RealRegistry]:
+def docker_registry(tmp: Path, auth: str = "", *, http_extra: str = ""
+                    ) -> Iterator[RealRegistry]:
     """docker-registry serving plain HTTP on 127.0.0.1:<free port>, storage under
     `tmp`; killed by its PID when done. `auth`: the config's `auth:` section (YAML,
-    `htpasswd_auth` and `token_auth` write it), anonymous without."""
+    `htpasswd_auth` and `token_auth` write it), anonymous without. `http_extra`: more
+    of its `http:` section (`  tls:` ... for HTTPS), indented by two."""
     port = free_port()
     (tmp / "storage").mkdir(parents=True)
     config = tmp / "config.yml"
-    config.write_text(CONFIG.format(root=tmp / "storage", port=port) + auth)
+    config.write_text(CONFIG.format(root=tmp / "storage", port=port) + http_extra + auth)
     log = tmp / "registry.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([str(REGISTRY), "serve", str(config)], stdout=out,

@@ -252,7 +252,7 @@ def test_archive_paths_and_zstd_are_checked(busybox: Image, store: ImageStore,
     files["blobs/sha256/" + sha256(raw)[7:]] = raw
     index["manifests"][0].update(digest=sha256(raw), size=len(raw))
     files["index.json"] = json.dumps(index).encode()
-    with pytest.raises(ImageError, match=r"zstd.*rule: compression"):
+    with pytest.raises(ImageError, match=r"not readable: zstd: .*rule: layer format"):
         store.load(write_dir(files, tmp_path / "zstd"))
     with pytest.raises(ImageError, match=r"neither an OCI layout"):
         store.load(write_tar({"hello": b"x"}, tmp_path / "no.tar"))

@@ -3,8 +3,9 @@
 A layer goes through two steps, and only bytes that passed the first reach the second:
 
 1. `verify_layer` reads the blob once: its bytes are hashed and counted against the
-   blob's descriptor (digest and size), decompressed (gzip, sniffed by its magic; zstd is
-   refused: no zstd library is installed) and hashed again against the config's diff_id.
+   blob's descriptor (digest and size), decompressed (gzip or zstd, sniffed by their magic;
+   zstd through the `zstd` command, `linkd.runtime.images.zstd`) and hashed again against
+   the config's diff_id.
    For a layer the store does not have yet, the plain tar is written as it passes into an
    unlinked temporary file of the store (O_TMPFILE in `<store>/tmp/`, 0700). Limits are
    counted on the way (the image's size, the layer's expansion over its blob), so a bomb
@@ -56,7 +57,7 @@ from zlib import error as zlib_error
 
 from linkd.core import layer_rules
 from linkd.errors import ImageError
-from linkd.runtime.images import beneath
+from linkd.runtime.images import beneath, zstd
 
 _CHUNK = 1 << 20
 _ALLOWED_XATTRS = ("security.capability",)  # file capabilities (ping); never trusted.*
@@ -129,9 +130,11 @@ def _decompressed(label: str, entry: str, raw: Hashing) -> IO[bytes]:
     magic = buffered.peek(4)[:4]
     if magic[:2] == b"\x1f\x8b":
         return gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[return-value]
-    if magic == b"\x28\xb5\x2f\xfd":
-        raise ImageError(label, entry, "compression",
-                         "zstd layers need a zstd library, and none is installed")
+    if magic == zstd.MAGIC:
+        try:
+            return zstd.ZstdReader(buffered)  # type: ignore[return-value]
+        except zstd.ZstdMissing as exc:
+            raise ImageError(label, entry, "compression", str(exc)) from None
     return buffered
 
 
@@ -146,8 +149,10 @@ def verify_layer(budget: Budget, layer: str, stream: IO[bytes], *, blob_digest: 
         raise budget.over(entry, "size", "the layer's blob is", size)
     raw = Hashing(stream, limit=size)
     cap = budget.expansion(size)
+    decompressed: IO[bytes] | None = None
     try:
-        plain = Hashing(_decompressed(label, entry, raw))
+        decompressed = _decompressed(label, entry, raw)
+        plain = Hashing(decompressed)
         while chunk := plain.read(_CHUNK):
             budget.size += len(chunk)
             if budget.size > budget.limits.size:
@@ -160,10 +165,13 @@ def verify_layer(budget: Budget, layer: str, stream: IO[bytes], *, blob_digest: 
             if keep is not None:
                 keep.write(chunk)
         raw.drain()  # the rest of the blob, for its digest
-    except (EOFError, gzip.BadGzipFile, zlib_error) as exc:
+    except (EOFError, gzip.BadGzipFile, zlib_error, zstd.ZstdError) as exc:
         raise ImageError(label, entry, "layer format", f"not readable: {exc}") from None
     except OSError as exc:
         raise ImageError(label, entry, "I/O", f"{exc.strerror or exc}") from None
+    finally:
+        if decompressed is not None:
+            decompressed.close()  # a zstd process ends here, however the layer ended
     if raw.count != size:
         raise ImageError(label, entry, "size mismatch",
                          f"{'more than ' if raw.count > size else ''}{raw.count} bytes, "

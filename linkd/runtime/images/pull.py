@@ -3,7 +3,9 @@
 A pull fetches an OCI image layout and loads it the way `linkd image load` loads one,
 so the store has one way in and checks everything once more on the way:
 
-1. the manifest the reference names (`linkd.runtime.images.registry`); an index (OCI
+1. the manifest the reference names (`linkd.runtime.images.registry`), from the first
+   of the registry's endpoints that can serve it (`linkd.runtime.images.transport`:
+   docker.io's mirrors in order; HTTPS before plain HTTP); an index (OCI
    index, Docker manifest list) is followed down to the manifest for the platform asked
    for (this machine's by default), by digest;
 2. the config: its platform must be the one asked for, its diff_ids pair with the
@@ -43,6 +45,7 @@ from linkd.core import image_format as fmt
 from linkd.core import reference
 from linkd.core.image_format import Descriptor, Platform
 from linkd.core.model import Service, Stack
+from linkd.core.registry_config import Endpoint, endpoints
 from linkd.errors import (
     LinkdError,
     NotFoundError,
@@ -51,6 +54,7 @@ from linkd.errors import (
     SpecError,
     UsageError,
 )
+from linkd.runtime.images import transport
 from linkd.runtime.images.image_store import ImageStore, StoredImage, layer_dir
 from linkd.runtime.images.registry import Repository, auth_for
 from linkd.spec import values
@@ -122,16 +126,24 @@ async def pull(text: str, store: ImageStore | None = None, *, target: Platform |
     target = target or fmt.machine_platform(platform_mod.machine())
     label = str(ref)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
-    async with aiohttp.ClientSession(timeout=timeout, trust_env=False) as session:
-        repo = Repository(session, ref.api_host, ref.path, label, env=env,
-                          auth=auth_for(ref.domain, env))
-        pulls = await asyncio.to_thread(_pulls_dir, store)
+    config = await asyncio.to_thread(transport.load_config, env)
+    pulls = await asyncio.to_thread(_pulls_dir, store)
+
+    async def attempt(endpoint: Endpoint, session: aiohttp.ClientSession) -> Pulled:
+        # A mirror's own credentials (`linkd login MIRROR`), never Docker Hub's.
+        login = ref.domain if endpoint.host == ref.api_host else endpoint.host
+        repo = Repository(session, endpoint.host, ref.path, label, env=env,
+                          auth=auth_for(login, env))
+        repo.base = endpoint.base(ref.path)  # a mirror's, or HTTPS/HTTP as tried
         work = Path(tempfile.mkdtemp(prefix=f"pull-{os.getpid()}-", dir=pulls))
         try:
             return await _pull(repo, store, ref, target, work, concurrency, report,
                                transfer)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    return await transport.pull_from(endpoints(ref.domain, config), attempt, label, config,
+                                     timeout=timeout, env=env)
 
 
 async def _pull(repo: Repository, store: ImageStore, ref: reference.Reference,

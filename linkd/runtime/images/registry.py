@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
 import json
 import os
 import time
@@ -42,6 +41,7 @@ import aiohttp
 
 from linkd.core import image_format as fmt
 from linkd.core.image_format import Descriptor
+from linkd.core.registry_config import host_name, is_loopback
 from linkd.errors import ImageError, RegistryError
 from linkd.runtime.images import credentials
 from linkd.runtime.images.auth import Auth, AuthFailure
@@ -58,23 +58,6 @@ MANIFEST_ACCEPT = ", ".join(
 MANIFEST_LIMIT = 8 << 20
 _CHUNK = 1 << 16
 _T = TypeVar("_T")
-
-
-def host_name(host: str) -> str:
-    """`host[:port]` without the port (an IPv6 address without its brackets)."""
-    if host.startswith("["):
-        return host[1:host.index("]")] if "]" in host else host
-    return host.rpartition(":")[0] if ":" in host else host
-
-
-def is_loopback(host: str) -> bool:
-    name = host_name(host)
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def scheme(host: str, env: Mapping[str, str] = os.environ) -> str:
