@@ -321,16 +321,21 @@ def test_a_dead_pulls_downloads_go_at_the_next_pull(store: ImageStore) -> None:
     assert [p.name for p in pulls.iterdir()] == [f"pull-{os.getpid()}-def"]
 
 
-def test_insecure_registries() -> None:
+def test_insecure_registries(tmp_path: Path) -> None:
     assert registry.scheme("127.0.0.1:5000", {}) == "http"
     assert registry.scheme("localhost", {}) == "http"
     assert registry.scheme("[::1]:5000", {}) == "http"
     assert registry.scheme("ghcr.io", {}) == "https"
     assert registry.scheme("10.0.0.5:5000", {}) == "https"
-    env = {registry.INSECURE_ENV: "10.0.0.5:5000, reg.lan"}
+    env = {"LINKD_INSECURE_REGISTRIES": "10.0.0.5:5000, reg.lan"}
     assert registry.scheme("10.0.0.5:5000", env) == "http"
     assert registry.scheme("10.0.0.5:6000", env) == "https"
     assert registry.scheme("reg.lan:5000", env) == "http"
+    # The registries file counts as much (token realms, `linkd login`).
+    (tmp_path / "registries.json").write_text('{"insecure-registries": ["10.9.0.0/16"]}')
+    env = {"LINKD_REGISTRIES_CONFIG": str(tmp_path / "registries.json")}
+    assert registry.scheme("10.9.1.2:5000", env) == "http"
+    assert registry.scheme("10.8.1.2:5000", env) == "https"
 
 
 def test_challenges_are_parsed() -> None:

@@ -13,9 +13,9 @@ counted as they come, and refused the moment they run past their descriptor's si
 schema-1 manifest (`application/vnd.docker.distribution.manifest.v1+*`, Docker before
 1.10) is refused: it carries no config and no diff_ids to check layers against.
 
-Transport: `http://` only for a registry on a loopback address (or `localhost`) or
-listed in `LINKD_INSECURE_REGISTRIES` (comma-separated host[:port]); every other
-registry over HTTPS, verified against the system's trust store. 5xx, 429 and broken
+Transport: which endpoints a pull tries (mirrors, HTTPS, plain HTTP for a registry on
+loopback or listed insecure) and their TLS are linkd.runtime.images.transport's; a
+`Repository` speaks to the one it is given. 5xx, 429 and broken
 connections are retried with exponential backoff, a blob from where it broke off (HTTP
 Range) when the registry serves ranges. A 401 is answered once per pull by the challenge
 flow of Docker's registry auth spec (linkd.runtime.images.auth: a Bearer token from the
@@ -41,14 +41,12 @@ import aiohttp
 
 from linkd.core import image_format as fmt
 from linkd.core.image_format import Descriptor
-from linkd.core.registry_config import host_name, is_loopback
 from linkd.errors import ImageError, RegistryError
-from linkd.runtime.images import credentials
+from linkd.runtime.images import credentials, transport
 from linkd.runtime.images.auth import Auth, AuthFailure
 from linkd.runtime.images.auth import parse_challenge as parse_challenge  # tests use it here
 from linkd.runtime.images.layers import check_digest
 
-INSECURE_ENV = "LINKD_INSECURE_REGISTRIES"
 SCHEMA1_TYPES = frozenset({
     "application/vnd.docker.distribution.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.v1+prettyjws",
@@ -61,11 +59,10 @@ _T = TypeVar("_T")
 
 
 def scheme(host: str, env: Mapping[str, str] = os.environ) -> str:
-    """`http` for a loopback or listed-insecure registry, else `https`."""
-    listed = {h.strip() for h in env.get(INSECURE_ENV, "").split(",") if h.strip()}
-    if is_loopback(host) or host in listed or host_name(host) in listed:
-        return "http"
-    return "https"
+    """`http` for a registry plain HTTP is allowed to (on loopback, or listed insecure
+    in the registries file or LINKD_INSECURE_REGISTRIES), else `https`: where a token
+    realm may be asked over plain HTTP, and where `linkd login` checks credentials."""
+    return "http" if transport.load_config(env).plain_http(host) else "https"
 
 
 async def _no_credentials() -> credentials.Found | None:
