@@ -313,9 +313,10 @@ class Dockerd:
     `Machine` of its own, its data, exec root, pidfile and /etc/docker in tmpfs there, its
     containers' cgroups under /NAME; the socket, outside, is /run/NAME.sock."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, extra: Sequence[str] = ()) -> None:
         self.machine = Machine(["/var/lib/docker", "/run/docker", "/etc/docker"], [name])
         self.name = name
+        self.extra = list(extra)  # more of dockerd's options (--insecure-registry ...)
         self.socket = Path(f"/run/{name}.sock")
         self.env = {**os.environ, "DOCKER_HOST": f"unix://{self.socket}"}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -327,7 +328,7 @@ class Dockerd:
             self.proc = subprocess.Popen(
                 self.machine.enter(["dockerd", "--iptables=true", "-H", f"unix://{self.socket}",
                                     "--pidfile", "/run/docker/docker.pid",
-                                    "--cgroup-parent", f"/{self.name}"]),
+                                    "--cgroup-parent", f"/{self.name}", *self.extra]),
                 stdout=out, stderr=out, start_new_session=True,
             )
         deadline = time.monotonic() + 90

@@ -6,10 +6,11 @@
   symlinks, two layers) into an empty private store, as an OCI archive (gzip layers) and
   as a `docker save` archive (plain layers); and again into a store that has the layers
   (every blob still hashed, nothing unpacked).
-- pull: `linkd.runtime.images.pull` from Debian's docker-registry on loopback, a 3-layer
-  ~20 MB image cold and warm (a second image sharing two of its layers), beside
-  `skopeo copy docker://... oci:` of the same image (issue 17; `docker pull` from the
-  same registry is not measured yet).
+- pull: `linkd.runtime.images.pull` from Debian's docker-registry, a 3-layer ~20 MB
+  image cold and warm (a second image sharing two of its layers), and `linkd image
+  pull`, beside `skopeo copy docker://... oci:` and `docker pull` (a dockerd on a
+  simulated host of its own) of the same image from the same registry, in the same
+  rounds (issue 17's target: cold <= 1.0x skopeo).
 - start: from `process.start` until the container's command has written its first line
   to the log (so both runtimes are timed to the same point: runc's `start` returns when
   runc is exec'd, before the command runs), for linkd's own launcher and for runc, with a
@@ -42,8 +43,8 @@ import common
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from linkd.core.model import Limits  # noqa: E402
-from linkd.core.plan import ContainerPlan, RestartPolicy  # noqa: E402
+from linkd.core.model import Limits, RestartPolicy  # noqa: E402
+from linkd.core.plan import ContainerPlan  # noqa: E402
 from linkd.runtime.containers import process, rootfs  # noqa: E402
 from linkd.runtime.images.image_store import ImageStore  # noqa: E402
 from tests.images import busybox_image, write_tar  # noqa: E402
@@ -85,11 +86,16 @@ def bench_load(work: Path, runs: int) -> list[tuple[str, list[float]]]:
     ]
 
 
-def bench_pull(work: Path, runs: int) -> list[tuple[str, list[float]]]:
-    """Pulls from Debian's docker-registry on loopback (plain HTTP): a 3-layer image of
-    ~20 MB of random data (gzip layers), into an empty store and, as a second image
-    sharing its two lower layers, into a store that has them; beside `skopeo copy` of
-    the same image into an OCI layout (which unpacks nothing)."""
+def bench_pull(work: Path, runs: int, cleanup: contextlib.ExitStack
+               ) -> list[tuple[str, list[float]]]:
+    """Pulls from Debian's docker-registry (plain HTTP) on the benchmark's simulated host:
+    a 3-layer image of ~20 MB of random data (gzip layers), into an empty store and, as
+    a second image sharing its two lower layers, into a store that has them; beside
+    `skopeo copy` of the same image into an OCI layout (which unpacks nothing) and
+    `docker pull` by a dockerd on a machine of its own (which unpacks, as linkd does),
+    in the same rounds, in rotating order. The registry listens on the address that
+    machine reaches (its uplink's far end); every client treats it as an insecure
+    registry (HTTPS tried first, then plain HTTP), as Docker's rule says."""
     from linkd.runtime.images.pull import pull
     from tests.images import Entry, Image, layer_tar, write_dir
     from tests.registry import docker_registry, push
@@ -99,32 +105,65 @@ def bench_pull(work: Path, runs: int) -> list[tuple[str, list[float]]]:
     image = Image(layers, name="bench/pull:1")
     other = Image([*layers[:2], layer_tar([Entry("other", data=os.urandom(2 << 20))])],
                   name="bench/other:1")
-    cold: list[float] = []
-    warm: list[float] = []
-    skopeo: list[float] = []
-    with docker_registry(work / "registry") as reg:
-        push(write_dir(image.oci_files(), work / "pull-oci"), f"{reg.host}/bench/pull:1")
+    docker = common.Dockerd("lkbench-pull-docker", ["--insecure-registry", "198.18.0.0/15"])
+    cleanup.callback(docker.stop)
+    docker.start()
+    address = docker.machine.host.outside_address
+    env = {**os.environ, "LINKD_INSECURE_REGISTRIES": address}
+    times: dict[str, list[float]] = {k: [] for k in ("cold", "warm", "cli", "skopeo",
+                                                      "docker")}
+    with docker_registry(work / "registry", address=address) as reg:
+        ref = f"{reg.host}/bench/pull:1"
+        push(write_dir(image.oci_files(), work / "pull-oci"), ref)
         push(write_dir(other.oci_files(), work / "other-oci"), f"{reg.host}/bench/other:1")
-        for n in range(runs):
+
+        def linkd_pulls(n: int) -> None:
             store = ImageStore(work / f"pull-store-{n}")
             start = time.perf_counter()
-            asyncio.run(pull(f"{reg.host}/bench/pull:1", store))
-            cold.append(time.perf_counter() - start)
+            asyncio.run(pull(ref, store, env=env))
+            times["cold"].append(time.perf_counter() - start)
             start = time.perf_counter()
-            pulled = asyncio.run(pull(f"{reg.host}/bench/other:1", store))
-            warm.append(time.perf_counter() - start)
+            pulled = asyncio.run(pull(f"{reg.host}/bench/other:1", store, env=env))
+            times["warm"].append(time.perf_counter() - start)
             assert pulled.fetched == 1
             shutil.rmtree(store.root)
+
+        def linkd_command(n: int) -> None:
+            store = work / f"cli-store-{n}"
+            start = time.perf_counter()
+            common.run([sys.executable, "-m", "linkd", "image", "pull", ref],
+                       env={**env, "LINKD_IMAGES": str(store), "PYTHONPATH": str(REPO)})
+            times["cli"].append(time.perf_counter() - start)
+            shutil.rmtree(store)
+
+        def skopeo(n: int) -> None:
             dest = work / f"skopeo-{n}"
             start = time.perf_counter()
             common.run(["skopeo", "copy", "--quiet", "--src-tls-verify=false",
-                        f"docker://{reg.host}/bench/pull:1", f"oci:{dest}"])
-            skopeo.append(time.perf_counter() - start)
+                        f"docker://{ref}", f"oci:{dest}"])
+            times["skopeo"].append(time.perf_counter() - start)
             shutil.rmtree(dest)
+
+        def docker_pull(n: int) -> None:
+            start = time.perf_counter()
+            docker("pull", "-q", ref)
+            times["docker"].append(time.perf_counter() - start)
+            docker("rmi", ref)  # and its layers: the next pull is cold again
+
+        peers = [linkd_pulls, linkd_command, skopeo, docker_pull]
+        docker_pull(-1)  # warm-up, untimed: dockerd's first pull sets up its stores
+        times["docker"].clear()
+        for n in range(runs):
+            for peer in peers[n % len(peers):] + peers[:n % len(peers)]:
+                peer(n)
     return [
-        ("pull, 3 layers ~20 MB, empty store (fetch, verify, unpack)", cold),
-        ("pull, a second image sharing 2 of its 3 layers (one fetched)", warm),
-        ("`skopeo copy docker://... oci:` of the first (fetch only)", skopeo),
+        ("pull, 3 layers ~20 MB, empty store (fetch, verify, unpack)", times["cold"]),
+        ("pull, a second image sharing 2 of its 3 layers (one fetched)", times["warm"]),
+        ("`linkd image pull` of the first (the command: Python's start included)",
+         times["cli"]),
+        ("`skopeo copy docker://... oci:` of the first (fetch only)", times["skopeo"]),
+        (f"`docker pull` of the first ({docker.version()}; fetch, unpack)",
+         times["docker"]),
     ]
 
 
@@ -193,11 +232,15 @@ def main(args: argparse.Namespace, work: Path, cleanup: contextlib.ExitStack) ->
     from linkd.runtime.kernel import cgroups
 
     cleanup.callback(cgroups.remove_stack, "lkbench")
-    rows = (bench_load(work, args.runs) + bench_pull(work, args.runs)
+    pulls = bench_pull(work, args.runs, cleanup)
+    rows = (bench_load(work, args.runs) + pulls
             + asyncio.run(bench_start(work, args.runs)))
     lines = [f"Images: a busybox image, median of {args.runs} runs (min-max ms)", "",
              "| what | median | range |", "|---|---|---|"]
     lines += [f"| {what} | {_ms(values)} | {_range(values)} |" for what, values in rows]
+    cold, skopeo, docker = (statistics.median(pulls[i][1]) for i in (0, 3, 4))
+    lines += ["", f"Cold pull, linkd / skopeo: **{cold / skopeo:.2f}x**; linkd / docker pull: "
+              f"**{cold / docker:.2f}x** (issue 17's target: <= 1.0x skopeo)"]
     return "\n".join(lines)
 
 

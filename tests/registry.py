@@ -189,21 +189,22 @@ storage:
   delete:
     enabled: true
 http:
-  addr: 127.0.0.1:{port}
+  addr: {address}:{port}
 """
 
 
 @contextlib.contextmanager
-def docker_registry(tmp: Path, auth: str = "", *, http_extra: str = ""
-                    ) -> Iterator[RealRegistry]:
-    """docker-registry serving plain HTTP on 127.0.0.1:<free port>, storage under
-    `tmp`; killed by its PID when done. `auth`: the config's `auth:` section (YAML,
-    `htpasswd_auth` and `token_auth` write it), anonymous without. `http_extra`: more
-    of its `http:` section (`  tls:` ... for HTTPS), indented by two."""
+def docker_registry(tmp: Path, auth: str = "", *, http_extra: str = "",
+                    address: str = "127.0.0.1") -> Iterator[RealRegistry]:
+    """docker-registry serving plain HTTP on 127.0.0.1 (or `address`):<free port>,
+    storage under `tmp`; killed by its PID when done. `auth`: the config's `auth:`
+    section (YAML, `htpasswd_auth` and `token_auth` write it), anonymous without.
+    `http_extra`: more of its `http:` section (`  tls:` ... for HTTPS), indented by two."""
     port = free_port()
     (tmp / "storage").mkdir(parents=True)
     config = tmp / "config.yml"
-    config.write_text(CONFIG.format(root=tmp / "storage", port=port) + http_extra + auth)
+    config.write_text(CONFIG.format(root=tmp / "storage", address=address, port=port)
+                      + http_extra + auth)
     log = tmp / "registry.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([str(REGISTRY), "serve", str(config)], stdout=out,
@@ -212,12 +213,12 @@ def docker_registry(tmp: Path, auth: str = "", *, http_extra: str = ""
         deadline = time.monotonic() + 15
         while True:
             with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", port), timeout=0.2):
+                    (address, port), timeout=0.2):
                 break
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"docker-registry did not start: {log.read_text()}")
             time.sleep(0.05)
-        yield RealRegistry(f"127.0.0.1:{port}", log, proc.pid)
+        yield RealRegistry(f"{address}:{port}", log, proc.pid)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signal.SIGKILL)

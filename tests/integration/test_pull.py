@@ -136,8 +136,8 @@ def test_a_pull_is_drawn_layer_by_layer_on_a_terminal(linkd: Linkd, pushed: str)
     manifest_layers = ImageStore().get(pushed).layers
     assert len(manifest_layers) == 3
     assert f"image {pushed}" in out and "3 layers, 3 to fetch" in out, out
-    verified = set(re.findall(r"layer ([0-9a-f]{12}) +verified", out))
-    assert len(verified) == 3, out  # each layer's line, drawn to its end
+    done = set(re.findall(r"layer ([0-9a-f]{12}) +done", out))
+    assert len(done) == 3, out  # each layer's line, drawn to its end
     assert "\x1b[2K" in out  # lines rewritten in place, not appended
     assert "container client-1" in out  # and the rest of the `up`, as a foreground one
     linkd.down()
@@ -146,5 +146,5 @@ def test_a_pull_is_drawn_layer_by_layer_on_a_terminal(linkd: Linkd, pushed: str)
     assert pulled.stdout.startswith(f"pulled {pushed}"), pulled.stdout
     steps = pulled.stderr.splitlines()
     assert steps[0] == f"image {pushed}: pulling", steps
-    assert sum(1 for s in steps if s.startswith("layer ") and s.endswith(": verified")) == 3
+    assert sum(1 for s in steps if s.startswith("layer ") and s.endswith(": done")) == 3
     assert "\x1b" not in pulled.stderr

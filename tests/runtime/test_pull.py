@@ -117,11 +117,11 @@ async def test_a_pull_reports_each_step_and_each_layers_bytes(
     sizes = [d["size"] for d in manifest["layers"]]
     assert [w for s, w in steps if s == image][:2] == [
         "pulling", f"2 layers, 2 to fetch ({sum(sizes) / 1e6:.1f} MB)"]
-    assert [w for s, w in steps if s == image][2] == "unpacking"
+    assert [w for s, w in steps if s == image][2] == "storing"
     assert [w for s, w in steps if s == image][3].startswith("pulled sha256:")
     for layer, size in zip(layers, sizes, strict=True):
         assert [w for s, w in steps if s == layer] == [
-            "waiting", f"downloading {size / 1e6:.1f} MB", "verified"]
+            "waiting", f"downloading {size / 1e6:.1f} MB", "verified", "unpacking", "done"]
         assert counts[layer][-1] == (size, size)  # the last count is the whole layer
         assert all(got <= size for got, _ in counts[layer])
     steps.clear()

@@ -48,8 +48,8 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from linkd.core import image_format as fmt
@@ -108,6 +108,19 @@ def _unpack(src: Source, layer: LoadLayer, budget: Budget, work: Path,
             copy.seek(0)
             unpack_layer(budget, name, copy, dest, size)
         return tar_size
+
+
+def unpack_fetched(blob: Path, layer: LoadLayer, budget: Budget, dest: Path) -> int:
+    """A pull's layer, as soon as its blob is fetched: verified (blob and diff_id) and
+    unpacked into the new directory `dest`, exactly as `load` does it, while the pull
+    fetches the others. `dest` is in the pull's own directory (the store's `tmp/` is
+    cleared by every load), on the store's file system: `load(unpacked=...)` moves it
+    into `layers/` with the rest of the image, under the lock. Returns the tar's size."""
+    src = open_source(blob.parent, budget.label, budget.limits)
+    try:
+        return _unpack(src, replace(layer, member=blob.name), budget, dest.parent, dest)
+    finally:
+        src.close()
 
 
 def _key(name: str, refs: dict[str, str]) -> str | None:
@@ -191,11 +204,14 @@ class ImageStore:
     def load(self, source: str | os.PathLike[str], name: str | None = None,
              machine: str | None = None, limits: layer_rules.Limits | None = None, *,
              target: fmt.Platform | None = None, label: str | None = None,
-             partial: bool = False) -> StoredImage:
+             partial: bool = False,
+             unpacked: Mapping[str, tuple[Path, int]] | None = None) -> StoredImage:
         """Load an image from a layout directory or archive; returns it as stored.
         `limits` default to the environment's (`LINKD_IMAGE_MAX_*`). A pull
         (`linkd.runtime.images.pull`) loads the layout it fetched, `partial`: without the
-        blobs of layers the store has, and for the platform it chose (`target`)."""
+        blobs of layers the store has, and for the platform it chose (`target`);
+        `unpacked`: the layers it verified and unpacked as they came (`unpack_fetched`),
+        by diff_id (their directory, their tar's size), whose blobs it left out."""
         path = Path(source)
         label = label or str(source)
         target = target or fmt.machine_platform(machine or platform.machine())
@@ -210,17 +226,20 @@ class ImageStore:
                 work = Path(tempfile.mkdtemp(prefix="load-", dir=tmp_root))
                 try:
                     return self._load(src, label, name, target, work, Budget(label, limits),
-                                      partial)
+                                      partial, unpacked or {})
                 finally:
                     shutil.rmtree(work, ignore_errors=True)
         finally:
             src.close()
 
     def _load(self, src: Source, label: str, name: str | None, machine: fmt.Platform,
-              work: Path, budget: Budget, partial: bool = False) -> StoredImage:
+              work: Path, budget: Budget, partial: bool = False,
+              unpacked: Mapping[str, tuple[Path, int]] | None = None) -> StoredImage:
         names = src.names()
+        unpacked = unpacked or {}
         if "index.json" in names:
-            stored = (lambda d: layer_dir(self.root, d).is_dir()) if partial else None
+            stored = (lambda d: d in unpacked or layer_dir(self.root, d).is_dir()
+                      ) if partial else None
             plan = plan_oci(src, label, name, machine, stored)
         elif "manifest.json" in names:
             plan = plan_save(src, label, name, machine)
@@ -232,6 +251,12 @@ class ImageStore:
         sizes = []
         for n, layer in enumerate(plan.layers):
             final = layer_dir(self.root, layer.diff_id)
+            if not layer.member and layer.diff_id in unpacked:  # the pull's, verified
+                done, tar_size = unpacked[layer.diff_id]
+                sizes.append(tar_size)
+                if not final.is_dir():
+                    fresh.append((done, final))
+                continue
             if not layer.member:  # checked under the lock: still there
                 sizes.append(self._layer_size(layer.diff_id))
                 continue

@@ -1,7 +1,7 @@
 """Pull an image by reference from its registry into the image store.
 
 A pull fetches an OCI image layout and loads it the way `linkd image load` loads one,
-so the store has one way in and checks everything once more on the way:
+so the store has one way in, with the same checks:
 
 1. the manifest the reference names (`linkd.runtime.images.registry`), from the first
    of the registry's endpoints that can serve it (`linkd.runtime.images.transport`:
@@ -12,10 +12,12 @@ so the store has one way in and checks everything once more on the way:
    layers;
 3. the layers the store does not have yet (by diff_id), at most `concurrency` at once,
    each streamed into `<store>/pulls/pull-<pid>-*/blobs/` and checked against its
-   descriptor as it comes;
-4. `ImageStore.load(..., partial=True)`: the layout (a one-manifest index, the manifest,
-   the config and the fetched blobs) verified again, unpacked and named under the
-   store's lock, the layers it already had taken from it.
+   descriptor as it comes; as soon as one is fetched, and while the others still
+   download, it is verified and unpacked as `load` does it (blob digest, diff_id,
+   limits: `image_store.unpack_fetched`), one at a time, into `unpacked/` beside it;
+4. `ImageStore.load(..., partial=True, unpacked=...)`: the layout (a one-manifest
+   index, the manifest and the config) verified again, its layers taken from
+   `unpacked/` and from the store, moved in and named under the store's lock.
 
 Nothing reaches the store before step 4, which moves layers in only once every one of
 them passed; the download directory is removed when the pull ends, however it ends, and
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -37,12 +40,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
 from linkd.core import image_format as fmt
-from linkd.core import reference
+from linkd.core import layer_rules, reference
 from linkd.core.image_format import Descriptor, Platform
 from linkd.core.model import Service, Stack
 from linkd.core.registry_config import Endpoint, endpoints
@@ -55,12 +58,15 @@ from linkd.errors import (
     UsageError,
 )
 from linkd.runtime.images import transport
-from linkd.runtime.images.image_store import ImageStore, StoredImage, layer_dir
+from linkd.runtime.images.image_store import ImageStore, StoredImage, layer_dir, unpack_fetched
+from linkd.runtime.images.layers import Budget
 from linkd.runtime.images.registry import Repository, auth_for
+from linkd.runtime.images.sources import LoadLayer
 from linkd.spec import values
 from linkd.spec.values import Bad
 
 CONCURRENCY = 3
+_T = TypeVar("_T")
 TRANSFER_EVERY = 0.1  # seconds between two byte counts of one layer told to `transfer`
 
 Report = Callable[[str, str], None]  # (subject, what happened): milestones
@@ -173,27 +179,43 @@ async def _pull(repo: Repository, store: ImageStore, ref: reference.Reference,
     fmt.check_platform(label, config_entry, config, target)
     fmt.check_layers(label, config, len(manifest.layers))
     # Only what the store lacks; `load` checks again under its lock.
-    wanted = [d for d, diff_id in zip(manifest.layers, config.diff_ids, strict=True)
-              if not layer_dir(store.root, diff_id).is_dir()]
-    wanted = list({d.digest: d for d in wanted}.values())  # one fetch per blob
-    fetched_bytes = sum(d.size for d in wanted)
+    wanted = {d.digest: (d, diff_id)  # one fetch per blob
+              for d, diff_id in zip(manifest.layers, config.diff_ids, strict=True)
+              if not layer_dir(store.root, diff_id).is_dir()}
+    fetched_bytes = sum(d.size for d, _ in wanted.values())
     report(subject, f"{len(manifest.layers)} layers, {len(wanted)} to fetch "
                     f"({fetched_bytes / 1e6:.1f} MB)")
     limit = asyncio.Semaphore(max(1, concurrency))
+    # Each layer is unpacked as soon as it is fetched, while the others download: one
+    # at a time (they share the image's limits), into the pull's own directory.
+    one_unpack = asyncio.Lock()
+    budget = Budget(label, layer_rules.limits_from_env(os.environ))
+    unpacked: dict[str, tuple[Path, int]] = {}
+    (work / "unpacked").mkdir(mode=0o700)
 
-    async def fetch(desc: Descriptor) -> None:
+    async def fetch(desc: Descriptor, diff_id: str) -> None:
         layer = f"layer {desc.digest.partition(':')[2][:12]}"
+        blob = blobs / desc.digest.partition(":")[2]
         report(layer, "waiting")
         async with limit:
             report(layer, f"downloading {desc.size / 1e6:.1f} MB")
-            await repo.blob(desc, blobs / desc.digest.partition(":")[2], f"layer {desc.digest}",
+            await repo.blob(desc, blob, f"layer {desc.digest}",
                             _throttled(transfer, layer, desc.size))
         report(layer, "verified")
+        async with one_unpack:
+            report(layer, "unpacking")
+            dest = work / "unpacked" / diff_id.partition(":")[2]
+            size = await _in_thread(unpack_fetched, blob,
+                                    LoadLayer(blob.name, desc.digest, desc.size, diff_id),
+                                    budget, dest)
+        blob.unlink()  # the layout leaves it out: `load` takes the directory instead
+        unpacked[diff_id] = (dest, size)
+        report(layer, "done")
 
     try:
         async with asyncio.TaskGroup() as group:
-            for desc in wanted:
-                group.create_task(fetch(desc))
+            for desc, diff_id in wanted.values():
+                group.create_task(fetch(desc, diff_id))
     except BaseExceptionGroup as failed:
         # The first layer that failed says why; the others were cancelled by it.
         first = next((e for e in failed.exceptions if isinstance(e, LinkdError)), None)
@@ -201,18 +223,24 @@ async def _pull(repo: Repository, store: ImageStore, ref: reference.Reference,
             raise
         raise first from None
     _write_layout(work, body, media, config_raw, chosen)
-    report(subject, "unpacking")
-    job = asyncio.ensure_future(asyncio.to_thread(
-        store.load, work, label, target=target, label=label, partial=True))
+    report(subject, "storing")
+    image = await _in_thread(functools.partial(
+        store.load, work, label, target=target, label=label, partial=True,
+        unpacked=unpacked))
+    report(subject, f"pulled {image.id[:19]} in {time.monotonic() - started:.1f} s")
+    return Pulled(image, len(wanted), fetched_bytes)
+
+
+async def _in_thread(fn: Callable[..., _T], *args: Any) -> _T:
+    """`fn(*args)` on a thread. Cancelled, it waits for the thread to end before it
+    says so: the thread writes in the pull's directory, which goes when the pull ends."""
+    job = asyncio.ensure_future(asyncio.to_thread(fn, *args))
     try:
-        image = await asyncio.shield(job)
+        return await asyncio.shield(job)
     except asyncio.CancelledError:
-        # The load runs on in its thread; the layout it reads goes only once it is done.
         with contextlib.suppress(Exception):
             await job
         raise
-    report(subject, f"pulled {image.id[:19]} in {time.monotonic() - started:.1f} s")
-    return Pulled(image, len(wanted), fetched_bytes)
 
 
 def _throttled(transfer: Transfer | None, subject: str, size: int
