@@ -50,6 +50,7 @@ import os
 import shutil
 import stat
 import tarfile
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any, cast
@@ -69,9 +70,10 @@ class Hashing(io.RawIOBase):
     """Read through, hashing and counting what passes; never more than `limit` + 1
     bytes (so a blob longer than its descriptor says is read only that far)."""
 
-    def __init__(self, inner: IO[bytes], limit: int | None = None) -> None:
+    def __init__(self, inner: IO[bytes], limit: int | None = None, *,
+                 hashed: bool = True) -> None:
         self.inner = inner
-        self.hash = hashlib.sha256()
+        self.hash = hashlib.sha256() if hashed else None  # None: counted only
         self.count = 0
         self.limit = limit
 
@@ -85,7 +87,8 @@ class Hashing(io.RawIOBase):
         data = self.inner.read(want) if want > 0 else b""
         n = len(data)
         buffer[:n] = data
-        self.hash.update(data)
+        if self.hash is not None:
+            self.hash.update(data)
         self.count += n
         return n
 
@@ -94,6 +97,7 @@ class Hashing(io.RawIOBase):
             pass
 
     def digest(self) -> str:
+        assert self.hash is not None, "a stream that was only counted has no digest"
         return "sha256:" + self.hash.hexdigest()
 
 
@@ -104,7 +108,9 @@ def check_digest(label: str, entry: str, got: str, want: str,
 
 
 class Budget:
-    """What one load has used of its `layer_rules.Limits`, over all its layers."""
+    """What one load has used of its `layer_rules.Limits`, over all its layers. A pull
+    unpacks its layers on several threads at once: each count is added under a lock, so
+    none is lost and the image's limits hold whatever order the layers come in."""
 
     def __init__(self, label: str, limits: layer_rules.Limits) -> None:
         self.label = label
@@ -113,6 +119,14 @@ class Budget:
         self.files = 0  # bytes the unpacked files declare
         self.entries = 0
         self.sparse = 0
+        self._lock = threading.Lock()
+
+    def add(self, counter: str, value: int) -> int:
+        """Count `value` more on `counter`; what it holds now."""
+        with self._lock:
+            total: int = getattr(self, counter) + value
+            setattr(self, counter, total)
+            return total
 
     def over(self, entry: str, name: str, what: str, value: int) -> ImageError:
         return layer_rules.over_limit(self.label, entry, name, what, value, self.limits)
@@ -147,17 +161,19 @@ def verify_layer(budget: Budget, layer: str, stream: IO[bytes], *, blob_digest: 
     entry = f"layer {layer}"
     if size > budget.limits.size:
         raise budget.over(entry, "size", "the layer's blob is", size)
-    raw = Hashing(stream, limit=size)
+    # A blob named by no digest (a docker-save layer.tar, a pull's blob checked as it
+    # came) is counted, not hashed: its diff_id says the rest.
+    raw = Hashing(stream, limit=size, hashed=blob_digest is not None)
     cap = budget.expansion(size)
     decompressed: IO[bytes] | None = None
     try:
         decompressed = _decompressed(label, entry, raw)
         plain = Hashing(decompressed)
         while chunk := plain.read(_CHUNK):
-            budget.size += len(chunk)
-            if budget.size > budget.limits.size:
+            expanded = budget.add("size", len(chunk))
+            if expanded > budget.limits.size:
                 raise budget.over(entry, "size", "the image's layers expand to at least",
-                                  budget.size)
+                                  expanded)
             if plain.count > cap:
                 raise budget.over(entry, "ratio", "the layer expands to at least "
                                   f"{plain.count:,} bytes from a blob of {size:,}, or",
@@ -279,19 +295,19 @@ class Unpacker:
     def _count(self, m: tarfile.TarInfo) -> None:
         b = self.budget
         entry = f"layer {self.layer}: {m.name}"
-        b.entries += 1
-        if b.entries > b.limits.entries:
-            raise b.over(entry, "entries", "the image's layers hold at least", b.entries)
+        entries = b.add("entries", 1)
+        if entries > b.limits.entries:
+            raise b.over(entry, "entries", "the image's layers hold at least", entries)
         if not m.isreg():
             return
-        b.files += m.size
+        files = b.add("files", m.size)
         self.declared += m.size
-        if b.files > b.limits.size:
-            raise b.over(entry, "size", "the image's files declare at least", b.files)
+        if files > b.limits.size:
+            raise b.over(entry, "size", "the image's files declare at least", files)
         if m.sparse is not None:
-            b.sparse += m.size
-            if b.sparse > b.limits.sparse:
-                raise b.over(entry, "sparse", "sparse members declare at least", b.sparse)
+            sparse = b.add("sparse", m.size)
+            if sparse > b.limits.sparse:
+                raise b.over(entry, "sparse", "sparse members declare at least", sparse)
         if self.declared > self.cap:
             raise b.over(entry, "ratio", "the layer's files declare at least "
                          f"{self.declared:,} bytes from a blob of {self.blob_size:,}, or",

@@ -14,7 +14,7 @@ so the store has one way in, with the same checks:
    each streamed into `<store>/pulls/pull-<pid>-*/blobs/` and checked against its
    descriptor as it comes; as soon as one is fetched, and while the others still
    download, it is verified and unpacked as `load` does it (blob digest, diff_id,
-   limits: `image_store.unpack_fetched`), one at a time, into `unpacked/` beside it;
+   limits: `image_store.unpack_fetched`), two at a time, into `unpacked/` beside it;
 4. `ImageStore.load(..., partial=True, unpacked=...)`: the layout (a one-manifest
    index, the manifest and the config) verified again, its layers taken from
    `unpacked/` and from the store, moved in and named under the store's lock.
@@ -66,6 +66,7 @@ from linkd.spec import values
 from linkd.spec.values import Bad
 
 CONCURRENCY = 3
+UNPACKS = 2  # layers unpacked at once
 _T = TypeVar("_T")
 TRANSFER_EVERY = 0.1  # seconds between two byte counts of one layer told to `transfer`
 
@@ -186,9 +187,10 @@ async def _pull(repo: Repository, store: ImageStore, ref: reference.Reference,
     report(subject, f"{len(manifest.layers)} layers, {len(wanted)} to fetch "
                     f"({fetched_bytes / 1e6:.1f} MB)")
     limit = asyncio.Semaphore(max(1, concurrency))
-    # Each layer is unpacked as soon as it is fetched, while the others download: one
-    # at a time (they share the image's limits), into the pull's own directory.
-    one_unpack = asyncio.Lock()
+    # Each layer is unpacked as soon as it is fetched, while the others download, into
+    # the pull's own directory; two at a time (decompressing and hashing leave the
+    # interpreter to the other), counted against the image's limits together.
+    unpacking = asyncio.Semaphore(UNPACKS)
     budget = Budget(label, layer_rules.limits_from_env(os.environ))
     unpacked: dict[str, tuple[Path, int]] = {}
     (work / "unpacked").mkdir(mode=0o700)
@@ -202,11 +204,14 @@ async def _pull(repo: Repository, store: ImageStore, ref: reference.Reference,
             await repo.blob(desc, blob, f"layer {desc.digest}",
                             _throttled(transfer, layer, desc.size))
         report(layer, "verified")
-        async with one_unpack:
+        async with unpacking:
             report(layer, "unpacking")
             dest = work / "unpacked" / diff_id.partition(":")[2]
+            # Its digest was checked as it came, into a directory only root reaches:
+            # the unpacking checks the rest (size, diff_id, limits) without hashing the
+            # blob a second time.
             size = await _in_thread(unpack_fetched, blob,
-                                    LoadLayer(blob.name, desc.digest, desc.size, diff_id),
+                                    LoadLayer(blob.name, None, desc.size, diff_id),
                                     budget, dest)
         blob.unlink()  # the layout leaves it out: `load` takes the directory instead
         unpacked[diff_id] = (dest, size)

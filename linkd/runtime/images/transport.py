@@ -93,15 +93,48 @@ def host_dir(host: str, dirs: Sequence[Path]) -> Path | None:
     return None
 
 
+# Made contexts, by what they were made of: loading the system's trust store costs more
+# than a pull's first request, and the daemon pulls from the same registries again and
+# again. A context is made anew when its registry's certs.d files change (the system's
+# store is read once per process, as Docker's daemon reads it).
+_contexts: dict[tuple[object, ...], ssl.SSLContext] = {}
+
+
 def ssl_context(endpoint: Endpoint, dirs: Sequence[Path]) -> ssl.SSLContext:
     """The TLS context for `endpoint` (see the module's docstring)."""
+    where = host_dir(endpoint.host, dirs) if endpoint.verify else None
+    key = (endpoint.host, endpoint.verify, where, _identity(where))
+    ctx = _contexts.get(key)
+    if ctx is None:
+        if len(_contexts) >= 64:  # certs.d changed often, or many registries: start over
+            _contexts.clear()
+        ctx = _contexts[key] = _new_context(endpoint, where)
+    return ctx
+
+
+def _identity(where: Path | None) -> tuple[tuple[str, int, int, int], ...]:
+    """What changes when a file of a certs.d directory does."""
+    if where is None:
+        return ()
+    try:
+        with os.scandir(where) as entries:
+            return tuple(sorted((e.name, *_stat_key(e.stat(follow_symlinks=False)))
+                                for e in entries))
+    except OSError:
+        return ()
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _new_context(endpoint: Endpoint, where: Path | None) -> ssl.SSLContext:
     if not endpoint.verify:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
         return ctx
     ctx = ssl.create_default_context()
-    where = host_dir(endpoint.host, dirs)
     if where is not None:
         _load_dir(ctx, where)
     return ctx
