@@ -241,7 +241,8 @@ class Service:
     group_add: tuple[str, ...] = ()  # supplementary groups: names (of the image's) or gids
     platform: str | None = None  # "os/arch[/variant]": the image must be of it
     # Compose's pull_policy for an image from a registry: "always" (pulled at every
-    # `up`), "never" (the store's or an error), "" (pulled when missing)
+    # `up`), "never" (the store's or an error), "daily", "weekly", "every_<duration>"
+    # (pulled again once its last pull is that old), "" (pulled when missing)
     pull_policy: str = ""
     hostname: str | None = None
     container_name: str | None = None  # Compose's: its one container's name

@@ -19,8 +19,8 @@ Dockerfile stays relative to it, as written (the parser reads no file).
 use the store's image (built when missing, as Compose does); for a built image,
 `always`, `daily`, `weekly` and `every_<duration>` are warned about and do the same.
 For an image from a registry (`pull_policy_of`), `always` pulls at every `up`, `never`
-never pulls, and `daily`, `weekly` and `every_<duration>` are warned about and pull
-when missing (linkd keeps no pull times yet).
+never pulls, and `daily`, `weekly` and `every_<duration>` pull when the image is missing
+or was last pulled longer ago than that (`refresh_after`).
 """
 
 from __future__ import annotations
@@ -136,10 +136,7 @@ def read_pull_policy(r: Reader, at: At | None, has_build: bool) -> str:
     if has_build and (policy in ("always", "daily", "weekly") or _EVERY.fullmatch(policy)):
         r.warn(at, f"pull_policy {quote(policy)}: linkd pulls no built image; the image in "
                    "linkd's store is used, built when missing")
-    elif not has_build and (policy in ("daily", "weekly") or _EVERY.fullmatch(policy)):
-        r.warn(at, f"pull_policy {quote(policy)}: linkd keeps no pull times yet; the image "
-                   "is pulled when it is missing from linkd's store")
-    elif policy not in _PULL_POLICIES:
+    elif policy not in _PULL_POLICIES and not _EVERY.fullmatch(policy):
         r.fail(at, f"expected a pull_policy of {', '.join(_PULL_POLICIES)} or "
                    f"every_<duration>, got {quote(policy)}")
         return ""
@@ -147,9 +144,26 @@ def read_pull_policy(r: Reader, at: At | None, has_build: bool) -> str:
 
 
 def pull_policy_of(policy: str) -> str:
-    """What a pull makes of a (checked) pull_policy: "always", "never" or "" (when
-    missing)."""
-    return policy if policy in ("always", "never") else ""
+    """What a pull makes of a (checked) pull_policy: "always", "never", "daily",
+    "weekly", "every_<duration>", or "" (when missing: `missing`, `if_not_present`)."""
+    return "" if policy in ("missing", "if_not_present", "build") else policy
+
+
+_EVERY_PART = re.compile(r"(\d+)([smhdw]?)")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def refresh_after(policy: str) -> float | None:
+    """The seconds after its last pull when `policy` pulls an image again (`daily`,
+    `weekly`, `every_12h`, `every_1d2h`: a bare number is seconds); None for the others."""
+    if policy == "daily":
+        return 86400.0
+    if policy == "weekly":
+        return 7 * 86400.0
+    if not _EVERY.fullmatch(policy):
+        return None
+    return float(sum(int(n) * _UNIT_SECONDS[unit]
+                     for n, unit in _EVERY_PART.findall(policy.removeprefix("every_"))))
 
 
 def dump_build(build: Build | None) -> dict[str, object]:

@@ -108,10 +108,10 @@ SERVICE: dict[str, tuple[Handling, str]] = {
     "provider": ("ignored", "no providers"),
     "pull_policy": ("differs", "`build` builds at every `up`; an image from a registry is "
                                "pulled when missing (`always`: at every `up`, `never`: not "
-                               "at all), a built one built when missing; `daily`, `weekly`, "
-                               "`every_*` warned: pulled when missing"),
-    "pull_refresh_after": ("ignored", "linkd keeps no pull times: an image is pulled when "
-                                      "missing"),
+                               "at all, `daily`, `weekly`, `every_<duration>`: also once its "
+                               "last pull is that old), a built one built when missing"),
+    "pull_refresh_after": ("ignored", "`pull_policy: every_<duration>` says when to pull "
+                                      "again"),
     "read_only": ("supported", ""),
     "restart": ("supported", ""),
     "runtime": ("ignored", "choose with `x-linkd: runtime: runc | linkd`"),

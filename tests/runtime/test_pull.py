@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -392,6 +393,39 @@ async def test_pull_policy_always_and_never(tiny: TinyRegistry, store: ImageStor
         assert "/v2/test/bb/manifests/1" in tiny.requests
     assert len(tiny.layer_requests()) == 1  # the config only: the layer is in the store
     assert to_pull(always, tmp_path, store) == [(ref, None)]
+
+
+async def test_pull_policy_every_pulls_again_once_the_last_pull_is_that_old(
+        tiny: TinyRegistry, store: ImageStore, tmp_path: Path) -> None:
+    image = small_image(("x", b"x"))
+    tiny.add_layout("test/bb", "1", image.oci_files())
+    ref = f"{tiny.host}/test/bb:1"
+    stack = parse_stack(f'services:\n  a: {{image: "{ref}", pull_policy: every_1h}}\n'
+                        f'  b: {{image: "{ref}", pull_policy: daily}}\n',
+                        source="t.yaml", default_project="t")
+    await pull_mod.pull_missing(stack, tmp_path, store)  # missing: pulled
+    assert store.pulled_at(ref) == pytest.approx(time.time(), abs=30)
+    assert store.pulled_at(f"{ref}") == store.pulled_at(f"{tiny.host}/test/bb:1")
+    tiny.requests.clear()
+    await pull_mod.pull_missing(stack, tmp_path, store)  # pulled a moment ago: not again
+    assert tiny.requests == []
+    store.note_pull(ref, time.time() - 3601)  # the shortest policy's hour has passed
+    assert to_pull(stack, tmp_path, store) == [(ref, None)]
+    await pull_mod.pull_missing(stack, tmp_path, store)
+    assert "/v2/test/bb/manifests/1" in tiny.requests
+    assert to_pull(stack, tmp_path, store) == []
+    # Loaded from a file, never pulled: a refreshing policy pulls it.
+    other = small_image(("y", b"y"))
+    other.name = "test/loaded:1"
+    store.load(write_dir(other.oci_files(), tmp_path / "loaded"))
+    assert store.pulled_at("test/loaded:1") is None
+    loaded = parse_stack('services:\n  a: {image: "test/loaded:1", pull_policy: weekly}\n'
+                         '  b: {image: "test/loaded:1"}\n',
+                         source="t.yaml", default_project="t")
+    assert to_pull(loaded, tmp_path, store) == [("test/loaded:1", None)]
+    # A bad times file is only a reason to pull once more.
+    (store.root / "pulled.json").write_text("{nope")
+    assert store.pulled_at(ref) is None
 
 
 def test_platforms_are_parsed() -> None:

@@ -257,14 +257,17 @@ def test_the_policies_that_would_pull_are_warned(policy: str) -> None:
     assert "built when missing" in stack.warnings[0]
 
 
-@pytest.mark.parametrize(("policy", "kept", "warned"), [
-    ("always", "always", False), ("never", "never", False), ("missing", "", False),
-    ("if_not_present", "", False), ("daily", "", True), ("every_2h", "", True)])
-def test_an_images_pull_policy(policy: str, kept: str, warned: bool) -> None:
+@pytest.mark.parametrize(("policy", "kept", "every"), [
+    ("always", "always", None), ("never", "never", None), ("missing", "", None),
+    ("if_not_present", "", None), ("daily", "daily", 86400.0),
+    ("weekly", "weekly", 604800.0), ("every_2h", "every_2h", 7200.0),
+    ("every_1d2h30m", "every_1d2h30m", 95400.0), ("every_1w", "every_1w", 604800.0),
+    ("every_90", "every_90", 90.0)])
+def test_an_images_pull_policy(policy: str, kept: str, every: float | None) -> None:
     stack = parse(f"services:\n  app:\n    image: r.io/app:1\n    pull_policy: {policy}\n")
     assert stack.service("app").pull_policy == kept
-    assert bool(stack.warnings) == warned
-    assert not warned or "keeps no pull times" in stack.warnings[0]
+    assert stack.warnings == ()
+    assert build_spec.refresh_after(kept) == every
     dumped = stack_to_dict(stack)["services"]["app"]
     assert dumped.get("pull_policy", "") == kept
 

@@ -123,7 +123,7 @@ def unpack_fetched(blob: Path, layer: LoadLayer, budget: Budget, dest: Path) -> 
         src.close()
 
 
-def _key(name: str, refs: dict[str, str]) -> str | None:
+def _key(name: str, refs: Mapping[str, object]) -> str | None:
     """The name in `refs` that `name` means: as written, with `:latest`, or as the
     reference it is in full (`docker.io/library/redis:7`) or familiar (`redis:7`) form,
     so a name loaded from an archive and the same name pulled are one image."""
@@ -182,6 +182,30 @@ class ImageStore:
         for name, image_id in sorted(self._refs().items()):
             by_id.setdefault(image_id, []).append(name)
         return [self._record(i, tuple(n)) for i, n in by_id.items()]
+
+    def note_pull(self, name: str, when: float | None = None) -> None:
+        """Remember when `name` was last pulled (now, or `when`), for `pulled_at`; the
+        times of names no longer in the store are forgotten on the way."""
+        with self._locked():
+            refs = self._refs()
+            times = {n: t for n, t in self._pull_times().items() if n in refs}
+            times[_key(name, refs) or name] = time.time() if when is None else when
+            write_atomic(self.root / "pulled.json", json.dumps(times, indent=1).encode())
+
+    def pulled_at(self, name: str) -> float | None:
+        """When `name` was last pulled (a Unix time); None if it never was (loaded from
+        a file or built, or pulled by a linkd that kept no times)."""
+        times = self._pull_times()
+        key = _key(name, times)
+        return None if key is None else times[key]
+
+    def _pull_times(self) -> dict[str, float]:
+        try:
+            doc = json.loads((self.root / "pulled.json").read_bytes())
+        except (FileNotFoundError, ValueError):
+            return {}  # a lost or bad file: only a reason to pull once more
+        return {str(k): float(v) for k, v in doc.items()
+                if isinstance(v, (int, float))} if isinstance(doc, dict) else {}
 
     def unnamed(self) -> tuple[StoredImage, ...]:
         """The images no name points at (kept while a container runs them, or until

@@ -63,6 +63,7 @@ from linkd.runtime.images.layers import Budget
 from linkd.runtime.images.registry import Repository, auth_for
 from linkd.runtime.images.sources import LoadLayer
 from linkd.spec import values
+from linkd.spec.build import refresh_after
 from linkd.spec.values import Bad
 
 CONCURRENCY = 3
@@ -149,8 +150,10 @@ async def pull(text: str, store: ImageStore | None = None, *, target: Platform |
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    return await transport.pull_from(endpoints(ref.domain, config), attempt, label, config,
-                                     timeout=timeout, env=env)
+    pulled = await transport.pull_from(endpoints(ref.domain, config), attempt, label, config,
+                                       timeout=timeout, env=env)
+    await asyncio.to_thread(store.note_pull, label)  # for `pull_policy: daily` and the like
+    return pulled
 
 
 async def _pull(repo: Repository, store: ImageStore, ref: reference.Reference,
@@ -313,7 +316,8 @@ def to_pull(stack: Stack, base: Path, store: ImageStore) -> list[tuple[str, str 
     Compose pulls them: those `pullable` that a service's `pull_policy` says to pull
     `always`, and those not in the store unless every service of the image says
     `never` (`missing`, the default, and Compose's other policies pull what is
-    missing). A name without a registry (`redis:7`) is Docker Hub's."""
+    missing), and those whose last pull is older than a `daily`, `weekly` or
+    `every_<duration>` says. A name without a registry (`redis:7`) is Docker Hub's."""
     policies: dict[str, set[str]] = {}
     for s in stack.services:
         if s.image is not None:
@@ -328,6 +332,11 @@ def to_pull(stack: Stack, base: Path, store: ImageStore) -> list[tuple[str, str 
         try:
             store.get(ref)
         except NotFoundError:
+            wanted.append((ref, platform))
+            continue
+        every = [t for t in map(refresh_after, policies[ref]) if t is not None]
+        last = store.pulled_at(ref)
+        if every and (last is None or time.time() - last >= min(every)):
             wanted.append((ref, platform))
     return wanted
 
