@@ -262,6 +262,15 @@ class Linkd:
     def up(self, *extra: str) -> subprocess.CompletedProcess[str]:
         return self.run("up", "-d", "-p", self.project, *extra)
 
+    def wait_for_log(self, service: str, text: str, timeout: float = 15) -> str:
+        """`linkd logs SERVICE` once it holds `text` (or when `timeout` is up)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            out = self.run("logs", "-p", self.project, service, check=False).stdout
+            if text in out or time.monotonic() > deadline:
+                return out
+            time.sleep(0.05)
+
     def down(self) -> subprocess.CompletedProcess[str]:
         return self.run("down", "-p", self.project)
 

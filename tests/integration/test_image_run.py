@@ -125,15 +125,6 @@ def images(linkd: Linkd, busybox: Image) -> Iterator[ImageStore]:
             store.remove(name)
 
 
-def _wait_for_log(linkd: Linkd, service: str, text: str, timeout: float = 10) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        out = linkd.run("logs", "-p", linkd.project, service, check=False).stdout
-        if text in out or time.monotonic() > deadline:
-            return out
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("runtime", ["linkd", "runc"])
 def test_image_services_beside_host_commands(linkd: Linkd, images: ImageStore,
                                              runtime: str) -> None:
@@ -145,13 +136,13 @@ def test_image_services_beside_host_commands(linkd: Linkd, images: ImageStore,
     linkd.up()
 
     # The entrypoint knows only Docker's link variables, and reaches db by them.
-    out = _wait_for_log(linkd, "app", "reply: ")
+    out = linkd.wait_for_log("app", "reply: ")
     assert "reply: pong" in out, out
     # Image Env under the stack's environment; WorkingDir, User, /etc/hostname.
     assert "env: from-stack yes" in out
     assert "where: /srv 65534 app-1" in out
     # The image's ExposedPorts feed the conventions: the host-command client found web.
-    out = _wait_for_log(linkd, "client", "client got:")
+    out = linkd.wait_for_log("client", "client got:")
     assert "client got: hello, image" in out, out
 
     # busybox's nslookup asks linkd's DNS (127.0.0.11, from the bound resolv.conf).

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,21 +71,12 @@ def pushed(registry: RealRegistry, tmp_path: Path) -> Iterator[str]:
                 store.remove(name)
 
 
-def _wait_for_log(linkd: Linkd, service: str, text: str, timeout: float = 15) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        out = linkd.run("logs", "-p", linkd.project, service, check=False).stdout
-        if text in out or time.monotonic() > deadline:
-            return out
-        time.sleep(0.05)
-
-
 def test_up_pulls_an_image_by_reference_and_runs_it(linkd: Linkd, pushed: str,
                                                     registry: RealRegistry) -> None:
     (linkd.directory / "client.py").write_text(CLIENT)
     linkd.write(STACK.replace("REF", pushed))
     linkd.up()
-    out = _wait_for_log(linkd, "client", "client got:")
+    out = linkd.wait_for_log("client", "client got:")
     assert "client got: hello, pulled" in out, out
     listed = linkd.run("image", "ls").stdout
     assert pushed in listed

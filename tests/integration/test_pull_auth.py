@@ -14,7 +14,6 @@ import base64
 import contextlib
 import json
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,15 +71,6 @@ def _forget(host: str) -> None:
                 store.remove(name)
 
 
-def _wait_for_log(linkd: Linkd, service: str, text: str, timeout: float = 15) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        out = linkd.run("logs", "-p", linkd.project, service, check=False).stdout
-        if text in out or time.monotonic() > deadline:
-            return out
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("mode", ["anonymous", "htpasswd", "token"])
 def test_up_pulls_from_a_registry_in_each_auth_mode(mode: str, linkd: Linkd, tmp_path: Path,
                                                    docker_config: Path) -> None:
@@ -101,7 +91,7 @@ def test_up_pulls_from_a_registry_in_each_auth_mode(mode: str, linkd: Linkd, tmp
                 secret = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
                 docker_config.write_text(json.dumps({"auths": {host: {"auth": secret}}}))
             linkd.up()
-            out = _wait_for_log(linkd, "app", "pulled and running")
+            out = linkd.wait_for_log("app", "pulled and running")
             assert "pulled and running" in out, out
             assert ref in linkd.run("image", "ls").stdout
         finally:
