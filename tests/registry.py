@@ -44,6 +44,8 @@ class TinyRegistry:
     truncated: set[str] = field(default_factory=set)  # digests served cut short
     tampered: set[str] = field(default_factory=set)  # digests served with a byte flipped
     cut_once: set[str] = field(default_factory=set)  # cut short once, then ranges served
+    cut_then_whole: set[str] = field(default_factory=set)  # cut once, then no ranges
+    _cut: set[str] = field(default_factory=set)
     token: str = ""  # non-empty: every /v2/ request needs "Bearer <token>"
     basic: str = ""  # non-empty: every /v2/ request needs "Basic <basic>"
     redirect: str = ""  # non-empty: blobs are a redirect to this host[:port]
@@ -122,7 +124,10 @@ class TinyRegistry:
                 start = int(request.headers["Range"].removeprefix("bytes=").rstrip("-"))
                 return web.Response(status=206, body=data[start:], headers={
                     "Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"})
-            if ref in self.truncated or ref in self.cut_once:
+            if ref in self.cut_then_whole and ref in self._cut:
+                return web.Response(body=data)  # the whole blob, whatever Range asked
+            self._cut |= {ref} & self.cut_then_whole
+            if ref in self.truncated or ref in self.cut_once or ref in self.cut_then_whole:
                 # The length the blob has, then the connection closes early.
                 resp = web.StreamResponse(headers={"Content-Length": str(len(data))})
                 await resp.prepare(request)

@@ -23,7 +23,7 @@ from linkd.core.image_format import Platform
 from linkd.errors import ImageError, NotFoundError, RegistryError, SpecError
 from linkd.runtime.images import pull as pull_mod
 from linkd.runtime.images import registry
-from linkd.runtime.images.image_store import ImageStore
+from linkd.runtime.images.image_store import ImageStore, layer_dir
 from linkd.runtime.images.pull import pull, to_pull
 from linkd.spec.stack_file import parse_stack
 from tests.images import Entry, Image, layer_tar, write_dir
@@ -227,6 +227,21 @@ async def test_a_broken_download_resumes_where_it_broke_off(tiny: TinyRegistry,
     assert pulled.image.layers == tuple(image.diff_ids())
     assert len(seen) == 2 and seen[0] is None
     assert seen[1] is not None and int(seen[1].removeprefix("bytes=").rstrip("-")) > 0
+
+
+async def test_a_download_that_starts_over_is_unpacked_from_the_whole_blob(
+        tiny: TinyRegistry, store: ImageStore) -> None:
+    """A registry that breaks off and then will not resume sends the blob again from its
+    start: the unpacking, which read the first try as it came, starts over too."""
+    image = small_image(("x", os.urandom(600_000)))
+    tiny.add_layout("test/bb", "1", image.oci_files(gzip_layers=False))
+    layer = json.loads(tiny.manifests["test/bb:1"][1])["layers"][0]["digest"]
+    tiny.cut_then_whole.add(layer)
+    pulled = await pull(f"{tiny.host}/test/bb:1", store)
+    assert pulled.image.layers == tuple(image.diff_ids())
+    assert sum(1 for r in tiny.requests if r.endswith(layer)) == 2
+    unpacked = layer_dir(store.root, image.diff_ids()[0])
+    assert len((unpacked / "x").read_bytes()) == 600_000
 
 
 async def test_500s_are_retried(tiny: TinyRegistry, store: ImageStore) -> None:

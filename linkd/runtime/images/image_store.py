@@ -51,6 +51,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import IO
 
 from linkd.core import image_format as fmt
 from linkd.core import layer_rules, reference
@@ -94,33 +95,38 @@ def _unpack(src: Source, layer: LoadLayer, budget: Budget, work: Path,
             dest: Path | None) -> int:
     """Verify one layer (blob and diff_id) and, if `dest` is given, unpack the verified
     copy there (`linkd.runtime.images.layers`). Returns the size of the uncompressed tar."""
-    name = layer.blob_digest or layer.member
     size = layer.size if layer.size is not None else src.size(layer.member)
+    with src.open(layer.member) as stream:
+        return _verify_and_unpack(stream, replace(layer, size=size), budget, work, dest)
+
+
+def _verify_and_unpack(stream: IO[bytes], layer: LoadLayer, budget: Budget, work: Path,
+                       dest: Path | None) -> int:
+    name = layer.blob_digest or layer.member
+    assert layer.size is not None
     with contextlib.ExitStack() as stack:
         # Unlinked (O_TMPFILE), in the store's 0700 tmp/: nothing to clean up, no one
         # else can reach it between the check and the unpacking.
         copy = None if dest is None else stack.enter_context(
             tempfile.TemporaryFile(dir=work))
-        stream = stack.enter_context(src.open(layer.member))
         tar_size = verify_layer(budget, name, stream, blob_digest=layer.blob_digest,
-                                size=size, diff_id=layer.diff_id, keep=copy)
+                                size=layer.size, diff_id=layer.diff_id, keep=copy)
         if copy is not None and dest is not None:
             copy.seek(0)
-            unpack_layer(budget, name, copy, dest, size)
+            unpack_layer(budget, name, copy, dest, layer.size)
         return tar_size
 
 
-def unpack_fetched(blob: Path, layer: LoadLayer, budget: Budget, dest: Path) -> int:
-    """A pull's layer, as soon as its blob is fetched: verified (blob and diff_id) and
-    unpacked into the new directory `dest`, exactly as `load` does it, while the pull
-    fetches the others. `dest` is in the pull's own directory (the store's `tmp/` is
-    cleared by every load), on the store's file system: `load(unpacked=...)` moves it
-    into `layers/` with the rest of the image, under the lock. Returns the tar's size."""
-    src = open_source(blob.parent, budget.label, budget.limits)
-    try:
-        return _unpack(src, replace(layer, member=blob.name), budget, dest.parent, dest)
-    finally:
-        src.close()
+def unpack_fetched(blob: IO[bytes], layer: LoadLayer, budget: Budget, dest: Path) -> int:
+    """A pull's layer, read from `blob` while it is fetched: verified (diff_id, size,
+    limits) and unpacked into the new directory `dest` exactly as `load` does it, while
+    the pull fetches the others. `blob` must end only once its digest has been checked
+    (linkd.runtime.images.pull's `GrowingBlob`): only the decompressor sees bytes before
+    that, as in a load, and the tar parser reads the verified copy after it. `dest` is
+    in the pull's own directory (the store's `tmp/` is cleared by every load), on the
+    store's file system: `load(unpacked=...)` moves it into `layers/` with the rest of
+    the image, under the lock. Returns the tar's size."""
+    return _verify_and_unpack(blob, layer, budget, dest.parent, dest)
 
 
 def _key(name: str, refs: Mapping[str, object]) -> str | None:
@@ -190,7 +196,9 @@ class ImageStore:
             refs = self._refs()
             times = {n: t for n, t in self._pull_times().items() if n in refs}
             times[_key(name, refs) or name] = time.time() if when is None else when
-            write_atomic(self.root / "pulled.json", json.dumps(times, indent=1).encode())
+            # Not synced: a time lost with a power cut costs one more pull, no more.
+            write_atomic(self.root / "pulled.json", json.dumps(times, indent=1).encode(),
+                         durable=False)
 
     def pulled_at(self, name: str) -> float | None:
         """When `name` was last pulled (a Unix time); None if it never was (loaded from

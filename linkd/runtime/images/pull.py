@@ -12,9 +12,10 @@ so the store has one way in, with the same checks:
    layers;
 3. the layers the store does not have yet (by diff_id), at most `concurrency` at once,
    each streamed into `<store>/pulls/pull-<pid>-*/blobs/` and checked against its
-   descriptor as it comes; as soon as one is fetched, and while the others still
-   download, it is verified and unpacked as `load` does it (blob digest, diff_id,
-   limits: `image_store.unpack_fetched`), two at a time, into `unpacked/` beside it;
+   descriptor as it comes; meanwhile a thread reads what has arrived of it
+   (`linkd.runtime.images.growing`), decompressing and checking it as `load` does
+   (diff_id, limits: `image_store.unpack_fetched`), and unpacks it into `unpacked/`
+   beside it once the download has checked the blob's digest;
 4. `ImageStore.load(..., partial=True, unpacked=...)`: the layout (a one-manifest
    index, the manifest and the config) verified again, its layers taken from
    `unpacked/` and from the store, moved in and named under the store's lock.
@@ -28,6 +29,7 @@ leaves the store as it was.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -40,7 +42,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar, cast
 
 import aiohttp
 
@@ -58,6 +60,7 @@ from linkd.errors import (
     UsageError,
 )
 from linkd.runtime.images import transport
+from linkd.runtime.images.growing import Abandoned, GrowingBlob
 from linkd.runtime.images.image_store import ImageStore, StoredImage, layer_dir, unpack_fetched
 from linkd.runtime.images.layers import Budget
 from linkd.runtime.images.registry import Repository, auth_for
@@ -67,7 +70,12 @@ from linkd.spec.build import refresh_after
 from linkd.spec.values import Bad
 
 CONCURRENCY = 3
-UNPACKS = 2  # layers unpacked at once
+# Threads of their own for the layers' unpacking: each waits for its download's bytes
+# most of the time, and must not hold the threads the rest of the runtime shares
+# (asyncio.to_thread's). More layers at once than this wait their turn, reading the
+# file their download went on writing meanwhile.
+_UNPACKING = concurrent.futures.ThreadPoolExecutor(max_workers=2 * CONCURRENCY,
+                                                   thread_name_prefix="linkd-unpack")
 _T = TypeVar("_T")
 TRANSFER_EVERY = 0.1  # seconds between two byte counts of one layer told to `transfer`
 
@@ -190,10 +198,9 @@ async def _pull(repo: Repository, store: ImageStore, ref: reference.Reference,
     report(subject, f"{len(manifest.layers)} layers, {len(wanted)} to fetch "
                     f"({fetched_bytes / 1e6:.1f} MB)")
     limit = asyncio.Semaphore(max(1, concurrency))
-    # Each layer is unpacked as soon as it is fetched, while the others download, into
-    # the pull's own directory; two at a time (decompressing and hashing leave the
-    # interpreter to the other), counted against the image's limits together.
-    unpacking = asyncio.Semaphore(UNPACKS)
+    # Each layer is verified and unpacked as its bytes arrive, on a thread of its own
+    # reading the file the download writes (linkd.runtime.images.growing), into the
+    # pull's own directory; the layers' counts go against the image's limits together.
     budget = Budget(label, layer_rules.limits_from_env(os.environ))
     unpacked: dict[str, tuple[Path, int]] = {}
     (work / "unpacked").mkdir(mode=0o700)
@@ -201,21 +208,35 @@ async def _pull(repo: Repository, store: ImageStore, ref: reference.Reference,
     async def fetch(desc: Descriptor, diff_id: str) -> None:
         layer = f"layer {desc.digest.partition(':')[2][:12]}"
         blob = blobs / desc.digest.partition(":")[2]
+        dest = work / "unpacked" / diff_id.partition(":")[2]
+        # Its digest is checked as it comes (the download's); the unpacking checks the
+        # rest (size, diff_id, limits) without hashing the blob a second time.
+        plan = LoadLayer(blob.name, None, desc.size, diff_id)
         report(layer, "waiting")
         async with limit:
             report(layer, f"downloading {desc.size / 1e6:.1f} MB")
-            await repo.blob(desc, blob, f"layer {desc.digest}",
-                            _throttled(transfer, layer, desc.size))
+            growing = GrowingBlob(blob)
+            job = asyncio.get_running_loop().run_in_executor(
+                _UNPACKING, unpack_fetched, cast(IO[bytes], growing), plan, budget, dest)
+            try:
+                await repo.blob(desc, blob, f"layer {desc.digest}",
+                                _told(growing.grew, _throttled(transfer, layer, desc.size)))
+                growing.finish()
+            except BaseException:
+                growing.fail()
+                await _ended(job)
+                growing.close()
+                raise
         report(layer, "verified")
-        async with unpacking:
-            report(layer, "unpacking")
-            dest = work / "unpacked" / diff_id.partition(":")[2]
-            # Its digest was checked as it came, into a directory only root reaches:
-            # the unpacking checks the rest (size, diff_id, limits) without hashing the
-            # blob a second time.
-            size = await _in_thread(unpack_fetched, blob,
-                                    LoadLayer(blob.name, None, desc.size, diff_id),
-                                    budget, dest)
+        report(layer, "unpacking")
+        try:
+            size = await _outcome(job, growing)
+        except Abandoned:  # the download started over under it: the whole file, again
+            shutil.rmtree(dest, ignore_errors=True)
+            with open(blob, "rb") as whole:
+                size = await _in_thread(unpack_fetched, whole, plan, budget, dest)
+        finally:
+            growing.close()
         blob.unlink()  # the layout leaves it out: `load` takes the directory instead
         unpacked[diff_id] = (dest, size)
         report(layer, "done")
@@ -237,6 +258,38 @@ async def _pull(repo: Repository, store: ImageStore, ref: reference.Reference,
         unpacked=unpacked))
     report(subject, f"pulled {image.id[:19]} in {time.monotonic() - started:.1f} s")
     return Pulled(image, len(wanted), fetched_bytes)
+
+
+async def _ended(job: asyncio.Future[Any]) -> None:
+    """Wait for a thread told to stop (its blob failed), whatever it ends with."""
+    with contextlib.suppress(BaseException):
+        await asyncio.shield(job)
+    if not job.done():  # this task was cancelled meanwhile: the thread still must end
+        with contextlib.suppress(BaseException):
+            await job
+
+
+async def _outcome(job: asyncio.Future[_T], growing: GrowingBlob) -> _T:
+    """The unpacking thread's result. Cancelled, the thread is told to stop, and is
+    waited for: it writes in the pull's directory, which goes when the pull ends."""
+    try:
+        return await asyncio.shield(job)
+    except asyncio.CancelledError:
+        growing.fail()
+        with contextlib.suppress(BaseException):
+            await job
+        raise
+
+
+def _told(*hooks: Callable[[int], None] | None) -> Callable[[int], None]:
+    """One callback for a download's byte count, calling each of `hooks` given."""
+    given = [h for h in hooks if h is not None]
+
+    def received(count: int) -> None:
+        for hook in given:
+            hook(count)
+
+    return received
 
 
 async def _in_thread(fn: Callable[..., _T], *args: Any) -> _T:

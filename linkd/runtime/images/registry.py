@@ -275,7 +275,8 @@ class Repository:
         digest at the end; nothing is kept of a blob that fails. A retry after a broken
         connection asks only for the rest (HTTP Range), and starts again if the registry
         sends the whole blob instead (a 200, not a 206). `received` is told the bytes
-        held so far after each chunk (a progress display)."""
+        held so far after each chunk, and 0 when the file starts over (a progress
+        display, a reader of the growing file)."""
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
                      | os.O_CLOEXEC, 0o600)
         got = _Received()
@@ -290,6 +291,8 @@ class Repository:
                     os.ftruncate(fd, 0)
                     os.lseek(fd, 0, os.SEEK_SET)
                     got.restart()
+                    if received is not None:
+                        received(0)  # a reader of the file starts over too
                     if resp.status == 206:
                         raise _Retry("the registry sent another range than asked for")
                 async for chunk in resp.content.iter_chunked(_CHUNK):
