@@ -6,11 +6,12 @@ it holds (`grew`); the unpacking (linkd.runtime.images.image_store.unpack_fetche
 thread) reads it through a `GrowingBlob`, which waits for bytes that are not there yet.
 
 The reader's end of the file is the download's verdict, not the file's: `read` returns
-EOF only after `finish`, which the download calls once the blob's digest and size have
-been checked; so the layer's tar, which the unpacking parses only after EOF, is a
-verified blob's. A download that fails (`fail`), or starts the blob over after the
-reader may have read some of it (`grew` with a smaller count: a retry whose registry
-would not resume), ends the reading with `Abandoned`.
+EOF only after `finish`, which the download calls once the whole blob, of its size, is
+there. The reader hashes what it reads and checks the blob's digest at EOF, before the
+layer's tar (the verified copy `load` parses) is read at all. A download that fails
+(`fail`), or starts the blob over after the reader may have read some of it (`grew`
+with a smaller count: a retry whose registry would not resume), ends the reading with
+`Abandoned`.
 """
 
 from __future__ import annotations

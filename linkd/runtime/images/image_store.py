@@ -118,11 +118,12 @@ def _verify_and_unpack(stream: IO[bytes], layer: LoadLayer, budget: Budget, work
 
 
 def unpack_fetched(blob: IO[bytes], layer: LoadLayer, budget: Budget, dest: Path) -> int:
-    """A pull's layer, read from `blob` while it is fetched: verified (diff_id, size,
-    limits) and unpacked into the new directory `dest` exactly as `load` does it, while
-    the pull fetches the others. `blob` must end only once its digest has been checked
-    (linkd.runtime.images.pull's `GrowingBlob`): only the decompressor sees bytes before
-    that, as in a load, and the tar parser reads the verified copy after it. `dest` is
+    """A pull's layer, read from `blob` while it is fetched: verified (digest, diff_id,
+    size, limits) and unpacked into the new directory `dest` exactly as `load` does it,
+    while the pull fetches the others (`blob`: linkd.runtime.images.growing's
+    `GrowingBlob`, which ends when the download is whole). Only the decompressor sees
+    bytes before the digest is checked, as in a load; the tar parser reads the verified
+    copy after. `dest` is
     in the pull's own directory (the store's `tmp/` is cleared by every load), on the
     store's file system: `load(unpacked=...)` moves it into `layers/` with the rest of
     the image, under the lock. Returns the tar's size."""

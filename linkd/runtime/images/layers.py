@@ -42,6 +42,7 @@ members that would send it backwards are refused.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import hashlib
@@ -182,6 +183,11 @@ def verify_layer(budget: Budget, layer: str, stream: IO[bytes], *, blob_digest: 
                 keep.write(chunk)
         raw.drain()  # the rest of the blob, for its digest
     except (EOFError, gzip.BadGzipFile, zlib_error, zstd.ZstdError) as exc:
+        if blob_digest is not None:  # other bytes than the blob's: say that, not this
+            with contextlib.suppress(OSError, ValueError):
+                raw.drain()
+            if raw.count == size:
+                check_digest(label, entry, raw.digest(), blob_digest)
         raise ImageError(label, entry, "layer format", f"not readable: {exc}") from None
     except OSError as exc:
         raise ImageError(label, entry, "I/O", f"{exc.strerror or exc}") from None

@@ -12,10 +12,10 @@ so the store has one way in, with the same checks:
    layers;
 3. the layers the store does not have yet (by diff_id), at most `concurrency` at once,
    each streamed into `<store>/pulls/pull-<pid>-*/blobs/` and checked against its
-   descriptor as it comes; meanwhile a thread reads what has arrived of it
-   (`linkd.runtime.images.growing`), decompressing and checking it as `load` does
-   (diff_id, limits: `image_store.unpack_fetched`), and unpacks it into `unpacked/`
-   beside it once the download has checked the blob's digest;
+   size as it comes; meanwhile a thread reads what has arrived of it
+   (`linkd.runtime.images.growing`), hashing, decompressing and checking it as `load`
+   does (digest, diff_id, limits: `image_store.unpack_fetched`), and unpacks it into
+   `unpacked/` beside it once the whole blob passed;
 4. `ImageStore.load(..., partial=True, unpacked=...)`: the layout (a one-manifest
    index, the manifest and the config) verified again, its layers taken from
    `unpacked/` and from the store, moved in and named under the store's lock.
@@ -209,9 +209,10 @@ async def _pull(repo: Repository, store: ImageStore, ref: reference.Reference,
         layer = f"layer {desc.digest.partition(':')[2][:12]}"
         blob = blobs / desc.digest.partition(":")[2]
         dest = work / "unpacked" / diff_id.partition(":")[2]
-        # Its digest is checked as it comes (the download's); the unpacking checks the
-        # rest (size, diff_id, limits) without hashing the blob a second time.
-        plan = LoadLayer(blob.name, None, desc.size, diff_id)
+        # The unpacking reads every byte of the blob as it comes: it checks the digest
+        # (before its tar is parsed), the diff_id and the limits; the download checks
+        # the size. One hash of the blob, off the event loop.
+        plan = LoadLayer(blob.name, desc.digest, desc.size, diff_id)
         report(layer, "waiting")
         async with limit:
             report(layer, f"downloading {desc.size / 1e6:.1f} MB")
@@ -220,7 +221,8 @@ async def _pull(repo: Repository, store: ImageStore, ref: reference.Reference,
                 _UNPACKING, unpack_fetched, cast(IO[bytes], growing), plan, budget, dest)
             try:
                 await repo.blob(desc, blob, f"layer {desc.digest}",
-                                _told(growing.grew, _throttled(transfer, layer, desc.size)))
+                                _told(growing.grew, _throttled(transfer, layer, desc.size)),
+                                digest_checked_by_reader=True)
                 growing.finish()
             except BaseException:
                 growing.fail()

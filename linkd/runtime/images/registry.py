@@ -115,18 +115,21 @@ def _media_type(header: str | None, body: bytes) -> str:
 
 
 class _Received:
-    """What a blob's download has received so far: its length and running hash."""
+    """What a blob's download has received so far: its length and running hash (none
+    when the digest is checked by whoever reads the file)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, hashed: bool = True) -> None:
+        self.hashed = hashed
         self.restart()
 
     def restart(self) -> None:
         self.count = 0
-        self.hash = hashlib.sha256()
+        self.hash = hashlib.sha256() if self.hashed else None
 
     def add(self, chunk: bytes) -> None:
         self.count += len(chunk)
-        self.hash.update(chunk)
+        if self.hash is not None:
+            self.hash.update(chunk)
 
 
 class Repository:
@@ -270,16 +273,20 @@ class Repository:
         return media, body
 
     async def blob(self, desc: Descriptor, dest: Path, entry: str,
-                   received: Callable[[int], None] | None = None) -> None:
+                   received: Callable[[int], None] | None = None, *,
+                   digest_checked_by_reader: bool = False) -> None:
         """Stream the blob `desc` into `dest`, checking its size as it comes and its
         digest at the end; nothing is kept of a blob that fails. A retry after a broken
         connection asks only for the rest (HTTP Range), and starts again if the registry
         sends the whole blob instead (a 200, not a 206). `received` is told the bytes
         held so far after each chunk, and 0 when the file starts over (a progress
-        display, a reader of the growing file)."""
+        display, a reader of the growing file). `digest_checked_by_reader`: the caller's
+        reader of the file hashes every byte of it anyway and checks the digest before
+        it uses any (a pull's unpacking): the size is checked here, the digest there,
+        off the event loop."""
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
                      | os.O_CLOEXEC, 0o600)
-        got = _Received()
+        got = _Received(hashed=not digest_checked_by_reader)
 
         async def attempt() -> None:
             extra = {"Range": f"bytes={got.count}-"} if got.count else {}
@@ -315,7 +322,9 @@ class Repository:
             if got.count != desc.size:
                 raise ImageError(self.label, entry, "size mismatch",
                                  f"{got.count} bytes, the descriptor says {desc.size}")
-            check_digest(self.label, entry, "sha256:" + got.hash.hexdigest(), desc.digest)
+            if got.hash is not None:
+                check_digest(self.label, entry, "sha256:" + got.hash.hexdigest(),
+                             desc.digest)
         except BaseException:
             dest.unlink(missing_ok=True)
             raise
