@@ -16,6 +16,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
+from linkd.core.placement import Constraint
 from linkd.core.seccomp_profile import SeccompProfile
 
 Protocol = Literal["tcp", "udp", "sctp"]
@@ -240,6 +241,9 @@ class Service:
     user: str | None = None
     group_add: tuple[str, ...] = ()  # supplementary groups: names (of the image's) or gids
     platform: str | None = None  # "os/arch[/variant]": the image must be of it
+    # deploy.placement.constraints: where a cluster may run it (linkd.core.placement);
+    # a single daemon runs every service itself
+    placement: tuple[Constraint, ...] = ()
     # Compose's pull_policy for an image from a registry: "always" (pulled at every
     # `up`), "never" (the store's or an error), "daily", "weekly", "every_<duration>"
     # (pulled again once its last pull is that old), "" (pulled when missing)

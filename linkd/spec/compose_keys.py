@@ -47,7 +47,9 @@ SERVICE: dict[str, tuple[Handling, str]] = {
     "cpuset": ("ignored", "no CPU pinning; use `cpus`"),
     "credential_spec": ("ignored", "Windows only"),
     "depends_on": ("supported", ""),
-    "deploy": ("differs", "`replicas` and `resources.limits` only; the Swarm keys are warned"),
+    "deploy": ("differs", "`replicas`, `resources.limits` and `placement.constraints` (a "
+                          "cluster places by them; one daemon runs every service itself); "
+                          "the other Swarm keys are warned"),
     "develop": ("ignored", "no `watch`: linkd runs what the file says"),
     "device_cgroup_rules": ("ignored", "no devices cgroup"),
     "devices": ("supported", ""),

@@ -182,6 +182,8 @@ def _service(s: Service) -> dict[str, Any]:
         restart += f":{s.restart.max_retries}"
     out["restart"] = restart
     out["scale"] = s.replicas
+    if s.placement:
+        out["deploy"] = {"placement": {"constraints": [str(c) for c in s.placement]}}
     out["stop_signal"] = s.stop_signal
     out["stop_grace_period"] = format_duration(s.stop_grace_period)
     extension: dict[str, Any] = {}

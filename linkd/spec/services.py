@@ -26,6 +26,7 @@ from linkd.core.model import (
     RestartPolicy,
     Service,
 )
+from linkd.core.placement import Constraint, PlacementError, parse_constraint
 from linkd.core.plan import HOST_GATEWAY
 from linkd.spec import compose_keys
 from linkd.spec.build import default_image, pull_policy_of, read_build, read_pull_policy
@@ -75,7 +76,7 @@ _SERVICE_KEYS = (
 )  # fmt: skip
 _SERVICE_IGNORED = compose_keys.ignored(compose_keys.SERVICE)
 _DEPLOY_UNSUPPORTED = (
-    "mode", "endpoint_mode", "labels", "placement", "restart_policy",
+    "mode", "endpoint_mode", "labels", "restart_policy",
     "rollback_config", "update_config",
 )  # fmt: skip
 _CONDITIONS: dict[str, DependsCondition] = {
@@ -144,7 +145,7 @@ class ServiceReader:
         origins = Origins(at)
         if init := given(f, "init"):
             r.boolean(init)  # linkd's init is always PID 1: true or false, checked only
-        replicas = self._replicas(f)
+        replicas, placement = self._replicas(f)
         container_name = self._container_name(given(f, "container_name"), name, replicas)
         before = len(r.problems)
         command, entrypoint = self._argv(f.get("command")), self._argv(f.get("entrypoint"))
@@ -206,6 +207,7 @@ class ServiceReader:
             healthcheck=healthcheck,
             restart=self._restart(f.get("restart")),
             replicas=replicas,
+            placement=placement,
             stop_signal=self._value(f.get("stop_signal"), parse_signal) or "SIGTERM",
             stop_grace_period=self.r.duration(given(f, "stop_grace_period"), 10.0, 0.0),
             conventions=conventions,
@@ -378,18 +380,40 @@ class ServiceReader:
             return RestartPolicy()
         return self.r.parsed(at, parse_restart) or RestartPolicy()
 
-    def _replicas(self, f: dict[str, At]) -> int:
+    def _replicas(self, f: dict[str, At]) -> tuple[int, tuple[Constraint, ...]]:
+        """How many containers, and `deploy.placement`'s constraints."""
         why = " (linkd runs at least one container per service; remove a service to stop it)"
         scale_at = given(f, "scale")
         scale = self.r.integer(scale_at, 1, why) if scale_at else None
         replicas = None
+        placement: tuple[Constraint, ...] = ()
         if deploy := given(f, "deploy"):
-            d = self.r.fields(deploy, ("replicas", "resources"), _DEPLOY_UNSUPPORTED) or {}
+            d = self.r.fields(deploy, ("replicas", "resources", "placement"),
+                              _DEPLOY_UNSUPPORTED) or {}
             if replicas_at := given(d, "replicas"):
                 replicas = self.r.integer(replicas_at, 1, why)
+            if placement_at := given(d, "placement"):
+                placement = self._placement(placement_at)
         if scale_at and scale is not None and replicas is not None and scale != replicas:
             self.r.fail(scale_at, f"scale {scale} differs from deploy.replicas {replicas}; set one")
-        return scale or replicas or 1
+        return scale or replicas or 1, placement
+
+    def _placement(self, at: At) -> tuple[Constraint, ...]:
+        p = self.r.fields(at, ("constraints",), {
+            "preferences": "placement preferences are not read: replicas are spread over "
+                           "the nodes their constraints allow, in turn",
+            "max_replicas_per_node": "not read: replicas are spread over the nodes their "
+                                     "constraints allow, in turn"}) or {}
+        found = []
+        for item in self.r.items(p["constraints"]) or [] if "constraints" in p else []:
+            text = self.r.text(item)
+            if text is None:
+                continue
+            try:
+                found.append(parse_constraint(text))
+            except PlacementError as exc:
+                self.r.fail(item, str(exc))
+        return tuple(found)
 
     # --- environment ---
 
