@@ -133,7 +133,7 @@ class Membership:
             self._failed(str(exc))
         except ConflictError as exc:
             self._conflict(str(exc))
-        except Exception as exc:  # noqa: BLE001 - a bug here must not end the daemon
+        except Exception as exc:  # a bug here must not end the daemon
             log.exception("node %s: keeping its place in the cluster failed (a bug, please "
                           "report it); trying again", self.config.name)
             self._failed(f"{type(exc).__name__}: {exc}")
