@@ -216,3 +216,28 @@ async def test_a_node_started_without_etcd_runs_disconnected() -> None:
         assert await member.tick() <= 1.0  # tries again soon, without raising
     finally:
         await member.leave()
+
+
+async def test_the_api_lists_nodes_or_says_how_to_join(shared_etcd: EtcdCluster,
+                                                       prefix: str) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from linkd.runtime.daemon import api
+    from linkd.runtime.daemon.daemon import Daemon
+
+    daemon = Daemon()
+    async with TestClient(TestServer(api.make_app(daemon))) as client:
+        response = await client.get("/v1/nodes")
+        assert response.status == 409
+        message = (await response.json())["error"]["message"]
+        assert "not in a cluster" in message and "linkd daemon --cluster" in message
+        daemon.cluster = await join(config_for(shared_etcd, "n1", prefix, zone="b"))
+        async with running(daemon.cluster):
+            other = await join(config_for(shared_etcd, "n2", prefix))
+            async with running(other):
+                response = await client.get("/v1/nodes")
+                assert response.status == 200
+                body = await response.json()
+                assert body["node"] == "n1" and body["state"] == "ready"
+                assert [(n["name"], n["self"], n["labels"]) for n in body["nodes"]] == [
+                    ("n1", True, {"zone": "b"}), ("n2", False, {})]
