@@ -3,7 +3,8 @@
 three-member etcd (tests/etcd.py) that listens on the session's side of the first
 host's uplink, which every host reaches by its default route.
 
-`linkd node ls` on any node lists all three; a daemon killed with -9 leaves the list on
+`linkd node ls` on any node lists all three, and a node's daemon runs a stack as any
+daemon does; a daemon killed with -9 leaves the list on
 the others within its lease's TTL and a second; one stopped with SIGTERM leaves at once.
 Every process, namespace and data directory goes in teardown, whatever happened.
 """
@@ -101,6 +102,18 @@ def test_three_nodes_see_each_other_and_a_killed_one_leaves() -> None:
                 assert f" {node.host.address} " in rows[node.name]
                 assert "ready" in rows[node.name] and f"rack={node.name[-1]}" in rows[
                     node.name]
+
+            # A node's daemon runs stacks as any daemon does.
+            stack = machines[0].run_dir / "c1"
+            stack.mkdir()
+            (stack / "linkd.yaml").write_text("services:\n  web:\n    command: sleep 300\n")
+            try:
+                nodes[0].host.linkd("up", "-d", "-p", "c1", cwd=stack, env=nodes[0].env)
+                ps = nodes[0].host.linkd("ps", "-p", "c1", cwd=stack, env=nodes[0].env)
+                assert "running" in ps.stdout, ps.stdout
+            finally:
+                nodes[0].host.linkd("down", "--forget", "-p", "c1", cwd=stack,
+                                    env=nodes[0].env, check=False)
 
             os.kill(nodes[2].process.pid, signal.SIGKILL)  # the daemon itself (exec'd)
             nodes[2].process.wait()
