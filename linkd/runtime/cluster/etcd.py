@@ -188,9 +188,16 @@ class _Calling:
             await self._timeout.__aexit__(kind, exc, tb)
         except TimeoutError:
             raise EtcdUnavailable("etcd did not answer in time") from None
-        if isinstance(exc, aetcd.ClientError | aetcd.rpc.AioRpcError):
+        if exc is not None and (isinstance(exc, aetcd.ClientError | aetcd.rpc.AioRpcError)
+                                or _of_grpc(exc)):
             raise EtcdUnavailable(_reason(exc)) from None
         return False
+
+
+def _of_grpc(exc: BaseException) -> bool:
+    """gRPC's own errors beside its status codes: a call on a channel closed under it (a
+    client dropped after a loss while a read was on it), say."""
+    return isinstance(exc, Exception) and type(exc).__module__.startswith("grpc")
 
 
 def _reason(exc: BaseException) -> str:
