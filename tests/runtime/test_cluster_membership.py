@@ -241,3 +241,29 @@ async def test_the_api_lists_nodes_or_says_how_to_join(shared_etcd: EtcdCluster,
                 assert body["node"] == "n1" and body["state"] == "ready"
                 assert [(n["name"], n["self"], n["labels"]) for n in body["nodes"]] == [
                     ("n1", True, {"zone": "b"}), ("n2", False, {})]
+
+
+async def test_a_name_taken_while_away_is_a_conflict_until_it_is_free(
+        shared_etcd: EtcdCluster, prefix: str) -> None:
+    """The node's lease ends (as after a long loss), another node takes its name: the
+    node says `conflict`, keeps its stacks, and registers once the name is free."""
+    member = await join(config_for(shared_etcd, "a", prefix))
+    try:
+        assert member._lease is not None
+        await member._client().revoke(member._lease)  # its lease gone, as if expired
+        taker = await join(cluster.ClusterConfig(
+            member.config.endpoints, "a", "127.0.0.9", {}, TTL, prefix))
+        assert await member.tick() == 0  # the keep-alive finds the lease gone
+        await member.tick()
+        assert member.state == "conflict" and "held by a live node at 127.0.0.9" in str(
+            member.error)
+        view = await member.view()
+        assert sorted((n["address"], n["self"], n["state"]) for n in view["nodes"]) == [
+            ("127.0.0.1", True, "conflict"), ("127.0.0.9", False, "ready")]
+        await taker.leave()
+        await member.tick()
+        assert member.state == "ready"
+        (node,) = (await member.view())["nodes"]
+        assert node["address"] == "127.0.0.1" and node["self"]
+    finally:
+        await member.leave()

@@ -142,15 +142,15 @@ class Membership:
     # -- what the API shows ----------------------------------------------------------
 
     async def view(self) -> dict[str, Any]:
-        """GET /v1/nodes: the nodes in etcd, read now if the node is connected, else as
+        """GET /v1/nodes: the nodes in etcd, read now if etcd answers this node, else as
         last read (the others' state `unknown`: this node cannot vouch for them)."""
-        if self.state == "ready":
+        answering = self.state in ("ready", "conflict")  # etcd answered the last call
+        if answering:
             try:
                 await self.refresh()
             except EtcdUnavailable as exc:
                 self.error = str(exc)
-        fresh = self.state == "ready" and self._read_at is not None \
-            and self._read_at >= self.since
+        fresh = answering and self._read_at is not None and self._read_at >= self.since
         nodes = []
         own_seen = False
         for record in self._seen:
