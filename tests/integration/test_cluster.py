@@ -5,7 +5,8 @@ host's uplink, which every host reaches by its default route.
 
 `linkd node ls` on any node lists all three, and a node's daemon runs a stack as any
 daemon does; a daemon killed with -9 leaves the list on
-the others within its lease's TTL and a second; one stopped with SIGTERM leaves at once.
+the others within its lease's TTL and a second; another daemon cannot take the name of
+a live node; one stopped with SIGTERM leaves at once.
 Every process, namespace and data directory goes in teardown, whatever happened.
 """
 
@@ -121,6 +122,15 @@ def test_three_nodes_see_each_other_and_a_killed_one_leaves() -> None:
                               and "node3" not in nodes[1].listed(),
                               TTL + 5, "node3 to leave", nodes[:2])
             assert took <= TTL + 1, f"node3 left the list after {took:.2f} s"
+
+            # A name a live node holds: the daemon does not start, and says whose it is.
+            refused = machines[2].run(
+                sys.executable, "-m", "linkd", "daemon", "--cluster", etcd.cluster_flag,
+                "--node-name", "node1", "--cluster-ttl", str(TTL), env=nodes[2].env,
+                check=False, timeout=30)
+            assert refused.returncode == 1, refused.stdout + refused.stderr
+            assert (f"linkd: node name node1 is held by a live node at {machines[0].address}"
+                    in refused.stderr), refused.stderr
 
             nodes[1].process.send_signal(signal.SIGTERM)
             assert nodes[1].process.wait(timeout=30) == 0, nodes[1].daemon_log()
