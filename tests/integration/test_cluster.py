@@ -6,7 +6,8 @@ host's uplink, which every host reaches by its default route.
 `linkd node ls` on any node lists all three, and a node's daemon runs a stack as any
 daemon does; a daemon killed with -9 leaves the list on the others within its lease's
 TTL and a second; another daemon cannot take the name of a live node; one stopped with
-SIGTERM leaves at once. Every process, namespace and data directory goes in teardown, whatever happened.
+SIGTERM leaves at once. Every process, namespace and data directory goes in teardown,
+whatever happened.
 """
 
 from __future__ import annotations
