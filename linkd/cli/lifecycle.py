@@ -24,6 +24,7 @@ from linkd.cli.reading import table
 from linkd.cli.stacks import containers, dry_plan, load_stack, load_state, stack_name
 from linkd.client.api import Client
 from linkd.core import names
+from linkd.core.cluster import ClusterConfig
 from linkd.core.model import Stack
 from linkd.core.state import to_plain
 from linkd.errors import LinkdError, NotFoundError, SpecError, UsageError
@@ -91,10 +92,34 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     if args.token_file and not args.tcp:
         raise UsageError("--token-file goes with --tcp ADDR:PORT (the unix socket needs none)")
     path = Path(args.socket) if args.socket else paths.socket_path()
+    cluster = _cluster_config(args)
     # --tcp and the token are checked, and the port bound, before any stack is recovered
     # (linkd.runtime.daemon.api_tcp); without --token-file the daemon makes a token and says where.
-    asyncio.run(api.serve(path, tcp=args.tcp or None, token_file=args.token_file))
+    asyncio.run(api.serve(path, tcp=args.tcp or None, token_file=args.token_file,
+                          cluster=cluster))
     return 0
+
+
+def _cluster_config(args: argparse.Namespace) -> ClusterConfig | None:
+    """`--cluster` and the options that go with it, checked; None without it."""
+    from linkd.core import cluster
+
+    if not args.cluster:
+        if args.node_name or args.node_address or args.node_label or args.cluster_ttl:
+            raise UsageError("--node-name, --node-address, --node-label and --cluster-ttl "
+                             "go with --cluster URLS")
+        return None
+    name = args.node_name
+    if name is None:
+        import socket
+
+        name = socket.gethostname().lower()
+        problem = cluster.node_name_problem(name)
+        if problem:
+            raise UsageError(f"this host's name cannot name a node ({problem}): give one "
+                             "with --node-name")
+    ttl = cluster.DEFAULT_TTL if args.cluster_ttl is None else args.cluster_ttl
+    return cluster.config(args.cluster, name, args.node_address, args.node_label, ttl)
 
 
 def cmd_down(args: argparse.Namespace) -> int:

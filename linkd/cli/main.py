@@ -206,6 +206,20 @@ def _daemon(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-file",
                    help="the bearer token for --tcp: a file only its owner can read, "
                         "32+ bytes (default: a new token in <run dir>/api.token)")
+    cluster = p.add_argument_group("cluster (docs/cluster.md)")
+    cluster.add_argument("--cluster", metavar="URLS",
+                         help="join the cluster whose etcd answers at these endpoints, "
+                              "http://E1:2379,http://E2:2379,...")
+    cluster.add_argument("--node-name", metavar="NAME",
+                         help="this node's name, a host name (default: the hostname)")
+    cluster.add_argument("--node-address", metavar="ADDR",
+                         help="the address other nodes reach this one at (default: the "
+                              "source address of the route to the first etcd endpoint)")
+    cluster.add_argument("--node-label", action="append", default=[], metavar="KEY=VALUE",
+                         help="a label of this node (repeatable)")
+    cluster.add_argument("--cluster-ttl", type=int, metavar="SECONDS",
+                         help="the node's lease: a node that stops answering leaves the "
+                              "cluster this long after (default 5)")
     p.set_defaults(handler=_later("lifecycle", "cmd_daemon"))
 
 
@@ -266,6 +280,15 @@ def _port(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", type=int, default=1, help="replica (default 1)")
     p.add_argument("service")
     p.add_argument("port", help="container port, PORT or PORT/PROTO (default tcp)")
+
+
+def _node(p: argparse.ArgumentParser) -> None:
+    p.description = ("the nodes of the cluster the local daemon is in "
+                     "(`linkd daemon --cluster ...`; docs/cluster.md)")
+    nsub = p.add_subparsers(dest="node_command", required=True)
+    ls = nsub.add_parser("ls", help="list the cluster's nodes; * marks this one")
+    ls.add_argument("--format", choices=("table", "json"), default="table")
+    ls.set_defaults(handler=_later("nodes", "cmd_ls"))
 
 
 def _image(p: argparse.ArgumentParser) -> None:
@@ -354,6 +377,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "dns": ("what a container's DNS lookup of NAME gives, and why", _dns),
     "port": ("the host address and port a container port is published on", _port),
     "image": ("pull, load, list and remove images", _image),
+    "node": ("list the nodes of the daemon's cluster", _node),
     "volume": ("create, list, inspect and remove volumes", _volume),
     "build": ("build the images of the services with build: (with buildah)", _build),
     "pull": ("pull the images of the services from their registries", _pull),

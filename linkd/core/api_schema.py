@@ -10,7 +10,8 @@ Errors are one shape for every route:
 
 400: the request itself is malformed (not JSON, a field of the wrong type: `path` names
 the field, e.g. `body.spec`); 404: no such stack or container; 409: a conflict (the
-stack is already up, the container is already running); 422: the stack spec is invalid
+stack is already up, the container is already running, the daemon is not in a
+cluster); 422: the stack spec is invalid
 (`path` is the stack-file path, e.g. `services.web.ports[0]`, as `linkd config` says).
 """
 
@@ -154,6 +155,8 @@ ROUTES: tuple[tuple[str, str, str, str, int], ...] = (
      "What the container's lookup of `name` gets, and why", 200),
     ("GET", "/v1/events", "events", "Server-sent events: lifecycle, DNS and stack changes, "
      "progress of an up and its image pulls", 200),
+    ("GET", "/v1/nodes", "listNodes", "The cluster's nodes as this daemon sees them, and its "
+     "own connection to the cluster (409: the daemon is not in a cluster)", 200),
 )
 
 _ERROR = {
@@ -243,6 +246,42 @@ _CONTAINER_STATE = {
                    "health": _HEALTH_STATUS},
 }
 
+_NODE = {
+    "type": "object",
+    "required": ["name", "address", "labels", "version", "started", "state", "self"],
+    "properties": {
+        "name": {"type": "string", "description": "a host name"},
+        "address": {"type": "string", "description": "the underlay address"},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "version": {"type": "string", "description": "of the node's linkd"},
+        "started": {"type": "number", "description": "Unix time its daemon started"},
+        "state": {"enum": ["ready", "leaving", "unknown", "joining", "disconnected",
+                           "conflict"],
+                  "description": "this node: its connection to the cluster; another: "
+                                 "what its record says, unknown while this one is "
+                                 "disconnected"},
+        "self": {"type": "boolean", "description": "the node answering"},
+    },
+}
+
+_NODES = {
+    "type": "object",
+    "required": ["node", "state", "nodes"],
+    "properties": {
+        "node": {"type": "string", "description": "this node's name"},
+        "state": {"enum": ["joining", "ready", "disconnected", "conflict"]},
+        "since": {"type": "number", "description": "Unix time of the last change of state"},
+        "error": {"type": ["string", "null"], "description": "why it is not ready"},
+        "endpoints": {"type": "array", "items": {"type": "string"}},
+        "ttl": {"type": "integer", "description": "seconds of the node's lease"},
+        "read_at": {"type": ["number", "null"], "description": "when etcd was last read"},
+        "nodes": {"type": "array", "items": {"$ref": "#/components/schemas/Node"}},
+        "invalid": {"type": "array", "description": "values under the nodes' prefix that "
+                                                    "are not node records, and why"},
+        "truncated": {"type": "boolean"},
+    },
+}
+
 _CONTAINER = {
     "type": "object",
     "required": ["plan", "state", "health"],
@@ -258,6 +297,7 @@ _RESPONSES = {
     "listContainers": {"type": "array",
                        "items": {"$ref": "#/components/schemas/ContainerState"}},
     "getContainer": {"$ref": "#/components/schemas/Container"},
+    "listNodes": {"$ref": "#/components/schemas/Nodes"},
 }
 
 _ERRORS_BY_ROUTE = {
@@ -274,6 +314,7 @@ _ERRORS_BY_ROUTE = {
     "restartContainer": (404,),
     "listNetworks": (404,),
     "getDns": (400, 404),
+    "listNodes": (409,),
 }
 
 
@@ -318,6 +359,7 @@ def openapi() -> dict[str, Any]:
         "components": {"schemas": {
             "Error": _ERROR, "CreateStack": _CREATE, "Probe": _PROBE, "Health": _HEALTH,
             "ContainerState": _CONTAINER_STATE, "Container": _CONTAINER,
+            "Node": _NODE, "Nodes": _NODES,
         }},
     }
 

@@ -10,7 +10,8 @@ Split along its seams:
 - `stack`: one stack's life: the supervisor and its parts (planner, containers,
   publisher, recovery, teardown), its state on disk, its DNS server, the conventions it
   names read from their files;
-- `daemon`: the process hosting every stack and its HTTP API.
+- `daemon`: the process hosting every stack and its HTTP API;
+- `cluster`: a daemon's membership in a cluster of nodes (etcd), for `--cluster` only.
 
 It may import the pure packages and the shared modules (`linkd.errors`, `linkd.paths`,
 `linkd.files`); never `linkd.cli` or `linkd.client`.

@@ -29,6 +29,8 @@ HEAVY = (
     "linkd.runtime.daemon.daemon",
     "linkd.runtime.stack.supervisor",
     "linkd.runtime.kernel.netlink",
+    "aetcd",  # etcd's client and grpc: a daemon started with --cluster only
+    "grpc",
 )
 
 STACK = """\

@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -44,6 +44,9 @@ from linkd.runtime.containers import logs
 from linkd.runtime.daemon import api_tcp
 from linkd.runtime.daemon.daemon import Daemon, daemon_lock
 from linkd.runtime.stack import store
+
+if TYPE_CHECKING:
+    from linkd.core.cluster import ClusterConfig
 
 log = logging.getLogger("linkd")
 
@@ -72,6 +75,7 @@ def make_app(daemon: Daemon, *, tcp: api_tcp.Listener | None = None) -> web.Appl
         "listNetworks": list_networks,
         "getDns": get_dns,
         "events": events,
+        "listNodes": list_nodes,
     }
     for method, path, operation, _, _ in ROUTES:
         app.router.add_route(method, path, handlers[operation], name=operation)
@@ -388,6 +392,18 @@ async def events(request: web.Request) -> web.StreamResponse:
             await response.write(f"event: {event['type']}\ndata: {data}\n\n".encode())
 
 
+# -- the cluster ---------------------------------------------------------------------------
+
+
+async def list_nodes(request: web.Request) -> web.Response:
+    cluster = request.app[DAEMON].cluster
+    if cluster is None:
+        raise ConflictError(
+            "this daemon is not in a cluster: start it with `linkd daemon --cluster "
+            "http://ETCD1:2379,http://ETCD2:2379,...` (docs/cluster.md)")
+    return web.json_response(await cluster.view())
+
+
 # -- serving -------------------------------------------------------------------------------
 
 
@@ -398,8 +414,13 @@ async def serve(
     token_file: str | os.PathLike[str] | None = None,
     token: str | None = None,
     on_ready: Callable[[], None] | None = None,
+    cluster: ClusterConfig | None = None,
 ) -> None:
     """Run a Daemon behind the API until SIGTERM or SIGINT, then take every stack down.
+
+    With `cluster`, the daemon is a node of that cluster (linkd.runtime.cluster, imported
+    only then): it registers before it recovers any stack (a name a live node holds stops
+    it there), keeps its lease alive while it serves, and leaves first when it stops.
 
     `tcp` ("127.0.0.1:8080", "[::1]:8080") also serves loopback TCP with the token from
     `token_file` (or `token`, given by a program), else a new one (linkd.runtime.daemon.api_tcp);
@@ -422,7 +443,7 @@ async def serve(
         os.write(fd, f"{os.getpid()}\n".encode())
         if tcp is not None:  # before recovery: giving up later would take stacks down
             listener = api_tcp.prepare(tcp, token_file, token)
-        await _serve_locked(socket_path, listener, on_ready)
+        await _serve_locked(socket_path, listener, on_ready, cluster)
     finally:
         if listener is not None:
             listener.sock.close()
@@ -433,6 +454,7 @@ async def _serve_locked(
     socket_path: Path,
     listener: api_tcp.Listener | None,
     on_ready: Callable[[], None] | None,
+    cluster: ClusterConfig | None = None,
 ) -> None:
     daemon = Daemon()
     runners = [web.AppRunner(make_app(daemon))]
@@ -445,6 +467,10 @@ async def _serve_locked(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
+        if cluster is not None:
+            from linkd.runtime.cluster import membership  # aetcd: only for a cluster's node
+
+            daemon.cluster = await membership.join(cluster)
         recovered = await daemon.recover()
         if recovered:
             log.info("recovered stacks: %s", ", ".join(recovered))
@@ -463,15 +489,21 @@ async def _serve_locked(
         # the loop itself (a bug) ends the daemon instead of vanishing unseen.
         async with asyncio.TaskGroup() as tasks:
             repairing = tasks.create_task(daemon.reconcile_forever(), name="repair")
+            keeping = tasks.create_task(daemon.cluster.run(), name="cluster") \
+                if daemon.cluster is not None else None
             log.info("linkd daemon %d serving %s", os.getpid(), socket_path)
             if on_ready is not None:
                 on_ready()
             await stop.wait()
             repairing.cancel()
+            if keeping is not None:
+                keeping.cancel()
         log.info("linkd daemon stopping: taking every stack down")
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: None)  # a second signal cannot cut teardown
+        if daemon.cluster is not None:
+            await daemon.cluster.leave()  # gone from the cluster at once, then stacks down
         await daemon.shutdown()
         for runner in runners:
             await runner.cleanup()

@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from linkd.core.model import Stack
 from linkd.core.plan import ContainerPlan
@@ -39,6 +40,9 @@ from linkd.paths import socket_path as socket_path  # where the CLI finds the AP
 from linkd.runtime.kernel import link_events
 from linkd.runtime.kernel.netlink import Kernel
 from linkd.runtime.stack import lifecycle, store, supervisor, teardown
+
+if TYPE_CHECKING:
+    from linkd.runtime.cluster.membership import Membership
 
 log = logging.getLogger("linkd")
 
@@ -91,6 +95,7 @@ class Daemon:
         self._kernel: Kernel | None = None  # shared by the stacks, made with the first
         self.events = Events()
         self.started_at = time.time()
+        self.cluster: Membership | None = None  # `linkd daemon --cluster`: this node
 
     # -- stacks ------------------------------------------------------------------------
 

@@ -1,0 +1,8 @@
+"""The node's side of a cluster of linkd nodes sharing one etcd (docs/cluster.md).
+
+- `etcd`: the calls to etcd a node makes; the one module that imports aetcd, and only a
+  daemon started with `--cluster` imports it;
+- `membership`: the node's record under its lease, kept alive, lost and regained.
+
+What records look like and where they live is pure data, in linkd.core.cluster.
+"""

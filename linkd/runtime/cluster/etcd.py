@@ -1,0 +1,206 @@
+"""etcd, as the few calls a node's membership needs: the one module that imports aetcd.
+
+aetcd's client talks to ONE gRPC target. Given every endpoint as one `ipv4:` (or
+`ipv6:`) target with gRPC's round-robin policy, calls go to members that answer, so a
+member that dies costs at most the call that was on it (reference/components.md
+measured it). gRPC's resolver schemes take addresses only: host names are resolved
+here, once, when the client opens. Reconnection backoff is capped at a second, so a
+node notices within about a second that etcd is back.
+
+Every failure to reach etcd, or of etcd to answer (no leader, a timeout), comes out as
+`EtcdUnavailable`; the caller decides what losing the cluster means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Sequence
+from types import TracebackType
+
+import aetcd
+import aetcd.rpc
+
+from linkd.core.cluster import Endpoint
+from linkd.errors import LinkdError, UsageError
+
+MAX_KEYS = 1024  # keys one prefix read returns; what is beyond is said, not read
+MAX_MESSAGE = 4 << 20  # bytes of one gRPC answer: a bound on what a read can hold
+
+_OPTIONS = {
+    "grpc.lb_policy_name": "round_robin",
+    "grpc.initial_reconnect_backoff_ms": 200,
+    "grpc.min_reconnect_backoff_ms": 200,
+    "grpc.max_reconnect_backoff_ms": 1000,
+    "grpc.max_receive_message_length": MAX_MESSAGE,
+    "grpc.enable_http_proxy": 0,  # etcd is reached directly, never through $http_proxy
+}
+
+
+class EtcdUnavailable(LinkdError):
+    """etcd cannot be reached, or cannot answer (no quorum, a timeout)."""
+
+    status = 503
+
+
+def resolve(endpoints: Sequence[Endpoint]) -> list[tuple[str, int]]:
+    """Every endpoint as (IP address, port); UsageError for a name that does not resolve."""
+    resolved: list[tuple[str, int]] = []
+    for endpoint in endpoints:
+        try:
+            ipaddress.ip_address(endpoint.host)
+            resolved.append((endpoint.host, endpoint.port))
+            continue
+        except ValueError:
+            pass
+        try:
+            infos = socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise UsageError(f"--cluster {endpoint}: {endpoint.host} does not resolve "
+                             f"({exc.strerror or exc})") from None
+        resolved.append((str(infos[0][4][0]), endpoint.port))
+    return resolved
+
+
+def target(resolved: Sequence[tuple[str, int]]) -> tuple[str, int]:
+    """The gRPC target for `resolved`, split as aetcd joins it: (host, port), host holding
+    every address but the last port. Mixed IPv4 and IPv6 endpoints are refused: one
+    gRPC target holds one family."""
+    families = {ipaddress.ip_address(host).version for host, _ in resolved}
+    if len(families) > 1:
+        raise UsageError("--cluster: give etcd endpoints of one address family (all "
+                         "IPv4 or all IPv6)")
+    if families == {4}:
+        joined = ",".join(f"{host}:{port}" for host, port in resolved)
+        return "ipv4:" + joined.rsplit(":", 1)[0], resolved[-1][1]
+    joined = ",".join(f"[{host}]:{port}" for host, port in resolved)
+    return "ipv6:" + joined.rsplit(":", 1)[0], resolved[-1][1]
+
+
+def route_source(host: str, port: int) -> str:
+    """The address this host sends from to reach (host, port): the route's source, asked
+    of the kernel by connecting a UDP socket (which sends nothing)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.connect((host, port))
+        return str(sock.getsockname()[0])
+
+
+class Etcd:
+    """One client of the cluster's etcd; `timeout` bounds every call, in seconds."""
+
+    def __init__(self, resolved: Sequence[tuple[str, int]], timeout: float) -> None:
+        host, port = target(resolved)
+        self.timeout = timeout
+        self._client = aetcd.Client(host, port, timeout=timeout, options=dict(_OPTIONS))
+
+    async def close(self) -> None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._client.close()
+        except (TimeoutError, aetcd.ClientError):
+            pass  # a channel that cannot even close holds nothing worth waiting for
+
+    async def grant(self, ttl: int) -> int:
+        """A new lease of `ttl` seconds: its id."""
+        async with self._calling():
+            lease = await self._client.lease(ttl)
+        return int(lease.id)
+
+    async def keep_alive(self, lease: int) -> int:
+        """Refresh `lease`: the seconds it now has, 0 if it had already expired."""
+        async with self._calling():
+            reply = await self._client.refresh_lease(lease)
+        return int(reply.TTL) if reply is not None else 0
+
+    async def revoke(self, lease: int) -> None:
+        """Revoke `lease`: its keys go at once. One already gone is no error."""
+        async with self._calling():
+            try:
+                await self._client.revoke_lease(lease)
+            except aetcd.ClientError as exc:
+                if "not found" not in str(exc):
+                    raise
+
+    async def create(self, key: bytes, value: bytes, lease: int
+                     ) -> tuple[bool, tuple[bytes, int] | None]:
+        """Put `value` under `key` with `lease` only if the key is absent: (True, None),
+        or (False, (the value it holds, its mod revision)), read in the same transaction."""
+        t = self._client.transactions
+        async with self._calling():
+            done, answers = await self._client.transaction(
+                compare=[t.create(key) == 0],
+                success=[t.put(key, value, lease=lease)],
+                failure=[t.get(key)],
+            )
+        if done:
+            return True, None
+        found = answers[0] if answers else []
+        if not found:
+            return False, None
+        held, meta = found[0]
+        return False, (bytes(held), int(meta.mod_revision))
+
+    async def replace(self, key: bytes, value: bytes, lease: int, revision: int) -> bool:
+        """Put `value` under `key` with `lease` only if the key is unchanged since
+        `revision`: whether it was."""
+        t = self._client.transactions
+        async with self._calling():
+            done, _ = await self._client.transaction(
+                compare=[t.mod(key) == revision],
+                success=[t.put(key, value, lease=lease)],
+                failure=[],  # aetcd iterates it: None is a TypeError
+            )
+        return bool(done)
+
+    async def read_prefix(self, prefix: bytes) -> tuple[list[tuple[bytes, bytes]], bool]:
+        """The keys under `prefix` with their values, at most MAX_KEYS of them, and
+        whether there were more."""
+        request = aetcd.rpc.RangeRequest(
+            key=prefix, range_end=aetcd.utils.prefix_range_end(prefix), limit=MAX_KEYS,
+            sort_order=aetcd.rpc.RangeRequest.ASCEND,
+            sort_target=aetcd.rpc.RangeRequest.KEY,
+        )
+        async with self._calling():
+            await self._client.connect()
+            answer = await self._client.kvstub.Range(
+                request, timeout=self.timeout, metadata=self._client.metadata)
+        return [(bytes(kv.key), bytes(kv.value)) for kv in answer.kvs], bool(answer.more)
+
+    def _calling(self) -> _Calling:
+        return _Calling(self.timeout)
+
+
+class _Calling:
+    """Every error of a call to etcd as EtcdUnavailable; the call bounded in time (gRPC's
+    own deadline, and this one around what aetcd does beside it)."""
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = asyncio.timeout(timeout + 0.5)
+
+    async def __aenter__(self) -> None:
+        await self._timeout.__aenter__()
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> bool:
+        try:
+            await self._timeout.__aexit__(kind, exc, tb)
+        except TimeoutError:
+            raise EtcdUnavailable("etcd did not answer in time") from None
+        if exc is not None and (isinstance(exc, aetcd.ClientError | aetcd.rpc.AioRpcError)
+                                or _of_grpc(exc)):
+            raise EtcdUnavailable(_reason(exc)) from None
+        return False
+
+
+def _of_grpc(exc: BaseException) -> bool:
+    """gRPC's own errors beside its status codes: a call on a channel closed under it (a
+    client dropped after a loss while a read was on it), say."""
+    return isinstance(exc, Exception) and type(exc).__module__.startswith("grpc")
+
+
+def _reason(exc: BaseException) -> str:
+    details = exc.details() if isinstance(exc, aetcd.rpc.AioRpcError) else str(exc)
+    text = (details or type(exc).__name__).split("\n", 1)[0]
+    return text[:200]
