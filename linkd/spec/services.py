@@ -413,6 +413,9 @@ class ServiceReader:
                 found.append(parse_constraint(text))
             except PlacementError as exc:
                 self.r.fail(item, str(exc))
+        if found:
+            self.r.warn(p["constraints"], "read and checked, not acted on yet: the service "
+                        "runs on the daemon that brings the stack up (docs/cluster.md)")
         return tuple(found)
 
     # --- environment ---

@@ -114,8 +114,9 @@ def named_by_table(warning: str) -> bool:
         return True  # a key the table says differs, saying how here (network_mode: host)
     if path.split(".")[0] in _TOP_READ_IN_PART and "." in path:
         return True
-    return (_UNDER_SERVICE_KEY.fullmatch(path) is not None
-            and message.startswith("not supported by linkd, ignored"))
+    # Under a key the table says differs: its parts linkd does not read, or one it reads
+    # differently, saying how (deploy.placement.constraints).
+    return _UNDER_SERVICE_KEY.fullmatch(path) is not None
 
 
 def gap_of(warning: str) -> str | None:
