@@ -170,11 +170,18 @@ def die_with_parent(alive_fd: int, wait_for_go: bool = False) -> None:
     once it has handed over the terminal) instead of only peeking.
     """
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    os.set_blocking(alive_fd, wait_for_go)
-    try:
+    parent_gone = False
+    if wait_for_go:
+        os.set_blocking(alive_fd, True)
         parent_gone = os.read(alive_fd, 1) == b""
-    except BlockingIOError:
-        parent_gone = False
+    if not parent_gone:
+        # Once more, without waiting: a parent that wrote its "go" and died before the
+        # prctl above sent no PDEATHSIG, and its end of the pipe is closed now.
+        os.set_blocking(alive_fd, False)
+        try:
+            parent_gone = os.read(alive_fd, 1) == b""
+        except BlockingIOError:
+            parent_gone = False
     os.close(alive_fd)
     if parent_gone:
         os._exit(EXIT_SETUP_FAILED)
