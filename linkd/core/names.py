@@ -5,6 +5,8 @@ anything else:
 
 - bridges            `lkb-` + 10 hex digits of sha256(stack, network)
 - host-side veths    `lkv-` + 10 hex digits of sha256(stack, container, network)
+- VXLAN devices      `lkx-` + 10 hex digits of sha256(stack, network), one per overlay
+  network on every node that has a container on it (linkd.core.overlay)
 - network namespaces `linkd-<stack>.<container>` (a file under /run/netns; the container
   part hashed where the whole would be longer than a file name)
 
@@ -20,6 +22,7 @@ import hashlib
 LINK_PREFIX = "lk"
 BRIDGE_PREFIX = "lkb-"
 VETH_PREFIX = "lkv-"
+VXLAN_PREFIX = "lkx-"
 NETNS_PREFIX = "linkd-"
 IFNAME_MAX = 15
 
@@ -34,6 +37,10 @@ def bridge_name(stack: str, network: str) -> str:
 
 def host_veth_name(stack: str, container: str, network: str) -> str:
     return VETH_PREFIX + _digest("veth", stack, container, network)[:10]
+
+
+def vxlan_name(stack: str, network: str) -> str:
+    return VXLAN_PREFIX + _digest("vxlan", stack, network)[:10]
 
 
 NAME_MAX = 255  # bytes of a file name: a namespace is a file under /run/netns

@@ -236,7 +236,8 @@ class Kernel:
             if not name.startswith(names.LINK_PREFIX):
                 continue
             base = os.path.join(SYS_NET, name)
-            kind = "bridge" if os.path.isdir(os.path.join(base, "bridge")) else "veth"
+            kind = "bridge" if os.path.isdir(os.path.join(base, "bridge")) else (
+                "vxlan" if name.startswith(names.VXLAN_PREFIX) else "veth")
             try:
                 master: str | None = os.path.basename(os.readlink(os.path.join(base, "master")))
             except FileNotFoundError:
@@ -398,7 +399,8 @@ class Kernel:
 
         Deleting a namespace hands its veths to the kernel's cleanup work queue, so the
         host ends can linger on the bridge for a moment; a foreign port is never ours to
-        detach, and then the bridge stays.
+        detach, and then the bridge stays. An overlay network's VXLAN device (`lkx-`)
+        goes with its bridge.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + settle
@@ -406,6 +408,9 @@ class Kernel:
             ports = await self.ports(name)
             if ports is None:
                 return
+            for vxlan in [p for p in ports if p.startswith(names.VXLAN_PREFIX)]:
+                await self.remove_link(vxlan)
+                ports.remove(vxlan)
             foreign = [p for p in ports if not p.startswith(names.VETH_PREFIX)]
             if foreign:
                 raise KernelError(
@@ -465,3 +470,10 @@ async def _add_link(ipr: AsyncIPRoute, what: str, **spec: Any) -> bool:
             "exists; it is not linkd's, remove or rename it", errno.EEXIST)
     return False
 
+
+
+# The steps other kernel modules build from these (linkd.runtime.kernel.vxlan) reach
+# pyroute2 only through them: its errors come out as KernelError with the errno.
+call = _call
+link_index = _index
+add_link = _add_link
