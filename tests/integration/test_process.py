@@ -424,20 +424,28 @@ async def test_a_shim_gets_its_stdio_status_pipe_and_gate_only(
         spec = runner.spec("true", name="fds")
         shim = warm(spec.run_dir, spec.log_path)
         pid = shim.child.pid
-        # The shim's interpreter opens its modules' files as it starts, up to the gate:
-        # look once it waits there (a leaked fd never goes, and fails below).
-        deadline = time.monotonic() + 5
-        while True:
-            fds = {int(fd): os.readlink(f"/proc/{pid}/fd/{fd}")
-                   for fd in os.listdir(f"/proc/{pid}/fd")}
-            if len(fds) == 5 or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.01)
-        status, gate = sorted(fds)[3:5]
-        assert sorted(fds) == [0, 1, 2, status, gate]
-        assert fds[0] == "/dev/null" and fds[1] == fds[2] == spec.log_path
-        assert fds[status].startswith("pipe:") and fds[gate].startswith("pipe:")
-        assert os.getsid(pid) == pid
+        try:
+            # The shim's interpreter opens and closes its modules' files as it starts, up
+            # to the gate: look once it waits there (a leaked fd never goes, and fails
+            # below); one closed between the listing and its readlink is looked at again.
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    fds = {int(fd): os.readlink(f"/proc/{pid}/fd/{fd}")
+                           for fd in os.listdir(f"/proc/{pid}/fd")}
+                except FileNotFoundError:
+                    fds = {}
+                if len(fds) == 5 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.01)
+            status, gate = sorted(fds)[3:5]
+            assert sorted(fds) == [0, 1, 2, status, gate]
+            assert fds[0] == "/dev/null" and fds[1] == fds[2] == spec.log_path
+            assert fds[status].startswith("pipe:") and fds[gate].startswith("pipe:")
+            assert os.getsid(pid) == pid
+        except BaseException:
+            shim.discard()  # a failed look leaves no shim waiting at its gate
+            raise
         proc = await start(spec, shim)
         runner.track(proc)
         async with asyncio.timeout(5):
