@@ -26,6 +26,7 @@ transaction is added to what is taken and the next one tried.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Collection, Iterable
@@ -235,10 +236,8 @@ def decode_network(key: bytes, value: bytes, network_id: str, prefix: str) -> Ne
     subnet: IPv4Network | None = None
     raw_subnet = got.get("subnet")
     if isinstance(raw_subnet, str) and len(raw_subnet) <= 18:
-        try:
+        with contextlib.suppress(ValueError):
             subnet = IPv4Network(raw_subnet)
-        except ValueError:
-            pass
     if subnet is None or subnet.prefixlen > 30:
         problems.append("subnet: expected an IPv4 subnet of /30 or wider")
     vni = got.get("vni")
@@ -261,7 +260,7 @@ def pick_subnet(network_id: str, taken: Iterable[IPv4Network],
     """The first /24 of linkd's pool that overlaps neither a subnet another overlay
     network holds (`taken`) nor what this node has (`avoid`: its routes, its local
     networks); ConflictError when the pool is full."""
-    used = [(net, "another overlay network") for net in taken]
+    used: list[tuple[ipam.IPNetwork, str]] = [(net, "another overlay network") for net in taken]
     used.extend(avoid)
     chosen = ipam.pick_subnets([Network(name=network_id)], used)
     return chosen[network_id]

@@ -17,6 +17,7 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import TracebackType
 
 import aetcd
@@ -42,6 +43,62 @@ class EtcdUnavailable(LinkdError):
     """etcd cannot be reached, or cannot answer (no quorum, a timeout)."""
 
     status = 503
+
+
+# What a transaction compares and does (`Etcd.txn`): linkd's few cases, kept here so
+# nothing else knows aetcd's types.
+
+
+@dataclass(frozen=True, slots=True)
+class Absent:
+    """The key does not exist."""
+
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Holds:
+    """The key exists and holds `value`."""
+
+    key: bytes
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Unchanged:
+    """The key was last changed at `revision` (0: it does not exist)."""
+
+    key: bytes
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class NoneUnder:
+    """No key starts with `prefix`."""
+
+    prefix: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    key: bytes
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    key: bytes
+    prefix: bool = False  # every key starting with `key`
+
+
+@dataclass(frozen=True, slots=True)
+class Get:
+    key: bytes
+
+
+Compare = Absent | Holds | Unchanged | NoneUnder
+Operation = Put | Delete | Get
+Found = tuple[bytes, int] | None  # what a Get read: (value, mod revision), or nothing
 
 
 def resolve(endpoints: Sequence[Endpoint]) -> list[tuple[str, int]]:
@@ -153,6 +210,58 @@ class Etcd:
                 failure=[],  # aetcd iterates it: None is a TypeError
             )
         return bool(done)
+
+    async def get(self, key: bytes) -> Found:
+        """The value under `key` and its mod revision, or None."""
+        async with self._calling():
+            got = await self._client.get(key)
+        if got is None:
+            return None
+        return bytes(got.value), int(got.mod_revision)
+
+    async def txn(self, compare: Sequence[Compare], success: Sequence[Operation],
+                  failure: Sequence[Operation] = ()) -> tuple[bool, list[Found]]:
+        """One transaction: whether every comparison held, and what each Get of the
+        branch that ran read, in order."""
+        t = self._client.transactions
+        checks = []
+        for c in compare:
+            if isinstance(c, Absent):
+                checks.append(t.create(c.key) == 0)
+            elif isinstance(c, Holds):
+                checks.append(t.value(c.key) == c.value)
+            elif isinstance(c, Unchanged):
+                checks.append(t.mod(c.key) == c.revision)
+            else:
+                # etcd compares an empty range as one absent key: created at revision 0
+                end = aetcd.utils.prefix_range_end(c.prefix)
+                checks.append(t.create(c.prefix, end) == 0)
+        async with self._calling():
+            done, answers = await self._client.transaction(
+                compare=checks, success=self._ops(success), failure=self._ops(failure))
+        ran = success if done else failure
+        gets = [a for op, a in zip(ran, answers, strict=True) if isinstance(op, Get)]
+        found: list[Found] = []
+        for answer in gets:
+            if answer:
+                value, meta = answer[0]
+                found.append((bytes(value), int(meta.mod_revision)))
+            else:
+                found.append(None)
+        return bool(done), found
+
+    def _ops(self, operations: Sequence[Operation]) -> list[object]:
+        t = self._client.transactions
+        ops: list[object] = []
+        for op in operations:
+            if isinstance(op, Put):
+                ops.append(t.put(op.key, op.value))
+            elif isinstance(op, Delete):
+                end = aetcd.utils.prefix_range_end(op.key) if op.prefix else None
+                ops.append(t.delete(op.key, end))
+            else:
+                ops.append(t.get(op.key))
+        return ops
 
     async def read_prefix(self, prefix: bytes) -> tuple[list[tuple[bytes, bytes]], bool]:
         """The keys under `prefix` with their values, at most MAX_KEYS of them, and
