@@ -17,7 +17,7 @@ import pytest
 
 from linkd.core import cluster, cluster_ipam, overlay
 from linkd.errors import ConflictError
-from linkd.runtime.cluster.etcd import Etcd, resolve
+from linkd.runtime.cluster.etcd import Etcd, Put, resolve
 from linkd.runtime.cluster.registry import Registry
 from tests.etcd import EtcdCluster, etcd_cluster
 
@@ -45,16 +45,18 @@ async def test_addresses_claimed_at_once_by_two_nodes_are_never_the_same(
         nodes: tuple[Registry, Registry]) -> None:
     a, b = nodes
     record = await a.claim_network("shop/back")
-    owners = [f"shop/c{i}" for i in range(40)]
-    claims = [registry.claim_address("shop/back", owner)
-              for owner in owners for registry in (a, b)]  # every owner from both nodes
-    got = await asyncio.gather(*claims)
+    # each node its own owners, racing for the same lowest addresses; and some owners
+    # claimed from both nodes at once
+    claims = [(a, f"shop/a{i}") for i in range(30)] + [(b, f"shop/b{i}") for i in range(30)]
+    claims += [(r, f"shop/both{i}") for i in range(10) for r in (a, b)]
+    got = await asyncio.gather(*(r.claim_address("shop/back", o) for r, o in claims))
     by_owner: dict[str, set[IPv4Address]] = {}
-    for (owner, _), address in zip(itertools.product(owners, (a, b)), got, strict=True):
+    for (_, owner), address in zip(claims, got, strict=True):
         by_owner.setdefault(owner, set()).add(address)
     assert all(len(addresses) == 1 for addresses in by_owner.values()), by_owner
     assigned = {next(iter(v)): k for k, v in by_owner.items()}
-    assert len(assigned) == len(owners)  # no two owners share one
+    owners = by_owner
+    assert len(assigned) == len(owners) == 70  # no two owners share one
     assert await b.addresses("shop/back") == assigned
     assert all(ip in record.subnet and ip not in (record.gateway, record.subnet.network_address,
                                                  record.subnet.broadcast_address)
@@ -136,15 +138,9 @@ async def test_networks_whose_vnis_collide_get_different_ones(
     # a VNI held by something else (another tool's key, or a network of another layout)
     # is skipped too
     taken = overlay.vni_for("s/third")
-    await a.etcd.txn([], [cluster_ipam_put(a, taken)])
+    await a.etcd.txn([], [Put(cluster_ipam.vni_key(taken, a.prefix), b"other/net")])
     third = await b.claim_network("s/third")
     assert third.vni != taken
-
-
-def cluster_ipam_put(registry: Registry, vni: int) -> object:
-    from linkd.runtime.cluster.etcd import Put
-
-    return Put(cluster_ipam.vni_key(vni, registry.prefix), b"other/net")
 
 
 async def test_subnets_never_overlap(nodes: tuple[Registry, Registry]) -> None:
