@@ -12,6 +12,7 @@ import itertools
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from ipaddress import IPv4Address, IPv4Network
+from typing import Any
 
 import pytest
 
@@ -177,3 +178,45 @@ async def test_a_network_is_released_only_when_empty(nodes: tuple[Registry, Regi
         await a.claim_address("gone/n", "gone/c")
     again = await b.claim_network("gone/n")
     assert again.subnet == record.subnet and again.creator == "node-b"
+
+
+class PausedEtcd(Etcd):
+    """A client whose next transaction waits for `go`: a node slowed between reading
+    and claiming, so another can act in between."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.paused = asyncio.Event()
+        self.go = asyncio.Event()
+        self.armed = False
+
+    async def txn(self, *args: Any, **kwargs: Any) -> Any:
+        if self.armed:
+            self.armed = False
+            self.paused.set()
+            await self.go.wait()
+        return await super().txn(*args, **kwargs)
+
+
+async def test_an_owner_never_holds_two_addresses(shared_etcd: EtcdCluster,
+                                                  nodes: tuple[Registry, Registry]) -> None:
+    """A picks .2 for o and is held up; meanwhile z takes .2, o gets .3 from B and z
+    leaves .2: A's claim, whose address is free again, must still not give o a second
+    address (o's lease changed since A read it)."""
+    _, b = nodes
+    slow = PausedEtcd(resolve(cluster.parse_endpoints(shared_etcd.cluster_flag)), 3.0)
+    try:
+        a = Registry(slow, "node-a", b.prefix)
+        record = await b.claim_network("s/n")
+        slow.armed = True
+        claim = asyncio.create_task(a.claim_address("s/n", "s/o"))
+        await slow.paused.wait()
+        z = await b.claim_address("s/n", "s/z")
+        o = await b.claim_address("s/n", "s/o")
+        assert (z, o) == (record.gateway + 1, record.gateway + 2)
+        await b.release_address("s/n", "s/z")
+        slow.go.set()
+        assert await claim == o
+        assert await b.addresses("s/n") == {o: "s/o"}
+    finally:
+        await slow.close()
