@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -14,6 +16,8 @@ from linkd.core import names
 from linkd.core.plan import InterfacePlan, NetworkPlan
 from linkd.errors import KernelError
 from linkd.runtime.kernel.netlink import Kernel
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -166,3 +170,46 @@ async def test_prefetched_namespaces_are_ready_and_an_abandoned_prefetch_is_clea
         cleaner.remove_netns(netns)
     cleaner.close()
     assert Kernel.netns_names(names.netns_prefix(stack)) == frozenset()
+
+
+GRPC_THEN_NAMESPACE = """
+import asyncio, os, sys
+import grpc
+from linkd.runtime.kernel.netlink import Kernel
+
+async def main(netns):
+    # A gRPC channel's threads running, as in a cluster daemon (its etcd connection).
+    channel = grpc.aio.insecure_channel("127.0.0.1:9")
+    try:
+        await asyncio.wait_for(channel.channel_ready(), 0.2)
+    except (asyncio.TimeoutError, grpc.aio.AioRpcError):
+        pass
+    kernel = Kernel()
+    try:
+        await kernel.ensure_netns(netns)
+        helper = kernel._helper._pid
+        with open(f"/proc/{helper}/cmdline", "rb") as f:
+            print("helper runs:", f.read().split(b"\\0")[2].decode())
+        print("made:", os.path.exists(f"/run/netns/{netns}"))
+    finally:
+        kernel.remove_netns(netns)
+        kernel.close()
+        await channel.close()
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_a_process_running_grpc_starts_its_namespace_helper_without_fork() -> None:
+    """A forked child of a process with gRPC's threads can be aborted by their fork
+    handlers (a cluster daemon's helper died of SIGABRT): there the helper is a new
+    interpreter, and serves as the forked one does."""
+    netns = "lkt" + secrets.token_hex(4)
+    done = subprocess.run([sys.executable, "-c", GRPC_THEN_NAMESPACE, netns],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    assert "made: True" in done.stdout, done.stdout
+    # its own program, not a copy of this one's
+    assert "helper runs: from linkd.runtime.kernel import nshelper" in done.stdout, done.stdout
+    assert not Path(f"/run/netns/{netns}").exists()
