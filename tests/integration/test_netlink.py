@@ -174,15 +174,16 @@ async def test_prefetched_namespaces_are_ready_and_an_abandoned_prefetch_is_clea
 
 GRPC_THEN_NAMESPACE = """
 import asyncio, os, sys
-import grpc
+from linkd.errors import LinkdError
+from linkd.runtime.cluster.etcd import Etcd
 from linkd.runtime.kernel.netlink import Kernel
 
 async def main(netns):
-    # A gRPC channel's threads running, as in a cluster daemon (its etcd connection).
-    channel = grpc.aio.insecure_channel("127.0.0.1:9")
+    # A cluster daemon's etcd client, its gRPC channel's threads running (no etcd there).
+    etcd = Etcd([("127.0.0.1", 9)], 0.3)
     try:
-        await asyncio.wait_for(channel.channel_ready(), 0.2)
-    except (asyncio.TimeoutError, grpc.aio.AioRpcError):
+        await etcd.grant(5)
+    except LinkdError:
         pass
     kernel = Kernel()
     try:
@@ -194,7 +195,7 @@ async def main(netns):
     finally:
         kernel.remove_netns(netns)
         kernel.close()
-        await channel.close()
+        await etcd.close()
 
 asyncio.run(main(sys.argv[1]))
 """
@@ -202,8 +203,8 @@ asyncio.run(main(sys.argv[1]))
 
 def test_a_process_running_grpc_starts_its_namespace_helper_without_fork() -> None:
     """A forked child of a process with gRPC's threads can be aborted by their fork
-    handlers (a cluster daemon's helper died of SIGABRT): there the helper is a new
-    interpreter, and serves as the forked one does."""
+    handlers (a cluster daemon's helper died of SIGABRT): once the etcd client is made,
+    the helper is a new interpreter, and serves as the forked one does."""
     netns = "lkt" + secrets.token_hex(4)
     done = subprocess.run([sys.executable, "-c", GRPC_THEN_NAMESPACE, netns],
                           capture_output=True, text=True, timeout=60,

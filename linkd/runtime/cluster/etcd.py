@@ -25,6 +25,7 @@ import aetcd.rpc
 
 from linkd.core.cluster import Endpoint
 from linkd.errors import LinkdError, UsageError
+from linkd.runtime.kernel import netlink
 
 MAX_KEYS = 1024  # keys one prefix read returns; what is beyond is said, not read
 MAX_MESSAGE = 4 << 20  # bytes of one gRPC answer: a bound on what a read can hold
@@ -150,6 +151,7 @@ class Etcd:
     def __init__(self, resolved: Sequence[tuple[str, int]], timeout: float) -> None:
         host, port = target(resolved)
         self.timeout = timeout
+        netlink.grpc_runs_here()  # its threads make a fork of this process unsafe
         self._client = aetcd.Client(host, port, timeout=timeout, options=dict(_OPTIONS))
 
     async def close(self) -> None:

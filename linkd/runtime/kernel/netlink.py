@@ -127,11 +127,20 @@ class NamespaceHelper:
         return status
 
 
+_fork_unsafe = False  # see `grpc_runs_here`
+
+
+def grpc_runs_here() -> None:
+    """Said by linkd.runtime.cluster.etcd as it opens its gRPC channel: from then on this
+    process does not fork its namespace helper. gRPC's threads have fork handlers that can
+    abort the child (SIGABRT), so the helper is a new interpreter instead (~40 ms, once
+    per helper)."""
+    global _fork_unsafe
+    _fork_unsafe = True
+
+
 def _fork_is_unsafe() -> bool:
-    """Whether this process may not fork its helper: a gRPC client (a cluster daemon's
-    etcd connection, linkd.runtime.cluster) runs threads whose fork handlers can abort the
-    child (SIGABRT), so there the helper is a new interpreter instead (~40 ms, once)."""
-    return "grpc" in sys.modules
+    return _fork_unsafe
 
 
 def _spawn_helper(theirs: socket.socket, parent: int) -> int:
