@@ -14,13 +14,9 @@ import json
 import sys
 import time
 
-from linkd.cli.progress import Progress
+from linkd.cli.progress import Progress, megabytes
 from linkd.errors import ConflictError, UsageError
 from linkd.runtime.images.image_store import ImageStore, containers_using
-
-
-def _mb(size: int) -> str:
-    return f"{size / 1e6:.1f} MB"
 
 
 def _progress() -> Progress:
@@ -35,7 +31,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     image = ImageStore().load(args.file, args.name)
     took = time.monotonic() - start
     print(f"loaded {', '.join(image.names)} ({image.id[:19]}, {len(image.layers)} layers, "
-          f"{_mb(image.size)}) in {took:.2f} s")
+          f"{megabytes(image.size)}) in {took:.2f} s")
     return 0
 
 
@@ -52,8 +48,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
     image = pulled.image
     took = time.monotonic() - start
     print(f"pulled {', '.join(image.names)} ({image.id[:19]}, {len(image.layers)} layers, "
-          f"{_mb(image.size)}; fetched {pulled.fetched} layers, {_mb(pulled.fetched_bytes)}) "
-          f"in {took:.2f} s")
+          f"{megabytes(image.size)}; fetched {pulled.fetched} layers, "
+          f"{megabytes(pulled.fetched_bytes)}) in {took:.2f} s")
     return 0
 
 
@@ -84,7 +80,7 @@ def cmd_pull_stack(args: argparse.Namespace) -> int:
                                 transfer=progress.transfer)
             progress.finish()
             print(f"pulled {ref} ({pulled.image.id[:19]}; fetched {pulled.fetched} layers, "
-                  f"{_mb(pulled.fetched_bytes)}) in {time.monotonic() - start:.2f} s")
+                  f"{megabytes(pulled.fetched_bytes)}) in {time.monotonic() - start:.2f} s")
 
     asyncio.run(pull_all())
     return 0
@@ -96,7 +92,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     for image in [*images.list(), *images.unnamed()]:
         for name in image.names or ("<none>",):
             rows.append((name, image.id[7:19], str(image.config.platform),
-                         str(len(image.layers)), _mb(image.size)))
+                         str(len(image.layers)), megabytes(image.size)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -141,5 +137,5 @@ def cmd_prune(args: argparse.Namespace) -> int:
     removed, freed = ImageStore().prune(in_use, named=args.all)
     for image in removed:
         print(f"removed {', '.join(image.names) or '<none>'} ({image.id[:19]})")
-    print(f"reclaimed {_mb(freed)}")
+    print(f"reclaimed {megabytes(freed)}")
     return 0

@@ -13,8 +13,9 @@ from typing import TextIO
 BAR = 30  # characters of a download's bar
 
 
-def _mb(size: int) -> str:
-    return f"{size / 1e6:.1f}MB"
+def megabytes(size: int) -> str:
+    """`size` bytes as the image commands say sizes: `12.3 MB`."""
+    return f"{size / 1e6:.1f} MB"
 
 
 class Progress:
@@ -40,7 +41,7 @@ class Progress:
             return
         filled = BAR * got // total if total else BAR
         self.lines[subject] = (f"[{'=' * filled}{'>' if filled < BAR else ''}"
-                               f"{' ' * (BAR - filled - 1)}] {_mb(got)}/{_mb(total)}")
+                               f"{' ' * (BAR - filled - 1)}] {megabytes(got)}/{megabytes(total)}")
         self._draw()
 
     def _draw(self) -> None:

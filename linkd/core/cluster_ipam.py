@@ -29,9 +29,10 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
+from typing import TypeVar
 
 from linkd.core import ipam
 from linkd.core.cluster import LAYOUT, RecordError, check_prefix, node_name_problem
@@ -135,14 +136,8 @@ def vni_of_key(key: bytes, prefix: str) -> int:
 
 
 def subnet_of_key(key: bytes, prefix: str) -> IPv4Network:
-    tail = _tail(key, subnets_prefix(prefix))
-    try:
-        subnet = IPv4Network(tail)
-    except ValueError:
-        raise RecordError(f"{_show_bytes(key)}: not an IPv4 subnet") from None
-    if str(subnet) != tail:
-        raise RecordError(f"{_show_bytes(key)}: not a subnet in its canonical form")
-    return subnet
+    return _canonical(IPv4Network, _tail(key, subnets_prefix(prefix)), "IPv4 subnet",
+                      _show_bytes(key))
 
 
 def address_of_key(key: bytes, network_id: str, prefix: str) -> IPv4Address:
@@ -179,13 +174,21 @@ def decode_address(value: bytes, where: bytes) -> IPv4Address:
 
 
 def _canonical_address(text: str, where: str) -> IPv4Address:
+    return _canonical(IPv4Address, text, "IPv4 address", where)
+
+
+_Parsed = TypeVar("_Parsed", IPv4Address, IPv4Network)
+
+
+def _canonical(parse: Callable[[str], _Parsed], text: str, what: str, where: str) -> _Parsed:
+    """`text` read as `what`, and written as it is written back (one key per value)."""
     try:
-        address = IPv4Address(text)
+        value = parse(text)
     except ValueError:
-        raise RecordError(f"{where}: not an IPv4 address") from None
-    if str(address) != text:
-        raise RecordError(f"{where}: not an IPv4 address in its canonical form")
-    return address
+        raise RecordError(f"{where}: not an {what}") from None
+    if str(value) != text:
+        raise RecordError(f"{where}: not an {what} in its canonical form")
+    return value
 
 
 @dataclass(frozen=True, slots=True)

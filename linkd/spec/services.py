@@ -404,15 +404,8 @@ class ServiceReader:
                            "the nodes their constraints allow, in turn",
             "max_replicas_per_node": "not read: replicas are spread over the nodes their "
                                      "constraints allow, in turn"}) or {}
-        found = []
-        for item in self.r.items(p["constraints"]) or [] if "constraints" in p else []:
-            text = self.r.text(item)
-            if text is None:
-                continue
-            try:
-                found.append(parse_constraint(text))
-            except PlacementError as exc:
-                self.r.fail(item, str(exc))
+        items = self.r.items(p["constraints"]) or [] if "constraints" in p else []
+        found = [c for c in (self.r.parsed(item, _constraint) for item in items) if c]
         if found:
             self.r.warn(p["constraints"], "read and checked, not acted on yet: the service "
                         "runs on the daemon that brings the stack up (docs/cluster.md)")
@@ -609,3 +602,10 @@ def parse_tmpfs(text: str) -> tuple[str, tuple[str, ...], str]:
             raise Bad(f"unknown tmpfs option {quote(option)} in {quote(text)}; linkd takes "
                       f"{', '.join(sorted(_TMPFS_FLAGS))} and {', '.join(_TMPFS_DATA)}=")
     return target, tuple(sorted(flags)), ",".join(data)
+
+
+def _constraint(text: str) -> Constraint:
+    try:
+        return parse_constraint(text)
+    except PlacementError as exc:
+        raise Bad(str(exc)) from None

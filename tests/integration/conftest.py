@@ -24,12 +24,13 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from linkd.runtime.kernel.netlink import Kernel
 from tests.simhost import SESSION_RUN_DIR
 
 REPO = Path(__file__).resolve().parents[2]
@@ -314,3 +315,13 @@ def fresh_linkd() -> Iterator[Linkd]:
 def linkd() -> Iterator[Linkd]:
     with fresh_linkd() as runner:
         yield runner
+
+
+@pytest.fixture
+async def kernel() -> AsyncIterator[Kernel]:
+    """linkd's netlink steps, closed (its namespace helper ended) after the test."""
+    k = Kernel()
+    try:
+        yield k
+    finally:
+        k.close()

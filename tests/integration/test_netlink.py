@@ -6,7 +6,6 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -18,15 +17,6 @@ from linkd.errors import KernelError
 from linkd.runtime.kernel.netlink import Kernel
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-async def kernel() -> AsyncIterator[Kernel]:
-    k = Kernel()
-    try:
-        yield k
-    finally:
-        k.close()
 
 
 def network(tag: str) -> NetworkPlan:

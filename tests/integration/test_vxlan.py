@@ -14,7 +14,7 @@ import secrets
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network, ip_address
 from typing import Any
 
@@ -205,15 +205,6 @@ def test_containers_on_two_nodes_reach_each_other_only_through_programmed_entrie
         assert node.facts["netns"] in before["netns"]
         node.op("teardown")
         assert node.op("leaks") == baseline[node]
-
-
-@pytest.fixture
-async def kernel() -> AsyncIterator[Kernel]:
-    k = Kernel()
-    try:
-        yield k
-    finally:
-        k.close()
 
 
 def _bridge(stack: str) -> NetworkPlan:

@@ -175,15 +175,20 @@ async def ensure_fdb(kernel: Kernel, name: str, entry: FdbEntry) -> None:
     await _add_fdb(kernel, name, await _device_index(kernel, name), entry)
 
 
-async def remove_fdb(kernel: Kernel, name: str, entry: FdbEntry) -> None:
-    """Remove the entry; one already gone, or on a device already gone, is fine."""
+async def _index_if_present(kernel: Kernel, name: str) -> int | None:
+    """The device's index; None when it is gone (its entries went with it)."""
     try:
-        index = await _device_index(kernel, name)
+        return await _device_index(kernel, name)
     except KernelError as exc:
         if _gone(exc):
-            return
+            return None
         raise
-    await _del_fdb(kernel, name, index, entry)
+
+
+async def remove_fdb(kernel: Kernel, name: str, entry: FdbEntry) -> None:
+    """Remove the entry; one already gone, or on a device already gone, is fine."""
+    if (index := await _index_if_present(kernel, name)) is not None:
+        await _del_fdb(kernel, name, index, entry)
 
 
 async def ensure_neigh(kernel: Kernel, name: str, entry: NeighEntry) -> None:
@@ -192,13 +197,8 @@ async def ensure_neigh(kernel: Kernel, name: str, entry: NeighEntry) -> None:
 
 async def remove_neigh(kernel: Kernel, name: str, entry: NeighEntry) -> None:
     """Remove the entry for that address; one already gone is fine."""
-    try:
-        index = await _device_index(kernel, name)
-    except KernelError as exc:
-        if _gone(exc):
-            return
-        raise
-    await _del_neigh(kernel, name, index, entry)
+    if (index := await _index_if_present(kernel, name)) is not None:
+        await _del_neigh(kernel, name, index, entry)
 
 
 async def _observe(kernel: Kernel, name: str, index: int) -> ForwardingState:
