@@ -13,6 +13,7 @@ for a test of the session, or the session's side of a simulated host's uplink
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -108,6 +109,20 @@ class EtcdCluster:
         with member.log.open("ab") as out:
             member.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                               stderr=out, env=env)
+
+    def keys(self, prefix: str) -> list[str]:
+        """The keys under `prefix`, read through a running member's JSON gateway."""
+        member = next(m for m in self.members if self.running(m))
+        end = bytearray(prefix.encode())
+        end[-1] += 1
+        body = json.dumps({"key": base64.b64encode(prefix.encode()).decode(),
+                           "range_end": base64.b64encode(bytes(end)).decode(),
+                           "keys_only": True}).encode()
+        request = urllib.request.Request(f"{self._url(member.client_port)}/v3/kv/range",
+                                         data=body, method="POST")
+        with _NO_PROXY.open(request, timeout=5) as r:
+            found = json.loads(r.read()).get("kvs", [])
+        return sorted(base64.b64decode(kv["key"]).decode() for kv in found)
 
     def healthy(self, member: Member) -> bool:
         try:

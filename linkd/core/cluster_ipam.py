@@ -3,7 +3,10 @@ key layout, the records and the order candidates are tried in.
 
 Keys, under the cluster's prefix and layout version (linkd.core.cluster):
 
-    networks/<id>                     a NetworkRecord, JSON: subnet, VNI, the node that made it
+    networks/<id>                     a NetworkRecord, JSON: subnet, VNI, the node that made it,
+                                      the network's name
+    names/<name>                      -> <id>: which network has that name (`name:`, or
+                                      `<stack>_<key>`), for stacks joining it from other nodes
     vnis/<n>                          -> <id>: which network holds VNI n
     subnets/<cidr>                    -> <id>: which network holds that subnet
     networks/<id>/addresses/<ip>      -> <owner>: who holds the address now
@@ -88,6 +91,13 @@ def vni_key(vni: int, prefix: str) -> bytes:
     if not VNI_MIN <= vni <= VNI_MAX:
         raise ValueError(f"VNI {vni} is outside {VNI_MIN}..{VNI_MAX}")
     return vnis_prefix(prefix) + str(vni).encode()
+
+
+def name_key(name: str, prefix: str) -> bytes:
+    if not _PART.fullmatch(name) or name in (".", ".."):
+        raise ValueError(f"network name {_show(name)}: 1 to {MAX_PART} letters, digits, '.', "
+                         "'_' and '-' to span nodes")
+    return f"{_base(prefix)}names/{name}".encode()
 
 
 def subnets_prefix(prefix: str) -> bytes:
@@ -199,6 +209,7 @@ class NetworkRecord:
     subnet: IPv4Network
     vni: int
     creator: str  # the node whose claim made it
+    name: str = ""  # its name (`names/<name>` points at it); "": none, reached by id only
 
     @property
     def gateway(self) -> IPv4Address:
@@ -210,6 +221,8 @@ class NetworkRecord:
 def encode_network(record: NetworkRecord) -> bytes:
     body = {"v": 1, "id": record.id, "subnet": str(record.subnet), "vni": record.vni,
             "creator": record.creator}
+    if record.name:
+        body["name"] = record.name
     data = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
     assert len(data) <= NETWORK_RECORD_LIMIT, "a record linkd made is over its own limit"
     return data
@@ -249,10 +262,13 @@ def decode_network(key: bytes, value: bytes, network_id: str, prefix: str) -> Ne
     creator = got.get("creator")
     if not (isinstance(creator, str) and node_name_problem(creator) is None):
         problems.append("creator: expected a node name")
+    name = got.get("name", "")
+    if not (isinstance(name, str) and (name == "" or _PART.fullmatch(name))):
+        problems.append(f"name: expected 1 to {MAX_PART} letters, digits, '.', '_' and '-'")
     if problems:
         raise RecordError(f"{where}: {'; '.join(problems)}")
     assert subnet is not None and isinstance(vni, int) and isinstance(creator, str)
-    return NetworkRecord(network_id, subnet, vni, creator)
+    return NetworkRecord(network_id, subnet, vni, creator, name)
 
 
 # -- candidates -------------------------------------------------------------------------

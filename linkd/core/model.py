@@ -290,7 +290,9 @@ class Service:
 @dataclass(frozen=True, slots=True)
 class Network:
     name: str
-    driver: Literal["bridge"] = "bridge"
+    # overlay: spans the nodes of a cluster daemon (linkd.core.overlay); elsewhere, and
+    # for `linkd config`, a bridge on this host like the other
+    driver: Literal["bridge", "overlay"] = "bridge"
     internal: bool = False
     subnet: ipaddress.IPv4Network | None = None  # None: linkd picks one from its pool
     gateway: ipaddress.IPv4Address | None = None  # None: the subnet's first address

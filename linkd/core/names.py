@@ -18,6 +18,7 @@ readable names. The `.` in namespace names cannot occur in a stack name, so the 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 
 LINK_PREFIX = "lk"
 BRIDGE_PREFIX = "lkb-"
@@ -74,3 +75,9 @@ def bridge_mac(stack: str, network: str) -> str:
     first = (raw[0] & 0xFC) | 0x02  # locally administered, unicast
     return ":".join(f"{b:02x}" for b in bytes([first]) + raw[1:])
 
+
+def address_mac(address: ipaddress.IPv4Address) -> str:
+    """A container's MAC on an overlay network, from its address (as Docker's overlay
+    driver makes them: 02:42 then the four bytes): every node then knows it from the
+    address alone, and it never changes while the address does not."""
+    return "02:42:" + ":".join(f"{b:02x}" for b in address.packed)

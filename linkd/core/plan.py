@@ -41,6 +41,18 @@ HOST_GATEWAY = "host-gateway"  # extra_hosts: the host, as Docker spells it
 
 
 @dataclass(frozen=True, slots=True)
+class OverlayPlan:
+    """What makes a network span the nodes of a cluster (linkd.core.overlay), as this
+    node runs it: the cluster's numbers for it and this node's side of the tunnel."""
+
+    id: str  # its cluster-wide id, `<owner stack>/<key>` (linkd.core.overlay.overlay_id)
+    vni: int
+    local: IPv4Address  # this node's underlay address: the VXLAN device's source
+    mtu: int  # of the VXLAN device, the bridge and every container's veth on it
+    vxlan: str  # the VXLAN device, a port of the network's bridge (lkx-...)
+
+
+@dataclass(frozen=True, slots=True)
 class NetworkPlan:
     key: str  # the name in the stack file
     name: str  # <stack>_<key>, as Compose names networks
@@ -54,6 +66,12 @@ class NetworkPlan:
     # An external network: (stack, key) of the network it joins, whose bridge and subnet
     # these are (linkd.core.shared_networks); None: the stack's own
     owner: tuple[str, str] | None = None
+    overlay: OverlayPlan | None = None  # None: a bridge on this host alone
+
+    @property
+    def mtu(self) -> int | None:
+        """Its devices' MTU; None: the kernel's default."""
+        return self.overlay.mtu if self.overlay is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +89,7 @@ class InterfacePlan:
     default_route: bool = False  # the first non-internal network carries it
     aliases: tuple[str, ...] = ()  # the service's network aliases on this network
     mac_address: str | None = None  # its end's, inside; None: the kernel picks one
+    mtu: int | None = None  # both ends' (an overlay network's); None: the kernel's default
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +175,7 @@ def realize(
     joined: Mapping[str, NetworkPlan] | None = None,
     held: Mapping[str, Collection[IPv4Address | IPv6Address]] | None = None,
     foreign: Mapping[str, str] | None = None,
+    assigned: Mapping[tuple[str, str], IPv4Address] | None = None,
 ) -> StackPlan:
     """The desired state of `stack`, given the IPv4 subnet of each of its networks.
 
@@ -173,7 +193,9 @@ def realize(
     by network, the addresses other stacks' containers have there (a network shared with
     them), which this stack's avoid. `foreign`: other stacks' containers by name, to
     their namespaces, for `network_mode: container:NAME` naming none of this stack's
-    (None: a dry plan, which does not look).
+    (None: a dry plan, which does not look). `assigned`: by (container, network key), the
+    IPv4 address an overlay network's cluster-wide registry gave it (linkd.core.cluster_ipam),
+    which it takes as if it were static.
     """
     joined = joined or {}
     networks = tuple(
@@ -181,7 +203,8 @@ def realize(
         for n in stack.networks
     )
     by_key = {n.key: n for n in networks}
-    addresses = _addresses(stack, by_key, lease or ipam.Lease(stack.name), held or {})
+    addresses = _addresses(stack, by_key, lease or ipam.Lease(stack.name), held or {},
+                           assigned or {})
     _check_links(stack)
     containers: list[ContainerPlan] = []
     for service in stack.services:
@@ -269,9 +292,11 @@ def _addresses(
     networks: Mapping[str, NetworkPlan],
     lease: ipam.Lease,
     held: Mapping[str, Collection[IPv4Address | IPv6Address]],
+    assigned: Mapping[tuple[str, str], IPv4Address],
 ) -> Addresses:
-    """(container, network) -> addresses: static ones first, then leased, then in file
-    order; none that another stack's container has (`held`)."""
+    """(container, network) -> addresses: static ones first (and those the cluster
+    `assigned`), then leased, then in file order; none that another stack's container has
+    (`held`)."""
     result: Addresses = {}
     _check_joined_statics(stack, networks)
     for key, net in networks.items():
@@ -284,7 +309,8 @@ def _addresses(
                 for replica in range(1, service.replicas + 1):
                     owner = service.container(replica)
                     # A static address can only belong to one replica.
-                    static4 = attachment.ipv4_address if replica == 1 else None
+                    static4 = assigned.get((owner, key)) or (
+                        attachment.ipv4_address if replica == 1 else None)
                     static6 = attachment.ipv6_address if replica == 1 else None
                     wanted4.append((owner, static4))
                     wanted6.append((owner, static6))
@@ -363,7 +389,9 @@ def _interfaces(
                 # The service's mac_address is its first network's (Docker: the one its
                 # network mode names).
                 mac_address=attachment.mac_address or (
-                    service.net.mac_address if index == 0 else None),
+                    service.net.mac_address if index == 0 else None) or (
+                    names.address_mac(address) if net.overlay is not None else None),
+                mtu=net.mtu,
             )
         )
     return tuple(interfaces)

@@ -27,7 +27,7 @@ A network's identity, everywhere (the DNS zone's network ids too), is `(owner, k
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address
 
@@ -62,9 +62,11 @@ def owned(plans: Iterable[StackPlan]) -> dict[str, tuple[str, NetworkPlan]]:
     return found
 
 
-def join(stack: Stack, others: Sequence[StackPlan]) -> dict[str, NetworkPlan]:
+def join(stack: Stack, others: Sequence[StackPlan],
+         elsewhere: Mapping[str, NetworkPlan] | None = None) -> dict[str, NetworkPlan]:
     """The plan of each external network of `stack`, by its key: the owner's, as `stack`
-    records it. NotFoundError naming the first that no other stack up has made."""
+    records it, or else the one `elsewhere` has for that key (an overlay network made on
+    another node of a cluster). NotFoundError naming the first that no stack up has made."""
     made = owned(p for p in others if p.stack != stack.name)
     joined: dict[str, NetworkPlan] = {}
     for network in stack.networks:
@@ -72,6 +74,9 @@ def join(stack: Stack, others: Sequence[StackPlan]) -> dict[str, NetworkPlan]:
             continue
         name = real_name(stack.name, network)
         found = made.get(name)
+        if found is None and elsewhere and network.name in elsewhere:
+            joined[network.name] = elsewhere[network.name]
+            continue
         if found is None:
             known = ", ".join(sorted(made)) or "none"
             raise NotFoundError(

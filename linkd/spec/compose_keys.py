@@ -153,8 +153,9 @@ TOP_LEVEL: dict[str, tuple[Handling, str]] = {
     "services": ("supported", ""),
     "networks": ("differs", "`external: true` joins a network another linkd stack made, "
                             "by its `name:` (a network made outside linkd cannot be "
-                            "joined); bridges on this host: a Swarm file's `driver: overlay` "
-                            "is made a bridge (warned); `attachable`, `labels` and "
+                            "joined); `driver: overlay` spans the nodes of a cluster "
+                            "daemon (VXLAN), elsewhere it is a bridge on this host (said "
+                            "by `up`); `attachable`, `labels` and "
                             "`driver_opts` are warned and ignored"),
     "volumes": ("differs", "every volume is a directory (the local driver); other "
                            "drivers and `driver_opts` other than a bind are warned"),

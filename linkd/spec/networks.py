@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import replace
+from typing import Literal
 
 from linkd.core.model import Attachment, Network
 from linkd.spec.net_keys import parse_mac
@@ -109,13 +110,12 @@ class NetworkReader:
 
     def _network_fields(self, name: str, f: dict[str, At], where: dict[int, At]) -> Network:
         r = self.r
+        kind: Literal["bridge", "overlay"] = "bridge"
         if (driver := given(f, "driver")) and (text := r.text(driver)) not in ("bridge", None):
-            if text == "overlay":  # a Swarm file's: one host's share of it is a bridge
-                r.warn(driver, "driver overlay spans Swarm nodes; linkd makes a bridge on "
-                               "this host")
+            if text == "overlay":  # spans nodes on a cluster daemon; else a bridge here
+                kind = "overlay"
             else:
-                r.fail(driver, f'expected driver "bridge" (the only one linkd has), got '
-                               f"{quote(text)}")
+                r.fail(driver, f'expected driver "bridge" or "overlay", got {quote(text)}')
         internal = r.boolean(f["internal"]) if given(f, "internal") else False
         ipv6 = r.boolean(f["enable_ipv6"]) if given(f, "enable_ipv6") else False
         subnets: dict[int, tuple[IPNetwork, IPAddress | None]] = {}
@@ -135,7 +135,7 @@ class NetworkReader:
         assert subnet6 is None or isinstance(subnet6, ipaddress.IPv6Network)
         assert gateway6 is None or isinstance(gateway6, ipaddress.IPv6Address)
         return Network(
-            name, "bridge", bool(internal), subnet, gateway, bool(ipv6), subnet6, gateway6
+            name, kind, bool(internal), subnet, gateway, bool(ipv6), subnet6, gateway6
         )
 
     def _subnet(

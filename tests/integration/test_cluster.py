@@ -12,73 +12,12 @@ whatever happened.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import signal
-import subprocess
 import sys
-import time
-from collections.abc import Iterator
 
-from tests.etcd import EtcdCluster, etcd_cluster
-from tests.simhost import SimulatedHost
-
-TTL = 2
-
-
-@contextlib.contextmanager
-def hosts(count: int) -> Iterator[list[SimulatedHost]]:
-    """`count` simulated hosts on distinct uplink subnets (simhost draws one of 256)."""
-    made: list[SimulatedHost] = []
-    try:
-        while len(made) < count:
-            host = SimulatedHost()
-            if any(h.outside_address == host.outside_address for h in made):
-                host.run_dir.rmdir()  # drawn twice: nothing of it exists but its directory
-                continue
-            made.append(host)
-            host.create()
-        yield made
-    finally:
-        for host in made:
-            host.destroy()
-
-
-class Node:
-    def __init__(self, host: SimulatedHost, name: str, etcd: EtcdCluster) -> None:
-        self.host, self.name = host, name
-        self.env = host.env(LINKD_SOCKET=str(host.run_dir / "linkd.sock"))
-        self.log = host.run_dir / "daemon.log"
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                host.command([sys.executable, "-m", "linkd", "daemon", "--cluster",
-                              etcd.cluster_flag, "--node-name", name, "--node-label",
-                              f"rack={name[-1]}", "--cluster-ttl", str(TTL)]),
-                env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=host.run_dir)
-
-    def node_ls(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.host.run(sys.executable, "-m", "linkd", "node", "ls", *args,
-                             env=self.env, check=False, timeout=30)
-
-    def listed(self) -> dict[str, dict[str, object]]:
-        done = self.node_ls("--format", "json")
-        if done.returncode != 0:
-            return {}
-        return {n["name"]: n for n in json.loads(done.stdout)["nodes"]}
-
-    def daemon_log(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
-
-
-def wait_until(predicate: object, timeout: float, what: str, nodes: list[Node]) -> float:
-    start = time.monotonic()
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() - start > timeout:
-            logs = "\n".join(f"--- {n.name}:\n{n.daemon_log()}" for n in nodes)
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs}")
-        time.sleep(0.1)
-    return time.monotonic() - start
+from tests.cluster_nodes import TTL, Node, hosts, wait_until
+from tests.etcd import etcd_cluster
 
 
 def test_three_nodes_see_each_other_and_a_killed_one_leaves() -> None:

@@ -1,9 +1,9 @@
 """Overlay networks' subnets, VNIs and addresses, claimed cluster-wide in etcd.
 
-A library for the daemon (which does not use it yet): every claim is one etcd
-transaction that puts its keys only if the keys it depends on are as they were read
-(absent, or unchanged), so two nodes claiming at once never both win; the loser tries
-its next candidate (linkd.core.cluster_ipam says which). Everything is idempotent: a
+Used by the daemon's overlay networks (linkd.runtime.cluster.overlay_networks): every
+claim is one etcd transaction that puts its keys only if the keys it depends on are as
+they were read (absent, or unchanged), so two nodes claiming at once never both win; the
+loser tries its next candidate (linkd.core.cluster_ipam says which). Everything is idempotent: a
 claim of what is already held returns it, a release of what is gone does nothing.
 
 Within one registry (one node's daemon) claims on the same network wait for each other
@@ -68,11 +68,23 @@ class Registry:
         value, revision = found
         return layout.decode_network(key, value, network_id, self.prefix), revision
 
+    async def find(self, name: str) -> NetworkRecord | None:
+        """The network named `name` (see claim_network), wherever it was made."""
+        found = await self.etcd.get(layout.name_key(name, self.prefix))
+        if found is None:
+            return None
+        network_id = found[0].decode(errors="replace")
+        if layout.pair_problem(network_id, "network id") is not None:
+            raise RecordError(f"the name index of network {name} holds no network id")
+        return await self.network(network_id)
+
     async def claim_network(self, network_id: str,
-                            avoid: Iterable[tuple[IPNetwork, str]] = ()) -> NetworkRecord:
+                            avoid: Iterable[tuple[IPNetwork, str]] = (),
+                            name: str = "") -> NetworkRecord:
         """The network's record: the one etcd holds, or one made now with the first free
         VNI (from its hash upwards) and the first free subnet of linkd's pool that
-        overlaps nothing in `avoid` (this node's routes and local networks)."""
+        overlaps nothing in `avoid` (this node's routes and local networks). `name`, if
+        given, is claimed with it: ConflictError when another network has it."""
         avoid = list(avoid)
         async with self._locks[network_id]:
             existing = await self.network(network_id)
@@ -81,24 +93,32 @@ class Registry:
             vnis = await self._taken_vnis()
             subnets = await self._taken_subnets()
             key = layout.network_key(network_id, self.prefix)
+            named = [layout.name_key(name, self.prefix)] if name else []
             for _ in range(ATTEMPTS):
                 record = NetworkRecord(network_id, layout.pick_subnet(network_id, subnets, avoid),
-                                       allocate_vni(network_id, vnis), self.node)
+                                       allocate_vni(network_id, vnis), self.node, name)
                 vni_key = layout.vni_key(record.vni, self.prefix)
                 subnet_key = layout.subnet_key(record.subnet, self.prefix)
                 owner = network_id.encode()
                 done, found = await self.etcd.txn(
-                    [Absent(key), Absent(vni_key), Absent(subnet_key)],
+                    [Absent(key), Absent(vni_key), Absent(subnet_key),
+                     *(Absent(k) for k in named)],
                     [Put(key, layout.encode_network(record)), Put(vni_key, owner),
-                     Put(subnet_key, owner)],
-                    [Get(key), Get(vni_key), Get(subnet_key)])
+                     Put(subnet_key, owner), *(Put(k, owner) for k in named)],
+                    [Get(key), Get(vni_key), Get(subnet_key), *(Get(k) for k in named)])
                 if done:
                     log.info("overlay network %s: VNI %d, subnet %s", network_id,
                              record.vni, record.subnet)
                     return record
-                held, vni_held, subnet_held = found
+                held, vni_held, subnet_held, *name_held = found
                 if held is not None:  # another node made it meanwhile
                     return layout.decode_network(key, held[0], network_id, self.prefix)
+                if name_held and name_held[0] is not None:
+                    other = name_held[0][0].decode(errors="replace")[:200]
+                    raise ConflictError(
+                        f"network {name} exists in the cluster already (network {other}); "
+                        "to join it, declare it external: true, or give this one another "
+                        "name")
                 if vni_held is not None:
                     vnis.append(record.vni)
                 if subnet_held is not None:
@@ -126,6 +146,8 @@ class Registry:
                 else:  # the indexes are made and removed with the record: they are its
                     deletes += [Delete(layout.vni_key(record.vni, self.prefix)),
                                 Delete(layout.subnet_key(record.subnet, self.prefix))]
+                    if record.name:
+                        deletes.append(Delete(layout.name_key(record.name, self.prefix)))
                 addresses = layout.addresses_prefix(network_id, self.prefix)
                 done, _ = await self.etcd.txn(
                     [Unchanged(key, revision), NoneUnder(addresses)], deletes)
@@ -243,6 +265,10 @@ class Registry:
             except RecordError as exc:
                 log.warning("%s", exc)
         return vnis
+
+    async def taken_subnets(self) -> list[IPv4Network]:
+        """Every overlay network's subnet."""
+        return await self._taken_subnets()
 
     async def _taken_subnets(self) -> list[IPv4Network]:
         head = layout.subnets_prefix(self.prefix)

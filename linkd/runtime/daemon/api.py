@@ -468,9 +468,11 @@ async def _serve_locked(
         loop.add_signal_handler(sig, stop.set)
     try:
         if cluster is not None:
-            from linkd.runtime.cluster import membership  # aetcd: only for a cluster's node
+            # aetcd: only for a cluster's node
+            from linkd.runtime.cluster import membership, overlay_networks
 
             daemon.cluster = await membership.join(cluster)
+            daemon.overlay = await overlay_networks.start(daemon.cluster, daemon.kernel)
         recovered = await daemon.recover()
         if recovered:
             log.info("recovered stacks: %s", ", ".join(recovered))
@@ -505,6 +507,8 @@ async def _serve_locked(
         if daemon.cluster is not None:
             await daemon.cluster.leave()  # gone from the cluster at once, then stacks down
         await daemon.shutdown()
+        if daemon.overlay is not None:
+            await daemon.overlay.close()  # after the stacks gave their addresses back
         for runner in runners:
             await runner.cleanup()
         socket_path.unlink(missing_ok=True)

@@ -43,6 +43,7 @@ from linkd.runtime.stack import lifecycle, store, supervisor, teardown
 
 if TYPE_CHECKING:
     from linkd.runtime.cluster.membership import Membership
+    from linkd.runtime.cluster.overlay_networks import OverlayNetworks
 
 log = logging.getLogger("linkd")
 
@@ -96,6 +97,7 @@ class Daemon:
         self.events = Events()
         self.started_at = time.time()
         self.cluster: Membership | None = None  # `linkd daemon --cluster`: this node
+        self.overlay: OverlayNetworks | None = None  # and its side of overlay networks
 
     # -- stacks ------------------------------------------------------------------------
 
@@ -260,11 +262,17 @@ class Daemon:
                               "please report it); trying again in the next round",
                               hosted.name)
 
-    def _host(self, name: str, source: str) -> Hosted:
+    @property
+    def kernel(self) -> Kernel:
+        """The kernel connection the stacks share, made with the first that needs it."""
         if self._kernel is None:
             self._kernel = Kernel()
+        return self._kernel
+
+    def _host(self, name: str, source: str) -> Hosted:
         sup = supervisor.Supervisor(name, source, lambda s, m: None, survive=True,
-                                    kernel=self._kernel)
+                                    kernel=self.kernel)
+        sup.overlay = self.overlay
         hosted = Hosted(name, sup, asyncio.Event())
         sup.report = self._reporter(hosted)
         sup.on_event = self.events.publish

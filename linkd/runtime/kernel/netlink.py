@@ -348,8 +348,9 @@ class Kernel:
     async def ensure_bridge(self, network: NetworkPlan) -> None:
         ipr = await self.host()
         what = f"bridge {network.bridge} for network {network.name}"
+        mtu = {"mtu": network.mtu} if network.mtu is not None else {}
         created = await _add_link(ipr, what, ifname=network.bridge, kind="bridge",
-                                  address=network.bridge_mac, state="up")
+                                  address=network.bridge_mac, state="up", **mtu)
         index = await _index(ipr, network.bridge, what)
         self._bridges[network.bridge] = index
         steps = [_call(f"address {network.gateway} on {what}", ipr.addr(
@@ -361,7 +362,7 @@ class Kernel:
                 prefixlen=network.subnet6.prefixlen, flags=IFA_F_NODAD)))
         if not created:  # a leftover of ours: make it as a new one would be
             steps.append(_call(f"set up {what}", ipr.link(
-                "set", index=index, address=network.bridge_mac, state="up")))
+                "set", index=index, address=network.bridge_mac, state="up", **mtu)))
         await asyncio.gather(*steps)
 
     async def ensure_veth(self, netns: str, interface: InterfacePlan) -> None:
@@ -370,15 +371,18 @@ class Kernel:
         bridge = self._bridges.get(interface.bridge) or await _index(
             ipr, interface.bridge, f"bridge {interface.bridge}")
         # Enslaved and up in the same request that creates it: one round trip, not three.
-        peer = {"ifname": interface.ifname, "net_ns_fd": netns}
+        peer: dict[str, object] = {"ifname": interface.ifname, "net_ns_fd": netns}
         if interface.mac_address is not None:  # Compose's mac_address: the container's end
             peer["address"] = interface.mac_address
+        mtu = {"mtu": interface.mtu} if interface.mtu is not None else {}
+        if mtu:  # an overlay network's: the container's end must not send bigger frames
+            peer.update(mtu)
         created = await _add_link(ipr, what, ifname=interface.host_ifname, kind="veth",
-                                  peer=peer, master=bridge, state="up")
+                                  peer=peer, master=bridge, state="up", **mtu)
         if not created:
             index = await _index(ipr, interface.host_ifname, what)
             await _call(f"attach {what} to bridge {interface.bridge}",
-                        ipr.link("set", index=index, master=bridge, state="up"))
+                        ipr.link("set", index=index, master=bridge, state="up", **mtu))
 
     async def configure_netns(self, container: ContainerPlan) -> None:
         """lo up; each interface's addresses, up; the default route.

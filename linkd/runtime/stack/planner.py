@@ -22,17 +22,21 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from linkd.conventions.schema import Convention
 from linkd.core import ipam, names, shared_networks
 from linkd.core.model import Stack
-from linkd.core.plan import StackPlan, lease_of, realize
+from linkd.core.plan import NetworkPlan, StackPlan, lease_of, realize
 from linkd.runtime.images import image_store, pull
 from linkd.runtime.kernel.firewall import publish_ports
 from linkd.runtime.kernel.netlink import Kernel
 from linkd.runtime.stack import shared, store
 from linkd.runtime.stack.conventions import load_conventions
 from linkd.runtime.volumes.mounts import check_stack as check_mounts
+
+if TYPE_CHECKING:  # etcd's client is loaded by a cluster daemon only
+    from linkd.runtime.cluster.overlay_networks import OverlayNetworks
 
 Conventions = dict[str, Convention]  # by name, as linkd.core.plan.realize takes them
 
@@ -56,28 +60,37 @@ async def resolve(stack: Stack, base: Path, report: pull.Report = pull.quiet,
 @contextlib.asynccontextmanager
 async def claim(
     kernel: Kernel, stack: Stack, conventions: Conventions, base: Path,
-    previous: StackPlan | None,
+    previous: StackPlan | None, overlay: OverlayNetworks | None = None,
 ) -> AsyncIterator[StackPlan]:
     """The plan of `stack`, with the global lock held until the caller's block has
     recorded it; the lease is saved last, still under the lock. `previous` is the plan
     the stack runs now (an update): its own bridges' routes do not count as taken, and
-    its host ports stay where they are."""
+    its host ports stay where they are. `overlay`: this node's side of the cluster (a
+    `linkd daemon --cluster`), which makes `driver: overlay` networks span nodes."""
     async with store.locked_async(store.root() / "lock"):
-        plan = await _plan(kernel, stack, conventions, base, previous)
+        plan = await _plan(kernel, stack, conventions, base, previous, overlay)
         yield plan
         store.save_lease(lease_of(plan))
 
 
 async def _plan(
     kernel: Kernel, stack: Stack, conventions: Conventions, base: Path,
-    previous: StackPlan | None,
+    previous: StackPlan | None, overlay: OverlayNetworks | None,
 ) -> StackPlan:
     """Its lease's subnets and addresses where still free, others' leases avoided."""
     states = shared.other_states(stack.name)
     others = [s.plan for s in states]
     joinable = [s.plan for s in states if s.status in ("starting", "up")]
     shared_networks.check_names(stack, others)
-    joined = shared_networks.join(stack, joinable)  # before anything is made
+    spanning: dict[str, NetworkPlan] = {}  # its own overlay networks
+    remote: dict[str, NetworkPlan] = {}  # overlay networks it joins, made on other nodes
+    reserved: list[tuple[ipam.IPNetwork, str]] = []
+    if overlay is not None:
+        reserved = await overlay.taken_subnets()
+        made_here = shared_networks.owned(p for p in joinable if p.stack != stack.name)
+        spanning, remote = await overlay.networks(
+            stack, made_here, await _taken_subnets(kernel, others))
+    joined = shared_networks.join(stack, joinable, remote)  # before anything is made
     own = {n.bridge for n in previous.networks} if previous is not None else set()
     own |= {n.bridge for n in joined.values()}  # routes of the bridges it joins: no clash
     # Its own bridges, kept while it was down because a joiner's containers are on them.
@@ -96,15 +109,19 @@ async def _plan(
         for _, subnet in other.subnets
     ]
     subnets = ipam.pick_subnets(
-        [n for n in stack.networks if not n.external],
-        taken,
+        [n for n in stack.networks if not n.external and n.name not in spanning],
+        taken + [(subnet, why) for subnet, why in reserved
+                 if not any(subnet == n.subnet for n in spanning.values())],
         previous=lease.subnet_map() if lease else None,
         reserved=held,
     )
+    joined |= spanning
     networks = [joined.get(n.name) or (stack.name, n.name) for n in stack.networks]
     theirs = shared_networks.held(stack.name, networks, others)
+    assigned = await overlay.assign(stack, joined) if overlay is not None else None
     plan = realize(stack, subnets, workdir=str(base), conventions=conventions, lease=lease,
-                   joined=joined, held=theirs, foreign=_containers(joinable))
+                   joined=joined, held=theirs, foreign=_containers(joinable),
+                   assigned=assigned)
     return publish_ports(plan, previous)  # host ports decided, or refused
 
 

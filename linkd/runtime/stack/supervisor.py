@@ -28,8 +28,9 @@ import contextlib
 from collections.abc import Awaitable
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from linkd.core import bindings, names
+from linkd.core import bindings, names, overlay_plan
 from linkd.core.model import Stack
 from linkd.core.plan import ContainerPlan, StackPlan
 from linkd.core.reconcile import (
@@ -51,7 +52,7 @@ from linkd.errors import TeardownError
 from linkd.runtime.containers import process
 from linkd.runtime.containers.health import HealthChecks
 from linkd.runtime.images.pull import Transfer
-from linkd.runtime.kernel import forwarding
+from linkd.runtime.kernel import forwarding, vxlan
 from linkd.runtime.kernel.firewall import StackFirewall, set_localnet
 from linkd.runtime.kernel.netlink import Kernel
 from linkd.runtime.stack import planner, recovery, store, teardown
@@ -62,6 +63,9 @@ from linkd.runtime.stack.live import LiveStack, Report
 from linkd.runtime.stack.publisher import OnEvent, Publisher
 from linkd.runtime.stack.resolvers import Resolvers
 from linkd.runtime.stack.shared import Neighbours
+
+if TYPE_CHECKING:  # etcd's client is loaded by a cluster daemon only
+    from linkd.runtime.cluster.overlay_networks import OverlayNetworks
 
 
 class Supervisor:
@@ -85,6 +89,9 @@ class Supervisor:
         self.neighbours = Neighbours(self.live, self.publisher)
         self.notices: list[str] = []  # changes to the host's settings, said once
         self.transfer: Transfer | None = None  # a live display of image pulls' bytes
+        # A cluster daemon's overlay networks (`driver: overlay` spans nodes); None: a
+        # single host's linkd, on which such a network is a bridge like the others
+        self.overlay: OverlayNetworks | None = None
 
     # -- what the daemon and the API read ----------------------------------------------
 
@@ -165,8 +172,12 @@ class Supervisor:
         """Plan the stack and record the plan, holding the global lock meanwhile."""
         stack, conventions = await planner.resolve(stack, self.live.base, self.report,
                                                    self.transfer)
+        if self.overlay is None and (spanning := overlay_plan.overlay_networks(stack)):
+            self._notice(f"network {spanning[0].name}", "driver overlay spans nodes on a "
+                         "cluster daemon (linkd daemon --cluster); here it is a bridge on "
+                         "this host")
         async with planner.claim(self.kernel, stack, conventions, self.live.base,
-                                 self.live.plan) as plan:
+                                 self.live.plan, self.overlay) as plan:
             self.live.plan = plan
             await self.publisher.writer.flush()  # on disk before the kernel is touched
         # The mount point of every container's live bindings (it hides the host's copy).
@@ -312,6 +323,8 @@ class Supervisor:
         match action:
             case EnsureBridge(network):
                 await self.kernel.ensure_bridge(network)
+                if network.overlay is not None:
+                    await vxlan.ensure_vxlan(self.kernel, overlay_plan.device_of(network))
                 self.report(f"network {network.name}", f"bridge {network.bridge} {network.subnet}")
             case EnsureNetns(netns):
                 await self.kernel.ensure_netns(netns)
@@ -357,7 +370,8 @@ class Supervisor:
         # subnets and ports this one is about to move to. What the new plan replaces is
         # stopped first, under it: recorded before then, a crash would leave the state
         # file naming containers whose processes still run the old configuration.
-        async with planner.claim(self.kernel, stack, conventions, self.live.base, old) as new:
+        async with planner.claim(self.kernel, stack, conventions, self.live.base, old,
+                                 self.overlay) as new:
             before = {c.name: c for c in old.containers}
             after = {c.name: c for c in new.containers}
             removed = [n for n in before if n not in after]
@@ -378,6 +392,9 @@ class Supervisor:
         self.neighbours.refresh()  # its networks may have changed
         await self._bring_up(new, actions)
         self.publisher.rewrite_bindings(kept)  # their peers may have changed
+        if self.overlay is not None:
+            for error in await self.overlay.release(old, kept=new):
+                self.report(f"stack {self.stack}", str(error))
         self.live.status = "up"
         await self.publisher.writer.flush()
         summary = {"added": added, "changed": changed, "removed": removed, "kept": kept}
@@ -488,6 +505,11 @@ class Supervisor:
         errors = await teardown.remove_stack(
             self.kernel, self.stack, self.plan, running=running, apply=self.apply)
         self.containers.unwatch_all()
+        if self.overlay is not None and self.plan is not None:
+            # Not a failure of `down`: an address left held (etcd unreachable) is this
+            # stack's sticky one, and is taken back by its next `up`.
+            for error in await self.overlay.release(self.plan):
+                self.report(f"stack {self.stack}", f"{error} (left in the registry)")
         if self._own_kernel:
             self.kernel.close()
         else:
