@@ -220,3 +220,21 @@ async def test_an_owner_never_holds_two_addresses(shared_etcd: EtcdCluster,
         assert await b.addresses("s/n") == {o: "s/o"}
     finally:
         await slow.close()
+
+
+async def test_a_network_s_name_is_claimed_with_it_and_found_from_any_node(
+        nodes: tuple[Registry, Registry]) -> None:
+    a, b = nodes
+    made = await a.claim_network("shop/back", name="shop_back")
+    assert made.name == "shop_back"
+    assert await b.find("shop_back") == made  # another node joins it by name
+    assert await b.find("nothing_here") is None
+    # Another network of that name, from either node, is refused and makes nothing.
+    with pytest.raises(ConflictError, match="network shop_back exists in the cluster"):
+        await b.claim_network("other/back", name="shop_back")
+    assert await b.network("other/back") is None
+    assert len((await a.etcd.read_prefix(cluster_ipam.vnis_prefix(a.prefix)))[0]) == 1
+    # The name goes with the network, and is free again.
+    assert await b.release_network("shop/back") is True
+    assert await a.find("shop_back") is None
+    assert (await a.claim_network("other/back", name="shop_back")).name == "shop_back"
