@@ -44,7 +44,8 @@ def test_the_owner_and_a_joiner_share_the_bridge_and_device_but_not_the_bridge_m
 def test_containers_take_the_cluster_s_addresses_with_a_mac_from_each_and_the_mtu() -> None:
     stack = parse_stack("services:\n  web: {command: x, networks: [back, local], "
                         "deploy: {replicas: 2}}\n"
-                        "networks:\n  back: {driver: overlay}\n  local: {}\n", source="t.yaml", project_name="db")
+                        "networks:\n  back: {driver: overlay}\n  local: {}\n",
+                        source="t.yaml", project_name="db")
     given_out = {("web-1", "back"): IPv4Address("10.87.9.7"),
                  ("web-2", "back"): IPv4Address("10.87.9.3")}
     plan = realize(stack, {"local": IPv4Network("10.87.1.0/24")},
@@ -71,7 +72,8 @@ def test_what_an_overlay_network_cannot_have_yet_is_refused_by_key() -> None:
         "services:\n  a:\n    command: x\n    networks:\n"
         "      back: {ipv4_address: 10.5.0.9}\n"
         "networks:\n  back:\n    driver: overlay\n    enable_ipv6: true\n"
-        "    ipam: {config: [{subnet: 10.5.0.0/24}, {subnet: 'fd00:5::/64'}]}\n", source="t.yaml", project_name="s")
+        "    ipam: {config: [{subnet: 10.5.0.0/24}, {subnet: 'fd00:5::/64'}]}\n",
+        source="t.yaml", project_name="s")
     with pytest.raises(SpecError) as caught:
         overlay_plan.check(stack, {"back"})
     said = str(caught.value)
