@@ -177,7 +177,8 @@ def live_state(family: str, name: str) -> TableState | None:
 
 
 async def tables() -> list[str]:
-    """linkd's tables in the host's namespace (`linkd-<stack>`)."""
+    """linkd's tables in the host's namespace: the stacks' (`linkd-<stack>`) and the
+    node's own (`linkd-_overlay`; `firewall.stack_of_table` tells them apart)."""
     try:
         names = await asyncio.to_thread(nft.table_names, nft.FAMILIES[firewall.FAMILY])
     except OSError as exc:
