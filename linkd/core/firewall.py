@@ -58,14 +58,24 @@ from linkd.errors import ConflictError, SpecError
 
 TABLE_PREFIX = "linkd-"
 FAMILY: Literal["inet"] = "inet"
+# The node's own tables (not a stack's: linkd.core.overlay_firewall) are `linkd-_<what>`:
+# a stack name starts with a letter or a digit (linkd.spec.values), so none makes one.
+NODE_TABLE_MARK = "_"
 
 
 def table_name(stack: str) -> str:
     return f"{TABLE_PREFIX}{stack}"
 
 
+def node_table_name(what: str) -> str:
+    return f"{TABLE_PREFIX}{NODE_TABLE_MARK}{what}"
+
+
 def stack_of_table(table: str) -> str | None:
-    return table[len(TABLE_PREFIX):] if table.startswith(TABLE_PREFIX) else None
+    """The stack whose table this is; None for a node's table and for other software's."""
+    if not table.startswith(TABLE_PREFIX) or table.startswith(node_table_name("")):
+        return None
+    return table[len(TABLE_PREFIX):]
 
 
 @dataclass(frozen=True, slots=True)

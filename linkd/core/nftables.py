@@ -12,15 +12,17 @@ The vocabulary is what a rule means, not nft's bytecode: `Address("daddr",
 10.0.0.0/24)` says "the destination is in 10.0.0.0/24"; the encoder adds what nft adds
 to make that safe to evaluate (a `meta nfproto ipv4` check before an IPv4 address in an
 `inet` table, a `meta l4proto tcp` check before a TCP port), so the kernel holds the
-same objects whichever way the table arrived. Only what linkd's rules need is here: no
-sets, maps, counters or logging. Where nft would use an anonymous set (`icmpv6 type {
-a, b }`), linkd writes one rule per element: the same packets match.
+same objects whichever way the table arrived. Only what linkd's rules need is here: named
+sets of addresses (`AddressSet`, tested with `InSet`: their elements change in one
+transaction without touching a rule), no maps, counters or logging. Where nft would use
+an anonymous set (`icmpv6 type { a, b }`), linkd writes one rule per element: the same
+packets match.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Literal
 
 Direction = Literal["iif", "oif"]
@@ -141,8 +143,23 @@ class InterfaceKind:
         return f'meta {self.direction}kind "{self.kind}"'
 
 
+@dataclass(frozen=True, slots=True)
+class InSet:
+    """`ip saddr @peers4`, `ip6 saddr != @peers6`: the address is (not) an element of the
+    table's `AddressSet` named `name`, of IP `version`."""
+
+    field: Field
+    name: str
+    version: Literal[4, 6]
+    negate: bool = False
+
+    def text(self) -> str:
+        proto = "ip" if self.version == 4 else "ip6"
+        return f'{proto} {self.field} {"!= " if self.negate else ""}@{self.name}'
+
+
 Match = (Interface | Family | Address | Port | Icmpv6Type | ConntrackState
-         | ConntrackStatus | LocalDestination | InterfaceKind)
+         | ConntrackStatus | LocalDestination | InterfaceKind | InSet)
 
 
 # -- statements ---------------------------------------------------------------------------
@@ -261,12 +278,41 @@ class Chain:
 
 
 @dataclass(frozen=True, slots=True)
+class AddressSet:
+    """A named set of addresses of one IP version (`type ipv4_addr` / `ipv6_addr`)."""
+
+    name: str
+    version: Literal[4, 6]
+    elements: frozenset[IPv4Address | IPv6Address] = frozenset()
+
+    def __post_init__(self) -> None:
+        if any(e.version != self.version for e in self.elements):
+            raise ValueError(f"set {self.name} holds IPv{self.version} addresses only")
+
+    @property
+    def type(self) -> Literal["ipv4_addr", "ipv6_addr"]:
+        return "ipv4_addr" if self.version == 4 else "ipv6_addr"
+
+    def sorted(self) -> list[IPv4Address | IPv6Address]:
+        return sorted(self.elements, key=int)
+
+    def text(self) -> str:
+        lines = [f"\tset {self.name} {{", f"\t\ttype {self.type}"]
+        if self.elements:  # nft refuses an empty `elements = { }`
+            lines.append(f"\t\telements = {{ {', '.join(map(str, self.sorted()))} }}")
+        lines.append("\t}")
+        return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True, slots=True)
 class Table:
     family: Literal["inet", "ip"]
     name: str
     chains: tuple[Chain, ...]
+    sets: tuple[AddressSet, ...] = ()  # before the chains: a rule names a set that exists
 
     def text(self) -> str:
         """The table as `nft -f` reads it."""
         return (f"table {self.family} {self.name} {{\n"
+                + "".join(s.text() for s in self.sets)
                 + "".join(c.text() for c in self.chains) + "}\n")

@@ -31,6 +31,7 @@ import errno
 import logging
 import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import assert_never
 
@@ -50,8 +51,10 @@ TableState = tuple[bytes, ...]
 # -- the table over netlink ---------------------------------------------------------------
 
 
-def encode_rule(family: int, rule: nftables.Rule) -> nft.Rule:
-    """`rule` as nf_tables expressions, for a table of `family` (NFPROTO_*)."""
+def encode_rule(family: int, rule: nftables.Rule,
+                set_ids: Mapping[str, int] | None = None) -> nft.Rule:
+    """`rule` as nf_tables expressions, for a table of `family` (NFPROTO_*); `set_ids`:
+    the batch's ids of the sets the rule names (`set_ids_of`)."""
     out = nft.Rule(family)
     for match in rule.matches:
         match match:
@@ -73,6 +76,9 @@ def encode_rule(family: int, rule: nftables.Rule) -> nft.Rule:
                 out.local_destination()
             case nftables.InterfaceKind(direction, kind):
                 out.interface_kind(direction, kind)
+            case nftables.InSet(field, name, version, negate):
+                out.lookup(field, 4 if version == 4 else 16, name,
+                           (set_ids or {}).get(name), negate)
             case _:
                 assert_never(match)
     statement = rule.statement
@@ -103,6 +109,9 @@ def replace_batch(table: nftables.Table, exclusive: bool = False) -> nft.Batch:
         batch.create_table(table.name, exclusive=True)
     else:
         batch.declare_table(table.name).delete_table(table.name).create_table(table.name)
+    ids = set_ids_of(table)
+    for named in table.sets:  # and every set: a rule may name one
+        add_set(batch, table.name, named, ids[named.name])
     for chain in table.chains:  # every chain first: a rule may jump to a later one
         if chain.hook is None:
             batch.chain(table.name, chain.name)
@@ -112,9 +121,27 @@ def replace_batch(table: nftables.Table, exclusive: bool = False) -> nft.Batch:
                         hook.policy)
     for chain in table.chains:
         for number, rule in enumerate(chain.rules, start=1):
-            batch.rule(table.name, chain.name, encode_rule(family, rule),
+            batch.rule(table.name, chain.name, encode_rule(family, rule, ids),
                        f"add rule {number} of chain {chain.name} ({rule.text()})")
     return batch
+
+
+def set_ids_of(table: nftables.Table) -> dict[str, int]:
+    """The id each set of `table` has in a batch that makes it (1, 2, ... as nft numbers
+    them): its elements and the rules that name it refer to it by that id too."""
+    return {named.name: number for number, named in enumerate(table.sets, start=1)}
+
+
+def add_set(batch: nft.Batch, table: str, named: nftables.AddressSet, set_id: int) -> None:
+    """Declare the set and add its elements."""
+    batch.set(table, named.name, named.type, set_id)
+    add_elements(batch, table, named, set_id)
+
+
+def add_elements(batch: nft.Batch, table: str, named: nftables.AddressSet,
+                 set_id: int) -> None:
+    if named.elements:  # none: no message (the kernel wants a list with an element)
+        batch.elements(table, named.name, set_id, [a.packed for a in named.sorted()])
 
 
 def _failed(family: str, name: str, exc: OSError) -> KernelError:
@@ -150,7 +177,8 @@ def live_state(family: str, name: str) -> TableState | None:
 
 
 async def tables() -> list[str]:
-    """linkd's tables in the host's namespace (`linkd-<stack>`)."""
+    """linkd's tables in the host's namespace: the stacks' (`linkd-<stack>`) and the
+    node's own (`linkd-_overlay`; `firewall.stack_of_table` tells them apart)."""
     try:
         names = await asyncio.to_thread(nft.table_names, nft.FAMILIES[firewall.FAMILY])
     except OSError as exc:

@@ -10,6 +10,8 @@ table` shows the same rules whichever way they arrived:
                            only its bytes; any other: the whole address, bitwise & mask)
     tcp dport 80-90        [meta load l4proto; cmp eq tcp]; payload load 2b @ transport
                            header + 2; cmp gte 80; cmp lte 90
+    ip saddr != @peers4    [meta load nfproto; cmp eq ipv4]; payload load 4b @ network
+                           header + 12; lookup set peers4 (inverted: not an element)
     icmpv6 type 135        [nfproto ipv6; l4proto ipv6-icmp]; payload 1b @ transport + 0
     ct state est,rel       ct load state; bitwise & 6 ^ 0; cmp neq 0 (host byte order)
     fib daddr type local   fib daddr type; cmp eq RTN_LOCAL (host byte order)
@@ -39,6 +41,7 @@ from linkd.runtime.kernel.nft.wire import (
     NFT_CMP_NEQ,
     NFT_FIB_RESULT_ADDRTYPE,
     NFT_JUMP,
+    NFT_LOOKUP_F_INV,
     NFT_META_IIFKIND,
     NFT_META_IIFNAME,
     NFT_META_L4PROTO,
@@ -173,6 +176,22 @@ class Rule:
                 _bitwise(mask),
                 _cmp(op, network),
             ]
+        return self
+
+    def lookup(self, field: str, size: int, name: str, set_id: int | None = None,
+               negate: bool = False) -> Rule:
+        """`ip|ip6 saddr|daddr [!=] @NAME`: the address (of `size` bytes: 4 or 16) is an
+        element of the table's set NAME. _SREG, _SET, _SET_ID (the set's id in the batch
+        that makes it, as nft sends it; the kernel finds the set by name first), _FLAGS."""
+        self._need_nfproto(NFPROTO_IPV4 if size == 4 else NFPROTO_IPV6)
+        offset = {(4, "saddr"): 12, (4, "daddr"): 16, (16, "saddr"): 8, (16, "daddr"): 24}
+        attrs = [u32(2, NFT_REG_1), string(1, name)]
+        if set_id is not None:
+            attrs.append(u32(4, set_id))
+        if negate:
+            attrs.append(u32(5, NFT_LOOKUP_F_INV))
+        self.expressions += [_payload(NFT_PAYLOAD_NETWORK_HEADER, offset[size, field], size),
+                             _expr("lookup", *attrs)]
         return self
 
     def dport(self, l4proto: int, first: int, last: int) -> Rule:

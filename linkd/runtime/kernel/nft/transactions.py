@@ -24,9 +24,13 @@ from linkd.runtime.kernel.nft.wire import (
     NFNL_MSG_BATCH_END,
     NFNL_SUBSYS_NFTABLES,
     NFPROTO_UNSPEC,
+    NFT_MSG_DELRULE,
+    NFT_MSG_DELSETELEM,
     NFT_MSG_DELTABLE,
     NFT_MSG_NEWCHAIN,
     NFT_MSG_NEWRULE,
+    NFT_MSG_NEWSET,
+    NFT_MSG_NEWSETELEM,
     NFT_MSG_NEWTABLE,
     NFTA_CHAIN_HOOK,
     NFTA_CHAIN_NAME,
@@ -37,6 +41,18 @@ from linkd.runtime.kernel.nft.wire import (
     NFTA_HOOK_PRIORITY,
     NFTA_RULE_CHAIN,
     NFTA_RULE_TABLE,
+    NFTA_SET_ELEM_KEY,
+    NFTA_SET_ELEM_LIST_ELEMENTS,
+    NFTA_SET_ELEM_LIST_SET,
+    NFTA_SET_ELEM_LIST_SET_ID,
+    NFTA_SET_ELEM_LIST_TABLE,
+    NFTA_SET_FLAGS,
+    NFTA_SET_ID,
+    NFTA_SET_KEY_LEN,
+    NFTA_SET_KEY_TYPE,
+    NFTA_SET_NAME,
+    NFTA_SET_TABLE,
+    NFTA_SET_USERDATA,
     NFTA_TABLE_FLAGS,
     NFTA_TABLE_NAME,
     NLM_F_ACK,
@@ -45,7 +61,11 @@ from linkd.runtime.kernel.nft.wire import (
     NLM_F_EXCL,
     NLMSG_ERROR,
     POLICIES,
+    SET_KEY_TYPES,
+    SET_USERDATA_BIG_ENDIAN_KEY,
     SO_SNDBUFFORCE,
+    attr,
+    data_value,
     message,
     messages,
     nest,
@@ -97,6 +117,44 @@ class Batch:
     def rule(self, table: str, chain: str, rule: Rule, label: str) -> Batch:
         body = string(NFTA_RULE_TABLE, table) + string(NFTA_RULE_CHAIN, chain) + rule.encode()
         self.steps.append((NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, label, body))
+        return self
+
+    def flush_chain(self, table: str, chain: str) -> Batch:
+        """Delete every rule of `chain` (nft's `flush chain`)."""
+        body = string(NFTA_RULE_TABLE, table) + string(NFTA_RULE_CHAIN, chain)
+        self.steps.append((NFT_MSG_DELRULE, 0, f"flush chain {chain}", body))
+        return self
+
+    def set(self, table: str, name: str, key_type: str, set_id: int) -> Batch:
+        """Declare the named set `name` of addresses (`key_type` "ipv4_addr" or
+        "ipv6_addr"; a set of that name and type is left as it is). `set_id` names it
+        to the other messages of this batch."""
+        number, length = SET_KEY_TYPES[key_type]
+        body = (string(NFTA_SET_TABLE, table) + string(NFTA_SET_NAME, name)
+                + u32(NFTA_SET_FLAGS, 0) + u32(NFTA_SET_KEY_TYPE, number)
+                + u32(NFTA_SET_KEY_LEN, length) + u32(NFTA_SET_ID, set_id)
+                + attr(NFTA_SET_USERDATA, SET_USERDATA_BIG_ENDIAN_KEY))
+        self.steps.append((NFT_MSG_NEWSET, NLM_F_CREATE, f"create set {name} ({key_type})",
+                           body))
+        return self
+
+    def flush_set(self, table: str, name: str) -> Batch:
+        """Delete every element of set `name` (nft's `flush set`: no element list)."""
+        body = string(NFTA_SET_ELEM_LIST_SET, name) + string(NFTA_SET_ELEM_LIST_TABLE, table)
+        self.steps.append((NFT_MSG_DELSETELEM, 0, f"flush set {name}", body))
+        return self
+
+    def elements(self, table: str, name: str, set_id: int, keys: list[bytes]) -> Batch:
+        """Add `keys` (packed addresses) to set `name`; one already there is fine."""
+        # Numbered 1, 2, ... as nft numbers them; the kernel reads a list's items whatever
+        # their numbers.
+        listed = b"".join(nest(number, data_value(NFTA_SET_ELEM_KEY, key))
+                          for number, key in enumerate(keys, start=1))
+        body = (string(NFTA_SET_ELEM_LIST_TABLE, table) + string(NFTA_SET_ELEM_LIST_SET, name)
+                + u32(NFTA_SET_ELEM_LIST_SET_ID, set_id)
+                + nest(NFTA_SET_ELEM_LIST_ELEMENTS, listed))
+        self.steps.append((NFT_MSG_NEWSETELEM, NLM_F_CREATE,
+                           f"add {len(keys)} elements to set {name}", body))
         return self
 
     def encode(self) -> tuple[bytes, dict[int, str]]:
