@@ -185,8 +185,8 @@ def test_netlink_and_the_nft_tool_make_the_same_table() -> None:
 
 def test_the_golden_expressions_are_what_nft_sends_here() -> None:
     """The unit tests' recorded facts, checked against this machine's nft."""
-    if shutil.which("strace") is None:
-        pytest.skip("strace is not installed: nft's batch cannot be read")
+    assert shutil.which("strace") is not None, (
+        "strace is not installed (scripts/dev test installs it): nft's batch cannot be read")
     with scratch_netns() as netns:
         for rule, golden in GOLDEN:
             script = ("table inet lkt\ndelete table inet lkt\ntable inet lkt {\n"

@@ -192,8 +192,8 @@ def traced_nft(netns: str, script: str) -> list[tuple[int, str]]:
 
 
 def test_the_recorded_bytes_are_what_nft_sends_here() -> None:
-    if shutil.which("strace") is None:
-        pytest.skip("strace is not installed: nft's batch cannot be read")
+    assert shutil.which("strace") is not None, (
+        "strace is not installed (scripts/dev test installs it): nft's batch cannot be read")
     with scratch_netns() as netns:
         made = traced_nft(netns, textwrap.dedent("""\
             table inet lkt {
