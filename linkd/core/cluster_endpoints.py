@@ -182,8 +182,8 @@ def decode_endpoint(key: bytes, value: bytes, prefix: str) -> EndpointRecord:
     parts = parse_endpoint_key(key, prefix)
     where = _show_bytes(key)
     if len(value) > ENDPOINT_LIMIT:
-        raise RecordError(f"{where}: an endpoint record is at most {ENDPOINT_LIMIT} bytes, "
-                          f"this one is {len(value)}")
+        raise RecordError(f"{where}: an endpoint record is at most {ENDPOINT_LIMIT} bytes; "
+                          "this one is longer")
     try:
         body = json.loads(value.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):

@@ -244,21 +244,20 @@ async def test_unwant_deletes_everywhere(shared_etcd: EtcdCluster, prefix: str) 
 async def test_withdraw_all_and_stop(shared_etcd: EtcdCluster, prefix: str) -> None:
     """`stop` deletes nothing (the lease's end does); `withdraw_all` deletes at once."""
     flag = shared_etcd.cluster_flag
-    async with node(flag, "b", prefix) as (_, b):
-        async with node(flag, "a", prefix) as (member, a):
-            ours = [record("a", f"web-{i}", i) for i in range(4)]
-            for r in ours:
-                a.want(r)
-            await until(holds(b, *ours), 5, "b to see a's records")
-            await a.stop()
-            await asyncio.sleep(0.3)
-            assert b.records() == sorted(ours, key=lambda r: endpoint_key_of(r, prefix))
-            a.start()
-            await a.withdraw_all()
-            took = await until(holds(b), 2, "a's records to go")
-            assert a.wanted() == 0
-            assert member.state == "ready"  # the node itself is still there
-            print(f"withdrawn from the other node's cache in {took * 1000:.0f} ms")
+    async with node(flag, "b", prefix) as (_, b), node(flag, "a", prefix) as (member, a):
+        ours = [record("a", f"web-{i}", i) for i in range(4)]
+        for r in ours:
+            a.want(r)
+        await until(holds(b, *ours), 5, "b to see a's records")
+        await a.stop()
+        await asyncio.sleep(0.3)
+        assert b.records() == sorted(ours, key=lambda r: endpoint_key_of(r, prefix))
+        a.start()
+        await a.withdraw_all()
+        took = await until(holds(b), 2, "a's records to go")
+        assert a.wanted() == 0
+        assert member.state == "ready"  # the node itself is still there
+        print(f"withdrawn from the other node's cache in {took * 1000:.0f} ms")
 
 
 async def test_a_leaving_or_dead_nodes_records_go(shared_etcd: EtcdCluster, prefix: str
@@ -317,34 +316,34 @@ async def test_hostile_records_are_left_out(shared_etcd: EtcdCluster, prefix: st
     flag = shared_etcd.cluster_flag
     good = record("z", "web-1", 1)
     head = endpoints_prefix(prefix)
-    hostile = {
-        endpoint_key_of(record("z", "bad-json", 2), prefix): b'{"v": 1, "network": ',
-        endpoint_key_of(record("z", "huge", 3), prefix): b"x" * (1 << 20),
+    hostile = [  # key, value, why it is left out
+        (endpoint_key_of(record("z", "bad-json", 2), prefix), b'{"v": 1, "network": ',
+         "not JSON"),
+        (endpoint_key_of(record("z", "huge", 3), prefix), b"x" * (1 << 20),
+         "at most 4096 bytes"),
         # a body that is not its key's: z's record under node y's key
-        endpoint_key_of(record("y", "web-1", 1), prefix): encode_endpoint(good),
-        head + b"shop/back/z/shop": encode_endpoint(good),  # a key of four parts
-    }
+        (endpoint_key_of(record("y", "web-1", 1), prefix), encode_endpoint(good),
+         "not the key's"),
+        (head + b"shop/back/z/shop", encode_endpoint(good), "not an endpoint's key"),
+    ]
     etcd = client(flag)
     caplog.set_level(logging.WARNING, logger=LINKD)
     try:
         await etcd.put(endpoint_key_of(good, prefix), encode_endpoint(good), 0)
-        early = list(hostile.items())[:2]  # in etcd before the watcher starts
-        for key, value in early:
+        for key, value, _ in hostile[:2]:  # in etcd before the watcher starts
             await etcd.put(key, value, 0)
         async with node(flag, "b", prefix) as (_, b):
             mine = record("b", "db-1", 5)
             b.want(mine)
             await until(holds(b, mine, good), 5, "the good records")
-            for key, value in list(hostile.items())[2:]:  # while it watches
+            for key, value, _ in hostile[2:]:  # while it watches
                 await etcd.put(key, value, 0)
             await until(lambda: len(b.invalid()) == 4, 5, "4 records left out")
             assert b.records() == sorted([mine, good], key=lambda r: endpoint_key_of(r, prefix))
             problems = b.invalid()
-            assert set(problems) == set(hostile)
-            assert "not JSON" in problems[list(hostile)[0]]
-            assert "at most 4096 bytes" in problems[list(hostile)[1]]
-            assert "not the key's" in problems[list(hostile)[2]]
-            assert "not an endpoint's key" in problems[list(hostile)[3]]
+            assert set(problems) == {key for key, _, _ in hostile}
+            for key, _, why in hostile:
+                assert why in problems[key]
             # a good record overwritten with garbage is no longer believed; made good
             # again, it is
             await etcd.put(endpoint_key_of(good, prefix), b"[]", 0)
@@ -446,6 +445,9 @@ async def test_snapshots_read_page_by_page(shared_etcd: EtcdCluster, prefix: str
         assert len((await etcd.snapshot(head)).items) == 28
         limited = await etcd.snapshot(head, limit=10)
         assert len(limited.items) == 10 and limited.truncated
+        cut = await etcd.snapshot(head, max_value=100)  # what is too long is not held
+        assert {kv.key: kv.value for kv in cut.items} == {
+            k: v[:101] for k, v in (big | small).items()}
     finally:
         await etcd.close()
 

@@ -33,6 +33,7 @@ from typing import Protocol
 
 from linkd.core.cluster import DEFAULT_PREFIX, RecordError
 from linkd.core.cluster_endpoints import (
+    ENDPOINT_LIMIT,
     EndpointKey,
     EndpointRecord,
     decode_endpoint,
@@ -57,6 +58,7 @@ from linkd.runtime.cluster.membership import Membership
 log = logging.getLogger("linkd")
 
 MAX_RECORDS = MAX_SNAPSHOT  # records the cache holds; what is beyond is said, not read
+MAX_INVALID = 1024  # records left out that are kept (and logged) with why; the rest counted
 RETRY = 1.0  # seconds between attempts while etcd does not answer
 
 
@@ -96,6 +98,7 @@ class Endpoints:
         # remote side
         self._cache: dict[bytes, EndpointRecord] = {}
         self._bad: dict[bytes, str] = {}
+        self._unshown = 0  # records left out beyond MAX_INVALID
         self._revision = 0  # of etcd, that the cache shows; 0: not read yet
         self._callbacks: list[Callable[[], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -214,7 +217,8 @@ class Endpoints:
             try:
                 etcd = self._client()
                 if not self._revision:
-                    self._replace(await etcd.snapshot(self._head, MAX_RECORDS))
+                    self._replace(await etcd.snapshot(self._head, MAX_RECORDS,
+                                                      max_value=ENDPOINT_LIMIT))
                 async with contextlib.aclosing(etcd.watch(self._head, self._revision + 1)
                                                ) as batches:
                     async for batch in batches:
@@ -240,20 +244,17 @@ class Endpoints:
             log.warning("node %s: more than %d endpoint records under %s; the rest are not "
                         "read", self.node, MAX_RECORDS, self._head.decode())
         cache: dict[bytes, EndpointRecord] = {}
-        bad: dict[bytes, str] = {}
         own: dict[bytes, tuple[bytes, int]] = {}
+        before, self._bad, self._unshown = self._bad, {}, 0
         for kv in snapshot.items:
             if self._is_own(kv.key):
                 own[kv.key] = (kv.value, kv.lease)
             try:
                 cache[kv.key] = decode_endpoint(kv.key, kv.value, self.prefix)
             except RecordError as exc:
-                bad[kv.key] = str(exc)
-        for key, error in bad.items():
-            if self._bad.get(key) != error:
-                log.warning("endpoint record left out: %s", error)
+                self._left_out(kv.key, str(exc), before.get(kv.key))
         changed = cache != self._cache
-        self._cache, self._bad, self._own = cache, bad, own
+        self._cache, self._own = cache, own
         self._revision = snapshot.revision
         self._wake.set()
         if changed:
@@ -269,8 +270,8 @@ class Endpoints:
                     self._own.pop(event.key, None)
                 else:
                     self._own[event.key] = (event.value, event.lease)
+            known = self._bad.pop(event.key, None)
             if event.value is None:
-                self._bad.pop(event.key, None)
                 changed |= self._cache.pop(event.key, None) is not None
                 continue
             try:
@@ -279,12 +280,9 @@ class Endpoints:
                                       "endpoint records a node reads")
                 record = decode_endpoint(event.key, event.value, self.prefix)
             except RecordError as exc:
-                if self._bad.get(event.key) != str(exc):
-                    log.warning("endpoint record left out: %s", exc)
-                self._bad[event.key] = str(exc)
+                self._left_out(event.key, str(exc), known)
                 changed |= self._cache.pop(event.key, None) is not None
                 continue
-            self._bad.pop(event.key, None)
             if self._cache.get(event.key) != record:
                 self._cache[event.key] = record
                 changed = True
@@ -292,6 +290,19 @@ class Endpoints:
             self._wake.set()
         if changed:
             self._changed()
+
+    def _left_out(self, key: bytes, error: str, known: str | None) -> None:
+        """Keep `key` out of the cache, and say why when that is news (`known`: what was
+        said of it before). A flood of bad records is counted, not kept."""
+        if len(self._bad) >= MAX_INVALID:
+            if not self._unshown:
+                log.warning("node %s: over %d endpoint records left out; the rest are not "
+                            "shown", self.node, MAX_INVALID)
+            self._unshown += 1
+            return
+        if known != error:
+            log.warning("endpoint record left out: %s", error)
+        self._bad[key] = error
 
     def _is_own(self, key: bytes) -> bool:
         try:

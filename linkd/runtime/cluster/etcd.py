@@ -361,9 +361,11 @@ class Etcd:
                 metadata=self._client.metadata)
         return int(answer.header.revision)
 
-    async def snapshot(self, prefix: bytes, limit: int = MAX_SNAPSHOT) -> Snapshot:
+    async def snapshot(self, prefix: bytes, limit: int = MAX_SNAPSHOT,
+                       max_value: int | None = None) -> Snapshot:
         """Every key under `prefix` (at most `limit`) with its value and lease, all as of
-        one revision, read a page at a time."""
+        one revision, read a page at a time. A value over `max_value` bytes is cut to
+        `max_value` + 1 (enough to tell it is too long, without holding it)."""
         end = aetcd.utils.prefix_range_end(prefix)
         items: list[KeyValue] = []
         revision, start, page = 0, prefix, PAGE
@@ -385,7 +387,8 @@ class Etcd:
                         continue
                     raise
             revision = revision or int(answer.header.revision)
-            items.extend(KeyValue(bytes(kv.key), bytes(kv.value), int(kv.lease),
+            cut = None if max_value is None else max_value + 1
+            items.extend(KeyValue(bytes(kv.key), bytes(kv.value[:cut]), int(kv.lease),
                                   int(kv.mod_revision)) for kv in answer.kvs)
             if len(items) > limit:
                 return Snapshot(items[:limit], revision, True)
