@@ -476,8 +476,12 @@ async def test_each_member_killed_in_turn_loses_no_record(own_etcd: EtcdCluster)
 
 async def test_without_etcd_the_cache_is_kept_and_resyncs_after(own_etcd: EtcdCluster
                                                                 ) -> None:
+    """etcd loses its majority (b's only member lives on, without a leader), then stops
+    altogether: both nodes keep what they saw; when etcd is back they catch up, and
+    their records, moved to their new leases, outlive the old ones."""
     prefix, flag = "/linkd/", own_etcd.cluster_flag
-    async with node(flag, "a", prefix) as (ma, a), node(flag, "b", prefix) as (mb, b):
+    only_first = f"http://127.0.0.1:{own_etcd.members[0].client_port}"
+    async with node(flag, "a", prefix) as (ma, a), node(only_first, "b", prefix) as (mb, b):
         ours = [record("a", "web-1", 1), record("a", "web-2", 2)]
         theirs = [record("b", "db-1", 3)]
         for r in ours:
@@ -485,12 +489,18 @@ async def test_without_etcd_the_cache_is_kept_and_resyncs_after(own_etcd: EtcdCl
         b.want(theirs[0])
         await until(holds(b, *ours, *theirs), 5, "every record on b")
         await until(holds(a, *ours, *theirs), 5, "every record on a")
+        own_etcd.kill(1)
+        own_etcd.kill(2)
+        took = await until(lambda: a.state == b.state == "disconnected", 6,
+                           "both watches to end with the leader gone")
+        print(f"watches ended {took:.2f} s after etcd lost its majority")
         own_etcd.stop()
-        await until(lambda: a.state == b.state == "disconnected", 5, "both disconnected")
         await asyncio.sleep(TTL)  # longer than the leases
         assert a.records() == b.records() == sorted(
             ours + theirs, key=lambda r: endpoint_key_of(r, prefix))
         a.unwant("shop/back", "shop", "web-2")  # while etcd is away
+        seen: list[list[EndpointRecord]] = []  # b's cache at every change from now on
+        b.on_change(lambda: seen.append(b.records()))
         await asyncio.to_thread(own_etcd.restart)
         took = await until(holds(b, ours[0], *theirs), 10, "b to see web-2 gone")
         print(f"resynced {took:.2f} s after etcd came back")
@@ -499,6 +509,8 @@ async def test_without_etcd_the_cache_is_kept_and_resyncs_after(own_etcd: EtcdCl
         # the leases of before end: the records were moved to the new ones and stay
         await asyncio.sleep(TTL + 1)
         assert b.records() == a.records() == [ours[0], *theirs]
+        # never gone meanwhile: moved to the new lease before the old one ended
+        assert seen and all(ours[0] in records and theirs[0] in records for records in seen)
         etcd = client(flag)
         try:
             leases = {kv.key: kv.lease for kv in
