@@ -16,6 +16,10 @@ meanwhile, and a name freed by that expiry may have been taken: then `conflict`,
 once, and tried again until the name is free).
 
 `leave` revokes the lease, so the node's record goes at once (SIGTERM), not a TTL later.
+
+Other records a node writes under its lease (linkd.runtime.cluster.endpoints) read the
+current one (`lease`) and are told when it changes (`on_lease`): after a new
+registration they must be written again under the new one.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from linkd.core.cluster import (
@@ -64,12 +69,43 @@ class Membership:
         self.error: str | None = None
         self._resolved = resolved
         self._etcd: Etcd | None = None
-        self._lease: int | None = None
+        self._lease_id: int | None = None
+        self._lease_watchers: list[Callable[[], None]] = []
         self._failures = 0
         self._seen: list[NodeRecord] = []  # the nodes as last read
         self._invalid: list[dict[str, str]] = []
         self._more = False
         self._read_at: float | None = None
+
+    # -- the lease, for what else the node writes under it ---------------------------
+
+    @property
+    def lease(self) -> int | None:
+        """The lease the node's record is under now; None while it is not registered."""
+        return self._lease_id
+
+    def on_lease(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` whenever `lease` changes; returns what stops that."""
+        self._lease_watchers.append(callback)
+        return lambda: self._lease_watchers.remove(callback)
+
+    def new_client(self) -> Etcd:
+        """A client of the cluster's etcd of its own (a channel apart from this one's)."""
+        return Etcd(self._resolved, self.timeout)
+
+    @property
+    def _lease(self) -> int | None:
+        return self._lease_id
+
+    @_lease.setter
+    def _lease(self, lease: int | None) -> None:
+        changed = lease != self._lease_id
+        self._lease_id = lease
+        for callback in list(self._lease_watchers) if changed else ():
+            try:
+                callback()
+            except Exception:  # another part's bug must not cost the node its place
+                log.exception("node %s: a lease watcher failed", self.config.name)
 
     # -- joining and leaving ---------------------------------------------------------
 
@@ -196,7 +232,7 @@ class Membership:
 
     def _client(self) -> Etcd:
         if self._etcd is None:
-            self._etcd = Etcd(self._resolved, self.timeout)
+            self._etcd = self.new_client()
         return self._etcd
 
     async def _close(self) -> None:
