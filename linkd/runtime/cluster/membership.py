@@ -225,11 +225,6 @@ class Membership:
 
     # -- state -------------------------------------------------------------------------
 
-    def new_client(self) -> Etcd:
-        """A client of the cluster's etcd of its own (the registry's, say), on the same
-        endpoints and with the same bound on every call."""
-        return Etcd(self._resolved, self.timeout)
-
     def _client(self) -> Etcd:
         if self._etcd is None:
             self._etcd = self.new_client()

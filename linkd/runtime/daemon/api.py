@@ -469,10 +469,16 @@ async def _serve_locked(
     try:
         if cluster is not None:
             # aetcd: only for a cluster's node
-            from linkd.runtime.cluster import membership, overlay_networks
+            from linkd.runtime.cluster import endpoints, membership, overlay_networks
+            from linkd.runtime.cluster.overlay_sync import OverlaySync
 
             daemon.cluster = await membership.join(cluster)
             daemon.overlay = await overlay_networks.start(daemon.cluster, daemon.kernel)
+            if daemon.overlay is not None:
+                daemon.overlay_sync = OverlaySync(
+                    daemon.overlay, endpoints.for_member(daemon.cluster), daemon.kernel,
+                    lambda: [h.supervisor for h in daemon.stacks.values()])
+                daemon.overlay_sync.start()
         recovered = await daemon.recover()
         if recovered:
             log.info("recovered stacks: %s", ", ".join(recovered))
@@ -504,6 +510,8 @@ async def _serve_locked(
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: None)  # a second signal cannot cut teardown
+        if daemon.overlay_sync is not None:
+            await daemon.overlay_sync.stop()  # nothing published anew from here
         if daemon.cluster is not None:
             await daemon.cluster.leave()  # gone from the cluster at once, then stacks down
         await daemon.shutdown()

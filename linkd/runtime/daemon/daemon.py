@@ -44,6 +44,7 @@ from linkd.runtime.stack import lifecycle, store, supervisor, teardown
 if TYPE_CHECKING:
     from linkd.runtime.cluster.membership import Membership
     from linkd.runtime.cluster.overlay_networks import OverlayNetworks
+    from linkd.runtime.cluster.overlay_sync import OverlaySync
 
 log = logging.getLogger("linkd")
 
@@ -98,6 +99,7 @@ class Daemon:
         self.started_at = time.time()
         self.cluster: Membership | None = None  # `linkd daemon --cluster`: this node
         self.overlay: OverlayNetworks | None = None  # and its side of overlay networks
+        self.overlay_sync: OverlaySync | None = None  # other nodes' containers, kept in step
 
     # -- stacks ------------------------------------------------------------------------
 
@@ -276,6 +278,16 @@ class Daemon:
         hosted = Hosted(name, sup, asyncio.Event())
         sup.report = self._reporter(hosted)
         sup.on_event = self.events.publish
+        if self.overlay_sync is not None:
+            sync = self.overlay_sync
+            sup.neighbours.remote = sync.neighbours_of
+
+            def publish(event: dict[str, object]) -> None:
+                self.events.publish(event)
+                if event.get("type") == "lifecycle":
+                    sync.changed()  # its endpoint records follow its containers
+
+            sup.on_event = publish
 
         def transfer(subject: str, got: int, total: int) -> None:
             self.events.publish({"type": "transfer", "stack": name, "subject": subject,

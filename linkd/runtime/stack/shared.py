@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from linkd.core import shared_networks
 from linkd.core.plan import StackPlan
@@ -98,6 +99,10 @@ class Neighbours:
         # other stacks sharing no network with this one, by their lease file's identity
         self._apart: dict[str, tuple[int, int, int, int]] = {}
         self._apart_of: StackPlan | None = None
+        # A cluster daemon's: the containers of other nodes on the stack's overlay
+        # networks, and those of them held back (linkd.runtime.cluster.overlay_sync)
+        self.remote: Callable[[StackPlan], tuple[tuple[StackPlan, ...],
+                                                 frozenset[tuple[str, str]]]] | None = None
 
     def refresh(self) -> None:
         plan = self.live.plan
@@ -114,7 +119,12 @@ class Neighbours:
             pending |= held_back(theirs, {c.name: c for c in state.containers})
         near = shared_networks.neighbours(plan, served)
         ids = {(p.stack, c.name) for p in near for c in p.containers}
-        self.publisher.set_neighbours(near, frozenset(pending & ids))
+        pending &= ids
+        if self.remote is not None:  # other nodes' containers on its overlay networks
+            far, held = self.remote(plan)
+            near += far
+            pending |= held
+        self.publisher.set_neighbours(near, frozenset(pending))
 
     def _sharing(self, plan: StackPlan) -> list[StackState]:
         """The states of the other stacks that share a network with `plan`. A stack found

@@ -1,0 +1,142 @@
+"""Keeps a cluster daemon's overlay networks in step with every node's containers:
+level-based, one pass whenever something changed (a container of a stack here, a record
+of any node's) and every RESYNC seconds regardless.
+
+A pass:
+1. publishes this node's endpoint records (linkd.core.overlay_peers.local_records from
+   the stacks it runs) through linkd.runtime.cluster.endpoints, which puts them under
+   the node's lease and deletes those it no longer wants;
+2. lets VXLAN in from the nodes those records are on, and no other source (the node's
+   nft table, linkd.runtime.kernel.overlay_firewall), and programs each local VXLAN
+   device with the FDB and neighbour entries for the containers on other nodes
+   (linkd.runtime.kernel.vxlan.sync_forwarding: only what differs is changed);
+3. refreshes each stack's DNS neighbours, which read the records through
+   `neighbours_of` (linkd.runtime.stack.shared.Neighbours.remote).
+
+What the cache holds stays while etcd is gone: the last known containers keep their
+names and their tunnels until etcd says otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from ipaddress import IPv4Address, IPv6Address
+
+from linkd.core import overlay_peers
+from linkd.core.cluster_endpoints import EndpointRecord
+from linkd.core.plan import StackPlan
+from linkd.core.state import StackState
+from linkd.errors import LinkdError
+from linkd.runtime.cluster.endpoints import Endpoints
+from linkd.runtime.cluster.overlay_networks import OverlayNetworks
+from linkd.runtime.kernel import vxlan
+from linkd.runtime.kernel.netlink import Kernel
+from linkd.runtime.kernel.overlay_firewall import ensure_overlay_firewall, remove_overlay_firewall
+from linkd.runtime.stack.supervisor import Supervisor
+
+log = logging.getLogger("linkd")
+
+RESYNC = 5.0  # seconds between passes when nothing said it changed
+
+
+class OverlaySync:
+    def __init__(self, overlay: OverlayNetworks, endpoints: Endpoints, kernel: Kernel,
+                 stacks: Callable[[], Sequence[Supervisor]]) -> None:
+        self.overlay = overlay
+        self.endpoints = endpoints
+        self.kernel = kernel
+        self.stacks = stacks
+        self._dirty = asyncio.Event()
+        self._published: dict[tuple[str, str, str], EndpointRecord] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._said: set[str] = set()  # forwarding problems logged (once each)
+        self._peers: frozenset[IPv4Address | IPv6Address] | None = None  # in the firewall
+        self._unsubscribe = endpoints.on_change(self.changed)
+
+    def changed(self) -> None:
+        """Something a pass looks at changed: one pass soon (a burst is one pass)."""
+        self._dirty.set()
+
+    def neighbours_of(self, plan: StackPlan
+                      ) -> tuple[tuple[StackPlan, ...], frozenset[tuple[str, str]]]:
+        """Other nodes' containers on `plan`'s overlay networks (for its DNS)."""
+        return overlay_peers.neighbour_plans(plan, self.endpoints.records(), self.overlay.node)
+
+    def start(self) -> None:
+        """Follow from now on. The node's VXLAN firewall comes with the first pass (no
+        peer until then: no VXLAN is taken in)."""
+        self.endpoints.start()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="overlay")
+
+    async def stop(self) -> None:
+        """Stop following; the records go with the node's lease (or `withdraw`)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._unsubscribe()
+        await self.endpoints.stop()
+        await remove_overlay_firewall()  # the VXLAN devices go with their stacks
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RESYNC):
+                    await self._dirty.wait()
+            self._dirty.clear()
+            try:
+                await self.sync()
+            except Exception:  # a pass that failed is retried by the next: log and go on
+                log.exception("overlay networks: a sync pass failed")
+
+    async def sync(self) -> None:
+        supervisors = list(self.stacks())
+        self._publish([s for s in (sup.snapshot() for sup in supervisors) if s is not None])
+        records = self.endpoints.records()
+        await self._forward(supervisors, records)
+        for sup in supervisors:
+            sup.neighbours.refresh()
+
+    def _publish(self, states: Sequence[StackState]) -> None:
+        wanted = {(r.network, r.stack, r.container): r for r in overlay_peers.local_records(
+            self.overlay.node, self.overlay.local, states)}
+        for key, record in wanted.items():
+            if self._published.get(key) != record:
+                self.endpoints.want(record)
+        for key in self._published.keys() - wanted.keys():
+            self.endpoints.unwant(*key)
+        self._published = wanted
+
+    async def _forward(self, supervisors: Sequence[Supervisor],
+                       records: list[EndpointRecord]) -> None:
+        devices: dict[str, str] = {}  # VXLAN device -> its network's id
+        for sup in supervisors:
+            plan = sup.plan
+            if plan is None or sup.status not in ("starting", "up"):
+                continue
+            for net in plan.networks:
+                if net.overlay is not None:
+                    devices[net.overlay.vxlan] = net.overlay.id
+        # Only the nodes whose containers this node's devices reach may send it VXLAN.
+        peers = frozenset(r.underlay for r in records if r.node != self.overlay.node)
+        if peers != self._peers:
+            await ensure_overlay_firewall(peers)
+            self._peers = peers
+        grouped = overlay_peers.by_network(records)
+        links = await self.kernel.links()
+        for device, network in sorted(devices.items()):
+            if device not in links:
+                continue  # not made yet (the stack is coming up), or being removed
+            desired = overlay_peers.forwarding(network, grouped.get(network, []),
+                                               self.overlay.local)
+            for problem in set(desired.problems) - self._said:
+                log.warning("overlay network %s: %s", network, problem)
+            self._said = set(desired.problems)
+            try:
+                await vxlan.sync_forwarding(self.kernel, device, desired.state)
+            except LinkdError as exc:  # removed meanwhile: the next pass sees it gone
+                log.info("overlay network %s: %s", network, exc)
