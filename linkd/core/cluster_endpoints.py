@@ -57,6 +57,7 @@ _SERVICE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 _HOSTNAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?")
 _ALIAS_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?")
 _PORT_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
+_NETWORK_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _PART = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_PART}}}")  # a container name, as a key part
 
 
@@ -133,6 +134,8 @@ class EndpointRecord:
     mac: str  # as linkd.core.overlay.parse_mac writes it
     ready: bool  # False: held back by its healthcheck (out of the service's name)
     ports: tuple[Port, ...] = ()  # what SRV answers name
+    # the network's key in the container's own stack (names: NAME.KEY); "": the owner's
+    key: str = ""
 
     @property
     def parts(self) -> EndpointKey:
@@ -163,6 +166,8 @@ def encode_endpoint(record: EndpointRecord) -> bytes:
         "ready": record.ready,
         "ports": [[port, protocol, name] for port, protocol, name in record.ports],
     }
+    if record.key:
+        body["key"] = record.key
     data = json.dumps(body, separators=(",", ":"), ensure_ascii=True).encode()
     where = f"{record.stack}/{record.container} on {record.network}"
     if len(data) > ENDPOINT_LIMIT:
@@ -200,6 +205,10 @@ def decode_endpoint(key: bytes, value: bytes, prefix: str) -> EndpointRecord:
     said = (body.get("network"), body.get("node"), body.get("stack"), body.get("container"))
     if not problems and said != (parts.network, parts.node, parts.stack, parts.container):
         problems.append("network, node, stack and container are not the key's")
+    network_key = body.get("key", "")
+    if not isinstance(network_key, str) or (network_key and not _NETWORK_KEY.fullmatch(
+            network_key)):
+        problems.append("key: expected a network's name in a stack file")
     if problems:
         raise RecordError(f"{where}: {_first(problems)}")
     address6 = body["address6"]
@@ -218,6 +227,7 @@ def decode_endpoint(key: bytes, value: bytes, prefix: str) -> EndpointRecord:
         mac=body["mac"],
         ready=body["ready"],
         ports=tuple((int(p[0]), p[1], p[2]) for p in body["ports"]),
+        key=network_key,
     )
 
 

@@ -23,7 +23,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from ipaddress import IPv4Address, IPv6Address
 
-from linkd.core.cluster_endpoints import EndpointRecord
+from linkd.core.cluster_endpoints import MAX_PORTS, EndpointRecord, Port
 from linkd.core.model import PortSpec, RestartPolicy
 from linkd.core.overlay import Desired, Endpoint, desired_forwarding
 from linkd.core.plan import ContainerPlan, InterfacePlan, NetworkPlan, StackPlan
@@ -63,13 +63,15 @@ def local_records(node: str, underlay: IPv4Address | IPv6Address,
     return records
 
 
-def _ports(ports: Iterable[PortSpec]) -> tuple[tuple[int, str, str | None], ...]:
-    found: list[tuple[int, str, str | None]] = []
+def _ports(ports: Iterable[PortSpec]) -> tuple[Port, ...]:
+    found: list[Port] = []
     for p in ports:
+        if p.protocol not in ("tcp", "udp"):
+            continue  # SRV names TCP and UDP only
         for number in p.numbers():
             if (number, p.protocol, p.name) not in found:
                 found.append((number, p.protocol, p.name))
-    return tuple(found[:64])
+    return tuple(found[:MAX_PORTS])
 
 
 def neighbour_plans(plan: StackPlan, records: Iterable[EndpointRecord], node: str
@@ -91,11 +93,12 @@ def neighbour_plans(plan: StackPlan, records: Iterable[EndpointRecord], node: st
         first: dict[str, EndpointRecord] = {}
         for r in sorted(found, key=lambda r: (r.container, r.network)):
             net = mine[r.network]
-            if r.key in networks and networks[r.key].overlay != net.overlay:
+            key = r.key or r.network.partition("/")[2]
+            if key in networks and networks[key].overlay != net.overlay:
                 continue  # one key for two networks: not a record a node makes
-            networks[r.key] = _as_theirs(net, r.key)
+            networks[key] = _as_theirs(net, key)
             interfaces[r.container].append(InterfacePlan(
-                network=r.key, ifname=f"eth{len(interfaces[r.container])}",
+                network=key, ifname=f"eth{len(interfaces[r.container])}",
                 host_ifname="", bridge=net.bridge, address=r.address,
                 prefixlen=net.subnet.prefixlen, gateway=net.gateway, aliases=r.aliases,
                 mac_address=r.mac))

@@ -9,10 +9,12 @@ MTU the tunnel leaves; `down` gives every address and the network back to the re
 from __future__ import annotations
 
 import json
+import signal
 from typing import Any
 
 from tests.cluster_nodes import Node, daemons, hosts, underlay, wait_until
 from tests.etcd import etcd_cluster
+from tests.integration.test_network_keys import CONNECT, RESOLVE
 from tests.integration.test_stack import serve
 
 UNDERLAY_MTU = 1400  # not the default, so that the overlay's MTU is seen to follow it
@@ -29,6 +31,14 @@ def link(node: Node, name: str, netns: str | None = None) -> dict[str, Any]:
         argv = ["ip", "-n", netns, "-d", "-j", "link", "show", name]
     (found,) = json.loads(node.host.run(*argv).stdout)
     return dict(found)
+
+
+def vxlan_of(node: Node, interface: dict[str, Any]) -> str:
+    """The VXLAN device on the bridge of `interface`'s network."""
+    ports = json.loads(node.host.run("ip", "-j", "link", "show", "master",
+                                     interface["bridge"]).stdout)
+    (vxlan,) = [p["ifname"] for p in ports if p["ifname"].startswith("lkx-")]
+    return str(vxlan)
 
 
 def test_a_network_spans_two_nodes() -> None:
@@ -71,10 +81,7 @@ networks:
         assert db["bridge"] == webs[0]["bridge"]
         devices = []
         for node, address in zip(nodes, addresses, strict=True):
-            ports = json.loads(node.host.run("ip", "-j", "link", "show", "master",
-                                             db["bridge"]).stdout)
-            (vxlan,) = [p["ifname"] for p in ports if p["ifname"].startswith("lkx-")]
-            device = link(node, vxlan)
+            device = link(node, vxlan_of(node, db))
             data = device["linkinfo"]["info_data"]
             assert data["local"] == address and data["port"] == 4789
             assert not data.get("learning") and data.get("proxy")
@@ -86,6 +93,35 @@ networks:
         assert eth0["mtu"] == UNDERLAY_MTU - 50
         assert eth0["address"] == "02:42:" + ":".join(
             f"{int(b):02x}" for b in webs[0]["address"].split("."))
+
+        # Each node's DNS answers for the other's containers, through the system
+        # resolver inside the container; and they talk over the tunnel, both ways.
+        found = two.linkd("exec", "-p", "web", "web", "/usr/bin/python3", "-c", RESOLVE,
+                          "db", "db-1", "db-1.back.db.linkd")
+        assert json.loads(found.stdout) == {
+            "db": [db["address"]], "db-1": [db["address"]],
+            "db-1.back.db.linkd": [db["address"]]}, two.daemon_log()
+        got = two.linkd("exec", "-p", "web", "web", "/usr/bin/python3", "-c", CONNECT,
+                        "db", "9000")
+        assert got.stdout.strip() == "db-1"
+        found = one.linkd("exec", "-p", "db", "db", "/usr/bin/python3", "-c", RESOLVE,
+                          "web", "web-2.shared.web.linkd")
+        assert json.loads(found.stdout) == {
+            "web": sorted(w["address"] for w in webs),
+            "web-2.shared.web.linkd": [webs[1]["address"]]}
+        got = one.linkd("exec", "-p", "db", "db", "/usr/bin/python3", "-c", CONNECT,
+                        "web-2", "9000")
+        assert got.stdout.strip() == "web-2"
+        # Only what the registry says is programmed: one FDB entry per remote container.
+        fdb = json.loads(one.host.run("bridge", "-j", "fdb", "show", "dev", vxlan_of(one, db)
+                                      ).stdout)
+        remote = {e["mac"]: e.get("dst") for e in fdb if e.get("dst")}
+        assert remote == {w["mac_address"]: addresses[1] for w in webs}
+
+        # Each node takes VXLAN in from the other only (the node's nft table).
+        for node, other in ((one, addresses[1]), (two, addresses[0])):
+            table = node.host.run("nft", "list", "table", "inet", "linkd-_overlay").stdout
+            assert f"elements = {{ {other} }}" in table, table
 
         # A stack that makes a network of a name the cluster has is refused.
         clash = two.host.run_dir / "clash"
@@ -108,8 +144,14 @@ networks:
         for node in nodes:  # nothing of the network is left on either node
             left = node.host.run("ip", "-j", "link", "show").stdout
             assert "lkx-" not in left and "lkb-" not in left, left
+        assert etcd.keys("/linkd/v1/endpoints/") == []  # nor any record of a container
         # The registry holds no address, and no network: only the sticky leases went
         # with the network's record.
         assert etcd.keys("/linkd/v1/networks/") == []
         assert etcd.keys("/linkd/v1/names/") == []
         assert etcd.keys("/linkd/v1/vnis/") == [] and etcd.keys("/linkd/v1/subnets/") == []
+        # A node that stops takes its VXLAN table with it.
+        two.process.send_signal(signal.SIGTERM)
+        assert two.process.wait(timeout=30) == 0, two.daemon_log()
+        tables = two.host.run("nft", "list", "tables").stdout
+        assert "linkd" not in tables, tables

@@ -8,9 +8,8 @@ from __future__ import annotations
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
-from linkd.core.cluster_endpoints import EndpointRecord
-
 from linkd.core import overlay_peers, overlay_plan
+from linkd.core.cluster_endpoints import EndpointRecord
 from linkd.core.cluster_ipam import NetworkRecord
 from linkd.core.plan import StackPlan, realize
 from linkd.core.state import ContainerState, StackState
