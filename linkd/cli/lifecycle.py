@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import logging
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -208,7 +207,15 @@ def cmd_exec(args: argparse.Namespace) -> int:
         str(spec_path), tuple(argv), container.env, container.working_dir, container.user,
         name=target, image=container.image is not None, group_add=container.group_add,
     )
+    # This process becomes the shim: killing `linkd exec` (a cancelled Python API exec
+    # does) is killing the shim, whose guard then ends the command's whole tree. A parent
+    # waiting for the shim would die alone and leave both running.
+    argv = process.exec_argv(current.init_pid, str(spec_path), remove_spec=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
     try:
-        return subprocess.call(process.exec_argv(current.init_pid, str(spec_path)))
-    finally:
+        os.execv(argv[0], argv)
+    except OSError as e:
         spec_path.unlink(missing_ok=True)
+        raise LinkdError(f"container {target}: cannot start the shim ({argv[0]}): {e}"
+                         ) from e
