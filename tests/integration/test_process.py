@@ -564,3 +564,45 @@ async def test_exec_forwards_signals_and_dies_with_its_shim(runner: Runner, tmp_
     shim.kill()  # no chance to forward anything: its guard must end the command's group
     await asyncio.to_thread(shim.wait, 5)
     await all_of_it_gone()
+
+
+async def test_exec_on_a_terminal_gives_the_command_its_foreground(
+    runner: Runner, tmp_path: Path
+) -> None:
+    """On a terminal (an interactive shell's case) the command's group is the terminal's
+    foreground: it sees itself there, and ^C reaches it, sleep and all."""
+    proc = await runner.start(runner.spec("sleep", "60"))
+    spec_path = str(tmp_path / "exec.json")
+    script = ("read -r pid comm state ppid pgrp session tty tpgid rest < /proc/self/stat; "
+              'echo "ids $pid $pgrp $tpgid"; sleep 30')
+    write_exec_spec(spec_path, ["sh", "-c", script], [PATH_ENV], None, None)
+    master, slave = os.openpty()
+
+    def controlling_terminal() -> None:  # in the shim, before exec: its session's terminal
+        import fcntl
+        import termios
+
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    shim = subprocess.Popen(exec_argv(proc.init_pid, spec_path), stdin=slave, stdout=slave,
+                            stderr=slave, start_new_session=True,
+                            preexec_fn=controlling_terminal)
+    os.close(slave)
+    try:
+        seen = b""
+        async with asyncio.timeout(5):
+            while b"ids" not in seen or not seen.endswith(b"\n"):
+                seen += await asyncio.to_thread(os.read, master, 1024)
+        pid, pgrp, tpgid = seen.split(b"ids ")[1].split()
+        assert pid == pgrp == tpgid, seen  # a group of its own, in the foreground
+        os.write(master, b"\x03")  # ^C: the terminal's SIGINT to the foreground group
+        assert await asyncio.to_thread(shim.wait, 5) == 130
+        async with asyncio.timeout(2):  # sleep too
+            while [p for p in members(pid_ns(proc.init_pid))
+                   if p.nspid[-1] > 2 and p.state != "Z"]:
+                await asyncio.sleep(0.01)
+    finally:
+        if shim.poll() is None:
+            shim.kill()  # started above
+            shim.wait()
+        os.close(master)
