@@ -1,4 +1,4 @@
-"""`linkd up` in the foreground, `down`, `exec` and `daemon`: the commands that drive the
+"""`linkd up` in the foreground, `down` and `daemon`: the commands that drive the
 runtime.
 
 They need the supervisor, the daemon's API server (aiohttp) and netlink (pyroute2),
@@ -20,15 +20,14 @@ from linkd import paths
 from linkd.cli.build import before_up
 from linkd.cli.progress import Progress
 from linkd.cli.reading import table
-from linkd.cli.stacks import containers, dry_plan, load_stack, load_state, stack_name
+from linkd.cli.stacks import dry_plan, load_stack, stack_name
 from linkd.client.api import Client
 from linkd.core import names
 from linkd.core.cluster import ClusterConfig
 from linkd.core.model import Stack
 from linkd.core.state import to_plain
-from linkd.errors import LinkdError, NotFoundError, SpecError, UsageError
+from linkd.errors import LinkdError, NotFoundError, UsageError
 from linkd.runtime.containers import logs as log_files
-from linkd.runtime.containers import process
 from linkd.runtime.daemon import api
 from linkd.runtime.kernel.netlink import Kernel
 from linkd.runtime.stack import lifecycle, store, supervisor, teardown
@@ -184,38 +183,3 @@ def _is_daemon(pid: int) -> bool:
     except OSError:
         return False
     return argv[1:4] == [b"-m", b"linkd", b"daemon"]
-
-
-def cmd_exec(args: argparse.Namespace) -> int:
-    argv = list(args.argv)
-    if argv and argv[0] == "--":
-        argv = argv[1:]
-    if not argv:
-        raise SpecError([("exec", None, "give the command after --, e.g. linkd exec web -- sh")])
-    name = stack_name(args)
-    state = load_state(name)
-    targets = containers(state, args.service)
-    target = targets[0] if len(targets) == 1 else f"{args.service}-{args.index}"
-    if target not in targets:
-        raise NotFoundError(f"service {args.service} has no replica {args.index}")
-    current = state.container(target)
-    if current.status != "running" or current.init_pid is None:
-        raise LinkdError(f"container {target} is not running ({current.status})")
-    container = state.plan.container(target)
-    spec_path = store.container_dir(name, target) / f"exec-{os.getpid()}.spec"
-    process.write_exec_spec(
-        str(spec_path), tuple(argv), container.env, container.working_dir, container.user,
-        name=target, image=container.image is not None, group_add=container.group_add,
-    )
-    # This process becomes the shim: killing `linkd exec` (a cancelled Python API exec
-    # does) is killing the shim, whose guard then ends the command's whole tree. A parent
-    # waiting for the shim would die alone and leave both running.
-    argv = process.exec_argv(current.init_pid, str(spec_path), remove_spec=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        os.execv(argv[0], argv)
-    except OSError as e:
-        spec_path.unlink(missing_ok=True)
-        raise LinkdError(f"container {target}: cannot start the shim ({argv[0]}): {e}"
-                         ) from e

@@ -10,9 +10,10 @@ the only stack that is up (linkd.cli.stacks).
 A command people type all day has to answer at once, so this module imports nothing
 costly up front. The commands that read (`ps`, `logs`, `env`, `config`, `port`, `dns`,
 `inspect`) and `up -d` live in linkd.cli.reading, which imports, inside each command,
-the pure code it uses. `up` in the foreground, `down`, `exec` and `daemon` drive the
-runtime (asyncio, pyroute2, aiohttp) and live in linkd.cli.lifecycle, `image` in
-linkd.cli.images, `build` in linkd.cli.build, `login` and `logout` in linkd.cli.login:
+the pure code it uses. `up` in the foreground, `down` and `daemon` drive the runtime
+(asyncio, pyroute2, aiohttp) and live in linkd.cli.lifecycle, `exec` (the shim, exec'd)
+in linkd.cli.container_exec, `image` in linkd.cli.images, `build` in linkd.cli.build,
+`login` and `logout` in linkd.cli.login:
 each is imported only when its command runs, and only the parser of the command given
 is built. tests/unit/test_cli_imports.py and tests/integration/test_cli_imports.py hold
 the commands to this; `bench/run cli` measures it.
@@ -245,7 +246,7 @@ def _logs(p: argparse.ArgumentParser) -> None:
 
 
 def _exec(p: argparse.ArgumentParser) -> None:
-    _stack_options(p, _later("lifecycle", "cmd_exec"))
+    _stack_options(p, _later("container_exec", "cmd_exec"))
     p.add_argument("--index", type=int, default=1, help="replica (default 1)")
     p.add_argument("service", help="service or container (web-2)")
     p.add_argument("argv", nargs=argparse.REMAINDER, help="-- command and arguments")
