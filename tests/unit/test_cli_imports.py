@@ -1,9 +1,9 @@
 """The commands people type all day import only what they use.
 
-`linkd ps`, `logs`, `env`, `config`, `port`, `dns`, `exec` and `--help` answer at once because
-they never import the daemon's server (aiohttp), netlink (pyroute2) or the supervisor:
-each command here runs in a fresh interpreter, which lists the modules it imported as
-it exits. A stack that no daemon runs needs no root; the same
+`linkd ps`, `logs`, `env`, `config`, `port`, `dns`, `exec`, `down` and `--help` answer at
+once because they never import the daemon's server (aiohttp), netlink (pyroute2) or the
+supervisor: each command here runs in a fresh interpreter, which lists the modules it
+imported as it exits (or as it execs). A stack that no daemon runs needs no root; the same
 commands against a daemon-run stack are in tests/integration/test_cli_imports.py.
 """
 
@@ -18,8 +18,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-# What only `up` in the foreground, `down`, `daemon` and `image` may import (and `dns`,
-# dnslib).
+# What only `up` in the foreground, `daemon`, `image` and the `down` of a stack no daemon
+# runs may import (and `dns`, dnslib).
 HEAVY = (
     "dnslib",
     "aiohttp",
@@ -114,6 +114,7 @@ def run_dir(tmp_path: Path) -> dict[str, str]:
         (["port", "web", "8080"], 1),
         (["inspect"], 1),
         (["exec", "web", "--", "true"], 1),  # not up
+        (["down", "--forget"], 0),  # not up: said so, its lease forgotten
     ],
 )
 def test_reading_commands_import_no_runtime(workdir: Path, run_dir: dict[str, str],
