@@ -26,10 +26,11 @@ holding no stdio, that the caller's ^C or group kill does not reach and whose si
 blocked. It reads the command's group id from a pipe whose write end only the parent
 holds; at EOF, unless the parent said ``exit`` first (the command ended by itself: what
 it left running stays, as after ``docker exec``), the parent was killed, and the guard
-SIGKILLs the command's process group. (The group's id cannot have been reused: it is
-only free once every process of the group is gone, and pids are not reused that fast.)
-A process that leaves the group (``setsid``, a daemon) is out of its reach, as it is out
-of a terminal's.
+SIGKILLs the command's process group. (A group id is free again only once every process
+of the group is gone; for the kill to reach another group, a new process would have to
+get that very pid in the moment between, and pids are handed out round the whole range
+first.) A process that leaves the group (``setsid``, a daemon) is out of its reach, as it
+is out of a terminal's.
 """
 
 import os
@@ -179,7 +180,7 @@ def exec_in(init_pid: int, spec_path: str, remove_spec: bool = False) -> "NoRetu
         os.setpgid(child, child)  # before its "go": the command starts in its group
     except OSError:
         pass  # it failed already (and said why): its exit status follows
-    os.write(guard_w, b"%d\n" % child)
+    _tell(guard_w, b"%d\n" % child)
     base.forward_to(-child)  # the group: os.kill's negative pid
     tty = _in_terminal_foreground()
     if tty:
@@ -193,8 +194,15 @@ def exec_in(init_pid: int, spec_path: str, remove_spec: bool = False) -> "NoRetu
     base.install_forwarding([s for s in base.FORWARDED_SIGNALS if s not in job_control])
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     code = _wait_exec_child(child, tty)
-    os.write(guard_w, b"exit\n")  # ended by itself: the guard leaves its group alone
+    _tell(guard_w, b"exit\n")  # ended by itself: the guard leaves its group alone
     os._exit(code)
+
+
+def _tell(guard_w: int, what: bytes) -> None:
+    try:  # noqa: SIM105  (no contextlib: start-up time)
+        os.write(guard_w, what)
+    except OSError:
+        pass  # the guard was killed: the command goes on unguarded, as it used to
 
 
 def _start_guard(entry: Entry) -> int:
