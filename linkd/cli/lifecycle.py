@@ -1,5 +1,4 @@
-"""`linkd up` in the foreground, `down`, `exec` and `daemon`: the commands that drive the
-runtime.
+"""`linkd up` in the foreground and `daemon`: the commands that drive the runtime.
 
 They need the supervisor, the daemon's API server (aiohttp) and netlink (pyroute2),
 which the commands that only read must not pay for: linkd.cli.main imports this module only
@@ -11,28 +10,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from linkd import paths
 from linkd.cli.build import before_up
 from linkd.cli.progress import Progress
 from linkd.cli.reading import table
-from linkd.cli.stacks import containers, dry_plan, load_stack, load_state, stack_name
-from linkd.client.api import Client
-from linkd.core import names
+from linkd.cli.stacks import dry_plan, load_stack
 from linkd.core.cluster import ClusterConfig
 from linkd.core.model import Stack
 from linkd.core.state import to_plain
-from linkd.errors import LinkdError, NotFoundError, SpecError, UsageError
+from linkd.errors import NotFoundError, UsageError
 from linkd.runtime.containers import logs as log_files
-from linkd.runtime.containers import process
 from linkd.runtime.daemon import api
-from linkd.runtime.kernel.netlink import Kernel
-from linkd.runtime.stack import lifecycle, store, supervisor, teardown
+from linkd.runtime.stack import lifecycle, store, supervisor
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -120,95 +112,3 @@ def _cluster_config(args: argparse.Namespace) -> ClusterConfig | None:
                              "with --node-name")
     ttl = cluster.DEFAULT_TTL if args.cluster_ttl is None else args.cluster_ttl
     return cluster.config(args.cluster, name, args.node_address, args.node_label, ttl)
-
-
-def cmd_down(args: argparse.Namespace) -> int:
-    name = stack_name(args)
-    try:
-        code = _down(name)
-    finally:
-        if args.forget:
-            store.forget_lease(name)
-    if args.volumes:
-        from linkd.cli.volumes import remove_stack_volumes
-
-        for kept in remove_stack_volumes(name):
-            print(f"warning: {kept}", file=sys.stderr)
-    return code
-
-
-def _down(name: str) -> int:
-    client = Client()
-    if store.supervised(name) and client.available():
-        hosted = {s["name"] for s in client.request("GET", "/v1/stacks")}
-        if name in hosted:
-            answer = client.request("DELETE", f"/v1/stacks/{name}")
-            for notice in answer.get("notices", []):
-                print(notice)
-            print(f"stack {name} removed")
-            return 0
-    if not store.supervised(name):
-        leftovers = Kernel.netns_names(names.netns_prefix(name))
-        if not store.stack_dir(name).exists() and not leftovers:
-            print(f"stack {name} is not up")
-            return 0
-        asyncio.run(teardown.down_unsupervised(name, Progress(sys.stdout, live=False).event))
-        return 0
-    state = store.load(name)
-    if state.supervisor_pid is not None:
-        if _is_daemon(state.supervisor_pid):
-            raise LinkdError(
-                f"stack {name} is run by the linkd daemon (pid {state.supervisor_pid}), "
-                f"which does not answer on {paths.socket_path()}; stopping it would take every "
-                "stack down: check its log, or stop it yourself if that is what you want"
-            )
-        os.kill(state.supervisor_pid, 15)
-    grace = sum(c.stop_grace_period for c in state.plan.containers) + 30
-    deadline = time.monotonic() + grace
-    while store.supervised(name):
-        if time.monotonic() > deadline:
-            raise LinkdError(f"stack {name}: supervisor {state.supervisor_pid} did not stop")
-        time.sleep(0.05)
-    if store.stack_dir(name).exists():
-        # Its teardown failed (a successful one removes the stack's directory; a failed
-        # one leaves it "failed", its errors said by that `up`): try what is left once
-        # more from here, so that this command says what failed and exits non-zero.
-        asyncio.run(teardown.down_unsupervised(name, Progress(sys.stdout, live=False).event))
-    else:
-        print(f"stack {name} removed")
-    return 0
-
-
-def _is_daemon(pid: int) -> bool:
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return argv[1:4] == [b"-m", b"linkd", b"daemon"]
-
-
-def cmd_exec(args: argparse.Namespace) -> int:
-    argv = list(args.argv)
-    if argv and argv[0] == "--":
-        argv = argv[1:]
-    if not argv:
-        raise SpecError([("exec", None, "give the command after --, e.g. linkd exec web -- sh")])
-    name = stack_name(args)
-    state = load_state(name)
-    targets = containers(state, args.service)
-    target = targets[0] if len(targets) == 1 else f"{args.service}-{args.index}"
-    if target not in targets:
-        raise NotFoundError(f"service {args.service} has no replica {args.index}")
-    current = state.container(target)
-    if current.status != "running" or current.init_pid is None:
-        raise LinkdError(f"container {target} is not running ({current.status})")
-    container = state.plan.container(target)
-    spec_path = store.container_dir(name, target) / f"exec-{os.getpid()}.spec"
-    process.write_exec_spec(
-        str(spec_path), tuple(argv), container.env, container.working_dir, container.user,
-        name=target, image=container.image is not None, group_add=container.group_add,
-    )
-    try:
-        return subprocess.call(process.exec_argv(current.init_pid, str(spec_path)))
-    finally:
-        spec_path.unlink(missing_ok=True)

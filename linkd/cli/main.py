@@ -10,12 +10,14 @@ the only stack that is up (linkd.cli.stacks).
 A command people type all day has to answer at once, so this module imports nothing
 costly up front. The commands that read (`ps`, `logs`, `env`, `config`, `port`, `dns`,
 `inspect`) and `up -d` live in linkd.cli.reading, which imports, inside each command,
-the pure code it uses. `up` in the foreground, `down`, `exec` and `daemon` drive the
-runtime (asyncio, pyroute2, aiohttp) and live in linkd.cli.lifecycle, `image` in
-linkd.cli.images, `build` in linkd.cli.build, `login` and `logout` in linkd.cli.login:
-each is imported only when its command runs, and only the parser of the command given
-is built. tests/unit/test_cli_imports.py and tests/integration/test_cli_imports.py hold
-the commands to this; `bench/run cli` measures it.
+the pure code it uses. `up` in the foreground and `daemon` drive the runtime (asyncio,
+pyroute2, aiohttp) and live in linkd.cli.lifecycle; `down` (linkd.cli.down) imports it
+only for a stack no daemon runs; `exec` (the shim, exec'd) is in linkd.cli.container_exec,
+`image` in linkd.cli.images, `build` in linkd.cli.build, `login` and `logout` in
+linkd.cli.login: each is imported only when its command runs, and only the parser of the
+command given is built. tests/unit/test_cli_imports.py and
+tests/integration/test_cli_imports.py hold the commands to this; `bench/run cli` measures
+it.
 """
 
 from __future__ import annotations
@@ -224,7 +226,7 @@ def _daemon(p: argparse.ArgumentParser) -> None:
 
 
 def _down(p: argparse.ArgumentParser) -> None:
-    _stack_options(p, _later("lifecycle", "cmd_down"))
+    _stack_options(p, _later("down", "cmd_down"))
     p.add_argument("--forget", action="store_true",
                    help="also forget the stack's subnets and addresses (its lease)")
     p.add_argument("-v", "--volumes", action="store_true",
@@ -245,7 +247,7 @@ def _logs(p: argparse.ArgumentParser) -> None:
 
 
 def _exec(p: argparse.ArgumentParser) -> None:
-    _stack_options(p, _later("lifecycle", "cmd_exec"))
+    _stack_options(p, _later("container_exec", "cmd_exec"))
     p.add_argument("--index", type=int, default=1, help="replica (default 1)")
     p.add_argument("service", help="service or container (web-2)")
     p.add_argument("argv", nargs=argparse.REMAINDER, help="-- command and arguments")

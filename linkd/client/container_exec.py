@@ -6,6 +6,13 @@ The command is `linkd exec` in a child process (this interpreter, this linkd on 
 `PYTHONPATH`), an asyncio subprocess so that the event loop goes on meanwhile. Its output
 is collected as it comes, so what came before a timeout is kept; a timeout or a
 cancellation kills it, and a timeout is `subprocess.TimeoutExpired` as `run` says it.
+
+`linkd exec` becomes the shim that runs the command, and killing the shim ends the
+command's whole process group (linkd.runtime.containers.shim_entry). What the output
+pipes still hold then comes at once; a process that left that group (a daemon) may keep
+them open for ever, and is not waited for: after a kill this waits for the exit of
+`linkd exec` itself, and for the pipes only briefly. (asyncio's `Process.wait()` would
+wait for the pipes too, on Python 3.11; hence a protocol of our own.)
 """
 
 from __future__ import annotations
@@ -18,6 +25,9 @@ import sys
 from pathlib import Path
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+# After a kill: how long the pipes may take to say EOF (all that is still in them is
+# there already once the command's group is dead; only a stray process keeps them open).
+_PIPES_AFTER_KILL = 0.5
 
 
 async def run(
@@ -29,46 +39,68 @@ async def run(
     env = dict(os.environ)
     path = env.get("PYTHONPATH")
     env["PYTHONPATH"] = f"{_PACKAGE_ROOT}{os.pathsep}{path}" if path else _PACKAGE_ROOT
-    process = await asyncio.create_subprocess_exec(
-        *cmd, stdin=None if input is None else asyncio.subprocess.PIPE,  # run()'s default
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-        cwd=str(directory),
+    loop = asyncio.get_running_loop()
+    transport, collected = await loop.subprocess_exec(
+        lambda: _Collected(loop), *cmd,
+        stdin=None if input is None else subprocess.PIPE,  # run()'s default
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(directory),
     )
-    out, err = bytearray(), bytearray()
     try:
-        async with asyncio.timeout(timeout):
-            await asyncio.gather(
-                _feed(process.stdin, input), _drain(process.stdout, out),
-                _drain(process.stderr, err),
-            )
-            code = await process.wait()
-    except BaseException as exc:  # a timeout, or cancelled: the command goes too
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await asyncio.shield(process.wait())
-        if isinstance(exc, TimeoutError):
-            raise subprocess.TimeoutExpired(cmd, timeout or 0, _text(out), _text(err)
-                                            ) from None
-        raise
-    done = subprocess.CompletedProcess(cmd, code, _text(out), _text(err))
+        try:
+            async with asyncio.timeout(timeout):
+                _feed(transport, input)
+                await asyncio.shield(collected.closed)
+        except BaseException as exc:  # a timeout, or cancelled: the command goes too
+            with contextlib.suppress(ProcessLookupError):
+                transport.kill()
+            await asyncio.shield(collected.exited)
+            if isinstance(exc, TimeoutError):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_PIPES_AFTER_KILL):
+                        await asyncio.shield(collected.closed)
+                raise subprocess.TimeoutExpired(
+                    cmd, timeout or 0, _text(collected.out), _text(collected.err)) from None
+            raise
+    finally:
+        transport.close()  # the pipes, if a stray process still holds them
+    code = transport.get_returncode()
+    assert code is not None  # `closed` comes after the exit
+    done = subprocess.CompletedProcess(cmd, code, _text(collected.out), _text(collected.err))
     if check:
         done.check_returncode()
     return done
 
 
-async def _feed(stdin: asyncio.StreamWriter | None, text: str | None) -> None:
-    if stdin is None or text is None:
-        return
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # it did not read it all
+class _Collected(asyncio.SubprocessProtocol):
+    """The output as it comes, and two moments: `exited` (the process, reaped) and
+    `closed` (that and every pipe at EOF)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.out, self.err = bytearray(), bytearray()
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        (self.out if fd == 1 else self.err).extend(
+            data.encode() if isinstance(data, str) else data)
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.process_exited()  # it comes after the exit; said again for the waiters' sake
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+def _feed(transport: asyncio.SubprocessTransport, text: str | None) -> None:
+    """Write `text` to stdin and close it; a command that does not read it all is no
+    error (the pipe transport drops what it cannot write once the reader is gone)."""
+    stdin = transport.get_pipe_transport(0)
+    if isinstance(stdin, asyncio.WriteTransport) and text is not None:
         stdin.write(text.encode())
-        await stdin.drain()
-    stdin.close()
-
-
-async def _drain(stream: asyncio.StreamReader | None, into: bytearray) -> None:
-    """Collect a pipe's output as it comes: what came before a timeout is kept."""
-    while stream is not None and (chunk := await stream.read(65536)):
-        into += chunk
+        stdin.close()
 
 
 def _text(data: bytes | bytearray) -> str:

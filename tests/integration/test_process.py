@@ -533,24 +533,76 @@ async def test_exec_forwards_signals_and_dies_with_its_shim(runner: Runner, tmp_
     proc = await runner.start(runner.spec("sleep", "60"))
     ns = pid_ns(proc.init_pid)
     spec_path = str(tmp_path / "exec.json")
-    write_exec_spec(spec_path, ["sleep", "30"], [PATH_ENV], None, None)
+    # A tree, as a shell command often is: sh and two sleeps, which are not the shim's
+    # children, so PDEATHSIG alone would not reach them.
+    write_exec_spec(spec_path, ["sh", "-c", "sleep 30 & sleep 30; wait"], [PATH_ENV], None,
+                    None)
 
     async def exec_started() -> subprocess.Popen[bytes]:
         shim = subprocess.Popen(exec_argv(proc.init_pid, spec_path))
         async with asyncio.timeout(5):
-            while len(members(ns)) < 3:
+            while len([p for p in members(ns) if p.state != "Z"]) < 5:
                 await asyncio.sleep(0.01)
         return shim
 
-    shim = await exec_started()
-    shim.send_signal(signal.SIGTERM)
-    assert await asyncio.to_thread(shim.wait, 5) == 143
+    async def all_of_it_gone() -> None:
+        # Orphaned, the command is reparented to the host's PID 1 (the reaper of its dead
+        # parent's namespace, not the container's init), so it may linger briefly as a
+        # zombie; so may the sleeps, reparented to the container's init.
+        async with asyncio.timeout(2):
+            while [p for p in members(ns) if p.nspid[-1] > 2 and p.state != "Z"]:
+                await asyncio.sleep(0.01)
+            while processes_mentioning(spec_path):  # the shim's guard too
+                await asyncio.sleep(0.01)
 
     shim = await exec_started()
-    shim.kill()  # no chance to forward anything: PDEATHSIG must end the command
+    shim.send_signal(signal.SIGTERM)  # to the command's group, as a terminal's ^C would
+    assert await asyncio.to_thread(shim.wait, 5) == 143
+    await all_of_it_gone()
+
+    shim = await exec_started()
+    shim.kill()  # no chance to forward anything: its guard must end the command's group
     await asyncio.to_thread(shim.wait, 5)
-    # Orphaned, the command is reparented to the host's PID 1 (the reaper of its dead
-    # parent's namespace, not the container's init), so it may linger briefly as a zombie.
-    async with asyncio.timeout(2):
-        while [p for p in members(ns) if p.nspid[-1] > 2 and p.state != "Z"]:
-            await asyncio.sleep(0.01)
+    await all_of_it_gone()
+
+
+async def test_exec_on_a_terminal_gives_the_command_its_foreground(
+    runner: Runner, tmp_path: Path
+) -> None:
+    """On a terminal (an interactive shell's case) the command's group is the terminal's
+    foreground: it sees itself there, and ^C reaches it, sleep and all."""
+    proc = await runner.start(runner.spec("sleep", "60"))
+    spec_path = str(tmp_path / "exec.json")
+    script = ("read -r pid comm state ppid pgrp session tty tpgid rest < /proc/self/stat; "
+              'echo "ids $pid $pgrp $tpgid"; sleep 30')
+    write_exec_spec(spec_path, ["sh", "-c", script], [PATH_ENV], None, None)
+    master, slave = os.openpty()
+
+    def controlling_terminal() -> None:  # in the shim, before exec: its session's terminal
+        import fcntl
+        import termios
+
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    shim = subprocess.Popen(exec_argv(proc.init_pid, spec_path), stdin=slave, stdout=slave,
+                            stderr=slave, start_new_session=True,
+                            preexec_fn=controlling_terminal)
+    os.close(slave)
+    try:
+        seen = b""
+        async with asyncio.timeout(5):
+            while b"ids" not in seen or not seen.endswith(b"\n"):
+                seen += await asyncio.to_thread(os.read, master, 1024)
+        pid, pgrp, tpgid = seen.split(b"ids ")[1].split()
+        assert pid == pgrp == tpgid, seen  # a group of its own, in the foreground
+        os.write(master, b"\x03")  # ^C: the terminal's SIGINT to the foreground group
+        assert await asyncio.to_thread(shim.wait, 5) == 130
+        async with asyncio.timeout(2):  # sleep too
+            while [p for p in members(pid_ns(proc.init_pid))
+                   if p.nspid[-1] > 2 and p.state != "Z"]:
+                await asyncio.sleep(0.01)
+    finally:
+        if shim.poll() is None:
+            shim.kill()  # started above
+            shim.wait()
+        os.close(master)

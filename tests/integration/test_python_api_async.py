@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,8 +20,10 @@ from linkd import Stack
 from linkd.client import waits
 from linkd.client.api import Client
 from linkd.client.stacks import AsyncService, AsyncStack
+from linkd.core.state import ContainerState
 from linkd.errors import LinkdError, NotFoundError
 from tests.integration.conftest import Linkd
+from tests.integration.test_process import members, pid_ns, processes_mentioning
 
 IDLE = {
     "services": {
@@ -152,8 +155,11 @@ async def test_what_the_async_stack_gives(linkd: Linkd) -> None:
             resolved = await aiohttp.resolver.DefaultResolver().resolve("peer", 80)
             assert [r["host"] for r in resolved] == [peer.address]
 
-        with pytest.raises(subprocess.TimeoutExpired):
-            await idle.exec("sleep", "5", timeout=0.5)
+        timed = time.monotonic()
+        with pytest.raises(subprocess.TimeoutExpired) as expired:
+            await idle.exec("sh", "-c", "echo before >&2; sleep 5 & sleep 5; wait", timeout=1.5)
+        assert time.monotonic() - timed < 3  # the sleeps, killed, keep no pipe open
+        assert expired.value.stderr == "before\n"  # what came before the timeout is kept
         with pytest.raises(subprocess.CalledProcessError):
             await peer.exec("sh", "-c", "exit 3", check=True)
         assert (await peer.exec("cat", input="fed in")).stdout == "fed in"
@@ -175,17 +181,40 @@ async def test_the_sync_stack_gives_its_async_view(linkd: Linkd) -> None:
         await stack.wait_async({"idle": waits.log("idle here")})
 
 
-async def test_a_cancelled_exec_kills_its_process(linkd: Linkd) -> None:
+async def test_a_cancelled_exec_ends_its_command_s_whole_tree_at_once(linkd: Linkd) -> None:
     async with Stack.up(IDLE, directory=linkd.directory) as stack:
         peer = stack["peer"]
-        task = asyncio.create_task(peer.exec("sh", "-c", "sleep 30"))
-        await asyncio.sleep(1)
+        ns = pid_ns(_init_pid((await stack.state()).container("peer-1")))
+        before = {p.pid for p in members(ns)}
+        # sh and two sleeps, its children: none of them is the shim's own child, and each
+        # holds the pipes `linkd exec`'s reader waits on.
+        task = asyncio.create_task(peer.exec("sh", "-c", "sleep 30 & sleep 30; wait"))
+        async with asyncio.timeout(10):
+            while len(tree := [p for p in members(ns) if p.pid not in before]) < 3:
+                await asyncio.sleep(0.02)
+        assert sorted(p.comm for p in tree) == ["sh", "sleep", "sleep"]
+        cancelled = time.monotonic()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        # Nothing of the `linkd exec` is left in this process's children.
+        assert time.monotonic() - cancelled < 2  # not the 30 s the command would take
+        # Nothing of the `linkd exec` is left in this process's children...
         await asyncio.sleep(0)
         assert not [p for p in _children() if "exec" in p]
+        # ... and no process of the command in the container (killed ones may linger a
+        # moment as zombies until their new parent reaps them).
+        async with asyncio.timeout(2):
+            while [p for p in members(ns) if p.pid not in before and p.state != "Z"]:
+                await asyncio.sleep(0.02)
+        # The guard that killed them is gone too.
+        async with asyncio.timeout(2):
+            while processes_mentioning(f"/stacks/{stack.name}/containers/peer-1/exec-"):
+                await asyncio.sleep(0.02)
+
+
+def _init_pid(container: ContainerState) -> int:
+    assert container.init_pid is not None
+    return container.init_pid
 
 
 def _children() -> list[str]:

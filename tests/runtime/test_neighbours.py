@@ -7,6 +7,7 @@ run directory of the test's own."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections import Counter
 from ipaddress import IPv4Network
@@ -85,3 +86,32 @@ def test_a_stack_apart_is_decoded_again_only_when_its_plan_changes(
     save(apart, "running")
     follower.refresh()
     assert decodes["b"] == 2  # a new plan: looked at again
+
+
+async def test_a_stack_of_this_process_is_followed_at_once_not_at_the_next_look(
+        decodes: Counter[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the daemon's stacks do for each other: a stack that came up or went says so,
+    and the others' zones follow before its `up` or `down` returns (a stack elsewhere is
+    seen at the follower's next look, which this test puts off for good)."""
+    monkeypatch.setattr(shared, "FOLLOW_INTERVAL", 3600.0)
+    mine, joined = plan_of("a", "10.88.0.0/24"), plan_of("c", "10.88.0.0/24", joins="a")
+    save(mine, "running")
+    told = Told()
+    live = LiveStack("a", "/x/linkd.yaml", lambda *_: None, plan=mine)
+    follower = shared.Neighbours(live, told)  # type: ignore[arg-type]
+    async with asyncio.TaskGroup() as tasks:
+        live.tasks = tasks
+        follower.refresh()
+        follower.start()
+        try:
+            save(joined, "running")
+            shared.tell_neighbours("c")  # c is up
+            assert [p.stack for p in told.neighbours] == ["c"]
+            store.remove_stack_dir("c")
+            shared.tell_neighbours("c")  # c is gone
+            assert told.neighbours == ()
+        finally:
+            await follower.stop()
+    save(joined, "running")
+    shared.tell_neighbours("c")  # a stopped follower is told nothing
+    assert told.neighbours == ()

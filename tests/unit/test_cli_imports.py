@@ -1,9 +1,9 @@
 """The commands people type all day import only what they use.
 
-`linkd ps`, `logs`, `env`, `config`, `port`, `dns` and `--help` answer at once because
-they never import the daemon's server (aiohttp), netlink (pyroute2) or the supervisor:
-each command here runs in a fresh interpreter, which lists the modules it imported as
-it exits. A stack that no daemon runs needs no root; the same
+`linkd ps`, `logs`, `env`, `config`, `port`, `dns`, `exec`, `down` and `--help` answer at
+once because they never import the daemon's server (aiohttp), netlink (pyroute2) or the
+supervisor: each command here runs in a fresh interpreter, which lists the modules it
+imported as it exits (or as it execs). A stack that no daemon runs needs no root; the same
 commands against a daemon-run stack are in tests/integration/test_cli_imports.py.
 """
 
@@ -18,8 +18,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-# What only `up` in the foreground, `down`, `exec`, `daemon` and `image` may import (and
-# `dns`, dnslib).
+# What only `up` in the foreground, `daemon`, `image` and the `down` of a stack no daemon
+# runs may import (and `dns`, dnslib).
 HEAVY = (
     "dnslib",
     "aiohttp",
@@ -46,11 +46,18 @@ services:
 
 
 # `python -m linkd ARGS`, writing the names of every module it imported to the file
-# named by the first argument as it exits (-X importtime would miss importlib's imports).
+# named by the first argument as it exits, or as it execs (`exec` becomes the shim), which
+# skips atexit (-X importtime would miss importlib's imports).
 RUN = """\
-import atexit, runpy, sys
+import atexit, os, runpy, sys
 out = sys.argv.pop(1)
-atexit.register(lambda: open(out, "w").write("\\n".join(sorted(sys.modules))))
+def said():
+    open(out, "w").write("\\n".join(sorted(sys.modules)))
+def execv(*args, execv=os.execv):
+    said()
+    execv(*args)
+atexit.register(said)
+os.execv = execv
 sys.argv[0] = "linkd"
 runpy.run_module("linkd", run_name="__main__", alter_sys=True)
 """
@@ -106,6 +113,8 @@ def run_dir(tmp_path: Path) -> dict[str, str]:
         (["logs", "web"], 1),
         (["port", "web", "8080"], 1),
         (["inspect"], 1),
+        (["exec", "web", "--", "true"], 1),  # not up
+        (["down", "--forget"], 0),  # not up: said so, its lease forgotten
     ],
 )
 def test_reading_commands_import_no_runtime(workdir: Path, run_dir: dict[str, str],

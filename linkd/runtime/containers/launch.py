@@ -63,13 +63,16 @@ def shim_argv(*args: str) -> list[str]:
     return [sys.executable, "-I", "-S", "-c", SHIM_LOADER, SHIM_PATH, *args]
 
 
-def exec_argv(init_pid: int, spec_path: str) -> list[str]:
+def exec_argv(init_pid: int, spec_path: str, *, remove_spec: bool = False) -> list[str]:
     """The command line that runs `spec_path`'s command inside the container of `init_pid`.
 
     Meant to be run with inherited stdio (interactive shells work); it exits with the
     command's exit code (127/126 if it could not be started, with a message on stderr).
+    Killed, it takes the command's process group with it (``shim_entry``). `remove_spec`:
+    the spec is for this run only, and removed once read.
     """
-    return shim_argv("exec", str(init_pid), spec_path)
+    return shim_argv("exec", str(init_pid), spec_path, *(["--remove-spec"] if remove_spec
+                                                         else []))
 
 
 def write_exec_spec(

@@ -70,8 +70,8 @@ them from shadowing, or being shadowed by, a standard module):
 * ``shim_command``: what C (and exec's child, and a health probe) does last:
   **confinement** (bounding set, capabilities, no_new_privs, seccomp), user, working
   directory, default signals, execve with the container's PATH.
-* ``shim_entry``: ``exec INIT_PID SPEC_JSON`` (``linkd exec``): joining a running
-  container, the one way in that health probes take too (``health_agent.py``).
+* ``shim_entry``: ``exec INIT_PID SPEC_JSON [--remove-spec]`` (``linkd exec``): joining a
+  running container, the one way in that health probes take too (``health_agent.py``).
 """
 import os
 import sys
@@ -343,15 +343,15 @@ def _write_exit_file(dir_fd: int, name: str, code: int) -> None:
 def main(argv: list[str]) -> "NoReturn":
     if len(argv) in (4, 5) and argv[1] == "run":
         run(argv[2], int(argv[3]), int(argv[4]) if len(argv) == 5 else None)
-    if len(argv) == 4 and argv[1] == "exec":
+    if len(argv) in (4, 5) and argv[1] == "exec" and argv[4:] in ([], ["--remove-spec"]):
         # Only here: a container's start does not load what entering one takes.
         if TYPE_CHECKING or __package__:
             from . import shim_entry as entry
         else:
             import shim_entry as entry
-        entry.exec_in(int(argv[2]), argv[3])
-    sys.stderr.write(
-        "usage: shim.py run SPEC STATUS_FD [GATE_FD] | shim.py exec INIT_PID SPEC\n")
+        entry.exec_in(int(argv[2]), argv[3], remove_spec=len(argv) == 5)
+    sys.stderr.write("usage: shim.py run SPEC STATUS_FD [GATE_FD] | "
+                     "shim.py exec INIT_PID SPEC [--remove-spec]\n")
     sys.exit(2)
 
 

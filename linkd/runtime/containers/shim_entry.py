@@ -10,11 +10,27 @@ the shim (see ``shim_base``).
 container's command does (``shim_command``), confinement included: under runc, runc
 confines its command and the shim confines only what enters by exec.
 
-stdio is inherited; the parent forwards signals and mirrors the exit code, and the child
-gets PDEATHSIG so that killing ``linkd exec`` cannot leave its command behind.  On a
-terminal the child gets its own process group and the terminal's foreground (so ^C, ^Z and
-job control inside an interactive shell work), and its ^Z stops are mirrored so the user's
-shell sees a stopped job.
+stdio is inherited; the parent mirrors the exit code. The command runs in a process group
+of its own, the group id its host pid, which the parent knows: the signals the parent
+gets are forwarded to that group, as a terminal's ^C reaches the whole foreground job.
+On a terminal the group also gets the terminal's foreground (so ^C, ^Z and job control
+inside an interactive shell work; our group id is a host pid, invisible in the container's
+PID namespace, so a shell there could not have taken it), and its ^Z stops are mirrored
+so the user's shell sees a stopped job.
+
+**Killing ``linkd exec`` ends the command's whole tree.** The child gets PDEATHSIG, but
+that only reaches the child: ``sh -c 'sleep 30'``'s sleep would live on, reparented in
+the container, and hold the caller's pipes. So the parent first forks a **guard**, a
+process of the host (forked before the namespaces are entered) in a session of its own,
+holding no stdio, that the caller's ^C or group kill does not reach and whose signals stay
+blocked. It reads the command's group id from a pipe whose write end only the parent
+holds; at EOF, unless the parent said ``exit`` first (the command ended by itself: what
+it left running stays, as after ``docker exec``), the parent was killed, and the guard
+SIGKILLs the command's process group. (A group id is free again only once every process
+of the group is gone; for the kill to reach another group, a new process would have to
+get that very pid in the moment between, and pids are handed out round the whole range
+first.) A process that leaves the group (``setsid``, a daemon) is out of its reach, as it
+is out of a terminal's.
 """
 
 import os
@@ -133,13 +149,21 @@ def exec_child(spec: "dict[str, Any]", entry: Entry, alive_fd: int) -> "NoReturn
         os._exit(base.EXIT_SETUP_FAILED)
 
 
-def exec_in(init_pid: int, spec_path: str) -> "NoReturn":
-    """Run a command inside the running container whose PID 1 is `init_pid` (host pid)."""
+def exec_in(init_pid: int, spec_path: str, remove_spec: bool = False) -> "NoReturn":
+    """Run a command inside the running container whose PID 1 is `init_pid` (host pid).
+    `remove_spec`: the spec was written for this run alone (`linkd exec`, which becomes
+    this process): removed once read."""
     spec = base.load_spec(spec_path)  # its confinement too: exec'd commands get the same
+    if remove_spec:
+        try:  # noqa: SIM105  (no contextlib: start-up time)
+            os.unlink(spec_path)
+        except OSError:
+            pass
     name = spec.get("name") or f"with init pid {init_pid}"
     signal.pthread_sigmask(signal.SIG_BLOCK, base.FORWARDED_SIGNALS)
     try:
         entry = open_entry(init_pid, name)
+        guard_w = _start_guard(entry)  # before the namespaces: the guard stays on the host
         enter_namespaces(entry)
         alive_r, alive_w = os.pipe()
         child = os.fork()
@@ -147,19 +171,21 @@ def exec_in(init_pid: int, spec_path: str) -> "NoReturn":
         base.fail(None, name, e)
     if child == 0:
         os.close(alive_w)
+        os.close(guard_w)
         # Killing `linkd exec` must not leave its command running in the container.
         exec_child(spec, entry, alive_r)
     close_entry(entry)
     os.close(alive_r)
-    base.forward_to(child)
+    try:  # noqa: SIM105  (no contextlib: start-up time)
+        os.setpgid(child, child)  # before its "go": the command starts in its group
+    except OSError:
+        pass  # it failed already (and said why): its exit status follows
+    _tell(guard_w, b"%d\n" % child)
+    base.forward_to(-child)  # the group: os.kill's negative pid
     tty = _in_terminal_foreground()
     if tty:
-        # An interactive command needs the terminal's foreground to itself, in a process
-        # group it can see: our group id is a host pid, invisible in the container's PID
-        # namespace, so a shell there could neither check nor restore it ("Cannot set tty
-        # process group").  The terminal then sends ^C, ^Z and SIGWINCH to the command alone.
+        # The terminal then sends ^C, ^Z and SIGWINCH to the command's group alone.
         signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # to take the terminal back later
-        os.setpgid(child, child)
         os.tcsetpgrp(0, child)
     os.write(alive_w, b"g")  # go: the child waits for this before exec
     # Job-control signals aimed at us are about us (the user's shell stopping this job);
@@ -167,7 +193,56 @@ def exec_in(init_pid: int, spec_path: str) -> "NoReturn":
     job_control = (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
     base.install_forwarding([s for s in base.FORWARDED_SIGNALS if s not in job_control])
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    os._exit(_wait_exec_child(child, tty))
+    code = _wait_exec_child(child, tty)
+    _tell(guard_w, b"exit\n")  # ended by itself: the guard leaves its group alone
+    os._exit(code)
+
+
+def _tell(guard_w: int, what: bytes) -> None:
+    try:  # noqa: SIM105  (no contextlib: start-up time)
+        os.write(guard_w, what)
+    except OSError:
+        pass  # the guard was killed: the command goes on unguarded, as it used to
+
+
+def _start_guard(entry: Entry) -> int:
+    """Fork the guard (see the module's docstring); the write end of its pipe."""
+    guard_r, guard_w = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(guard_r)
+        os.close(guard_w)
+        raise
+    if pid == 0:
+        try:
+            os.close(guard_w)
+            close_entry(entry)
+            _guard(guard_r)
+        finally:
+            os._exit(0)
+    os.close(guard_r)
+    return guard_w
+
+
+def _guard(guard_r: int) -> None:
+    """The guard's life: what the parent says, until EOF; then the kill if it is due.
+    Every catchable signal stays blocked (the parent blocked them before the fork)."""
+    os.setsid()  # out of the caller's process group, and of its terminal
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)  # none of the caller's pipes: its reader must see their EOF
+    os.close(null)
+    base.set_comm(b"linkd-guard")
+    said = b""
+    while chunk := os.read(guard_r, 64):
+        said += chunk
+    group, *rest = said.split(b"\n")
+    if group.isdigit() and b"exit" not in rest:
+        try:  # noqa: SIM105  (no contextlib: start-up time)
+            os.killpg(int(group), signal.SIGKILL)
+        except OSError:
+            pass  # nothing of it is left
 
 
 def _wait_exec_child(child: int, tty: bool) -> int:

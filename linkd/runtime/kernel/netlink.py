@@ -287,12 +287,7 @@ class Kernel:
         return frozenset(r.device for r in host_routes(defaults_only=True)
                          if r.device != "?")
 
-    @staticmethod
-    def netns_names(prefix: str) -> frozenset[str]:
-        try:
-            return frozenset(n for n in os.listdir(NETNS_DIR) if n.startswith(prefix))
-        except FileNotFoundError:
-            return frozenset()
+    netns_names = staticmethod(nshelper.netns_names)
 
     # -- namespaces ----------------------------------------------------------------
 

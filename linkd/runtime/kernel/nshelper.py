@@ -51,6 +51,15 @@ NETNS_DIR = "/run/netns"
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+def netns_names(prefix: str) -> frozenset[str]:
+    """The named network namespaces whose names start with `prefix` (here, not in
+    netlink: `linkd down` of a stack that is not up asks, without importing pyroute2)."""
+    try:
+        return frozenset(n for n in os.listdir(NETNS_DIR) if n.startswith(prefix))
+    except FileNotFoundError:
+        return frozenset()
+
+
 def _check(result: int, what: str) -> None:
     if result != 0:
         err = ctypes.get_errno()

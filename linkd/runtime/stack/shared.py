@@ -10,7 +10,10 @@ state; the others are read from a cache keyed by inode, mtime and size).
 networks they share: level-based, it looks at the state files' signatures every
 FOLLOW_INTERVAL and rebuilds the zone when what it would add changed. A container of
 another stack starting on a shared network is answered here within about that interval
-(after its own stack has saved its state).
+(after its own stack has saved its state). Stacks of one process (the daemon's) need not
+wait for that look: a stack that came up, changed or went says so (`tell_neighbours`),
+and the others rebuild their zones before its `up`, update or `down` returns, so that
+right after `linkd down` of one stack no other stack of the daemon answers its names.
 
 `kept` says why a bridge must stay when a stack goes: another stack up made it, or has
 containers on it.
@@ -41,6 +44,7 @@ Signature = tuple[tuple[str, int, int, int, int], ...]
 
 _decoded: dict[str, tuple[tuple[int, int, int, int], StackState]] = {}
 _signature: tuple[float, Signature] | None = None  # (when, what): one look per interval
+_following: set[Neighbours] = set()  # this process's stacks following the others
 
 
 def other_states(stack: str, only: str | None = None) -> list[StackState]:
@@ -77,6 +81,19 @@ def signature(stack: str) -> Signature:
         _signature = (now, tuple((s, *(store.file_identity(store.state_path(s))
                                        or (0, 0, 0, 0))) for s in store.stacks()))
     return tuple(entry for entry in _signature[1] if entry[0] != stack)
+
+
+def tell_neighbours(stack: str) -> None:
+    """`stack` has come up, changed or gone (its state file says so already): the other
+    stacks of this process take it into their zones now."""
+    global _signature
+    _signature = None  # their next look is a new one too
+    for follower in [f for f in _following if f.live.name != stack]:
+        try:
+            follower.refresh()
+        except Exception:  # a bad state file of another stack: its own look retries
+            log.exception("stack %s: reading the other stacks' state failed",
+                          follower.live.name)
 
 
 def kept(stack: str, bridge: str) -> str | None:
@@ -152,8 +169,10 @@ class Neighbours:
         if tasks is None or self._task is not None:
             return
         self._task = tasks.create_task(self._follow())
+        _following.add(self)
 
     async def stop(self) -> None:
+        _following.discard(self)
         task, self._task = self._task, None
         if task is not None:
             task.cancel()

@@ -62,7 +62,7 @@ from linkd.runtime.stack.dns_server import DnsServer
 from linkd.runtime.stack.live import LiveStack, Report
 from linkd.runtime.stack.publisher import OnEvent, Publisher
 from linkd.runtime.stack.resolvers import Resolvers
-from linkd.runtime.stack.shared import Neighbours
+from linkd.runtime.stack.shared import Neighbours, tell_neighbours
 
 if TYPE_CHECKING:  # etcd's client is loaded by a cluster daemon only
     from linkd.runtime.cluster.overlay_networks import OverlayNetworks
@@ -192,6 +192,7 @@ class Supervisor:
         await self._bring_up(plan, plan_up(plan, await self.observe()))
         self.live.status = "up"
         await self.publisher.writer.flush()
+        tell_neighbours(self.stack)
 
     async def observe(self) -> Observed:
         running = frozenset(n for n, p in self.processes.items() if p.returncode is None)
@@ -397,6 +398,7 @@ class Supervisor:
                 self.report(f"stack {self.stack}", str(error))
         self.live.status = "up"
         await self.publisher.writer.flush()
+        tell_neighbours(self.stack)
         summary = {"added": added, "changed": changed, "removed": removed, "kept": kept}
         self.report(f"stack {self.stack}", "updated: " + ", ".join(
             f"{k} {len(v)}" for k, v in summary.items()))
@@ -520,4 +522,5 @@ class Supervisor:
             raise TeardownError(f"linkd down {self.stack}", errors)
         await self.publisher.writer.close()  # no late change may bring the directory back
         store.remove_stack_dir(self.stack)
+        tell_neighbours(self.stack)
         self.report(f"stack {self.stack}", "removed")
