@@ -96,7 +96,7 @@ networks:
 
         # Each node's DNS answers for the other's containers, through the system
         # resolver inside the container; and they talk over the tunnel, both ways.
-        found = two.linkd("exec", "-p", "web", "web", "/usr/bin/python3", "-c", RESOLVE,
+        found = two.linkd("exec", "-p", "web", "web", "/usr/bin/python3", "-c", RESOLVE, "10",
                           "db", "db-1", "db-1.back.db.linkd")
         assert json.loads(found.stdout) == {
             "db": [db["address"]], "db-1": [db["address"]],
@@ -104,7 +104,7 @@ networks:
         got = two.linkd("exec", "-p", "web", "web", "/usr/bin/python3", "-c", CONNECT,
                         "db", "9000")
         assert got.stdout.strip() == "db-1"
-        found = one.linkd("exec", "-p", "db", "db", "/usr/bin/python3", "-c", RESOLVE,
+        found = one.linkd("exec", "-p", "db", "db", "/usr/bin/python3", "-c", RESOLVE, "10",
                           "web", "web-2.shared.web.linkd")
         assert json.loads(found.stdout) == {
             "web": sorted(w["address"] for w in webs),
