@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -111,9 +112,15 @@ class Node:
         return self.log.read_text(errors="replace")[-3000:]
 
     def stop(self) -> None:
+        """SIGTERM (the daemon takes its stacks down: their containers live in namespaces
+        of their own, which the host's teardown would not find), SIGKILL if it hangs."""
         if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 @contextlib.contextmanager
