@@ -78,14 +78,16 @@ class OverlayNetworks:
             found = await self.registry.find(name)
             if found is None:
                 continue  # the planner says it was not found, naming both places
-            clash = next((what for subnet, what in avoid if subnet.overlaps(found.subnet)),
-                         None)
+            plan = self._plan(network.name, found, False, False)
+            # Its own bridge here (another stack on this node is on it already) is no clash.
+            clash = next((what for subnet, what in avoid if subnet.overlaps(found.subnet)
+                          and what != f"host route via {plan.bridge}"), None)
             if clash is not None:
                 raise ConflictError(
                     f"networks.{network.name}: overlay network {name} has subnet "
                     f"{found.subnet}, which this node uses already ({clash}); remove that "
                     "network here, or run the stack on another node")
-            joined[network.name] = self._plan(network.name, found, False, False)
+            joined[network.name] = plan
         overlay_plan.check(stack, set(own) | set(joined) | {
             n.name for n in stack.networks if n.external and n.driver == "overlay"})
         return own, joined
