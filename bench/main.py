@@ -55,7 +55,8 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "latest.md"
 # run as they are, output appended
 SCRIPTS = {"live": "dns_live.py", "daemon": "daemon.py", "health": "health.py",
-           "ports": "ports.py", "images": "images.py", "cli": "cli.py", "start": "start.py"}
+           "ports": "ports.py", "images": "images.py", "cli": "cli.py", "start": "start.py",
+           "cluster": "cluster.py"}
 PARTS = ("all", "wiring", "dns", *SCRIPTS)
 
 
