@@ -19,6 +19,7 @@ names, for the stacks of this node on that network.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from ipaddress import IPv4Address, IPv6Address
@@ -97,11 +98,8 @@ def neighbour_plans(plan: StackPlan, records: Iterable[EndpointRecord], node: st
             if key in networks and networks[key].overlay != net.overlay:
                 continue  # one key for two networks: not a record a node makes
             networks[key] = _as_theirs(net, key)
-            interfaces[r.container].append(InterfacePlan(
-                network=key, ifname=f"eth{len(interfaces[r.container])}",
-                host_ifname="", bridge=net.bridge, address=r.address,
-                prefixlen=net.subnet.prefixlen, gateway=net.gateway, aliases=r.aliases,
-                mac_address=r.mac))
+            interfaces[r.container].append(_interface(r, net, key,
+                                                      len(interfaces[r.container])))
             first.setdefault(r.container, r)
             if not r.ready:
                 pending.add((stack, r.container))
@@ -112,6 +110,18 @@ def neighbour_plans(plan: StackPlan, records: Iterable[EndpointRecord], node: st
     return tuple(plans), frozenset(pending)
 
 
+# Memoized: a pass rebuilds every stack's neighbours from every record, and a zone is
+# changed only by the containers whose plans differ (linkd.dns.zone.rezone), so the same
+# record gives the same objects each time, cheaply.
+@functools.lru_cache(maxsize=16384)
+def _interface(r: EndpointRecord, net: NetworkPlan, key: str, index: int) -> InterfacePlan:
+    return InterfacePlan(
+        network=key, ifname=f"eth{index}", host_ifname="", bridge=net.bridge,
+        address=r.address, prefixlen=net.subnet.prefixlen, gateway=net.gateway,
+        aliases=r.aliases, mac_address=r.mac)
+
+
+@functools.lru_cache(maxsize=1024)
 def _as_theirs(net: NetworkPlan, key: str) -> NetworkPlan:
     """The network as the other node's stack knows it: under its key, and one network
     with ours (the same owner) for the zone's scoping."""
@@ -127,6 +137,7 @@ def _owner_of(net: NetworkPlan) -> tuple[str, str]:
     return stack, key
 
 
+@functools.lru_cache(maxsize=16384)
 def _container(record: EndpointRecord, interfaces: tuple[InterfacePlan, ...]) -> ContainerPlan:
     ports = tuple(PortSpec(number, number, protocol, name=name)
                   for number, protocol, name in record.ports)

@@ -192,18 +192,26 @@ def rezone(
     otherwise, or when most containers change, it is a full build.
     """
     apex = zone.domain
-    if _subnets(before) != _subnets(after) or _network_keys(before) != _network_keys(after):
+    shared, shared_before = _shared_ids(after), _shared_ids(before)
+    # Stacks may come and go (another stack's containers on a shared network, another
+    # node's), as long as every network they are on is one the zone has already.
+    pairs_before, pairs_after = _network_pairs(before), _network_pairs(after)
+    if (set(_subnets(before)) != set(_subnets(after))
+            or {_netid(shared_before, *k) for k in pairs_before}
+            != {_netid(shared, *k) for k in pairs_after}
+            or any(_netid(shared_before, *k) != _netid(shared, *k)
+                   for k in pairs_before & pairs_after)):
         return build_zone(after, domain=apex, pending=pending)
     old = {(p.stack, c.name): (p.stack, c) for p in before for c in p.containers}
     new = {(p.stack, c.name): (p.stack, c) for p in after for c in p.containers}
     flipped = zone.pending ^ pending
     went = [
-        v for k, v in old.items() if k not in new or new[k][1] is not v[1] or k in flipped
+        v for k, v in old.items() if k not in new or new[k][1] != v[1] or k in flipped
     ]
     came = [
-        v for k, v in new.items() if k not in old or old[k][1] is not v[1] or k in flipped
+        v for k, v in new.items() if k not in old or old[k][1] != v[1] or k in flipped
     ]
-    if not went and not came:
+    if not went and not came and pairs_before == pairs_after:
         return zone if zone.pending == pending else replace(zone, pending=pending)
     if len(went) + len(came) > max(8, len(new) // 2):
         return build_zone(after, domain=apex, pending=pending)
@@ -217,24 +225,37 @@ def rezone(
 
     reverse = dict(zone.reverse)
     views = dict(zone.views)
-    shared = _shared_ids(after)  # the same networks as before's, or a full build above
-    for stack, c in went:
-        for netid, name, _, _ in _names_of(stack, c, apex, None, False, shared):
+    empties = _empties(pairs_after, apex, shared)
+    for pair in pairs_after - pairs_before:  # a stack's names with no records
+        t = table(_netid(shared, *pair))
+        for name in _empty_non_terminals(pair, apex):
+            t.setdefault(name, make_entry([], []))
+    for stack, c in went:  # as `before` named them
+        mine = set(addresses_of(c))  # another stack's container may have its name
+        for netid, name, _, _ in _names_of(stack, c, apex, None, False, shared_before):
             t = table(netid)
             entry = t.get(name)
             if entry is None:
                 continue
-            rest = [r for r in entry.records if r.container != c.name]
-            held = [r for r in entry.held if r.container != c.name]
-            if rest or held or name in _empty_non_terminals(netid, apex):
+            rest = [r for r in entry.records if not _of(r, c, mine)]
+            held = [r for r in entry.held if not _of(r, c, mine)]
+            if rest or held or name in empties.get(netid, ()):
                 t[name] = make_entry(rest, held)
             else:
                 del t[name]
-        for key, pointer in _pointers_of(stack, c, apex, shared).items():
+        for key, pointer in _pointers_of(stack, c, apex, shared_before).items():
             if reverse.get(key) == pointer:
                 del reverse[key]
         for address in addresses_of(c):
             views.pop(address, None)
+    for pair in pairs_before - pairs_after:  # a stack gone: its empty names too
+        netid = _netid(shared_before, *pair)
+        t = table(netid)
+        for name in _empty_non_terminals(pair, apex):
+            entry = t.get(name)
+            if entry is not None and not entry.records and not entry.held and (
+                    name not in empties.get(netid, ())):
+                del t[name]
     ids = {v.networks: v.id for v in views.values()}
     for stack, c in came:
         added: dict[tuple[NetId, str], tuple[list[Record], list[Record]]] = {}
@@ -258,7 +279,7 @@ def rezone(
         names={**zone.names, **copies},
         reverse=reverse,
         views=views,
-        subnets=zone.subnets,
+        subnets=_subnets(after),
         extra=scoped_entries(after, pending),
         pending=pending,
     )
@@ -278,8 +299,27 @@ def _netid(ids: Mapping[NetId, NetId], stack: str, network: str) -> NetId:
     return ids.get((stack, network), (stack, network))
 
 
-def _network_keys(plans: Sequence[StackPlan]) -> list[NetId]:
-    return [netid for plan in plans for netid in _network_ids(plan)]
+def _of(record: Record, c: ContainerPlan, addresses: set[Address]) -> bool:
+    """Whether `record` is container `c`'s (by name and address: two stacks on a shared
+    network may each have a container of that name)."""
+    if record.container != c.name:
+        return False
+    target = record.srv if record.srv is not None else record
+    return target.v4 in addresses or target.v6 in addresses
+
+
+def _network_pairs(plans: Sequence[StackPlan]) -> set[NetId]:
+    """(stack, key) of every network of every plan, as each stack names it."""
+    return {(p.stack, n.key) for p in plans for n in p.networks}
+
+
+def _empties(pairs: set[NetId], apex: str, shared: Mapping[NetId, NetId]
+             ) -> dict[NetId, set[str]]:
+    """By network, the names that exist there without records for the stacks `pairs`."""
+    found: dict[NetId, set[str]] = {}
+    for pair in pairs:
+        found.setdefault(_netid(shared, *pair), set()).update(_empty_non_terminals(pair, apex))
+    return found
 
 
 def _subnets(plans: Sequence[StackPlan]) -> tuple[IPv4Network | IPv6Network, ...]:

@@ -3,6 +3,7 @@ exactly what a full build of the new plans serves."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from ipaddress import IPv4Network
 
 from hypothesis import given, settings
@@ -115,3 +116,36 @@ def test_a_link_alias_to_a_service_with_nothing_running_is_nxdomain() -> None:
     assert DNSRecord.parse(reply.data).header.rcode == RCODE.NXDOMAIN
     reply = answer(build_zone([PLAN]), query_bytes("site"), client)
     assert isinstance(reply, Answered) and len(DNSRecord.parse(reply.data).rr) == 3
+
+
+def _joiner(name: str, replicas: int) -> StackPlan:
+    """Another stack's containers on shop's `back` network (joined: owner shop/back)."""
+    back = next(n for n in PLAN.networks if n.key == "back")
+    stack = Stack(name=name, services=(
+        Service("svc", command=CMD, replicas=replicas,
+                networks=(Attachment("shared", aliases=(f"{name}-alias",)),),
+                expose=(PortSpec(80, 80),)),), networks=(Network("shared", external=True),))
+    offset = 100 + 10 * int(name[-1])
+    plan = realize(stack, {}, joined={"shared": replace(back, key="shared",
+                                                        owner=("shop", "back"))})
+    return replace(plan, containers=tuple(
+        replace(c, interfaces=tuple(replace(i, address=i.address + offset)
+                                    for i in c.interfaces))
+        for c in plan.containers))
+
+
+JOINERS = [_joiner(f"ext{i}", i + 1) for i in range(3)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sets(st.integers(0, 2)), st.sets(st.sampled_from(NAMES))),
+                min_size=1, max_size=6))
+def test_stacks_on_a_shared_network_come_and_go_as_a_full_build_serves(
+        steps: list[tuple[set[int], set[str]]]) -> None:
+    before: list[StackPlan] = [PLAN]
+    zone = build_zone(before)
+    for present, gone in steps:
+        after = [PLAN.without(gone), *(JOINERS[i] for i in sorted(present))]
+        changed = rezone(zone, before, after)
+        assert content(changed) == content(build_zone(after))
+        zone, before = changed, after

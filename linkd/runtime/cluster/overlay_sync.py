@@ -10,8 +10,10 @@ A pass:
    nft table, linkd.runtime.kernel.overlay_firewall), and programs each local VXLAN
    device with the FDB and neighbour entries for the containers on other nodes
    (linkd.runtime.kernel.vxlan.sync_forwarding: only what differs is changed);
-3. refreshes each stack's DNS neighbours, which read the records through
-   `neighbours_of` (linkd.runtime.stack.shared.Neighbours.remote).
+3. when the records changed, refreshes the other nodes' part of the DNS neighbours of
+   each stack on an overlay network, which read the records through `neighbours_of`
+   (linkd.runtime.stack.shared.Neighbours.remote); this comes first in the pass, so that
+   a name answers as soon as its record is here.
 
 What the cache holds stays while etcd is gone: the last known containers keep their
 names and their tunnels until etcd says otherwise.
@@ -27,6 +29,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 from linkd.core import overlay_peers
 from linkd.core.cluster_endpoints import EndpointRecord
+from linkd.core.overlay import ForwardingState
 from linkd.core.plan import StackPlan
 from linkd.core.state import StackState
 from linkd.errors import LinkdError
@@ -54,6 +57,8 @@ class OverlaySync:
         self._task: asyncio.Task[None] | None = None
         self._said: set[str] = set()  # forwarding problems logged (once each)
         self._peers: frozenset[IPv4Address | IPv6Address] | None = None  # in the firewall
+        self._records: list[EndpointRecord] | None = None  # as the last pass saw them
+        self._held: dict[str, ForwardingState] = {}  # each device's entries, as programmed
         self._unsubscribe = endpoints.on_change(self.changed)
 
     def changed(self) -> None:
@@ -87,19 +92,28 @@ class OverlaySync:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(RESYNC):
                     await self._dirty.wait()
+            full = not self._dirty.is_set()  # the periodic pass: trust nothing remembered
             self._dirty.clear()
             try:
-                await self.sync()
+                await self.sync(full=full)
             except Exception:  # a pass that failed is retried by the next: log and go on
                 log.exception("overlay networks: a sync pass failed")
 
-    async def sync(self) -> None:
+    async def sync(self, *, full: bool = True) -> None:
+        """One pass. Not `full`: the forwarding entries are compared with what this node
+        last programmed rather than read back (a pass on every change stays cheap; the
+        periodic one repairs what was changed behind linkd's back)."""
         supervisors = list(self.stacks())
         self._publish([s for s in (sup.snapshot() for sup in supervisors) if s is not None])
         records = self.endpoints.records()
-        await self._forward(supervisors, records)
-        for sup in supervisors:
-            sup.neighbours.refresh()
+        if records != self._records or full:
+            self._records = records
+            # DNS first: a name answers as soon as its record is here; the tunnel's
+            # entries follow in the same pass.
+            for sup in supervisors:
+                if sup.plan is not None and any(n.overlay for n in sup.plan.networks):
+                    sup.neighbours.refresh_remote()
+        await self._forward(supervisors, records, full)
 
     def _publish(self, states: Sequence[StackState]) -> None:
         wanted = {(r.network, r.stack, r.container): r for r in overlay_peers.local_records(
@@ -112,7 +126,7 @@ class OverlaySync:
         self._published = wanted
 
     async def _forward(self, supervisors: Sequence[Supervisor],
-                       records: list[EndpointRecord]) -> None:
+                       records: list[EndpointRecord], full: bool) -> None:
         devices: dict[str, str] = {}  # VXLAN device -> its network's id
         for sup in supervisors:
             plan = sup.plan
@@ -123,20 +137,27 @@ class OverlaySync:
                     devices[net.overlay.vxlan] = net.overlay.id
         # Only the nodes whose containers this node's devices reach may send it VXLAN.
         peers = frozenset(r.underlay for r in records if r.node != self.overlay.node)
-        if peers != self._peers:
+        if peers != self._peers or full:
             await ensure_overlay_firewall(peers)
             self._peers = peers
         grouped = overlay_peers.by_network(records)
-        links = await self.kernel.links()
+        for gone in self._held.keys() - devices.keys():
+            del self._held[gone]
         for device, network in sorted(devices.items()):
-            if device not in links:
-                continue  # not made yet (the stack is coming up), or being removed
             desired = overlay_peers.forwarding(network, grouped.get(network, []),
                                                self.overlay.local)
             for problem in set(desired.problems) - self._said:
                 log.warning("overlay network %s: %s", network, problem)
             self._said = set(desired.problems)
+            held = None if full else self._held.get(device)
+            if held == desired.state:
+                continue
             try:
-                await vxlan.sync_forwarding(self.kernel, device, desired.state)
-            except LinkdError as exc:  # removed meanwhile: the next pass sees it gone
-                log.info("overlay network %s: %s", network, exc)
+                changes = await vxlan.sync_forwarding(self.kernel, device, desired.state, held)
+            except LinkdError as exc:  # not made yet, or removed meanwhile: the next pass
+                self._held.pop(device, None)
+                log.debug("overlay network %s: %s", network, exc)
+                continue
+            if not changes.empty():
+                log.debug("overlay network %s: %s", network, changes)
+            self._held[device] = desired.state

@@ -230,12 +230,15 @@ async def observe_forwarding(kernel: Kernel, name: str) -> ForwardingState:
     return await _observe(kernel, name, await _device_index(kernel, name))
 
 
-async def sync_forwarding(kernel: Kernel, name: str, desired: ForwardingState
-                          ) -> ForwardingChanges:
+async def sync_forwarding(kernel: Kernel, name: str, desired: ForwardingState,
+                          held: ForwardingState | None = None) -> ForwardingChanges:
     """Make the device hold exactly `desired`; returns what it changed (nothing, when it
-    already did)."""
+    already did). `held`: what the caller knows the device holds (its last sync), which
+    spares reading the device's entries back; None: they are read."""
     index = await _device_index(kernel, name)
-    changes = diff(desired, await _observe(kernel, name, index))
+    if held is None:
+        held = await _observe(kernel, name, index)
+    changes = diff(desired, held)
     await asyncio.gather(*(_del_fdb(kernel, name, index, e) for e in changes.remove_fdb),
                          *(_del_neigh(kernel, name, index, e) for e in changes.remove_neigh))
     await asyncio.gather(*(_add_fdb(kernel, name, index, e) for e in changes.add_fdb),

@@ -116,14 +116,19 @@ class Publisher:
         `pending`: those of them not healthy yet."""
         if plans == self.neighbours and pending == self._neighbours_pending:
             return
+        before = self.neighbours
         self.neighbours, self._neighbours_pending = plans, pending
         plan = self.live.plan
         if self.dns is None or plan is None or self.live.status == "stopping":
             return
         served = self._served or plan
-        zone = build_zone([served, *plans], domain=plan.dns.domain, pending=self._pending(served))
-        self.dns.set_zone(zone)
-        self.emit(type="dns", serial=zone.serial, gone=[])
+        # Only the containers that came or went: a new container of another stack (or
+        # node) answers without a rebuild of every name the zone has.
+        zone = rezone(self.dns.zone, [served, *before], [served, *plans],
+                      self._pending(served))
+        if zone is not self.dns.zone:
+            self.dns.set_zone(zone)
+            self.emit(type="dns", serial=zone.serial, gone=[])
 
     def _pending(self, served: StackPlan) -> frozenset[tuple[str, str]]:
         return held_back(served, self.live.states) | self._neighbours_pending

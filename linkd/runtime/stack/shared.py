@@ -120,6 +120,9 @@ class Neighbours:
         # networks, and those of them held back (linkd.runtime.cluster.overlay_sync)
         self.remote: Callable[[StackPlan], tuple[tuple[StackPlan, ...],
                                                  frozenset[tuple[str, str]]]] | None = None
+        # this node's other stacks' part, as the last refresh found it
+        self._local: tuple[tuple[StackPlan, ...], frozenset[tuple[str, str]]] = ((),
+                                                                                frozenset())
 
     def refresh(self) -> None:
         plan = self.live.plan
@@ -136,12 +139,20 @@ class Neighbours:
             pending |= held_back(theirs, {c.name: c for c in state.containers})
         near = shared_networks.neighbours(plan, served)
         ids = {(p.stack, c.name) for p in near for c in p.containers}
-        pending &= ids
+        self._local = (near, frozenset(pending & ids))
+        self.refresh_remote()
+
+    def refresh_remote(self) -> None:
+        """The zone told of the other nodes' containers anew (their records changed),
+        with this node's other stacks as the last `refresh` found them."""
+        plan = self.live.plan
+        if plan is None:
+            return
+        near, pending = self._local
         if self.remote is not None:  # other nodes' containers on its overlay networks
             far, held = self.remote(plan)
-            near += far
-            pending |= held
-        self.publisher.set_neighbours(near, frozenset(pending))
+            near, pending = near + far, pending | held
+        self.publisher.set_neighbours(near, pending)
 
     def _sharing(self, plan: StackPlan) -> list[StackState]:
         """The states of the other stacks that share a network with `plan`. A stack found
