@@ -184,8 +184,11 @@ def _label_filter(text: str) -> tuple[str, str | None]:
 
 def table(state: dict[str, Any], wanted: Sequence[tuple[str, str | None]] = ()) -> str:
     """`linkd ps`'s table of a stack's state in its JSON form (`linkd.core.state.to_plain`);
-    `wanted`: (label, value or None for any) every container shown has."""
-    rows = [("STACK", "SERVICE", "CONTAINER", "ADDRESSES", "STATE")]
+    `wanted`: (label, value or None for any) every container shown has. A stack spanning
+    nodes (its `cluster` part) gets a NODE column and the other nodes' containers."""
+    cluster = state.get("cluster")
+    rows = [("STACK", "SERVICE", "CONTAINER", *(("NODE",) if cluster else ()), "ADDRESSES",
+             "STATE")]
     plan = state["plan"]
     current = {c["name"]: c for c in state["containers"]}
     for container in plan["containers"]:
@@ -206,7 +209,14 @@ def table(state: dict[str, Any], wanted: Sequence[tuple[str, str | None]] = ()) 
             status += " " + summary_of(now["health"])  # as docker ps: (healthy)
         if now["restarts"]:
             status += f" restarts={now['restarts']}"
-        rows.append((plan["stack"], container["service"], container["name"], addresses, status))
+        rows.append((plan["stack"], container["service"], container["name"],
+                     *((cluster["node"],) if cluster else ()), addresses, status))
+    if cluster and not wanted:  # what other nodes say of theirs has no labels to filter
+        for far in cluster["remote"]:
+            addresses = ", ".join(f"{i['network']}={i['address']}" for i in far["interfaces"])
+            rows.append((plan["stack"], far["service"], far["name"], far["node"], addresses,
+                         far["status"]))
+        rows[1:] = sorted(rows[1:], key=lambda r: r[2])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
     return "\n".join(line.rstrip() for line in lines)

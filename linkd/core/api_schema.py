@@ -243,7 +243,9 @@ _CONTAINER_STATE = {
     "type": "object",
     "required": ["name", "status"],
     "properties": {"name": {"type": "string"}, "status": {"type": "string"},
-                   "health": _HEALTH_STATUS},
+                   "health": _HEALTH_STATUS,
+                   "node": {"type": "string", "description": "of a stack spanning nodes: "
+                            "the node that runs it (another node's: name, status, node)"}},
 }
 
 _NODE = {

@@ -11,13 +11,10 @@ the lease expires, and a node that registers again under a new lease (etcd came 
 after the old one expired) has everything put again under the new one. Nothing is
 written while the node holds no lease, or holds one etcd says is gone.
 
-Remote side. One range read of the whole prefix, at a revision, then a watch from the
-next revision, into a cache key -> EndpointRecord. A record that does not decode is
-left out (never believed) and logged, once per change of what is wrong with it. A
-broken stream is opened again from the last revision seen; a history compacted
-meanwhile means a full read again, which replaces the cache. While etcd cannot be
-reached the cache is kept as it is: the last known state keeps serving (DNS, VXLAN
-entries). `on_change` callbacks run after each change of the cache was applied.
+Remote side: the prefix followed into a cache key -> EndpointRecord
+(linkd.runtime.cluster.follow: read, then watched; bad records left out and said once;
+the last known state kept while etcd cannot be reached, for DNS and VXLAN entries);
+`on_change` callbacks run after each change of the cache was applied.
 
 `stop()` deletes nothing (a daemon that stops revokes its lease, which takes the
 records); `withdraw_all()` deletes this node's records now.
@@ -51,15 +48,13 @@ from linkd.runtime.cluster.etcd import (
     Event,
     LeaseGone,
     Snapshot,
-    WatchCompacted,
 )
+from linkd.runtime.cluster.follow import RETRY, Follow, backoff
 from linkd.runtime.cluster.membership import Membership
 
 log = logging.getLogger("linkd")
 
 MAX_RECORDS = MAX_SNAPSHOT  # records the cache holds; what is beyond is said, not read
-MAX_INVALID = 1024  # records left out that are kept (and logged) with why; the rest counted
-RETRY = 1.0  # seconds between attempts while etcd does not answer
 
 
 class LeaseHolder(Protocol):
@@ -83,7 +78,6 @@ class Endpoints:
         self.node = node
         self.prefix = prefix
         self.retry = retry
-        self.state = "starting"  # then "watching", or "disconnected" (the cache kept)
         self._leases = leases
         self._connect = connect
         self._head = endpoints_prefix(prefix)
@@ -96,11 +90,11 @@ class Endpoints:
         self._wake = asyncio.Event()
         self._publishing = asyncio.Lock()
         # remote side
-        self._cache: dict[bytes, EndpointRecord] = {}
-        self._bad: dict[bytes, str] = {}
-        self._unshown = 0  # records left out beyond MAX_INVALID
-        self._revision = 0  # of etcd, that the cache shows; 0: not read yet
-        self._callbacks: list[Callable[[], None]] = []
+        self._follow: Follow[EndpointRecord] = Follow(
+            "endpoint record", node, self._head,
+            lambda key, value: decode_endpoint(key, value, prefix), self._client,
+            limit=MAX_RECORDS, max_value=ENDPOINT_LIMIT, retry=retry,
+            on_snapshot=self._snapshot_read, on_event=self._event_seen)
         self._tasks: list[asyncio.Task[None]] = []
         self._unsubscribe: Callable[[], None] | None = None
 
@@ -179,13 +173,8 @@ class Endpoints:
                 log.exception("node %s: publishing its endpoint records failed (a bug, "
                               "please report it); trying again", self.node)
                 failures += 1
-            await asyncio.sleep(self._backoff(failures))
+            await asyncio.sleep(backoff(failures, self.retry))
             self._wake.set()
-
-    def _backoff(self, failures: int) -> float:
-        """Seconds before attempt `failures` + 1: none after the first failure (a call on
-        a member that just died: the next goes to another), then longer, up to `retry`."""
-        return 0 if failures <= 1 else min(self.retry, 0.1 * 2 ** (failures - 2))
 
     def _lease_changed(self) -> None:
         self._dead_lease = None
@@ -195,139 +184,50 @@ class Endpoints:
 
     def records(self) -> list[EndpointRecord]:
         """Every record believed, this node's too, in key order."""
-        return [self._cache[k] for k in sorted(self._cache)]
+        cache = self._follow.items()
+        return [cache[k] for k in sorted(cache)]
 
     def invalid(self) -> dict[bytes, str]:
         """What is under the prefix and left out, with why."""
-        return dict(self._bad)
+        return self._follow.invalid()
+
+    @property
+    def state(self) -> str:
+        """"starting", then "watching", or "disconnected" (the cache kept)."""
+        return self._follow.state
 
     @property
     def revision(self) -> int:
-        return self._revision
+        return self._follow.revision
+
+    @property
+    def _revision(self) -> int:
+        return self._follow.revision
 
     def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call `callback` (no arguments, not a coroutine) after each change of `records()`;
         returns what stops that."""
-        self._callbacks.append(callback)
-        return lambda: self._callbacks.remove(callback)
+        return self._follow.on_change(callback)
 
-    async def _watcher(self) -> None:
-        failures = 0
-        while True:
-            try:
-                etcd = self._client()
-                if not self._revision:
-                    self._replace(await etcd.snapshot(self._head, MAX_RECORDS,
-                                                      max_value=ENDPOINT_LIMIT))
-                async with contextlib.aclosing(etcd.watch(self._head, self._revision + 1)
-                                               ) as batches:
-                    async for batch in batches:
-                        if not batch:  # the stream is open
-                            self._watching()
-                            failures = 0
-                        self._apply(batch)
-            except WatchCompacted as exc:
-                log.info("node %s: reading every endpoint record again (%s)", self.node, exc)
-                self._revision = 0
-            except EtcdUnavailable as exc:
-                failures += 1
-                self._disconnected(str(exc))
-                await asyncio.sleep(self._backoff(failures))
-            except Exception:
-                log.exception("node %s: watching endpoint records failed (a bug, please "
-                              "report it); reading them all again", self.node)
-                self._revision = 0
-                await asyncio.sleep(self.retry)
-
-    def _replace(self, snapshot: Snapshot) -> None:
-        if snapshot.truncated:
-            log.warning("node %s: more than %d endpoint records under %s; the rest are not "
-                        "read", self.node, MAX_RECORDS, self._head.decode())
-        cache: dict[bytes, EndpointRecord] = {}
-        own: dict[bytes, tuple[bytes, int]] = {}
-        before, self._bad, self._unshown = self._bad, {}, 0
-        for kv in snapshot.items:
-            if self._is_own(kv.key):
-                own[kv.key] = (kv.value, kv.lease)
-            try:
-                cache[kv.key] = decode_endpoint(kv.key, kv.value, self.prefix)
-            except RecordError as exc:
-                self._left_out(kv.key, str(exc), before.get(kv.key))
-        changed = cache != self._cache
-        self._cache, self._own = cache, own
-        self._revision = snapshot.revision
+    def _snapshot_read(self, snapshot: Snapshot) -> None:
+        self._own = {kv.key: (kv.value, kv.lease) for kv in snapshot.items
+                     if self._is_own(kv.key)}
         self._wake.set()
-        if changed:
-            self._changed()
 
-    def _apply(self, batch: list[Event]) -> None:
-        changed = own_touched = False
-        for event in batch:
-            self._revision = max(self._revision, event.revision)
-            if self._is_own(event.key):
-                own_touched = True
-                if event.value is None:
-                    self._own.pop(event.key, None)
-                else:
-                    self._own[event.key] = (event.value, event.lease)
-            known = self._bad.pop(event.key, None)
-            if event.value is None:
-                changed |= self._cache.pop(event.key, None) is not None
-                continue
-            try:
-                if event.key not in self._cache and len(self._cache) >= MAX_RECORDS:
-                    raise RecordError(f"{event.key[:160]!r}: over the {MAX_RECORDS} "
-                                      "endpoint records a node reads")
-                record = decode_endpoint(event.key, event.value, self.prefix)
-            except RecordError as exc:
-                self._left_out(event.key, str(exc), known)
-                changed |= self._cache.pop(event.key, None) is not None
-                continue
-            if self._cache.get(event.key) != record:
-                self._cache[event.key] = record
-                changed = True
-        if own_touched:
-            self._wake.set()
-        if changed:
-            self._changed()
-
-    def _left_out(self, key: bytes, error: str, known: str | None) -> None:
-        """Keep `key` out of the cache, and say why when that is news (`known`: what was
-        said of it before). A flood of bad records is counted, not kept."""
-        if len(self._bad) >= MAX_INVALID:
-            if not self._unshown:
-                log.warning("node %s: over %d endpoint records left out; the rest are not "
-                            "shown", self.node, MAX_INVALID)
-            self._unshown += 1
+    def _event_seen(self, event: Event) -> None:
+        if not self._is_own(event.key):
             return
-        if known != error:
-            log.warning("endpoint record left out: %s", error)
-        self._bad[key] = error
+        if event.value is None:
+            self._own.pop(event.key, None)
+        else:
+            self._own[event.key] = (event.value, event.lease)
+        self._wake.set()
 
     def _is_own(self, key: bytes) -> bool:
         try:
             return parse_endpoint_key(key, self.prefix).node == self.node
         except RecordError:
             return False
-
-    def _changed(self) -> None:
-        for callback in list(self._callbacks):
-            try:
-                callback()
-            except Exception:
-                log.exception("node %s: an endpoint records watcher failed", self.node)
-
-    def _watching(self) -> None:
-        if self.state == "disconnected":
-            log.info("node %s: watching endpoint records again, from revision %d",
-                     self.node, self._revision)
-        self.state = "watching"
-
-    def _disconnected(self, reason: str) -> None:
-        if self.state != "disconnected":
-            log.warning("node %s: lost the endpoint records' watch (%s); keeping the %d "
-                        "records last seen", self.node, reason, len(self._cache))
-        self.state = "disconnected"
 
     # -- running --------------------------------------------------------------------------
 
@@ -337,7 +237,7 @@ class Endpoints:
             return
         self._unsubscribe = self._leases.on_lease(self._lease_changed)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._watcher(), name=f"endpoints-watch-{self.node}"),
+        self._tasks = [loop.create_task(self._follow.run(), name=f"endpoints-watch-{self.node}"),
                        loop.create_task(self._publisher(), name=f"endpoints-publish-{self.node}")]
 
     async def stop(self) -> None:

@@ -210,6 +210,12 @@ class Membership:
             "truncated": self._more,
         }
 
+    async def nodes(self) -> list[NodeRecord]:
+        """The live nodes, read now (EtcdUnavailable if etcd cannot be asked): each
+        holds its record under a lease, so a dead one is gone within its TTL."""
+        await self.refresh()
+        return [r for r in self._seen if r.state == "ready"]
+
     async def refresh(self) -> None:
         """Read every node's record; what is not a record is kept aside, with why."""
         items, more = await self._client().read_prefix(nodes_prefix(self.config.prefix))

@@ -271,8 +271,12 @@ def _with_notices(daemon: Daemon, name: str, body: dict[str, Any]) -> dict[str, 
 
 
 async def get_stack(request: web.Request) -> web.Response:
-    return web.json_response(
-        hide_secrets(to_plain(request.app[DAEMON].state(request.match_info["stack"]))))
+    daemon, name = request.app[DAEMON], request.match_info["stack"]
+    body = hide_secrets(to_plain(daemon.state(name)))
+    spread = await daemon.spread.view(name) if daemon.spread is not None else None
+    if spread is not None:  # a stack spanning nodes: where each container runs
+        body["cluster"] = spread
+    return web.json_response(body)
 
 
 async def delete_stack(request: web.Request) -> web.Response:
@@ -298,8 +302,15 @@ def _summary(daemon: Daemon, name: str) -> dict[str, Any]:
 
 
 async def list_containers(request: web.Request) -> web.Response:
-    state = request.app[DAEMON].state(request.match_info["stack"])
-    return web.json_response([to_plain(c) for c in state.containers])
+    daemon, name = request.app[DAEMON], request.match_info["stack"]
+    state = daemon.state(name)
+    found = [to_plain(c) for c in state.containers]
+    spread = await daemon.spread.view(name) if daemon.spread is not None else None
+    if spread is not None:  # a stack spanning nodes: the other nodes' containers too
+        found = [{**c, "node": spread["node"]} for c in found] + [
+            {"name": r["name"], "status": r["status"], "node": r["node"]}
+            for r in spread["remote"]]
+    return web.json_response(found)
 
 
 async def get_container(request: web.Request) -> web.Response:
@@ -471,6 +482,7 @@ async def _serve_locked(
             # aetcd: only for a cluster's node
             from linkd.runtime.cluster import endpoints, membership, overlay_networks
             from linkd.runtime.cluster.overlay_sync import OverlaySync
+            from linkd.runtime.cluster.stacks import ClusterStacks
 
             daemon.cluster = await membership.join(cluster)
             daemon.overlay = await overlay_networks.start(daemon.cluster, daemon.kernel)
@@ -479,9 +491,13 @@ async def _serve_locked(
                     daemon.overlay, endpoints.for_member(daemon.cluster), daemon.kernel,
                     lambda: [h.supervisor for h in daemon.stacks.values()])
                 daemon.overlay_sync.start()
+                daemon.spread = ClusterStacks(daemon, daemon.cluster, daemon.overlay,
+                                              daemon.overlay_sync.endpoints)
         recovered = await daemon.recover()
         if recovered:
             log.info("recovered stacks: %s", ", ".join(recovered))
+        if daemon.spread is not None:
+            daemon.spread.start()  # this node's shares of stacks spanning nodes
         socket_path.parent.mkdir(parents=True, exist_ok=True)
         socket_path.unlink(missing_ok=True)  # stale: the lock says no daemon runs
         old_umask = os.umask(0o177)  # the socket is born 0600: root only, no window
@@ -510,6 +526,8 @@ async def _serve_locked(
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: None)  # a second signal cannot cut teardown
+        if daemon.spread is not None:
+            await daemon.spread.stop()  # no share is started from here
         if daemon.overlay_sync is not None:
             await daemon.overlay_sync.stop()  # nothing published anew from here
         if daemon.cluster is not None:

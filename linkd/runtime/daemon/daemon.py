@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from linkd.runtime.cluster.membership import Membership
     from linkd.runtime.cluster.overlay_networks import OverlayNetworks
     from linkd.runtime.cluster.overlay_sync import OverlaySync
+    from linkd.runtime.cluster.stacks import ClusterStacks
 
 log = logging.getLogger("linkd")
 
@@ -100,6 +101,7 @@ class Daemon:
         self.cluster: Membership | None = None  # `linkd daemon --cluster`: this node
         self.overlay: OverlayNetworks | None = None  # and its side of overlay networks
         self.overlay_sync: OverlaySync | None = None  # other nodes' containers, kept in step
+        self.spread: ClusterStacks | None = None  # stacks placed on several nodes
 
     # -- stacks ------------------------------------------------------------------------
 
@@ -107,13 +109,24 @@ class Daemon:
         """Bring `stack` up; returns once every container has started.
 
         Raises ConflictError if a stack of that name is up (here or elsewhere), and the
-        error that stopped `up` otherwise (the stack is then already torn down).
+        error that stopped `up` otherwise (the stack is then already torn down). On a
+        cluster daemon, the stack is placed over the nodes first
+        (linkd.runtime.cluster.stacks).
         """
+        if self.spread is not None:
+            return await self.spread.create(stack, source)
+        return await self.create_here(stack, source)
+
+    async def create_here(self, stack: Stack, source: str,
+                          only: frozenset[str] | None = None) -> StackState:
+        """`create` on this node; `only`: the containers it runs of a stack spanning
+        nodes (None: all)."""
         if stack.name in self.stacks or store.supervised(stack.name):
             raise ConflictError(
                 f"stack {stack.name} is already up; delete it first, or pick another name"
             )
         hosted = self._host(stack.name, source)
+        hosted.supervisor.only = only
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def on_up(_: supervisor.Supervisor) -> None:
@@ -135,11 +148,25 @@ class Daemon:
 
     async def update(self, stack: Stack) -> dict[str, list[str]]:
         """Change a running stack to `stack` (see Supervisor.update)."""
+        if self.spread is not None:
+            self._hosted(stack.name)
+            return await self.spread.update(stack)
+        return await self.update_here(stack)
+
+    async def update_here(self, stack: Stack) -> dict[str, list[str]]:
         hosted = self._hosted(stack.name)
         async with hosted.updating:
             return await hosted.supervisor.update(stack)
 
     async def delete(self, name: str) -> None:
+        """Take the stack down (on a cluster daemon: everywhere, or refused on a node
+        that runs another's share; linkd.runtime.cluster.stacks); see `delete_here`."""
+        self._hosted(name)
+        if self.spread is not None:
+            await self.spread.before_down(name)
+        await self.delete_here(name)
+
+    async def delete_here(self, name: str) -> None:
         """Take the stack down, in order; returns once it is gone.
 
         Teardown is best-effort: every step is tried, and the failed ones come out as a
@@ -165,7 +192,7 @@ class Daemon:
         others up (its failures are logged)."""
         for name in reversed(list(self.stacks)):
             try:
-                await self.delete(name)
+                await self.delete_here(name)
             except LinkdError as exc:
                 log.warning("stack %s: %s", name, exc)
             except Exception:

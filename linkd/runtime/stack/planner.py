@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,16 +43,28 @@ Conventions = dict[str, Convention]  # by name, as linkd.core.plan.realize takes
 
 
 async def resolve(stack: Stack, base: Path, report: pull.Report = pull.quiet,
-                  transfer: pull.Transfer | None = None) -> tuple[Stack, Conventions]:
+                  transfer: pull.Transfer | None = None,
+                  only: frozenset[str] | None = None) -> tuple[Stack, Conventions]:
     """`stack` with its images merged in (pulled from their registries, or loaded into
     the store if they are paths), its mounts checked, and the conventions it uses, read
     off the event loop and before the global lock is taken: a long image pull or load
-    must not hold up every other stack's `up`, and a failed one has made nothing."""
-    await pull.pull_missing(stack, base, report=report, transfer=transfer)
+    must not hold up every other stack's `up`, and a failed one has made nothing.
+
+    `only`: the containers this node runs of a stack that spans nodes; the services of
+    the others are left as written (their images and mounts are their nodes' business:
+    their link variables name the ports the stack file gives, not their images')."""
+    here = stack if only is None else replace(stack, services=tuple(
+        s for s in stack.services
+        if any(s.container(r) in only for r in range(1, s.replicas + 1))))
+    await pull.pull_missing(here, base, report=report, transfer=transfer)
 
     def read() -> tuple[Stack, Conventions]:
-        resolved = image_store.resolve_stack(stack, base)
+        resolved = image_store.resolve_stack(here, base)
         check_mounts(resolved)  # external volumes, bind sources: before anything is made
+        if only is not None:
+            mine = {s.name: s for s in resolved.services}
+            resolved = replace(stack, services=tuple(
+                mine.get(s.name, s) for s in stack.services))
         return resolved, load_conventions(resolved, base)
 
     return await asyncio.to_thread(read)
@@ -61,14 +74,18 @@ async def resolve(stack: Stack, base: Path, report: pull.Report = pull.quiet,
 async def claim(
     kernel: Kernel, stack: Stack, conventions: Conventions, base: Path,
     previous: StackPlan | None, overlay: OverlayNetworks | None = None,
+    only: frozenset[str] | None = None,
 ) -> AsyncIterator[StackPlan]:
     """The plan of `stack`, with the global lock held until the caller's block has
     recorded it; the lease is saved last, still under the lock. `previous` is the plan
     the stack runs now (an update): its own bridges' routes do not count as taken, and
     its host ports stay where they are. `overlay`: this node's side of the cluster (a
-    `linkd daemon --cluster`), which makes `driver: overlay` networks span nodes."""
+    `linkd daemon --cluster`), which makes `driver: overlay` networks span nodes.
+    `only`: the containers this node runs of a stack spanning nodes; the whole stack is
+    planned (every node plans it alike: the others' addresses, its link variables), and
+    the plan keeps these."""
     async with store.locked_async(store.root() / "lock"):
-        plan = await _plan(kernel, stack, conventions, base, previous, overlay)
+        plan = await _plan(kernel, stack, conventions, base, previous, overlay, only)
         yield plan
         store.save_lease(lease_of(plan))
 
@@ -76,6 +93,7 @@ async def claim(
 async def _plan(
     kernel: Kernel, stack: Stack, conventions: Conventions, base: Path,
     previous: StackPlan | None, overlay: OverlayNetworks | None,
+    only: frozenset[str] | None = None,
 ) -> StackPlan:
     """Its lease's subnets and addresses where still free, others' leases avoided."""
     states = shared.other_states(stack.name)
@@ -122,6 +140,8 @@ async def _plan(
     plan = realize(stack, subnets, workdir=str(base), conventions=conventions, lease=lease,
                    joined=joined, held=theirs, foreign=_containers(joinable),
                    assigned=assigned)
+    if only is not None:
+        plan = replace(plan, containers=tuple(c for c in plan.containers if c.name in only))
     return publish_ports(plan, previous)  # host ports decided, or refused
 
 

@@ -92,6 +92,9 @@ class Supervisor:
         # A cluster daemon's overlay networks (`driver: overlay` spans nodes); None: a
         # single host's linkd, on which such a network is a bridge like the others
         self.overlay: OverlayNetworks | None = None
+        # The containers this node runs of a stack spanning nodes (linkd.core.cluster_stacks);
+        # None: all of them
+        self.only: frozenset[str] | None = None
 
     # -- what the daemon and the API read ----------------------------------------------
 
@@ -171,13 +174,13 @@ class Supervisor:
     async def prepare(self, stack: Stack) -> StackPlan:
         """Plan the stack and record the plan, holding the global lock meanwhile."""
         stack, conventions = await planner.resolve(stack, self.live.base, self.report,
-                                                   self.transfer)
+                                                   self.transfer, self.only)
         if self.overlay is None and (spanning := overlay_plan.overlay_networks(stack)):
             self._notice(f"network {spanning[0].name}", "driver overlay spans nodes on a "
                          "cluster daemon (linkd daemon --cluster); here it is a bridge on "
                          "this host")
         async with planner.claim(self.kernel, stack, conventions, self.live.base,
-                                 self.live.plan, self.overlay) as plan:
+                                 self.live.plan, self.overlay, self.only) as plan:
             self.live.plan = plan
             await self.publisher.writer.flush()  # on disk before the kernel is touched
         # The mount point of every container's live bindings (it hides the host's copy).
@@ -366,13 +369,13 @@ class Supervisor:
         old = self.plan
         assert old is not None and self.dns is not None
         stack, conventions = await planner.resolve(stack, self.live.base, self.report,
-                                                   self.transfer)
+                                                   self.transfer, self.only)
         # The global lock from the plan to its record: no other stack may take the
         # subnets and ports this one is about to move to. What the new plan replaces is
         # stopped first, under it: recorded before then, a crash would leave the state
         # file naming containers whose processes still run the old configuration.
         async with planner.claim(self.kernel, stack, conventions, self.live.base, old,
-                                 self.overlay) as new:
+                                 self.overlay, self.only) as new:
             before = {c.name: c for c in old.containers}
             after = {c.name: c for c in new.containers}
             removed = [n for n in before if n not in after]

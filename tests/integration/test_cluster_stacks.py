@@ -1,0 +1,132 @@
+"""One stack file spanning nodes (issue 18 §2, §4): brought up on node1, with one
+service placed on node2 by `node.hostname == node2`; each node runs its share, the
+containers reach each other by name and by convention across nodes, `ps` on the origin
+shows every container with its node, a service placed on an unknown node creates
+nothing anywhere, and `down` on the origin removes everything everywhere."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from tests.cluster_nodes import Node, daemons, hosts, underlay, wait_until
+from tests.etcd import etcd_cluster
+from tests.integration.test_network_keys import CONNECT, RESOLVE
+from tests.integration.test_overlay_networks import interfaces
+from tests.integration.test_stack import serve
+
+STACK = f"""
+services:
+  db:
+    command: {json.dumps(serve(5432))}
+    expose: ["5432"]
+    deploy: {{placement: {{constraints: ["node.hostname == node2"]}}}}
+  web:
+    command: {json.dumps(serve(9000))}
+    links: [db]
+    x-linkd: {{conventions: [docker-links]}}
+"""
+
+BY_CONVENTION = """
+import os, socket
+addr, port = os.environ["DB_PORT_5432_TCP_ADDR"], int(os.environ["DB_PORT_5432_TCP_PORT"])
+with socket.create_connection((addr, port), timeout=5) as c:
+    print(addr, c.recv(100).decode())
+"""
+
+UNPLACEABLE = """
+services:
+  a: {command: sleep 300}
+  b:
+    command: sleep 300
+    deploy: {placement: {constraints: ["node.hostname == node9"]}}
+"""
+
+
+def ps_rows(node: Node, project: str) -> dict[str, list[str]]:
+    lines = node.linkd("ps", "-p", project).stdout.splitlines()
+    return {line.split()[2]: line.split() for line in lines[1:]}
+
+
+def netns(node: Node) -> str:
+    return node.host.run("ip", "netns", "list").stdout
+
+
+def test_one_stack_file_spans_two_nodes() -> None:
+    started = time.monotonic()
+    with hosts(2) as machines, underlay(machines) as addresses, \
+            etcd_cluster(machines[0].outside_address) as etcd, \
+            daemons([Node(m, f"node{i + 1}", etcd, a)
+                     for i, (m, a) in enumerate(zip(machines, addresses, strict=True))]
+                    ) as nodes:
+        one, two = nodes
+        for node in nodes:
+            wait_until(lambda n=node: set(n.listed()) == {"node1", "node2"},  # type: ignore[misc]
+                       30, f"{node.name} to list both nodes", nodes)
+
+        # A service no live node satisfies: refused, naming it, and nothing is made.
+        bad = one.host.run_dir / "bad"
+        bad.mkdir()
+        (bad / "linkd.yaml").write_text(UNPLACEABLE)
+        refused = one.linkd("up", "-d", "-p", "bad", cwd=bad, check=False)
+        assert refused.returncode != 0
+        assert "services.b.deploy.placement.constraints" in refused.stderr, refused.stderr
+        assert "node.hostname == node9" in refused.stderr
+        assert etcd.keys("/linkd/v1/") == [k for k in etcd.keys("/linkd/v1/nodes/")]
+        for node in nodes:
+            assert "linkd-bad" not in netns(node)
+
+        # Up on node1: web runs here, db on node2.
+        one.up("shop", STACK)
+        assert etcd.keys("/linkd/v1/stacks/") == ["/linkd/v1/stacks/shop"]
+        wait_until(lambda: "db-1" in two.linkd("ps", "-p", "shop", check=False).stdout,
+                   15, "node2 to run db", nodes)
+        # Each node runs its own share, and knows where the rest runs.
+        assert {c: r[3] for c, r in ps_rows(two, "shop").items()} == {
+            "db-1": "node2", "web-1": "node1"}
+        db = interfaces(two, "shop", "db-1")["default"]
+        web = interfaces(one, "shop", "web-1")["default"]
+        assert db["address"].rsplit(".", 1)[0] == web["address"].rsplit(".", 1)[0]
+
+        # By name, both ways across the nodes.
+        found = one.linkd("exec", "-p", "shop", "web", "/usr/bin/python3", "-c", RESOLVE,
+                          "10", "db", "db-1")
+        assert json.loads(found.stdout) == {"db": [db["address"]], "db-1": [db["address"]]}, \
+            one.daemon_log()
+        got = one.linkd("exec", "-p", "shop", "web", "/usr/bin/python3", "-c", CONNECT,
+                        "db", "5432")
+        assert got.stdout.strip() == "db-1"
+        got = two.linkd("exec", "-p", "shop", "db", "/usr/bin/python3", "-c", CONNECT,
+                        "web", "9000")
+        assert got.stdout.strip() == "web-1"
+        # By convention: web's link variables name db's overlay address on node2.
+        got = one.linkd("exec", "-p", "shop", "web", "/usr/bin/python3", "-c", BY_CONVENTION)
+        assert got.stdout.split() == [db["address"], "db-1"]
+
+        # ps on the origin: every container, with its node.
+        def shown() -> dict[str, list[str]]:
+            return ps_rows(one, "shop")
+
+        wait_until(lambda: shown().get("db-1", [""])[-1] == "running", 10,
+                   "ps to show db-1 running", nodes)
+        rows = shown()
+        assert rows["web-1"][:4] == ["shop", "web", "web-1", "node1"]
+        assert rows["db-1"][:5] == ["shop", "db", "db-1", "node2", f"default={db['address']}"]
+
+        # down on node2 is refused, naming the origin.
+        refused = two.linkd("down", "-p", "shop", check=False)
+        assert refused.returncode != 0 and "node1" in refused.stderr, refused.stderr
+
+        # down on the origin: nothing left anywhere.
+        one.linkd("down", "-p", "shop", cwd=one.host.run_dir / "shop")
+        wait_until(lambda: "linkd-shop" not in netns(two), 15,
+                   "node2 to take its share down", nodes)
+        for node in nodes:
+            left = node.host.run("ip", "-j", "link", "show").stdout
+            assert "lkx-" not in left and "lkb-" not in left, left
+            assert "linkd-shop" not in netns(node)
+        wait_until(lambda: etcd.keys("/linkd/v1/shares/") == [], 5, "shares to go", nodes)
+        assert etcd.keys("/linkd/v1/stacks/") == []
+        assert etcd.keys("/linkd/v1/endpoints/") == []
+        assert etcd.keys("/linkd/v1/networks/") == []
+        print(f"took {time.monotonic() - started:.1f} s")
