@@ -142,10 +142,13 @@ def main(args: argparse.Namespace, work: Path, cleanup: contextlib.ExitStack) ->
     began = time.monotonic()
     procs = [node.host.popen(sys.executable, "-m", "linkd", "up", "-d", "-p", f"many{i}",
                              "-f", str(node.host.run_dir / f"many{i}" / "linkd.yaml"),
-                             env=node.env) for i, node in enumerate(nodes)]
+                             env=node.env, stdout=subprocess.PIPE)
+             for i, node in enumerate(nodes)]
+    said = [proc.communicate()[0] for proc in procs]
     for i, proc in enumerate(procs):
-        if proc.wait() != 0:
-            raise common.BenchError(f"up of many{i} on node{i + 1} failed")
+        if proc.returncode != 0:
+            raise common.BenchError(f"up of many{i} on node{i + 1} failed: "
+                                    f"{said[i].decode(errors='replace')[-600:]}")
     up_all = time.monotonic() - began
     total = sum(node.linkd("ps", "-p", f"many{i}", cwd=node.host.run_dir / f"many{i}"
                            ).stdout.count(" running") for i, node in enumerate(nodes))

@@ -21,7 +21,8 @@ Whatever is under the prefix was written by some other node: every decoder bound
 the size, checks the shape and says which key is wrong, never echoing more than a line.
 
 Candidates: a subnet is picked by linkd.core.ipam.pick_subnets from the pool a single
-host uses (first free /24 of 10.87.0.0/16), an address by linkd.core.ipam.assign (the
+host uses (the first free /22 of 10.87.0.0/16: 1021 containers across the nodes, where
+one host's network has a /24), an address by linkd.core.ipam.assign (the
 owner's sticky address if it is free, else the lowest free host address, never the
 network's, the gateway's or the broadcast address). A candidate lost to another node's
 transaction is added to what is taken and the next one tried.
@@ -274,14 +275,18 @@ def decode_network(key: bytes, value: bytes, network_id: str, prefix: str) -> Ne
 # -- candidates -------------------------------------------------------------------------
 
 
+OVERLAY_PREFIX = 22  # an overlay network's subnet: room for every node's containers
+
+
 def pick_subnet(network_id: str, taken: Iterable[IPv4Network],
-                avoid: Iterable[tuple[ipam.IPNetwork, str]] = ()) -> IPv4Network:
-    """The first /24 of linkd's pool that overlaps neither a subnet another overlay
-    network holds (`taken`) nor what this node has (`avoid`: its routes, its local
-    networks); ConflictError when the pool is full."""
+                avoid: Iterable[tuple[ipam.IPNetwork, str]] = (),
+                prefix: int = OVERLAY_PREFIX) -> IPv4Network:
+    """The first subnet of `prefix` bits of linkd's pool that overlaps neither a subnet
+    another overlay network holds (`taken`) nor what this node has (`avoid`: its routes,
+    its local networks); ConflictError when the pool is full."""
     used: list[tuple[ipam.IPNetwork, str]] = [(net, "another overlay network") for net in taken]
     used.extend(avoid)
-    chosen = ipam.pick_subnets([Network(name=network_id)], used)
+    chosen = ipam.pick_subnets([Network(name=network_id)], used, prefix=prefix)
     return chosen[network_id]
 
 

@@ -87,7 +87,7 @@ async def test_a_released_owner_gets_its_address_back(nodes: tuple[Registry, Reg
 async def test_a_sticky_address_taken_meanwhile_is_not_shared(
         nodes: tuple[Registry, Registry]) -> None:
     a, b = nodes
-    record = await a.claim_network("s/n")
+    record = await a.claim_network("s/n", prefix=24)
     # newcomers fill a /24: the last one, finding no other, takes web's sticky address;
     # web, coming back, gets none, then the one a newcomer leaves
     web = await a.claim_address("s/n", "s/web")

@@ -199,11 +199,18 @@ def test_candidates_are_free_hosts_never_an_edge(taken: set[int], sticky: int | 
 
 
 def test_subnets_come_from_linkds_pool_first_fit() -> None:
-    assert c.pick_subnet("s/n", []) == IPv4Network("10.87.0.0/24")
+    assert c.pick_subnet("s/n", [], prefix=24) == IPv4Network("10.87.0.0/24")
     taken = [IPv4Network("10.87.0.0/24"), IPv4Network("10.87.1.0/24")]
-    assert c.pick_subnet("s/n", taken) == IPv4Network("10.87.2.0/24")
+    assert c.pick_subnet("s/n", taken, prefix=24) == IPv4Network("10.87.2.0/24")
     avoid = [(IPv4Network("10.87.2.0/23"), "route via eth1")]
-    assert c.pick_subnet("s/n", taken, avoid) == IPv4Network("10.87.4.0/24")
+    assert c.pick_subnet("s/n", taken, avoid, prefix=24) == IPv4Network("10.87.4.0/24")
     full = [IPv4Network("10.87.0.0/16")]
     with pytest.raises(ConflictError, match="no free /24"):
-        c.pick_subnet("s/n", full)
+        c.pick_subnet("s/n", full, prefix=24)
+
+
+def test_an_overlay_network_gets_a_22_room_for_every_node_s_containers() -> None:
+    assert c.pick_subnet("s/n", []) == IPv4Network("10.87.0.0/22")
+    local = [(IPv4Network("10.87.1.0/24"), "stack shop network front")]
+    assert c.pick_subnet("s/n", [IPv4Network("10.87.4.0/22")], local) == IPv4Network(
+        "10.87.8.0/22")

@@ -80,7 +80,8 @@ class Registry:
 
     async def claim_network(self, network_id: str,
                             avoid: Iterable[tuple[IPNetwork, str]] = (),
-                            name: str = "") -> NetworkRecord:
+                            name: str = "", prefix: int = layout.OVERLAY_PREFIX
+                            ) -> NetworkRecord:
         """The network's record: the one etcd holds, or one made now with the first free
         VNI (from its hash upwards) and the first free subnet of linkd's pool that
         overlaps nothing in `avoid` (this node's routes and local networks). `name`, if
@@ -95,8 +96,9 @@ class Registry:
             key = layout.network_key(network_id, self.prefix)
             named = [layout.name_key(name, self.prefix)] if name else []
             for _ in range(ATTEMPTS):
-                record = NetworkRecord(network_id, layout.pick_subnet(network_id, subnets, avoid),
-                                       allocate_vni(network_id, vnis), self.node, name)
+                subnet = layout.pick_subnet(network_id, subnets, avoid, prefix)
+                record = NetworkRecord(network_id, subnet, allocate_vni(network_id, vnis),
+                                       self.node, name)
                 vni_key = layout.vni_key(record.vni, self.prefix)
                 subnet_key = layout.subnet_key(record.subnet, self.prefix)
                 owner = network_id.encode()
