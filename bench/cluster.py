@@ -9,10 +9,11 @@ etcd-server). Node 1 makes an overlay network; every node runs `--per-node` cont
 on it (one stack each, brought up on the three nodes at once: the "up" row).
 
 - **Name across nodes**: `--starts` times, a new one-container stack joins the network
-  on node 1; a probe inside a container on node 3 resolves its name through the system
-  resolver (node 3's linkd DNS) every ~0.5 ms. Latency: from the container's start
-  (its `started_at`) to the probe's first answer; also from `linkd up` being run. Beside
-  it, the floor: etcd's own put-to-watch delay between two clients, same run.
+  on node 1 (and goes again after); a probe inside a container on node 3 resolves its
+  name through the system resolver (node 3's linkd DNS) every ~0.5 ms. Latency: from
+  the container's start (its `started_at`) to the probe's first answer; also from
+  `linkd up` being run. Beside it, the floor: etcd's own put-to-watch delay between two
+  clients, same run.
 - **VXLAN throughput**: iperf3, one TCP stream, container on node 1 to container on node 2
   over the overlay network, beside the same between the two nodes' own addresses on the
   underlay (the path VXLAN's packets take), interleaved, median of `--runs`.
@@ -182,6 +183,9 @@ def main(args: argparse.Namespace, work: Path, cleanup: contextlib.ExitStack) ->
         answered = float(line[1])
         from_start.append(answered - started_at(one, name, f"{name}-1"))
         from_up.append(answered - asked)
+        # Gone again, so that every start meets the same cluster (a node running
+        # hundreds of stacks is another benchmark).
+        one.linkd("down", "-p", name, cwd=directory)
 
     floor = etcd_floor(etcd.cluster_flag, args.starts)
 

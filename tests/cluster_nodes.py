@@ -18,9 +18,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from tests.etcd import EtcdCluster
+from tests.etcd import EtcdCluster, etcd_cluster
 from tests.simhost import SimulatedHost, ip
 
 TTL = 2  # the nodes' leases, in seconds: short, so that a killed node leaves quickly
@@ -142,3 +143,26 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str,
             raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs}")
         time.sleep(0.1)
     return time.monotonic() - start
+
+
+@dataclass
+class Cluster:
+    machines: list[SimulatedHost]
+    addresses: list[str]  # each machine's on the underlay
+    etcd: EtcdCluster
+    nodes: list[Node]  # node1, node2, ...: replace one in place to have it stopped too
+
+
+@contextlib.contextmanager
+def cluster(count: int, underlay_mtu: int = 1500) -> Iterator[Cluster]:
+    """`count` nodes on one underlay, a three-member etcd on the first one's uplink, a
+    daemon on each, every one listing all; everything gone afterwards."""
+    with hosts(count) as machines, underlay(machines, underlay_mtu) as addresses, \
+            etcd_cluster(machines[0].outside_address) as etcd:
+        nodes = [Node(m, f"node{i + 1}", etcd, a)
+                 for i, (m, a) in enumerate(zip(machines, addresses, strict=True))]
+        with daemons(nodes):
+            for node in nodes:
+                wait_until(lambda n=node: len(n.listed()) == count,  # type: ignore[misc]
+                           30, f"{node.name} to list every node", nodes)
+            yield Cluster(machines, addresses, etcd, nodes)

@@ -405,11 +405,8 @@ class ServiceReader:
             "max_replicas_per_node": "not read: replicas are spread over the nodes their "
                                      "constraints allow, in turn"}) or {}
         items = self.r.items(p["constraints"]) or [] if "constraints" in p else []
-        found = [c for c in (self.r.parsed(item, _constraint) for item in items) if c]
-        if found:
-            self.r.warn(p["constraints"], "read and checked, not acted on yet: the service "
-                        "runs on the daemon that brings the stack up (docs/cluster.md)")
-        return tuple(found)
+        # Acted on by a cluster daemon; elsewhere `up` says every service runs here.
+        return tuple(c for c in (self.r.parsed(item, _constraint) for item in items) if c)
 
     # --- environment ---
 

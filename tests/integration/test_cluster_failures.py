@@ -18,8 +18,7 @@ import os
 import signal
 import time
 
-from tests.cluster_nodes import TTL, Node, daemons, hosts, underlay, wait_until
-from tests.etcd import etcd_cluster
+from tests.cluster_nodes import TTL, Node, cluster, wait_until
 from tests.integration.test_network_keys import CONNECT, RESOLVE
 from tests.integration.test_stack import serve
 
@@ -55,80 +54,74 @@ def address(node: Node, project: str, container: str, network: str) -> str:
 
 
 def test_a_cluster_survives_its_members_and_nodes_dying() -> None:
-    with hosts(3) as machines, underlay(machines) as addresses, \
-            etcd_cluster(machines[0].outside_address) as etcd:
-        nodes = [Node(m, f"node{i + 1}", etcd, a)
-                 for i, (m, a) in enumerate(zip(machines, addresses, strict=True))]
-        with daemons(nodes):
-            one, two, three = nodes
-            for node in nodes:
-                wait_until(lambda n=node: len(n.listed()) == 3,  # type: ignore[misc]
-                           30, f"{node.name} to list every node", nodes)
-            one.up("a", stack("a", "net", own=("net",)))
-            two.up("b", stack("b", "net", joins={"net": "a_net"}))
-            three.up("c", stack("c", "net", joins={"net": "a_net"}))
-            three.up("d", stack("d", "other", own=("other",)))
-            one.up("e", stack("e", "other", joins={"other": "d_other"}))
-            a1, b1 = address(one, "a", "a-1", "net"), address(two, "b", "b-1", "net")
-            d1, e1 = address(three, "d", "d-1", "other"), address(one, "e", "e-1", "other")
+    with cluster(3) as c:
+        machines, addresses, etcd, nodes = c.machines, c.addresses, c.etcd, c.nodes
+        one, two, three = nodes
+        one.up("a", stack("a", "net", own=("net",)))
+        two.up("b", stack("b", "net", joins={"net": "a_net"}))
+        three.up("c", stack("c", "net", joins={"net": "a_net"}))
+        three.up("d", stack("d", "other", own=("other",)))
+        one.up("e", stack("e", "other", joins={"other": "d_other"}))
+        a1, b1 = address(one, "a", "a-1", "net"), address(two, "b", "b-1", "net")
+        d1, e1 = address(three, "d", "d-1", "other"), address(one, "e", "e-1", "other")
 
-            # Three nodes, one network: every name answers, every container is reached.
-            assert resolve(three, "c", "c", "a", "b") == {"a": [a1], "b": [b1]}
-            assert connect(three, "c", "c", "a") == "a-1"
-            assert connect(three, "c", "c", "b") == "b-1"
-            assert connect(one, "a", "a", "c") == "c-1"
-            # Two overlay networks are isolated on every node: no name, no route.
-            assert connect(one, "e", "e", "d") == "d-1"  # across nodes, on `other`
-            said = resolve(one, "a", "a", "d", "e", wait=0)
-            assert said["d"] != [d1] and said["e"] != [e1], said
-            for node, project, target in ((one, "a", d1), (one, "a", e1), (three, "c", e1),
-                                          (three, "d", a1)):
-                assert connect(node, project, project, target).startswith("failed"), target
+        # Three nodes, one network: every name answers, every container is reached.
+        assert resolve(three, "c", "c", "a", "b") == {"a": [a1], "b": [b1]}
+        assert connect(three, "c", "c", "a") == "a-1"
+        assert connect(three, "c", "c", "b") == "b-1"
+        assert connect(one, "a", "a", "c") == "c-1"
+        # Two overlay networks are isolated on every node: no name, no route.
+        assert connect(one, "e", "e", "d") == "d-1"  # across nodes, on `other`
+        said = resolve(one, "a", "a", "d", "e", wait=0)
+        assert said["d"] != [d1] and said["e"] != [e1], said
+        for node, project, target in ((one, "a", d1), (one, "a", e1), (three, "c", e1),
+                                      (three, "d", a1)):
+            assert connect(node, project, project, target).startswith("failed"), target
 
-            # One etcd member dies: lookups go on, and the cluster still takes changes.
-            etcd.kill(0)
-            for _ in range(5):
-                assert resolve(three, "c", "c", "a", "b", wait=0) == {"a": [a1], "b": [b1]}
-            two.up("f", stack("f", "net", joins={"net": "a_net"}))
-            f1 = address(two, "f", "f-1", "net")
-            assert resolve(three, "c", "c", "f") == {"f": [f1]}
-            etcd.restart()
-
-            # A node dies: its daemon killed, its underlay link down.
-            os.kill(two.process.pid, signal.SIGKILL)
-            two.process.wait()
-            two.host.run("ip", "link", "set", "eth1", "down")
-            start = time.monotonic()
-
-            def forgotten() -> bool:
-                got = resolve(three, "c", "c", "b", "f", wait=0)
-                return all(not isinstance(v, list) for v in got.values())
-
-            wait_until(forgotten, TTL + 10, "node2's names to leave node3's DNS", nodes)
-            took = time.monotonic() - start
-            assert took <= TTL + 1 + 1.5, f"node2's names left after {took:.2f} s"  # +exec
-            assert connect(three, "c", "c", "a") == "a-1"  # the others keep talking
-            assert connect(one, "a", "a", "c") == "c-1"
-            print(f"a killed node's names left the others' DNS after {took:.2f} s")
-
-            # It comes back: its daemon adopts its stacks and its names return.
-            two.host.run("ip", "link", "set", "eth1", "up")
-            time.sleep(TTL)  # its old lease holds its name until it expires
-            nodes[1] = two = Node(machines[1], "node2", etcd, addresses[1])
-            wait_until(lambda: two.listed().get("node2", {}).get("state") == "ready", 30,
-                       "node2 to rejoin", nodes)
-            assert resolve(three, "c", "c", "b") == {"b": [b1]}
-            assert connect(three, "c", "c", "b") == "b-1"
-
-            # All of etcd stops: what runs, and the names it knows, go on.
-            etcd.stop()
+        # One etcd member dies: lookups go on, and the cluster still takes changes.
+        etcd.kill(0)
+        for _ in range(5):
             assert resolve(three, "c", "c", "a", "b", wait=0) == {"a": [a1], "b": [b1]}
-            assert connect(three, "c", "c", "b") == "b-1"
-            assert connect(one, "a", "a", "c") == "c-1"
-            etcd.restart()
-            for node in nodes:
-                wait_until(lambda n=node: n.listed().get(n.name, {}).get("state") == "ready",
-                           30, f"{node.name} to be back", nodes)  # type: ignore[misc]
-            one.up("g", stack("g", "net", joins={"net": "a_net"}))
-            g1 = address(one, "g", "g-1", "net")
-            assert resolve(three, "c", "c", "g") == {"g": [g1]}
+        two.up("f", stack("f", "net", joins={"net": "a_net"}))
+        f1 = address(two, "f", "f-1", "net")
+        assert resolve(three, "c", "c", "f") == {"f": [f1]}
+        etcd.restart()
+
+        # A node dies: its daemon killed, its underlay link down.
+        os.kill(two.process.pid, signal.SIGKILL)
+        two.process.wait()
+        two.host.run("ip", "link", "set", "eth1", "down")
+        start = time.monotonic()
+
+        def forgotten() -> bool:
+            got = resolve(three, "c", "c", "b", "f", wait=0)
+            return all(not isinstance(v, list) for v in got.values())
+
+        wait_until(forgotten, TTL + 10, "node2's names to leave node3's DNS", nodes)
+        took = time.monotonic() - start
+        assert took <= TTL + 1 + 1.5, f"node2's names left after {took:.2f} s"  # +exec
+        assert connect(three, "c", "c", "a") == "a-1"  # the others keep talking
+        assert connect(one, "a", "a", "c") == "c-1"
+        print(f"a killed node's names left the others' DNS after {took:.2f} s")
+
+        # It comes back: its daemon adopts its stacks and its names return.
+        two.host.run("ip", "link", "set", "eth1", "up")
+        time.sleep(TTL)  # its old lease holds its name until it expires
+        nodes[1] = two = Node(machines[1], "node2", etcd, addresses[1])
+        wait_until(lambda: two.listed().get("node2", {}).get("state") == "ready", 30,
+                   "node2 to rejoin", nodes)
+        assert resolve(three, "c", "c", "b") == {"b": [b1]}
+        assert connect(three, "c", "c", "b") == "b-1"
+
+        # All of etcd stops: what runs, and the names it knows, go on.
+        etcd.stop()
+        assert resolve(three, "c", "c", "a", "b", wait=0) == {"a": [a1], "b": [b1]}
+        assert connect(three, "c", "c", "b") == "b-1"
+        assert connect(one, "a", "a", "c") == "c-1"
+        etcd.restart()
+        for node in nodes:
+            wait_until(lambda n=node: n.listed().get(n.name, {}).get("state") == "ready",
+                       30, f"{node.name} to be back", nodes)  # type: ignore[misc]
+        one.up("g", stack("g", "net", joins={"net": "a_net"}))
+        g1 = address(one, "g", "g-1", "net")
+        assert resolve(three, "c", "c", "g") == {"g": [g1]}

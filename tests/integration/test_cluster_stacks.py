@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 import time
 
-from tests.cluster_nodes import Node, daemons, hosts, underlay, wait_until
-from tests.etcd import etcd_cluster
+from tests.cluster_nodes import Node, cluster, wait_until
 from tests.integration.test_network_keys import CONNECT, RESOLVE
 from tests.integration.test_overlay_networks import interfaces
 from tests.integration.test_stack import serve
@@ -54,15 +53,9 @@ def netns(node: Node) -> str:
 
 def test_one_stack_file_spans_two_nodes() -> None:
     started = time.monotonic()
-    with hosts(2) as machines, underlay(machines) as addresses, \
-            etcd_cluster(machines[0].outside_address) as etcd, \
-            daemons([Node(m, f"node{i + 1}", etcd, a)
-                     for i, (m, a) in enumerate(zip(machines, addresses, strict=True))]
-                    ) as nodes:
+    with cluster(2) as c:
+        etcd, nodes = c.etcd, c.nodes
         one, two = nodes
-        for node in nodes:
-            wait_until(lambda n=node: set(n.listed()) == {"node1", "node2"},  # type: ignore[misc]
-                       30, f"{node.name} to list both nodes", nodes)
 
         # A service no live node satisfies: refused, naming it, and nothing is made.
         bad = one.host.run_dir / "bad"

@@ -540,3 +540,23 @@ def test_recreating_the_namespace_owner_recreates_its_sharers(linkd: Linkd) -> N
     assert side["netns"] == app["netns"] != before
     got = linkd.exec("side", "/usr/bin/python3", "-c", CONNECT, "127.0.0.1", "9100")
     assert got.stdout.strip() == "app-1"
+
+
+def test_a_swarm_file_on_one_host_runs_here_and_says_so(owner: Linkd) -> None:
+    """`driver: overlay` and placement constraints mean something on a cluster daemon;
+    without one, the network is a bridge here and every service runs here, said by up."""
+    owner.write("""
+        services:
+          web:
+            command: sleep 300
+            networks: [back]
+            deploy: {placement: {constraints: ["node.hostname == elsewhere"]}}
+        networks:
+          back: {driver: overlay}
+    """)
+    done = owner.up()
+    said = done.stdout + done.stderr
+    assert "network back: driver overlay spans nodes on a cluster daemon" in said, said
+    assert "service web: deploy.placement.constraints place services on a cluster" in said
+    assert "running" in owner.run("ps", "-p", owner.project).stdout
+    assert any(b.startswith("lkb-") for b in snapshot().links)  # a bridge of this host

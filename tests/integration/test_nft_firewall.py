@@ -198,8 +198,9 @@ def test_the_golden_expressions_are_what_nft_sends_here() -> None:
             assert sent_rules(traced) == [golden], rule.text()
 
 
-def sent_rules(traced: str) -> list[list[str]]:
-    """The expressions of each NEWRULE message in strace's dump of nft's last sendmsg."""
+def nft_messages(traced: str) -> list[tuple[int, bytes]]:
+    """(message type, body after the nfgenmsg header) of each nf_tables message of the
+    last batch in strace's hex dump of nft's sendmsg calls."""
     dumps: list[bytearray] = []
     for line in traced.splitlines():
         found = re.match(r"^ \| ([0-9a-f]{5})  ", line)
@@ -208,16 +209,25 @@ def sent_rules(traced: str) -> list[list[str]]:
                 dumps.append(bytearray())
             dumps[-1] += bytes.fromhex(line[10:58].replace(" ", ""))
     batch = bytes(dumps[-1])
-    rules = []
+    messages = []
     offset = 0
     while offset < len(batch):
         length = int.from_bytes(batch[offset:offset + 4], sys.byteorder)
         kind = int.from_bytes(batch[offset + 4:offset + 6], sys.byteorder)
-        if kind == wire.NFNL_SUBSYS_NFTABLES << 8 | wire.NFT_MSG_NEWRULE:
-            attrs = dict(nft.attributes(batch[offset + 20:offset + length]))
+        if kind >> 8 == wire.NFNL_SUBSYS_NFTABLES:
+            messages.append((kind & 0xFF, batch[offset + 20:offset + length]))
+        offset += (length + 3) & ~3
+    return messages
+
+
+def sent_rules(traced: str) -> list[list[str]]:
+    """The expressions of each NEWRULE message in strace's dump of nft's last sendmsg."""
+    rules = []
+    for kind, body in nft_messages(traced):
+        if kind == wire.NFT_MSG_NEWRULE:
+            attrs = dict(nft.attributes(body))
             rules.append(expressions(wire.attr(wire.NFTA_RULE_EXPRESSIONS | wire.NLA_F_NESTED,
                                                attrs[wire.NFTA_RULE_EXPRESSIONS])))
-        offset += (length + 3) & ~3
     return rules
 
 

@@ -48,6 +48,7 @@ from tests.integration.test_nft_firewall import (
     in_netns,
     listing,
     load_text,
+    nft_messages,
     nft_tool,
     scratch_netns,
 )
@@ -165,23 +166,7 @@ def test_the_table_is_linkd_s_and_no_stack_s_and_removing_it_leaves_none() -> No
 def sent_messages(traced: str) -> list[tuple[int, str]]:
     """(type, body after the nfgenmsg header in hex) of each nf_tables message in the
     last batch nft sent (strace's hex dump of its sendmsg)."""
-    dumps: list[bytearray] = []
-    for line in traced.splitlines():
-        found = re.match(r"^ \| ([0-9a-f]{5})  ", line)
-        if found:
-            if int(found.group(1), 16) == 0:
-                dumps.append(bytearray())
-            dumps[-1] += bytes.fromhex(line[10:58].replace(" ", ""))
-    batch = bytes(dumps[-1])
-    messages = []
-    offset = 0
-    while offset < len(batch):
-        length = int.from_bytes(batch[offset:offset + 4], sys.byteorder)
-        kind = int.from_bytes(batch[offset + 4:offset + 6], sys.byteorder)
-        if kind >> 8 == wire.NFNL_SUBSYS_NFTABLES:
-            messages.append((kind & 0xFF, batch[offset + 20:offset + length].hex()))
-        offset += (length + 3) & ~3
-    return messages
+    return [(kind, body.hex()) for kind, body in nft_messages(traced)]
 
 
 def traced_nft(netns: str, script: str) -> list[tuple[int, str]]:

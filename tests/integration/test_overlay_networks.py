@@ -12,8 +12,7 @@ import json
 import signal
 from typing import Any
 
-from tests.cluster_nodes import Node, daemons, hosts, underlay, wait_until
-from tests.etcd import etcd_cluster
+from tests.cluster_nodes import Node, cluster
 from tests.integration.test_network_keys import CONNECT, RESOLVE
 from tests.integration.test_stack import serve
 
@@ -42,15 +41,9 @@ def vxlan_of(node: Node, interface: dict[str, Any]) -> str:
 
 
 def test_a_network_spans_two_nodes() -> None:
-    with hosts(2) as machines, underlay(machines, UNDERLAY_MTU) as addresses, \
-            etcd_cluster(machines[0].outside_address) as etcd, \
-            daemons([Node(m, f"node{i + 1}", etcd, a)
-                     for i, (m, a) in enumerate(zip(machines, addresses, strict=True))]
-                    ) as nodes:
+    with cluster(2, UNDERLAY_MTU) as c:
+        addresses, etcd, nodes = c.addresses, c.etcd, c.nodes
         one, two = nodes
-        for node in nodes:
-            wait_until(lambda n=node: set(n.listed()) == {"node1", "node2"},  # type: ignore[misc]
-                       30, f"{node.name} to list both nodes", nodes)
         one.up("db", f"""
 services:
   db:

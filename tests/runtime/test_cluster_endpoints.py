@@ -17,7 +17,7 @@ import os
 import secrets
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from ipaddress import IPv4Address
 
 import pytest
@@ -33,22 +33,10 @@ from linkd.runtime.cluster import etcd as etcd_module
 from linkd.runtime.cluster.endpoints import Endpoints, for_member
 from linkd.runtime.cluster.etcd import Etcd, WatchCompacted, resolve
 from linkd.runtime.cluster.membership import Membership, join
-from tests.etcd import EtcdCluster, etcd_cluster
+from tests.etcd import EtcdCluster
 
 TTL = 2
 LINKD = "linkd"
-
-
-@pytest.fixture(scope="module")
-def shared_etcd() -> Iterator[EtcdCluster]:
-    with etcd_cluster() as etcd:
-        yield etcd
-
-
-@pytest.fixture
-def own_etcd() -> Iterator[EtcdCluster]:
-    with etcd_cluster() as etcd:
-        yield etcd
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -20,21 +20,9 @@ from linkd.core import cluster
 from linkd.errors import ConflictError
 from linkd.runtime.cluster.etcd import Etcd, resolve
 from linkd.runtime.cluster.membership import Membership, join
-from tests.etcd import EtcdCluster, etcd_cluster
+from tests.etcd import EtcdCluster
 
 TTL = 2
-
-
-@pytest.fixture(scope="module")
-def shared_etcd() -> Iterator[EtcdCluster]:
-    with etcd_cluster() as etcd:
-        yield etcd
-
-
-@pytest.fixture
-def own_etcd() -> Iterator[EtcdCluster]:
-    with etcd_cluster() as etcd:
-        yield etcd
 
 
 def config_for(etcd: EtcdCluster, name: str, prefix: str, **labels: str

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
@@ -20,13 +20,7 @@ from linkd.core import cluster, cluster_ipam, overlay
 from linkd.errors import ConflictError
 from linkd.runtime.cluster.etcd import Etcd, Put, resolve
 from linkd.runtime.cluster.registry import Registry
-from tests.etcd import EtcdCluster, etcd_cluster
-
-
-@pytest.fixture(scope="module")
-def shared_etcd() -> Iterator[EtcdCluster]:
-    with etcd_cluster() as etcd:
-        yield etcd
+from tests.etcd import EtcdCluster
 
 
 @pytest.fixture

@@ -123,9 +123,7 @@ services:
         Constraint("node.hostname", True, "db1"), Constraint("node.labels.disk", False, "hdd"))
     assert stack.warnings == (
         "services.db.deploy.placement.preferences (line 9): placement preferences are not "
-        "read: replicas are spread over the nodes their constraints allow, in turn",
-        "services.db.deploy.placement.constraints (line 8): read and checked, not acted on "
-        "yet: the service runs on the daemon that brings the stack up (docs/cluster.md)")
+        "read: replicas are spread over the nodes their constraints allow, in turn",)
     assert stack_to_dict(stack)["services"]["db"]["deploy"] == {"placement": {
         "constraints": ["node.hostname == db1", "node.labels.disk != hdd"]}}
     with pytest.raises(SpecError, match=r"services.db.deploy.placement.constraints\[0\] "

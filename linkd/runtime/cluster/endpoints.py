@@ -23,7 +23,6 @@ records); `withdraw_all()` deletes this node's records now.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Protocol
@@ -51,6 +50,7 @@ from linkd.runtime.cluster.etcd import (
 )
 from linkd.runtime.cluster.follow import RETRY, Follow, backoff
 from linkd.runtime.cluster.membership import Membership
+from linkd.runtime.tasks import cancel_all
 
 log = logging.getLogger("linkd")
 
@@ -243,11 +243,7 @@ class Endpoints:
     async def stop(self) -> None:
         """Stop both and close the client; deletes nothing (see `withdraw_all`)."""
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(tasks)
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None

@@ -39,6 +39,7 @@ from linkd.runtime.kernel import vxlan
 from linkd.runtime.kernel.netlink import Kernel
 from linkd.runtime.kernel.overlay_firewall import ensure_overlay_firewall, remove_overlay_firewall
 from linkd.runtime.stack.supervisor import Supervisor
+from linkd.runtime.tasks import cancel_all
 
 log = logging.getLogger("linkd")
 
@@ -79,10 +80,7 @@ class OverlaySync:
     async def stop(self) -> None:
         """Stop following; the records go with the node's lease (or `withdraw`)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all([task] if task is not None else [])
         self._unsubscribe()
         await self.endpoints.stop()
         await remove_overlay_firewall()  # the VXLAN devices go with their stacks

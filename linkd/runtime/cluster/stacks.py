@@ -59,6 +59,7 @@ from linkd.errors import ConflictError, LinkdError
 from linkd.runtime.cluster.etcd import Etcd, EtcdUnavailable
 from linkd.runtime.cluster.follow import Follow
 from linkd.runtime.cluster.membership import Membership
+from linkd.runtime.tasks import cancel_all
 
 if TYPE_CHECKING:
     from linkd.runtime.cluster.endpoints import Endpoints
@@ -213,11 +214,7 @@ class ClusterStacks:
     async def stop(self) -> None:
         """Stop following (the shares run here go down with the daemon's stacks)."""
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(tasks)
         etcd, self._etcd = self._etcd, None
         if etcd is not None:
             await etcd.close()

@@ -73,6 +73,7 @@ from dnslib import DNSRecord
 
 from linkd.dns.answers import UDP_MAX, Answered, Drop, answer, pick_tail, reply_table
 from linkd.dns.snapshot import Zone
+from linkd.runtime.tasks import cancel_all
 
 IPAddress = IPv4Address | IPv6Address
 Upstream = tuple[str, int]
@@ -162,7 +163,7 @@ class DnsServer:
         finally:
             loop.remove_reader(fd)
             sock.close()
-            await _cancel_all(tasks)
+            await cancel_all(tasks)
 
     def _drain_udp(
         self,
@@ -287,7 +288,7 @@ class DnsServer:
             await server.serve_forever()
         finally:
             server.close()
-            await _cancel_all(connections)
+            await cancel_all(connections)
             await server.wait_closed()
 
     async def _serve_connection(
@@ -404,14 +405,6 @@ async def _ask_tcp(upstream: Upstream, query: bytes) -> bytes:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
-
-
-async def _cancel_all(tasks: set[asyncio.Task[None]] | set[asyncio.Task[object]]) -> None:
-    pending = list(tasks)
-    for task in pending:
-        task.cancel()
-    if pending:
-        await asyncio.gather(*pending, return_exceptions=True)
 
 
 def _source(host: str) -> IPAddress:

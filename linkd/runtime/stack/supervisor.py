@@ -179,6 +179,10 @@ class Supervisor:
             self._notice(f"network {spanning[0].name}", "driver overlay spans nodes on a "
                          "cluster daemon (linkd daemon --cluster); here it is a bridge on "
                          "this host")
+        if self.overlay is None and (placed := [s for s in stack.services if s.placement]):
+            self._notice(f"service {placed[0].name}", "deploy.placement.constraints place "
+                         "services on a cluster daemon's nodes (linkd daemon --cluster); "
+                         "here every service runs on this host")
         async with planner.claim(self.kernel, stack, conventions, self.live.base,
                                  self.live.plan, self.overlay, self.only) as plan:
             self.live.plan = plan
