@@ -25,6 +25,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from linkd.errors import LinkdError, UsageError
 
@@ -54,6 +55,18 @@ class RecordError(LinkdError):
 
 
 # -- names and labels --------------------------------------------------------------------
+
+
+MAX_STACK = 128  # characters of a stack name in the cluster's keys
+_STACK = re.compile(r"[a-z0-9][a-z0-9_-]*")  # Compose's project names
+
+
+def stack_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a stack in the cluster's keys (None if it can)."""
+    if len(name) <= MAX_STACK and _STACK.fullmatch(name):
+        return None
+    return (f"stack {_show(name)}: 1 to {MAX_STACK} lower-case letters, digits, '_' and "
+            "'-', starting with a letter or digit")
 
 
 def node_name_problem(name: str) -> str | None:
@@ -295,15 +308,16 @@ def encode_record(record: NodeRecord) -> bytes:
     return data
 
 
-def decode_record(key: bytes, data: bytes, prefix: str = DEFAULT_PREFIX) -> NodeRecord:
-    """The record under `key`; RecordError naming the key and what is wrong."""
-    name = name_of_key(key, prefix)
-    where = f"node record {name}"
-    if len(data) > RECORD_LIMIT:
-        raise RecordError(f"{where}: {len(data)} bytes, over the {RECORD_LIMIT} a record "
-                          "may have")
+def record_body(where: str, value: bytes, limit: int, what: str) -> dict[str, Any]:
+    """The JSON object of a record of layout 1 that some node (or anyone who can write to
+    etcd) put there: RecordError, starting with `where`, when it is over `limit` bytes,
+    not JSON, not an object, or of another layout. Every record linkd keeps in etcd is
+    read through here; what its fields say is the caller's to check."""
+    if len(value) > limit:
+        raise RecordError(f"{where}: {len(value)} bytes, over the {limit} allowed (a {what} "
+                          f"is at most {limit} bytes)")
     try:
-        body = json.loads(data.decode("utf-8"))
+        body = json.loads(value.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise RecordError(f"{where}: not JSON ({_first_line(exc)})") from None
     if not isinstance(body, dict):
@@ -313,7 +327,15 @@ def decode_record(key: bytes, data: bytes, prefix: str = DEFAULT_PREFIX) -> Node
         raise RecordError(f"{where}: no layout version \"v\"")
     if version != 1:
         raise RecordError(f"{where}: layout version {version} is not one this linkd reads "
-                          "(written by a newer linkd? upgrade this node)")
+                          "(layout 1; written by a newer linkd? upgrade this node)")
+    return body
+
+
+def decode_record(key: bytes, data: bytes, prefix: str = DEFAULT_PREFIX) -> NodeRecord:
+    """The record under `key`; RecordError naming the key and what is wrong."""
+    name = name_of_key(key, prefix)
+    body = record_body(f"node record {name}", data, RECORD_LIMIT, "node record")
+    where = f"node record {name}"
     got = {k: body.get(k) for k in ("name", "address", "labels", "version", "started",
                                     "state", "instance")}
     problems = []

@@ -34,7 +34,14 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Literal, cast
 
-from linkd.core.cluster import LAYOUT, RecordError, check_prefix, node_name_problem
+from linkd.core.cluster import (
+    LAYOUT,
+    RecordError,
+    check_prefix,
+    node_name_problem,
+    record_body,
+    stack_name_problem,
+)
 from linkd.core.cluster_ipam import MAX_PART, pair_problem
 from linkd.core.overlay import OverlayError, parse_mac
 from linkd.errors import UsageError
@@ -45,14 +52,12 @@ MAX_PORTS = 64  # SRV targets of one container
 MAX_REPLICA = 1_000_000
 MAX_HOSTNAME = 64  # bytes of a host name: the kernel's __NEW_UTS_LEN
 MAX_ALIAS = 253  # characters of a DNS name
-MAX_STACK = MAX_PART  # characters of a stack name in a key
 
 PortProtocol = Literal["tcp", "udp"]
 Port = tuple[int, PortProtocol, str | None]  # (number, protocol, name for SRV or None)
 
 # The forms linkd.spec accepts for each name, so that any record a node could make is
 # read, and nothing else is.
-_STACK = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _SERVICE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 _HOSTNAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?")
 _ALIAS_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?")
@@ -81,7 +86,7 @@ class EndpointKey:
 def key_problem(parts: EndpointKey) -> str | None:
     """Why `parts` cannot make a key (None if they can)."""
     return (_network_problem(parts.network) or _node_problem(parts.node)
-            or _stack_problem(parts.stack) or _container_problem(parts.container))
+            or stack_name_problem(parts.stack) or _container_problem(parts.container))
 
 
 def endpoint_key(parts: EndpointKey, prefix: str) -> bytes:
@@ -138,6 +143,11 @@ class EndpointRecord:
     key: str = ""
 
     @property
+    def network_key(self) -> str:
+        """The network's key in the container's own stack (its names' NETWORK label)."""
+        return self.key or self.network.partition("/")[2]
+
+    @property
     def parts(self) -> EndpointKey:
         return EndpointKey(self.network, self.node, self.stack, self.container)
 
@@ -186,21 +196,7 @@ def decode_endpoint(key: bytes, value: bytes, prefix: str) -> EndpointRecord:
     not JSON, a field missing, of the wrong type or form, a body that is not the key's)."""
     parts = parse_endpoint_key(key, prefix)
     where = _show_bytes(key)
-    if len(value) > ENDPOINT_LIMIT:
-        raise RecordError(f"{where}: an endpoint record is at most {ENDPOINT_LIMIT} bytes; "
-                          "this one is longer")
-    try:
-        body = json.loads(value.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise RecordError(f"{where}: not JSON") from None
-    if not isinstance(body, dict):
-        raise RecordError(f"{where}: expected a JSON object")
-    version = body.get("v")
-    if type(version) is not int:
-        raise RecordError(f"{where}: no layout version \"v\"")
-    if version != 1:
-        raise RecordError(f"{where}: layout version {version} is not one this linkd reads "
-                          "(written by a newer linkd? upgrade this node)")
+    body = record_body(where, value, ENDPOINT_LIMIT, "endpoint record")
     problems = _problems(body)
     said = (body.get("network"), body.get("node"), body.get("stack"), body.get("container"))
     if not problems and said != (parts.network, parts.node, parts.stack, parts.container):
@@ -274,13 +270,6 @@ def _ready_problem(value: object) -> str | None:
 def _node_problem(name: str) -> str | None:
     problem = node_name_problem(name)
     return f"node {_show(name)}: {problem}" if problem else None
-
-
-def _stack_problem(name: str) -> str | None:
-    if len(name) <= MAX_STACK and _STACK.fullmatch(name):
-        return None
-    return (f"stack {_show(name)}: 1 to {MAX_STACK} lower-case letters, digits, '_' and "
-            "'-', starting with a letter or digit")
 
 
 def _underlay_problem(value: object) -> str | None:
@@ -378,7 +367,7 @@ _CHECKS: dict[str, Callable[[object], str | None]] = {
     "network": _string(_network_problem),
     "node": _string(_node_problem),
     "underlay": _underlay_problem,
-    "stack": _string(_stack_problem),
+    "stack": _string(stack_name_problem),
     "container": _string(_container_problem),
     "service": _service_problem,
     "replica": _replica_problem,

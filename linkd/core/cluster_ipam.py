@@ -39,7 +39,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import TypeVar
 
 from linkd.core import ipam
-from linkd.core.cluster import LAYOUT, RecordError, check_prefix, node_name_problem
+from linkd.core.cluster import LAYOUT, RecordError, check_prefix, node_name_problem, record_body
 from linkd.core.model import Network
 from linkd.core.overlay import VNI_MAX, VNI_MIN
 from linkd.errors import ConflictError
@@ -235,18 +235,7 @@ def decode_network(key: bytes, value: bytes, network_id: str, prefix: str) -> Ne
     where = _show_bytes(key)
     if key != network_key(network_id, prefix):
         raise RecordError(f"{where}: not the key of network {network_id}")
-    if len(value) > NETWORK_RECORD_LIMIT:
-        raise RecordError(f"{where}: a network record is at most {NETWORK_RECORD_LIMIT} "
-                          f"bytes, this one is {len(value)}")
-    try:
-        got = json.loads(value)
-    except (ValueError, RecursionError):
-        raise RecordError(f"{where}: not JSON") from None
-    if not isinstance(got, dict):
-        raise RecordError(f"{where}: expected a JSON object")
-    if got.get("v") != 1:
-        raise RecordError(f"{where}: layout {_show(str(got.get('v')))} is not one this "
-                          "linkd reads (1); is a newer linkd writing here?")
+    got = record_body(where, value, NETWORK_RECORD_LIMIT, "network record")
     problems = []
     if got.get("id") != network_id:
         problems.append(f"id: expected {network_id}")

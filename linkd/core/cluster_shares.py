@@ -18,19 +18,24 @@ Pure: records in, rows out.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from linkd.core import health
-from linkd.core.cluster import LAYOUT, RecordError, check_prefix, node_name_problem
+from linkd.core.cluster import (
+    LAYOUT,
+    RecordError,
+    check_prefix,
+    node_name_problem,
+    record_body,
+    stack_name_problem,
+)
 from linkd.core.cluster_endpoints import EndpointRecord
 from linkd.core.cluster_stacks import StackRecord
 
 SHARE_LIMIT = 4096  # bytes of one share's record
 MAX_ERROR = 1000  # characters of the reason a share was refused
 
-_STACK = re.compile(r"[a-z0-9][a-z0-9_-]{0,127}")
 
 
 def shares_prefix(prefix: str) -> bytes:
@@ -38,7 +43,7 @@ def shares_prefix(prefix: str) -> bytes:
 
 
 def share_key(stack: str, node: str, prefix: str) -> bytes:
-    if not _STACK.fullmatch(stack) or node_name_problem(node) is not None:
+    if stack_name_problem(stack) or node_name_problem(node) is not None:
         raise ValueError(f"{stack[:80]!r}/{node[:80]!r} cannot be a share's key")
     return shares_prefix(prefix) + f"{stack}/{node}".encode()
 
@@ -62,16 +67,9 @@ def decode_share(key: bytes, value: bytes, prefix: str) -> ShareStatus:
     head = shares_prefix(prefix)
     where = key[:200].decode(errors="replace")
     stack, _, node = key[len(head):].decode(errors="replace").partition("/")
-    if not key.startswith(head) or not _STACK.fullmatch(stack) or node_name_problem(node):
+    if not key.startswith(head) or stack_name_problem(stack) or node_name_problem(node):
         raise RecordError(f"{where}: not a share's key")
-    if len(value) > SHARE_LIMIT:
-        raise RecordError(f"{where}: a share's record is at most {SHARE_LIMIT} bytes")
-    try:
-        body = json.loads(value)
-    except (ValueError, RecursionError):
-        raise RecordError(f"{where}: not JSON") from None
-    if not isinstance(body, dict) or body.get("v") != 1:
-        raise RecordError(f"{where}: not a share record of layout 1")
+    body = record_body(where, value, SHARE_LIMIT, "share's record")
     generation, error = body.get("generation"), body.get("error")
     if not (isinstance(generation, int) and not isinstance(generation, bool)
             and 0 <= generation < 1 << 62):
@@ -120,7 +118,7 @@ def remote_rows(record: StackRecord, node: str, endpoints: Iterable[EndpointReco
             else:
                 status = "running (healthy)" if all(e.ready for e in mine) else (
                     "running (health: starting)")
-            addresses = tuple((e.key or e.network.partition("/")[2], str(e.address))
+            addresses = tuple((e.network_key, str(e.address))
                               for e in mine)
             rows.append(RemoteRow(name, service.name, where, addresses, status))
     return rows

@@ -27,7 +27,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from linkd.core import state as codec
-from linkd.core.cluster import LAYOUT, RecordError, check_prefix, node_name_problem
+from linkd.core.cluster import (
+    LAYOUT,
+    RecordError,
+    check_prefix,
+    node_name_problem,
+    record_body,
+    stack_name_problem,
+)
 from linkd.core.model import Stack
 from linkd.core.placement import NodeFacts, PlacementError, place
 from linkd.core.state import StateError
@@ -36,7 +43,6 @@ from linkd.errors import SpecError
 RECORD_LIMIT = 1 << 20  # bytes of one stack's record (etcd takes 1.5 MiB per request)
 MAX_CONTAINERS = 10_000
 
-_STACK = re.compile(r"[a-z0-9][a-z0-9_-]{0,127}")
 _CONTAINER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
@@ -45,7 +51,7 @@ def stacks_prefix(prefix: str) -> bytes:
 
 
 def stack_key(stack: str, prefix: str) -> bytes:
-    if not _STACK.fullmatch(stack):
+    if stack_name_problem(stack):
         raise ValueError(f"stack name {stack[:80]!r} cannot be a key")
     return stacks_prefix(prefix) + stack.encode()
 
@@ -124,18 +130,10 @@ def decode_stack(key: bytes, value: bytes, prefix: str) -> StackRecord:
     """The record under `key`; RecordError naming the key and what is wrong."""
     head = stacks_prefix(prefix)
     where = key[:200].decode(errors="replace")
-    if not key.startswith(head) or not _STACK.fullmatch(
-            name := key[len(head):].decode(errors="replace")):
+    name = key[len(head):].decode(errors="replace")
+    if not key.startswith(head) or stack_name_problem(name):
         raise RecordError(f"{where}: not a stack's key")
-    if len(value) > RECORD_LIMIT:
-        raise RecordError(f"{where}: a stack's record is at most {RECORD_LIMIT} bytes, this "
-                          f"one is {len(value)}")
-    try:
-        body = json.loads(value)
-    except (ValueError, RecursionError):
-        raise RecordError(f"{where}: not JSON") from None
-    if not isinstance(body, dict) or body.get("v") != 1:
-        raise RecordError(f"{where}: not a stack record of layout 1")
+    body = record_body(where, value, RECORD_LIMIT, "stack's record")
     problems = []
     if body.get("stack") != name:
         problems.append(f"stack: expected {name}")

@@ -27,6 +27,7 @@ from ipaddress import IPv4Address, IPv6Address
 from linkd.core.cluster_endpoints import MAX_PORTS, EndpointRecord, Port
 from linkd.core.model import PortSpec, RestartPolicy
 from linkd.core.overlay import Desired, Endpoint, desired_forwarding
+from linkd.core.overlay_plan import owner_of
 from linkd.core.plan import ContainerPlan, InterfacePlan, NetworkPlan, StackPlan
 from linkd.core.state import StackState
 from linkd.dns.zone import held_back
@@ -94,7 +95,7 @@ def neighbour_plans(plan: StackPlan, records: Iterable[EndpointRecord], node: st
         first: dict[str, EndpointRecord] = {}
         for r in sorted(found, key=lambda r: (r.container, r.network)):
             net = mine[r.network]
-            key = r.key or r.network.partition("/")[2]
+            key = r.network_key
             if key in networks and networks[key].overlay != net.overlay:
                 continue  # one key for two networks: not a record a node makes
             networks[key] = _as_theirs(net, key)
@@ -125,16 +126,11 @@ def _interface(r: EndpointRecord, net: NetworkPlan, key: str, index: int) -> Int
 def _as_theirs(net: NetworkPlan, key: str) -> NetworkPlan:
     """The network as the other node's stack knows it: under its key, and one network
     with ours (the same owner) for the zone's scoping."""
-    owner = net.owner or _owner_of(net)
+    assert net.overlay is not None
+    owner = net.owner or owner_of(net.overlay.id)
     return NetworkPlan(key=key, name=net.name, bridge=net.bridge, bridge_mac=net.bridge_mac,
                        subnet=net.subnet, gateway=net.gateway, internal=net.internal,
                        owner=owner, overlay=net.overlay)
-
-
-def _owner_of(net: NetworkPlan) -> tuple[str, str]:
-    assert net.overlay is not None
-    stack, _, key = net.overlay.id.partition("/")
-    return stack, key
 
 
 @functools.lru_cache(maxsize=16384)
