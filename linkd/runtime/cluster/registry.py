@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address, IPv4Network
+from typing import TypeVar
 
 from linkd.core import cluster_ipam as layout
 from linkd.core.cluster import DEFAULT_PREFIX, RecordError
@@ -41,6 +42,8 @@ from linkd.runtime.cluster.etcd import (
 )
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 ATTEMPTS = 64  # lost races before a claim gives up (each loss rules one candidate out)
 
@@ -92,7 +95,7 @@ class Registry:
             if existing is not None:
                 return existing
             vnis = await self._taken_vnis()
-            subnets = await self._taken_subnets()
+            subnets = await self.taken_subnets()
             key = layout.network_key(network_id, self.prefix)
             named = [layout.name_key(name, self.prefix)] if name else []
             for _ in range(ATTEMPTS):
@@ -258,27 +261,20 @@ class Registry:
     # -- indexes ----------------------------------------------------------------------
 
     async def _taken_vnis(self) -> list[int]:
-        head = layout.vnis_prefix(self.prefix)
-        items, _ = await self.etcd.read_prefix(head)
-        vnis = []
-        for key, _value in items:
-            try:
-                vnis.append(layout.vni_of_key(key, self.prefix))
-            except RecordError as exc:
-                log.warning("%s", exc)
-        return vnis
+        return await self._indexed(layout.vnis_prefix(self.prefix), layout.vni_of_key)
 
     async def taken_subnets(self) -> list[IPv4Network]:
         """Every overlay network's subnet."""
-        return await self._taken_subnets()
+        return await self._indexed(layout.subnets_prefix(self.prefix), layout.subnet_of_key)
 
-    async def _taken_subnets(self) -> list[IPv4Network]:
-        head = layout.subnets_prefix(self.prefix)
+    async def _indexed(self, head: bytes, parse: Callable[[bytes, str], _T]) -> list[_T]:
+        """What the keys of an index under `head` say (a key that does not parse is
+        logged and left out)."""
         items, _ = await self.etcd.read_prefix(head)
-        subnets = []
+        found = []
         for key, _value in items:
             try:
-                subnets.append(layout.subnet_of_key(key, self.prefix))
+                found.append(parse(key, self.prefix))
             except RecordError as exc:
                 log.warning("%s", exc)
-        return subnets
+        return found

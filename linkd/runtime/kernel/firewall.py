@@ -113,17 +113,21 @@ def replace_batch(table: nftables.Table, exclusive: bool = False) -> nft.Batch:
     for named in table.sets:  # and every set: a rule may name one
         add_set(batch, table.name, named, ids[named.name])
     for chain in table.chains:  # every chain first: a rule may jump to a later one
-        if chain.hook is None:
-            batch.chain(table.name, chain.name)
-        else:
-            hook = chain.hook
-            batch.chain(table.name, chain.name, hook.type, hook.hook, hook.priority,
-                        hook.policy)
+        add_chain(batch, table.name, chain)
     for chain in table.chains:
         for number, rule in enumerate(chain.rules, start=1):
             batch.rule(table.name, chain.name, encode_rule(family, rule, ids),
                        f"add rule {number} of chain {chain.name} ({rule.text()})")
     return batch
+
+
+def add_chain(batch: nft.Batch, table: str, chain: nftables.Chain) -> None:
+    """Declare `chain` (a base chain with its hook) in `batch`."""
+    if chain.hook is None:
+        batch.chain(table, chain.name)
+    else:
+        hook = chain.hook
+        batch.chain(table, chain.name, hook.type, hook.hook, hook.priority, hook.policy)
 
 
 def set_ids_of(table: nftables.Table) -> dict[str, int]:

@@ -42,12 +42,7 @@ def update_batch(table: nftables.Table) -> nft.Batch:
         batch.flush_set(table.name, named.name)
         firewall.add_elements(batch, table.name, named, ids[named.name])
     for chain in table.chains:
-        if chain.hook is None:
-            batch.chain(table.name, chain.name)
-        else:
-            hook = chain.hook
-            batch.chain(table.name, chain.name, hook.type, hook.hook, hook.priority,
-                        hook.policy)
+        firewall.add_chain(batch, table.name, chain)
         batch.flush_chain(table.name, chain.name)
     for chain in table.chains:
         for number, rule in enumerate(chain.rules, start=1):
