@@ -31,7 +31,6 @@ from linkd.core import overlay_peers
 from linkd.core.cluster_endpoints import EndpointRecord
 from linkd.core.overlay import ForwardingState
 from linkd.core.plan import StackPlan
-from linkd.core.state import StackState
 from linkd.errors import LinkdError
 from linkd.runtime.cluster.endpoints import Endpoints
 from linkd.runtime.cluster.overlay_networks import OverlayNetworks
@@ -54,17 +53,27 @@ class OverlaySync:
         self.kernel = kernel
         self.stacks = stacks
         self._dirty = asyncio.Event()
-        self._published: dict[tuple[str, str, str], EndpointRecord] = {}
+        self._changed: set[str] | None = None  # stacks to publish anew; None: every one
+        # by stack, what this node publishes for it: (network, container) -> record
+        self._published: dict[str, dict[tuple[str, str], EndpointRecord]] = {}
         self._task: asyncio.Task[None] | None = None
         self._said: set[str] = set()  # forwarding problems logged (once each)
         self._peers: frozenset[IPv4Address | IPv6Address] | None = None  # in the firewall
         self._records: list[EndpointRecord] | None = None  # as the last pass saw them
         self._held: dict[str, ForwardingState] = {}  # each device's entries, as programmed
-        self._unsubscribe = endpoints.on_change(self.changed)
+        self._unsubscribe = endpoints.on_change(self._records_changed)
 
-    def changed(self) -> None:
-        """Something a pass looks at changed: one pass soon (a burst is one pass)."""
+    def changed(self, stack: str | None = None) -> None:
+        """Something a pass looks at changed (a container of `stack`; None: anything,
+        the records of other nodes): one pass soon (a burst is one pass)."""
+        if stack is None or self._changed is None:
+            self._changed = None if stack is None else {stack}
+        else:
+            self._changed.add(stack)
         self._dirty.set()
+
+    def _records_changed(self) -> None:
+        self._dirty.set()  # other nodes' records: this node's own are not to publish anew
 
     def neighbours_of(self, plan: StackPlan
                       ) -> tuple[tuple[StackPlan, ...], frozenset[tuple[str, str]]]:
@@ -92,6 +101,8 @@ class OverlaySync:
                     await self._dirty.wait()
             full = not self._dirty.is_set()  # the periodic pass: trust nothing remembered
             self._dirty.clear()
+            if full:
+                self._changed = None
             try:
                 await self.sync(full=full)
             except Exception:  # a pass that failed is retried by the next: log and go on
@@ -102,7 +113,9 @@ class OverlaySync:
         last programmed rather than read back (a pass on every change stays cheap; the
         periodic one repairs what was changed behind linkd's back)."""
         supervisors = list(self.stacks())
-        self._publish([s for s in (sup.snapshot() for sup in supervisors) if s is not None])
+        changed, self._changed = self._changed, set()
+        self._publish([sup for sup in supervisors if changed is None or sup.stack in changed],
+                      {sup.stack for sup in supervisors})
         records = self.endpoints.records()
         if records != self._records or full:
             self._records = records
@@ -113,15 +126,27 @@ class OverlaySync:
                     sup.neighbours.refresh_remote()
         await self._forward(supervisors, records, full)
 
-    def _publish(self, states: Sequence[StackState]) -> None:
-        wanted = {(r.network, r.stack, r.container): r for r in overlay_peers.local_records(
-            self.overlay.node, self.overlay.local, states)}
+    def _publish(self, changed: Sequence[Supervisor], hosted: set[str]) -> None:
+        """This node's records of the stacks that `changed` (only theirs: a container's
+        start costs its own stack's records, not every stack's), none of the stacks no
+        longer `hosted`."""
+        for sup in changed:
+            state = sup.snapshot()
+            records = overlay_peers.local_records(
+                self.overlay.node, self.overlay.local, [state] if state is not None else [])
+            self._replace(sup.stack, {(r.network, r.container): r for r in records})
+        for gone in self._published.keys() - hosted:
+            self._replace(gone, {})
+
+    def _replace(self, stack: str, wanted: dict[tuple[str, str], EndpointRecord]) -> None:
+        before = self._published.pop(stack, {})
         for key, record in wanted.items():
-            if self._published.get(key) != record:
+            if before.get(key) != record:
                 self.endpoints.want(record)
-        for key in self._published.keys() - wanted.keys():
-            self.endpoints.unwant(*key)
-        self._published = wanted
+        for network, container in before.keys() - wanted.keys():
+            self.endpoints.unwant(network, stack, container)
+        if wanted:
+            self._published[stack] = wanted
 
     async def _forward(self, supervisors: Sequence[Supervisor],
                        records: list[EndpointRecord], full: bool) -> None:

@@ -311,8 +311,8 @@ class Daemon:
 
             def publish(event: dict[str, object]) -> None:
                 self.events.publish(event)
-                if event.get("type") == "lifecycle":
-                    sync.changed()  # its endpoint records follow its containers
+                if event.get("type") in ("lifecycle", "health"):
+                    sync.changed(name)  # its endpoint records follow its containers
 
             sup.on_event = publish
 
