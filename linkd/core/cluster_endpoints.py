@@ -43,6 +43,7 @@ from linkd.core.cluster import (
     stack_name_problem,
 )
 from linkd.core.cluster_ipam import MAX_PART, pair_problem
+from linkd.core.hash_once import HashOnce
 from linkd.core.overlay import OverlayError, parse_mac
 from linkd.errors import UsageError
 
@@ -122,7 +123,7 @@ def parse_endpoint_key(key: bytes, prefix: str) -> EndpointKey:
 
 
 @dataclass(frozen=True, slots=True)
-class EndpointRecord:
+class EndpointRecord(HashOnce):
     """One container's interface on one overlay network, as every node sees it."""
 
     network: str  # the network's id, <stack>/<network>
@@ -141,6 +142,8 @@ class EndpointRecord:
     ports: tuple[Port, ...] = ()  # what SRV answers name
     # the network's key in the container's own stack (names: NAME.KEY); "": the owner's
     key: str = ""
+
+    __hash__ = HashOnce.__hash__
 
     @property
     def network_key(self) -> str:

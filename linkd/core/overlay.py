@@ -32,11 +32,11 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-from collections import defaultdict
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from linkd.core import names
+from linkd.core.hash_once import HashOnce
 from linkd.errors import LinkdError
 
 VNI_MIN, VNI_MAX = 1, (1 << 24) - 1  # 24 bits (RFC 7348 §5); 0 is left unused
@@ -152,28 +152,41 @@ def parse_mac(text: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Endpoint:
-    """One container's interface on an overlay network, wherever it runs."""
-
-    mac: str  # as parse_mac gives it
-    address: IPAddress  # the container's address on the network
-    node: IPAddress  # the underlay address of the node it runs on
-
-
-@dataclass(frozen=True, slots=True)
-class FdbEntry:
+class FdbEntry(HashOnce):
     """`bridge fdb add MAC dev VXLAN dst VTEP self permanent`."""
 
     mac: str
     vtep: IPAddress
 
+    __hash__ = HashOnce.__hash__
+
 
 @dataclass(frozen=True, slots=True)
-class NeighEntry:
+class NeighEntry(HashOnce):
     """`ip neigh replace ADDRESS lladdr MAC dev VXLAN nud permanent`."""
 
     address: IPAddress
     mac: str
+
+    __hash__ = HashOnce.__hash__
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint(HashOnce):
+    """One container's interface on an overlay network, wherever it runs."""
+
+    mac: str  # as parse_mac gives it
+    address: IPAddress  # the container's address on the network
+    node: IPAddress  # the underlay address of the node it runs on
+    # its entries, made once (and hashed once) however many passes look at them
+    fdb: FdbEntry = field(init=False, repr=False, compare=False)
+    neigh: NeighEntry = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fdb", FdbEntry(self.mac, self.node))
+        object.__setattr__(self, "neigh", NeighEntry(self.address, self.mac))
+
+    __hash__ = HashOnce.__hash__
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,23 +212,28 @@ def desired_forwarding(endpoints: Iterable[Endpoint], local: IPAddress) -> Desir
     chosen by chance; the next registry change settles it.
     """
     remote = {e for e in endpoints if e.node != local}
-    nodes_of: defaultdict[str, set[IPAddress]] = defaultdict(set)
-    macs_of: defaultdict[IPAddress, set[str]] = defaultdict(set)
+    # Keyed by MAC and by packed address: an ipaddress object hashes in Python, and this
+    # runs over every container of the network on each change of any.
+    node_of: dict[str, IPAddress] = {}
+    mac_of: dict[bytes, str] = {}
+    torn_macs: set[str] = set()
+    torn_addresses: set[bytes] = set()
     for e in remote:
-        nodes_of[e.mac].add(e.node)
-        macs_of[e.address].add(e.mac)
+        if node_of.setdefault(e.mac, e.node) != e.node:
+            torn_macs.add(e.mac)
+        if mac_of.setdefault(e.address.packed, e.mac) != e.mac:
+            torn_addresses.add(e.address.packed)
     problems = []
-    torn_macs = {mac for mac, nodes in nodes_of.items() if len(nodes) > 1}
     for mac in sorted(torn_macs):
-        on = ", ".join(sorted(str(n) for n in nodes_of[mac]))
+        on = ", ".join(sorted({str(e.node) for e in remote if e.mac == mac}))
         problems.append(f"MAC {mac} is claimed by containers on several nodes ({on})")
-    torn_addresses = {a for a, macs in macs_of.items() if len(macs) > 1}
-    for address in sorted(torn_addresses, key=lambda a: (a.version, a)):
-        problems.append(f"address {address} is claimed by several MACs "
-                        f"({', '.join(sorted(macs_of[address]))})")
-    fdb = frozenset(FdbEntry(e.mac, e.node) for e in remote if e.mac not in torn_macs)
-    neigh = frozenset(NeighEntry(e.address, e.mac) for e in remote
-                      if e.mac not in torn_macs and e.address not in torn_addresses)
+    for packed in sorted(torn_addresses, key=lambda p: (len(p), p)):
+        address = ipaddress.ip_address(packed)
+        macs = sorted({e.mac for e in remote if e.address == address})
+        problems.append(f"address {address} is claimed by several MACs ({', '.join(macs)})")
+    fdb = frozenset(e.fdb for e in remote if e.mac not in torn_macs)
+    neigh = frozenset(e.neigh for e in remote
+                      if e.mac not in torn_macs and e.address.packed not in torn_addresses)
     return Desired(ForwardingState(fdb, neigh), tuple(problems))
 
 

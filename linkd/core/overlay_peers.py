@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from ipaddress import IPv4Address, IPv6Address
 
 from linkd.core.cluster_endpoints import MAX_PORTS, EndpointRecord, Port
-from linkd.core.model import PortSpec, RestartPolicy
+from linkd.core.model import DnsSettings, HostAccess, PortSpec, RestartPolicy
 from linkd.core.overlay import Desired, Endpoint, desired_forwarding
 from linkd.core.overlay_plan import owner_of
 from linkd.core.plan import ContainerPlan, InterfacePlan, NetworkPlan, StackPlan
@@ -80,35 +80,51 @@ def neighbour_plans(plan: StackPlan, records: Iterable[EndpointRecord], node: st
                     ) -> tuple[tuple[StackPlan, ...], frozenset[tuple[str, str]]]:
     """The containers on other nodes that `plan`'s overlay networks reach, as plans of
     their stacks, and those of them held back by their healthcheck."""
-    mine = {n.overlay.id: n for n in plan.networks if n.overlay is not None}
-    if not mine:
+    overlays = tuple(n for n in plan.networks if n.overlay is not None)
+    if not overlays:
         return (), frozenset()
+    ids = {n.overlay.id for n in overlays if n.overlay is not None}
     by_stack: dict[str, list[EndpointRecord]] = defaultdict(list)
     for record in records:
-        if record.node != node and record.network in mine:
+        if record.node != node and record.network in ids:
             by_stack[record.stack].append(record)
     plans: list[StackPlan] = []
     pending: set[tuple[str, str]] = set()
     for stack, found in sorted(by_stack.items()):
-        networks: dict[str, NetworkPlan] = {}
-        interfaces: dict[str, list[InterfacePlan]] = defaultdict(list)
-        first: dict[str, EndpointRecord] = {}
-        for r in sorted(found, key=lambda r: (r.container, r.network)):
-            net = mine[r.network]
-            key = r.network_key
-            if key in networks and networks[key].overlay != net.overlay:
-                continue  # one key for two networks: not a record a node makes
-            networks[key] = _as_theirs(net, key)
-            interfaces[r.container].append(_interface(r, net, key,
-                                                      len(interfaces[r.container])))
-            first.setdefault(r.container, r)
-            if not r.ready:
-                pending.add((stack, r.container))
-        containers = tuple(_container(first[name], tuple(ifaces))
-                           for name, ifaces in sorted(interfaces.items()))
-        plans.append(StackPlan(stack, tuple(networks.values()), containers, (), plan.dns,
-                               plan.host_access, ()))
+        theirs, held = _their_plan(stack, tuple(found), overlays, plan.dns, plan.host_access)
+        plans.append(theirs)
+        pending |= held
     return tuple(plans), frozenset(pending)
+
+
+# Memoized, per stack: a pass asks again for every stack's neighbours on every change of
+# any record, and a stack whose records are the same gets the same plan object, which
+# the zone skips without looking inside (linkd.dns.zone.rezone).
+@functools.lru_cache(maxsize=1024)
+def _their_plan(stack: str, found: tuple[EndpointRecord, ...], overlays: tuple[NetworkPlan, ...],
+                dns: DnsSettings, host_access: tuple[HostAccess, ...]
+                ) -> tuple[StackPlan, frozenset[tuple[str, str]]]:
+    """Stack `stack`'s containers on other nodes as a plan of it, from its records
+    `found` on the networks `overlays` (the asking stack's), and those held back."""
+    mine = {n.overlay.id: n for n in overlays if n.overlay is not None}
+    networks: dict[str, NetworkPlan] = {}
+    interfaces: dict[str, list[InterfacePlan]] = defaultdict(list)
+    first: dict[str, EndpointRecord] = {}
+    pending: set[tuple[str, str]] = set()
+    for r in sorted(found, key=lambda r: (r.container, r.network)):
+        net = mine[r.network]
+        key = r.network_key
+        if key in networks and networks[key].overlay != net.overlay:
+            continue  # one key for two networks: not a record a node makes
+        networks[key] = _as_theirs(net, key)
+        interfaces[r.container].append(_interface(r, net, key, len(interfaces[r.container])))
+        first.setdefault(r.container, r)
+        if not r.ready:
+            pending.add((stack, r.container))
+    containers = tuple(_container(first[name], tuple(ifaces))
+                       for name, ifaces in sorted(interfaces.items()))
+    return (StackPlan(stack, tuple(networks.values()), containers, (), dns, host_access, ()),
+            frozenset(pending))
 
 
 # Memoized: a pass rebuilds every stack's neighbours from every record, and a zone is
@@ -147,9 +163,12 @@ def _container(record: EndpointRecord, interfaces: tuple[InterfacePlan, ...]) ->
 def forwarding(network: str, records: Iterable[EndpointRecord],
                local: IPv4Address | IPv6Address) -> Desired:
     """The entries network `network`'s VXLAN device on the node at `local` needs."""
-    return desired_forwarding(
-        (Endpoint(r.mac, r.address, r.underlay) for r in records if r.network == network),
-        local)
+    return desired_forwarding((_endpoint(r) for r in records if r.network == network), local)
+
+
+@functools.lru_cache(maxsize=16384)
+def _endpoint(record: EndpointRecord) -> Endpoint:
+    return Endpoint(record.mac, record.address, record.underlay)
 
 
 def by_network(records: Iterable[EndpointRecord]) -> Mapping[str, list[EndpointRecord]]:

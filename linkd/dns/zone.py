@@ -202,18 +202,33 @@ def rezone(
             or any(_netid(shared_before, *k) != _netid(shared, *k)
                    for k in pairs_before & pairs_after)):
         return build_zone(after, domain=apex, pending=pending)
-    old = {(p.stack, c.name): (p.stack, c) for p in before for c in p.containers}
-    new = {(p.stack, c.name): (p.stack, c) for p in after for c in p.containers}
+    # A plan object in both is unchanged (callers keep the plans of stacks that did not
+    # change): only its containers whose health flipped are looked at.
+    kept = {id(p) for p in before} & {id(p) for p in after}
+    old = {(p.stack, c.name): (p.stack, c)
+           for p in before if id(p) not in kept for c in p.containers}
+    new = {(p.stack, c.name): (p.stack, c)
+           for p in after if id(p) not in kept for c in p.containers}
     flipped = zone.pending ^ pending
     went = [
-        v for k, v in old.items() if k not in new or new[k][1] != v[1] or k in flipped
+        v for k, v in old.items()
+        if k not in new or (new[k][1] is not v[1] and new[k][1] != v[1]) or k in flipped
     ]
     came = [
-        v for k, v in new.items() if k not in old or old[k][1] != v[1] or k in flipped
+        v for k, v in new.items()
+        if k not in old or (old[k][1] is not v[1] and old[k][1] != v[1]) or k in flipped
     ]
+    if flipped:
+        touched = {stack for stack, _ in flipped}
+        for p in after:
+            if id(p) in kept and p.stack in touched:
+                for c in p.containers:
+                    if (p.stack, c.name) in flipped:
+                        went.append((p.stack, c))
+                        came.append((p.stack, c))
     if not went and not came and pairs_before == pairs_after:
         return zone if zone.pending == pending else replace(zone, pending=pending)
-    if len(went) + len(came) > max(8, len(new) // 2):
+    if len(went) + len(came) > max(8, sum(len(p.containers) for p in after) // 2):
         return build_zone(after, domain=apex, pending=pending)
     copies: dict[NetId, dict[str, Entry]] = {}  # copy-on-write, per network touched
 

@@ -233,3 +233,19 @@ def test_the_diff_applied_to_what_is_observed_gives_what_is_desired(
 def test_the_desired_state_does_not_depend_on_the_order_of_the_endpoints(
         endpoints: list[Endpoint], local: IPv4Address) -> None:
     assert desired_forwarding(endpoints, local) == desired_forwarding(endpoints[::-1], local)
+
+
+@settings(max_examples=100, deadline=None)
+@given(_endpoints)
+def test_entries_hashed_once_are_found_by_entries_made_anew(endpoints: list[Endpoint]) -> None:
+    """Endpoints and their entries keep their hash (linkd.core.hash_once): an equal value
+    made anew, or by `replace`, is the same key."""
+    from dataclasses import replace
+
+    seen = {e: e.fdb for e in endpoints}
+    for e in endpoints:
+        again = Endpoint(e.mac, e.address, e.node)
+        assert again in seen and again.fdb in set(seen.values()) and again.neigh == e.neigh
+        moved = replace(e, node=IPv4Address("198.18.255.254"))
+        assert moved.fdb == FdbEntry(e.mac, IPv4Address("198.18.255.254"))
+        assert (moved in seen) == any(x == moved for x in endpoints)

@@ -137,15 +137,23 @@ def _joiner(name: str, replicas: int) -> StackPlan:
 JOINERS = [_joiner(f"ext{i}", i + 1) for i in range(3)]
 
 
+HEALTH = [("shop", n) for n in NAMES] + [(j.stack, c.name) for j in JOINERS
+                                         for c in j.containers]
+
+
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.sets(st.integers(0, 2)), st.sets(st.sampled_from(NAMES))),
+@given(st.lists(st.tuples(st.sets(st.integers(0, 2)), st.sets(st.sampled_from(NAMES)),
+                          st.frozensets(st.sampled_from(HEALTH))),
                 min_size=1, max_size=6))
 def test_stacks_on_a_shared_network_come_and_go_as_a_full_build_serves(
-        steps: list[tuple[set[int], set[str]]]) -> None:
+        steps: list[tuple[set[int], set[str], frozenset[tuple[str, str]]]]) -> None:
+    """Other stacks' plans are the same objects from step to step (as a node's memoized
+    neighbours are), while their containers' health flips."""
     before: list[StackPlan] = [PLAN]
     zone = build_zone(before)
-    for present, gone in steps:
+    for present, gone, pending in steps:
         after = [PLAN.without(gone), *(JOINERS[i] for i in sorted(present))]
-        changed = rezone(zone, before, after)
-        assert content(changed) == content(build_zone(after))
+        changed = rezone(zone, before, after, pending)
+        assert content(changed) == content(build_zone(after, pending=pending))
+        assert changed.pending == pending
         zone, before = changed, after

@@ -10,7 +10,7 @@ A pass:
    nft table, linkd.runtime.kernel.overlay_firewall), and programs each local VXLAN
    device with the FDB and neighbour entries for the containers on other nodes
    (linkd.runtime.kernel.vxlan.sync_forwarding: only what differs is changed);
-3. when the records changed, refreshes the other nodes' part of the DNS neighbours of
+3. when other nodes' records changed, refreshes their part of the DNS neighbours of
    each stack on an overlay network, which read the records through `neighbours_of`
    (linkd.runtime.stack.shared.Neighbours.remote); this comes first in the pass, so that
    a name answers as soon as its record is here.
@@ -59,7 +59,9 @@ class OverlaySync:
         self._task: asyncio.Task[None] | None = None
         self._said: set[str] = set()  # forwarding problems logged (once each)
         self._peers: frozenset[IPv4Address | IPv6Address] | None = None  # in the firewall
-        self._records: list[EndpointRecord] | None = None  # as the last pass saw them
+        # what the last pass programmed from: every record, and the devices by network
+        self._forwarded: tuple[list[EndpointRecord], dict[str, str]] | None = None
+        self._remote: list[EndpointRecord] | None = None  # ... of the other nodes
         self._held: dict[str, ForwardingState] = {}  # each device's entries, as programmed
         self._unsubscribe = endpoints.on_change(self._records_changed)
 
@@ -114,39 +116,49 @@ class OverlaySync:
         periodic one repairs what was changed behind linkd's back)."""
         supervisors = list(self.stacks())
         changed, self._changed = self._changed, set()
-        self._publish([sup for sup in supervisors if changed is None or sup.stack in changed],
-                      {sup.stack for sup in supervisors})
+        if self._publish([sup for sup in supervisors if changed is None or sup.stack in changed],
+                         {sup.stack for sup in supervisors}):
+            await asyncio.sleep(0)  # the publisher sends its puts before this pass goes on
         records = self.endpoints.records()
-        if records != self._records or full:
-            self._records = records
+        remote = [r for r in records if r.node != self.overlay.node]
+        if remote != self._remote or full:
+            self._remote = remote
             # DNS first: a name answers as soon as its record is here; the tunnel's
-            # entries follow in the same pass.
+            # entries follow in the same pass. This node's own records are not its
+            # neighbours (its stacks know their own containers).
             for sup in supervisors:
                 if sup.plan is not None and any(n.overlay for n in sup.plan.networks):
                     sup.neighbours.refresh_remote()
+            await asyncio.sleep(0)  # the DNS queries that waited are answered first
         await self._forward(supervisors, records, full)
 
-    def _publish(self, changed: Sequence[Supervisor], hosted: set[str]) -> None:
+    def _publish(self, changed: Sequence[Supervisor], hosted: set[str]) -> bool:
         """This node's records of the stacks that `changed` (only theirs: a container's
         start costs its own stack's records, not every stack's), none of the stacks no
-        longer `hosted`."""
+        longer `hosted`. Whether anything is to be written."""
+        news = False
         for sup in changed:
             state = sup.snapshot()
             records = overlay_peers.local_records(
                 self.overlay.node, self.overlay.local, [state] if state is not None else [])
-            self._replace(sup.stack, {(r.network, r.container): r for r in records})
+            news |= self._replace(sup.stack, {(r.network, r.container): r for r in records})
         for gone in self._published.keys() - hosted:
-            self._replace(gone, {})
+            news |= self._replace(gone, {})
+        return news
 
-    def _replace(self, stack: str, wanted: dict[tuple[str, str], EndpointRecord]) -> None:
+    def _replace(self, stack: str, wanted: dict[tuple[str, str], EndpointRecord]) -> bool:
         before = self._published.pop(stack, {})
+        news = False
         for key, record in wanted.items():
             if before.get(key) != record:
                 self.endpoints.want(record)
+                news = True
         for network, container in before.keys() - wanted.keys():
             self.endpoints.unwant(network, stack, container)
+            news = True
         if wanted:
             self._published[stack] = wanted
+        return news
 
     async def _forward(self, supervisors: Sequence[Supervisor],
                        records: list[EndpointRecord], full: bool) -> None:
@@ -158,6 +170,8 @@ class OverlaySync:
             for net in plan.networks:
                 if net.overlay is not None:
                     devices[net.overlay.vxlan] = net.overlay.id
+        if not full and self._forwarded == (records, devices):
+            return  # what the pass before programmed is what is wanted still
         # Only the nodes whose containers this node's devices reach may send it VXLAN.
         peers = frozenset(r.underlay for r in records if r.node != self.overlay.node)
         if peers != self._peers or full:
@@ -166,6 +180,7 @@ class OverlaySync:
         grouped = overlay_peers.by_network(records)
         for gone in self._held.keys() - devices.keys():
             del self._held[gone]
+        complete = True
         for device, network in sorted(devices.items()):
             desired = overlay_peers.forwarding(network, grouped.get(network, []),
                                                self.overlay.local)
@@ -180,7 +195,9 @@ class OverlaySync:
             except LinkdError as exc:  # not made yet, or removed meanwhile: the next pass
                 self._held.pop(device, None)
                 log.debug("overlay network %s: %s", network, exc)
+                complete = False
                 continue
             if not changes.empty():
                 log.debug("overlay network %s: %s", network, changes)
             self._held[device] = desired.state
+        self._forwarded = (records, devices) if complete else None

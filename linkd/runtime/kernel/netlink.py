@@ -473,6 +473,15 @@ async def _call(what: str, request: Awaitable[T]) -> T:
         raise KernelError(f"{what}: the namespace does not exist", errno.ENOENT) from exc
 
 
+def host_link_index(ifname: str, what: str) -> int:
+    """The index of link `ifname` in the daemon's own namespace (the one `Kernel.host`
+    works in): one ioctl, where a netlink `get` decodes the whole link in Python."""
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError:
+        raise KernelError(f"{what}: link {ifname} does not exist", errno.ENODEV) from None
+
+
 async def _index(ipr: AsyncIPRoute, ifname: str, what: str) -> int:
     found = await ipr.link_lookup(ifname=ifname)
     if not found:

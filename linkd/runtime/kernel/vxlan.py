@@ -132,7 +132,7 @@ async def underlay_mtu(kernel: Kernel, address: IPAddress) -> int:
 
 
 async def _device_index(kernel: Kernel, name: str) -> int:
-    return await netlink.link_index(await kernel.host(), name, f"VXLAN device {name}")
+    return netlink.host_link_index(name, f"VXLAN device {name}")
 
 
 async def _add_fdb(kernel: Kernel, name: str, index: int, entry: FdbEntry) -> None:
