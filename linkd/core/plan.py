@@ -162,6 +162,8 @@ class StackPlan:
     def without(self, gone: Iterable[str]) -> StackPlan:
         """The plan less the named containers: what DNS serves once they have stopped."""
         drop = set(gone)
+        if not drop:
+            return self  # the same object: a zone skips a plan it has already (rezone)
         return replace(self, containers=tuple(c for c in self.containers if c.name not in drop))
 
 

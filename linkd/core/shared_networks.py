@@ -142,23 +142,30 @@ def neighbours(plan: StackPlan, others: Sequence[StackPlan]) -> tuple[StackPlan,
     plan of those containers with those interfaces only: what `plan`'s DNS adds to its
     own zone, so that names answer across the two stacks on a shared network (and only
     there)."""
+    found = (shared_part(plan, other) for other in others if other.stack != plan.stack)
+    return tuple(part for part in found if part is not None)
+
+
+def shares(plan: StackPlan, other: StackPlan) -> bool:
+    """Whether `other` is on a network of `plan`'s."""
     mine = {network_id(plan.stack, n) for n in plan.networks}
-    found: list[StackPlan] = []
-    for other in others:
-        if other.stack == plan.stack:
-            continue
-        shared = [n for n in other.networks if network_id(other.stack, n) in mine]
-        if not shared:
-            continue
-        keys = {n.key for n in shared}
-        containers = []
-        for c in other.containers:
-            interfaces = tuple(i for i in c.interfaces if i.network in keys)
-            if interfaces:
-                containers.append(replace(c, interfaces=interfaces, links=(),
-                                          added_hosts=(), extra_hosts=()))
-        found.append(replace(other, networks=tuple(shared), containers=tuple(containers)))
-    return tuple(found)
+    return any(network_id(other.stack, n) in mine for n in other.networks)
+
+
+def shared_part(plan: StackPlan, other: StackPlan) -> StackPlan | None:
+    """`other`'s part of `neighbours(plan, ...)`; None when it shares no network."""
+    mine = {network_id(plan.stack, n) for n in plan.networks}
+    shared = [n for n in other.networks if network_id(other.stack, n) in mine]
+    if not shared:
+        return None
+    keys = {n.key for n in shared}
+    containers = []
+    for c in other.containers:
+        interfaces = tuple(i for i in c.interfaces if i.network in keys)
+        if interfaces:
+            containers.append(replace(c, interfaces=interfaces, links=(),
+                                      added_hosts=(), extra_hosts=()))
+    return replace(other, networks=tuple(shared), containers=tuple(containers))
 
 
 def users(bridge: str, others: Iterable[StackPlan], stack: str) -> tuple[str, ...]:

@@ -323,6 +323,20 @@ def test_neighbours_of_stacks_sharing_nothing_are_none() -> None:
                     {"default": IPv4Network("10.87.9.0/24")})
     assert shared_networks.neighbours(shop, [other]) == ()
     assert shared_networks.neighbours(other, [shop]) == ()
+    assert not shared_networks.shares(shop, other) and not shared_networks.shares(other, shop)
+    app = joined_plan(shop)
+    assert shared_networks.shares(app, shop) and shared_networks.shares(shop, app)
+    assert shared_networks.neighbours(app, [shop]) == (shared_networks.shared_part(app, shop),)
+
+
+def test_a_plan_less_no_container_is_the_same_plan() -> None:
+    """A zone skips a plan object it has already (linkd.dns.zone.rezone): a stack with
+    nothing stopped keeps its plan object from one refresh to the next."""
+    shop = shop_plan()
+    assert shop.without([]) is shop
+    assert shop.without(["web-1"]) is not shop
+    assert [c.name for c in shop.without(["web-1"]).containers] == [
+        c.name for c in shop.containers if c.name != "web-1"]
 
 
 # --- network_mode -----------------------------------------------------------------------

@@ -116,6 +116,9 @@ class Neighbours:
         # other stacks sharing no network with this one, by their lease file's identity
         self._apart: dict[str, tuple[int, int, int, int]] = {}
         self._apart_of: StackPlan | None = None
+        # by id: (another stack's plan, this one's, its part of the neighbours), as the
+        # last refresh made them
+        self._parts: dict[int, tuple[StackPlan, StackPlan, StackPlan | None]] = {}
         # A cluster daemon's: the containers of other nodes on the stack's overlay
         # networks, and those of them held back (linkd.runtime.cluster.overlay_sync)
         self.remote: Callable[[StackPlan], tuple[tuple[StackPlan, ...],
@@ -130,14 +133,24 @@ class Neighbours:
             return
         if plan is not self._apart_of:
             self._apart, self._apart_of = {}, plan  # an update: every stack looked at anew
-        served: list[StackPlan] = []
+        parts: list[StackPlan] = []
         pending: set[tuple[str, str]] = set()
+        memo, self._parts = self._parts, {}
         for state in self._sharing(plan):
             gone = [c.name for c in state.containers if c.status in ("exited", "failed")]
             theirs = state.plan.without(gone)
-            served.append(theirs)
             pending |= held_back(theirs, {c.name: c for c in state.containers})
-        near = shared_networks.neighbours(plan, served)
+            # A stack whose state did not change is the same decoded plan (other_states'
+            # cache): its part is the same object, which the zone skips (rezone).
+            known = memo.get(id(theirs))
+            if known is not None and known[0] is theirs and known[1] is plan:
+                part = known[2]
+            else:
+                part = shared_networks.shared_part(plan, theirs)
+            self._parts[id(theirs)] = (theirs, plan, part)
+            if part is not None:
+                parts.append(part)
+        near = tuple(parts)
         ids = {(p.stack, c.name) for p in near for c in p.containers}
         self._local = (near, frozenset(pending & ids))
         self.refresh_remote()
@@ -167,7 +180,7 @@ class Neighbours:
             if lease is not None and self._apart.get(other) == lease:
                 continue
             for state in other_states(self.live.name, only=other):
-                if shared_networks.neighbours(plan, [state.plan]):
+                if shared_networks.shares(plan, state.plan):
                     found.append(state)
                     self._apart.pop(other, None)
                 elif lease is not None:
