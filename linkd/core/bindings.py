@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from linkd.core.plan import ContainerPlan, StackPlan
 
@@ -28,12 +28,18 @@ def links_env(container: ContainerPlan) -> str:
     )
 
 
-def links_json(plan: StackPlan, container: ContainerPlan, running: Collection[str]) -> str:
-    """The links of `container`; `running` names the containers running now."""
+def links_json(plan: StackPlan, container: ContainerPlan, running: Collection[str],
+               elsewhere: Sequence[ContainerPlan] = ()) -> str:
+    """The links of `container`; `running` names the containers running now, `elsewhere`
+    the stack's containers running on other nodes (a stack spanning a cluster's nodes:
+    its plan here holds this node's share only)."""
     mine = [i.network for i in container.interfaces]
     links = []
     for alias, service in container.links:
-        replicas = plan.of_service(service)
+        here = plan.of_service(service)
+        replicas = sorted([*here, *(c for c in elsewhere if c.service == service)],
+                          key=lambda c: c.replica)
+        away = {c.name for c in elsewhere}
         peers = []
         for peer in replicas:
             shared = [i for i in peer.interfaces if i.network in mine]
@@ -46,7 +52,7 @@ def links_json(plan: StackPlan, container: ContainerPlan, running: Collection[st
                     "address": str(first.address),
                     "address6": None if first.address6 is None else str(first.address6),
                     "network": first.network,
-                    "running": peer.name in running,
+                    "running": peer.name in running or peer.name in away,
                 }
             )
         specs = replicas[0].ports if replicas else ()

@@ -95,6 +95,18 @@ def test_one_stack_file_spans_two_nodes() -> None:
         # By convention: web's link variables name db's overlay address on node2.
         got = one.linkd("exec", "-p", "shop", "web", "/usr/bin/python3", "-c", BY_CONVENTION)
         assert got.stdout.split() == [db["address"], "db-1"]
+        # ... and its live bindings name db-1 on node2, running.
+        def bound() -> list[dict[str, object]]:
+            done = one.linkd("exec", "-p", "shop", "web", "cat", "/run/linkd/links.json",
+                             check=False)
+            if done.returncode != 0:
+                return []
+            (link,) = json.loads(done.stdout)["links"]
+            return list(link["peers"])
+
+        wait_until(lambda: bound() != [], 10, "web's links.json to name db-1", nodes)
+        assert bound() == [{"container": "db-1", "address": db["address"], "address6": None,
+                            "network": "default", "running": True}]
 
         # ps on the origin: every container, with its node.
         def shown() -> dict[str, list[str]]:

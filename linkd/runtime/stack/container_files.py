@@ -8,7 +8,7 @@ module is the one place that names them.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from linkd.core import bindings
@@ -19,15 +19,6 @@ from linkd.runtime.stack import store
 
 HOST_HOSTS = "/etc/hosts"
 HOST_RESOLV_CONF = "/etc/resolv.conf"
-
-
-def write_container_files(
-    directory: Path, plan: StackPlan, container: ContainerPlan, running: Collection[str] = ()
-) -> None:
-    """The files bind-mounted over /etc/hosts, /etc/hostname and /etc/resolv.conf, and
-    the live bindings (`running`: the containers running now)."""
-    write_bindings(directory, plan, container, running)
-    write_etc_files(directory, plan, container)
 
 
 def write_etc_files(directory: Path, plan: StackPlan, container: ContainerPlan) -> None:
@@ -63,14 +54,16 @@ def _host_file(path: str) -> str:
 
 
 def write_bindings(
-    directory: Path, plan: StackPlan, container: ContainerPlan, running: Collection[str]
+    directory: Path, plan: StackPlan, container: ContainerPlan, running: Collection[str],
+    elsewhere: Sequence[ContainerPlan] = (),
 ) -> None:
-    """/run/linkd/links.env and links.json inside the container, replaced atomically."""
+    """/run/linkd/links.env and links.json inside the container, replaced atomically
+    (`elsewhere`: the stack's containers running on other nodes)."""
     target = directory / "bindings"
     target.mkdir(parents=True, exist_ok=True)
     store.write_atomic(target / bindings.ENV_FILE, bindings.links_env(container).encode(),
                        durable=False)
-    document = bindings.links_json(plan, container, running)
+    document = bindings.links_json(plan, container, running, elsewhere)
     store.write_atomic(target / bindings.JSON_FILE, document.encode(), durable=False)
 
 

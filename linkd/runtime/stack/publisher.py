@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from linkd.core import health
-from linkd.core.plan import StackPlan
+from linkd.core.plan import ContainerPlan, StackPlan
 from linkd.dns.zone import build_zone, held_back, rezone
 from linkd.runtime.stack.container_files import write_bindings
 from linkd.runtime.stack.dns_server import DnsServer, upstreams_from_resolv_conf
@@ -42,6 +42,9 @@ class Publisher:
         # and those of them not healthy yet: served beside its own.
         self.neighbours: tuple[StackPlan, ...] = ()
         self._neighbours_pending: frozenset[tuple[str, str]] = frozenset()
+        # The stack's containers on other nodes (a stack spanning a cluster's nodes),
+        # named in the live bindings of those linking to them.
+        self.elsewhere: tuple[ContainerPlan, ...] = ()
         # Called with every lifecycle and DNS change (the daemon's event stream).
         self.on_event: OnEvent | None = None
         # Wakes whoever waits for a change of state (dependency waits); set by the owner.
@@ -166,7 +169,21 @@ class Publisher:
         assert plan is not None
         running = self.live.running()
         for name in names:
-            write_bindings(self.live.container_dir(name), plan, plan.container(name), running)
+            write_bindings(self.live.container_dir(name), plan, plan.container(name), running,
+                           self.elsewhere)
+
+    def set_elsewhere(self, containers: tuple[ContainerPlan, ...]) -> None:
+        """The stack's containers running on other nodes now (a stack spanning a cluster's
+        nodes); the live bindings of the containers linking to theirs follow."""
+        if containers == self.elsewhere:
+            return
+        services = {c.service for c in (*self.elsewhere, *containers)}
+        self.elsewhere = containers
+        plan = self.live.plan
+        if plan is None or self.live.status == "stopping":
+            return
+        self.rewrite_bindings([c.name for c in plan.containers
+                               if any(s in services for _, s in c.links)])
 
 
 def upstreams(plan: StackPlan) -> list[tuple[str, int]]:

@@ -165,6 +165,8 @@ class Neighbours:
         if self.remote is not None:  # other nodes' containers on its overlay networks
             far, held = self.remote(plan)
             near, pending = near + far, pending | held
+            self.publisher.set_elsewhere(tuple(
+                c for p in far if p.stack == plan.stack for c in p.containers))
         self.publisher.set_neighbours(near, pending)
 
     def _sharing(self, plan: StackPlan) -> list[StackState]:

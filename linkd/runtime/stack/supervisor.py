@@ -487,7 +487,8 @@ class Supervisor:
         # The live bindings on the loop: a peer's start rewrites them there too, and a
         # write from a thread could land after it with what was running before.
         store.private_dirs(directory)
-        write_bindings(directory, plan, container, self.live.running())
+        write_bindings(directory, plan, container, self.live.running(),
+                       self.publisher.elsewhere)
         await asyncio.to_thread(write_etc_files, directory, plan, container)
 
     async def start(self, container: ContainerPlan) -> None:
