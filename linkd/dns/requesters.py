@@ -45,28 +45,34 @@ def addresses_of(c: ContainerPlan) -> list[Address]:
 def link_names(plans: Sequence[StackPlan]) -> dict[Address, dict[str, list[Address]]]:
     """Names only a linking container sees: each of its link aliases, from each of its
     addresses, resolving to the linked service's containers on the first network the two
-    share (the same address the hosts file gives)."""
+    share (the same address the hosts file gives). The service's containers are those of
+    every plan of the stack: a stack spanning a cluster's nodes has its containers on
+    other nodes in a plan of its name beside its own (linkd.core.overlay_peers)."""
     extra: dict[Address, dict[str, list[Address]]] = {}
+    linkers = [(plan.stack, c) for plan in plans for c in plan.containers if c.links]
+    if not linkers:
+        return extra
+    replicas: dict[tuple[str, str], list[ContainerPlan]] = {}
     for plan in plans:
         for c in plan.containers:
-            if not c.links:
-                continue
-            mine = [i.network for i in c.interfaces]
-            for alias, service in c.links:
-                targets: list[Address] = []
-                for peer in plan.of_service(service):
-                    shared = [i for i in peer.interfaces if i.network in mine]
-                    if shared:
-                        first = min(shared, key=lambda i: mine.index(i.network))
-                        targets.append(first.address)
-                        if first.address6 is not None:
-                            targets.append(first.address6)
-                if not targets:
-                    continue  # the linked service has no container running: NXDOMAIN
-                for iface in c.interfaces:
-                    for requester in (iface.address, iface.address6):
-                        if requester is not None:
-                            extra.setdefault(requester, {})[alias] = targets
+            replicas.setdefault((plan.stack, c.service), []).append(c)
+    for stack, c in linkers:
+        mine = [i.network for i in c.interfaces]
+        for alias, service in c.links:
+            targets: list[Address] = []
+            for peer in sorted(replicas.get((stack, service), []), key=lambda p: p.replica):
+                shared = [i for i in peer.interfaces if i.network in mine]
+                if shared:
+                    first = min(shared, key=lambda i: mine.index(i.network))
+                    targets.append(first.address)
+                    if first.address6 is not None:
+                        targets.append(first.address6)
+            if not targets:
+                continue  # the linked service has no container running: NXDOMAIN
+            for iface in c.interfaces:
+                for requester in (iface.address, iface.address6):
+                    if requester is not None:
+                        extra.setdefault(requester, {})[alias] = targets
     return extra
 
 

@@ -17,6 +17,7 @@ from linkd.dns.answers import lookup
 from linkd.dns.snapshot import Zone
 from linkd.dns.zone import build_zone
 from linkd.spec.stack_file import parse_stack
+from tests.planning import realize as planned
 
 BACK = NetworkRecord("db/back", IPv4Network("10.87.9.0/24"), 77, "node1", "db_back")
 NODE1, NODE2 = IPv4Address("198.19.0.1"), IPv4Address("198.19.0.2")
@@ -124,3 +125,37 @@ def test_each_device_gets_entries_for_the_containers_on_other_nodes() -> None:
     assert {(n.address, n.mac) for n in desired.state.neigh} == {
         (IPv4Address("10.87.9.2"), "02:42:0a:57:09:02")}
     assert overlay_peers.forwarding("else/net", everyone(), NODE2).state.fdb == frozenset()
+
+
+SHOP = NetworkRecord("shop/default", IPv4Network("10.87.12.0/24"), 78, "node1")
+
+
+def shop_share(node: str, local: IPv4Address, mine: set[str]) -> StackPlan:
+    """One node's share of a stack spanning two nodes: web links db as `database`."""
+    stack = parse_stack("services:\n  db: {command: x, expose: ['5432']}\n"
+                        "  web: {command: y, links: ['db:database']}\n"
+                        "networks:\n  default: {driver: overlay}\n",
+                        source="t.yaml", project_name="shop")
+    net = overlay_plan.network_plan("default", SHOP, internal=False, node=node, local=local,
+                                    underlay_mtu=1500, owned=True)
+    whole = planned(stack, {}, joined={"default": net}, assigned={
+        ("db-1", "default"): IPv4Address("10.87.12.2"),
+        ("web-1", "default"): IPv4Address("10.87.12.3")})
+    return replace(whole, containers=tuple(c for c in whole.containers if c.name in mine))
+
+
+def test_a_link_alias_answers_for_the_stack_s_containers_on_other_nodes() -> None:
+    """web on node1 links db, which runs on node2: its alias answers from web's node as on
+    one host (the stack's containers elsewhere are a plan of its name beside its own)."""
+    web_share = shop_share("node1", NODE1, {"web-1"})
+    db_share = shop_share("node2", NODE2, {"db-1"})
+    theirs = overlay_peers.local_records("node2", NODE2, [state(db_share)])
+    far, _ = overlay_peers.neighbour_plans(web_share, theirs, "node1")
+    zone = build_zone([web_share, *far])
+    web1 = IPv4Address("10.87.12.3")
+    assert ask(zone, web1, "database") == [IPv4Address("10.87.12.2")]
+    assert ask(zone, web1, "db") == [IPv4Address("10.87.12.2")]
+    # db has no link: the alias is web's alone.
+    db_zone = build_zone([db_share, *overlay_peers.neighbour_plans(
+        db_share, overlay_peers.local_records("node1", NODE1, [state(web_share)]), "node2")[0]])
+    assert ask(db_zone, IPv4Address("10.87.12.2"), "database") == "NXDOMAIN"
