@@ -178,13 +178,18 @@ class Endpoint(HashOnce):
     mac: str  # as parse_mac gives it
     address: IPAddress  # the container's address on the network
     node: IPAddress  # the underlay address of the node it runs on
-    # its entries, made once (and hashed once) however many passes look at them
+    # Its entries, made once (and hashed once) however many passes look at them, and its
+    # addresses as bytes, which compare and hash in C (an ipaddress object does in Python).
     fdb: FdbEntry = field(init=False, repr=False, compare=False)
     neigh: NeighEntry = field(init=False, repr=False, compare=False)
+    node_key: bytes = field(init=False, repr=False, compare=False)
+    address_key: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fdb", FdbEntry(self.mac, self.node))
         object.__setattr__(self, "neigh", NeighEntry(self.address, self.mac))
+        object.__setattr__(self, "node_key", self.node.packed)
+        object.__setattr__(self, "address_key", self.address.packed)
 
     __hash__ = HashOnce.__hash__
 
@@ -211,18 +216,19 @@ def desired_forwarding(endpoints: Iterable[Endpoint], local: IPAddress) -> Desir
     entries involved are left out and said, rather than sending its traffic to a node
     chosen by chance; the next registry change settles it.
     """
-    remote = {e for e in endpoints if e.node != local}
-    # Keyed by MAC and by packed address: an ipaddress object hashes in Python, and this
-    # runs over every container of the network on each change of any.
-    node_of: dict[str, IPAddress] = {}
+    here = local.packed
+    remote = {e for e in endpoints if e.node_key != here}
+    # By the addresses' bytes (Endpoint.node_key, address_key): this runs over every
+    # container of the network on each change of any.
+    node_of: dict[str, bytes] = {}
     mac_of: dict[bytes, str] = {}
     torn_macs: set[str] = set()
     torn_addresses: set[bytes] = set()
     for e in remote:
-        if node_of.setdefault(e.mac, e.node) != e.node:
+        if node_of.setdefault(e.mac, e.node_key) != e.node_key:
             torn_macs.add(e.mac)
-        if mac_of.setdefault(e.address.packed, e.mac) != e.mac:
-            torn_addresses.add(e.address.packed)
+        if mac_of.setdefault(e.address_key, e.mac) != e.mac:
+            torn_addresses.add(e.address_key)
     problems = []
     for mac in sorted(torn_macs):
         on = ", ".join(sorted({str(e.node) for e in remote if e.mac == mac}))
@@ -233,7 +239,7 @@ def desired_forwarding(endpoints: Iterable[Endpoint], local: IPAddress) -> Desir
         problems.append(f"address {address} is claimed by several MACs ({', '.join(macs)})")
     fdb = frozenset(e.fdb for e in remote if e.mac not in torn_macs)
     neigh = frozenset(e.neigh for e in remote
-                      if e.mac not in torn_macs and e.address.packed not in torn_addresses)
+                      if e.mac not in torn_macs and e.address_key not in torn_addresses)
     return Desired(ForwardingState(fdb, neigh), tuple(problems))
 
 

@@ -97,6 +97,7 @@ class Endpoints:
             on_snapshot=self._snapshot_read, on_event=self._event_seen)
         self._tasks: list[asyncio.Task[None]] = []
         self._unsubscribe: Callable[[], None] | None = None
+        self._sorted: tuple[int, list[EndpointRecord]] | None = None  # (version, records)
 
     # -- what this node publishes -------------------------------------------------------
 
@@ -183,9 +184,13 @@ class Endpoints:
     # -- what every node published ------------------------------------------------------
 
     def records(self) -> list[EndpointRecord]:
-        """Every record believed, this node's too, in key order."""
-        cache = self._follow.items()
-        return [cache[k] for k in sorted(cache)]
+        """Every record believed, this node's too, in key order: the same list until they
+        change (every pass and every stack's DNS asks; not to be changed by the caller)."""
+        version = self._follow.version
+        if self._sorted is None or self._sorted[0] != version:
+            cache = self._follow.items()
+            self._sorted = (version, [cache[k] for k in sorted(cache)])
+        return self._sorted[1]
 
     def invalid(self) -> dict[bytes, str]:
         """What is under the prefix and left out, with why."""

@@ -63,6 +63,7 @@ class Follow(Generic[T]):
         self._bad: dict[bytes, str] = {}
         self._unshown = 0  # records left out beyond MAX_INVALID
         self._revision = 0  # of etcd, that the cache shows; 0: not read yet
+        self.version = 0  # one more on every change of the cache
         self._callbacks: list[Callable[[], None]] = []
 
     # -- what is read -------------------------------------------------------------------
@@ -174,6 +175,7 @@ class Follow(Generic[T]):
         self._bad[key] = error
 
     def _changed(self) -> None:
+        self.version += 1
         for callback in list(self._callbacks):
             try:
                 callback()

@@ -24,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 
 from linkd.core import overlay_peers
@@ -44,6 +45,21 @@ log = logging.getLogger("linkd")
 
 RESYNC = 5.0  # seconds between passes when nothing said it changed
 
+Neighbourhood = tuple[tuple[StackPlan, ...], frozenset[tuple[str, str]]]
+
+
+@dataclass
+class _View:
+    """What a pass and every stack's DNS derive from one list of records, derived once:
+    the records change a few times a second at most, and are read many times for each."""
+
+    records: list[EndpointRecord]
+    remote: list[EndpointRecord]  # those of the other nodes
+    # by the asking stack's overlay networks and DNS settings
+    neighbours: dict[object, Neighbourhood] = field(default_factory=dict)
+    peers: frozenset[IPv4Address | IPv6Address] | None = None  # the other nodes' VTEPs
+    grouped: Mapping[str, list[EndpointRecord]] | None = None  # by network
+
 
 class OverlaySync:
     def __init__(self, overlay: OverlayNetworks, endpoints: Endpoints, kernel: Kernel,
@@ -62,6 +78,7 @@ class OverlaySync:
         # what the last pass programmed from: every record, and the devices by network
         self._forwarded: tuple[list[EndpointRecord], dict[str, str]] | None = None
         self._remote: list[EndpointRecord] | None = None  # ... of the other nodes
+        self._seen: _View | None = None  # derived from the records last read
         self._held: dict[str, ForwardingState] = {}  # each device's entries, as programmed
         self._unsubscribe = endpoints.on_change(self._records_changed)
 
@@ -77,10 +94,23 @@ class OverlaySync:
     def _records_changed(self) -> None:
         self._dirty.set()  # other nodes' records: this node's own are not to publish anew
 
-    def neighbours_of(self, plan: StackPlan
-                      ) -> tuple[tuple[StackPlan, ...], frozenset[tuple[str, str]]]:
-        """Other nodes' containers on `plan`'s overlay networks (for its DNS)."""
-        return overlay_peers.neighbour_plans(plan, self.endpoints.records(), self.overlay.node)
+    def neighbours_of(self, plan: StackPlan) -> Neighbourhood:
+        """Other nodes' containers on `plan`'s overlay networks (for its DNS); the stacks
+        of this node on the same networks with the same settings share one answer."""
+        view = self._view()
+        key = (tuple(n for n in plan.networks if n.overlay is not None), plan.dns,
+               plan.host_access)
+        found = view.neighbours.get(key)
+        if found is None:
+            found = view.neighbours[key] = overlay_peers.neighbour_plans(
+                plan, view.remote, self.overlay.node)
+        return found
+
+    def _view(self) -> _View:
+        records = self.endpoints.records()
+        if self._seen is None or self._seen.records is not records:
+            self._seen = _View(records, [r for r in records if r.node != self.overlay.node])
+        return self._seen
 
     def start(self) -> None:
         """Follow from now on. The node's VXLAN firewall comes with the first pass (no
@@ -119,10 +149,9 @@ class OverlaySync:
         if self._publish([sup for sup in supervisors if changed is None or sup.stack in changed],
                          {sup.stack for sup in supervisors}):
             await asyncio.sleep(0)  # the publisher sends its puts before this pass goes on
-        records = self.endpoints.records()
-        remote = [r for r in records if r.node != self.overlay.node]
-        if remote != self._remote or full:
-            self._remote = remote
+        view = self._view()
+        if view.remote != self._remote or full:
+            self._remote = view.remote
             # DNS first: a name answers as soon as its record is here; the tunnel's
             # entries follow in the same pass. This node's own records are not its
             # neighbours (its stacks know their own containers).
@@ -130,7 +159,7 @@ class OverlaySync:
                 if sup.plan is not None and any(n.overlay for n in sup.plan.networks):
                     sup.neighbours.refresh_remote()
             await asyncio.sleep(0)  # the DNS queries that waited are answered first
-        await self._forward(supervisors, records, full)
+        await self._forward(supervisors, view, full)
 
     def _publish(self, changed: Sequence[Supervisor], hosted: set[str]) -> bool:
         """This node's records of the stacks that `changed` (only theirs: a container's
@@ -160,8 +189,9 @@ class OverlaySync:
             self._published[stack] = wanted
         return news
 
-    async def _forward(self, supervisors: Sequence[Supervisor],
-                       records: list[EndpointRecord], full: bool) -> None:
+    async def _forward(self, supervisors: Sequence[Supervisor], view: _View, full: bool
+                       ) -> None:
+        records = view.records
         devices: dict[str, str] = {}  # VXLAN device -> its network's id
         for sup in supervisors:
             plan = sup.plan
@@ -173,11 +203,15 @@ class OverlaySync:
         if not full and self._forwarded == (records, devices):
             return  # what the pass before programmed is what is wanted still
         # Only the nodes whose containers this node's devices reach may send it VXLAN.
-        peers = frozenset(r.underlay for r in records if r.node != self.overlay.node)
+        if view.peers is None:
+            view.peers = frozenset(r.underlay for r in view.remote)
+        peers = view.peers
         if peers != self._peers or full:
             await ensure_overlay_firewall(peers)
             self._peers = peers
-        grouped = overlay_peers.by_network(records)
+        if view.grouped is None:
+            view.grouped = overlay_peers.by_network(records)
+        grouped = view.grouped
         for gone in self._held.keys() - devices.keys():
             del self._held[gone]
         complete = True
