@@ -74,9 +74,35 @@ def placement(stack: Stack, nodes: Sequence[NodeFacts], local: str) -> dict[str,
             continue
         for replica, node in enumerate(chosen, start=1):
             where[service.container(replica)] = node
+    problems += _unwatchable(stack, where)
     if problems:
         raise SpecError(problems)
     return where
+
+
+def _unwatchable(stack: Stack, where: Mapping[str, str]) -> list[tuple[str, int | None, str]]:
+    """`depends_on` a service completing successfully, on another node: a node sees
+    another's containers only while they run (their endpoint records), never an exit
+    code, so the wait could not end."""
+    problems: list[tuple[str, int | None, str]] = []
+    services = {s.name: s for s in stack.services}
+    for service in stack.services:
+        mine = {where.get(service.container(r)) for r in range(1, service.replicas + 1)}
+        for dependency in service.depends_on:
+            other = services.get(dependency.service)
+            if (other is None or dependency.condition != "service_completed_successfully"
+                    or not dependency.required):
+                continue
+            theirs = {where.get(other.container(r)) for r in range(1, other.replicas + 1)}
+            if theirs and (theirs != mine or len(mine) > 1):
+                problems.append((
+                    f"services.{service.name}.depends_on.{dependency.service}.condition", None,
+                    f"service_completed_successfully of {dependency.service} on node(s) "
+                    f"{', '.join(sorted(n for n in theirs if n))} cannot be waited for from "
+                    f"{', '.join(sorted(n for n in mine if n))}: a node sees another's "
+                    "containers only while they run; place both on one node, or wait for "
+                    "service_started or service_healthy"))
+    return problems
 
 
 def spans(where: Mapping[str, str], local: str) -> bool:
@@ -95,6 +121,16 @@ def spanning(stack: Stack) -> Stack:
 def share(where: Mapping[str, str], node: str) -> frozenset[str]:
     """The containers `node` runs."""
     return frozenset(c for c, n in where.items() if n == node)
+
+
+def elsewhere(stack: Stack, only: frozenset[str] | None) -> dict[str, tuple[str, ...]]:
+    """By service, its containers that run on other nodes than the one running `only`
+    (None: every container runs here, none elsewhere)."""
+    if only is None:
+        return {}
+    found = {s.name: tuple(c for c in (s.container(r) for r in range(1, s.replicas + 1))
+                           if c not in only) for s in stack.services}
+    return {service: names for service, names in found.items() if names}
 
 
 # -- the record ---------------------------------------------------------------------------

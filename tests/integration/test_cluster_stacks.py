@@ -135,3 +135,57 @@ def test_one_stack_file_spans_two_nodes() -> None:
         assert etcd.keys("/linkd/v1/endpoints/") == []
         assert etcd.keys("/linkd/v1/networks/") == []
         print(f"took {time.monotonic() - started:.1f} s")
+
+
+WAITING = """
+services:
+  db:
+    command: ["/bin/sh", "-c", "sleep 2; exec {serve}"]
+    healthcheck:
+      test: ["CMD", "/usr/bin/python3", "-c",
+             "import socket; socket.create_connection(('127.0.0.1', 5432), 1)"]
+      interval: 0.2s
+      start_period: 60s
+    deploy: {{placement: {{constraints: ["node.hostname == node2"]}}}}
+  web:
+    command: ["/usr/bin/python3", "-c", {at_start}]
+    depends_on: {{db: {{condition: service_healthy}}}}
+"""
+
+CONNECTS_AT_START = (
+    "import socket, time\n"
+    "socket.create_connection(('db', 5432), timeout=2).close()\n"
+    "time.sleep(300)\n")
+
+WAITS = WAITING.format(serve=serve(5432).replace('"', '\\"'),
+                       at_start=json.dumps(CONNECTS_AT_START))
+
+
+def test_depends_on_a_service_on_another_node_is_waited_for() -> None:
+    """web (node1) starts once db (node2) is healthy: its command connects to db as it
+    starts, and exits if it cannot. A node that refuses its share ends the wait with
+    its reason, and the stack is gone everywhere."""
+    with cluster(2) as c:
+        one, two = c.nodes
+        began = time.monotonic()
+        one.up("shop", WAITS)
+        took = time.monotonic() - began
+        rows = ps_rows(one, "shop")
+        assert rows["web-1"][-1] == "running", rows
+        assert took > 2, took  # db listens 2 s after its start
+        one.linkd("down", "-p", "shop", cwd=one.host.run_dir / "shop")
+        wait_until(lambda: "linkd-shop" not in netns(two), 15, "node2 to take shop down",
+                   c.nodes)
+
+        # node2 runs a stack of that name of its own: it refuses its share of the
+        # cluster's, and web's wait for db ends with why.
+        two.up("shop", "services: {lone: {command: sleep 300}}\n")
+        refused = one.linkd("up", "-d", "-p", "shop", cwd=one.host.run_dir / "shop",
+                            check=False)
+        assert refused.returncode != 0
+        assert "node node2 refuses its share" in refused.stderr, refused.stderr
+        assert "runs on node node2 already" in refused.stderr
+        assert c.etcd.keys("/linkd/v1/stacks/") == []
+        assert "linkd-shop" not in netns(one)
+        assert list(ps_rows(two, "shop")) == ["lone-1"]  # node2's own stack untouched
+        two.linkd("down", "-p", "shop", cwd=two.host.run_dir / "shop")

@@ -56,6 +56,35 @@ def test_no_live_node_for_a_service_is_an_error_naming_it() -> None:
     assert "app1: no node.labels.disk" in said and "start linkd daemon --cluster" in said
 
 
+def test_waiting_for_a_service_to_complete_on_another_node_is_refused() -> None:
+    """A node sees another's containers only while they run: an exit code elsewhere is
+    not something it can wait for (service_started and service_healthy it can)."""
+    text = """
+services:
+  migrate: {command: x, deploy: {placement: {constraints: ["node.hostname == db1"]}}}
+  web:
+    command: x
+    depends_on:
+      migrate: {condition: service_completed_successfully}
+      cache: {condition: service_healthy}
+  cache: {command: x, healthcheck: {test: [CMD, x]},
+          deploy: {placement: {constraints: ["node.hostname == db1"]}}}
+"""
+    stack = parse_stack(text, source="t.yaml", project_name="shop")
+    with pytest.raises(SpecError) as caught:
+        cs.placement(stack, NODES, "app1")
+    said = str(caught.value)
+    assert "services.web.depends_on.migrate.condition" in said
+    assert "db1" in said and "place both on one node" in said
+    assert "depends_on.cache" not in said  # healthy: waited for across nodes
+    # On one node, or not required: as on a single host.
+    assert cs.placement(stack, NODES, "db1")["web-1"] == "db1"
+    optional = text.replace("service_completed_successfully}",
+                            "service_completed_successfully, required: false}")
+    assert cs.placement(parse_stack(optional, source="t.yaml", project_name="shop"),
+                        NODES, "app1")["migrate-1"] == "db1"
+
+
 def test_a_spanning_stack_s_own_networks_are_overlay_networks() -> None:
     drivers = {n.name: (n.driver, n.external) for n in cs.spanning(STACK).networks}
     assert drivers == {"default": ("overlay", False), "outside": ("bridge", True)}

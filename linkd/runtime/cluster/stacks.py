@@ -4,11 +4,12 @@ and each node's share run by that node (linkd.core.cluster_stacks says what a re
 The origin's side (`create`, `update`, `before_down`, called by the daemon for the API):
 `up` places the stack over the live nodes (their records in etcd). A stack whose
 containers all land here runs as on a single host, and nothing is written. One that
-spans nodes has its own networks made overlay networks (`spanning`), its share run here
-first (a failure there has made nothing anywhere), then its record written under
-`stacks/<stack>`, without a lease: the desired state outlives the origin's daemon. An
-update places it again and writes the record with the next generation. `down` on the
-origin deletes the record (every node takes its share down), then its own share; on
+spans nodes has its own networks made overlay networks (`spanning`) and its record
+written under `stacks/<stack>`, without a lease (the desired state outlives the origin's
+daemon), before its share here runs: the other nodes run theirs meanwhile, which this
+one's may wait for (`depends_on`); a failure here takes the record back. An update
+places it again and writes the record with the next generation, first too. `down` on
+the origin deletes the record (every node takes its share down), then its own share; on
 another node it is refused, naming the origin.
 
 Every node's side (`run`): the records are followed (linkd.runtime.cluster.follow) and,
@@ -17,11 +18,10 @@ with containers placed here is run as a stack of the same name with those contai
 (`Supervisor.only`): created, or updated when the generation changes; taken down when
 the record goes or leaves nothing here. A share that cannot run here (an image or a
 bind source missing, a local stack of that name) is refused: logged, said under
-`shares/<stack>/<node>` for the origin's `ps`, and the addresses the origin claimed for
-its containers given back.
-
-Cross-node `depends_on` is not waited for: a container whose dependency runs on another
-node starts without waiting for it (its name answers once that node publishes it).
+`shares/<stack>/<node>` for the origin's `ps` (and for `refusal`, which ends a wait for a
+dependency placed there), and the addresses the origin claimed for its containers given
+back. Each share starts in a task of its own: one whose containers wait for another
+node's (`depends_on`, linkd.runtime.stack.containers) holds up no other stack here.
 """
 
 from __future__ import annotations
@@ -94,30 +94,59 @@ class ClusterStacks:
         self._said: dict[str, ShareStatus] = {}  # what this node says of its shares
         self._said_under: dict[str, int] = {}  # ... written under that lease
         self._tasks: list[asyncio.Task[None]] = []
+        self._starting: dict[str, asyncio.Task[None]] = {}  # shares being started here
 
     # -- the origin's side ---------------------------------------------------------------
 
     async def create(self, stack: Stack, source: str) -> StackState:
         stack, where = await self._place(stack)
-        only = share(where, self.node) if where is not None else None
-        state = await self.daemon.create_here(stack, source, only)
-        if where is not None:
-            try:
-                await self._publish(stack, where, source)
-            except BaseException:
-                await self.daemon.delete_here(stack.name)
-                raise
-        return state
+        if where is None:
+            return await self.daemon.create_here(stack, source)
+        self.daemon.refuse_existing(stack.name)
+        # The record first: the other nodes start their shares beside this one's, which
+        # may wait for theirs (`depends_on` a service placed elsewhere).
+        await self._publish(stack, where, source)
+        try:
+            return await self.daemon.create_here(stack, source, share(where, self.node))
+        except BaseException:
+            await self._withdraw(stack.name)  # every node takes its share down
+            raise
 
     async def update(self, stack: Stack) -> dict[str, list[str]]:
         self._refuse_foreign(stack.name, "up")
         stack, where = await self._place(stack)
         hosted = self.daemon.hosted(stack.name)
         hosted.supervisor.only = share(where, self.node) if where is not None else None
-        summary = await self.daemon.update_here(stack)
-        if where is not None:
+        if where is not None:  # first, as for `create`: this share may wait for theirs
             await self._publish(stack, where, hosted.supervisor.source)
-        return summary
+        return await self.daemon.update_here(stack)
+
+    async def refusal(self, name: str) -> str | None:
+        """Why a node refuses its share of stack `name`'s latest generation, if one does
+        (what a container waiting for a dependency placed there needs to know)."""
+        record = self._published.get(name) or self.record(name)
+        if record is None:
+            return None
+        head = shares_prefix(self.prefix) + f"{name}/".encode()
+        try:
+            items, _ = await self._client().read_prefix(head)
+        except EtcdUnavailable:
+            return None  # not known now: asked again by the next look
+        for key, value in items:
+            with contextlib.suppress(LinkdError, ValueError):
+                status = decode_share(key, value, self.prefix)
+                if status.error is not None and status.generation == record.generation:
+                    return f"node {status.node} refuses its share: {status.error}"
+        return None
+
+    async def _withdraw(self, name: str) -> None:
+        """Take the stack's record back (a failed `up` on its origin); best effort."""
+        try:
+            await self._client().delete(stack_key(name, self.prefix))
+        except EtcdUnavailable as exc:
+            log.warning("stack %s: its record stays in the cluster (%s); `linkd down -p %s` "
+                        "takes it back", name, exc, name)
+        self._published.pop(name, None)
 
     async def before_down(self, name: str) -> None:
         """Refuse the `down` of another node's stack; delete this node's record (every
@@ -214,7 +243,8 @@ class ClusterStacks:
     async def stop(self) -> None:
         """Stop following (the shares run here go down with the daemon's stacks)."""
         tasks, self._tasks = self._tasks, []
-        await cancel_all(tasks)
+        starting, self._starting = list(self._starting.values()), {}
+        await cancel_all(tasks + starting)
         etcd, self._etcd = self._etcd, None
         if etcd is not None:
             await etcd.close()
@@ -236,7 +266,19 @@ class ClusterStacks:
             return  # not read yet, or etcd gone: what runs keeps running as it is
         records = {r.stack.name: r for r in self._follow.items().values()
                    if r.origin != self.node}
+        for name, task in list(self._starting.items()):
+            record = records.get(name)
+            wanted = record is not None and bool(share(record.placement, self.node))
+            if not wanted:  # gone while it started (and waited, maybe)
+                task.cancel()
+                await asyncio.wait([task])
+            if task.done():
+                del self._starting[name]
+                if not wanted and name in self._applied:
+                    await self._down(name)  # an update cut short: its share goes
         for name, record in sorted(records.items()):
+            if name in self._starting:
+                continue  # still starting (it may wait for another node): looked at after
             mine = share(record.placement, self.node)
             if name in self._applied and name not in self.daemon.stacks:
                 del self._applied[name]  # it ended on its own: run it again
@@ -246,13 +288,25 @@ class ClusterStacks:
                 continue
             if record.generation in (self._applied.get(name), self._refused.get(name)):
                 continue
-            await self._run_share(record, mine)
-        for name in [n for n in self._applied if n not in records]:
+            # Each share in a task of its own: one whose containers wait for another
+            # node's (`depends_on`) holds up no other stack here.
+            task = asyncio.get_running_loop().create_task(self._start_share(record, mine),
+                                                          name=f"share-{name}")
+            task.add_done_callback(lambda _: self._wake.set())
+            self._starting[name] = task
+        for name in [n for n in self._applied if n not in records and n not in self._starting]:
             await self._down(name)
         for name in [n for n in self._refused if n not in records]:
             del self._refused[name]
             await self._unsay(name)
         await self._say_all()
+
+    async def _start_share(self, record: StackRecord, mine: frozenset[str]) -> None:
+        try:
+            await self._run_share(record, mine)
+        except Exception:  # the next pass tries again; a bug must not go unsaid
+            log.exception("stack %s: running this node's share failed (a bug, please "
+                          "report it)", record.stack.name)
 
     async def _run_share(self, record: StackRecord, mine: frozenset[str]) -> None:
         name = record.stack.name
@@ -266,7 +320,12 @@ class ClusterStacks:
                 raise ConflictError(f"a stack named {name} runs on node {self.node} already, "
                                     "not from the cluster: take it down there, or rename one")
             else:
-                await self.daemon.create_here(record.stack, record.source, mine)
+                try:
+                    await self.daemon.create_here(record.stack, record.source, mine)
+                except asyncio.CancelledError:  # its record went meanwhile: so does it
+                    with contextlib.suppress(LinkdError):
+                        await self.daemon.delete_here(name)
+                    raise
                 log.info("stack %s: this node runs %s (generation %d, from node %s)", name,
                          ", ".join(sorted(mine)), record.generation, record.origin)
         except LinkdError as exc:

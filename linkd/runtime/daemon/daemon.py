@@ -117,14 +117,18 @@ class Daemon:
             return await self.spread.create(stack, source)
         return await self.create_here(stack, source)
 
+    def refuse_existing(self, name: str) -> None:
+        """ConflictError if a stack of that name is up on this node."""
+        if name in self.stacks or store.supervised(name):
+            raise ConflictError(
+                f"stack {name} is already up; delete it first, or pick another name"
+            )
+
     async def create_here(self, stack: Stack, source: str,
                           only: frozenset[str] | None = None) -> StackState:
         """`create` on this node; `only`: the containers it runs of a stack spanning
         nodes (None: all)."""
-        if stack.name in self.stacks or store.supervised(stack.name):
-            raise ConflictError(
-                f"stack {stack.name} is already up; delete it first, or pick another name"
-            )
+        self.refuse_existing(stack.name)
         hosted = self._host(stack.name, source)
         hosted.supervisor.only = only
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -305,6 +309,13 @@ class Daemon:
         hosted = Hosted(name, sup, asyncio.Event())
         sup.report = self._reporter(hosted)
         sup.on_event = self.events.publish
+        if self.spread is not None:
+            spread = self.spread
+
+            def refusal() -> Awaitable[str | None]:
+                return spread.refusal(name)
+
+            sup.containers.refusal = refusal
         if self.overlay_sync is not None:
             sync = self.overlay_sync
             sup.neighbours.remote = sync.neighbours_of

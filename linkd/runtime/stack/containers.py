@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from linkd.core import health, restart
@@ -43,6 +44,11 @@ class Containers:
         self.exits: asyncio.Queue[tuple[str, int, bool]] = asyncio.Queue()
         self.monitors: dict[str, asyncio.Task[None]] = {}
         self._warm: dict[str, process.WarmShim] = {}  # shims started ahead, by container
+        # A stack spanning a cluster's nodes: by service, its containers on other nodes
+        # (set by the supervisor), and why a node refuses its share, if one does (the
+        # cluster daemon's, linkd.runtime.cluster.stacks).
+        self.elsewhere: dict[str, tuple[str, ...]] = {}
+        self.refusal: Callable[[], Awaitable[str | None]] | None = None
 
     def process_spec(self, container: ContainerPlan) -> process.ProcessSpec:
         spec = process_spec(
@@ -188,11 +194,37 @@ class Containers:
                         break
             elif dependency.condition == "service_healthy":
                 failure = await self._wait_healthy(service, dependency.service, peers)
+            away = self.elsewhere.get(dependency.service)
+            if away and not failure:
+                failure = await self._wait_elsewhere(
+                    service, dependency.service, away,
+                    healthy=dependency.condition == "service_healthy")
             if failure and dependency.required:
                 raise ContainerError(failure)
             if failure and container.replica == 1:
                 self.live.report(f"container {container.name}",
                                  f"warning: {failure}; starting anyway (required: false)")
+
+    async def _wait_elsewhere(self, service: str, dependency: str, names: tuple[str, ...], *,
+                              healthy: bool) -> str:
+        """Until `dependency`'s containers on other nodes run (their nodes publish them)
+        and, `healthy`, are ready (healthy, or running without a healthcheck): "" then,
+        else why not (their node refuses its share). linkd.core.cluster_stacks refuses
+        a wait for an exit elsewhere before anything is made: no node sees it."""
+        while True:
+            changed = self.health.changed()
+            here = {c.name for c in self.publisher.elsewhere}
+            held = self.publisher.pending_elsewhere()
+            if all(n in here and not (healthy and n in held) for n in names):
+                return ""
+            why = await self.refusal() if self.refusal is not None else None
+            if why:
+                return (f"service {service} depends on {dependency}, which runs on another "
+                        f"node, and {why}")
+            # A refusal is read from etcd: looked at again every second meanwhile.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await changed.wait()
 
     async def _wait_healthy(self, service: str, dependency: str,
                             peers: tuple[ContainerPlan, ...]) -> str:

@@ -120,6 +120,8 @@ class Publisher:
         if plans == self.neighbours and pending == self._neighbours_pending:
             return
         before = self.neighbours
+        if pending != self._neighbours_pending:
+            self.wake()  # a dependency on another node may be healthy now
         self.neighbours, self._neighbours_pending = plans, pending
         plan = self.live.plan
         if self.dns is None or plan is None or self.live.status == "stopping":
@@ -132,6 +134,10 @@ class Publisher:
         if zone is not self.dns.zone:
             self.dns.set_zone(zone)
             self.emit(type="dns", serial=zone.serial, gone=[])
+
+    def pending_elsewhere(self) -> set[str]:
+        """The stack's containers on other nodes held back by their healthcheck."""
+        return {name for stack, name in self._neighbours_pending if stack == self.live.name}
 
     def _pending(self, served: StackPlan) -> frozenset[tuple[str, str]]:
         return held_back(served, self.live.states) | self._neighbours_pending
@@ -179,6 +185,7 @@ class Publisher:
             return
         services = {c.service for c in (*self.elsewhere, *containers)}
         self.elsewhere = containers
+        self.wake()  # a dependency on another node may be met
         plan = self.live.plan
         if plan is None or self.live.status == "stopping":
             return

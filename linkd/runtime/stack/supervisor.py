@@ -30,7 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from linkd.core import bindings, names, overlay_plan
+from linkd.core import bindings, cluster_stacks, names, overlay_plan
 from linkd.core.model import Stack
 from linkd.core.plan import ContainerPlan, StackPlan
 from linkd.core.reconcile import (
@@ -175,6 +175,7 @@ class Supervisor:
         """Plan the stack and record the plan, holding the global lock meanwhile."""
         stack, conventions = await planner.resolve(stack, self.live.base, self.report,
                                                    self.transfer, self.only)
+        self.containers.elsewhere = cluster_stacks.elsewhere(stack, self.only)
         if self.overlay is None and (spanning := overlay_plan.overlay_networks(stack)):
             self._notice(f"network {spanning[0].name}", "driver overlay spans nodes on a "
                          "cluster daemon (linkd daemon --cluster); here it is a bridge on "
@@ -374,6 +375,7 @@ class Supervisor:
         assert old is not None and self.dns is not None
         stack, conventions = await planner.resolve(stack, self.live.base, self.report,
                                                    self.transfer, self.only)
+        self.containers.elsewhere = cluster_stacks.elsewhere(stack, self.only)
         # The global lock from the plan to its record: no other stack may take the
         # subnets and ports this one is about to move to. What the new plan replaces is
         # stopped first, under it: recorded before then, a crash would leave the state
