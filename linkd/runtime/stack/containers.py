@@ -211,17 +211,21 @@ class Containers:
         and, `healthy`, are ready (healthy, or running without a healthcheck): "" then,
         else why not (their node refuses its share). linkd.core.cluster_stacks refuses
         a wait for an exit elsewhere before anything is made: no node sees it."""
+        asked = 0.0
         while True:
             changed = self.health.changed()
             here = {c.name for c in self.publisher.elsewhere}
             held = self.publisher.pending_elsewhere()
             if all(n in here and not (healthy and n in held) for n in names):
                 return ""
-            why = await self.refusal() if self.refusal is not None else None
-            if why:
-                return (f"service {service} depends on {dependency}, which runs on another "
-                        f"node, and {why}")
-            # A refusal is read from etcd: looked at again every second meanwhile.
+            # A refusal is read from etcd: once a second at most, however often the
+            # stack's state changes meanwhile.
+            if self.refusal is not None and time.monotonic() - asked >= 1.0:
+                asked = time.monotonic()
+                why = await self.refusal()
+                if why:
+                    return (f"service {service} depends on {dependency}, which runs on "
+                            f"another node, and {why}")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
                     await changed.wait()
