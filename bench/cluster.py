@@ -1,7 +1,7 @@
 """A cluster of nodes: names across nodes, VXLAN throughput, up of many containers, and a
 dead node's withdrawal, beside their floors in the same run.
 
-    bench/run cluster [--starts 200] [--per-node 100] [--seconds 3] [--runs 3]
+    bench/run cluster [--starts 200] [--per-node 100] [--seconds 3] [--runs 5]
 
 Three nodes on this machine (tests/cluster_nodes.py: simulated hosts joined by an underlay
 bridge, each with its own linkd daemon) and a three-member etcd (tests/etcd.py, Debian's
@@ -298,4 +298,4 @@ def options(parser: argparse.ArgumentParser) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(common.part("cluster", __doc__ or "", main, runs=3, options=options))
+    sys.exit(common.part("cluster", __doc__ or "", main, runs=5, options=options))
