@@ -33,6 +33,7 @@ from linkd.cli.reading import (
     cmd_config,
     cmd_dns,
     cmd_env,
+    cmd_graph,
     cmd_inspect,
     cmd_logs,
     cmd_port,
@@ -258,6 +259,14 @@ def _inspect(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", nargs="?", help="service or container; omit for the stack")
 
 
+def _graph(p: argparse.ArgumentParser) -> None:
+    _stack_options(p, cmd_graph)
+    p.add_argument("stack", nargs="?", help="the stack (as -p); default as for ps")
+    p.add_argument("--format", choices=("svg", "dot", "mermaid"), default="svg",
+                   help="svg (default: a self-contained picture), dot (Graphviz) or "
+                        "mermaid")
+
+
 def _config(p: argparse.ArgumentParser) -> None:
     _stack_options(p, cmd_config)
 
@@ -374,6 +383,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "logs": ("show a service's or container's output", _logs),
     "exec": ("run a command inside a running container", _exec),
     "inspect": ("show a container's plan and state as JSON", _inspect),
+    "graph": ("draw the stack's networks, containers, links and ports", _graph),
     "config": ("validate the stack file and print it normalized", _config),
     "env": ("the environment a service's containers get, and why", _env),
     "dns": ("what a container's DNS lookup of NAME gives, and why", _dns),

@@ -1,5 +1,5 @@
 """The commands that read, and `up -d`: `config`, `env`, `ps`, `logs`, `port`, `dns`,
-`inspect`, and `up -d`, which hands the stack file to the daemon.
+`inspect`, `graph`, and `up -d`, which hands the stack file to the daemon.
 
 They answer at once: each imports, inside the command, the pure code it uses, and none
 imports the runtime's daemon, supervisor or netlink (pyproject's import contracts;
@@ -287,6 +287,17 @@ def cmd_dns(args: argparse.Namespace) -> int:
         print("answer: forwarded to the upstream resolvers (not a name of this stack)")
     else:
         print("answer: REFUSED (not a name of this stack, and the container has no route out)")
+    return 0
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    """The stack's topology on stdout (linkd.core.graph_formats)."""
+    from linkd.core.graph_formats import render
+    from linkd.core.topology import topology
+
+    if args.stack:
+        args.project = args.stack
+    sys.stdout.write(render(topology(load_state(stack_name(args))), args.format))
     return 0
 
 
