@@ -89,6 +89,7 @@ def enter_session_host() -> None:
     _real_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
     _own_mounts()
+    forwarding_off()
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     os.makedirs(SESSION_RUN_DIR, mode=0o700, exist_ok=True)
     # A run directory of the session's own, so that two sessions at once (or a crashed
@@ -102,6 +103,17 @@ def enter_session_host() -> None:
     # one), never root's ~/.docker; the daemon `up -d` starts inherits it.
     os.environ["DOCKER_CONFIG"] = SESSION_RUN_DIR + "/docker"
     os.environ[ENTERED] = "session"
+
+
+def forwarding_off() -> None:
+    """Forwarding off in this process's network namespace, as on a new machine: a new
+    namespace copies its IPv4 settings from the real host's (Linux's default, for
+    net.core.devconf_inherit_init_net=0), so a host with forwarding on (any Docker host)
+    would hand it on."""
+    for name in ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding",
+                 "net/ipv6/conf/default/forwarding"):
+        with contextlib.suppress(FileNotFoundError):  # no IPv6 on this host
+            Path("/proc/sys", name).write_text("0\n")
 
 
 def on_real_host() -> None:
@@ -240,6 +252,7 @@ def _hold(netns: str) -> None:
     fd = os.open(f"/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
     _check(_libc.setns(fd, CLONE_NEWNET), f"setns {netns}")
     os.close(fd)
+    forwarding_off()
     _own_mounts()
     sys.stdout.write("ready\n")
     sys.stdout.flush()
