@@ -267,6 +267,13 @@ def _graph(p: argparse.ArgumentParser) -> None:
                         "mermaid")
 
 
+def _ui(p: argparse.ArgumentParser) -> None:
+    p.description = ("serve the daemon's topology page on 127.0.0.1 (a token in the URL it "
+                     "prints is required on every request) until interrupted; opens nothing")
+    p.add_argument("--port", type=int, default=0, help="the port (default: a free one)")
+    p.set_defaults(handler=_later("ui", "cmd_ui"))
+
+
 def _config(p: argparse.ArgumentParser) -> None:
     _stack_options(p, cmd_config)
 
@@ -384,6 +391,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "exec": ("run a command inside a running container", _exec),
     "inspect": ("show a container's plan and state as JSON", _inspect),
     "graph": ("draw the stack's networks, containers, links and ports", _graph),
+    "ui": ("serve the daemon's live topology page on 127.0.0.1, with a token", _ui),
     "config": ("validate the stack file and print it normalized", _config),
     "env": ("the environment a service's containers get, and why", _env),
     "dns": ("what a container's DNS lookup of NAME gives, and why", _dns),

@@ -151,6 +151,8 @@ ROUTES: tuple[tuple[str, str, str, str, int], ...] = (
     ("POST", "/v1/stacks/{stack}/containers/{container}/restart", "restartContainer",
      "Stop, then start a container", 200),
     ("GET", "/v1/stacks/{stack}/networks", "listNetworks", "A stack's networks", 200),
+    ("GET", "/v1/stacks/{stack}/graph", "getGraph", "The stack's wiring as a picture: "
+     "`format=svg` (default), `dot` or `mermaid` (as `linkd graph`)", 200),
     ("GET", "/v1/stacks/{stack}/containers/{container}/dns", "getDns",
      "What the container's lookup of `name` gets, and why", 200),
     ("GET", "/v1/events", "events", "Server-sent events: lifecycle, DNS and stack changes, "

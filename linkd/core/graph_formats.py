@@ -186,13 +186,15 @@ def to_svg(topo: Topology) -> str:
                    'marker-end="url(#arrow)"/>')
         out.append(_text(bend + 4, (y1 + y2) / 2 + 4,
                          _link_label(link.alias, link.conventions), size=9))
-    for c in topo.containers:
+    for c in topo.containers:  # a group per container: the page's clicks find it by name
         y = crow[c.name]
+        out.append(f'<g data-container="{html.escape(_NOT_XML.sub("", c.name))}">')
         out.append(f'<rect x="{CONTAINER_X}" y="{y}" width="{BOX_W}" height="{BOX_H}" rx="8" '
                    f'fill="{COLOURS[c.condition]}" stroke="#495057"/>')
         name, said = _label(c)
         out.append(_text(CONTAINER_X + 8, y + 16, name, weight="bold"))
         out.append(_text(CONTAINER_X + 8, y + 32, f"{c.service} · {said}", size=10))
+        out.append("</g>")
     for net in topo.networks:
         y = nrow[net.key]
         out.append(f'<rect x="{NETWORK_X}" y="{y}" width="{BOX_W}" height="{BOX_H}" '

@@ -19,6 +19,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import hmac
+import importlib.resources
 import json
 import logging
 import os
@@ -76,9 +77,12 @@ def make_app(daemon: Daemon, *, tcp: api_tcp.Listener | None = None) -> web.Appl
         "getDns": get_dns,
         "events": events,
         "listNodes": list_nodes,
+        "getGraph": get_graph,
     }
     for method, path, operation, _, _ in ROUTES:
         app.router.add_route(method, path, handlers[operation], name=operation)
+    app.router.add_get("/ui/", ui_file)
+    app.router.add_get("/ui/{file}", ui_file)
     return app
 
 
@@ -385,6 +389,41 @@ async def get_dns(request: web.Request) -> web.Response:
         "records": [{"name": n, "type": t, "ttl": ttl, "data": d}
                     for n, t, ttl, d in found.records],
     })
+
+
+async def get_graph(request: web.Request) -> web.Response:
+    from linkd.core import graph_formats, topology
+
+    fmt = request.query.get("format", "svg")
+    if fmt not in graph_formats.FORMATS:
+        raise ApiError(400, "invalid request", [
+            ("query.format", f"one of {', '.join(graph_formats.FORMATS)}")])
+    state = request.app[DAEMON].state(request.match_info["stack"])
+    kinds = {"svg": "image/svg+xml", "dot": "text/vnd.graphviz", "mermaid": "text/plain"}
+    return web.Response(text=graph_formats.render(topology.topology(state), fmt),
+                        content_type=kinds[fmt])
+
+
+# -- the page --------------------------------------------------------------------------------
+
+UI_FILES = {"": ("index.html", "text/html"), "index.html": ("index.html", "text/html"),
+            "ui.js": ("ui.js", "text/javascript"), "ui.css": ("ui.css", "text/css")}
+
+
+async def ui_file(request: web.Request) -> web.Response:
+    """The page's files, from the package (linkd/ui); only these names, never a path."""
+    found = UI_FILES.get(request.match_info.get("file", ""))
+    if found is None:
+        raise web.HTTPNotFound()
+    name, kind = found
+    text = importlib.resources.files("linkd.ui").joinpath(name).read_text(encoding="utf-8")
+    return web.Response(text=text, content_type=kind, headers={
+        "Cache-Control": "no-store",
+        # Its own files only: no script, style or connection to anywhere else.
+        "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+                                   "style-src 'self'; script-src 'self'; "
+                                   "connect-src 'self'; frame-ancestors 'none'",
+        "X-Content-Type-Options": "nosniff"})
 
 
 # -- events --------------------------------------------------------------------------------
