@@ -244,6 +244,8 @@ def _ps(p: argparse.ArgumentParser) -> None:
 def _logs(p: argparse.ArgumentParser) -> None:
     _stack_options(p, cmd_logs, short_file=False)  # `-f` is follow, as in docker compose
     p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("-n", "--tail", default="all", metavar="N",
+                   help='only the last N lines of each container (default "all")')
     p.add_argument("service", help="service (all replicas) or container (web-2)")
 
 

@@ -227,6 +227,12 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
     from linkd.runtime.containers import logs as log_files
 
+    from linkd.core.api_schema import tail_lines
+
+    try:
+        tail = tail_lines(args.tail)
+    except ValueError as exc:
+        raise SpecError([("--tail", None, str(exc))]) from None
     name = stack_name(args)
     state = load_state(name)
     sources = [(c, paths.log_path(name, c)) for c in containers(state, args.service)]
@@ -240,7 +246,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     if not args.follow:
         stop.set()
     try:
-        asyncio.run(log_files.follow(sources, emit, stop))
+        asyncio.run(log_files.follow(sources, emit, stop, tail=tail))
     except KeyboardInterrupt:
         return 0
     return 0

@@ -124,6 +124,26 @@ def parse_flag(value: str | None, field: str) -> bool:
     raise ApiError(400, "invalid request", [(field, 'expected "true" or "false"')])
 
 
+TAIL_EXPECTED = 'expected a number of lines or "all"'
+
+
+def tail_lines(value: str | None) -> int | None:
+    """Docker's `tail`: a number of lines from the end, or `all` (None: the whole log);
+    ValueError for anything else."""
+    if value in (None, "", "all"):
+        return None
+    if value.isdigit() and len(value) <= 9:
+        return int(value)
+    raise ValueError(f"{TAIL_EXPECTED}, got {value!r}")
+
+
+def parse_tail(value: str | None, field: str) -> int | None:
+    try:
+        return tail_lines(value)
+    except ValueError as exc:
+        raise ApiError(400, "invalid request", [(field, str(exc))]) from None
+
+
 # -- the OpenAPI document -------------------------------------------------------------------
 
 # (method, path, operationId, summary, success status)
@@ -143,7 +163,7 @@ ROUTES: tuple[tuple[str, str, str, str, int], ...] = (
     ("GET", "/v1/stacks/{stack}/containers/{container}", "getContainer",
      "A container's plan and state", 200),
     ("GET", "/v1/stacks/{stack}/containers/{container}/logs", "getLogs",
-     "A container's output; `follow=true` streams it", 200),
+     "A container's output (`tail=N`: its last N lines); `follow=true` streams it", 200),
     ("POST", "/v1/stacks/{stack}/containers/{container}/stop", "stopContainer",
      "Stop a container (stop_signal, then SIGKILL after stop_grace_period)", 200),
     ("POST", "/v1/stacks/{stack}/containers/{container}/start", "startContainer",
@@ -341,8 +361,11 @@ def openapi() -> dict[str, Any]:
             for p in re.findall(r"{(\w+)}", path)
         ]
         if operation == "getLogs":
-            parameters.append({"name": "follow", "in": "query",
-                               "schema": {"type": "boolean"}})
+            parameters += [
+                {"name": "follow", "in": "query", "schema": {"type": "boolean"}},
+                {"name": "tail", "in": "query", "schema": {"type": "string", "default": "all"},
+                 "description": "only the last N lines (then what follows, with follow)"},
+            ]
         if operation == "getDns":
             parameters += [
                 {"name": "name", "in": "query", "required": True, "schema": {"type": "string"}},

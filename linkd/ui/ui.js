@@ -79,8 +79,8 @@ async function show(name) {
     const got = (answer.records || []).map(r => r.data || r.address || JSON.stringify(r));
     row(dns, [asked, answer.rcode || "", got.join(", ")]);
   }
-  const text = await (await get(`${base}/logs`)).text();
-  document.getElementById("logs").textContent = text.split("\n").slice(-20).join("\n");
+  const text = await (await get(`${base}/logs`, { tail: "20" })).text();
+  document.getElementById("logs").textContent = text;
 }
 
 function follow() {

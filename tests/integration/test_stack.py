@@ -143,6 +143,10 @@ def test_ps_logs_inspect_and_config(linkd: Linkd) -> None:
     while "line-two" not in linkd.run("logs", "-p", linkd.project, "talker").stdout:
         assert time.monotonic() < deadline
         time.sleep(0.05)
+    assert linkd.run("logs", "-p", linkd.project, "-n", "1", "talker").stdout == "line-two\n"
+    assert linkd.run("logs", "-p", linkd.project, "--tail", "0", "talker").stdout == ""
+    refused = linkd.run("logs", "-p", linkd.project, "--tail", "-3", "talker", check=False)
+    assert refused.returncode != 0 and "--tail" in refused.stderr
     ps = linkd.run("ps", "-p", linkd.project).stdout
     assert "talker-1" in ps and "running" in ps
     inspected = json.loads(linkd.run("inspect", "-p", linkd.project, "talker").stdout)

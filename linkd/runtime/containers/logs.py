@@ -32,12 +32,41 @@ async def _off_loop(work: Callable[[], T]) -> T:
     return await asyncio.get_running_loop().run_in_executor(READERS, work)
 
 
-async def chunks(path: Path, more: Callable[[], bool]) -> AsyncGenerator[bytes, None]:
-    """`path`'s bytes, `CHUNK` at a time; at its end, while `more()` holds, what is
-    appended to it (looked for every `POLL` seconds). Use it in `contextlib.aclosing`,
-    which closes the file when the reader stops early."""
+def start_of_last_lines(f: BinaryIO, lines: int, *, block: int = CHUNK) -> int:
+    """The offset in the seekable `f` where its last `lines` lines begin (a last line
+    without its newline counts), read backwards a block at a time: `docker logs --tail N`
+    of a log of any size reads only what it shows."""
+    end = f.seek(0, 2)
+    if lines <= 0 or end == 0:
+        return end
+    # A final newline ends the last line rather than starting one after it.
+    f.seek(end - 1)
+    stop = end - 1 if end and f.read(1) == b"\n" else end
+    found = 0
+    at = stop
+    while at > 0:
+        start = max(0, at - block)
+        f.seek(start)
+        data = f.read(at - start)
+        cut = len(data)
+        while (cut := data.rfind(b"\n", 0, cut)) >= 0:
+            found += 1
+            if found == lines:
+                return start + cut + 1
+        at = start
+    return 0
+
+
+async def chunks(path: Path, more: Callable[[], bool], *,
+                 tail: int | None = None) -> AsyncGenerator[bytes, None]:
+    """`path`'s bytes (its last `tail` lines, if given), `CHUNK` at a time; at its end,
+    while `more()` holds, what is appended to it (looked for every `POLL` seconds). Use it
+    in `contextlib.aclosing`, which closes the file when the reader stops early."""
     f: BinaryIO = await _off_loop(lambda: path.open("rb"))
     try:
+        if tail is not None:
+            last = tail
+            await _off_loop(lambda: f.seek(start_of_last_lines(f, last)))
         while True:
             chunk = await _off_loop(lambda: f.read(CHUNK))
             if chunk:
@@ -62,12 +91,17 @@ async def follow(
     stop: asyncio.Event,
     *,
     from_start: bool = True,
+    tail: int | None = None,
 ) -> None:
-    """Call `emit(name, line)` for each complete line appended to each file until `stop`.
+    """Call `emit(name, line)` for each complete line appended to each file until `stop`
+    (from each file's last `tail` lines, if given).
 
     Lines still in the files when `stop` is set are emitted before returning.
     """
     offsets = {name: 0 if from_start else _size(path) for name, path in sources}
+    if tail is not None:
+        for name, path in sources:
+            offsets[name] = await _off_loop(functools.partial(_tail_offset, path, tail))
     partial = {name: b"" for name, _ in sources}
     while True:
         stopping = stop.is_set()
@@ -88,6 +122,14 @@ async def follow(
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), POLL)
+
+
+def _tail_offset(path: Path, lines: int) -> int:
+    try:
+        with path.open("rb") as f:
+            return start_of_last_lines(f, lines)
+    except FileNotFoundError:
+        return 0
 
 
 def _size(path: Path) -> int:

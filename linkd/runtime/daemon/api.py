@@ -34,7 +34,14 @@ from aiohttp import web
 
 from linkd import loader
 from linkd.core import health
-from linkd.core.api_schema import ROUTES, ApiError, openapi, parse_create, parse_flag
+from linkd.core.api_schema import (
+    ROUTES,
+    ApiError,
+    openapi,
+    parse_create,
+    parse_flag,
+    parse_tail,
+)
 from linkd.core.model import Stack
 from linkd.core.plan import hide_secrets
 from linkd.core.state import to_plain
@@ -350,12 +357,13 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
     stack, name = request.match_info["stack"], request.match_info["container"]
     daemon._container(daemon.hosted(stack), name)
     follow = parse_flag(request.query.get("follow"), "query.follow")
+    tail = parse_tail(request.query.get("tail"), "query.tail")
     path = store.log_path(stack, name)
     response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     await response.prepare(request)
     # Read in log reader threads, never on this loop (it answers DNS too).
     async with contextlib.aclosing(
-        logs.chunks(path, lambda: follow and stack in daemon.stacks)
+        logs.chunks(path, lambda: follow and stack in daemon.stacks, tail=tail)
     ) as chunks:
         async for chunk in chunks:
             await response.write(chunk)
