@@ -225,9 +225,8 @@ def table(state: dict[str, Any], wanted: Sequence[tuple[str, str | None]] = ()) 
 def cmd_logs(args: argparse.Namespace) -> int:
     import asyncio
 
-    from linkd.runtime.containers import logs as log_files
-
     from linkd.core.api_schema import tail_lines
+    from linkd.runtime.containers import logs as log_files
 
     try:
         tail = tail_lines(args.tail)
