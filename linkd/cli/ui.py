@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hmac
+import re
 import secrets
 import signal
+import urllib.parse
 from collections.abc import Awaitable, Callable
 
 from aiohttp import ClientSession, ClientTimeout, UnixConnector, web
@@ -91,12 +93,22 @@ async def _guard(request: web.Request,
     return await handler(request)
 
 
+# The page's own files, as index.html names them (`src="ui.js"`): each gets the token.
+_PAGE_FILE = re.compile(r'\b(src|href)="([\w.-]+)"')
+
+
 async def _pass_on(request: web.Request) -> web.StreamResponse:
-    """The daemon's answer to the same GET (less the token), streamed as it comes."""
+    """The daemon's answer to the same GET (less the token), streamed as it comes; the
+    page's HTML with the token added to the files it loads, which need it too."""
     query = [(k, v) for k, v in request.query.items() if k != "token"]
     async with request.app[SESSION].get(f"http://linkd{request.path}", params=query) as got:
-        response = web.StreamResponse(status=got.status, headers={
-            k: got.headers[k] for k in FORWARDED if k in got.headers})
+        headers = {k: got.headers[k] for k in FORWARDED if k in got.headers}
+        if request.path.startswith("/ui/") and got.content_type == "text/html":
+            token = urllib.parse.quote(request.app[TOKEN])
+            page = _PAGE_FILE.sub(lambda m: f'{m[1]}="{m[2]}?token={token}"',
+                                  await got.text())
+            return web.Response(status=got.status, text=page, headers=headers)
+        response = web.StreamResponse(status=got.status, headers=headers)
         await response.prepare(request)
         async for chunk in got.content.iter_any():
             await response.write(chunk)

@@ -175,6 +175,9 @@ ROUTES: tuple[tuple[str, str, str, str, int], ...] = (
      "`format=svg` (default), `dot` or `mermaid` (as `linkd graph`)", 200),
     ("GET", "/v1/stacks/{stack}/containers/{container}/dns", "getDns",
      "What the container's lookup of `name` gets, and why", 200),
+    ("GET", "/v1/stacks/{stack}/containers/{container}/names", "getNames",
+     "Every name the container may look up (its networks' services, containers and "
+     "aliases, its link aliases) and its A and AAAA answers from there", 200),
     ("GET", "/v1/events", "events", "Server-sent events: lifecycle, DNS and stack changes, "
      "progress of an up and its image pulls", 200),
     ("GET", "/v1/nodes", "listNodes", "The cluster's nodes as this daemon sees them, and its "
@@ -338,6 +341,7 @@ _ERRORS_BY_ROUTE = {
     "restartContainer": (404,),
     "listNetworks": (404,),
     "getDns": (400, 404),
+    "getNames": (404,),
     "listNodes": (409,),
 }
 

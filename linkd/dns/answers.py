@@ -109,6 +109,17 @@ def lookup(zone: Zone, name: str, qtype: str, requester: IPv4Address | IPv6Addre
                   isinstance(reply, Forward))
 
 
+def reachable_names(zone: Zone, requester: IPv4Address | IPv6Address) -> tuple[str, ...]:
+    """The names `requester` may look up in `zone`, in their short form: the services,
+    containers and aliases of the networks in its view, its link aliases and its own
+    extra names (what the page lists; each answers through `lookup`)."""
+    names = set(zone.extra.get(requester, {}))
+    view = zone.view_of(requester)
+    for netid in view.networks if view is not None else ():
+        names.update(n for n in zone.names.get(netid, {}) if "." not in n and n[:1] != "_")
+    return tuple(sorted(names))
+
+
 @dataclass(frozen=True, slots=True)
 class _Question:
     """The question as read straight from simple wire bytes, for the cache key."""

@@ -1,12 +1,14 @@
 // The topology page: the stack's picture from the daemon (GET /v1/stacks/S/graph, drawn
-// by linkd.core.graph_formats), redrawn on every event of the daemon's event stream for
-// that stack (no polling); a container's environment (secrets masked), the names it may
-// reach and its last log lines on a click. Read-only: it only ever GETs.
+// by linkd.core.graph_formats), redrawn on the daemon's events (no polling); a container's
+// environment (secrets masked until asked), the names it may reach as it resolves them,
+// and its last log lines on a click. Read-only: it only ever GETs.
 "use strict";
 
 const token = new URLSearchParams(location.search).get("token");
 const SECRET = /PASSWORD|SECRET|TOKEN|KEY/i;
 let stack = null;
+let shown = null;  // the container whose details are open
+const revealed = new Set();  // names of its secret variables the user asked to see
 
 function url(path, query = {}) {
   const params = new URLSearchParams(query);
@@ -28,9 +30,15 @@ async function loadStacks() {
   const names = found.map(s => s.name).sort();
   const select = document.getElementById("stacks");
   select.replaceChildren(...names.map(n => new Option(n, n)));
-  if (!names.includes(stack)) stack = names[0] || null;
+  if (!names.includes(stack)) choose(names[0] || null);
   select.value = stack || "";
   await draw();
+}
+
+function choose(name) {
+  stack = name;
+  shown = null;
+  document.getElementById("details").hidden = true;
 }
 
 async function draw() {
@@ -39,65 +47,93 @@ async function draw() {
   // Our own SVG: every name in it is escaped by the daemon (graph_formats).
   picture.innerHTML = await (await get(`/v1/stacks/${encodeURIComponent(stack)}/graph`)).text();
   for (const node of picture.querySelectorAll("[data-container]")) {
-    node.addEventListener("click", () => show(node.dataset.container));
+    node.addEventListener("click", () => show(node.dataset.container).catch(e => say(String(e))));
   }
   say(`updated ${new Date().toLocaleTimeString()}`);
 }
 
-function row(table, cells) {
-  const tr = table.insertRow();
-  for (const cell of cells) {
-    const td = tr.insertCell();
-    if (cell instanceof Node) td.append(cell); else td.textContent = cell;
-  }
+function rows(list) {
+  return list.map(cells => {
+    const tr = document.createElement("tr");
+    for (const cell of cells) {
+      const td = tr.insertCell();
+      td.append(cell);
+    }
+    return tr;
+  });
+}
+
+function secret(key, value) {
+  const button = document.createElement("button");
+  button.className = "reveal";
+  button.textContent = "hidden: show";
+  button.addEventListener("click", () => { revealed.add(key); button.replaceWith(value); });
+  return button;
 }
 
 async function show(name) {
+  if (name !== shown) revealed.clear();
+  shown = name;
   const base = `/v1/stacks/${encodeURIComponent(stack)}/containers/${encodeURIComponent(name)}`;
-  const container = await (await get(base)).json();
-  document.getElementById("details").hidden = false;
+  // Everything is fetched first and swapped in at once: a redraw meanwhile never mixes.
+  const [container, names, log] = await Promise.all([
+    get(base).then(r => r.json()),
+    get(`${base}/names`).then(r => r.json()),
+    get(`${base}/logs`, { tail: "20" }).then(r => r.text()),
+  ]);
+  if (shown !== name) return;
+  const env = container.plan.env.map(([key, value]) =>
+    [key, SECRET.test(key) && !revealed.has(key) ? secret(key, value) : value]);
+  const answers = names.map(found => {
+    const got = found.records.map(r => r.data);
+    return [found.name, got.length ? got.join(", ") : found.rcode || "no answer"];
+  });
   document.getElementById("container-name").textContent = name;
-  const env = document.getElementById("env");
-  env.replaceChildren();
-  for (const [key, value] of container.plan.env) {
-    if (SECRET.test(key)) {
-      const button = document.createElement("button");
-      button.className = "reveal";
-      button.textContent = "hidden: show";
-      button.addEventListener("click", () => { button.replaceWith(value); });
-      row(env, [key, button]);
-    } else {
-      row(env, [key, value]);
+  document.getElementById("env").replaceChildren(...rows(env));
+  document.getElementById("dns").replaceChildren(...rows(answers));
+  document.getElementById("logs").textContent = log;
+  document.getElementById("details").hidden = false;
+}
+
+// Events come in bursts (a stack going up is dozens): one redraw at a time, and one more
+// after it if anything came meanwhile.
+let drawing = false;
+let dirty = false;
+async function redraw() {
+  dirty = true;
+  if (drawing) return;
+  drawing = true;
+  try {
+    while (dirty) {
+      dirty = false;
+      await loadStacks();
+      if (shown) await show(shown);
     }
+  } catch (error) {
+    say(String(error));
+  } finally {
+    drawing = false;
   }
-  const dns = document.getElementById("dns");
-  dns.replaceChildren();
-  const plan = await (await get(`/v1/stacks/${encodeURIComponent(stack)}`)).json();
-  const names = [...new Set(plan.plan.containers.flatMap(c => [c.service, c.name]))];
-  for (const asked of names) {
-    const answer = await (await get(`${base}/dns`, { name: asked })).json();
-    const got = (answer.records || []).map(r => r.data || r.address || JSON.stringify(r));
-    row(dns, [asked, answer.rcode || "", got.join(", ")]);
-  }
-  const text = await (await get(`${base}/logs`, { tail: "20" })).text();
-  document.getElementById("logs").textContent = text;
 }
 
 function follow() {
   const events = new EventSource(url("/v1/events"));
-  const redraw = (message) => {
-    try {
-      const event = JSON.parse(message.data);
-      if (event.stack && event.stack !== stack) return;
-    } catch (_) { /* a comment line */ }
-    loadStacks().catch(error => say(String(error)));
+  const changed = (message) => {
+    let event;
+    try { event = JSON.parse(message.data); } catch (_) { return; }
+    // Another stack's containers change nothing here; any stack coming or going does.
+    if (event.type !== "stack" && event.stack && event.stack !== stack) return;
+    redraw();
   };
-  for (const kind of ["lifecycle", "health", "dns", "stack"]) events.addEventListener(kind, redraw);
+  for (const kind of ["lifecycle", "health", "dns", "stack"]) {
+    events.addEventListener(kind, changed);
+  }
+  events.onopen = () => redraw();  // whatever changed while the stream was away
   events.onerror = () => say("event stream lost; the browser retries");
 }
 
 document.getElementById("stacks").addEventListener("change", (e) => {
-  stack = e.target.value;
+  choose(e.target.value);
   draw().catch(error => say(String(error)));
 });
-loadStacks().then(follow).catch(error => say(String(error)));
+follow();

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +43,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             "the integration tests create namespaces and bridges: run them as root "
             "(scripts/dev test does)"
         )
+
+
+OUTCOME = pytest.StashKey[dict[str, pytest.TestReport]]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Each phase's report, kept on the test: a fixture's teardown can see that its test
+    failed (the browser tests save a screenshot then)."""
+    report: pytest.TestReport = yield
+    item.stash.setdefault(OUTCOME, {})[report.when] = report
+    return report
+
+
+def failed(item: pytest.Item) -> bool:
+    return any(r.failed for r in item.stash.get(OUTCOME, {}).values())
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,14 @@ origin is refused. The page is the daemon's own files; the picture is `linkd gra
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 from tests.integration.conftest import REPO, Linkd
@@ -32,13 +34,9 @@ def request(port: int, path: str, *, method: str = "GET", host: str | None = Non
         conn.close()
 
 
-def test_the_page_is_served_through_a_token_and_nothing_else(linkd: Linkd) -> None:
-    linkd.write("""
-        services:
-          db: {command: sleep 300}
-          web: {command: sleep 300, links: [db]}
-    """)
-    linkd.up()
+@contextlib.contextmanager
+def serving_ui(linkd: Linkd) -> Iterator[tuple[int, str]]:
+    """`linkd ui` running: the port and token of the URL it printed; interrupted after."""
     ui = subprocess.Popen([sys.executable, "-m", "linkd", "ui"], stdout=subprocess.PIPE,
                           text=True, cwd=linkd.directory,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -48,9 +46,25 @@ def test_the_page_is_served_through_a_token_and_nothing_else(linkd: Linkd) -> No
         assert url.hostname == "127.0.0.1" and url.path == "/ui/", url
         port, token = url.port, url.query.removeprefix("token=")
         assert port is not None and len(token) >= 32
+        yield port, token
+    finally:
+        ui.terminate()
+        assert ui.wait(10) == 0
+
+
+def test_the_page_is_served_through_a_token_and_nothing_else(linkd: Linkd) -> None:
+    linkd.write("""
+        services:
+          db: {command: sleep 300}
+          web: {command: sleep 300, links: [db]}
+    """)
+    linkd.up()
+    with serving_ui(linkd) as (port, token):
         status, headers, page = request(port, f"/ui/?token={token}")
         assert status == 200 and headers["content-type"].startswith("text/html")
-        assert b'<script src="ui.js">' in page
+        # The files the page loads carry the token too: every request needs it.
+        assert f'<script src="ui.js?token={token}">'.encode() in page
+        assert f'href="ui.css?token={token}"'.encode() in page
         assert "default-src 'self'" in headers["content-security-policy"]
         status, _, script = request(port, f"/ui/ui.js?token={token}")
         assert status == 200 and b"EventSource" in script
@@ -80,6 +94,3 @@ def test_the_page_is_served_through_a_token_and_nothing_else(linkd: Linkd) -> No
         assert request(port, f"/ui/../../etc/passwd?token={token}")[0] == 404
         status, _, _ = request(port, f"/v1/stacks/{linkd.project}?token={token}")
         assert status == 200  # the stack is still up
-    finally:
-        ui.terminate()
-        assert ui.wait(10) == 0

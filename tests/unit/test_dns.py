@@ -9,7 +9,7 @@ from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
 
 from linkd.core.model import Attachment, Network, Service, Stack
 from linkd.core.plan import StackPlan
-from linkd.dns.answers import Answered, Drop, Forward, Reply, answer
+from linkd.dns.answers import Answered, Drop, Forward, Reply, answer, reachable_names
 from linkd.dns.explain import explain
 from linkd.dns.snapshot import Zone
 from linkd.dns.zone import build_zone, network_aliases
@@ -403,6 +403,12 @@ def test_a_link_alias_resolves_for_the_linking_container_only() -> None:
     web = addr(plan, "web-1", "front")
     assert ask(zone, "shopfront", web).header.rcode == 3  # NXDOMAIN for everyone else
     assert any("link alias" in line for line in explain(zone, "shopfront", client))
+    # The names the page lists for each: its networks' short names, its own link alias.
+    assert reachable_names(zone, client) == (
+        "client", "client-1", "shopfront", "web", "web-1", "web-2", "www")
+    assert reachable_names(zone, web) == tuple(sorted(
+        {"client", "client-1", "db", "db-1", "web", "web-1", "web-2", "www", "database"}))
+    assert reachable_names(zone, ip_address("192.0.2.1")) == ()
 
 
 def test_srv_for_every_exposed_and_named_port_with_targets_in_additional() -> None:

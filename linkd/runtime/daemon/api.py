@@ -46,6 +46,7 @@ from linkd.core.model import Stack
 from linkd.core.plan import hide_secrets
 from linkd.core.state import to_plain
 from linkd.dns import answers
+from linkd.dns.snapshot import Address, Zone
 from linkd.dns.zone import build_zone, requester_of
 from linkd.errors import ConflictError, ConventionError, LinkdError, SpecError, user_error
 from linkd.runtime.containers import logs
@@ -82,6 +83,7 @@ def make_app(daemon: Daemon, *, tcp: api_tcp.Listener | None = None) -> web.Appl
         "restartContainer": container_action("restart"),
         "listNetworks": list_networks,
         "getDns": get_dns,
+        "getNames": get_names,
         "events": events,
         "listNodes": list_nodes,
         "getGraph": get_graph,
@@ -376,27 +378,45 @@ async def list_networks(request: web.Request) -> web.Response:
     return web.json_response([to_plain(n) for n in state.plan.networks])
 
 
-async def get_dns(request: web.Request) -> web.Response:
+def _asking(request: web.Request) -> tuple[Zone, Address]:
+    """The zone the container's DNS server holds, and the container as its requester."""
     daemon = request.app[DAEMON]
     stack, name = request.match_info["stack"], request.match_info["container"]
     container = daemon._container(daemon.hosted(stack), name)
+    sup = daemon.hosted(stack).supervisor
+    zone = sup.dns.zone if sup.dns is not None else build_zone([])
+    return zone, requester_of(stack, container)
+
+
+def _records(found: answers.Lookup) -> list[dict[str, object]]:
+    return [{"name": n, "type": t, "ttl": ttl, "data": d} for n, t, ttl, d in found.records]
+
+
+async def get_dns(request: web.Request) -> web.Response:
+    zone, requester = _asking(request)
     lookup = request.query.get("name")
     if not lookup:
         raise ApiError(400, "invalid request", [("query.name", "the name to look up")])
-    sup = daemon.hosted(stack).supervisor
-    zone = sup.dns.zone if sup.dns is not None else build_zone([])
     try:
-        found = answers.lookup(zone, lookup, request.query.get("type", "A"),
-                               requester_of(stack, container))
+        found = answers.lookup(zone, lookup, request.query.get("type", "A"), requester)
     except ValueError as exc:
         raise ApiError(400, "invalid request", [("query.type", str(exc))]) from None
     return web.json_response({
         "explain": list(found.explain),
         "rcode": found.rcode,
         "forwarded": found.forwarded,
-        "records": [{"name": n, "type": t, "ttl": ttl, "data": d}
-                    for n, t, ttl, d in found.records],
+        "records": _records(found),
     })
+
+
+async def get_names(request: web.Request) -> web.Response:
+    zone, requester = _asking(request)
+    reachable = []
+    for name in answers.reachable_names(zone, requester):
+        four, six = (answers.lookup(zone, name, t, requester) for t in ("A", "AAAA"))
+        reachable.append({"name": name, "rcode": four.rcode,
+                          "records": _records(four) + _records(six)})
+    return web.json_response(reachable)
 
 
 async def get_graph(request: web.Request) -> web.Response:

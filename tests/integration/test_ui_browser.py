@@ -1,0 +1,223 @@
+"""The topology page in a real browser (issue 19 §4): Debian's chromium, driven by Selenium
+through Debian's chromium-driver (tests/browser.py), against `linkd ui` and a real stack.
+
+What a user relies on: the picture shows the stack's containers, networks, links and
+published ports; changes (a container restarting, a health change, another stack going up
+or down) arrive by the event stream while the page stays open; a click shows the
+container's environment with secrets masked until asked, the names it may reach as it
+resolves them, and its last log lines; the way in refuses a request without the token,
+under another name (DNS rebinding) or from another site's page.
+
+A failing test leaves a screenshot of the page in test-results/screenshots/.
+"""
+
+from __future__ import annotations
+
+import http.server
+import re
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.browser import FOREIGN_NAME, alive, chromium, descendants
+from tests.integration.conftest import REPO, Linkd, failed, fresh_linkd
+from tests.integration.test_ui import serving_ui
+
+SCREENSHOTS = REPO / "test-results" / "screenshots"
+WAIT = 15  # seconds: the page's changes come within one; the machine is shared
+
+
+@pytest.fixture
+def browser(request: pytest.FixtureRequest) -> Iterator[WebDriver]:
+    with chromium() as driver:
+        try:
+            yield driver
+        finally:
+            if failed(request.node):
+                SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+                shot = SCREENSHOTS / (re.sub(r"[^\w.-]", "_", request.node.name) + ".png")
+                driver.save_screenshot(str(shot))
+                print(f"screenshot of the page: {shot}")
+
+
+def until(driver: WebDriver, what: str, condition: Callable[[WebDriver], Any]) -> Any:
+    return WebDriverWait(driver, WAIT, poll_frequency=0.05).until(
+        condition, f"the page did not show {what} within {WAIT} s")
+
+
+def container_text(driver: WebDriver, name: str) -> str:
+    """What the picture says of one container ("" while it is not drawn)."""
+    found = driver.find_elements(By.CSS_SELECTOR, f'#picture [data-container="{name}"]')
+    return str(found[0].get_attribute("textContent")) if found else ""
+
+
+def picture_text(driver: WebDriver) -> str:
+    return str(driver.find_element(By.ID, "picture").get_attribute("textContent"))
+
+
+STACK = """
+    services:
+      db:
+        command: sh -c 'echo db says hello; sleep 300'
+        healthcheck:
+          test: ["CMD", "test", "-f", "healthy"]
+          interval: 0.1s
+          timeout: 2s
+          retries: 1
+      web:
+        # exits (and is restarted: on-failure) when the test drops a file named crash
+        command: >-
+          sh -c 'echo web says hello;
+                 while [ ! -f crash ]; do sleep 0.05; done; rm crash; exit 3'
+        restart: on-failure
+        links: ["db:database"]
+        ports: ["18080:80"]
+        environment:
+          MODE: test
+          API_TOKEN: tok-not-shown
+"""
+
+
+def test_the_page_draws_the_stack_and_follows_its_changes(
+    linkd: Linkd, browser: WebDriver
+) -> None:
+    linkd.write(STACK)
+    linkd.up()
+    with serving_ui(linkd) as (port, token):
+        browser.get(f"http://127.0.0.1:{port}/ui/?token={token}")
+        until(browser, "both containers", lambda d: container_text(d, "web-1")
+              and container_text(d, "db-1"))
+        drawn = picture_text(browser)
+        assert f"stack {linkd.project}" in drawn
+        assert "default" in drawn  # the stack's network, a box
+        assert "database" in drawn  # the link's arrow, labelled with its alias
+        assert "18080" in drawn  # the published port, at the edge
+        assert re.search(r"10\.\d+\.\d+\.\d+", drawn)  # addresses on the lines
+        assert re.search(r"· (starting|unhealthy)", container_text(browser, "db-1"))
+
+        # A health change arrives by the event stream: the page is not reloaded.
+        marker = browser.execute_script("window.stillThisPage = 1; return 1")
+        (linkd.directory / "healthy").touch()
+        until(browser, "db-1 healthy", lambda d: "· healthy" in container_text(d, "db-1"))
+        # A container restarting: its restart counted.
+        (linkd.directory / "crash").touch()
+        until(browser, "web-1 restarted", lambda d: "1 restart" in container_text(d, "web-1"))
+        assert browser.execute_script("return window.stillThisPage") == marker
+
+        # Another stack going up appears in the list, and going down leaves it.
+        with fresh_linkd() as other:
+            other.write("services:\n  lone: {command: sleep 300}\n")
+            other.up()
+            until(browser, "the other stack", lambda d: other.project in stack_choices(d))
+            other.down()
+            until(browser, "the other stack gone",
+                  lambda d: other.project not in stack_choices(d))
+        assert browser.execute_script("return window.stillThisPage") == marker
+
+        # A click shows the container: its environment, its names, its last log lines.
+        browser.find_element(By.CSS_SELECTOR, '#picture [data-container="web-1"]').click()
+        until(browser, "web-1's details", lambda d: d.find_element(By.ID, "container-name")
+              .text == "web-1" and d.find_elements(By.CSS_SELECTOR, "#dns tr"))
+        env = env_rows(browser)
+        assert env["MODE"] == "test"
+        assert env["API_TOKEN"] == "hidden: show"
+        assert "tok-not-shown" not in browser.find_element(By.ID, "details").text
+        browser.find_element(By.CSS_SELECTOR, "#env button.reveal").click()
+        assert env_rows(browser)["API_TOKEN"] == "tok-not-shown"
+        names = {r[0]: r[1] for r in table_rows(browser, "dns")}
+        assert re.fullmatch(r"10\.\d+\.\d+\.\d+", names["database"]), names  # its link alias
+        assert names["db"] == names["database"] == names["db-1"]
+        assert re.fullmatch(r"10\.\d+\.\d+\.\d+", names["web-1"])
+        until(browser, "web-1's log", lambda d: "web says hello" in d.find_element(
+            By.ID, "logs").text)
+
+
+def stack_choices(driver: WebDriver) -> set[str]:
+    return {str(o.get_attribute("value")) for o in driver.find_elements(
+        By.CSS_SELECTOR, "#stacks option")}
+
+
+def table_rows(driver: WebDriver, table: str) -> list[list[str]]:
+    return [[cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
+            for row in driver.find_elements(By.CSS_SELECTOR, f"#{table} tr")]
+
+
+def env_rows(driver: WebDriver) -> dict[str, str]:
+    return {row[0]: row[1] for row in table_rows(driver, "env")}
+
+
+class _Attacker(http.server.BaseHTTPRequestHandler):
+    """Another site's page: it tries to read the linkd page's API from the browser."""
+
+    page = b""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.end_headers()
+        self.wfile.write(self.page)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_browser_is_refused_without_the_token_under_another_name_or_from_another_site(
+    linkd: Linkd, browser: WebDriver
+) -> None:
+    linkd.write("services:\n  web: {command: sleep 300}\n")
+    linkd.up()
+    with serving_ui(linkd) as (port, token):
+        graph = f"/v1/stacks/{linkd.project}/graph?token={token}"
+        # The page itself, with its token: the picture loads as an image too.
+        browser.get(f"http://127.0.0.1:{port}/ui/?token={token}")
+        until(browser, "web-1", lambda d: container_text(d, "web-1"))
+        assert image_loads(browser, f"http://127.0.0.1:{port}{graph}") == "load"
+
+        browser.get(f"http://127.0.0.1:{port}/ui/")  # no token
+        assert "token" in browser.find_element(By.TAG_NAME, "body").text
+        assert not browser.find_elements(By.ID, "picture")
+
+        # DNS rebinding: a name of the attacker's that resolves to 127.0.0.1.
+        browser.get(f"http://{FOREIGN_NAME}:{port}/ui/?token={token}")
+        assert "this address only" in browser.find_element(By.TAG_NAME, "body").text
+        assert not browser.find_elements(By.ID, "picture")
+
+        # Another site's page that knows the URL, token and all.
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Attacker)
+        _Attacker.page = b"<!doctype html><title>elsewhere</title>"
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            browser.get(f"http://{FOREIGN_NAME}:{server.server_address[1]}/")
+            # An image needs no CORS: only linkd's refusal keeps it from loading.
+            assert image_loads(browser, f"http://127.0.0.1:{port}{graph}") == "error"
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join()
+
+
+def image_loads(driver: WebDriver, url: str) -> str:
+    """Load `url` as an <img> in the current page: "load" or "error"."""
+    return str(driver.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const img = new Image();
+        img.onload = () => done("load");
+        img.onerror = () => done("error");
+        img.src = arguments[0];
+    """, url))
+
+
+def test_a_failing_browser_test_leaves_no_browser_process() -> None:
+    with pytest.raises(RuntimeError, match="the test failed"), chromium() as driver:
+        process = driver.service.process
+        assert process is not None
+        started = {process.pid} | descendants(process.pid)
+        assert len(started) >= 3  # the driver, the browser and its helpers
+        raise RuntimeError("the test failed")
+    assert not {pid for pid in started if alive(pid)}
