@@ -18,7 +18,9 @@ port, beside a raw veth pair) and `bench/run images` (bench/images.py: image loa
 container start from an image with linkd's launcher and with runc) and `bench/run cli`
 (bench/cli.py: `linkd ps` beside `docker ps`) and `bench/run start` (bench/start.py: a
 container from the command line to running and to its name answering, linkd beside
-`docker run -d` and `podman run -d`) run one. Every part runs in a simulated host
+`docker run -d` and `podman run -d`), `bench/run cluster` (bench/cluster.py: names and
+VXLAN across three nodes) and `bench/run ui` (bench/ui.py: a change reaching the open
+topology page in chromium) run one. Every part runs in a simulated host
 (bench/common.py). A whole run runs every part whatever fails, appends each table to
 bench/results/latest.md (each part also saves its own, bench/results/PART.md), ends with
 the parts' outcomes, and exits non-zero if any failed.
@@ -56,7 +58,7 @@ RESULTS = HERE / "results" / "latest.md"
 # run as they are, output appended
 SCRIPTS = {"live": "dns_live.py", "daemon": "daemon.py", "health": "health.py",
            "ports": "ports.py", "images": "images.py", "cli": "cli.py", "start": "start.py",
-           "cluster": "cluster.py"}
+           "cluster": "cluster.py", "ui": "ui.py"}
 PARTS = ("all", "wiring", "dns", *SCRIPTS)
 
 

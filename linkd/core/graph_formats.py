@@ -43,8 +43,9 @@ def render(topo: Topology, fmt: str) -> str:
 
 
 def _label(c: Container) -> list[str]:
+    exited = f" (exit {c.exit_code})" if c.exit_code is not None else ""
     restarts = f", {c.restarts} restart{'s' if c.restarts != 1 else ''}" if c.restarts else ""
-    return [c.name, f"{c.condition}{restarts}"]
+    return [c.name, f"{c.condition}{exited}{restarts}"]
 
 
 def _network_label(topo: Topology, key: str) -> list[str]:
@@ -176,8 +177,9 @@ def to_svg(topo: Topology) -> str:
             ny = nrow[key] + BOX_H / 2
             out.append(f'<line x1="{CONTAINER_X + BOX_W}" y1="{y:.0f}" x2="{NETWORK_X}" '
                        f'y2="{ny:.0f}" stroke="#868e96" stroke-dasharray="3 3"/>')
-            out.append(_text((CONTAINER_X + BOX_W + NETWORK_X) / 2, (y + ny) / 2 - 3,
-                             address, size=9, anchor="middle"))
+            # Near the container, where its lines to the networks are still apart.
+            out.append(_text(CONTAINER_X + BOX_W + 8 + 0.25 * (NETWORK_X - CONTAINER_X - BOX_W),
+                             y + 0.25 * (ny - y) - 3, address, size=9, anchor="middle"))
     for link in topo.links:
         y1, y2 = crow[link.source] + BOX_H / 2, crow[link.target] + BOX_H / 2
         bend = CONTAINER_X - 25 - 12 * (abs(y2 - y1) / ROW)

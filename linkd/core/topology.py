@@ -32,6 +32,7 @@ class Container:
     condition: Condition
     restarts: int
     addresses: tuple[tuple[str, str], ...]  # (network key, address)
+    exit_code: int | None = None  # of a stopped container, when it ran
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +84,8 @@ def topology(state: StackState) -> Topology:
             c.name, c.service,
             condition(now.status if now else "created", now.health if now else None),
             now.restarts if now else 0,
-            tuple((i.network, str(i.address)) for i in c.interfaces)))
+            tuple((i.network, str(i.address)) for i in c.interfaces),
+            now.exit_code if now and now.status in ("exited", "failed") else None))
         for alias, service in c.links:
             conventions = tuple(sorted({conv for _, conv, a in c.env_sources if a == alias}))
             links += [Link(c.name, peer.name, alias, conventions)

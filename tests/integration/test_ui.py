@@ -8,6 +8,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -76,6 +77,19 @@ def test_the_page_is_served_through_a_token_and_nothing_else(linkd: Linkd) -> No
         groups = {g.get("data-container") for g in ET.fromstring(svg).iter(
             "{http://www.w3.org/2000/svg}g")}
         assert {"web-1", "db-1"} <= groups
+        # The names web-1 may reach, each with the answers `linkd dns` gives from there.
+        base = f"/v1/stacks/{linkd.project}/containers/web-1"
+        status, _, listed = request(port, f"{base}/names?token={token}")
+        names = {n["name"]: n for n in json.loads(listed)}
+        assert status == 200 and {"db", "db-1", "web", "web-1"} <= set(names)
+        for name, found in names.items():
+            one = {(r["type"], r["data"]) for r in found["records"]}
+            assert any(t == "A" for t, _ in one), found
+            for kind in ("A", "AAAA"):
+                said = linkd.run("dns", "-p", linkd.project, name, "--from", "web-1",
+                                 "--type", kind).stdout
+                records = re.findall(r"^  \S+ \d+ (A|AAAA) (\S+)$", said, re.MULTILINE)
+                assert set(records) == {(t, d) for t, d in one if t == kind}, said
         status, headers, first = request(port, f"/v1/events?token={token}", read=False)
         assert status == 200 and headers["content-type"].startswith("text/event-stream")
         assert first.startswith(b": linkd events")

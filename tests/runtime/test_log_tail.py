@@ -16,7 +16,6 @@ from linkd.core.api_schema import tail_lines
 from linkd.runtime.containers.logs import start_of_last_lines
 from linkd.runtime.daemon import api
 from linkd.runtime.daemon.daemon import Daemon
-from linkd.runtime.stack import store
 
 
 def last_lines(data: bytes, n: int) -> bytes:
@@ -39,16 +38,8 @@ def test_a_tail_is_a_count_or_all() -> None:
             tail_lines(bad)
 
 
-async def test_the_api_answers_the_last_lines(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("LINKD_RUN_DIR", str(tmp_path))
-    daemon = Daemon()
-    # A stack `shop` with a container `web-1`, as far as the logs endpoint asks.
-    monkeypatch.setattr(daemon, "hosted", lambda name: None)
-    monkeypatch.setattr(daemon, "_container", lambda hosted, name: None)
-    log = store.log_path("shop", "web-1")
-    log.parent.mkdir(parents=True)
+async def test_the_api_answers_the_last_lines(daemon_with_a_log: tuple[Daemon, Path]) -> None:
+    daemon, log = daemon_with_a_log
     log.write_bytes(b"".join(b"line %d\n" % i for i in range(100_000)))
     client: TestClient[Any, Any]
     async with TestClient(TestServer(api.make_app(daemon))) as client:

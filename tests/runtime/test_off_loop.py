@@ -13,25 +13,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from linkd.runtime.daemon import api
 from linkd.runtime.daemon.daemon import Daemon
 from linkd.runtime.kernel.netlink import NamespaceHelper
-from linkd.runtime.stack import store
 
 
 async def test_a_log_read_that_blocks_holds_up_no_other_request(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    daemon_with_a_log: tuple[Daemon, Path]
 ) -> None:
-    monkeypatch.setenv("LINKD_RUN_DIR", str(tmp_path))
-    daemon = Daemon()
-    # A stack `shop` with a container `web-1`, as far as the logs endpoint asks.
-    monkeypatch.setattr(daemon, "hosted", lambda name: None)
-    monkeypatch.setattr(daemon, "_container", lambda hosted, name: None)
-    log = store.log_path("shop", "web-1")
-    log.parent.mkdir(parents=True)
+    daemon, log = daemon_with_a_log
     os.mkfifo(log)  # opening it for reading blocks until a writer comes
     answered = threading.Event()
     gave_up: list[bool] = []

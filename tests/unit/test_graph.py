@@ -50,9 +50,9 @@ def test_the_topology_holds_networks_containers_links_and_ports() -> None:
     topo = topology.topology(s)
     assert [(n.key, n.subnet, n.internal) for n in topo.networks] == [
         ("front", "10.87.1.0/24", False), ("back", "10.87.2.0/24", True)]
-    conditions = {c.name: (c.condition, c.restarts) for c in topo.containers}
-    assert conditions == {"db-1": ("healthy", 0), "web-1": ("running", 2),
-                          "web-2": ("stopped", 0)}
+    conditions = {c.name: (c.condition, c.restarts, c.exit_code) for c in topo.containers}
+    assert conditions == {"db-1": ("healthy", 0, None), "web-1": ("running", 2, None),
+                          "web-2": ("stopped", 0, 1)}
     web1 = next(c for c in topo.containers if c.name == "web-1")
     assert web1.addresses == tuple((i.network, str(i.address))
                                    for i in s.plan.container("web-1").interfaces)
@@ -78,6 +78,7 @@ def test_each_format_draws_every_part() -> None:
     texts = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")]
     assert {"stack shop", "db-1", "web-1", "web-2", "front", "back", "0.0.0.0:8080"} <= set(texts)
     assert "database (docker-links)" in texts and "web · running, 2 restarts" in texts
+    assert "web · stopped (exit 1)" in texts
     with pytest.raises(ValueError, match="one of svg, dot, mermaid"):
         graph_formats.render(topo, "png")
 
