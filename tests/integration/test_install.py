@@ -33,6 +33,7 @@ RUNTIME_FILES = [
     "linkd/runtime/containers/health_agent.py",
     "linkd/core/seccomp_default.rules",  # the default seccomp policy (containers/confine)
     *(f"linkd/builtin_conventions/{name}" for name in CONVENTIONS),
+    *(f"linkd/ui/{name}" for name in ("index.html", "ui.js", "ui.css")),  # the daemon's page
 ]
 
 
