@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
@@ -50,14 +51,30 @@ def until(driver: WebDriver, what: str, condition: Callable[[WebDriver], Any]) -
         condition, f"the page did not show {what} within {WAIT} s")
 
 
+# The page redraws whenever an event comes: what it shows is read in one script (an
+# element found a moment before may be gone), and clicks are tried again on a fresh one.
+
 def container_text(driver: WebDriver, name: str) -> str:
     """What the picture says of one container ("" while it is not drawn)."""
-    found = driver.find_elements(By.CSS_SELECTOR, f'#picture [data-container="{name}"]')
-    return str(found[0].get_attribute("textContent")) if found else ""
+    return str(driver.execute_script("""
+        const box = [...document.querySelectorAll("#picture [data-container]")]
+            .find(g => g.dataset.container === arguments[0]);
+        return box ? box.textContent : "";""", name))
 
 
 def picture_text(driver: WebDriver) -> str:
-    return str(driver.find_element(By.ID, "picture").get_attribute("textContent"))
+    return str(driver.execute_script("return document.getElementById('picture').textContent"))
+
+
+def click(driver: WebDriver, selector: str) -> None:
+    def clicked(d: WebDriver) -> bool:
+        try:
+            d.find_element(By.CSS_SELECTOR, selector).click()
+        except (StaleElementReferenceException, NoSuchElementException):
+            return False
+        return True
+
+    until(driver, f"{selector} to click", clicked)
 
 
 STACK = """
@@ -80,6 +97,7 @@ STACK = """
         environment:
           MODE: test
           API_TOKEN: tok-not-shown
+          GREETING: "<img src=x onerror=window.injected=1>"
 """
 
 
@@ -120,31 +138,38 @@ def test_the_page_draws_the_stack_and_follows_its_changes(
         assert browser.execute_script("return window.stillThisPage") == marker
 
         # A click shows the container: its environment, its names, its last log lines.
-        browser.find_element(By.CSS_SELECTOR, '#picture [data-container="web-1"]').click()
-        until(browser, "web-1's details", lambda d: d.find_element(By.ID, "container-name")
-              .text == "web-1" and d.find_elements(By.CSS_SELECTOR, "#dns tr"))
+        click(browser, '#picture [data-container="web-1"]')
+        until(browser, "web-1's details", lambda d: d.execute_script(
+            "return document.getElementById('container-name').textContent") == "web-1"
+            and table_rows(d, "dns"))
         env = env_rows(browser)
         assert env["MODE"] == "test"
+        # Values are text, never markup.
+        assert env["GREETING"] == "<img src=x onerror=window.injected=1>"
+        assert not browser.find_elements(By.CSS_SELECTOR, "#env img")
+        assert browser.execute_script("return window.injected") is None
         assert env["API_TOKEN"] == "hidden: show"
         assert "tok-not-shown" not in browser.find_element(By.ID, "details").text
-        browser.find_element(By.CSS_SELECTOR, "#env button.reveal").click()
-        assert env_rows(browser)["API_TOKEN"] == "tok-not-shown"
+        click(browser, "#env button.reveal")
+        until(browser, "the secret, asked for",
+              lambda d: env_rows(d)["API_TOKEN"] == "tok-not-shown")
         names = {r[0]: r[1] for r in table_rows(browser, "dns")}
         assert re.fullmatch(r"10\.\d+\.\d+\.\d+", names["database"]), names  # its link alias
         assert names["db"] == names["database"] == names["db-1"]
         assert re.fullmatch(r"10\.\d+\.\d+\.\d+", names["web-1"])
-        until(browser, "web-1's log", lambda d: "web says hello" in d.find_element(
-            By.ID, "logs").text)
+        until(browser, "web-1's log", lambda d: "web says hello" in d.execute_script(
+            "return document.getElementById('logs').textContent"))
 
 
 def stack_choices(driver: WebDriver) -> set[str]:
-    return {str(o.get_attribute("value")) for o in driver.find_elements(
-        By.CSS_SELECTOR, "#stacks option")}
+    return set(driver.execute_script(
+        "return [...document.querySelectorAll('#stacks option')].map(o => o.value)"))
 
 
 def table_rows(driver: WebDriver, table: str) -> list[list[str]]:
-    return [[cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
-            for row in driver.find_elements(By.CSS_SELECTOR, f"#{table} tr")]
+    return list(driver.execute_script("""
+        return [...document.querySelectorAll(`#${arguments[0]} tr`)]
+            .map(tr => [...tr.cells].map(td => td.innerText));""", table))
 
 
 def env_rows(driver: WebDriver) -> dict[str, str]:

@@ -41,7 +41,7 @@ def start_of_last_lines(f: BinaryIO, lines: int, *, block: int = CHUNK) -> int:
         return end
     # A final newline ends the last line rather than starting one after it.
     f.seek(end - 1)
-    stop = end - 1 if end and f.read(1) == b"\n" else end
+    stop = end - 1 if f.read(1) == b"\n" else end
     found = 0
     at = stop
     while at > 0:
