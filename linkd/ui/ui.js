@@ -47,7 +47,15 @@ async function draw() {
   // Our own SVG: every name in it is escaped by the daemon (graph_formats).
   picture.innerHTML = await (await get(`/v1/stacks/${encodeURIComponent(stack)}/graph`)).text();
   for (const node of picture.querySelectorAll("[data-container]")) {
-    node.addEventListener("click", () => show(node.dataset.container).catch(e => say(String(e))));
+    const open = () => show(node.dataset.container).catch(e => say(String(e)));
+    // A keyboard reaches each container too: Tab to it, Enter or Space opens it.
+    node.setAttribute("tabindex", "0");
+    node.setAttribute("role", "button");
+    node.setAttribute("aria-label", `container ${node.dataset.container}`);
+    node.addEventListener("click", open);
+    node.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" || e.key === " ") { e.preventDefault(); open(); }
+    });
   }
   say(`updated ${new Date().toLocaleTimeString()}`);
 }

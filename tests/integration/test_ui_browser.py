@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -137,6 +138,9 @@ def test_the_page_draws_the_stack_and_follows_its_changes(
                   lambda d: other.project not in stack_choices(d))
         assert browser.execute_script("return window.stillThisPage") == marker
 
+        # The keyboard reaches a container: Tab to it, Enter opens it.
+        until(browser, "db-1 opened from the keyboard", lambda d: keyboard_opens(d, "db-1"))
+
         # A click shows the container: its environment, its names, its last log lines.
         click(browser, '#picture [data-container="web-1"]')
         until(browser, "web-1's details", lambda d: d.execute_script(
@@ -159,6 +163,19 @@ def test_the_page_draws_the_stack_and_follows_its_changes(
         assert re.fullmatch(r"10\.\d+\.\d+\.\d+", names["web-1"])
         until(browser, "web-1's log", lambda d: "web says hello" in d.execute_script(
             "return document.getElementById('logs').textContent"))
+
+
+def keyboard_opens(driver: WebDriver, container: str) -> bool:
+    """One step of a keyboard user: its details shown yet? If not, Tab, and Enter when
+    the focus is on its box (a redraw meanwhile only means more steps)."""
+    if driver.execute_script(
+            "return document.getElementById('container-name').textContent") == container:
+        return True
+    driver.switch_to.active_element.send_keys(Keys.TAB)
+    if driver.execute_script(
+            "return document.activeElement.dataset?.container === arguments[0]", container):
+        driver.switch_to.active_element.send_keys(Keys.ENTER)
+    return False
 
 
 def stack_choices(driver: WebDriver) -> set[str]:
