@@ -2,16 +2,16 @@
 
     sudo .venv/bin/python bench/ui.py [--runs 20]
 
-A daemon of its own (bench/common.Linkd) runs a stack of two services: `web`, which
-exits when the benchmark drops a file and is restarted (`restart: on-failure`), and
-`db`, whose healthcheck (every 50 ms) follows another file. `linkd ui` serves the page
-and Debian's chromium (Selenium through chromium-driver, tests/browser.py) keeps it open.
-Each run restarts `web` once and flips `db`'s health twice; between runs a second stack
-goes up and down. A change is timed from the daemon's event (its `time`: when the daemon
+A daemon of its own (bench/common.Linkd) runs a stack of a service per run, `webN`,
+which exits when the benchmark drops a file and is restarted (`restart: on-failure`),
+and `db`, whose healthcheck (every 50 ms) follows another file. `linkd ui` serves the
+page and Debian's chromium (Selenium through chromium-driver, tests/browser.py) keeps it
+open. Each run restarts its `webN` once, flips `db`'s health twice, and takes a second
+stack up and down. A change is timed from the daemon's event (its `time`: when the daemon
 published it) to the moment the page's picture (or its list of stacks) shows it (a
 MutationObserver in the page notes the time, Date.now()); beside it, the same event's
-arrival at a plain subscriber of the event stream on the daemon's socket: what any
-client of the stream gets, with no page.
+arrival at a plain subscriber of the event stream on the daemon's socket (the one
+`linkd up -d` uses): what any client of the stream gets, with no page.
 
 Target: a change on the page within 1 s. Everything it starts is stopped (by PID) and
 its directories removed at the end; runs in a simulated host (bench/common.py).
@@ -22,12 +22,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
-import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from linkd.client.api import Client  # noqa: E402
+from linkd.client.events import StackEvents  # noqa: E402
 from tests.browser import chromium  # noqa: E402
 
 RUN_DIR = Path("/run/lkbench-ui")
@@ -78,23 +76,16 @@ def spec(trigger: Path, runs: int) -> dict[str, Any]:
     }}
 
 
-class Subscriber:
-    """The daemon's event stream, read on its socket (HTTP/1.0: no chunks), each event
-    with the time it arrived."""
+class Arrivals:
+    """The events of some stacks (linkd.client.events, one subscription each), each with
+    the time it arrived here."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, stacks: tuple[str, ...]) -> None:
         self.events: list[tuple[float, dict[str, Any]]] = []
-        self._sock = socket.socket(socket.AF_UNIX)
-        self._sock.connect(str(path))
-        self._sock.sendall(b"GET /v1/events HTTP/1.0\r\nHost: linkd\r\n\r\n")
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
+        self._streams = [StackEvents(path, stack, self._note) for stack in stacks]
 
-    def _read(self) -> None:
-        with contextlib.suppress(OSError), self._sock.makefile("rb") as stream:
-            for line in stream:
-                if line.startswith(b"data: "):
-                    self.events.append((time.time(), json.loads(line[6:])))
+    def _note(self, event: dict[str, Any]) -> None:
+        self.events.append((time.time(), event))
 
     def wait(self, what: str, match: Callable[[dict[str, Any]], bool], after: float,
              timeout: float = 30) -> tuple[float, dict[str, Any]]:
@@ -107,10 +98,8 @@ class Subscriber:
         raise common.BenchError(f"no event for {what} within {timeout} s")
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
-        self._sock.close()
-        self._thread.join(5)
+        for stream in self._streams:
+            stream.close()
 
 
 Check = Callable[[dict[str, str], list[str]], bool]
@@ -146,7 +135,7 @@ def main(args: argparse.Namespace, work: Path, cleanup: contextlib.ExitStack) ->
     cleanup.callback(common.stop_child, ui)  # type: ignore[arg-type]
     assert ui.stdout is not None
     url = ui.stdout.readline().strip()
-    subscriber = Subscriber(sock)
+    subscriber = Arrivals(sock, (STACK, OTHER))
     cleanup.callback(subscriber.close)
     driver = cleanup.enter_context(chromium())
     driver.get(url)

@@ -124,17 +124,14 @@ def parse_flag(value: str | None, field: str) -> bool:
     raise ApiError(400, "invalid request", [(field, 'expected "true" or "false"')])
 
 
-TAIL_EXPECTED = 'expected a number of lines or "all"'
-
-
 def tail_lines(value: str | None) -> int | None:
     """Docker's `tail`: a number of lines from the end, or `all` (None: the whole log);
     ValueError for anything else."""
     if value in (None, "", "all"):
         return None
-    if value.isdigit() and len(value) <= 9:
+    if value.isascii() and value.isdigit() and len(value) <= 9:
         return int(value)
-    raise ValueError(f"{TAIL_EXPECTED}, got {value!r}")
+    raise ValueError(f'expected a number of lines or "all", got {value!r}')
 
 
 def parse_tail(value: str | None, field: str) -> int | None:

@@ -33,7 +33,7 @@ def test_the_offset_starts_exactly_the_last_lines(data: bytes, n: int, block: in
 def test_a_tail_is_a_count_or_all() -> None:
     assert tail_lines("all") is None and tail_lines(None) is None
     assert tail_lines("0") == 0 and tail_lines("25") == 25
-    for bad in ("-1", "1.5", "ten", "1" * 10):
+    for bad in ("-1", "1.5", "ten", "1" * 10, "²", "١٢"):
         with pytest.raises(ValueError, match='number of lines or "all"'):
             tail_lines(bad)
 
